@@ -1,0 +1,339 @@
+"""PyTorch backend: IR + canonical weights -> ``torch.nn.Module``.
+
+Modules are registered at their canonical names (``layer1.0.conv1``, ``layer2.0.downsample.0``), so
+the model's ``state_dict`` keys are the canonical names and a torchvision or timm ``state_dict`` loads
+unchanged where the structure matches. The forward pass interprets the IR's op lists; all ResNet
+decisions were taken by the resolver.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from .. import ir
+from ..errors import BackendUnavailable
+
+NAME = "torch"
+
+try:
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+except ImportError:  # pragma: no cover - exercised only without torch
+    torch = None
+
+
+def available() -> str | None:
+    return None if torch is not None else "PyTorch is not installed (pip install 'resnet-spec[torch]')"
+
+
+def _require():
+    if torch is None:
+        raise BackendUnavailable(available())
+
+
+if torch is not None:
+
+    class Subsample(nn.Module):
+        """x[:, :, ::s, ::s]: a strided identity."""
+
+        def __init__(self, stride: int):
+            super().__init__()
+            self.stride = stride
+
+        def forward(self, x):
+            return x[:, :, :: self.stride, :: self.stride]
+
+        def extra_repr(self):
+            return f"stride={self.stride}"
+
+    class ChannelPad(nn.Module):
+        """Zero channels before and after (option-A shortcut)."""
+
+        def __init__(self, before: int, after: int):
+            super().__init__()
+            self.before, self.after = before, after
+
+        def forward(self, x):
+            return F.pad(x, (0, 0, 0, 0, self.before, self.after))
+
+        def extra_repr(self):
+            return f"before={self.before}, after={self.after}"
+
+    class PaddedMaxPool(nn.Module):
+        """Max-pool over explicitly padded input: symmetric ``padding`` of ``value`` (0 for Keras-style
+        zero padding), then the ceil-mode extension as -inf so it never wins."""
+
+        def __init__(self, kernel, stride, pads, value):
+            super().__init__()
+            self.kernel, self.stride, self.pads, self.value = kernel, stride, tuple(pads), value
+
+        def forward(self, x):
+            t, l, b, r = self.pads
+            p = min(self.pads)
+            if p:
+                x = F.pad(x, (p, p, p, p), value=self.value)
+            if (t, l, b, r) != (p, p, p, p):
+                x = F.pad(x, (l - p, r - p, t - p, b - p), value=float("-inf"))
+            return F.max_pool2d(x, self.kernel, self.stride)
+
+        def extra_repr(self):
+            return f"kernel_size={self.kernel}, stride={self.stride}, pads={self.pads}, value={self.value}"
+
+    class SqueezeExcite(nn.Module):
+        """x * sigmoid(fc2(relu(fc1(mean_hw(x))))) -- timm's SEModule, same parameter names."""
+
+        def __init__(self, channels: int, reduced: int):
+            super().__init__()
+            self.fc1 = nn.Conv2d(channels, reduced, 1, bias=True)
+            self.fc2 = nn.Conv2d(reduced, channels, 1, bias=True)
+
+        def forward(self, x):
+            s = x.mean((2, 3), keepdim=True)
+            return x * torch.sigmoid(self.fc2(F.relu(self.fc1(s))))
+
+    class DropPath(nn.Module):
+        """Stochastic depth: drop the whole residual branch per sample (training only)."""
+
+        def __init__(self, rate: float):
+            super().__init__()
+            self.rate = rate
+
+        def forward(self, x):
+            if not self.training or self.rate == 0.0:
+                return x
+            keep = 1.0 - self.rate
+            mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+            return x * mask / keep
+
+        def extra_repr(self):
+            return f"rate={self.rate:.4f}"
+
+    class GlobalAvgPool(nn.Module):
+        def forward(self, x):
+            return torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
+
+    def _module(op):
+        """The nn.Module for one IR op; the exact-semantics choices are documented on ir.Pool."""
+        if isinstance(op, ir.Conv):
+            return nn.Conv2d(op.in_channels, op.out_channels, op.kernel, op.stride, op.padding, op.dilation,
+                             op.groups, op.bias)
+        if isinstance(op, ir.BatchNorm):
+            return nn.BatchNorm2d(op.channels, eps=op.eps, momentum=op.momentum)
+        if isinstance(op, ir.ReLU):
+            return nn.ReLU(inplace=True)
+        if isinstance(op, ir.Pool):
+            if op.kind == "avg":
+                return nn.AvgPool2d(op.kernel, op.stride, op.padding, op.ceil_mode, op.count_include_pad)
+            if op.pad_value == "neg_inf" or op.padding == 0:
+                return nn.MaxPool2d(op.kernel, op.stride, op.padding, ceil_mode=op.ceil_mode)
+            return PaddedMaxPool(op.kernel, op.stride, op.pads, 0.0)
+        if isinstance(op, ir.Subsample):
+            return Subsample(op.stride)
+        if isinstance(op, ir.ChannelPad):
+            return ChannelPad(op.before, op.after)
+        if isinstance(op, ir.SqueezeExcite):
+            return SqueezeExcite(op.channels, op.reduced)
+        if isinstance(op, ir.DropPath):
+            return DropPath(op.rate)
+        if isinstance(op, ir.GlobalAvgPool):
+            return GlobalAvgPool()
+        if isinstance(op, ir.Dropout):
+            return nn.Dropout(op.rate)
+        if isinstance(op, ir.Linear):
+            return nn.Linear(op.in_features, op.out_features, op.bias)
+        raise TypeError(f"no torch module for {type(op).__name__}")
+
+    # Names for parameter-free ops, relative to their owner (torchvision's where it has one).
+    _PLAIN_NAMES = {ir.ReLU: "relu", ir.Pool: "pool", ir.Subsample: "subsample", ir.ChannelPad: "channel_pad",
+                    ir.DropPath: "drop_path", ir.GlobalAvgPool: "avgpool", ir.Dropout: "dropout"}
+
+    def _attach(owner: nn.Module, prefix: str, ops, fallback_prefix: str = "") -> list:
+        """Register a module per op under ``owner`` at the op's canonical name (minus ``prefix``).
+
+        Returns the modules in execution order. Dotted names create plain containers, which is all
+        ``state_dict`` naming needs (``downsample.1`` may exist without a ``downsample.0``).
+        """
+        seq = []
+        for op in ops:
+            mod = _module(op)
+            name = getattr(op, "name", None)
+            if name:
+                rel = name[len(prefix) + 1:] if prefix else name
+            else:
+                rel = fallback_prefix + _PLAIN_NAMES[type(op)]
+                if isinstance(op, ir.ReLU) and hasattr(owner, rel):
+                    seq.append(getattr(owner, rel))  # one shared ReLU, as torchvision does
+                    continue
+                base, i = rel, 1
+                while hasattr(owner, rel):
+                    rel, i = f"{base}{i}", i + 1
+            parent = owner
+            *path, leaf = rel.split(".")
+            for part in path:
+                if not hasattr(parent, part):
+                    parent.add_module(part, nn.Module())
+                parent = getattr(parent, part)
+            parent.add_module(leaf, mod)
+            seq.append(mod)
+        return seq
+
+    class Block(nn.Module):
+        """``y = post(main(a) + shortcut(s))`` with ``a = pre(x)``, ``s = a`` or ``x`` (see ir.Block)."""
+
+        def __init__(self, block: ir.Block):
+            super().__init__()
+            self.kind = block.kind
+            self._pre = _attach(self, block.name, block.pre)
+            self._main = _attach(self, block.name, block.main)
+            self._shortcut = _attach(self, block.name, block.shortcut, fallback_prefix="shortcut_")
+            self._post = _attach(self, block.name, block.post)
+            self.shortcut_from_pre = block.shortcut_from == "pre"
+
+        def forward(self, x):
+            a = x
+            for f in self._pre:
+                a = f(a)
+            s = a if self.shortcut_from_pre else x
+            for f in self._shortcut:
+                s = f(s)
+            y = a
+            for f in self._main:
+                y = f(y)
+            y = y + s
+            for f in self._post:
+                y = f(y)
+            return y
+
+    class ResNet(nn.Module):
+        """A ResNet built from a resnet-spec IR. ``forward`` gives logits; ``forward_taps`` also gives
+        the output of the stem and of every block (the parity checker's comparison points)."""
+
+        def __init__(self, net: ir.Network):
+            super().__init__()
+            self.spec_name = net.name
+            self._stem = _attach(self, "", net.stem)
+            stages: dict[int, list] = {}
+            for b in net.blocks:
+                stages.setdefault(b.stage, []).append(Block(b))
+            for s, blocks in stages.items():
+                self.add_module(f"layer{s + 1}", nn.Sequential(*blocks))
+            self._head = _attach(self, "", net.head)
+            self._tap_names = [b.name for b in net.blocks]
+
+        def forward_features(self, x):
+            for f in self._stem:
+                x = f(x)
+            for s in range(len([n for n in self._modules if n.startswith("layer")])):
+                x = getattr(self, f"layer{s + 1}")(x)
+            return x
+
+        def forward(self, x):
+            x = self.forward_features(x)
+            for f in self._head:
+                x = f(x)
+            return x
+
+        def forward_taps(self, x) -> dict:
+            taps = {}
+            for f in self._stem:
+                x = f(x)
+            taps["stem"] = x.clone()
+            blocks = [blk for n, m in self._modules.items() if n.startswith("layer") for blk in m]
+            for name, blk in zip(self._tap_names, blocks):
+                x = blk(x)
+                taps[name] = x.clone()
+            for f in self._head:
+                x = f(x)
+            taps["head"] = x
+            return taps
+
+
+def build(net: ir.Network, weights=None, *, strict: bool = True):
+    """Build the model and load ``weights`` (a canonical weight set; None keeps torch's random init)."""
+    _require()
+    model = ResNet(net)
+    if weights is not None:
+        load_weights(model, weights, strict=strict)
+    return model.eval()
+
+
+def load_weights(model, weights, strict: bool = True):
+    state = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in weights.items()}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [m for m in missing if not m.endswith("num_batches_tracked")]
+    if strict and (missing or unexpected):
+        from ..errors import WeightsError
+
+        raise WeightsError(f"weights do not match the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    return model
+
+
+def state_to_weights(state_dict) -> dict:
+    """A torch ``state_dict`` (ours, torchvision's or timm's) -> canonical numpy weight set."""
+    return {k: v.detach().cpu().float().numpy() for k, v in state_dict.items()
+            if not k.endswith("num_batches_tracked")}
+
+
+_DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
+
+
+def device_and_dtype(device: str, dtype: str, allow_tf32: bool = False):
+    """Resolve a requested device/dtype, refusing (never silently falling back) what is not there."""
+    _require()
+    if dtype not in _DTYPES:
+        raise BackendUnavailable(f"torch: unsupported dtype {dtype!r}")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise BackendUnavailable("torch: CUDA was requested but torch.cuda.is_available() is False "
+                                     f"(torch {torch.__version__}, built for CUDA {torch.version.cuda})")
+        torch.backends.cuda.matmul.allow_tf32 = allow_tf32
+        torch.backends.cudnn.allow_tf32 = allow_tf32
+        dev = torch.device(device)
+        desc = f"{dev} ({torch.cuda.get_device_name(dev)}), TF32 {'on' if allow_tf32 else 'off'}"
+    elif device == "cpu":
+        dev, desc = torch.device("cpu"), "cpu"
+    else:
+        raise BackendUnavailable(f"torch: unknown device {device!r}")
+    return dev, getattr(torch, _DTYPES[dtype]), desc
+
+
+def infer(net: ir.Network, weights, x: np.ndarray, *, device: str = "cpu", dtype: str = "float32",
+          taps: bool = False, mutate=None, allow_tf32: bool = False):
+    """Run in eval mode on NCHW ``x``; returns ({'head': logits, [taps...]}, device description)."""
+    dev, dt, desc = device_and_dtype(device, dtype, allow_tf32)
+    model = build(net, weights)
+    if mutate is not None:
+        model = mutate(model) or model
+    model = model.to(device=dev, dtype=dt).eval()
+    with torch.inference_mode():
+        xt = torch.from_numpy(np.ascontiguousarray(x)).to(device=dev, dtype=dt)
+        out = model.forward_taps(xt) if taps else {"head": model(xt)}
+    return {k: v.float().cpu().numpy() for k, v in out.items()}, f"{desc}, torch {torch.__version__}"
+
+
+def convert(net: ir.Network, weights, out_dir: str, *, force: bool = False, batch: int = 2) -> list:
+    """Write ``<name>.pt2`` (torch.export), ``<name>.py`` (standalone source) and its safetensors."""
+    _require()
+    from ..fileio import atomic_path, check_writable, write_text
+    from ..weights import save_weights
+    from .torch_source import to_source
+
+    name = net.name
+    paths = {k: os.path.join(out_dir, f"{name}{ext}") for k, ext in
+             (("pt2", ".pt2"), ("py", ".py"), ("st", ".safetensors"))}
+    for p in paths.values():
+        check_writable(p, force)
+    os.makedirs(out_dir, exist_ok=True)
+    model = build(net, weights)
+    example = torch.randn(batch, *net.input_shape)
+    batch_dim = torch.export.Dim("batch", min=1, max=1 << 16)
+    program = torch.export.export(model, (example,), dynamic_shapes=({0: batch_dim},))
+    with atomic_path(paths["pt2"], force) as tmp:
+        torch.export.save(program, tmp + ".pt2")
+        os.replace(tmp + ".pt2", tmp)
+    write_text(paths["py"], to_source(net, weights_file=os.path.basename(paths["st"])), force)
+    save_weights(weights, paths["st"], metadata={"format": "resnet-spec", "spec": net.name}, force=force)
+    return [paths["pt2"], paths["py"], paths["st"]]

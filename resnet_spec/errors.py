@@ -1,0 +1,34 @@
+"""The project's exception types. All subclass :class:`ValueError` so callers can catch broadly."""
+
+from __future__ import annotations
+
+
+class ResNetSpecError(ValueError):
+    """Any error caused by user input: a spec, a weight file, an option. Printed without traceback."""
+
+
+class SpecError(ResNetSpecError):
+    """A problem located in a spec file: prints as ``file:line:col: message``."""
+
+    def __init__(self, message: str, file: str | None = None, line: int | None = None,
+                 col: int | None = None, path: tuple = ()):  # noqa: D107
+        self.message = message
+        self.file = file
+        self.line = line
+        self.col = col
+        self.path = tuple(path)
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        where = self.file or "<spec>"
+        if self.line is not None:
+            where += f":{self.line}:{self.col or 1}"
+        return f"{where}: {self.message}"
+
+
+class WeightsError(ResNetSpecError):
+    """A problem with a weight set; the message names the tensor."""
+
+
+class BackendUnavailable(ResNetSpecError):
+    """A framework or device that the request needs is not installed or not present."""

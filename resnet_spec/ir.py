@@ -1,0 +1,309 @@
+"""The resolved, framework-free intermediate representation (IR).
+
+Every fact that decides the numbers a framework computes is an explicit field here: kernel, stride,
+symmetric padding, dilation, groups and bias of every convolution; BN epsilon; pool padding, ceil mode
+and padding value; which input a shortcut reads. Backends interpret these ops and never apply a
+framework default in their place.
+
+Shapes are ``(channels, height, width)`` for one image. Canonical tensor names follow torchvision's
+``state_dict`` (``layer2.0.downsample.0.weight``) and are shared by every backend.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Union
+
+Shape = tuple  # (C, H, W)
+
+
+def conv_out(size: int, kernel: int, stride: int, padding: int, dilation: int = 1) -> int:
+    """Output size of a convolution: floor((n + 2p - d(k-1) - 1) / s) + 1."""
+    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def pool_out(size: int, kernel: int, stride: int, padding: int, ceil_mode: bool) -> int:
+    """Output size of a pooling window, PyTorch semantics.
+
+    ``ceil_mode`` rounds ``(n + 2p - k) / s`` up, but a last window that would start in the right
+    padding is dropped, so every window starts inside the input or the left padding.
+    """
+    span = size + 2 * padding - kernel
+    out = (-(-span // stride) if ceil_mode else span // stride) + 1
+    if ceil_mode and (out - 1) * stride >= size + padding:
+        out -= 1
+    return out
+
+
+@dataclass(frozen=True)
+class Conv:
+    """2-D convolution; weight ``(out, in/groups, k, k)``, symmetric zero padding."""
+
+    name: str
+    in_channels: int
+    out_channels: int
+    kernel: int
+    stride: int
+    padding: int
+    dilation: int
+    groups: int
+    bias: bool
+    in_shape: Shape
+    out_shape: Shape
+
+    def tensors(self):
+        yield f"{self.name}.weight", (self.out_channels, self.in_channels // self.groups, self.kernel, self.kernel), True
+        if self.bias:
+            yield f"{self.name}.bias", (self.out_channels,), True
+
+    @property
+    def macs(self) -> int:
+        c, h, w = self.out_shape
+        return c * h * w * (self.in_channels // self.groups) * self.kernel * self.kernel
+
+
+@dataclass(frozen=True)
+class BatchNorm:
+    """y = (x - running_mean) / sqrt(running_var + eps) * weight + bias (inference form)."""
+
+    name: str
+    channels: int
+    eps: float
+    momentum: float
+    in_shape: Shape
+    out_shape: Shape
+
+    def tensors(self):
+        yield f"{self.name}.weight", (self.channels,), True
+        yield f"{self.name}.bias", (self.channels,), True
+        yield f"{self.name}.running_mean", (self.channels,), False
+        yield f"{self.name}.running_var", (self.channels,), False
+
+
+@dataclass(frozen=True)
+class ReLU:
+    in_shape: Shape
+    out_shape: Shape
+
+
+@dataclass(frozen=True)
+class Pool:
+    """Max or average pooling with explicit symmetric ``padding``.
+
+    ``pads`` gives the effective (top, left, bottom, right) padding: the symmetric padding plus, in
+    ceil mode, the extra bottom/right rows the last window reaches. Extra rows never count in an
+    average; symmetric padding counts only with ``count_include_pad``. ``pad_value`` is 'neg_inf'
+    (padding never wins a max) or 'zero' (the input is zero-padded first, as Keras does).
+    """
+
+    name: str
+    kind: str  # "max" | "avg"
+    kernel: int
+    stride: int
+    padding: int
+    ceil_mode: bool
+    count_include_pad: bool
+    pad_value: str
+    in_shape: Shape
+    out_shape: Shape
+
+    @property
+    def pads(self) -> tuple:
+        _, h, w = self.in_shape
+        _, oh, ow = self.out_shape
+        extra_h = max(0, (oh - 1) * self.stride + self.kernel - h - 2 * self.padding)
+        extra_w = max(0, (ow - 1) * self.stride + self.kernel - w - 2 * self.padding)
+        return (self.padding, self.padding, self.padding + extra_h, self.padding + extra_w)
+
+    def tensors(self):
+        return iter(())
+
+
+@dataclass(frozen=True)
+class Subsample:
+    """x[:, :, ::stride, ::stride] -- a strided identity (1x1 max-pool in Keras ResNetV2)."""
+
+    stride: int
+    in_shape: Shape
+    out_shape: Shape
+
+
+@dataclass(frozen=True)
+class ChannelPad:
+    """Zero channels added ``before`` and ``after`` the existing ones (option-A shortcut)."""
+
+    before: int
+    after: int
+    in_shape: Shape
+    out_shape: Shape
+
+
+@dataclass(frozen=True)
+class SqueezeExcite:
+    """x * sigmoid(fc2(relu(fc1(mean_hw(x))))), fc1/fc2 being 1x1 convs with bias (timm SEModule)."""
+
+    name: str
+    channels: int
+    reduced: int
+    in_shape: Shape
+    out_shape: Shape
+
+    def tensors(self):
+        yield f"{self.name}.fc1.weight", (self.reduced, self.channels, 1, 1), True
+        yield f"{self.name}.fc1.bias", (self.reduced,), True
+        yield f"{self.name}.fc2.weight", (self.channels, self.reduced, 1, 1), True
+        yield f"{self.name}.fc2.bias", (self.channels,), True
+
+    @property
+    def macs(self) -> int:
+        return 2 * self.channels * self.reduced
+
+
+@dataclass(frozen=True)
+class DropPath:
+    """Stochastic depth on the residual branch: training only, identity at inference."""
+
+    rate: float
+    in_shape: Shape
+    out_shape: Shape
+
+
+@dataclass(frozen=True)
+class GlobalAvgPool:
+    """Mean over height and width, then flatten to (C,)."""
+
+    in_shape: Shape
+    out_shape: Shape
+
+
+@dataclass(frozen=True)
+class Dropout:
+    """Dropout before the classifier: training only."""
+
+    rate: float
+    in_shape: Shape
+    out_shape: Shape
+
+
+@dataclass(frozen=True)
+class Linear:
+    """y = x @ weight.T + bias, weight ``(out, in)`` as in PyTorch."""
+
+    name: str
+    in_features: int
+    out_features: int
+    bias: bool
+    in_shape: Shape
+    out_shape: Shape
+
+    def tensors(self):
+        yield f"{self.name}.weight", (self.out_features, self.in_features), True
+        if self.bias:
+            yield f"{self.name}.bias", (self.out_features,), True
+
+    @property
+    def macs(self) -> int:
+        return self.in_features * self.out_features
+
+
+Op = Union[Conv, BatchNorm, ReLU, Pool, Subsample, ChannelPad, SqueezeExcite, DropPath, GlobalAvgPool,
+           Dropout, Linear]
+
+
+@dataclass(frozen=True)
+class Block:
+    """One residual block: ``y = post(main(a) + shortcut(s))``.
+
+    ``a = pre(x)`` (pre-activation BN+ReLU; empty for v1 blocks). The shortcut reads ``x`` when
+    ``shortcut_from == "input"`` and ``a`` when it is ``"pre"``. An empty ``shortcut`` is the identity.
+    ``post`` is the ReLU after the addition in v1 blocks (empty for pre-activation).
+    """
+
+    name: str
+    stage: int
+    index: int
+    kind: str  # "basic" | "bottleneck"
+    preact: bool
+    pre: tuple
+    main: tuple
+    shortcut: tuple
+    shortcut_from: str
+    post: tuple
+    in_shape: Shape
+    out_shape: Shape
+
+    @property
+    def ops(self) -> tuple:
+        return self.pre + self.main + self.shortcut + self.post
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    shape: tuple
+    trainable: bool  # parameter (True) or buffer such as BN running statistics (False)
+
+
+@dataclass(frozen=True)
+class Network:
+    """A whole model: ``head(blocks(stem(x)))``. Taps (block boundaries) are 'stem', each block's
+    name, and 'head' (the logits)."""
+
+    name: str
+    description: str
+    input_shape: Shape
+    stem: tuple
+    blocks: tuple
+    head: tuple
+    num_classes: int
+    zero_init_last_bn: bool
+    spec_yaml: str  # the merged, self-contained spec this was resolved from
+
+    @property
+    def stages(self) -> int:
+        return max(b.stage for b in self.blocks) + 1
+
+    def all_ops(self):
+        yield from self.stem
+        for b in self.blocks:
+            yield from b.ops
+        yield from self.head
+
+    def tensors(self) -> tuple:
+        """Every parameter and buffer, canonical name and shape, in a deterministic order."""
+        out = []
+        for op in self.all_ops():
+            if hasattr(op, "tensors"):
+                out.extend(TensorInfo(n, s, t) for n, s, t in op.tensors())
+        return tuple(out)
+
+    @property
+    def params(self) -> int:
+        return sum(math.prod(t.shape) for t in self.tensors() if t.trainable)
+
+    @property
+    def buffers(self) -> int:
+        return sum(math.prod(t.shape) for t in self.tensors() if not t.trainable)
+
+    @property
+    def macs(self) -> int:
+        return sum(getattr(op, "macs", 0) for op in self.all_ops())
+
+    def tap_names(self) -> tuple:
+        return ("stem",) + tuple(b.name for b in self.blocks) + ("head",)
+
+    def tap_shapes(self) -> dict:
+        shapes = {"stem": self.stem[-1].out_shape if self.stem else self.input_shape}
+        shapes.update({b.name: b.out_shape for b in self.blocks})
+        shapes["head"] = (self.num_classes,)
+        return shapes
+
+    def last_bn_of_blocks(self) -> tuple:
+        """Names of each block's last BatchNorm on the residual branch (zero-init-residual targets)."""
+        names = []
+        for b in self.blocks:
+            bns = [op.name for op in b.main if isinstance(op, BatchNorm)]
+            if bns:
+                names.append(bns[-1])
+        return tuple(names)

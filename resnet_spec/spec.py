@@ -1,0 +1,225 @@
+"""Stage 1 and 2: load a spec (zoo name, path or YAML text), follow ``extends``, validate.
+
+A :class:`Spec` is the merged, schema-valid document plus where every value came from, so that the
+resolver's semantic errors can still point at ``file:line:col``.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import json
+import os
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import resources
+
+import jsonschema
+
+from . import yamlio
+from .errors import SpecError
+
+NOT_INHERITED = ("name", "description", "reference")
+MAX_EXTENDS_DEPTH = 16
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A merged, schema-valid spec document.
+
+    ``data`` is plain JSON-like data; ``origins`` maps a key path to ``(file, line, col)``;
+    ``chain`` lists the files from the most derived to the root base.
+    """
+
+    data: dict
+    origins: dict = field(repr=False)
+    chain: tuple = ()
+
+    @property
+    def name(self) -> str:
+        return self.data["name"]
+
+    def error(self, message: str, path=()) -> SpecError:
+        """A :class:`SpecError` located at ``path`` (or its closest recorded parent)."""
+        path = tuple(path)
+        probe = path
+        while probe not in self.origins and probe:
+            probe = probe[:-1]
+        file, line, col = self.origins.get(probe, (self.chain[0] if self.chain else None, None, None))
+        dotted = _dotted(path)
+        return SpecError(f"{dotted}: {message}" if dotted else message, file, line, col, path)
+
+    def text(self) -> str:
+        """The merged spec as self-contained YAML (no ``extends``)."""
+        return yamlio.dump(self.data)
+
+
+@lru_cache(maxsize=1)
+def schema() -> dict:
+    """The JSON Schema shipped with the package."""
+    text = resources.files("resnet_spec.schemas").joinpath("resnet.schema.json").read_text("utf-8")
+    return json.loads(text)
+
+
+def zoo_names() -> list[str]:
+    """Names of the bundled zoo specs, sorted."""
+    root = resources.files("resnet_spec.zoo")
+    return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".yaml"))
+
+
+def zoo_path(name: str) -> str | None:
+    """Filesystem path of zoo entry ``name``, or None."""
+    ref = resources.files("resnet_spec.zoo").joinpath(f"{name}.yaml")
+    return str(ref) if ref.is_file() else None
+
+
+def looks_like_yaml_text(source: str) -> bool:
+    return "\n" in source or (":" in source and not os.path.exists(source))
+
+
+def load(source: str, *, _seen: tuple = ()) -> Spec:
+    """Load ``source`` -- a zoo name, a path to a ``.yaml`` file, or YAML text -- into a :class:`Spec`."""
+    if not isinstance(source, (str, os.PathLike)):
+        raise SpecError(f"expected a zoo name, a path or YAML text, got {type(source).__name__}")
+    source = os.fspath(source)
+    if looks_like_yaml_text(source):
+        doc = yamlio.parse(source, "<string>")
+        base_dir = os.getcwd()
+    else:
+        path = zoo_path(source) if (os.sep not in source and not source.endswith((".yaml", ".yml"))) else None
+        if path is None:
+            if not os.path.exists(source):
+                raise SpecError(_unknown_source_message(source), source)
+            path = source
+        doc = yamlio.parse(yamlio.read_text(path), path)
+        base_dir = os.path.dirname(os.path.abspath(path))
+    return _from_document(doc, base_dir, _seen)
+
+
+def _unknown_source_message(source: str) -> str:
+    names = zoo_names()
+    close = difflib.get_close_matches(source, names, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else "; 'resnet-spec list' shows the zoo"
+    return f"no such file, and no zoo entry named {source!r}{hint}"
+
+
+def _from_document(doc: yamlio.Document, base_dir: str, seen: tuple) -> Spec:
+    if not isinstance(doc.data, dict):
+        raise doc.error(f"a spec must be a mapping of fields, got {_type_name(doc.data)}")
+    validate(doc)
+    own = {path: (doc.file,) + pos for path, pos in doc.positions.items()}
+    data = doc.data
+    chain = (doc.file,)
+    if "extends" in data:
+        key = os.path.abspath(doc.file) if doc.file != "<string>" else doc.file
+        base_src = data["extends"]
+        base_path = zoo_path(base_src) if (not base_src.endswith((".yaml", ".yml")) and "/" not in base_src) else None
+        if base_path is None:
+            base_path = os.path.normpath(os.path.join(base_dir, base_src))
+            if not os.path.isfile(base_path):
+                raise doc.error(f"extends: base {base_src!r} is neither a zoo entry nor a file "
+                                f"(looked for {base_path})", ("extends",))
+        if os.path.abspath(base_path) in seen or os.path.abspath(base_path) == key:
+            cycle = " -> ".join(os.path.basename(s) for s in seen + (key, base_path))
+            raise doc.error(f"extends: cycle ({cycle})", ("extends",))
+        if len(seen) >= MAX_EXTENDS_DEPTH:
+            raise doc.error(f"extends: chain deeper than {MAX_EXTENDS_DEPTH}", ("extends",))
+        base = load(base_path, _seen=seen + (key,))
+        merged = {k: copy.deepcopy(v) for k, v in base.data.items() if k not in NOT_INHERITED}
+        origins = {p: o for p, o in base.origins.items() if not (p and p[0] in NOT_INHERITED)}
+        _merge(merged, {k: v for k, v in data.items() if k != "extends"}, (), origins, own)
+        data = merged
+        chain = chain + base.chain
+    else:
+        data = copy.deepcopy(data)
+        origins = own
+    if "name" not in data:
+        data = {"name": _default_name(doc.file), **data}
+    return Spec(data=data, origins=origins, chain=chain)
+
+
+def _default_name(file: str) -> str:
+    if file == "<string>":
+        return "model"
+    stem = os.path.splitext(os.path.basename(file))[0]
+    cleaned = "".join(c if (c.isalnum() or c in "_.-") else "_" for c in stem)[:64] or "model"
+    return cleaned if (cleaned[0].isalpha() or cleaned[0] == "_") else f"m_{cleaned}"[:64]
+
+
+def _merge(dst: dict, src: dict, path: tuple, origins: dict, src_origins: dict) -> None:
+    """Deep-merge ``src`` into ``dst``: mappings merge key by key, anything else replaces."""
+    for key, value in src.items():
+        sub = path + (key,)
+        if isinstance(value, dict) and isinstance(dst.get(key), dict):
+            origins[sub] = src_origins.get(sub, origins.get(sub))
+            _merge(dst[key], value, sub, origins, src_origins)
+        else:
+            for p in [p for p in origins if p[: len(sub)] == sub]:
+                del origins[p]
+            origins.update({p: o for p, o in src_origins.items() if p[: len(sub)] == sub})
+            dst[key] = copy.deepcopy(value)
+
+
+def validate(doc: yamlio.Document) -> None:
+    """Check one document against the JSON Schema; raise the most relevant error, located."""
+    validator = jsonschema.Draft202012Validator(schema())
+    errors = list(validator.iter_errors(doc.data))
+    if not errors:
+        return
+    err = jsonschema.exceptions.best_match(errors)
+    # Prefer the deepest error inside a oneOf/anyOf: it names the actual offending value.
+    while err.context:
+        err = jsonschema.exceptions.best_match(err.context)
+    path = tuple(err.absolute_path)
+    raise doc.error(_describe(err, path), path) from None
+
+
+def _describe(err: jsonschema.ValidationError, path: tuple) -> str:
+    where = _dotted(path) or "spec"
+    if err.validator == "additionalProperties":
+        allowed = sorted(err.schema.get("properties", {}))
+        extra = sorted(set(err.instance) - set(allowed))
+        key = extra[0]
+        close = difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]!r}?" if close else f"; allowed: {', '.join(allowed)}"
+        return f"{_dotted(path + (key,))}: unknown key {key!r}{hint}"
+    if err.validator == "required":
+        missing = err.message.split("'")[1] if "'" in err.message else err.message
+        return f"{where}: missing required field {missing!r}"
+    if err.validator == "type":
+        want = err.validator_value if isinstance(err.validator_value, str) else " or ".join(err.validator_value)
+        return f"{where}: expected {want}, got {_type_name(err.instance)} {_short(err.instance)}"
+    if err.validator == "enum":
+        return f"{where}: {_short(err.instance)} is not one of {', '.join(map(str, err.validator_value))}"
+    if err.validator == "const":
+        return f"{where}: expected {err.validator_value!r}, got {_short(err.instance)}"
+    if err.validator in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
+        op = {"minimum": ">=", "maximum": "<=", "exclusiveMinimum": ">", "exclusiveMaximum": "<"}[err.validator]
+        return f"{where}: {_short(err.instance)} is out of range (must be {op} {err.validator_value})"
+    if err.validator in ("minItems", "maxItems"):
+        op = "at least" if err.validator == "minItems" else "at most"
+        return f"{where}: needs {op} {err.validator_value} item(s), got {len(err.instance)}"
+    if err.validator == "pattern":
+        return f"{where}: {_short(err.instance)} is not a valid name (letters, digits, '_', '.', '-'; starts with a letter or '_'; at most 64 characters)"
+    if err.validator in ("minLength", "maxLength"):
+        return f"{where}: string length must be {'at least' if err.validator == 'minLength' else 'at most'} {err.validator_value}"
+    return f"{where}: {err.message}"
+
+
+def _type_name(value) -> str:
+    if value is None:
+        return "null"
+    return {bool: "boolean", int: "integer", float: "number", str: "string", list: "list", dict: "mapping"}.get(
+        type(value), type(value).__name__)
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _dotted(path) -> str:
+    out = ""
+    for p in path:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out

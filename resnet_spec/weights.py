@@ -1,0 +1,219 @@
+"""The framework-neutral weight set: ``{canonical name: numpy.float32 array}``.
+
+Names and shapes come from the IR (:meth:`resnet_spec.ir.Network.tensors`); convolution weights are
+``(out, in/groups, kh, kw)`` and linear weights ``(out, in)`` as in PyTorch. Backends convert layouts
+themselves (e.g. HWIO for Keras). Stored as safetensors; torchvision/timm ``state_dict`` files are read
+with ``torch.load(weights_only=True)``, which refuses arbitrary pickled objects.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+
+from . import ir
+from .errors import WeightsError
+from .fileio import atomic_path
+
+Weights = dict  # str -> np.ndarray
+
+# torch-only bookkeeping that carries no numbers a model computes with.
+IGNORED_SUFFIXES = (".num_batches_tracked",)
+
+
+def init_weights(net: ir.Network, seed: int = 0, random_bn: bool = False) -> Weights:
+    """A deterministic fresh weight set for ``net``.
+
+    Convolutions: He et al. normal, fan-out mode, std = sqrt(2 / (out_channels * k * k)) as in
+    torchvision. Linear and SE layers: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (PyTorch's default). BN: gamma 1,
+    beta 0, running mean 0, running var 1, and gamma 0 on each block's last BN with
+    ``zero_init_last_bn``.
+
+    ``random_bn=True`` is for parity checks: every BN gets gamma ~ U(0.5, 1.5), beta ~ N(0, 0.1),
+    mean ~ N(0, 0.1), var ~ U(0.5, 2) and biases are non-zero, so that every tensor matters. Each block's
+    last BN gamma is divided by sqrt(number of blocks) so that very deep nets (ResNet-1202) keep finite,
+    comparable activations in eval mode; ``zero_init_last_bn`` is ignored then.
+    """
+    rng = np.random.default_rng(seed)
+    out: Weights = {}
+    last_bns = set(net.last_bn_of_blocks())
+    depth_scale = 1.0 / math.sqrt(max(1, len(net.blocks)))
+    for t in net.tensors():
+        name, shape = t.name, t.shape
+        module, leaf = name.rsplit(".", 1)
+        if len(shape) == 4:  # conv (including SE fc1/fc2)
+            if ".se." in name:
+                bound = 1 / math.sqrt(shape[1])
+                arr = rng.uniform(-bound, bound, shape)
+            else:
+                std = math.sqrt(2.0 / (shape[0] * shape[2] * shape[3]))
+                arr = rng.normal(0.0, std, shape)
+        elif len(shape) == 2:  # linear
+            bound = 1 / math.sqrt(shape[1])
+            arr = rng.uniform(-bound, bound, shape)
+        elif leaf in ("running_mean", "running_var", "weight", "bias") and _is_bn(net, module):
+            arr = _bn_tensor(rng, leaf, shape, random_bn, module in last_bns, net.zero_init_last_bn, depth_scale)
+        else:  # conv / linear / SE bias
+            if ".se." in name or module == "fc":
+                fan_in = _fan_in(net, module)
+                bound = 1 / math.sqrt(fan_in)
+                arr = rng.uniform(-bound, bound, shape)
+            else:
+                arr = rng.normal(0.0, 0.05, shape) if random_bn else np.zeros(shape)
+        out[name] = np.ascontiguousarray(arr, dtype=np.float32)
+    return out
+
+
+def _bn_tensor(rng, leaf, shape, random_bn, is_last, zero_init, depth_scale):
+    if not random_bn:
+        if leaf == "weight":
+            return np.zeros(shape) if (is_last and zero_init) else np.ones(shape)
+        return np.ones(shape) if leaf == "running_var" else np.zeros(shape)
+    if leaf == "weight":
+        g = rng.uniform(0.5, 1.5, shape)
+        return g * depth_scale if is_last else g
+    if leaf == "bias":
+        return rng.normal(0.0, 0.1, shape)
+    if leaf == "running_mean":
+        return rng.normal(0.0, 0.1, shape)
+    return rng.uniform(0.5, 2.0, shape)
+
+
+def _bn_names(net):
+    cache = getattr(_bn_names, "_cache", {})
+    key = id(net)
+    if key not in cache:
+        cache.clear()
+        cache[key] = {op.name for op in net.all_ops() if isinstance(op, ir.BatchNorm)}
+        _bn_names._cache = cache
+    return cache[key]
+
+
+def _is_bn(net, module):
+    return module in _bn_names(net)
+
+
+def _fan_in(net, module):
+    for op in net.all_ops():
+        if isinstance(op, ir.Linear) and op.name == module:
+            return op.in_features
+        if isinstance(op, ir.SqueezeExcite) and module.startswith(op.name + "."):
+            return op.channels if module.endswith("fc1") else op.reduced
+    return 1
+
+
+def check_weights(net: ir.Network, weights, source: str = "weights", allow_nonfinite: bool = False) -> Weights:
+    """Check names, shapes, dtypes and values against the IR; return float32 arrays in IR order.
+
+    Every problem names the tensor: a missing one, an unexpected one, a wrong shape (with the shape the
+    spec expects), a non-float dtype, NaN or Inf values (unless ``allow_nonfinite``).
+    """
+    expected = {t.name: t.shape for t in net.tensors()}
+    given = {k: v for k, v in weights.items() if not k.endswith(IGNORED_SUFFIXES)}
+    missing = [n for n in expected if n not in given]
+    unexpected = sorted(n for n in given if n not in expected)
+    problems = []
+    if missing:
+        problems.append(f"missing tensor {missing[0]!r} (expected shape {_fmt(expected[missing[0]])})"
+                        + (f" and {len(missing) - 1} more" if len(missing) > 1 else ""))
+    if unexpected:
+        problems.append(f"unexpected tensor {unexpected[0]!r}"
+                        + (f" and {len(unexpected) - 1} more" if len(unexpected) > 1 else "")
+                        + f" (not part of spec {net.name!r})")
+    if problems:
+        raise WeightsError(f"{source}: " + "; ".join(problems))
+    out: Weights = {}
+    for name, shape in expected.items():
+        arr = np.asarray(given[name])
+        if arr.dtype.kind not in "fiu" or arr.dtype == np.bool_:
+            raise WeightsError(f"{source}: tensor {name!r} has dtype {arr.dtype}; expected a float tensor")
+        if tuple(arr.shape) != tuple(shape):
+            raise WeightsError(f"{source}: tensor {name!r} has shape {_fmt(arr.shape)}, the spec expects "
+                               f"{_fmt(shape)}")
+        arr = np.ascontiguousarray(arr, dtype=np.float32)
+        if not allow_nonfinite and not np.isfinite(arr).all():
+            bad = "NaN" if np.isnan(arr).any() else "Inf"
+            raise WeightsError(f"{source}: tensor {name!r} contains {bad} values (pass --allow-nonfinite "
+                               "to accept them)")
+        out[name] = arr
+    return out
+
+
+def _fmt(shape) -> str:
+    return "(" + ", ".join(map(str, shape)) + ")"
+
+
+def read_safetensors(path: str) -> Weights:
+    from safetensors import SafetensorError
+    from safetensors.numpy import load as st_load
+
+    with open(path, "rb") as fh:
+        raw = fh.read()
+    try:
+        return dict(st_load(raw))
+    except (SafetensorError, ValueError, TypeError, OverflowError) as exc:
+        raise WeightsError(f"{path}: not a valid safetensors file ({exc}); it may be truncated or corrupt") from None
+    except Exception as exc:  # safetensors raises a few Rust-side error types
+        raise WeightsError(f"{path}: not a valid safetensors file ({type(exc).__name__}: {exc})") from None
+
+
+def read_torch(path: str) -> Weights:
+    """A ``.pth``/``.pt`` state_dict, loaded without unpickling arbitrary objects."""
+    try:
+        import torch
+    except ImportError:
+        raise WeightsError(f"{path}: reading .pth/.pt files needs PyTorch (pip install torch), or convert "
+                           "the file to safetensors") from None
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # weights_only refusals and corrupt archives both land here
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise WeightsError(f"{path}: refused: not a plain dictionary of tensors ({msg})") from None
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict):
+        raise WeightsError(f"{path}: refused: expected a dictionary of tensors, got {type(obj).__name__}")
+    out = {}
+    for k, v in obj.items():
+        if not isinstance(k, str) or not isinstance(v, torch.Tensor):
+            raise WeightsError(f"{path}: refused: entry {k!r} is a {type(v).__name__}, not a tensor")
+        if k.endswith(IGNORED_SUFFIXES):
+            continue
+        out[k] = v.detach().to(torch.float32).numpy() if v.is_floating_point() else v.numpy()
+    return out
+
+
+def read_weights(path: str) -> Weights:
+    if not os.path.isfile(path):
+        raise WeightsError(f"{path}: no such weight file")
+    if os.path.getsize(path) == 0:
+        raise WeightsError(f"{path}: empty weight file")
+    if path.endswith((".pth", ".pt", ".bin", ".ckpt")):
+        return read_torch(path)
+    return read_safetensors(path)
+
+
+def load_weights(net: ir.Network, path: str, allow_nonfinite: bool = False) -> Weights:
+    """Read ``path`` (safetensors, or a torchvision/timm state_dict) and check it against ``net``."""
+    return check_weights(net, read_weights(path), path, allow_nonfinite)
+
+
+def save_weights(weights: Weights, path: str, metadata: dict | None = None, force: bool = True) -> None:
+    """Write safetensors atomically; tensors are stored in sorted-name order (deterministic bytes)."""
+    from safetensors.numpy import save
+
+    data = save({k: np.ascontiguousarray(weights[k]) for k in sorted(weights)}, metadata=metadata)
+    with atomic_path(path, force) as tmp:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+
+
+def resolve_weights(net: ir.Network, weights=None, seed: int = 0, allow_nonfinite: bool = False) -> Weights:
+    """None -> fresh init; a path -> loaded and checked; a mapping -> checked."""
+    if weights is None:
+        return init_weights(net, seed=seed)
+    if isinstance(weights, (str, os.PathLike)):
+        return load_weights(net, os.fspath(weights), allow_nonfinite)
+    return check_weights(net, weights, "weights", allow_nonfinite)

@@ -1,0 +1,166 @@
+"""Safe YAML loading that keeps source positions.
+
+PyYAML's ``safe_load`` silently keeps the last of duplicate keys, expands aliases without bound and
+forgets where each value came from. Specs need all three fixed: we compose the node graph (linear in
+the text, aliases are shared nodes), then construct plain Python data ourselves, rejecting duplicate
+keys, counting every node visited so that alias/merge bombs stop after a fixed budget, and recording
+``path -> (line, col)`` (1-based) for error messages.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import yaml
+
+from .errors import SpecError
+
+MAX_BYTES = 1_000_000
+MAX_NODES = 100_000  # after alias expansion; a real spec has a few hundred
+
+_MERGE = "tag:yaml.org,2002:merge"
+_MAP, _SEQ = "tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"
+
+
+@dataclass
+class Document:
+    """Parsed YAML: the data, its text, its file name and a position for every path."""
+
+    data: object
+    text: str
+    file: str
+    positions: dict = field(default_factory=dict)
+
+    def where(self, path) -> tuple[int | None, int | None]:
+        """The closest recorded position of ``path`` (walking up to its parents)."""
+        path = tuple(path)
+        while path not in self.positions and path:
+            path = path[:-1]
+        return self.positions.get(path, (None, None))
+
+    def error(self, message: str, path=()) -> SpecError:
+        line, col = self.where(path)
+        return SpecError(message, self.file, line, col, path)
+
+
+def read_text(path: str) -> str:
+    """Read a spec file as UTF-8 text with the size, type and encoding checks of the spec format."""
+    if os.path.isdir(path):
+        raise SpecError("is a directory, not a spec file", path)
+    if not os.path.exists(path):
+        raise SpecError("no such file", path)
+    size = os.path.getsize(path)
+    if size > MAX_BYTES:
+        raise SpecError(f"file is {size:,} bytes; specs are limited to {MAX_BYTES:,} bytes", path)
+    with open(path, "rb") as fh:
+        raw = fh.read()
+    return decode(raw, path)
+
+
+def decode(raw: bytes, file: str) -> str:
+    if len(raw) > MAX_BYTES:
+        raise SpecError(f"spec is {len(raw):,} bytes; specs are limited to {MAX_BYTES:,} bytes", file)
+    if b"\x00" in raw:
+        raise SpecError("binary data (NUL byte) in a spec file; expected UTF-8 YAML text", file)
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        col = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise SpecError(f"not valid UTF-8 (byte 0x{raw[exc.start]:02x})", file, line, col) from None
+    return text
+
+
+def parse(text: str, file: str = "<string>") -> Document:
+    """Parse YAML ``text`` into a :class:`Document`; every failure is a located :class:`SpecError`."""
+    if len(text.encode("utf-8", "surrogatepass")) > MAX_BYTES:
+        raise SpecError(f"spec is larger than {MAX_BYTES:,} bytes", file)
+    try:
+        nodes = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        msg = exc.problem or str(exc)
+        if "\t" in msg or "tab" in msg:
+            msg += " (YAML does not allow tabs for indentation; use spaces)"
+        if exc.context:
+            msg = f"{msg} ({exc.context})"
+        raise SpecError(f"invalid YAML: {msg}", file,
+                        mark.line + 1 if mark else None, mark.column + 1 if mark else None) from None
+    except yaml.YAMLError as exc:
+        raise SpecError(f"invalid YAML: {exc}", file) from None
+    if len(nodes) > 1:
+        n = nodes[1]
+        raise SpecError("a spec file holds one YAML document; found a second one", file,
+                        n.start_mark.line + 1, n.start_mark.column + 1)
+    doc = Document(None, text, file)
+    if not nodes or nodes[0] is None:
+        raise SpecError("empty spec: expected a mapping such as 'stages: [...]'", file, 1, 1)
+    builder = _Builder(doc)
+    doc.data = builder.build(nodes[0], ())
+    return doc
+
+
+class _Builder:
+    def __init__(self, doc: Document):
+        self.doc = doc
+        self.count = 0
+        self.constructor = yaml.SafeLoader("")  # only its scalar constructors are used
+
+    def _tick(self, node):
+        self.count += 1
+        if self.count > MAX_NODES:
+            raise SpecError(f"YAML expands to more than {MAX_NODES:,} nodes (alias or merge-key bomb?)",
+                            self.doc.file, node.start_mark.line + 1, node.start_mark.column + 1)
+
+    def build(self, node, path, depth=0):
+        self._tick(node)
+        if depth > 50:
+            raise SpecError("YAML nested more than 50 levels deep", self.doc.file,
+                            node.start_mark.line + 1, node.start_mark.column + 1)
+        self.doc.positions.setdefault(path, (node.start_mark.line + 1, node.start_mark.column + 1))
+        if isinstance(node, yaml.MappingNode):
+            return self._mapping(node, path, depth)
+        if isinstance(node, yaml.SequenceNode):
+            return [self.build(item, path + (i,), depth + 1) for i, item in enumerate(node.value)]
+        try:
+            return self.constructor.construct_object(node, deep=True)
+        except yaml.YAMLError as exc:
+            raise SpecError(f"invalid YAML value: {getattr(exc, 'problem', exc)}", self.doc.file,
+                            node.start_mark.line + 1, node.start_mark.column + 1) from None
+
+    def _mapping(self, node, path, depth):
+        out: dict = {}
+        merged: dict = {}
+        for key_node, value_node in node.value:
+            self._tick(key_node)
+            if key_node.tag == _MERGE:
+                sources = value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
+                for src in sources:
+                    if not isinstance(src, yaml.MappingNode):
+                        raise SpecError("merge key '<<' needs a mapping", self.doc.file,
+                                        src.start_mark.line + 1, src.start_mark.column + 1)
+                    for k, v in self._mapping(src, path, depth + 1).items():
+                        merged.setdefault(k, v)
+                continue
+            if not isinstance(key_node, yaml.ScalarNode):
+                raise SpecError("mapping keys must be plain strings", self.doc.file,
+                                key_node.start_mark.line + 1, key_node.start_mark.column + 1)
+            key = self.constructor.construct_object(key_node)
+            if not isinstance(key, str):
+                key = str(key) if not isinstance(key, bool) else key_node.value
+            if key in out:
+                first = self.doc.positions.get(path + (key,), (None, None))
+                raise SpecError(f"duplicate key {key!r} (first defined at line {first[0]})",
+                                self.doc.file, key_node.start_mark.line + 1, key_node.start_mark.column + 1,
+                                path + (key,))
+            self.doc.positions[path + (key,)] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
+            out[key] = self.build(value_node, path + (key,), depth + 1)
+        for k, v in merged.items():
+            out.setdefault(k, v)
+        return out
+
+
+def dump(data) -> str:
+    """Deterministic YAML text of plain data (key order kept)."""
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=None, width=100)

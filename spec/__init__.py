@@ -1,0 +1,1 @@
+"""The model zoo: bundled YAML specs, installed as ``resnet_spec.zoo`` (data only)."""
