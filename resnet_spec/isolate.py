@@ -1,0 +1,43 @@
+"""Run framework code in a fresh worker process.
+
+TensorFlow, PyTorch/torchvision and ONNX Runtime each load native libraries that do not always
+coexist in one process (on our reference machine importing torchvision after TensorFlow has run a
+model segfaults). Anything that needs two frameworks therefore runs each in its own spawned process
+and exchanges numpy arrays; a crash in a worker becomes an error message, never a dead caller.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+
+from .errors import ResNetSpecError
+
+
+class WorkerCrashed(ResNetSpecError):
+    """The worker process died (segfault, abort, out of memory) instead of returning."""
+
+
+def _quiet_env():
+    # TensorFlow's C++ logging and oneDNN notices are noise for our users.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
+
+def run_isolated(fn, *args, **kwargs):
+    """Call ``fn(*args, **kwargs)`` in a new spawned process and return its (picklable) result.
+
+    Exceptions raised by ``fn`` are re-raised here; a worker that dies raises :class:`WorkerCrashed`.
+    ``fn`` must be importable by module path (a module-level function).
+    """
+    _quiet_env()
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=1, mp_context=ctx, initializer=_quiet_env) as pool:
+        future = pool.submit(fn, *args, **kwargs)
+        try:
+            return future.result()
+        except BrokenProcessPool:
+            raise WorkerCrashed(f"the worker running {fn.__module__}.{fn.__qualname__} crashed "
+                                "(killed by a signal or out of memory)") from None

@@ -1,0 +1,45 @@
+"""Shared test fixtures.
+
+Framework isolation: this process may import torch, torchvision, timm and onnxruntime, but never
+TensorFlow. Everything TensorFlow/Keras runs through ``resnet_spec.isolate.run_isolated`` in a fresh
+process (see tests/tf_checks.py), so no test depends on import order.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+
+@pytest.fixture(autouse=True)
+def _no_tensorflow_in_main_process():
+    yield
+    assert "tensorflow" not in sys.modules, "a test imported TensorFlow in the pytest process; use run_isolated"
+
+
+def randomize_bn(state_dict, seed: int = 0):
+    """Give a torch state_dict non-trivial BN statistics and affine parameters, in place."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    for k, v in state_dict.items():
+        if k.endswith("running_var"):
+            v.copy_(torch.rand(v.shape, generator=g) * 1.5 + 0.5)
+        elif k.endswith("running_mean"):
+            v.copy_(torch.randn(v.shape, generator=g) * 0.1)
+        elif k.endswith(("bn1.bias", "bn2.bias", "bn3.bias")) or ".bias" in k and "bn" in k:
+            v.copy_(torch.randn(v.shape, generator=g) * 0.1)
+    return state_dict
+
+
+def rel_err(a, b) -> float:
+    """max |a - b| / max |a|: error relative to the output scale."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.abs(a - b).max() / max(np.abs(a).max(), 1e-12))
