@@ -140,7 +140,7 @@ def _weights(net, weights_file, seed, allow_nonfinite, random_bn=False):
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the fresh weights.")
 @click.option("--opset", type=int, default=None, help="ONNX opset (default: the backend's default).")
 @click.option("--no-fold-bn", is_flag=True, help="ONNX: keep BatchNormalization nodes.")
-@click.option("--batch", type=int, default=None, help="ONNX: fixed batch size (default: dynamic 'batch').")
+@click.option("--batch", type=click.IntRange(1), default=None, help="ONNX: fixed batch size (default: dynamic 'batch').")
 @click.option("--data-format", type=click.Choice(["channels_last", "channels_first"]), default="channels_last",
               show_default=True, help="TensorFlow: input layout.")
 @click.option("--force", is_flag=True, help="Overwrite existing outputs.")
@@ -149,31 +149,46 @@ def _weights(net, weights_file, seed, allow_nonfinite, random_bn=False):
 def convert(spec, targets, weights_file, out_dir, seed, opset, no_fold_bn, batch, data_format, force,
             allow_nonfinite, max_params, max_activation_gib):
     """Write framework models for SPEC (PyTorch .pt2 + standalone .py, ONNX, Keras + SavedModel)."""
+    import tempfile
+    import time
+
     from . import isolate
+    from .fileio import check_writable
     from .weights import save_weights
 
     backends = _parse_backends(targets)
     net = _load(spec, max_params, max_activation_gib)
     weights = _weights(net, weights_file, seed, allow_nonfinite)
     out_dir = out_dir or os.path.join("out", net.name)
-    os.makedirs(out_dir, exist_ok=True)
-    wpath = os.path.join(out_dir, f"{net.name}.weights.safetensors")
-    save_weights(weights, wpath, metadata={"format": "resnet-spec", "spec": net.name}, force=True)
-    click.echo(f"{net.name}: {net.params:,} params, weights -> {wpath}")
-    for b in backends:
-        opts = {}
-        if b == "onnx":
-            opts = {"fold_bn": not no_fold_bn, "batch": batch}
-            if opset is not None:
-                opts["opset"] = opset
-        elif b == "tensorflow":
-            opts = {"data_format": data_format}
-        click.echo(f"  {b}: converting ...", nl=False)
-        # Each framework converts in its own process: see resnet_spec.isolate.
-        paths = isolate.run_isolated(_convert_worker, b, net.spec_yaml, wpath, out_dir, force, opts)
-        click.echo(" done")
-        for p in paths:
-            click.echo(f"    {p}")
+    # The canonical weights go beside the models as <name>.safetensors (the torch backend writes that
+    # same file for its standalone .py); checked up front so that a refusal costs nothing.
+    wfinal = os.path.join(out_dir, f"{net.name}.safetensors")
+    check_writable(wfinal, force)
+    click.echo(f"{net.name}: {net.params:,} params, {net.macs / 1e9:.3f} GMACs, weights: "
+               f"{weights_file or f'fresh He initialisation (seed {seed})'}")
+    with tempfile.TemporaryDirectory(prefix="resnet-spec-") as tmp:
+        # workers read the checked weights from a private file; nothing in out_dir is touched until
+        # a backend has its whole output ready (each write is atomic)
+        wtmp = os.path.join(tmp, "weights.safetensors")
+        save_weights(weights, wtmp)
+        for b in backends:
+            opts = {}
+            if b == "onnx":
+                opts = {"fold_bn": not no_fold_bn, "batch": batch}
+                if opset is not None:
+                    opts["opset"] = opset
+            elif b == "tensorflow":
+                opts = {"data_format": data_format}
+            click.echo(f"  {b}: converting ...", nl=False)
+            t0 = time.perf_counter()
+            # Each framework converts in its own process: see resnet_spec.isolate.
+            paths = isolate.run_isolated(_convert_worker, b, net.spec_yaml, wtmp, out_dir, force, opts)
+            click.echo(f" done in {time.perf_counter() - t0:.1f} s")
+            for p in paths:
+                click.echo(f"    {p}")
+    if "torch" not in backends:
+        save_weights(weights, wfinal, metadata={"format": "resnet-spec", "spec": net.name}, force=force)
+    click.echo(f"  weights: {wfinal}")
 
 
 def _convert_worker(backend, spec_yaml, weights_path, out_dir, force, opts):
@@ -185,7 +200,8 @@ def _convert_worker(backend, spec_yaml, weights_path, out_dir, force, opts):
     if mod.available():
         raise ResNetSpecError(f"{backend}: {mod.available()}")
     net = load(spec_yaml)
-    return mod.convert(net, load_weights(net, weights_path), out_dir, force=force, **opts)
+    # the parent already checked these weights (and the user's --allow-nonfinite choice)
+    return mod.convert(net, load_weights(net, weights_path, allow_nonfinite=True), out_dir, force=force, **opts)
 
 
 def _parse_backends(text: str) -> list:
@@ -204,6 +220,56 @@ def _parse_backends(text: str) -> list:
 
 
 BACKENDS_ORDER = ("torch", "onnx", "tensorflow")
+
+
+@main.command()
+@click.argument("spec")
+@click.option("--weights", "weights_file", type=click.Path(dir_okay=False),
+              help="safetensors or .pth weights. Default: seeded random with non-trivial BN statistics.")
+@click.option("--backends", "targets", default="all", show_default=True,
+              help="Comma-separated backends to compare (torch, onnx, tensorflow) or 'all'.")
+@click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]),
+              help="Where every backend runs; one that cannot is reported and the others still run.")
+@click.option("--dtype", default="float32", show_default=True,
+              type=click.Choice(["float32", "float16", "bfloat16"]))
+@click.option("--batch", type=click.IntRange(1, 1024), default=2, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the input and of random weights.")
+@click.option("--layers", is_flag=True, help="Compare every stem/block output, not only the logits.")
+@click.option("--allow-tf32", is_flag=True, help="Allow TF32 matmuls/convolutions on GPUs (off by default).")
+@click.option("--allow-nonfinite", is_flag=True, help="Accept NaN/Inf values in --weights.")
+@click.option("--json", "json_file", type=click.Path(dir_okay=False),
+              help="Also write the report as JSON to this file ('-' for stdout).")
+@limit_options
+def parity(spec, weights_file, targets, device, dtype, batch, seed, layers, allow_tf32, allow_nonfinite,
+           json_file, max_params, max_activation_gib):
+    """Run SPEC in every backend on the same weights and input; compare every pair.
+
+    Exit 0 when every pair is within the tolerance for --dtype, 1 otherwise.
+    """
+    from . import parity as P
+
+    backends = _parse_backends(targets)
+    if len(backends) < 2:
+        raise click.BadParameter("name at least two backends to compare", param_hint="--backends")
+    net = _load(spec, max_params, max_activation_gib)
+    weights = _weights(net, weights_file, seed, allow_nonfinite, random_bn=True)
+    label = weights_file or f"seeded random (seed {seed}), non-trivial BN statistics"
+    if json_file and json_file != "-":
+        from .fileio import check_writable
+
+        check_writable(json_file, force=True)
+    report = P.run(net, weights, backends=backends, device=device, dtype=dtype, batch=batch, seed=seed,
+                   layers=layers, allow_tf32=allow_tf32, weights_label=label,
+                   progress=lambda t: click.echo(f"  {t}", err=True))
+    if json_file == "-":
+        click.echo(json.dumps(report.to_json(), indent=2))
+    else:
+        click.echo(P.format_report(report))
+        if json_file:
+            from .fileio import write_text
+
+            write_text(json_file, json.dumps(report.to_json(), indent=2) + "\n")
+    sys.exit(0 if report.passed else 1)
 
 
 @main.command()

@@ -41,3 +41,39 @@ def run_isolated(fn, *args, **kwargs):
         except BrokenProcessPool:
             raise WorkerCrashed(f"the worker running {fn.__module__}.{fn.__qualname__} crashed "
                                 "(killed by a signal or out of memory)") from None
+
+
+class Worker:
+    """One long-lived spawned process, reused across calls (TensorFlow takes seconds to import).
+
+    A crash is reported as :class:`WorkerCrashed` and the next call starts a fresh process.
+    Use as a context manager, or call :meth:`close`.
+    """
+
+    def __init__(self, label: str = "worker"):
+        self.label = label
+        self._pool = None
+
+    def call(self, fn, *args, **kwargs):
+        _quiet_env()
+        if self._pool is None:
+            ctx = multiprocessing.get_context("spawn")
+            self._pool = ProcessPoolExecutor(max_workers=1, mp_context=ctx, initializer=_quiet_env)
+        future = self._pool.submit(fn, *args, **kwargs)
+        try:
+            return future.result()
+        except BrokenProcessPool:
+            self.close()
+            raise WorkerCrashed(f"the {self.label} worker process crashed (killed by a signal or out of "
+                                "memory)") from None
+
+    def close(self):
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

@@ -11,7 +11,6 @@ import math
 from dataclasses import dataclass
 
 from . import ir
-from .errors import SpecError
 from .spec import Spec
 
 DEFAULTS = {
@@ -202,7 +201,6 @@ class _Resolver:
         expansion = blk.get("expansion", 4 if self.kind == "bottleneck" else 1)
         groups = _opt(blk, "groups", "block")
         wpg = _opt(blk, "width_per_group", "block")
-        stride_on = _opt(blk, "stride_on", "block")
         stride_last = _opt(blk, "stride_block", "block") == "last"
         se = blk.get("se")
         se = None if se is None else {**DEFAULTS["block.se"], **se}
@@ -352,9 +350,15 @@ class _Resolver:
         else:
             shape = in_shape
         if shape != out_shape:
+            pool = next((op for op in shortcut if isinstance(op, ir.Pool)), None)
+            if pool is not None and not pool.ceil_mode:
+                raise self.err(f"block {name}: the shortcut's {stride}x{stride} average pool (ceil_mode: false) "
+                               f"gives {_fmt(shape[1:])} on a {_fmt(in_shape[1:])} input, but the residual branch gives "
+                               f"{_fmt(out_shape[1:])}; set ceil_mode: true or use an input size that divides evenly",
+                               ("shortcut", "pool", "ceil_mode"))
             raise self.err(f"block {name}: shortcut gives {_fmt(shape)} but the residual branch gives "
-                           f"{_fmt(out_shape)}; with ceil-mode pooling or odd sizes use shortcut type B",
-                           spath)
+                           f"{_fmt(out_shape)}; with odd feature-map sizes use a projection shortcut "
+                           "(type B or C)", spath)
         post = [] if self.preact else [self.relu(out_shape)]
         kind = self.kind
         return ir.Block(name, si, bi, kind, self.preact, tuple(pre), tuple(main), tuple(shortcut), src,

@@ -42,6 +42,8 @@ class Spec:
     def error(self, message: str, path=()) -> SpecError:
         """A :class:`SpecError` located at ``path`` (or its closest recorded parent)."""
         path = tuple(path)
+        if not path and self.chain:  # a whole-model problem belongs to the user's file, not to a base
+            return SpecError(message, self.chain[0], 1, 1, path)
         probe = path
         while probe not in self.origins and probe:
             probe = probe[:-1]
@@ -171,15 +173,21 @@ def validate(doc: yamlio.Document) -> None:
     while err.context:
         err = jsonschema.exceptions.best_match(err.context)
     path = tuple(err.absolute_path)
-    raise doc.error(_describe(err, path), path) from None
+    where = path
+    if err.validator == "additionalProperties":  # point at the unknown key itself, not its parent
+        where = path + (_extra_keys(err)[0],)
+    raise doc.error(_describe(err, path), where) from None
+
+
+def _extra_keys(err: jsonschema.ValidationError) -> list:
+    return sorted(set(err.instance) - set(err.schema.get("properties", {})), key=str)
 
 
 def _describe(err: jsonschema.ValidationError, path: tuple) -> str:
     where = _dotted(path) or "spec"
     if err.validator == "additionalProperties":
         allowed = sorted(err.schema.get("properties", {}))
-        extra = sorted(set(err.instance) - set(allowed))
-        key = extra[0]
+        key = _extra_keys(err)[0]
         close = difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.6)
         hint = f"; did you mean {close[0]!r}?" if close else f"; allowed: {', '.join(allowed)}"
         return f"{_dotted(path + (key,))}: unknown key {key!r}{hint}"
@@ -188,7 +196,8 @@ def _describe(err: jsonschema.ValidationError, path: tuple) -> str:
         return f"{where}: missing required field {missing!r}"
     if err.validator == "type":
         want = err.validator_value if isinstance(err.validator_value, str) else " or ".join(err.validator_value)
-        return f"{where}: expected {want}, got {_type_name(err.instance)} {_short(err.instance)}"
+        got = _type_name(err.instance) + ("" if err.instance is None else f" {_short(err.instance)}")
+        return f"{where}: expected {want}, got {got}"
     if err.validator == "enum":
         return f"{where}: {_short(err.instance)} is not one of {', '.join(map(str, err.validator_value))}"
     if err.validator == "const":
@@ -219,7 +228,14 @@ def _short(value) -> str:
 
 
 def _dotted(path) -> str:
+    """``stages[1].blocks``; a key that is not a plain identifier is quoted (``stem['\\r']``) so that
+    user text can never break the one-line error format."""
     out = ""
     for p in path:
-        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+        if isinstance(p, int):
+            out += f"[{p}]"
+        elif isinstance(p, str) and p.isidentifier() and p.isascii():
+            out += f".{p}" if out else p
+        else:
+            out += f"[{p!r}]"
     return out

@@ -87,8 +87,13 @@ def parse(text: str, file: str = "<string>") -> Document:
             msg = f"{msg} ({exc.context})"
         raise SpecError(f"invalid YAML: {msg}", file,
                         mark.line + 1 if mark else None, mark.column + 1 if mark else None) from None
+    except yaml.reader.ReaderError as exc:  # a control character: PyYAML gives a character offset only
+        before = text[: exc.position]
+        line, col = before.count("\n") + 1, exc.position - (before.rfind("\n") + 1) + 1
+        raise SpecError(f"invalid YAML: control character U+{exc.character:04X} is not allowed in YAML text",
+                        file, line, col) from None
     except yaml.YAMLError as exc:
-        raise SpecError(f"invalid YAML: {exc}", file) from None
+        raise SpecError(f"invalid YAML: {str(exc).splitlines()[0]}", file) from None
     if len(nodes) > 1:
         n = nodes[1]
         raise SpecError("a spec file holds one YAML document; found a second one", file,

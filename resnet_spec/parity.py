@@ -1,0 +1,259 @@
+"""Cross-framework parity: run every backend on one weight set and one input, compare, diagnose.
+
+Each backend runs in its own worker process (:mod:`resnet_spec.isolate`) and returns numpy arrays,
+so frameworks whose native libraries do not coexist can never take the checker down, whatever the
+caller imported before.
+
+Metrics, for a pair of outputs ``a`` (the first backend) and ``b``:
+
+* ``max_abs = max |a - b|``
+* ``max_rel = max |a - b| / max |a|`` -- the error relative to the output's scale. Absolute
+  errors grow with the logit scale (random weights give logits of a few hundred), so tolerances are
+  stated on this ratio.
+* ``top1``: the fraction of samples whose arg-max class agrees.
+
+A pair passes when ``max_rel <= TOLERANCES[dtype]``. The tolerances come from measurements over the
+whole zoo (docs/parity.md): the float32 bound is about two orders of magnitude above the worst
+measured error, so a real mismatch (a wrong padding, a transposed kernel, a wrong epsilon) stands out
+while summation-order noise never fails a run.
+
+Diagnosis compares the taps -- the stem output, every block output and the logits, all NCHW -- in
+network order and names the first one whose relative error exceeds the tolerance.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import ir
+from .errors import BackendUnavailable, ResNetSpecError
+from .isolate import Worker, WorkerCrashed
+
+#: max |a-b| / max |a| a pair may reach, per dtype (see docs/parity.md for the measurements).
+TOLERANCES = {"float32": 1e-4, "float16": 2e-2, "bfloat16": 1e-1}
+DTYPES = tuple(TOLERANCES)
+BACKENDS = ("torch", "onnx", "tensorflow")
+
+
+def compare(a: np.ndarray, b: np.ndarray) -> dict:
+    """max_abs, max_rel (relative to max |a|) and, for 2-D logits, top-1 agreement."""
+    a64, b64 = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a64.shape != b64.shape:
+        return {"max_abs": float("inf"), "max_rel": float("inf"), "top1": None,
+                "shape_mismatch": [list(a64.shape), list(b64.shape)]}
+    diff = np.abs(a64 - b64)
+    finite = np.isfinite(a64).all() and np.isfinite(b64).all()
+    max_abs = float(diff.max()) if finite and diff.size else (0.0 if finite else float("inf"))
+    scale = float(np.abs(a64).max()) if a64.size else 0.0
+    out = {"max_abs": max_abs, "max_rel": max_abs / max(scale, 1e-30) if max_abs else 0.0, "scale": scale}
+    if a64.ndim == 2:
+        out["top1"] = float(np.mean(a64.argmax(1) == b64.argmax(1)))
+    return out
+
+
+def _infer_worker(backend: str, spec_yaml: str, weights: dict, x: np.ndarray, options: dict, mutate):
+    """Runs in a worker process: build ``backend``'s model and run it (see each backend's ``infer``)."""
+    from . import load
+    from .backends import get
+
+    mod = get(backend)
+    reason = mod.available()
+    if reason:
+        raise BackendUnavailable(f"{backend}: {reason}")
+    net = load(spec_yaml)
+    t0 = time.perf_counter()
+    outputs, device = mod.infer(net, weights, x, mutate=mutate, **options)
+    return outputs, device, time.perf_counter() - t0
+
+
+@dataclass
+class BackendRun:
+    name: str
+    device: str = ""
+    seconds: float = 0.0
+    error: str | None = None
+    outputs: dict = field(default_factory=dict, repr=False)
+
+
+@dataclass
+class Report:
+    spec: str
+    dtype: str
+    device: str
+    batch: int
+    seed: int
+    weights: str
+    tolerance: float
+    allow_tf32: bool
+    runs: dict
+    pairs: list
+    layers: bool
+
+    @property
+    def passed(self) -> bool:
+        ran = [r for r in self.runs.values() if r.error is None]
+        return len(ran) >= 2 and all(p["passed"] for p in self.pairs)
+
+    def to_json(self) -> dict:
+        return {
+            "spec": self.spec, "dtype": self.dtype, "device": self.device, "batch": self.batch,
+            "seed": self.seed, "weights": self.weights, "tolerance_rel": self.tolerance,
+            "tf32": self.allow_tf32 if self.dtype == "float32" else None,
+            "backends": {n: {"device": r.device, "seconds": round(r.seconds, 3), "error": r.error}
+                         for n, r in self.runs.items()},
+            "pairs": self.pairs, "passed": self.passed,
+        }
+
+
+class Runner:
+    """Keeps one worker process per backend alive across :meth:`run` calls (used by sweeps and tests)."""
+
+    def __init__(self):
+        self._workers = {b: Worker(b) for b in BACKENDS}
+
+    def infer(self, backend, net, weights, x, options, mutate=None):
+        return self._workers[backend].call(_infer_worker, backend, net.spec_yaml, weights, x, options, mutate)
+
+    def close(self):
+        for w in self._workers.values():
+            w.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def make_input(net: ir.Network, batch: int, seed: int) -> np.ndarray:
+    """Standard-normal NCHW float32 input; the same for every backend."""
+    return np.random.default_rng(seed).standard_normal((batch, *net.input_shape), dtype=np.float32)
+
+
+def run(net: ir.Network, weights: dict, *, backends=BACKENDS, device: str = "cpu", dtype: str = "float32",
+        batch: int = 2, seed: int = 0, layers: bool = False, allow_tf32: bool = False,
+        weights_label: str = "", mutate: dict | None = None, runner: Runner | None = None,
+        progress=None) -> Report:
+    """Run ``backends`` on the same weights and input and compare every pair.
+
+    ``mutate`` maps a backend name to a picklable ``fn(model) -> model`` applied to that backend's
+    built model (for planted-fault tests). ``progress(text)`` receives one line per step. When a
+    pair fails, or ``layers`` is set, every tap is compared and the first divergent one is named.
+    """
+    if dtype not in TOLERANCES:
+        raise ResNetSpecError(f"unsupported dtype {dtype!r}; choose from {', '.join(DTYPES)}")
+    if batch < 1:
+        raise ResNetSpecError("--batch must be at least 1")
+    say = progress or (lambda _text: None)
+    own = runner is None
+    runner = runner or Runner()
+    x = make_input(net, batch, seed)
+    tol = TOLERANCES[dtype]
+    options = {"device": device, "dtype": dtype, "allow_tf32": allow_tf32}
+    runs: dict[str, BackendRun] = {}
+    order = tuple(net.tap_names())
+    try:
+        for b in backends:
+            runs[b] = _run_one(runner, b, net, weights, x, dict(options, taps=layers), (mutate or {}).get(b), say)
+        pairs = [_pair(runs[a], runs[b], tol, layers, order) for a, b in itertools.combinations(backends, 2)
+                 if runs[a].error is None and runs[b].error is None]
+        if not layers and any(not p["passed"] for p in pairs):
+            say("a pair failed: re-running with every tap to find where they diverge")
+            for b in backends:
+                if runs[b].error is None:
+                    runs[b] = _run_one(runner, b, net, weights, x, dict(options, taps=True),
+                                       (mutate or {}).get(b), say)
+            pairs = [_pair(runs[a], runs[b], tol, True, order) for a, b in itertools.combinations(backends, 2)
+                     if runs[a].error is None and runs[b].error is None]
+    finally:
+        if own:
+            runner.close()
+    return Report(spec=net.name, dtype=dtype, device=device, batch=batch, seed=seed,
+                  weights=weights_label or "given", tolerance=tol, allow_tf32=allow_tf32, runs=runs,
+                  pairs=pairs, layers=layers or any(not p["passed"] for p in pairs))
+
+
+def _run_one(runner, backend, net, weights, x, options, mutate, say) -> BackendRun:
+    say(f"{backend}: building and running ...")
+    t0 = time.perf_counter()
+    try:
+        outputs, device, seconds = runner.infer(backend, net, weights, x, options, mutate)
+    except (BackendUnavailable, WorkerCrashed) as exc:
+        say(f"{backend}: not run: {exc}")
+        return BackendRun(backend, error=str(exc), seconds=time.perf_counter() - t0)
+    say(f"{backend}: {device} ({seconds:.1f} s)")
+    return BackendRun(backend, device=device, seconds=seconds, outputs=outputs)
+
+
+def _pair(a: BackendRun, b: BackendRun, tol: float, layers: bool, taps: tuple) -> dict:
+    """Compare two runs' logits, and with ``layers`` every tap in network order (``taps``): the first
+    failing tap in that order is where the backends diverge, whatever order a backend returned them in."""
+    head = compare(a.outputs["head"], b.outputs["head"])
+    p = {"a": a.name, "b": b.name, **{k: head.get(k) for k in ("max_abs", "max_rel", "top1", "scale")},
+         "passed": head["max_rel"] <= tol}
+    if "shape_mismatch" in head:
+        p["shape_mismatch"] = head["shape_mismatch"]
+    if layers:
+        rows = []
+        for name in taps:
+            if name in a.outputs and name in b.outputs:
+                c = compare(a.outputs[name], b.outputs[name])
+                rows.append({"tap": name, "max_abs": c["max_abs"], "max_rel": c["max_rel"],
+                             "passed": c["max_rel"] <= tol})
+        p["layers"] = rows
+        first = next((r for r in rows if not r["passed"]), None)
+        p["first_divergence"] = first["tap"] if first else None
+    return p
+
+
+def _e(v) -> str:
+    return "-" if v is None else f"{v:.2e}"
+
+
+def format_report(r: Report) -> str:
+    """The terminal table."""
+    lines = [f"parity {r.spec}: {r.dtype}, batch {r.batch}, input seed {r.seed}, weights: {r.weights}", ""]
+    w = max(len(n) for n in r.runs) if r.runs else 8
+    for n, run_ in r.runs.items():
+        lines.append(f"  {n:<{w}}  {run_.device if run_.error is None else 'NOT RUN: ' + run_.error}")
+    lines.append("")
+    head = f"  {'pair':<{2 * w + 4}}  {'max abs':>9}  {'max rel':>9}  {'top-1':>6}  {'tol rel':>8}  result"
+    lines.append(head)
+    for p in r.pairs:
+        pair = f"{p['a']} vs {p['b']}"
+        top1 = "-" if p.get("top1") is None else f"{p['top1'] * 100:.0f}%"
+        lines.append(f"  {pair:<{2 * w + 4}}  {_e(p['max_abs']):>9}  {_e(p['max_rel']):>9}  {top1:>6}  "
+                     f"{r.tolerance:>8.0e}  {'PASS' if p['passed'] else 'FAIL'}")
+    for p in r.pairs:
+        if "layers" not in p:
+            continue
+        lines += ["", f"  layers, {p['a']} vs {p['b']} (max rel per tap):"]
+        shown = p["layers"]
+        if p["first_divergence"]:
+            i = next(i for i, row in enumerate(shown) if row["tap"] == p["first_divergence"])
+            shown = shown[max(0, i - 2): i + 3]
+        for row in shown:
+            mark = "" if row["passed"] else "   <-- diverges" if row["tap"] == p["first_divergence"] else "   x"
+            lines.append(f"    {row['tap']:<14} {_e(row['max_rel'])}{mark}")
+        if p["first_divergence"]:
+            row = next(x for x in p["layers"] if x["tap"] == p["first_divergence"])
+            lines.append(f"  first divergence: {p['first_divergence']} (max rel {_e(row['max_rel'])}, "
+                         f"max abs {_e(row['max_abs'])})")
+        else:
+            lines.append("  every tap agrees within the tolerance")
+    lines.append("")
+    if r.dtype == "float32":
+        lines.append("TF32 is " + ("allowed (--allow-tf32)" if r.allow_tf32 else
+                                   "off for float32 parity (pass --allow-tf32 to allow it on GPUs)"))
+    ran = sum(1 for x in r.runs.values() if x.error is None)
+    if ran < 2:
+        lines.append("FAIL: fewer than two backends ran, nothing was compared")
+    else:
+        bad = sum(1 for p in r.pairs if not p["passed"])
+        lines.append(f"{'PASS' if not bad else 'FAIL'}: {len(r.pairs) - bad}/{len(r.pairs)} pairs within "
+                     f"max rel {r.tolerance:.0e}")
+    return "\n".join(lines)
