@@ -15,18 +15,30 @@ import re
 from .. import __version__, ir
 
 
+# Module-level names of the emitted file; a model class must not shadow them (a model named "F" would
+# otherwise replace torch.nn.functional).
+_RESERVED = frozenset({"os", "torch", "nn", "F", "BN_EPS", "BN_MOMENTUM", "norm", "load_model", "BasicBlock",
+                       "Bottleneck", "SqueezeExcite", "DropPath", "ZeroPadShortcut", "ZeroPadMaxPool"})
+
+
 def class_name(name: str) -> str:
-    """A safe Python identifier from a model name (``resnet50_caffe`` -> ``Resnet50Caffe``)."""
+    """A safe Python identifier from a model name (``resnet50_caffe`` -> ``Resnet50Caffe``), never a
+    keyword, a builtin or a name the emitted module defines itself."""
+    import builtins
+
     parts = re.split(r"[^0-9A-Za-z]+", name)
     ident = "".join(p[:1].upper() + p[1:] for p in parts if p) or "Model"
     if not ident[0].isalpha():
         ident = "Model" + ident
-    return ident + "_" if keyword.iskeyword(ident) else ident
+    if keyword.iskeyword(ident) or ident in _RESERVED or hasattr(builtins, ident):
+        ident += "Net"
+    return ident
 
 
 def _doc_text(text: str) -> str:
     """Text safe inside a triple-quoted docstring: no backslash escapes, no closing quotes, printable."""
-    text = text.replace("\\", "\\\\").replace('"""', '\\"\\"\\"')
+    # Every quote escaped: a docstring ending in '"' would otherwise close the literal early.
+    text = text.replace("\\", "\\\\").replace('"', '\\"')
     return "".join(c if (c.isprintable() or c == "\n") else "?" for c in text)
 
 
@@ -341,7 +353,7 @@ def _shortcut_method(net: ir.Network, f: _Features) -> list:
         L.append("        if stride == 1 and in_ch == out_ch:")
         L.append("            return None")
         before = "(out_ch - in_ch) // 2" if f.pad_split else "0"
-        L.append(f"        extra = out_ch - in_ch")
+        L.append("        extra = out_ch - in_ch")
         L.append(f"        return ZeroPadShortcut(stride, {before.replace('out_ch - in_ch', 'extra')}, "
                  f"extra - {before.replace('out_ch - in_ch', 'extra')})")
         return L
