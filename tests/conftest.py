@@ -43,3 +43,19 @@ def rel_err(a, b) -> float:
     """max |a - b| / max |a|: error relative to the output scale."""
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     return float(np.abs(a - b).max() / max(np.abs(a).max(), 1e-12))
+
+
+def small(name: str, size: int | None = None):
+    """Zoo entry ``name`` resolved at a small input size (32 px for CIFAR nets, 64 px otherwise)."""
+    import resnet_spec
+
+    net = resnet_spec.load(name)
+    size = size or (32 if net.input_shape[1] <= 32 else 64)
+    return resnet_spec.load(f"extends: {name}\ninput: {{size: {size}}}\n")
+
+
+TORCHVISION = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d",
+               "resnext101_32x8d", "wide_resnet50_2", "wide_resnet101_2"]
+TIMM = ["resnet50d", "seresnet50"]
+KERAS = {"keras_resnet50": "ResNet50", "keras_resnet101": "ResNet101", "keras_resnet152": "ResNet152",
+         "keras_resnet50v2": "ResNet50V2", "keras_resnet101v2": "ResNet101V2", "keras_resnet152v2": "ResNet152V2"}

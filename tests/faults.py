@@ -1,0 +1,46 @@
+"""Planted faults for the parity checker's diagnosis tests.
+
+Module-level functions so that they pickle into the backend worker processes. Each takes the built
+native model and returns it with one deliberate mistake in one named block.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+def torch_scale_layer3_1(model):
+    """A wrong weight in layer3.1 (5% too large)."""
+    import torch
+
+    with torch.no_grad():
+        model.get_submodule("layer3.1.conv2").weight.mul_(1.05)
+    return model
+
+
+def onnx_shift_padding_layer2_0(model):
+    """A wrong padding in layer2.0's 3x3 conv: pads (t,l,b,r) = (2,2,0,0) instead of (1,1,1,1) keeps
+    the shape but shifts the window, the classic asymmetric-'same' mismatch."""
+    for node in model.graph.node:
+        if node.op_type == "Conv" and "layer2.0.conv2.weight" in node.input:
+            for attr in node.attribute:
+                if attr.name == "pads":
+                    del attr.ints[:]
+                    attr.ints.extend([2, 2, 0, 0])
+            return model
+    raise AssertionError("layer2.0.conv2 not found")
+
+
+def tf_scale_layer1_1(model):
+    """A wrong weight in layer1.1 of the Keras model."""
+    from resnet_spec.backends import tf_backend
+
+    layer = model.get_layer(tf_backend.layer_name("layer1.1.conv1"))
+    kernel, *rest = layer.get_weights()
+    layer.set_weights([kernel * 1.05, *rest])
+    return model
+
+
+def crash(model):
+    """The worker dies as if a native library segfaulted."""
+    os.abort()

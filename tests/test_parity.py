@@ -1,0 +1,231 @@
+"""Parity checker: CLI, diagnosis with planted faults, device refusal, crashes, import orders, random specs."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import resnet_spec
+from resnet_spec import parity as P
+from resnet_spec.cli import main
+from resnet_spec.weights import init_weights
+
+import faults
+
+pytest.importorskip("torch")
+pytest.importorskip("onnxruntime")
+
+ALL = ("torch", "onnx", "tensorflow")
+
+
+@pytest.fixture(scope="module")
+def runner():
+    with P.Runner() as r:
+        yield r
+
+
+def _run(name_or_net, runner, **kw):
+    net = resnet_spec.load(name_or_net)
+    w = init_weights(net, seed=0, random_bn=True)
+    return P.run(net, w, runner=runner, **kw)
+
+
+def test_compare_metrics():
+    a = np.array([[1.0, 2.0, 4.0]])
+    c = P.compare(a, a + np.array([[0, 0, 0.04]]))
+    assert c["max_abs"] == pytest.approx(0.04) and c["max_rel"] == pytest.approx(0.01) and c["top1"] == 1.0
+    assert P.compare(a, a[:, :2])["max_rel"] == float("inf")
+    assert P.compare(a, a * np.nan)["max_rel"] == float("inf")
+    assert P.compare(a, a[:, ::-1])["top1"] == 0.0
+
+
+def test_cli_parity_json(tmp_path):
+    out = tmp_path / "r.json"
+    res = CliRunner().invoke(main, ["parity", "resnet20", "--batch", "3", "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "PASS: 3/3 pairs" in res.output and "TF32 is off" in res.output
+    rep = json.loads(out.read_text())
+    assert rep["passed"] and rep["batch"] == 3 and len(rep["pairs"]) == 3
+    assert set(rep["backends"]) == set(ALL) and all(b["error"] is None for b in rep["backends"].values())
+    for p in rep["pairs"]:
+        assert p["max_rel"] <= P.TOLERANCES["float32"] and p["top1"] == 1.0
+
+
+@pytest.mark.slow
+def test_cli_parity_resnet50_passes_on_cpu():
+    res = CliRunner().invoke(main, ["parity", "resnet50", "--json", "-"])
+    assert res.exit_code == 0, res.output
+    rep = json.loads(res.output[res.output.index("{"):])
+    assert rep["passed"] and all("cpu" in b["device"] for b in rep["backends"].values())
+
+
+def test_layers_flag_lists_every_tap(runner):
+    r = _run("resnet20", runner, layers=True, backends=("torch", "onnx"))
+    (p,) = r.pairs
+    assert [row["tap"] for row in p["layers"]] == list(resnet_spec.load("resnet20").tap_names())
+    assert p["first_divergence"] is None and r.passed
+    assert "every tap agrees" in P.format_report(r)
+
+
+@pytest.mark.parametrize("backend,fault,block", [
+    ("torch", faults.torch_scale_layer3_1, "layer3.1"),
+    ("onnx", faults.onnx_shift_padding_layer2_0, "layer2.0"),
+    ("tensorflow", faults.tf_scale_layer1_1, "layer1.1"),
+])
+def test_planted_fault_is_located(runner, backend, fault, block):
+    """One wrong weight / padding in one backend: the report fails and names that block."""
+    r = _run("resnet20", runner, mutate={backend: fault})
+    assert not r.passed
+    for p in r.pairs:
+        involved = backend in (p["a"], p["b"])
+        assert p["passed"] is (not involved)
+        if involved:
+            assert p["first_divergence"] == block, p
+    text = P.format_report(r)
+    assert f"first divergence: {block}" in text and "FAIL" in text
+
+
+def test_cuda_request_is_refused_per_backend(runner):
+    if os.path.exists("/dev/nvidia0"):
+        pytest.skip("a GPU is present")
+    r = _run("resnet20", runner, device="cuda")
+    assert not r.passed
+    for name, run in r.runs.items():
+        assert run.error and ("cuda" in run.error.lower() or "gpu" in run.error.lower()), (name, run.error)
+    assert "fewer than two backends ran" in P.format_report(r)
+
+
+def test_worker_crash_is_reported_not_fatal(runner):
+    r = _run("resnet20", runner, mutate={"onnx": faults.crash})
+    assert "crashed" in r.runs["onnx"].error
+    assert [(p["a"], p["b"]) for p in r.pairs] == [("torch", "tensorflow")] and r.passed
+    # the crashed worker is replaced on the next call
+    assert _run("resnet20", runner, backends=("torch", "onnx")).passed
+
+
+@pytest.mark.slow
+def test_every_backend_order(runner):
+    for order in itertools.permutations(ALL):
+        r = _run("resnet20", runner, backends=order)
+        assert r.passed and [p["a"] for p in r.pairs] == [order[0], order[0], order[1]]
+
+
+# The caller may have imported and run frameworks in any order before asking for parity (on the
+# reference machine torchvision-after-TensorFlow segfaults in one process). Parity runs every backend
+# in a fresh worker, so none of that can reach it.
+IMPORT_ORDERS = {
+    "tf-ran-then-parity": "import tensorflow as tf\ntf.keras.layers.Dense(2)(tf.zeros((1, 3)))\n",
+    "torchvision-then-tf": "import torch, torchvision\nimport tensorflow as tf\n"
+                           "tf.keras.layers.Dense(2)(tf.zeros((1, 3)))\n",
+    "ort-tf-torch": "import onnxruntime\nimport tensorflow as tf\ntf.zeros(1)\nimport torch\n",
+    "tf-ran-then-torchvision-in-parent": "import tensorflow as tf\ntf.keras.layers.Dense(2)(tf.zeros((1, 3)))\n"
+                                         "import sys\nimport resnet_spec.backends.torch_backend\n",
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("prelude", list(IMPORT_ORDERS.values()), ids=list(IMPORT_ORDERS))
+def test_parity_survives_callers_import_order(prelude, tmp_path):
+    script = prelude + (
+        "import resnet_spec\nfrom resnet_spec import parity\n"
+        "net = resnet_spec.load('resnet20')\n"
+        "r = parity.run(net, resnet_spec.init_weights(net, random_bn=True), batch=1)\n"
+        "print('PASSED' if r.passed else 'FAILED')\n")
+    # a spawned worker re-imports the caller's main module: guard it, as any multiprocessing user must
+    script = "if __name__ == '__main__':\n" + "".join("    " + ln + "\n" for ln in script.splitlines())
+    path = tmp_path / "caller.py"
+    path.write_text(script)
+    res = subprocess.run([sys.executable, str(path)], capture_output=True, text=True, timeout=600,
+                         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    assert res.returncode == 0 and "PASSED" in res.stdout, res.stdout + res.stderr[-3000:]
+
+
+# -- random specs ---------------------------------------------------------------------------------
+
+@st.composite
+def specs(draw):
+    """Small valid specs spanning the schema's options (sizes kept tiny so each example runs fast)."""
+    block = draw(st.sampled_from(["basic", "bottleneck"]))
+    preact = draw(st.booleans())
+    shortcut = draw(st.sampled_from(["A", "B", "C"])) if block == "basic" else draw(st.sampled_from(["B", "C"]))
+    groups = draw(st.sampled_from([1, 2])) if block == "bottleneck" else 1
+    stem_type = draw(st.sampled_from(["conv", "deep"]))
+    pool = draw(st.one_of(st.none(), st.fixed_dictionaries({
+        "kernel": st.sampled_from([2, 3]), "stride": st.sampled_from([1, 2]), "padding": st.sampled_from([0, 1]),
+        "ceil_mode": st.booleans(), "pad_value": st.sampled_from(["neg_inf", "zero"])})))
+    if pool and pool["padding"] * 2 > pool["kernel"]:
+        pool["padding"] = 0
+    nstages = draw(st.integers(1, 3))
+    stages = []
+    ch = 8
+    for i in range(nstages):
+        stages.append({"blocks": draw(st.integers(1, 2)), "channels": ch, "stride": 1 if i == 0 else 2})
+        ch *= 2
+    doc = {
+        "name": "random",
+        "input": {"channels": draw(st.sampled_from([1, 3])), "size": draw(st.integers(17, 29))},
+        "conv_bias": draw(st.sampled_from([False, True, "auto"])),
+        "norm": {"eps": draw(st.sampled_from([1e-5, 1.001e-5, 1e-3]))},
+        "stem": {"type": stem_type, "channels": [4, 4, 8] if stem_type == "deep" else 8,
+                 "kernel": draw(st.sampled_from([3, 5])), "stride": draw(st.sampled_from([1, 2])), "pool": pool},
+        "block": {"type": block, "preact": preact,
+                  "se": draw(st.sampled_from([None, {"reduction": 4, "divisor": 1}])),
+                  "drop_path_rate": draw(st.sampled_from([0.0, 0.2]))},  # inference: the identity
+        "shortcut": {"type": shortcut},
+        "stages": stages,
+        "head": {"classes": draw(st.integers(2, 12)), "dropout": draw(st.sampled_from([0.0, 0.3])),
+                 "norm": preact and draw(st.booleans())},
+    }
+    if block == "bottleneck":  # options that only bottleneck blocks take
+        doc["block"].update(stride_on=draw(st.sampled_from(["3x3", "1x1"])), groups=groups,
+                            width_per_group=8 if groups > 1 else 64, expansion=draw(st.sampled_from([2, 4])))
+    if shortcut == "A":
+        doc["shortcut"]["zero_pad"] = draw(st.sampled_from(["split", "end"]))
+    if shortcut == "B" and preact and draw(st.booleans()):
+        doc["shortcut"]["strided_identity"] = True
+    if shortcut == "B" and draw(st.booleans()):
+        doc["shortcut"]["projection"] = "avgpool_conv"
+        doc["shortcut"]["pool"] = {"ceil_mode": draw(st.booleans()), "count_include_pad": draw(st.booleans())}
+    if preact and draw(st.booleans()):
+        doc["block"]["stride_block"] = "last"
+    # dilation is refused with stride_block: last and with avgpool_conv projections (test_errors.py)
+    if (stages[-1]["stride"] == 2 and doc["block"].get("stride_block") != "last"
+            and doc["shortcut"].get("projection") != "avgpool_conv" and draw(st.booleans())):
+        stages[-1]["dilate"] = True
+    return doc
+
+
+@pytest.mark.slow
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                   HealthCheck.too_slow])
+@given(doc=specs())
+def test_random_specs_agree_everywhere(runner, doc):
+    import yaml
+
+    from resnet_spec.errors import SpecError
+
+    text = yaml.safe_dump(doc, sort_keys=False)
+    try:
+        net = resnet_spec.load(text)
+    except SpecError as exc:  # the generator may draw a combination the semantic rules refuse
+        assert any(m in str(exc) for m in ("shrink", "divisible", "feature map", "shortcut gives",
+                                           "average pool (ceil_mode: false)")), (text, exc)
+        return
+    w = init_weights(net, seed=1, random_bn=True)
+    assert sum(v.size for k, v in w.items() if not k.endswith(("running_mean", "running_var"))) == net.params
+    r = P.run(net, w, runner=runner, layers=True, batch=2)
+    assert all(run.error is None for run in r.runs.values()), {n: x.error for n, x in r.runs.items()}
+    shapes = net.tap_shapes()
+    for run in r.runs.values():
+        for tap, arr in run.outputs.items():
+            assert arr.shape[1:] == tuple(shapes[tap]), (run.name, tap)
+    assert r.passed, (text, P.format_report(r))

@@ -1,0 +1,358 @@
+"""PyTorch backend: torchvision/timm as oracles, training, compile/export/trace, weights I/O."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import resnet_spec  # noqa: E402
+from resnet_spec.backends import torch_backend as tb  # noqa: E402
+from resnet_spec.backends.torch_source import to_source  # noqa: E402
+from resnet_spec.errors import WeightsError  # noqa: E402
+from resnet_spec.spec import zoo_names  # noqa: E402
+from resnet_spec.weights import init_weights, load_weights, save_weights  # noqa: E402
+
+from conftest import TIMM, TORCHVISION, randomize_bn, small  # noqa: E402
+
+# Max abs difference we accept against the reference library on CPU fp32. The generated module runs
+# the same kernels in the same order as torchvision's, so the measured difference is 0.0; the bound
+# is what the issue asks for.
+REF_TOL = 1e-6
+FAST_REF = ["resnet18", "resnet50", "resnext50_32x4d", "resnet50d", "seresnet50"]
+
+
+def _reference(name):
+    if name in TIMM:
+        import timm
+
+        return timm.create_model(name, pretrained=False)
+    import torchvision
+
+    return getattr(torchvision.models, name)(weights=None)
+
+
+def _compare_with_reference(name, size=224, batch=2):
+    torch.manual_seed(0)
+    ref = _reference(name).eval()
+    randomize_bn(ref.state_dict(), seed=1)
+    net = resnet_spec.load(name)
+    ours = tb.build(net, tb.state_to_weights(ref.state_dict())).eval()
+    x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(2))
+    with torch.inference_mode():
+        a, b = ref(x), ours(x)
+    return float((a - b).abs().max()), float(a.abs().max())
+
+
+@pytest.mark.parametrize("name", FAST_REF)
+def test_matches_reference(name):
+    diff, scale = _compare_with_reference(name)
+    print(f"{name}: max abs diff {diff:.3g} (logit scale {scale:.3g})")
+    assert scale > 0.1  # the comparison is not between two near-zero tensors
+    assert diff <= REF_TOL
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [n for n in TORCHVISION + TIMM if n not in FAST_REF])
+def test_matches_reference_all(name):
+    diff, scale = _compare_with_reference(name, batch=1)
+    print(f"{name}: max abs diff {diff:.3g} (logit scale {scale:.3g})")
+    assert scale > 0.1
+    assert diff <= REF_TOL
+
+
+def test_reference_state_dict_loads_unchanged():
+    """load_state_dict(reference.state_dict()) works with strict=True for torchvision and timm."""
+    for name in ("resnet50", "resnet50d", "seresnet50"):
+        ref = _reference(name)
+        model = tb.build(resnet_spec.load(name), init_weights(resnet_spec.load(name)))
+        model.load_state_dict(ref.state_dict(), strict=True)
+        keys = lambda m: [k for k in m.state_dict() if not k.endswith("num_batches_tracked")]  # noqa: E731
+        assert keys(model) == keys(ref)
+
+
+def test_reference_fault_is_detected():
+    """The oracle comparison can fail: one perturbed weight in our copy is visible in the output."""
+    ref = _reference("resnet18").eval()
+    w = tb.state_to_weights(ref.state_dict())
+    w["layer3.1.conv2.weight"] = w["layer3.1.conv2.weight"] * 1.01
+    ours = tb.build(resnet_spec.load("resnet18"), w).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.inference_mode():
+        assert float((ref(x) - ours(x)).abs().max()) > REF_TOL
+
+
+class _CifarRef(torch.nn.Module):
+    """Independent oracle for the paper's CIFAR ResNets with option-A shortcuts, written from the
+    paper (He et al. 2015, sec. 4.2): 3x3 conv stem, three stages of 2n basic blocks at 16/32/64
+    channels, shortcut = x[:, :, ::2, ::2] zero-padded by C/4 channels on each side."""
+
+    def __init__(self, n):
+        super().__init__()
+        nn = torch.nn
+        self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        cin = 16
+        for s, c in enumerate((16, 32, 64)):
+            blocks = []
+            for i in range(n):
+                stride = 2 if s and i == 0 else 1
+                b = nn.Module()
+                b.conv1, b.bn1 = nn.Conv2d(cin, c, 3, stride, 1, bias=False), nn.BatchNorm2d(c)
+                b.conv2, b.bn2 = nn.Conv2d(c, c, 3, 1, 1, bias=False), nn.BatchNorm2d(c)
+                b.pad = (c - cin) // 2 if stride != 1 or cin != c else None
+                blocks.append(b)
+                cin = c
+            setattr(self, f"layer{s + 1}", nn.Sequential(*blocks))
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x):
+        F = torch.nn.functional
+        x = F.relu(self.bn1(self.conv1(x)))
+        for layer in (self.layer1, self.layer2, self.layer3):
+            for b in layer:
+                y = F.relu(b.bn1(b.conv1(x)))
+                y = b.bn2(b.conv2(y))
+                if b.pad is not None:
+                    x = F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, b.pad, b.pad))
+                x = F.relu(y + x)
+        return self.fc(x.mean((2, 3)))
+
+
+@pytest.mark.parametrize("name,n", [("resnet20", 3), ("resnet56", 9)])
+def test_cifar_option_a_matches_paper_oracle(name, n):
+    torch.manual_seed(0)
+    ref = _CifarRef(n).eval()
+    randomize_bn(ref.state_dict(), seed=3)
+    net = resnet_spec.load(name)
+    ours = tb.build(net, tb.state_to_weights(ref.state_dict())).eval()
+    x = torch.randn(4, 3, 32, 32)
+    with torch.inference_mode():
+        diff = float((ref(x) - ours(x)).abs().max())
+    assert diff <= REF_TOL
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", zoo_names())
+def test_train_step_and_counts(name):
+    """Training-mode forward/backward: every parameter gets a finite gradient; counts equal the IR."""
+    net = small(name)
+    model = tb.build(net, init_weights(net, seed=0)).train()
+    params = list(model.parameters())
+    assert sum(p.numel() for p in params) == net.params
+    assert sum(b.numel() for n, b in model.named_buffers() if not n.endswith("num_batches_tracked")) == net.buffers
+    assert sorted(k for k in model.state_dict() if not k.endswith("num_batches_tracked")) == sorted(
+        t.name for t in net.tensors())
+    x = torch.randn(2, *net.input_shape)
+    out = model(x)
+    assert tuple(out.shape) == (2, net.head[-1].out_features)
+    out.square().mean().backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+    assert not missing, missing
+
+
+def test_stochastic_depth_is_train_only():
+    net = resnet_spec.load("extends: resnet18\ninput: {size: 64}\nblock: {drop_path_rate: 0.5}")
+    model = tb.build(net, init_weights(net, seed=0, random_bn=True))
+    x = torch.randn(4, 3, 64, 64)
+    model.eval()
+    with torch.no_grad():
+        a, b = model(x), model(x)
+    assert torch.equal(a, b)
+    model.train()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        c = model(x)
+        torch.manual_seed(1)
+        d = model(x)
+    assert not torch.equal(c, d)
+
+
+def test_zero_init_residual():
+    net = resnet_spec.load("extends: resnet50\ninit: {zero_init_last_bn: true}")
+    w = init_weights(net, seed=0)
+    for name in net.last_bn_of_blocks():
+        assert not w[f"{name}.weight"].any()
+    assert w["bn1.weight"].all()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", zoo_names())
+def test_trace_export_channels_last(name):
+    net = small(name)
+    model = tb.build(net, init_weights(net, seed=0, random_bn=True)).eval()
+    x = torch.randn(2, *net.input_shape)
+    with torch.no_grad():
+        ref = model(x)
+        traced = torch.jit.trace(model, x)
+        assert torch.allclose(traced(x), ref, rtol=1e-5, atol=1e-5)
+        cl = model.to(memory_format=torch.channels_last)
+        y = cl(x.to(memory_format=torch.channels_last))
+        assert torch.allclose(y, ref, rtol=1e-4, atol=1e-4 * float(ref.abs().max()))
+        model = model.to(memory_format=torch.contiguous_format)
+    batch = torch.export.Dim("batch", min=1, max=64)
+    prog = torch.export.export(model, (x,), dynamic_shapes=({0: batch},))
+    x3 = torch.randn(3, *net.input_shape)
+    with torch.no_grad():
+        assert torch.allclose(prog.module()(x3), model(x3), rtol=1e-5, atol=1e-5)
+
+
+COMPILE_SET = ["resnet20", "resnet50d", "seresnet50", "resnet50_caffe", "keras_resnet50v2", "resnext50_32x4d"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", COMPILE_SET)
+def test_torch_compile_aot_eager(name):
+    """torch.compile traces every op kind (Dynamo + AOTAutograd); aot_eager skips C++ codegen to stay fast."""
+    torch._dynamo.reset()
+    net = small(name)
+    model = tb.build(net, init_weights(net, seed=0, random_bn=True)).eval()
+    x = torch.randn(2, *net.input_shape)
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    with torch.no_grad():
+        assert torch.allclose(compiled(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_torch_compile_inductor():
+    """One real Inductor compile (C++ codegen on CPU) of a net with every block feature."""
+    torch._dynamo.reset()
+    net = small("resnet20")
+    model = tb.build(net, init_weights(net, seed=0, random_bn=True)).eval()
+    x = torch.randn(2, *net.input_shape)
+    compiled = torch.compile(model, fullgraph=True)
+    with torch.no_grad():
+        ref = model(x)
+        assert torch.allclose(compiled(x), ref, rtol=1e-4, atol=1e-4 * float(ref.abs().max()))
+
+
+def _import_file(path, name):
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("name", ["resnet20", "resnet50d", "seresnet50", "resnet50_caffe", "keras_resnet50v2",
+                                  "preact_resnet164", "resnext50_32x4d"])
+def test_standalone_source_is_exact(name, tmp_path):
+    """The emitted .py needs no resnet_spec and reproduces the backend bit for bit."""
+    net = small(name)
+    w = init_weights(net, seed=0, random_bn=True)
+    path = tmp_path / f"m_{name}.py"
+    path.write_text(to_source(net, weights_file=f"m_{name}.safetensors"))
+    save_weights(w, str(tmp_path / f"m_{name}.safetensors"))
+    src = path.read_text()
+    assert "resnet_spec" not in src.split('"""', 2)[2]  # only the docstring mentions the generator
+    mod = _import_file(str(path), f"m_{name}")
+    model = mod.load_model().eval()
+    ours = tb.build(net, w).eval()
+    x = torch.randn(2, *net.input_shape)
+    with torch.no_grad():
+        assert torch.equal(model(x), ours(x))
+
+
+def test_convert_writes_consistent_files(tmp_path):
+    net = small("resnet18")
+    w = init_weights(net, seed=0, random_bn=True)
+    paths = tb.convert(net, w, str(tmp_path))
+    assert sorted(os.path.basename(p) for p in paths) == sorted(
+        [f"{net.name}.pt2", f"{net.name}.py", f"{net.name}.safetensors"])
+    prog = torch.export.load(str(tmp_path / f"{net.name}.pt2"))
+    mod = _import_file(str(tmp_path / f"{net.name}.py"), "converted_resnet18")
+    model = mod.load_model().eval()
+    x = torch.randn(5, *net.input_shape)  # the .pt2 has a dynamic batch
+    with torch.no_grad():
+        assert torch.allclose(prog.module()(x), model(x), rtol=1e-5, atol=1e-6)
+    with pytest.raises(resnet_spec.ResNetSpecError, match="exists"):
+        tb.convert(net, w, str(tmp_path))
+    tb.convert(net, w, str(tmp_path), force=True)
+
+
+# -- weights --------------------------------------------------------------------------------------
+
+
+def test_weights_roundtrip_and_torchvision_file(tmp_path):
+    import torchvision
+
+    ref = torchvision.models.resnet18(weights=None)
+    torch.save(ref.state_dict(), tmp_path / "r18.pth")
+    net = resnet_spec.load("resnet18")
+    w = load_weights(net, str(tmp_path / "r18.pth"))
+    assert np.array_equal(w["layer2.0.downsample.0.weight"], ref.state_dict()["layer2.0.downsample.0.weight"].numpy())
+    save_weights(w, str(tmp_path / "r18.safetensors"))
+    w2 = load_weights(net, str(tmp_path / "r18.safetensors"))
+    assert w.keys() == w2.keys() and all(np.array_equal(w[k], w2[k]) for k in w)
+
+
+def test_init_weights_is_deterministic_and_he():
+    net = resnet_spec.load("resnet50")
+    a, b = init_weights(net, seed=3), init_weights(net, seed=3)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert not np.array_equal(a["conv1.weight"], init_weights(net, seed=4)["conv1.weight"])
+    w = a["layer3.0.conv2.weight"]  # He (fan-out, as torchvision): std = sqrt(2 / (out * kh * kw))
+    assert abs(w.std() / np.sqrt(2.0 / (w.shape[0] * 9)) - 1) < 0.02
+
+
+def test_weight_errors_name_the_tensor(tmp_path):
+    net = resnet_spec.load("resnet18")
+    w = init_weights(net)
+    bad = dict(w)
+    del bad["layer1.0.bn1.running_var"]
+    bad["layer9.weight"] = np.zeros(3, np.float32)
+    save_weights(bad, str(tmp_path / "bad.safetensors"))
+    with pytest.raises(WeightsError) as e:
+        load_weights(net, str(tmp_path / "bad.safetensors"))
+    msg = str(e.value)
+    assert "missing tensor 'layer1.0.bn1.running_var' (expected shape (64))" in msg
+    assert "unexpected tensor 'layer9.weight'" in msg
+    bad = dict(w, **{"fc.weight": np.zeros((10, 512), np.float32)})
+    with pytest.raises(WeightsError, match=r"'fc\.weight' has shape \(10, 512\), the spec expects \(1000, 512\)"):
+        resnet_spec.build(net, "torch", weights=bad)
+    bad = dict(w, **{"layer4.1.bn2.running_var": np.full(512, np.nan, np.float32)})
+    with pytest.raises(WeightsError, match=r"'layer4\.1\.bn2\.running_var' contains NaN"):
+        resnet_spec.build(net, "torch", weights=bad)
+    bad["layer4.1.bn2.running_var"] = np.zeros(512, np.int64).astype(np.complex64)
+    with pytest.raises(WeightsError, match="dtype complex64"):
+        resnet_spec.build(net, "torch", weights=bad)
+
+
+def test_pickle_that_is_not_a_tensor_dict_is_refused(tmp_path):
+    import pickle
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("touch " + str(tmp_path / "pwned"),))
+
+    with open(tmp_path / "evil.pth", "wb") as f:
+        pickle.dump({"conv1.weight": Evil()}, f)
+    with pytest.raises(WeightsError, match="refused"):
+        load_weights(resnet_spec.load("resnet18"), str(tmp_path / "evil.pth"))
+    assert not (tmp_path / "pwned").exists()
+    torch.save({"model": torchvision_like_nested()}, tmp_path / "nested.pth")
+    with pytest.raises(WeightsError, match="not a tensor"):
+        load_weights(resnet_spec.load("resnet18"), str(tmp_path / "nested.pth"))
+
+
+def torchvision_like_nested():
+    return {"conv1.weight": torch.zeros(1)}
+
+
+def test_build_refuses_bad_weights_before_allocating():
+    net = resnet_spec.load("resnet18")
+    w = init_weights(net)
+    w["conv1.weight"] = w["conv1.weight"][:, :2]
+    with pytest.raises(WeightsError, match=r"conv1\.weight"):
+        resnet_spec.build(net, "torch", weights=w)
+
+
+def test_device_refusal_is_clear():
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(resnet_spec.BackendUnavailable, match="CUDA"):
+        tb.infer(small("resnet20"), init_weights(small("resnet20")), np.zeros((1, 3, 32, 32), np.float32),
+                 device="cuda")
