@@ -19,6 +19,11 @@ class SpecError(ResNetSpecError):
         self.path = tuple(path)
         super().__init__(str(self))
 
+    def __reduce__(self):
+        # Errors cross process boundaries (convert and parity run frameworks in workers); the default
+        # reduction would rebuild from str(self) alone and lose file/line/col/path.
+        return (type(self), (self.message, self.file, self.line, self.col, self.path))
+
     def __str__(self) -> str:
         where = self.file or "<spec>"
         if self.line is not None:

@@ -64,7 +64,9 @@ def _infer_worker(backend: str, spec_yaml: str, weights: dict, x: np.ndarray, op
     reason = mod.available()
     if reason:
         raise BackendUnavailable(f"{backend}: {reason}")
-    net = load(spec_yaml)
+    from .resolve import UNCHECKED
+
+    net = load(spec_yaml, UNCHECKED)  # the caller resolved it under the user's limits
     t0 = time.perf_counter()
     outputs, device = mod.infer(net, weights, x, mutate=mutate, **options)
     return outputs, device, time.perf_counter() - t0
@@ -94,9 +96,15 @@ class Report:
     layers: bool
 
     @property
+    def not_run(self) -> list:
+        """Backends that were asked for but did not run (unavailable, no such device, crashed)."""
+        return [n for n, r in self.runs.items() if r.error is not None]
+
+    @property
     def passed(self) -> bool:
-        ran = [r for r in self.runs.values() if r.error is None]
-        return len(ran) >= 2 and all(p["passed"] for p in self.pairs)
+        """Every requested backend ran and every pair is within the tolerance. A backend that could not
+        run fails the check: a comparison that was asked for and not made is never a pass."""
+        return not self.not_run and len(self.runs) >= 2 and all(p["passed"] for p in self.pairs)
 
     def to_json(self) -> dict:
         return {
@@ -105,7 +113,7 @@ class Report:
             "tf32": self.allow_tf32 if self.dtype == "float32" else None,
             "backends": {n: {"device": r.device, "seconds": round(r.seconds, 3), "error": r.error}
                          for n, r in self.runs.items()},
-            "pairs": self.pairs, "passed": self.passed,
+            "pairs": self.pairs, "not_run": self.not_run, "passed": self.passed,
         }
 
 
@@ -254,6 +262,7 @@ def format_report(r: Report) -> str:
         lines.append("FAIL: fewer than two backends ran, nothing was compared")
     else:
         bad = sum(1 for p in r.pairs if not p["passed"])
-        lines.append(f"{'PASS' if not bad else 'FAIL'}: {len(r.pairs) - bad}/{len(r.pairs)} pairs within "
-                     f"max rel {r.tolerance:.0e}")
+        missing = f"; not run: {', '.join(r.not_run)}" if r.not_run else ""
+        lines.append(f"{'PASS' if r.passed else 'FAIL'}: {len(r.pairs) - bad}/{len(r.pairs)} pairs within "
+                     f"max rel {r.tolerance:.0e}{missing}")
     return "\n".join(lines)

@@ -40,6 +40,10 @@ class Limits:
     max_blocks: int = 10_000
 
 
+#: For re-resolving, in a worker process, a spec that the caller already checked against its limits.
+UNCHECKED = Limits(max_params=1 << 62, max_activation_bytes=1 << 62, max_blocks=1 << 62)
+
+
 def _get(d: dict | None, key: str, default):
     if d is None:
         return default

@@ -133,6 +133,31 @@ def test_limits_are_flags():
     assert CliRunner().invoke(main, ["summary", "--max-params", "1e6", "resnet18"]).exit_code == 1
 
 
+def test_workers_keep_the_callers_limits(monkeypatch, tmp_path):
+    """convert and parity re-resolve the spec in worker processes; the user's raised limits must hold
+    there too. With the default limits shrunk below resnet20's size, only a worker that honours the
+    caller's decision can build it."""
+    import dataclasses
+
+    from resnet_spec import parity as P
+    from resnet_spec import resolve as R
+    from resnet_spec.cli import _convert_worker
+
+    net = resnet_spec.load("resnet20")
+    w = init_weights(net, seed=0)
+    monkeypatch.setattr(R, "Limits", dataclasses.make_dataclass("Tiny", [("max_params", int, 10),
+                                                                         ("max_activation_bytes", int, 10),
+                                                                         ("max_blocks", int, 1)], frozen=True))
+    with pytest.raises(resnet_spec.SpecError, match="exceed the limit of 1"):
+        resnet_spec.load(net.spec_yaml)
+    x = P.make_input(net, 1, 0)
+    out, _, _ = P._infer_worker("torch", net.spec_yaml, w, x, {"device": "cpu", "dtype": "float32"}, None)
+    assert out["head"].shape == (1, 10)
+    save_weights(w, str(tmp_path / "w.safetensors"))
+    paths = _convert_worker("onnx", net.spec_yaml, str(tmp_path / "w.safetensors"), str(tmp_path), False, {})
+    assert os.path.exists(paths[0])
+
+
 def test_usage_errors_exit_2():
     res = CliRunner().invoke(main, ["convert", "resnet18", "--to", "caffe2"])
     assert res.exit_code == 2 and "unknown backend 'caffe2'" in res.output

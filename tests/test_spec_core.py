@@ -216,3 +216,16 @@ def test_user_spec_with_relative_extends(tmp_path):
 def test_api_accepts_yaml_text():
     net = resnet_spec.load("block: {type: basic}\nstages: [{blocks: 1, channels: 8}]\ninput: {size: 32}\n")
     assert net.name == "model" and len(net.blocks) == 1
+
+
+def test_spec_errors_keep_their_location_across_processes(tmp_path):
+    """convert and parity run in worker processes; a located error must come back located."""
+    import pickle
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("extends: resnet50\nblock: {grops: 2}\n")
+    with pytest.raises(resnet_spec.SpecError) as info:
+        resnet_spec.load(str(bad))
+    back = pickle.loads(pickle.dumps(info.value))
+    assert (back.file, back.line, back.col, back.path) == (str(bad), 2, 9, ("block", "grops"))
+    assert str(back) == str(info.value) and type(back) is resnet_spec.SpecError
