@@ -65,7 +65,10 @@ class _Features:
         self.sc_norm = self.proj is not None and any(isinstance(op, ir.BatchNorm) for op in self.proj.shortcut)
         self.sc_bias = self.proj is not None and [op for op in self.proj.shortcut if isinstance(op, ir.Conv)][0].bias
         self.always_project = all(any(isinstance(op, ir.Conv) for op in b.shortcut) for b in net.blocks)
-        self.pad_split = next((op.before > 0 for op in shortcut_ops if isinstance(op, ir.ChannelPad)), True)
+        # 'split' puts extra // 2 zero channels first; where every pad is consistent with that the two
+        # policies agree (an extra of 1 gives before == 0 either way), so only a contradiction means 'end'.
+        self.pad_split = all(op.before == (op.before + op.after) // 2
+                             for op in shortcut_ops if isinstance(op, ir.ChannelPad))
         self.stride_last = any(b.index > 0 and b.index == _last_index(net, b.stage) and
                                b.in_shape[1:] != b.out_shape[1:] for b in net.blocks)
         self.strided_identity = any(isinstance(op, ir.Subsample) for op in shortcut_ops) and not any(

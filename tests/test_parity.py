@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 import resnet_spec
 from resnet_spec import parity as P
@@ -20,6 +19,7 @@ from resnet_spec.cli import main
 from resnet_spec.weights import init_weights
 
 import faults
+from strategies import specs
 
 pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
@@ -107,7 +107,9 @@ def test_cuda_request_is_refused_per_backend(runner):
 def test_worker_crash_is_reported_not_fatal(runner):
     r = _run("resnet20", runner, mutate={"onnx": faults.crash})
     assert "crashed" in r.runs["onnx"].error
-    assert [(p["a"], p["b"]) for p in r.pairs] == [("torch", "tensorflow")] and r.passed
+    assert [(p["a"], p["b"]) for p in r.pairs] == [("torch", "tensorflow")] and r.pairs[0]["passed"]
+    assert not r.passed and r.not_run == ["onnx"]  # a requested comparison that was not made never passes
+    assert "FAIL: 1/1 pairs within max rel 1e-04; not run: onnx" in P.format_report(r)
     # the crashed worker is replaced on the next call
     assert _run("resnet20", runner, backends=("torch", "onnx")).passed
 
@@ -150,59 +152,6 @@ def test_parity_survives_callers_import_order(prelude, tmp_path):
 
 
 # -- random specs ---------------------------------------------------------------------------------
-
-@st.composite
-def specs(draw):
-    """Small valid specs spanning the schema's options (sizes kept tiny so each example runs fast)."""
-    block = draw(st.sampled_from(["basic", "bottleneck"]))
-    preact = draw(st.booleans())
-    shortcut = draw(st.sampled_from(["A", "B", "C"])) if block == "basic" else draw(st.sampled_from(["B", "C"]))
-    groups = draw(st.sampled_from([1, 2])) if block == "bottleneck" else 1
-    stem_type = draw(st.sampled_from(["conv", "deep"]))
-    pool = draw(st.one_of(st.none(), st.fixed_dictionaries({
-        "kernel": st.sampled_from([2, 3]), "stride": st.sampled_from([1, 2]), "padding": st.sampled_from([0, 1]),
-        "ceil_mode": st.booleans(), "pad_value": st.sampled_from(["neg_inf", "zero"])})))
-    if pool and pool["padding"] * 2 > pool["kernel"]:
-        pool["padding"] = 0
-    nstages = draw(st.integers(1, 3))
-    stages = []
-    ch = 8
-    for i in range(nstages):
-        stages.append({"blocks": draw(st.integers(1, 2)), "channels": ch, "stride": 1 if i == 0 else 2})
-        ch *= 2
-    doc = {
-        "name": "random",
-        "input": {"channels": draw(st.sampled_from([1, 3])), "size": draw(st.integers(17, 29))},
-        "conv_bias": draw(st.sampled_from([False, True, "auto"])),
-        "norm": {"eps": draw(st.sampled_from([1e-5, 1.001e-5, 1e-3]))},
-        "stem": {"type": stem_type, "channels": [4, 4, 8] if stem_type == "deep" else 8,
-                 "kernel": draw(st.sampled_from([3, 5])), "stride": draw(st.sampled_from([1, 2])), "pool": pool},
-        "block": {"type": block, "preact": preact,
-                  "se": draw(st.sampled_from([None, {"reduction": 4, "divisor": 1}])),
-                  "drop_path_rate": draw(st.sampled_from([0.0, 0.2]))},  # inference: the identity
-        "shortcut": {"type": shortcut},
-        "stages": stages,
-        "head": {"classes": draw(st.integers(2, 12)), "dropout": draw(st.sampled_from([0.0, 0.3])),
-                 "norm": preact and draw(st.booleans())},
-    }
-    if block == "bottleneck":  # options that only bottleneck blocks take
-        doc["block"].update(stride_on=draw(st.sampled_from(["3x3", "1x1"])), groups=groups,
-                            width_per_group=8 if groups > 1 else 64, expansion=draw(st.sampled_from([2, 4])))
-    if shortcut == "A":
-        doc["shortcut"]["zero_pad"] = draw(st.sampled_from(["split", "end"]))
-    if shortcut == "B" and preact and draw(st.booleans()):
-        doc["shortcut"]["strided_identity"] = True
-    if shortcut == "B" and draw(st.booleans()):
-        doc["shortcut"]["projection"] = "avgpool_conv"
-        doc["shortcut"]["pool"] = {"ceil_mode": draw(st.booleans()), "count_include_pad": draw(st.booleans())}
-    if preact and draw(st.booleans()):
-        doc["block"]["stride_block"] = "last"
-    # dilation is refused with stride_block: last and with avgpool_conv projections (test_errors.py)
-    if (stages[-1]["stride"] == 2 and doc["block"].get("stride_block") != "last"
-            and doc["shortcut"].get("projection") != "avgpool_conv" and draw(st.booleans())):
-        stages[-1]["dilate"] = True
-    return doc
-
 
 @pytest.mark.slow
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
