@@ -6,6 +6,25 @@ never import each other, and are imported lazily so that ``resnet_spec`` itself 
 
 BACKENDS = ("torch", "onnx", "tensorflow")
 
+# What ``convert`` writes, per backend: ``<out_dir>/<model name><suffix>``. Kept here, free of any
+# framework import, so that the CLI can refuse an existing output before any backend runs.
+OUTPUT_SUFFIXES = {"torch": (".pt2", ".py", ".safetensors"), "onnx": (".onnx",),
+                   "tensorflow": (".keras", "_savedmodel")}
+
+# ONNX opsets. Lowest: Pad/Slice take their arguments as inputs and every op we use has its current
+# semantics from 13 on. Highest: the newest opset of onnx 1.23 (checker) that ONNX Runtime 1.32 also
+# runs with all its Conv fusions (tested for every opset in between).
+DEFAULT_OPSET = 17
+MIN_OPSET = 13
+MAX_OPSET = 28
+
+
+def output_paths(backend: str, name: str, out_dir: str) -> list:
+    """The files (and, for TensorFlow, the SavedModel folder) that ``backend``'s convert writes."""
+    import os
+
+    return [os.path.join(out_dir, f"{name}{suffix}") for suffix in OUTPUT_SUFFIXES[backend]]
+
 
 def get(name: str):
     """Import and return the backend module for ``name`` (one of :data:`BACKENDS`)."""

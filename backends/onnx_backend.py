@@ -47,15 +47,10 @@ import numpy as np
 from .. import ir
 from ..errors import BackendUnavailable, ResNetSpecError
 from ..naming import UniqueNames
+from . import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET  # framework-free facts, shared with the CLI
 
 NAME = "onnx"
 
-DEFAULT_OPSET = 17
-# Lowest: Pad/Slice take their arguments as inputs and every op we use has its current semantics
-# from 13 on. Highest: the newest opset of onnx 1.23 (checker) that ONNX Runtime 1.32 also runs with
-# all its Conv fusions (tested for every opset in between).
-MIN_OPSET = 13
-MAX_OPSET = 28
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -512,7 +507,9 @@ def convert(net: ir.Network, weights, out_dir: str, *, force: bool = False, fold
     _require()
     from ..fileio import check_writable
 
-    path = os.path.join(out_dir, f"{net.name}.onnx")
+    from . import output_paths
+
+    (path,) = output_paths("onnx", net.name, out_dir)
     check_writable(path, force)
     model, arrays = _skeleton(net, weights, fold_bn=fold_bn, batch=batch, opset=opset)
     _check_structure(model)

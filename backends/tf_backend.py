@@ -730,8 +730,9 @@ def convert(net: ir.Network, weights, out_dir: str, *, force: bool = False,
     """
     from ..fileio import atomic_path, check_writable
 
-    paths = {"keras": os.path.join(out_dir, f"{net.name}.keras"),
-             "savedmodel": os.path.join(out_dir, f"{net.name}_savedmodel")}
+    from . import output_paths
+
+    paths = dict(zip(("keras", "savedmodel"), output_paths("tensorflow", net.name, out_dir)))
     for p in paths.values():  # before importing TensorFlow: a refusal should be instant
         check_writable(p, force)
     _tf()

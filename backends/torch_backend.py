@@ -321,9 +321,9 @@ def convert(net: ir.Network, weights, out_dir: str, *, force: bool = False, batc
     from ..weights import save_weights
     from .torch_source import to_source
 
-    name = net.name
-    paths = {k: os.path.join(out_dir, f"{name}{ext}") for k, ext in
-             (("pt2", ".pt2"), ("py", ".py"), ("st", ".safetensors"))}
+    from . import output_paths
+
+    paths = dict(zip(("pt2", "py", "st"), output_paths("torch", net.name, out_dir)))
     for p in paths.values():
         check_writable(p, force)
     os.makedirs(out_dir, exist_ok=True)

@@ -13,6 +13,7 @@ import sys
 import click
 
 from . import __version__
+from .backends import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
 from .errors import ResNetSpecError
 
 BACKEND_CHOICES = ("torch", "onnx", "tensorflow")
@@ -138,7 +139,8 @@ def _weights(net, weights_file, seed, allow_nonfinite, random_bn=False):
               help="safetensors file, or a torchvision/timm state_dict (.pth/.pt). Default: fresh He init.")
 @click.option("-o", "--out", "out_dir", default=None, help="Output folder (default: out/<name>).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the fresh weights.")
-@click.option("--opset", type=int, default=None, help="ONNX opset (default: the backend's default).")
+@click.option("--opset", type=click.IntRange(MIN_OPSET, MAX_OPSET), default=DEFAULT_OPSET, show_default=True,
+              help=f"ONNX opset, {MIN_OPSET} to {MAX_OPSET}.")
 @click.option("--no-fold-bn", is_flag=True, help="ONNX: keep BatchNormalization nodes.")
 @click.option("--batch", type=click.IntRange(1), default=None, help="ONNX: fixed batch size (default: dynamic 'batch').")
 @click.option("--data-format", type=click.Choice(["channels_last", "channels_first"]), default="channels_last",
@@ -153,6 +155,7 @@ def convert(spec, targets, weights_file, out_dir, seed, opset, no_fold_bn, batch
     import time
 
     from . import isolate
+    from .backends import output_paths
     from .fileio import check_writable
     from .weights import save_weights
 
@@ -161,9 +164,11 @@ def convert(spec, targets, weights_file, out_dir, seed, opset, no_fold_bn, batch
     weights = _weights(net, weights_file, seed, allow_nonfinite)
     out_dir = out_dir or os.path.join("out", net.name)
     # The canonical weights go beside the models as <name>.safetensors (the torch backend writes that
-    # same file for its standalone .py); checked up front so that a refusal costs nothing.
+    # same file for its standalone .py). Every output is checked up front, so that a refusal costs
+    # nothing and never leaves one backend's files written and the next one's refused.
     wfinal = os.path.join(out_dir, f"{net.name}.safetensors")
-    check_writable(wfinal, force)
+    for path in [wfinal] + [p for b in backends for p in output_paths(b, net.name, out_dir)]:
+        check_writable(path, force)
     click.echo(f"{net.name}: {net.params:,} params, {net.macs / 1e9:.3f} GMACs, weights: "
                f"{weights_file or f'fresh He initialisation (seed {seed})'}")
     with tempfile.TemporaryDirectory(prefix="resnet-spec-") as tmp:
@@ -174,9 +179,7 @@ def convert(spec, targets, weights_file, out_dir, seed, opset, no_fold_bn, batch
         for b in backends:
             opts = {}
             if b == "onnx":
-                opts = {"fold_bn": not no_fold_bn, "batch": batch}
-                if opset is not None:
-                    opts["opset"] = opset
+                opts = {"fold_bn": not no_fold_bn, "batch": batch, "opset": opset}
             elif b == "tensorflow":
                 opts = {"data_format": data_format}
             click.echo(f"  {b}: converting ...", nl=False)

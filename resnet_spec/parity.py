@@ -156,6 +156,11 @@ def run(net: ir.Network, weights: dict, *, backends=BACKENDS, device: str = "cpu
         raise ResNetSpecError(f"unsupported dtype {dtype!r}; choose from {', '.join(DTYPES)}")
     if batch < 1:
         raise ResNetSpecError("--batch must be at least 1")
+    from .weights import check_weights
+
+    # names, shapes and dtypes are checked here, once, so that a bad weight set is one WeightsError
+    # naming the tensor rather than three backends' own errors; NaN/Inf are the caller's choice
+    weights = check_weights(net, weights, allow_nonfinite=True)
     say = progress or (lambda _text: None)
     own = runner is None
     runner = runner or Runner()

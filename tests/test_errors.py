@@ -326,6 +326,20 @@ def test_force_is_required_to_overwrite(tmp_path):
     assert _convert("-o", out, "--force").exit_code == 0
 
 
+def test_an_existing_output_of_any_backend_is_refused_before_anything_is_written(tmp_path):
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "resnet20.onnx").write_bytes(b"keep me")
+    res = CliRunner().invoke(main, ["convert", "resnet20", "--to", "torch,onnx", "-o", str(out)])
+    assert res.exit_code == 1 and "resnet20.onnx already exists; pass --force" in res.output, res.output
+    assert sorted(os.listdir(out)) == ["resnet20.onnx"] and (out / "resnet20.onnx").read_bytes() == b"keep me"
+
+
+def test_opset_out_of_range_is_a_usage_error():
+    res = CliRunner().invoke(main, ["convert", "resnet20", "--to", "onnx", "--opset", "12"])
+    assert res.exit_code == 2 and "13<=x<=28" in res.output, res.output
+
+
 @pytest.mark.slow
 def test_interrupted_convert_leaves_no_partial_file(tmp_path):
     """SIGINT and SIGKILL in the middle of a conversion: every output is complete or absent."""

@@ -94,6 +94,14 @@ def test_planted_fault_is_located(runner, backend, fault, block):
     assert f"first divergence: {block}" in text and "FAIL" in text
 
 
+def test_bad_weights_are_one_error_naming_the_tensor(runner):
+    net = resnet_spec.load("resnet20")
+    w = init_weights(net, seed=0)
+    w["fc.weight"] = w["fc.weight"][:, :3]
+    with pytest.raises(resnet_spec.WeightsError, match=r"tensor 'fc.weight' has shape \(10, 3\), the spec expects \(10, 64\)"):
+        P.run(net, w, runner=runner)
+
+
 def test_cuda_request_is_refused_per_backend(runner):
     if os.path.exists("/dev/nvidia0"):
         pytest.skip("a GPU is present")

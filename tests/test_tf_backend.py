@@ -45,7 +45,7 @@ TINY_A = """\
 name: tiny_a
 input: {channels: 3, size: 39}
 conv_bias: true
-norm: {eps: 1.0e-6}
+norm: {eps: 1.0e-6, momentum: 0.03}
 stem: {type: deep, channels: [8, 8, 16], kernel: 3, stride: 2,
        pool: {kernel: 3, stride: 2, padding: 1, ceil_mode: true}}
 block: {type: bottleneck, groups: 4, width_per_group: 8, se: {reduction: 4, divisor: 4}, drop_path_rate: 0.1}
@@ -184,6 +184,17 @@ def test_single_ops_match_torch(unit):
         assert unit["res"]["ops"][label].shape == case[4].shape, label
     bad = {k: v for k, v in errs.items() if not v < TOL}
     assert not bad, bad
+
+
+def test_bn_epsilon_and_momentum_are_the_specs(unit):
+    """Keras gets the IR's epsilon unchanged (no clamping to 1.001e-5) and momentum converted from
+    PyTorch's convention (weight of the new batch) to Keras's (weight of the running average)."""
+    for key, net in unit["nets"].items():
+        bns = [op for op in net.all_ops() if isinstance(op, ir.BatchNorm)]
+        want = sorted({(op.eps, 1.0 - op.momentum) for op in bns})
+        assert unit["res"]["nets"][key]["bn"] == want, key
+        assert unit["res"]["nets"][key]["bn_count"] == len(bns), key
+    assert unit["res"]["nets"]["tiny_a"]["bn"] == [(1e-6, 0.97)]
 
 
 def test_max_pool_padding_never_wins_on_negative_inputs(unit):

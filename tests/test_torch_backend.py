@@ -182,6 +182,21 @@ def test_zero_init_residual():
     assert w["bn1.weight"].all()
 
 
+def test_bn_epsilon_and_momentum_are_the_specs():
+    """Every BatchNorm2d carries the spec's eps and momentum (torch convention), and a training step
+    moves the running mean by exactly that momentum."""
+    net = resnet_spec.load("extends: resnet20\nnorm: {eps: 1.0e-3, momentum: 0.03}")
+    model = tb.build(net, init_weights(net, seed=0))
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(bns) == sum(isinstance(op, resnet_spec.ir.BatchNorm) for op in net.all_ops())
+    assert {(m.eps, m.momentum) for m in bns} == {(1e-3, 0.03)}
+    x = torch.randn(4, *net.input_shape)
+    before = model.bn1.running_mean.clone()
+    model.train()(x)
+    batch_mean = model.conv1(x).mean(dim=(0, 2, 3))
+    torch.testing.assert_close(model.bn1.running_mean, 0.97 * before + 0.03 * batch_mean, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", zoo_names())
 def test_trace_export_channels_last(name):

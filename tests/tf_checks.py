@@ -80,6 +80,9 @@ def unit_suite(nets, x_by_net, weights_by_net, op_cases):
         r["roundtrip_max_abs"] = max(float(np.abs(back[k] - w[k]).max()) for k in w)
         r["layer_names"] = [layer.name for layer in model.layers]
         r["tap_layers"] = T.tap_layer_names(net)
+        bns = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+        r["bn"] = sorted({(float(layer.epsilon), float(layer.momentum)) for layer in bns})
+        r["bn_count"] = len(bns)
         drops = [layer for layer in model.layers if isinstance(layer, keras.layers.Dropout)]
         r["dropouts"] = [(layer.name, float(layer.rate), layer.noise_shape) for layer in drops]
         for dt in ("float16", "bfloat16"):
