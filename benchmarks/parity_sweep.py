@@ -58,7 +58,7 @@ def main(argv=None):
                 worst = max(worst, q["max_rel"])
                 top1 = "" if q.get("top1") in (None, 1.0) else f" (top-1 {q['top1'] * 100:.0f}%)"
                 row.append(f"{q['max_rel']:.1e}{top1}" + ("" if q["passed"] else " FAIL"))
-            row.append(f"{max((q.get('scale') or 0) for q in r.pairs) if r.pairs else 0:.0f}")
+            row.append(f"{max((q.get('scale') or 0) for q in r.pairs) if r.pairs else 0:.3g}")
             row.append("pass" if r.passed else "FAIL")
             rows.append(row)
             print(f"  {name}: {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
