@@ -7,8 +7,8 @@ are tested directly.
 
 Tolerance. Outputs are compared as max|tf - torch| / max|torch| (conftest.rel_err). Both frameworks
 compute in float32 and differ only in summation order inside convolutions, matmuls and means, so the
-error is a few float32 ulps of the output scale, accumulated over depth. Measured (docs/bench_tf.md):
-at most 1.4e-6 on any tap of any zoo entry, 1.2e-6 on the keras.applications comparisons. TOL = 2e-5
+error is a few float32 ulps of the output scale, accumulated over depth. Measured (docs/parity.md,
+whole zoo at native size): at most 7.4e-7 between Keras and PyTorch logits. TOL = 2e-5
 leaves a >10x margin, and is still far below every semantic error these tests are built to catch
 (-inf vs zero pool padding, a wrong average divisor, a clamped BN epsilon, a missing bias: 1e-3 .. 1).
 """
