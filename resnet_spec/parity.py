@@ -126,6 +126,10 @@ class Runner:
     def infer(self, backend, net, weights, x, options, mutate=None):
         return self._workers[backend].call(_infer_worker, backend, net.spec_yaml, weights, x, options, mutate)
 
+    def call(self, backend, fn, *args, **kwargs):
+        """Run any module-level ``fn`` in ``backend``'s worker process (for tools and tests)."""
+        return self._workers[backend].call(fn, *args, **kwargs)
+
     def close(self):
         for w in self._workers.values():
             w.close()

@@ -18,6 +18,7 @@ from resnet_spec import parity as P
 from resnet_spec.cli import main
 from resnet_spec.weights import init_weights
 
+import counting
 import faults
 from strategies import specs
 
@@ -58,6 +59,23 @@ def test_cli_parity_json(tmp_path):
     assert set(rep["backends"]) == set(ALL) and all(b["error"] is None for b in rep["backends"].values())
     for p in rep["pairs"]:
         assert p["max_rel"] <= P.TOLERANCES["float32"] and p["top1"] == 1.0
+
+
+def test_cli_reduced_precision_and_a_backend_that_cannot_run(tmp_path):
+    """bfloat16 runs in torch and Keras within its tolerance; the ONNX backend builds float32 graphs
+    only, so naming it with --dtype float16 reports why, still compares the others, and exits 1."""
+    out = tmp_path / "bf16.json"
+    res = CliRunner().invoke(main, ["parity", "resnet20", "--backends", "torch,tensorflow", "--dtype", "bfloat16",
+                                    "--seed", "3", "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    rep = json.loads(out.read_text())
+    assert rep["dtype"] == "bfloat16" and rep["seed"] == 3 and rep["tf32"] is None and rep["passed"]
+    assert 0 < rep["pairs"][0]["max_rel"] <= P.TOLERANCES["bfloat16"]
+    res = CliRunner().invoke(main, ["parity", "resnet20", "--dtype", "float16", "--json", "-"])
+    assert res.exit_code == 1
+    rep = json.loads(res.output[res.output.index("{"):])
+    assert rep["not_run"] == ["onnx"] and "float32 graphs only" in rep["backends"]["onnx"]["error"]
+    assert [(p["a"], p["b"]) for p in rep["pairs"]] == [("torch", "tensorflow")] and rep["pairs"][0]["passed"]
 
 
 @pytest.mark.slow
@@ -179,6 +197,9 @@ def test_random_specs_agree_everywhere(runner, doc):
         return
     w = init_weights(net, seed=1, random_bn=True)
     assert sum(v.size for k, v in w.items() if not k.endswith(("running_mean", "running_var"))) == net.params
+    for backend in ALL:  # each framework's own count of what it built
+        counts = runner.call(backend, counting.native_counts, backend, net.spec_yaml, w)
+        assert counts == {"params": net.params, "buffers": net.buffers}, (backend, counts, text)
     r = P.run(net, w, runner=runner, layers=True, batch=2)
     assert all(run.error is None for run in r.runs.values()), {n: x.error for n, x in r.runs.items()}
     shapes = net.tap_shapes()
