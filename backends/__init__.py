@@ -36,3 +36,21 @@ def get(name: str):
     if name not in modules:
         raise ResNetSpecError(f"unknown backend {name!r}; choose from {', '.join(BACKENDS)}")
     return import_module(f"{__name__}.{modules[name]}")
+
+
+def prepare(name: str, spec_yaml: str):
+    """In a worker process: the backend module for ``name`` and the network of ``spec_yaml``.
+
+    Refuses with :class:`BackendUnavailable` when the framework is not installed. The spec is one the
+    caller already resolved under the user's limits (``--max-params``...), so it is not re-checked
+    against the defaults here.
+    """
+    from .. import load
+    from ..errors import BackendUnavailable
+    from ..resolve import UNCHECKED
+
+    mod = get(name)
+    reason = mod.available()
+    if reason:
+        raise BackendUnavailable(f"{name}: {reason}")
+    return mod, load(spec_yaml, UNCHECKED)

@@ -353,11 +353,11 @@ def check_source(net: ir.Network, source: str, model, example) -> None:
     """
     import types
 
+    from .torch_source import class_name
+
     mod = types.ModuleType(f"_resnet_spec_emitted_{net.name.replace('.', '_').replace('-', '_')}")
     mod.__file__ = "<emitted>"
     exec(compile(source, f"<emitted {net.name}.py>", "exec"), mod.__dict__)  # noqa: S102 (our own output)
-    from .torch_source import class_name
-
     emitted = getattr(mod, class_name(net.name))()
     missing, unexpected = emitted.load_state_dict(model.state_dict(), strict=False)
     with torch.no_grad():

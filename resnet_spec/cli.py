@@ -195,16 +195,10 @@ def convert(spec, targets, weights_file, out_dir, seed, opset, no_fold_bn, batch
 
 
 def _convert_worker(backend, spec_yaml, weights_path, out_dir, force, opts):
-    from . import load
-    from .backends import get
+    from .backends import prepare
     from .weights import load_weights
 
-    mod = get(backend)
-    if mod.available():
-        raise ResNetSpecError(f"{backend}: {mod.available()}")
-    from .resolve import UNCHECKED
-
-    net = load(spec_yaml, UNCHECKED)  # the caller resolved it under the user's limits
+    mod, net = prepare(backend, spec_yaml)
     # the parent already checked these weights (and the user's --allow-nonfinite choice)
     return mod.convert(net, load_weights(net, weights_path, allow_nonfinite=True), out_dir, force=force, **opts)
 

@@ -57,16 +57,9 @@ def compare(a: np.ndarray, b: np.ndarray) -> dict:
 
 def _infer_worker(backend: str, spec_yaml: str, weights: dict, x: np.ndarray, options: dict, mutate):
     """Runs in a worker process: build ``backend``'s model and run it (see each backend's ``infer``)."""
-    from . import load
-    from .backends import get
+    from .backends import prepare
 
-    mod = get(backend)
-    reason = mod.available()
-    if reason:
-        raise BackendUnavailable(f"{backend}: {reason}")
-    from .resolve import UNCHECKED
-
-    net = load(spec_yaml, UNCHECKED)  # the caller resolved it under the user's limits
+    mod, net = prepare(backend, spec_yaml)
     t0 = time.perf_counter()
     outputs, device = mod.infer(net, weights, x, mutate=mutate, **options)
     return outputs, device, time.perf_counter() - t0
@@ -124,7 +117,7 @@ class Runner:
         self._workers = {b: Worker(b) for b in BACKENDS}
 
     def infer(self, backend, net, weights, x, options, mutate=None):
-        return self._workers[backend].call(_infer_worker, backend, net.spec_yaml, weights, x, options, mutate)
+        return self.call(backend, _infer_worker, backend, net.spec_yaml, weights, x, options, mutate)
 
     def call(self, backend, fn, *args, **kwargs):
         """Run any module-level ``fn`` in ``backend``'s worker process (for tools and tests)."""
