@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
@@ -26,6 +27,19 @@ def _quiet_env():
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 
+def _worker_init():
+    """Worker start-up: quiet frameworks, and leave Ctrl-C to the parent.
+
+    A terminal's Ctrl-C reaches the whole process group. A worker interrupted at an arbitrary point
+    (inside a framework's import or its atexit handlers) prints a traceback of its own, and one
+    interrupted mid-write leaves its temporary file behind. So workers ignore SIGINT: the parent gets
+    the KeyboardInterrupt, starts nothing new, and waits for the running step, whose outputs are
+    written atomically, to finish.
+    """
+    _quiet_env()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def run_isolated(fn, *args, **kwargs):
     """Call ``fn(*args, **kwargs)`` in a new spawned process and return its (picklable) result.
 
@@ -34,7 +48,7 @@ def run_isolated(fn, *args, **kwargs):
     """
     _quiet_env()
     ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=1, mp_context=ctx, initializer=_quiet_env) as pool:
+    with ProcessPoolExecutor(max_workers=1, mp_context=ctx, initializer=_worker_init) as pool:
         future = pool.submit(fn, *args, **kwargs)
         try:
             return future.result()
@@ -58,7 +72,7 @@ class Worker:
         _quiet_env()
         if self._pool is None:
             ctx = multiprocessing.get_context("spawn")
-            self._pool = ProcessPoolExecutor(max_workers=1, mp_context=ctx, initializer=_quiet_env)
+            self._pool = ProcessPoolExecutor(max_workers=1, mp_context=ctx, initializer=_worker_init)
         future = self._pool.submit(fn, *args, **kwargs)
         try:
             return future.result()
