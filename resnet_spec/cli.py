@@ -13,10 +13,8 @@ import sys
 import click
 
 from . import __version__
-from .backends import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
+from .backends import BACKENDS, DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
 from .errors import ResNetSpecError
-
-BACKEND_CHOICES = ("torch", "onnx", "tensorflow")
 
 
 class _Group(click.Group):
@@ -206,19 +204,16 @@ def _convert_worker(backend, spec_yaml, weights_path, out_dir, force, opts):
 def _parse_backends(text: str) -> list:
     items = [t.strip() for t in text.split(",") if t.strip()]
     if items == ["all"]:
-        return list(BACKENDS_ORDER)
+        return list(BACKENDS)
     aliases = {"tf": "tensorflow", "keras": "tensorflow", "pytorch": "torch"}
     out = []
     for t in items:
         t = aliases.get(t, t)
-        if t not in BACKEND_CHOICES:
-            raise click.BadParameter(f"unknown backend {t!r}; choose from {', '.join(BACKEND_CHOICES)} or all")
+        if t not in BACKENDS:
+            raise click.BadParameter(f"unknown backend {t!r}; choose from {', '.join(BACKENDS)} or all")
         if t not in out:
             out.append(t)
     return out
-
-
-BACKENDS_ORDER = ("torch", "onnx", "tensorflow")
 
 
 @main.command()

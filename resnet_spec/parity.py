@@ -30,13 +30,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import ir
+from .backends import BACKENDS
 from .errors import BackendUnavailable, ResNetSpecError
 from .isolate import Worker, WorkerCrashed
 
 #: max |a-b| / max |a| a pair may reach, per dtype (see docs/parity.md for the measurements).
 TOLERANCES = {"float32": 1e-4, "float16": 2e-2, "bfloat16": 1e-1}
 DTYPES = tuple(TOLERANCES)
-BACKENDS = ("torch", "onnx", "tensorflow")
 
 
 def compare(a: np.ndarray, b: np.ndarray) -> dict:
@@ -166,19 +166,22 @@ def run(net: ir.Network, weights: dict, *, backends=BACKENDS, device: str = "cpu
     options = {"device": device, "dtype": dtype, "allow_tf32": allow_tf32}
     runs: dict[str, BackendRun] = {}
     order = tuple(net.tap_names())
+
+    def run_all(names, taps):
+        for b in names:
+            runs[b] = _run_one(runner, b, net, weights, x, dict(options, taps=taps), (mutate or {}).get(b), say)
+
+    def compare_all(taps):
+        return [_pair(runs[a], runs[b], tol, taps, order) for a, b in itertools.combinations(backends, 2)
+                if runs[a].error is None and runs[b].error is None]
+
     try:
-        for b in backends:
-            runs[b] = _run_one(runner, b, net, weights, x, dict(options, taps=layers), (mutate or {}).get(b), say)
-        pairs = [_pair(runs[a], runs[b], tol, layers, order) for a, b in itertools.combinations(backends, 2)
-                 if runs[a].error is None and runs[b].error is None]
+        run_all(backends, layers)
+        pairs = compare_all(layers)
         if not layers and any(not p["passed"] for p in pairs):
             say("a pair failed: re-running with every tap to find where they diverge")
-            for b in backends:
-                if runs[b].error is None:
-                    runs[b] = _run_one(runner, b, net, weights, x, dict(options, taps=True),
-                                       (mutate or {}).get(b), say)
-            pairs = [_pair(runs[a], runs[b], tol, True, order) for a, b in itertools.combinations(backends, 2)
-                     if runs[a].error is None and runs[b].error is None]
+            run_all([b for b in backends if runs[b].error is None], True)
+            pairs = compare_all(True)
     finally:
         if own:
             runner.close()

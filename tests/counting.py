@@ -9,6 +9,18 @@ from __future__ import annotations
 import math
 
 
+def torch_counts(model) -> dict:
+    """torch's own count: ``parameters()``, and the buffers other than BN batch counters."""
+    return {"params": sum(p.numel() for p in model.parameters()),
+            "buffers": sum(b.numel() for n, b in model.named_buffers() if not n.endswith("num_batches_tracked"))}
+
+
+def keras_counts(model) -> dict:
+    """Keras's own count: trainable and non-trainable weights."""
+    return {"params": sum(math.prod(w.shape) for w in model.trainable_weights),
+            "buffers": sum(math.prod(w.shape) for w in model.non_trainable_weights)}
+
+
 def native_counts(backend: str, spec_yaml: str, weights: dict) -> dict:
     """``{"params": n, "buffers": n}`` as the framework itself counts them.
 
@@ -22,13 +34,9 @@ def native_counts(backend: str, spec_yaml: str, weights: dict) -> dict:
     net = resnet_spec.load(spec_yaml)
     mod = get(backend)
     if backend == "torch":
-        model = mod.build(net, weights)
-        return {"params": sum(p.numel() for p in model.parameters()),
-                "buffers": sum(b.numel() for n, b in model.named_buffers() if not n.endswith("num_batches_tracked"))}
+        return torch_counts(mod.build(net, weights))
     if backend == "tensorflow":
-        model = mod.build(net, weights)
-        return {"params": sum(math.prod(w.shape) for w in model.trainable_weights),
-                "buffers": sum(math.prod(w.shape) for w in model.non_trainable_weights)}
+        return keras_counts(mod.build(net, weights))
     model = mod.build(net, weights, fold_bn=False)
     canonical = {t.name for t in net.tensors()}
     sizes = {t.name: math.prod(t.dims) for t in model.graph.initializer if t.name in canonical}

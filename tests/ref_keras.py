@@ -3,10 +3,11 @@
 
 def keras_trainable_counts(names):
     import keras
+    from counting import keras_counts
 
     out = {}
     for name in names:
         model = getattr(keras.applications, name)(weights=None, classifier_activation=None)
-        out[name] = int(sum(int(keras.ops.size(w)) for w in model.trainable_weights))
+        out[name] = keras_counts(model)["params"]
         keras.backend.clear_session()
     return out

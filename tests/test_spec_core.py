@@ -9,6 +9,7 @@ import sys
 import pytest
 from click.testing import CliRunner
 from conftest import KERAS, TIMM, TORCHVISION
+from counting import torch_counts
 
 import resnet_spec
 from resnet_spec import ir
@@ -62,8 +63,7 @@ def test_counts_match_torchvision(name):
 
     ref = getattr(torchvision.models, name)()
     net = resnet_spec.load(name)
-    assert net.params == sum(p.numel() for p in ref.parameters())
-    assert net.buffers == sum(b.numel() for n, b in ref.named_buffers() if not n.endswith("num_batches_tracked"))
+    assert torch_counts(ref) == {"params": net.params, "buffers": net.buffers}
     ref_names = {k: tuple(v.shape) for k, v in ref.state_dict().items() if not k.endswith("num_batches_tracked")}
     assert {t.name: t.shape for t in net.tensors()} == ref_names
     weights_enum = torchvision.models.get_model_weights(name)
@@ -79,7 +79,7 @@ def test_counts_match_timm(name):
 
     ref = timm.create_model(name, pretrained=False)
     net = resnet_spec.load(name)
-    assert net.params == sum(p.numel() for p in ref.parameters())
+    assert torch_counts(ref)["params"] == net.params
     ref_names = {k: tuple(v.shape) for k, v in ref.state_dict().items() if not k.endswith("num_batches_tracked")}
     assert {t.name: t.shape for t in net.tensors()} == ref_names
 

@@ -20,6 +20,7 @@ from resnet_spec.weights import init_weights, load_weights, save_weights  # noqa
 from conftest import TIMM, TORCHVISION, randomize_bn, small  # noqa: E402
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from strategies import specs  # noqa: E402
+from counting import torch_counts  # noqa: E402
 
 # Max abs difference we accept against the reference library on CPU fp32. The generated module runs
 # the same kernels in the same order as torchvision's, so the measured difference is 0.0; the bound
@@ -144,9 +145,7 @@ def test_train_step_and_counts(name):
     """Training-mode forward/backward: every parameter gets a finite gradient; counts equal the IR."""
     net = small(name)
     model = tb.build(net, init_weights(net, seed=0)).train()
-    params = list(model.parameters())
-    assert sum(p.numel() for p in params) == net.params
-    assert sum(b.numel() for n, b in model.named_buffers() if not n.endswith("num_batches_tracked")) == net.buffers
+    assert torch_counts(model) == {"params": net.params, "buffers": net.buffers}
     assert sorted(k for k in model.state_dict() if not k.endswith("num_batches_tracked")) == sorted(
         t.name for t in net.tensors())
     x = torch.randn(2, *net.input_shape)
