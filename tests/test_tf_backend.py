@@ -374,6 +374,7 @@ def _keras_apps(cases, tmp_path):
         assert rel_err(r["from_ref"], r["from_ours"]) < TOL, (spec, "from")
         assert rel_err(r["to_ref"], r["to_ours"]) < TOL, (spec, "to")
         assert r["roundtrip_max_abs"] == 0.0
+        assert r["bn_ours"] == r["bn_ref"], spec  # the spec's eps/momentum are keras.applications' own
         assert r["mismatch"] and r["mismatch"].startswith("WeightsError")
         # Third corner: the same canonical weights in PyTorch.
         net = resnet_spec.load(spec) if size == 224 else small(spec, size)

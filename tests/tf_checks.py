@@ -63,6 +63,12 @@ def _drop_path_check(T, keras):
             "eval_identity": bool(np.array_equal(np.asarray(model(ones, training=False)), ones))}
 
 
+def _bn_settings(model, keras):
+    """The distinct (epsilon, momentum) pairs of a Keras model's BatchNormalization layers, and their number."""
+    bns = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    return sorted({(float(layer.epsilon), float(layer.momentum)) for layer in bns}), len(bns)
+
+
 def unit_suite(nets, x_by_net, weights_by_net, op_cases):
     """Everything the unit tests need from one worker (see test_tf_backend.py)."""
     T = _backend()
@@ -80,9 +86,7 @@ def unit_suite(nets, x_by_net, weights_by_net, op_cases):
         r["roundtrip_max_abs"] = max(float(np.abs(back[k] - w[k]).max()) for k in w)
         r["layer_names"] = [layer.name for layer in model.layers]
         r["tap_layers"] = T.tap_layer_names(net)
-        bns = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
-        r["bn"] = sorted({(float(layer.epsilon), float(layer.momentum)) for layer in bns})
-        r["bn_count"] = len(bns)
+        r["bn"], r["bn_count"] = _bn_settings(model, keras)
         drops = [layer for layer in model.layers if isinstance(layer, keras.layers.Dropout)]
         r["dropouts"] = [(layer.name, float(layer.rate), layer.noise_shape) for layer in drops]
         for dt in ("float16", "bfloat16"):
@@ -171,6 +175,7 @@ def keras_apps_suite(cases, x_by_size, out_dir):
         r["to_ref"] = np.asarray(app(xl, training=False))
         T.set_keras_weights(ours, T.to_keras_weights(net, w_to))
         r["to_ours"] = np.asarray(ours(xl, training=False))
+        r["bn_ours"], r["bn_ref"] = _bn_settings(ours, keras), _bn_settings(app, keras)
         r["roundtrip_max_abs"] = max(float(np.abs(v - w_to[k]).max())
                                      for k, v in T.from_keras_applications(net, app).items())
         try:  # a mismatched model is refused with a named layer
