@@ -345,8 +345,17 @@ def convert(net: ir.Network, weights, out_dir: str, *, force: bool = False, batc
     return [paths["pt2"], paths["py"], paths["st"]]
 
 
+#: max |emitted - model| / max |model| that :func:`check_source` accepts. The two modules run the same
+#: ops and normally agree bit for bit, but under a loaded machine the CPU kernels have been seen to
+#: differ in rounding between two calls (a hypothesis example failed once, then passed on replay);
+#: float32 rounding is 1.2e-7 of the scale, and an emitter mistake (a shifted pad, a wrong shortcut)
+#: moves the outputs by 1e-2 or more.
+SOURCE_TOL = 1e-5
+
+
 def check_source(net: ir.Network, source: str, model, example) -> None:
-    """Run the emitted standalone source with ``model``'s weights and demand bit-equal outputs.
+    """Run the emitted standalone source with ``model``'s weights; its outputs must equal the model's
+    up to float32 rounding: ``max |a - b| <= SOURCE_TOL * max |a|``.
 
     The emitter writes loops and a few parameters, not one line per op, so it is checked against the
     module that the IR built before any file is written: a wrong .py is never handed to a user.
@@ -360,9 +369,11 @@ def check_source(net: ir.Network, source: str, model, example) -> None:
     exec(compile(source, f"<emitted {net.name}.py>", "exec"), mod.__dict__)  # noqa: S102 (our own output)
     emitted = getattr(mod, class_name(net.name))()
     missing, unexpected = emitted.load_state_dict(model.state_dict(), strict=False)
-    with torch.no_grad():
-        same = (not unexpected and all(k.endswith("num_batches_tracked") for k in missing)
-                and torch.equal(emitted.eval()(example), model.eval()(example)))
+    same = not unexpected and all(k.endswith("num_batches_tracked") for k in missing)
+    if same:
+        with torch.no_grad():
+            a, b = model.eval()(example), emitted.eval()(example)
+        same = a.shape == b.shape and float((a - b).abs().max()) <= SOURCE_TOL * float(a.abs().max())
     if not same:
         raise RuntimeError(f"internal error: the standalone source emitted for {net.name} does not reproduce "
                            "the model; nothing was written. Please report this with the spec.")
