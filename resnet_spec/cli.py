@@ -121,12 +121,41 @@ def summary(spec, as_json, max_params, max_activation_gib):
     click.echo(json.dumps(info, indent=2) if as_json else format_table(info))
 
 
-def _weights(net, weights_file, seed, allow_nonfinite, random_bn=False):
-    from .weights import init_weights, load_weights
+def _weights(net, weights_file, seed, allow_nonfinite, random_bn=False, ckpt=None):
+    from .weights import init_weights
 
+    ckpt = ckpt or {}
     if weights_file:
-        return load_weights(net, weights_file, allow_nonfinite=allow_nonfinite)
+        from .checkpoints import load_checkpoint
+
+        weights, notes = load_checkpoint(net, weights_file, allow_nonfinite=allow_nonfinite, seed=seed, **ckpt)
+        for n in notes:
+            click.echo(f"note: {weights_file}: {n}", err=True)
+        return weights
+    if any(ckpt.values()):
+        raise click.UsageError("--weights-key, --ema and --new-head need --weights")
     return init_weights(net, seed=seed, random_bn=random_bn)
+
+
+_checkpoint_options = [
+    click.option("--weights-key", "weights_key", metavar="KEY",
+                 help="Entry of a torch checkpoint that holds the weights (e.g. model, or ema.module). "
+                      "Default: found automatically (state_dict, model_state_dict, model, module)."),
+    click.option("--ema", is_flag=True, help="Take the EMA weights of the checkpoint (model_ema, ema, ...)."),
+    click.option("--new-head", is_flag=True,
+                 help="Fine-tuning: load every tensor but the classifier, which gets a fresh initialisation "
+                      "when its shape differs from the spec's (e.g. ImageNet weights into a 10-class spec)."),
+]
+
+
+def checkpoint_options(fn):
+    for opt in reversed(_checkpoint_options):
+        fn = opt(fn)
+    return fn
+
+
+def _ckpt(weights_key, ema, new_head) -> dict:
+    return {"key": weights_key, "ema": ema, "new_head": new_head}
 
 
 @main.command()
@@ -145,9 +174,10 @@ def _weights(net, weights_file, seed, allow_nonfinite, random_bn=False):
               show_default=True, help="TensorFlow: input layout.")
 @click.option("--force", is_flag=True, help="Overwrite existing outputs.")
 @click.option("--allow-nonfinite", is_flag=True, help="Accept NaN/Inf values in --weights.")
+@checkpoint_options
 @limit_options
 def convert(spec, targets, weights_file, out_dir, seed, opset, no_fold_bn, batch, data_format, force,
-            allow_nonfinite, max_params, max_activation_gib):
+            allow_nonfinite, weights_key, ema, new_head, max_params, max_activation_gib):
     """Write framework models for SPEC (PyTorch .pt2 + standalone .py, ONNX, Keras + SavedModel)."""
     import tempfile
     import time
@@ -159,7 +189,7 @@ def convert(spec, targets, weights_file, out_dir, seed, opset, no_fold_bn, batch
 
     backends = _parse_backends(targets)
     net = _load(spec, max_params, max_activation_gib)
-    weights = _weights(net, weights_file, seed, allow_nonfinite)
+    weights = _weights(net, weights_file, seed, allow_nonfinite, ckpt=_ckpt(weights_key, ema, new_head))
     out_dir = out_dir or os.path.join("out", net.name)
     # The canonical weights go beside the models as <name>.safetensors (the torch backend writes that
     # same file for its standalone .py). Every output is checked up front, so that a refusal costs
@@ -233,9 +263,10 @@ def _parse_backends(text: str) -> list:
 @click.option("--allow-nonfinite", is_flag=True, help="Accept NaN/Inf values in --weights.")
 @click.option("--json", "json_file", type=click.Path(dir_okay=False),
               help="Also write the report as JSON to this file ('-' for stdout).")
+@checkpoint_options
 @limit_options
 def parity(spec, weights_file, targets, device, dtype, batch, seed, layers, allow_tf32, allow_nonfinite,
-           json_file, max_params, max_activation_gib):
+           json_file, weights_key, ema, new_head, max_params, max_activation_gib):
     """Run SPEC in every backend on the same weights and input; compare every pair.
 
     Exit 0 when every requested backend ran and every pair is within the tolerance for --dtype, 1
@@ -248,7 +279,8 @@ def parity(spec, weights_file, targets, device, dtype, batch, seed, layers, allo
     if len(backends) < 2:
         raise click.BadParameter("name at least two backends to compare", param_hint="--backends")
     net = _load(spec, max_params, max_activation_gib)
-    weights = _weights(net, weights_file, seed, allow_nonfinite, random_bn=True)
+    weights = _weights(net, weights_file, seed, allow_nonfinite, random_bn=True,
+                       ckpt=_ckpt(weights_key, ema, new_head))
     label = weights_file or f"seeded random (seed {seed}), non-trivial BN statistics"
     if json_file and json_file != "-":
         from .fileio import check_writable

@@ -1,0 +1,197 @@
+"""Everyday workflows: fine-tuning heads, real checkpoint layouts, all errors at once, resolve/diff, pictures.
+
+Checkpoints are made here from torchvision models (the external reference), never downloaded.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import resnet_spec
+from resnet_spec.cli import main
+from resnet_spec.errors import WeightsError
+
+torch = pytest.importorskip("torch")
+torchvision = pytest.importorskip("torchvision")
+
+R18_10 = "extends: resnet18\nname: r18_10\ninput: {size: 64}\nhead: {classes: 10}\n"
+R18_64 = "extends: resnet18\nname: r18_64\ninput: {size: 64}\n"
+
+
+@pytest.fixture(scope="module")
+def tv18():
+    torch.manual_seed(0)
+    m = torchvision.models.resnet18().eval()
+    from conftest import randomize_bn
+
+    randomize_bn(m.state_dict(), seed=1)
+    return m
+
+
+def _save(obj, path):
+    torch.save(obj, path)
+    return str(path)
+
+
+# -- new head -----------------------------------------------------------------------------------------
+
+def test_new_head_loads_the_body_and_matches_torchvision(tv18, tmp_path):
+    path = _save(tv18.state_dict(), tmp_path / "imagenet.pth")
+    w = resnet_spec.load_weights(R18_10, path, new_head=True, seed=3)
+    sd = tv18.state_dict()
+    for k, v in w.items():
+        if not k.startswith("fc."):
+            np.testing.assert_array_equal(v, sd[k].numpy())
+    assert w["fc.weight"].shape == (10, 512) and w["fc.bias"].shape == (10,)
+    assert 0 < np.abs(w["fc.weight"]).max() <= 1 / np.sqrt(512)
+    # the fine-tuning model our torch backend builds = torchvision's model with the same new fc
+    ours = resnet_spec.build(R18_10, "torch", weights=w)
+    ref = torchvision.models.resnet18(num_classes=10).eval()
+    ref.load_state_dict({**{k: v for k, v in sd.items() if not k.startswith("fc.")},
+                         "fc.weight": torch.from_numpy(w["fc.weight"]), "fc.bias": torch.from_numpy(w["fc.bias"])})
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        a, b = ours.eval()(x), ref(x)
+    assert a.shape == (2, 10)
+    assert float((a - b).abs().max() / b.abs().max()) < 1e-5
+
+
+def test_build_takes_new_head(tv18, tmp_path):
+    path = _save(tv18.state_dict(), tmp_path / "imagenet.pth")
+    model = resnet_spec.build(R18_10, "torch", weights=path, new_head=True)
+    assert model.fc.weight.shape == (10, 512)
+    np.testing.assert_array_equal(model.conv1.weight.detach().numpy(), tv18.conv1.weight.detach().numpy())
+
+
+def test_without_new_head_the_refusal_names_the_option(tv18, tmp_path):
+    path = _save(tv18.state_dict(), tmp_path / "imagenet.pth")
+    with pytest.raises(WeightsError, match=r"only the classifier differs .*--new-head"):
+        resnet_spec.load_weights(R18_10, path)
+    spec = tmp_path / "r18_10.yaml"
+    spec.write_text(R18_10)
+    res = CliRunner().invoke(main, ["convert", str(spec), "--to", "onnx", "--weights", path, "-o", str(tmp_path / "o")])
+    assert res.exit_code == 1 and "--new-head" in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_new_head_still_refuses_any_other_mismatch(tv18, tmp_path):
+    sd = dict(tv18.state_dict())
+    sd["layer1.0.conv1.weight"] = torch.zeros(64, 64, 1, 1)
+    path = _save(sd, tmp_path / "bad.pth")
+    with pytest.raises(WeightsError, match=r"layer1\.0\.conv1\.weight.*\(64, 64, 3, 3\)"):
+        resnet_spec.load_weights(R18_10, path, new_head=True)
+    r50 = _save(torchvision.models.resnet50().state_dict(), tmp_path / "r50.pth")
+    with pytest.raises(WeightsError, match="missing tensor|unexpected tensor|shape"):
+        resnet_spec.load_weights(R18_10, r50, new_head=True)
+
+
+def test_new_head_when_the_head_matches_is_a_noop_with_a_note(tv18, tmp_path):
+    path = _save(tv18.state_dict(), tmp_path / "imagenet.pth")
+    spec = tmp_path / "r18.yaml"
+    spec.write_text(R18_64)
+    out = tmp_path / "o"
+    res = CliRunner().invoke(main, ["convert", str(spec), "--to", "onnx", "--weights", path, "--new-head", "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "already matches the spec; --new-head changed nothing" in res.output
+    from safetensors.numpy import load_file
+
+    saved = load_file(str(out / "r18_64.safetensors"))
+    np.testing.assert_array_equal(saved["fc.weight"], tv18.fc.weight.detach().numpy())
+
+
+def test_new_head_needs_weights():
+    res = CliRunner().invoke(main, ["convert", "resnet20", "--to", "onnx", "--new-head"])
+    assert res.exit_code == 2 and "need --weights" in res.output
+
+
+# -- checkpoint layouts --------------------------------------------------------------------------------
+
+def _prefixed(sd, prefix):
+    return {prefix + k: v for k, v in sd.items()}
+
+
+@pytest.mark.parametrize("layout,note", [
+    (lambda sd: {"state_dict": sd, "epoch": 3}, "under 'state_dict'"),
+    (lambda sd: {"model": sd, "optimizer": {"state": {}, "param_groups": []}, "epoch": 90}, "under 'model'"),
+    (lambda sd: {"model_state_dict": sd, "optimizer_state_dict": {}}, "under 'model_state_dict'"),
+    (lambda sd: {"module": sd}, "under 'module'"),
+    (lambda sd: _prefixed(sd, "module."), "prefix 'module.'"),
+    (lambda sd: _prefixed(sd, "_orig_mod."), "prefix '_orig_mod.'"),
+    (lambda sd: {"model": _prefixed(sd, "module._orig_mod.")}, "prefix 'module._orig_mod.'"),
+    (lambda sd: {"state_dict": _prefixed(sd, "model.")}, "prefix 'model.'"),
+])
+def test_checkpoint_layouts(tv18, tmp_path, layout, note):
+    from resnet_spec.checkpoints import load_checkpoint
+
+    sd = tv18.state_dict()
+    path = _save(layout(dict(sd)), tmp_path / "ckpt.pth")
+    w, notes = load_checkpoint(resnet_spec.load(R18_64), path)
+    assert any(note in n for n in notes), notes
+    for k, v in w.items():
+        np.testing.assert_array_equal(v, sd[k].numpy())
+
+
+def test_a_plain_state_dict_gives_no_note(tv18, tmp_path):
+    from resnet_spec.checkpoints import load_checkpoint
+
+    path = _save(tv18.state_dict(), tmp_path / "plain.pth")
+    assert load_checkpoint(resnet_spec.load(R18_64), path)[1] == []
+
+
+def test_ema_and_weights_key(tv18, tmp_path):
+    from resnet_spec.checkpoints import load_checkpoint
+
+    sd = tv18.state_dict()
+    ema = {k: v + 1 if v.is_floating_point() else v for k, v in sd.items()}
+    path = _save({"model": dict(sd), "model_ema": _prefixed(ema, "module.")}, tmp_path / "ckpt.pth")
+    net = resnet_spec.load(R18_64)
+    plain, _ = load_checkpoint(net, path)
+    np.testing.assert_array_equal(plain["conv1.weight"], sd["conv1.weight"].numpy())
+    got, notes = load_checkpoint(net, path, ema=True)
+    np.testing.assert_array_equal(got["conv1.weight"], ema["conv1.weight"].numpy())
+    assert any("model_ema" in n for n in notes)
+    got, _ = load_checkpoint(net, path, key="model_ema")
+    np.testing.assert_array_equal(got["conv1.weight"], ema["conv1.weight"].numpy())
+    with pytest.raises(WeightsError, match=r"no entry 'nope'; the file holds the keys 'model', 'model_ema'"):
+        load_checkpoint(net, path, key="nope")
+    only = _save({"model": dict(sd)}, tmp_path / "noema.pth")
+    with pytest.raises(WeightsError, match="no EMA weights"):
+        load_checkpoint(net, only, ema=True)
+
+
+def test_weights_key_on_the_command_line(tv18, tmp_path):
+    path = _save({"weights": dict(tv18.state_dict()), "step": 5}, tmp_path / "odd.pth")
+    spec = tmp_path / "r18.yaml"
+    spec.write_text(R18_64)
+    run = CliRunner().invoke
+    res = run(main, ["convert", str(spec), "--to", "onnx", "--weights", path, "-o", str(tmp_path / "a")])
+    assert res.exit_code == 1 and "--weights-key" in res.output and "'weights', 'step'" in res.output
+    res = run(main, ["convert", str(spec), "--to", "onnx", "--weights", path, "--weights-key", "weights",
+                     "-o", str(tmp_path / "b")])
+    assert res.exit_code == 0, res.output
+    assert "took the weights under 'weights'" in res.output
+    res = run(main, ["convert", str(spec), "--to", "onnx", "--weights", path, "--weights-key", "wieghts",
+                     "-o", str(tmp_path / "c")])
+    assert res.exit_code == 1 and "no entry 'wieghts'; the file holds the keys 'weights', 'step'" in res.output
+
+
+def test_a_whole_pickled_model_is_refused_with_the_fix(tv18, tmp_path):
+    path = _save(tv18, tmp_path / "whole.pt")
+    with pytest.raises(WeightsError) as info:
+        resnet_spec.load_weights(R18_64, path)
+    msg = str(info.value)
+    assert "torchvision.models.resnet.ResNet" in msg and "weights_only=True" in msg
+    assert "torch.save(model.state_dict(), 'weights.pth')" in msg and "\n" not in msg
+
+
+def test_parity_with_new_head(tv18, tmp_path):
+    path = _save({"model": _prefixed(dict(tv18.state_dict()), "module.")}, tmp_path / "ckpt.pth")
+    spec = tmp_path / "r18_10.yaml"
+    spec.write_text(R18_10)
+    res = CliRunner().invoke(main, ["parity", str(spec), "--backends", "torch,onnx", "--weights", path, "--new-head"])
+    assert res.exit_code == 0, res.output
+    assert "took the weights under 'model'" in res.output and "new classifier fc.weight (10, 512)" in res.output
