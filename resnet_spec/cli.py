@@ -58,9 +58,14 @@ def limit_options(fn):
 
 
 def _load(spec, max_params=2e9, max_activation_gib=64.0):
-    from . import load
+    from .diagnose import spec_warnings
+    from .resolve import resolve
+    from .spec import load as load_spec
 
-    return load(spec, _limits(max_params, max_activation_gib))
+    loaded = load_spec(spec)
+    for w in spec_warnings(loaded):
+        click.echo(w, err=True)
+    return resolve(loaded, _limits(max_params, max_activation_gib))
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -94,17 +99,30 @@ def list_cmd(as_json):
 
 @main.command()
 @click.argument("specs", nargs=-1, required=True)
+@click.option("--max-errors", type=click.IntRange(1), default=20, show_default=True,
+              help="Report at most this many errors per spec.")
 @limit_options
-def validate(specs, max_params, max_activation_gib):
-    """Check specs against the schema and the semantic rules."""
+def validate(specs, max_errors, max_params, max_activation_gib):
+    """Check specs against the schema and the semantic rules; report every error, in file order."""
+    from .diagnose import all_errors, spec_warnings
+
     failed = 0
     for s in specs:
-        try:
-            net = _load(s, max_params, max_activation_gib)
+        errors, spec = all_errors(s, _limits(max_params, max_activation_gib))
+        if spec is not None:
+            for w in spec_warnings(spec):
+                click.echo(w, err=True)
+        if not errors:
+            from .resolve import resolve
+
+            net = resolve(spec, _limits(max_params, max_activation_gib))
             click.echo(f"{s}: ok ({net.name}, {net.params:,} params)")
-        except ResNetSpecError as exc:
-            failed += 1
+            continue
+        failed += 1
+        for exc in errors[:max_errors]:
             click.echo(str(exc) if _is_located(exc) else f"{s}: {exc}", err=True)
+        if len(errors) > max_errors:
+            click.echo(f"{s}: ... and {len(errors) - max_errors} more errors (raise --max-errors)", err=True)
     if failed:
         sys.exit(1)
 

@@ -195,3 +195,69 @@ def test_parity_with_new_head(tv18, tmp_path):
     res = CliRunner().invoke(main, ["parity", str(spec), "--backends", "torch,onnx", "--weights", path, "--new-head"])
     assert res.exit_code == 0, res.output
     assert "took the weights under 'model'" in res.output and "new classifier fc.weight (10, 512)" in res.output
+
+
+# -- validate: every error at once, warnings --------------------------------------------------------
+
+BAD = """extends: resnet50
+name: bad
+stem: {chanels: 32, kernal: 3}
+block: {type: bottlenek, groups: 0}
+head: {classes: -1}
+input: {size: 0}
+"""
+
+
+def test_validate_reports_every_schema_error_in_file_order(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(BAD)
+    res = CliRunner().invoke(main, ["validate", str(path)])
+    assert res.exit_code == 1
+    lines = res.output.strip().splitlines()
+    want = ["3:8: stem.chanels: unknown key 'chanels'; did you mean 'channels'?",
+            "3:21: stem.kernal: unknown key 'kernal'; did you mean 'kernel'?",
+            "4:9: block.type: 'bottlenek' is not one of basic, bottleneck",
+            "4:26: block.groups: 0 is out of range (must be >= 1)",
+            "5:8: head.classes: -1 is out of range (must be >= 1)",
+            "6:9: input.size: 0 is out of range (must be >= 1)"]
+    assert lines == [f"{path}:{w}" for w in want]
+    res = CliRunner().invoke(main, ["validate", "--max-errors", "2", str(path)])
+    assert res.output.strip().splitlines()[2:] == [f"{path}: ... and 4 more errors (raise --max-errors)"]
+    # other commands keep stopping at the first error
+    res = CliRunner().invoke(main, ["summary", str(path)])
+    assert res.exit_code == 1 and len(res.output.strip().splitlines()) == 1
+
+
+def test_validate_reports_the_semantic_error_once_the_schema_passes(tmp_path):
+    path = tmp_path / "sem.yaml"
+    path.write_text("extends: resnet20\nname: sem\ndepth: 21\n")
+    res = CliRunner().invoke(main, ["validate", str(path), "resnet18"])
+    assert res.exit_code == 1
+    assert f"{path}:3:1: depth: depth 21 is not of the form 6n+2" in res.output
+    assert "resnet18: ok" in res.output
+
+
+def test_extends_did_you_mean(tmp_path):
+    path = tmp_path / "typo.yaml"
+    path.write_text("extends: resnet_50\n")
+    res = CliRunner().invoke(main, ["validate", str(path)])
+    assert res.exit_code == 1 and "did you mean 'resnet50'?" in res.output
+
+
+@pytest.mark.parametrize("norm,fragment", [
+    ("{momentum: 0.99}", "2:8: warning: norm.momentum 0.99 looks like the Keras convention"
+                         " (weight of the old statistics); specs use PyTorch's (weight of the new batch): "
+                         "Keras momentum 0.99 is torch momentum 0.01"),
+    ("{eps: 0.001}", "2:8: warning: norm.eps 0.001 is Keras's BatchNormalization default"),
+])
+def test_gentle_warnings(tmp_path, norm, fragment):
+    path = tmp_path / "w.yaml"
+    path.write_text(f"extends: resnet20\nnorm: {norm}\n")
+    for cmd in (["validate"], ["summary"]):
+        res = CliRunner().invoke(main, [*cmd, str(path)])
+        assert res.exit_code == 0 and f"{path}:{fragment}" in res.output, res.output
+
+
+def test_no_warnings_for_the_zoo():
+    res = CliRunner().invoke(main, ["validate", "resnet50", "keras_resnet50", "keras_resnet50v2", "resnet20"])
+    assert res.exit_code == 0 and "warning" not in res.output
