@@ -58,14 +58,9 @@ def limit_options(fn):
 
 
 def _load(spec, max_params=2e9, max_activation_gib=64.0):
-    from .diagnose import spec_warnings
     from .resolve import resolve
-    from .spec import load as load_spec
 
-    loaded = load_spec(spec)
-    for w in spec_warnings(loaded):
-        click.echo(w, err=True)
-    return resolve(loaded, _limits(max_params, max_activation_gib))
+    return resolve(_load_spec(spec), _limits(max_params, max_activation_gib))
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -316,6 +311,49 @@ def parity(spec, weights_file, targets, device, dtype, batch, seed, layers, allo
 
             write_text(json_file, json.dumps(report.to_json(), indent=2) + "\n")
     sys.exit(0 if report.passed else 1)
+
+
+@main.command("resolve")
+@click.argument("spec")
+@click.option("-o", "--out", "out_file", type=click.Path(dir_okay=False), help="Write to this file instead of stdout.")
+@click.option("--force", is_flag=True, help="Overwrite an existing -o file.")
+def resolve_cmd(spec, out_file, force):
+    """Print SPEC fully resolved: every default filled in, extends merged, each set value's origin noted."""
+    from .resolved import to_yaml, write_output
+
+    loaded = _load_spec(spec)
+    text = to_yaml(loaded)
+    if out_file:
+        from .fileio import check_writable
+
+        check_writable(out_file, force)
+        write_output(out_file, text.encode("utf-8"))
+        click.echo(f"wrote {out_file}", err=True)
+    else:
+        click.echo(text, nl=False)
+
+
+@main.command("diff")
+@click.argument("spec_a")
+@click.argument("spec_b")
+def diff_cmd(spec_a, spec_b):
+    """What differs between two specs' resolved forms, field by field, and the params/MACs difference."""
+    from .resolve import resolve
+    from .resolved import diff, format_diff
+
+    a, b = _load_spec(spec_a), _load_spec(spec_b)
+    na, nb = resolve(a), resolve(b)
+    click.echo(format_diff(spec_a, spec_b, diff(a, b), na, nb))
+
+
+def _load_spec(spec):
+    from .diagnose import spec_warnings
+    from .spec import load as load_spec
+
+    loaded = load_spec(spec)
+    for w in spec_warnings(loaded):
+        click.echo(w, err=True)
+    return loaded
 
 
 @main.command()

@@ -261,3 +261,71 @@ def test_gentle_warnings(tmp_path, norm, fragment):
 def test_no_warnings_for_the_zoo():
     res = CliRunner().invoke(main, ["validate", "resnet50", "keras_resnet50", "keras_resnet50v2", "resnet20"])
     assert res.exit_code == 0 and "warning" not in res.output
+
+
+# -- resolve and diff --------------------------------------------------------------------------------
+
+def _same_network(a, b):
+    import dataclasses
+
+    return dataclasses.replace(a, spec_yaml="") == dataclasses.replace(b, spec_yaml="")
+
+
+@pytest.mark.parametrize("name", __import__("resnet_spec.spec", fromlist=["zoo_names"]).zoo_names())
+def test_resolve_round_trips_for_every_zoo_entry(name, tmp_path):
+    path = tmp_path / f"{name}_resolved.yaml"
+    res = CliRunner().invoke(main, ["resolve", name, "-o", str(path)])
+    assert res.exit_code == 0, res.output
+    text = path.read_text()
+    assert not [ln for ln in text.splitlines() if ln.startswith(("extends:", "depth:"))]
+    again = resnet_spec.load(str(path))
+    assert _same_network(again, resnet_spec.load(name))
+    # resolving a resolved spec changes nothing but the provenance comments
+    from resnet_spec.resolved import resolved_data
+    from resnet_spec.spec import load as load_spec
+
+    assert resolved_data(load_spec(str(path))) == resolved_data(load_spec(name))
+
+
+def test_resolve_fills_defaults_and_names_origins(tmp_path):
+    spec = tmp_path / "mine.yaml"
+    spec.write_text("extends: resnet50\nname: mine\nhead: {classes: 10}\n")
+    res = CliRunner().invoke(main, ["resolve", str(spec)])
+    assert res.exit_code == 0
+    lines = res.output.splitlines()
+    classes = next(ln for ln in lines if ln.strip().startswith("classes:"))
+    assert classes.split("#")[0].strip() == "classes: 10" and classes.endswith("mine.yaml:3")
+    eps = next(ln for ln in lines if ln.strip().startswith("eps:"))
+    assert eps.endswith("zoo/resnet50.yaml:7")  # inherited from the base, with its line
+    padding = next(ln for ln in lines if ln.strip().startswith("padding: 3"))
+    assert "#" not in padding  # a default: no comment
+    # a resolved depth names where the block counts came from
+    out = CliRunner().invoke(main, ["resolve", "resnet20"]).output
+    assert "blocks: 3" in out and "# from depth 20 (zoo/resnet20.yaml:8)" in out
+
+
+def test_resolve_output_refuses_to_overwrite(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("x")
+    res = CliRunner().invoke(main, ["resolve", "resnet18", "-o", str(path)])
+    assert res.exit_code == 1 and "--force" in res.output and path.read_text() == "x"
+
+
+def test_diff_names_every_difference_and_the_cost():
+    res = CliRunner().invoke(main, ["diff", "resnet50", "keras_resnet50"])
+    assert res.exit_code == 0
+    rows = {ln.split()[0]: ln.split()[1:] for ln in res.output.splitlines()[1:-1]}
+    assert rows == {"conv_bias": ["false", "->", "true"], "norm.eps": ["1.0e-05", "->", "1.001e-05"],
+                    "norm.momentum": ["0.1", "->", "0.01"], "stem.bias": ["false", "->", "true"],
+                    "stem.pool.pad_value": ["neg_inf", "->", "zero"], "block.stride_on": ["3x3", "->", "1x1"]}
+    a, b = resnet_spec.load("resnet50"), resnet_spec.load("keras_resnet50")
+    assert f"({b.params - a.params:+,})" in res.output.splitlines()[-1]
+
+
+def test_diff_of_identical_specs(tmp_path):
+    copy = tmp_path / "copy.yaml"
+    copy.write_text("extends: resnet18\nname: copy\n")
+    res = CliRunner().invoke(main, ["diff", "resnet18", str(copy)])
+    assert res.exit_code == 0 and "resolve to the same network" in res.output
+    res = CliRunner().invoke(main, ["diff", "resnet18", "resnet34"])
+    assert "stages[1].blocks  2  ->  4" in res.output
