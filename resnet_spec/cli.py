@@ -272,13 +272,15 @@ def _parse_backends(text: str) -> list:
 @click.option("--batch", type=click.IntRange(1, 1024), default=2, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the input and of random weights.")
 @click.option("--layers", is_flag=True, help="Compare every stem/block output, not only the logits.")
+@click.option("--plot", "plot_file", type=click.Path(dir_okay=False),
+              help="Also draw the per-tap relative error of every pair to this .svg/.png (implies --layers).")
 @click.option("--allow-tf32", is_flag=True, help="Allow TF32 matmuls/convolutions on GPUs (off by default).")
 @click.option("--allow-nonfinite", is_flag=True, help="Accept NaN/Inf values in --weights.")
 @click.option("--json", "json_file", type=click.Path(dir_okay=False),
               help="Also write the report as JSON to this file ('-' for stdout).")
 @checkpoint_options
 @limit_options
-def parity(spec, weights_file, targets, device, dtype, batch, seed, layers, allow_tf32, allow_nonfinite,
+def parity(spec, weights_file, targets, device, dtype, batch, seed, layers, plot_file, allow_tf32, allow_nonfinite,
            json_file, weights_key, ema, new_head, max_params, max_activation_gib):
     """Run SPEC in every backend on the same weights and input; compare every pair.
 
@@ -299,6 +301,13 @@ def parity(spec, weights_file, targets, device, dtype, batch, seed, layers, allo
         from .fileio import check_writable
 
         check_writable(json_file, force=True)
+    if plot_file:
+        from .diagram import figure_format
+        from .resolved import check_output_place
+
+        figure_format(plot_file)
+        check_output_place(plot_file)
+        layers = True
     report = P.run(net, weights, backends=backends, device=device, dtype=dtype, batch=batch, seed=seed,
                    layers=layers, allow_tf32=allow_tf32, weights_label=label,
                    progress=lambda t: click.echo(f"  {t}", err=True))
@@ -310,6 +319,11 @@ def parity(spec, weights_file, targets, device, dtype, batch, seed, layers, allo
             from .fileio import write_text
 
             write_text(json_file, json.dumps(report.to_json(), indent=2) + "\n")
+    if plot_file:
+        from .parityplot import write_plot
+
+        write_plot(report.to_json(), plot_file)
+        click.echo(f"plot: {plot_file}", err=json_file == "-")
     sys.exit(0 if report.passed else 1)
 
 
@@ -344,6 +358,26 @@ def diff_cmd(spec_a, spec_b):
     a, b = _load_spec(spec_a), _load_spec(spec_b)
     na, nb = resolve(a), resolve(b)
     click.echo(format_diff(spec_a, spec_b, diff(a, b), na, nb))
+
+
+@main.command()
+@click.argument("spec")
+@click.option("-o", "--out", "out_file", required=True, type=click.Path(dir_okay=False),
+              help="The picture: .svg, .png or .pdf.")
+@click.option("--force", is_flag=True, help="Overwrite an existing picture.")
+@limit_options
+def diagram(spec, out_file, force, max_params, max_activation_gib):
+    """Draw SPEC: stem, stages (block count, type, widths, strides, shortcut) and head."""
+    from .diagram import figure_format, write_diagram
+    from .fileio import check_writable
+    from .resolved import check_output_place
+
+    figure_format(out_file)
+    check_writable(out_file, force)
+    check_output_place(out_file)
+    net = _load(spec, max_params, max_activation_gib)
+    write_diagram(net, out_file, force=True)
+    click.echo(f"wrote {out_file}")
 
 
 def _load_spec(spec):

@@ -219,3 +219,19 @@ def write_output(path: str, data: bytes, force: bool = True) -> None:
         write_bytes(path, data, force)
     except OSError as exc:
         raise ResNetSpecError(f"{path}: cannot write ({exc.strerror or exc})") from None
+
+
+def check_output_place(path: str) -> None:
+    """Refuse, before any work, an output whose folder cannot be made or written."""
+    from .errors import ResNetSpecError
+
+    parent = os.path.dirname(os.path.abspath(path))
+    probe = parent
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise ResNetSpecError(f"{path}: cannot write ({probe} is not a folder)")
+    if not os.access(probe, os.W_OK):
+        raise ResNetSpecError(f"{path}: cannot write (no write permission in {probe})")
+    if os.path.isdir(path):
+        raise ResNetSpecError(f"{path}: cannot write (it is a folder)")

@@ -329,3 +329,80 @@ def test_diff_of_identical_specs(tmp_path):
     assert res.exit_code == 0 and "resolve to the same network" in res.output
     res = CliRunner().invoke(main, ["diff", "resnet18", "resnet34"])
     assert "stages[1].blocks  2  ->  4" in res.output
+
+
+# -- pictures ---------------------------------------------------------------------------------------
+
+def test_stage_facts_drawn_come_from_the_ir():
+    from resnet_spec.diagram import stage_info
+
+    r50 = stage_info(resnet_spec.load("resnet50"))
+    assert [s["blocks"] for s in r50] == [3, 4, 6, 3] and r50[1]["kind"] == "bottleneck"
+    assert (r50[1]["in"], r50[1]["width"], r50[1]["out"]) == (256, 128, 512)
+    assert r50[1]["stride"] == "stride 2 on the 3x3 conv (first block)" and r50[0]["stride"] == "stride 1"
+    assert r50[1]["shortcut"] == "1x1 conv/2 + BN" and r50[1]["shape"] == (512, 28, 28)
+    assert stage_info(resnet_spec.load("keras_resnet50"))[1]["stride"] == "stride 2 on the 1x1 conv (first block)"
+    v2 = stage_info(resnet_spec.load("keras_resnet50v2"))
+    assert v2[0]["stride"] == "stride 2 on the 3x3 conv (last block)" and v2[0]["kind"] == "pre-act bottleneck"
+    assert stage_info(resnet_spec.load("resnet20"))[1]["shortcut"] == "A: strided identity + zero-pad"
+    assert stage_info(resnet_spec.load("resnet50d"))[1]["shortcut"].startswith("avgpool + 1x1 conv/1")
+    assert stage_info(resnet_spec.load("seresnet50"))[0]["kind"] == "bottleneck + SE"
+    assert stage_info(resnet_spec.load("resnext50_32x4d"))[0]["groups"] == 32
+
+
+@pytest.mark.parametrize("name,fragments", [
+    ("resnet20", ["3 x basic", "A: strided identity + zero-pad", "fc 64 -&gt; 10"]),
+    ("preact_resnet1001", ["111 blocks", "111 x pre-act bottleneck", "1001 weighted layers"]),
+])
+def test_diagram_svg(tmp_path, name, fragments):
+    import matplotlib
+
+    matplotlib.rcParams["svg.fonttype"] = "none"  # text stays text, so the test can read it
+    out = tmp_path / "d.svg"
+    res = CliRunner().invoke(main, ["diagram", name, "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    svg = out.read_text()
+    for f in fragments:
+        assert f in svg, f
+
+
+def test_diagram_png_and_bad_outputs(tmp_path):
+    out = tmp_path / "r50.png"
+    assert CliRunner().invoke(main, ["diagram", "resnet50", "-o", str(out)]).exit_code == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    for path, fragment in [(blocker / "d.png", "is not a folder"), (tmp_path / "d.jpg", "unknown picture format 'jpg'"),
+                           (out, "already exists; pass --force")]:
+        res = CliRunner().invoke(main, ["diagram", "resnet50", "-o", str(path)])
+        assert res.exit_code == 1 and fragment in res.output and len(res.output.strip().splitlines()) == 1
+    assert sorted(os.listdir(tmp_path)) == ["afile", "r50.png"]
+
+
+def test_parity_plot_marks_the_first_divergence(tmp_path):
+    import matplotlib
+
+    import faults
+    from resnet_spec import parity
+    from resnet_spec.parityplot import write_plot
+
+    matplotlib.rcParams["svg.fonttype"] = "none"
+    net = resnet_spec.load("resnet20")
+    w = resnet_spec.init_weights(net, seed=0, random_bn=True)
+    report = parity.run(net, w, backends=("torch", "onnx"), layers=True, mutate={"torch": faults.torch_scale_layer3_1})
+    assert report.pairs[0]["first_divergence"] == "layer3.1"
+    out = tmp_path / "p.svg"
+    write_plot(report.to_json(), str(out))
+    svg = out.read_text()
+    assert "first divergence: layer3.1" in svg and "tolerance 1e-04 (float32)" in svg and "FAIL" in svg
+
+
+def test_parity_plot_on_the_command_line(tmp_path):
+    out = tmp_path / "p.png"
+    res = CliRunner().invoke(main, ["parity", "resnet20", "--backends", "torch,onnx", "--plot", str(out)])
+    assert res.exit_code == 0, res.output
+    assert out.read_bytes()[:4] == b"\x89PNG" and "layer3.2" in res.output  # --plot implies --layers
+    (tmp_path / "afile").write_text("x")
+    res = CliRunner().invoke(main, ["parity", "resnet20", "--backends", "torch,onnx", "--plot",
+                                    str(tmp_path / "afile" / "x.png")])
+    assert res.exit_code == 1 and "cannot write" in res.output and "torch:" not in res.output
