@@ -268,8 +268,10 @@ def _parse_backends(text: str) -> list:
 @click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]),
               help="Where every backend runs; one that cannot is reported and the others still run.")
 @click.option("--dtype", default="float32", show_default=True,
-              type=click.Choice(["float32", "float16", "bfloat16"]))
-@click.option("--batch", type=click.IntRange(1, 1024), default=2, show_default=True)
+              type=click.Choice(["float32", "float16", "bfloat16"]),
+              help="Precision every backend computes in; the tolerance follows it (1e-4, 2e-2, 1e-1 max rel).")
+@click.option("--batch", type=click.IntRange(1, 1024), default=2, show_default=True,
+              help="Images in the random input batch (1 to 1024).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the input and of random weights.")
 @click.option("--layers", is_flag=True, help="Compare every stem/block output, not only the logits.")
 @click.option("--plot", "plot_file", type=click.Path(dir_okay=False),
@@ -311,6 +313,12 @@ def parity(spec, weights_file, targets, device, dtype, batch, seed, layers, plot
     report = P.run(net, weights, backends=backends, device=device, dtype=dtype, batch=batch, seed=seed,
                    layers=layers, allow_tf32=allow_tf32, weights_label=label,
                    progress=lambda t: click.echo(f"  {t}", err=True))
+    ran = [n for n, r in report.runs.items() if r.error is None]
+    if len(ran) < 2 and json_file != "-":  # nothing to compare: one line, not an empty table
+        why = "; ".join(r.error for r in report.runs.values() if r.error)
+        click.echo(f"error: nothing was compared: {len(ran)} of {len(report.runs)} backends could run on "
+                   f"{device} ({why})", err=True)
+        sys.exit(1)
     if json_file == "-":
         click.echo(json.dumps(report.to_json(), indent=2))
     else:

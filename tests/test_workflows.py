@@ -406,3 +406,31 @@ def test_parity_plot_on_the_command_line(tmp_path):
     res = CliRunner().invoke(main, ["parity", "resnet20", "--backends", "torch,onnx", "--plot",
                                     str(tmp_path / "afile" / "x.png")])
     assert res.exit_code == 1 and "cannot write" in res.output and "torch:" not in res.output
+
+
+# -- small fixes ------------------------------------------------------------------------------------
+
+def test_parity_on_a_missing_gpu_is_one_clear_line():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    res = CliRunner().invoke(main, ["parity", "resnet20", "--backends", "torch,onnx", "--device", "cuda"])
+    assert res.exit_code == 1
+    errors = [ln for ln in res.output.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "nothing was compared: 0 of 2 backends could run on cuda" in errors[0]
+    assert "torch.cuda.is_available() is False" in errors[0] and "max abs" not in res.output
+
+
+def test_parity_options_have_help():
+    out = CliRunner().invoke(main, ["parity", "--help"]).output
+    assert "Precision every backend computes in" in out and "Images in the random input batch" in out
+
+
+def test_readme_python_example_does_its_work_under_the_main_guard():
+    import ast
+
+    text = open(os.path.join(os.path.dirname(__file__), "..", "README.md"), encoding="utf-8").read()
+    code = text.split("## Python API", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    tree = ast.parse(code)
+    top = [type(n).__name__ for n in tree.body]
+    # only imports, definitions and the guard at module level: spawned parity workers re-import the file
+    assert set(top) <= {"Import", "ImportFrom", "FunctionDef", "If"} and top[-1] == "If", top
