@@ -230,8 +230,10 @@ def convert(spec, targets, weights_file, out_dir, seed, opset, no_fold_bn, batch
             click.echo(f" done in {time.perf_counter() - t0:.1f} s")
             for p in paths:
                 click.echo(f"    {p}")
-    if "torch" not in backends:
-        save_weights(weights, wfinal, metadata={"format": "resnet-spec", "spec": net.name}, force=force)
+    # written last (replacing the torch backend's copy, same tensors) so that it always carries the spec
+    from .inspect_files import weights_metadata
+
+    save_weights(weights, wfinal, metadata=weights_metadata(net), force=force or "torch" in backends)
     click.echo(f"  weights: {wfinal}")
 
 
@@ -402,11 +404,25 @@ def _load_spec(spec):
 @click.argument("path", type=click.Path(exists=True, dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def inspect(path, as_json):
-    """Show the spec, opset, inputs/outputs and node counts of an ONNX file written by resnet-spec."""
-    from .backends import onnx_backend
+    """Show what a file written by resnet-spec holds: .onnx (spec, opset, inputs/outputs, node counts),
+    .safetensors (tensors, parameters, embedded spec) or .pt2 (embedded spec)."""
+    from . import inspect_files as F
+    from .checkpoints import TORCH_SUFFIXES
 
-    info = onnx_backend.inspect(path)
-    click.echo(json.dumps(info, indent=2) if as_json else onnx_backend.format_inspect(info))
+    if path.endswith(".safetensors"):
+        info, fmt = F.inspect_safetensors(path), F.format_info
+    elif path.endswith(".pt2"):
+        info, fmt = F.inspect_pt2(path), F.format_info
+    elif path.endswith(TORCH_SUFFIXES):
+        info, fmt = F.inspect_checkpoint(path), F.format_info
+    elif not path.endswith(".onnx"):
+        raise ResNetSpecError(f"{path}: inspect reads .onnx, .safetensors, .pt2 and torch checkpoints "
+                              "(.pth/.pt/.ckpt); .keras and .tflite are not supported yet")
+    else:
+        from .backends import onnx_backend
+
+        info, fmt = onnx_backend.inspect(path), onnx_backend.format_inspect
+    click.echo(json.dumps(info, indent=2) if as_json else fmt(info))
 
 
 if __name__ == "__main__":  # pragma: no cover

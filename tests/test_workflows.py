@@ -434,3 +434,41 @@ def test_readme_python_example_does_its_work_under_the_main_guard():
     top = [type(n).__name__ for n in tree.body]
     # only imports, definitions and the guard at module level: spawned parity workers re-import the file
     assert set(top) <= {"Import", "ImportFrom", "FunctionDef", "If"} and top[-1] == "If", top
+
+
+# -- inspect ----------------------------------------------------------------------------------------
+
+def test_inspect_safetensors_pt2_and_checkpoints(tv18, tmp_path):
+    import json
+
+    out = tmp_path / "o"
+    res = CliRunner().invoke(main, ["convert", "resnet20", "--to", "torch", "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    net = resnet_spec.load("resnet20")
+    res = CliRunner().invoke(main, ["inspect", "--json", str(out / "resnet20.safetensors")])
+    info = json.loads(res.output)
+    assert (info["spec_name"], info["parameters"], info["matches_spec"]) == ("resnet20", net.params, "yes")
+    assert info["tensors"] == len(net.tensors()) and info["spec_yaml"] == net.spec_yaml
+    res = CliRunner().invoke(main, ["inspect", str(out / "resnet20.pt2")])
+    assert res.exit_code == 0 and "torch.export" in res.output
+    ck = _save({"model": _prefixed(dict(tv18.state_dict()), "module.")}, tmp_path / "ck.pth")
+    res = CliRunner().invoke(main, ["inspect", "--json", ck])
+    info = json.loads(res.output)
+    assert info["parameters"] == sum(p.numel() for p in tv18.parameters())
+    assert info["notes"] == ["took the weights under 'model'", "stripped the prefix 'module.' from every name"]
+    bad = tmp_path / "x.keras"
+    bad.write_bytes(b"PK")
+    res = CliRunner().invoke(main, ["inspect", str(bad)])
+    assert res.exit_code == 1 and "not supported yet" in res.output
+
+
+def test_inspect_reports_weights_that_do_not_match_their_spec(tmp_path):
+    from resnet_spec.inspect_files import weights_metadata
+
+    net = resnet_spec.load("resnet20")
+    w = resnet_spec.init_weights(net)
+    w["fc.weight"] = w["fc.weight"][:5]
+    path = tmp_path / "w.safetensors"
+    resnet_spec.save_weights(w, str(path), metadata=weights_metadata(net))
+    res = CliRunner().invoke(main, ["inspect", str(path)])
+    assert "matches:    no: 1 tensor(s) differ, first 'fc.weight'" in res.output
