@@ -472,3 +472,15 @@ def test_inspect_reports_weights_that_do_not_match_their_spec(tmp_path):
     resnet_spec.save_weights(w, str(path), metadata=weights_metadata(net))
     res = CliRunner().invoke(main, ["inspect", str(path)])
     assert "matches:    no: 1 tensor(s) differ, first 'fc.weight'" in res.output
+
+
+def test_output_folders_get_the_usual_mode(tmp_path):
+    from resnet_spec.fileio import atomic_path
+
+    old = os.umask(0o022)
+    try:
+        with atomic_path(str(tmp_path / "saved"), is_dir=True) as tmp:
+            open(os.path.join(tmp, "x"), "w").close()
+    finally:
+        os.umask(old)
+    assert (os.stat(tmp_path / "saved").st_mode & 0o777) == 0o755  # mkdtemp alone gives 0700
