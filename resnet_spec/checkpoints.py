@@ -110,7 +110,7 @@ def unwrap(obj, path: str, key: str | None = None, ema: bool = False) -> tuple[d
     for k, v in obj.items():
         if not isinstance(k, str) or not isinstance(v, torch.Tensor):
             hint = (f"; the file holds {_describe_keys(obj)}: pick the weights with --weights-key KEY"
-                    if isinstance(v, (dict, list, int, float, str)) or v is None else "")
+                    if isinstance(v, dict) or any(isinstance(x, dict) for x in obj.values()) else "")
             raise WeightsError(f"{path}: refused: entry {k!r} is a {type(v).__name__}, not a tensor{hint}")
         if k.endswith(IGNORED_SUFFIXES):
             continue
