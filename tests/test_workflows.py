@@ -135,6 +135,22 @@ def test_checkpoint_layouts(tv18, tmp_path, layout, note):
         np.testing.assert_array_equal(v, sd[k].numpy())
 
 
+def test_real_wrappers_state_dicts(tv18, tmp_path):
+    """The prefixes as torch itself makes them: DataParallel (as DDP) and torch.compile's wrapper."""
+    from resnet_spec.checkpoints import load_checkpoint
+
+    net = resnet_spec.load(R18_64)
+    for wrapped, prefix in [(torch.nn.DataParallel(tv18), "module."), (torch.compile(tv18), "_orig_mod."),
+                            (torch.nn.DataParallel(torch.compile(tv18)), "module._orig_mod.")]:
+        sd = wrapped.state_dict()
+        assert next(iter(sd)).startswith(prefix)
+        path = _save({"epoch": 1, "model_state_dict": sd}, tmp_path / "w.pth")
+        w, notes = load_checkpoint(net, path)
+        assert notes == ["took the weights under 'model_state_dict'",
+                         f"stripped the prefix {prefix!r} from every name"]
+        np.testing.assert_array_equal(w["layer4.1.bn2.running_var"], tv18.layer4[1].bn2.running_var.numpy())
+
+
 def test_a_plain_state_dict_gives_no_note(tv18, tmp_path):
     from resnet_spec.checkpoints import load_checkpoint
 
