@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+import os
+
 __version__ = "0.1.0"
 
 from . import ir
@@ -34,12 +36,21 @@ def build(spec, backend: str = "torch", weights=None, **options):
 
     ``backend`` is ``"torch"``, ``"onnx"`` or ``"tensorflow"``. ``weights``: None (fresh He
     initialisation, seed 0), a path to a ``.safetensors``/``.pth`` file, or a ``{name: array}`` mapping.
+    With a path, ``new_head=True``, ``weights_key=...`` and ``ema=True`` work as in :func:`load_weights`.
     """
     from . import weights as W
     from .backends import get
 
     net = load(spec)
-    ws = W.resolve_weights(net, weights)
+    ckpt = {k: options.pop(k) for k in ("new_head", "weights_key", "ema") if k in options}
+    if isinstance(weights, (str, os.PathLike)):
+        ws = load_weights(net, weights, **ckpt)
+    else:
+        if ckpt.get("new_head") and weights is not None:
+            from .checkpoints import apply_head
+
+            weights, _ = apply_head(net, dict(weights), "weights", True)
+        ws = W.resolve_weights(net, weights)
     return get(backend).build(net, ws, **options)
 
 
@@ -50,11 +61,19 @@ def init_weights(spec, seed: int = 0, random_bn: bool = False):
     return _init(load(spec), seed=seed, random_bn=random_bn)
 
 
-def load_weights(spec, path: str, **kwargs):
-    """Load and check a weight file (safetensors or a torchvision/timm state_dict) against a spec."""
-    from .weights import load_weights as _load
+def load_weights(spec, path: str, new_head: bool = False, weights_key: str | None = None, ema: bool = False,
+                 allow_nonfinite: bool = False, seed: int = 0):
+    """Load and check a weight file against a spec: safetensors, or a torch checkpoint (a state_dict,
+    also inside ``{"model": ...}``-style containers, with ``module.``/``_orig_mod.`` prefixes stripped).
 
-    return _load(load(spec), path, **kwargs)
+    ``new_head=True`` keeps every tensor but a classifier of another shape, which is initialised afresh
+    (seed ``seed``); ``weights_key`` names the checkpoint entry to use; ``ema=True`` takes the EMA copy.
+    """
+    from .checkpoints import load_checkpoint
+
+    weights, _ = load_checkpoint(load(spec), path, key=weights_key, ema=ema, new_head=new_head, seed=seed,
+                                 allow_nonfinite=allow_nonfinite)
+    return weights
 
 
 def save_weights(weights, path: str, **kwargs):

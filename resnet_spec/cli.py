@@ -58,9 +58,9 @@ def limit_options(fn):
 
 
 def _load(spec, max_params=2e9, max_activation_gib=64.0):
-    from . import load
+    from .resolve import resolve
 
-    return load(spec, _limits(max_params, max_activation_gib))
+    return resolve(_load_spec(spec), _limits(max_params, max_activation_gib))
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -94,17 +94,30 @@ def list_cmd(as_json):
 
 @main.command()
 @click.argument("specs", nargs=-1, required=True)
+@click.option("--max-errors", type=click.IntRange(1), default=20, show_default=True,
+              help="Report at most this many errors per spec.")
 @limit_options
-def validate(specs, max_params, max_activation_gib):
-    """Check specs against the schema and the semantic rules."""
+def validate(specs, max_errors, max_params, max_activation_gib):
+    """Check specs against the schema and the semantic rules; report every error, in file order."""
+    from .diagnose import all_errors, spec_warnings
+
     failed = 0
     for s in specs:
-        try:
-            net = _load(s, max_params, max_activation_gib)
+        errors, spec = all_errors(s, _limits(max_params, max_activation_gib))
+        if spec is not None:
+            for w in spec_warnings(spec):
+                click.echo(w, err=True)
+        if not errors:
+            from .resolve import resolve
+
+            net = resolve(spec, _limits(max_params, max_activation_gib))
             click.echo(f"{s}: ok ({net.name}, {net.params:,} params)")
-        except ResNetSpecError as exc:
-            failed += 1
+            continue
+        failed += 1
+        for exc in errors[:max_errors]:
             click.echo(str(exc) if _is_located(exc) else f"{s}: {exc}", err=True)
+        if len(errors) > max_errors:
+            click.echo(f"{s}: ... and {len(errors) - max_errors} more errors (raise --max-errors)", err=True)
     if failed:
         sys.exit(1)
 
@@ -121,12 +134,41 @@ def summary(spec, as_json, max_params, max_activation_gib):
     click.echo(json.dumps(info, indent=2) if as_json else format_table(info))
 
 
-def _weights(net, weights_file, seed, allow_nonfinite, random_bn=False):
-    from .weights import init_weights, load_weights
+def _weights(net, weights_file, seed, allow_nonfinite, random_bn=False, ckpt=None):
+    from .weights import init_weights
 
+    ckpt = ckpt or {}
     if weights_file:
-        return load_weights(net, weights_file, allow_nonfinite=allow_nonfinite)
+        from .checkpoints import load_checkpoint
+
+        weights, notes = load_checkpoint(net, weights_file, allow_nonfinite=allow_nonfinite, seed=seed, **ckpt)
+        for n in notes:
+            click.echo(f"note: {weights_file}: {n}", err=True)
+        return weights
+    if any(ckpt.values()):
+        raise click.UsageError("--weights-key, --ema and --new-head need --weights")
     return init_weights(net, seed=seed, random_bn=random_bn)
+
+
+_checkpoint_options = [
+    click.option("--weights-key", "weights_key", metavar="KEY",
+                 help="Entry of a torch checkpoint that holds the weights (e.g. model, or ema.module). "
+                      "Default: found automatically (state_dict, model_state_dict, model, module)."),
+    click.option("--ema", is_flag=True, help="Take the EMA weights of the checkpoint (model_ema, ema, ...)."),
+    click.option("--new-head", is_flag=True,
+                 help="Fine-tuning: load every tensor but the classifier, which gets a fresh initialisation "
+                      "when its shape differs from the spec's (e.g. ImageNet weights into a 10-class spec)."),
+]
+
+
+def checkpoint_options(fn):
+    for opt in reversed(_checkpoint_options):
+        fn = opt(fn)
+    return fn
+
+
+def _ckpt(weights_key, ema, new_head) -> dict:
+    return {"key": weights_key, "ema": ema, "new_head": new_head}
 
 
 @main.command()
@@ -145,9 +187,10 @@ def _weights(net, weights_file, seed, allow_nonfinite, random_bn=False):
               show_default=True, help="TensorFlow: input layout.")
 @click.option("--force", is_flag=True, help="Overwrite existing outputs.")
 @click.option("--allow-nonfinite", is_flag=True, help="Accept NaN/Inf values in --weights.")
+@checkpoint_options
 @limit_options
 def convert(spec, targets, weights_file, out_dir, seed, opset, no_fold_bn, batch, data_format, force,
-            allow_nonfinite, max_params, max_activation_gib):
+            allow_nonfinite, weights_key, ema, new_head, max_params, max_activation_gib):
     """Write framework models for SPEC (PyTorch .pt2 + standalone .py, ONNX, Keras + SavedModel)."""
     import tempfile
     import time
@@ -159,7 +202,7 @@ def convert(spec, targets, weights_file, out_dir, seed, opset, no_fold_bn, batch
 
     backends = _parse_backends(targets)
     net = _load(spec, max_params, max_activation_gib)
-    weights = _weights(net, weights_file, seed, allow_nonfinite)
+    weights = _weights(net, weights_file, seed, allow_nonfinite, ckpt=_ckpt(weights_key, ema, new_head))
     out_dir = out_dir or os.path.join("out", net.name)
     # The canonical weights go beside the models as <name>.safetensors (the torch backend writes that
     # same file for its standalone .py). Every output is checked up front, so that a refusal costs
@@ -187,8 +230,10 @@ def convert(spec, targets, weights_file, out_dir, seed, opset, no_fold_bn, batch
             click.echo(f" done in {time.perf_counter() - t0:.1f} s")
             for p in paths:
                 click.echo(f"    {p}")
-    if "torch" not in backends:
-        save_weights(weights, wfinal, metadata={"format": "resnet-spec", "spec": net.name}, force=force)
+    # written last (replacing the torch backend's copy, same tensors) so that it always carries the spec
+    from .inspect_files import weights_metadata
+
+    save_weights(weights, wfinal, metadata=weights_metadata(net), force=force or "torch" in backends)
     click.echo(f"  weights: {wfinal}")
 
 
@@ -225,17 +270,22 @@ def _parse_backends(text: str) -> list:
 @click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]),
               help="Where every backend runs; one that cannot is reported and the others still run.")
 @click.option("--dtype", default="float32", show_default=True,
-              type=click.Choice(["float32", "float16", "bfloat16"]))
-@click.option("--batch", type=click.IntRange(1, 1024), default=2, show_default=True)
+              type=click.Choice(["float32", "float16", "bfloat16"]),
+              help="Precision every backend computes in; the tolerance follows it (1e-4, 2e-2, 1e-1 max rel).")
+@click.option("--batch", type=click.IntRange(1, 1024), default=2, show_default=True,
+              help="Images in the random input batch (1 to 1024).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the input and of random weights.")
 @click.option("--layers", is_flag=True, help="Compare every stem/block output, not only the logits.")
+@click.option("--plot", "plot_file", type=click.Path(dir_okay=False),
+              help="Also draw the per-tap relative error of every pair to this .svg/.png (implies --layers).")
 @click.option("--allow-tf32", is_flag=True, help="Allow TF32 matmuls/convolutions on GPUs (off by default).")
 @click.option("--allow-nonfinite", is_flag=True, help="Accept NaN/Inf values in --weights.")
 @click.option("--json", "json_file", type=click.Path(dir_okay=False),
               help="Also write the report as JSON to this file ('-' for stdout).")
+@checkpoint_options
 @limit_options
-def parity(spec, weights_file, targets, device, dtype, batch, seed, layers, allow_tf32, allow_nonfinite,
-           json_file, max_params, max_activation_gib):
+def parity(spec, weights_file, targets, device, dtype, batch, seed, layers, plot_file, allow_tf32, allow_nonfinite,
+           json_file, weights_key, ema, new_head, max_params, max_activation_gib):
     """Run SPEC in every backend on the same weights and input; compare every pair.
 
     Exit 0 when every requested backend ran and every pair is within the tolerance for --dtype, 1
@@ -248,15 +298,29 @@ def parity(spec, weights_file, targets, device, dtype, batch, seed, layers, allo
     if len(backends) < 2:
         raise click.BadParameter("name at least two backends to compare", param_hint="--backends")
     net = _load(spec, max_params, max_activation_gib)
-    weights = _weights(net, weights_file, seed, allow_nonfinite, random_bn=True)
+    weights = _weights(net, weights_file, seed, allow_nonfinite, random_bn=True,
+                       ckpt=_ckpt(weights_key, ema, new_head))
     label = weights_file or f"seeded random (seed {seed}), non-trivial BN statistics"
     if json_file and json_file != "-":
         from .fileio import check_writable
 
         check_writable(json_file, force=True)
+    if plot_file:
+        from .diagram import figure_format
+        from .resolved import check_output_place
+
+        figure_format(plot_file)
+        check_output_place(plot_file)
+        layers = True
     report = P.run(net, weights, backends=backends, device=device, dtype=dtype, batch=batch, seed=seed,
                    layers=layers, allow_tf32=allow_tf32, weights_label=label,
                    progress=lambda t: click.echo(f"  {t}", err=True))
+    ran = [n for n, r in report.runs.items() if r.error is None]
+    if len(ran) < 2 and json_file != "-":  # nothing to compare: one line, not an empty table
+        why = "; ".join(r.error for r in report.runs.values() if r.error)
+        click.echo(f"error: nothing was compared: {len(ran)} of {len(report.runs)} backends could run on "
+                   f"{device} ({why})", err=True)
+        sys.exit(1)
     if json_file == "-":
         click.echo(json.dumps(report.to_json(), indent=2))
     else:
@@ -265,18 +329,100 @@ def parity(spec, weights_file, targets, device, dtype, batch, seed, layers, allo
             from .fileio import write_text
 
             write_text(json_file, json.dumps(report.to_json(), indent=2) + "\n")
+    if plot_file:
+        from .parityplot import write_plot
+
+        write_plot(report.to_json(), plot_file)
+        click.echo(f"plot: {plot_file}", err=json_file == "-")
     sys.exit(0 if report.passed else 1)
+
+
+@main.command("resolve")
+@click.argument("spec")
+@click.option("-o", "--out", "out_file", type=click.Path(dir_okay=False), help="Write to this file instead of stdout.")
+@click.option("--force", is_flag=True, help="Overwrite an existing -o file.")
+def resolve_cmd(spec, out_file, force):
+    """Print SPEC fully resolved: every default filled in, extends merged, each set value's origin noted."""
+    from .resolved import to_yaml, write_output
+
+    loaded = _load_spec(spec)
+    text = to_yaml(loaded)
+    if out_file:
+        from .fileio import check_writable
+
+        check_writable(out_file, force)
+        write_output(out_file, text.encode("utf-8"))
+        click.echo(f"wrote {out_file}", err=True)
+    else:
+        click.echo(text, nl=False)
+
+
+@main.command("diff")
+@click.argument("spec_a")
+@click.argument("spec_b")
+def diff_cmd(spec_a, spec_b):
+    """What differs between two specs' resolved forms, field by field, and the params/MACs difference."""
+    from .resolve import resolve
+    from .resolved import diff, format_diff
+
+    a, b = _load_spec(spec_a), _load_spec(spec_b)
+    na, nb = resolve(a), resolve(b)
+    click.echo(format_diff(spec_a, spec_b, diff(a, b), na, nb))
+
+
+@main.command()
+@click.argument("spec")
+@click.option("-o", "--out", "out_file", required=True, type=click.Path(dir_okay=False),
+              help="The picture: .svg, .png or .pdf.")
+@click.option("--force", is_flag=True, help="Overwrite an existing picture.")
+@limit_options
+def diagram(spec, out_file, force, max_params, max_activation_gib):
+    """Draw SPEC: stem, stages (block count, type, widths, strides, shortcut) and head."""
+    from .diagram import figure_format, write_diagram
+    from .fileio import check_writable
+    from .resolved import check_output_place
+
+    figure_format(out_file)
+    check_writable(out_file, force)
+    check_output_place(out_file)
+    net = _load(spec, max_params, max_activation_gib)
+    write_diagram(net, out_file, force=True)
+    click.echo(f"wrote {out_file}")
+
+
+def _load_spec(spec):
+    from .diagnose import spec_warnings
+    from .spec import load as load_spec
+
+    loaded = load_spec(spec)
+    for w in spec_warnings(loaded):
+        click.echo(w, err=True)
+    return loaded
 
 
 @main.command()
 @click.argument("path", type=click.Path(exists=True, dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def inspect(path, as_json):
-    """Show the spec, opset, inputs/outputs and node counts of an ONNX file written by resnet-spec."""
-    from .backends import onnx_backend
+    """Show what a file written by resnet-spec holds: .onnx (spec, opset, inputs/outputs, node counts),
+    .safetensors (tensors, parameters, embedded spec) or .pt2 (embedded spec)."""
+    from . import inspect_files as F
+    from .checkpoints import TORCH_SUFFIXES
 
-    info = onnx_backend.inspect(path)
-    click.echo(json.dumps(info, indent=2) if as_json else onnx_backend.format_inspect(info))
+    if path.endswith(".safetensors"):
+        info, fmt = F.inspect_safetensors(path), F.format_info
+    elif path.endswith(".pt2"):
+        info, fmt = F.inspect_pt2(path), F.format_info
+    elif path.endswith(TORCH_SUFFIXES):
+        info, fmt = F.inspect_checkpoint(path), F.format_info
+    elif not path.endswith(".onnx"):
+        raise ResNetSpecError(f"{path}: inspect reads .onnx, .safetensors, .pt2 and torch checkpoints "
+                              "(.pth/.pt/.ckpt); .keras and .tflite are not supported yet")
+    else:
+        from .backends import onnx_backend
+
+        info, fmt = onnx_backend.inspect(path), onnx_backend.format_inspect
+    click.echo(json.dumps(info, indent=2) if as_json else fmt(info))
 
 
 if __name__ == "__main__":  # pragma: no cover

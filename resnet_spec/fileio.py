@@ -28,6 +28,8 @@ def atomic_path(path: str, force: bool = True, is_dir: bool = False):
     base = os.path.basename(path)
     tmp = (tempfile.mkdtemp(prefix=f".{base}.", suffix=".tmp", dir=parent) if is_dir else
            tempfile.mktemp(prefix=f".{base}.", suffix=".tmp", dir=parent))
+    if is_dir:  # mkdtemp makes 0700; an output folder gets the mode any new folder gets (0755 under umask 022)
+        os.chmod(tmp, 0o777 & ~_umask())
     try:
         yield tmp
         if is_dir:
@@ -46,6 +48,12 @@ def atomic_path(path: str, force: bool = True, is_dir: bool = False):
         elif os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0o22)
+    os.umask(mask)
+    return mask
 
 
 def write_bytes(path: str, data: bytes, force: bool = True) -> None:

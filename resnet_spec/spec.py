@@ -119,8 +119,10 @@ def _from_document(doc: yamlio.Document, base_dir: str, seen: tuple) -> Spec:
         if base_path is None:
             base_path = os.path.normpath(os.path.join(base_dir, base_src))
             if not os.path.isfile(base_path):
+                close = difflib.get_close_matches(base_src, zoo_names(), n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else "; 'resnet-spec list' shows the zoo"
                 raise doc.error(f"extends: base {base_src!r} is neither a zoo entry nor a file "
-                                f"(looked for {base_path})", ("extends",))
+                                f"(looked for {base_path}){hint}", ("extends",))
         if os.path.abspath(base_path) in seen or os.path.abspath(base_path) == key:
             cycle = " -> ".join(os.path.basename(s) for s in seen + (key, base_path))
             raise doc.error(f"extends: cycle ({cycle})", ("extends",))
@@ -166,28 +168,46 @@ def validate(doc: yamlio.Document) -> None:
     """Check one document against the JSON Schema; raise the most relevant error, located."""
     validator = jsonschema.Draft202012Validator(schema())
     errors = list(validator.iter_errors(doc.data))
-    if not errors:
-        return
-    err = jsonschema.exceptions.best_match(errors)
+    if errors:
+        raise _located(doc, jsonschema.exceptions.best_match(errors)) from None
+
+
+def schema_errors(doc: yamlio.Document) -> list:
+    """Every schema error of one document as a located :class:`SpecError`, in file order."""
+    validator = jsonschema.Draft202012Validator(schema())
+    out, seen = [], set()
+    for err in validator.iter_errors(doc.data):
+        err = jsonschema.exceptions.best_match([err])  # inside a oneOf, the branch of the value's type
+        extra = _extra_keys(err) if err.validator == "additionalProperties" else [None]
+        for key in extra:  # one error per unknown key
+            e = _located(doc, err, key)
+            if str(e) not in seen:
+                seen.add(str(e))
+                out.append(e)
+    return sorted(out, key=lambda e: (e.line or 0, e.col or 0))
+
+
+def _located(doc: yamlio.Document, err: jsonschema.ValidationError, key=None) -> SpecError:
     # Prefer the deepest error inside a oneOf/anyOf: it names the actual offending value.
     while err.context:
         err = jsonschema.exceptions.best_match(err.context)
     path = tuple(err.absolute_path)
     where = path
     if err.validator == "additionalProperties":  # point at the unknown key itself, not its parent
-        where = path + (_extra_keys(err)[0],)
-    raise doc.error(_describe(err, path), where) from None
+        key = key if key is not None else _extra_keys(err)[0]
+        where = path + (key,)
+    return doc.error(_describe(err, path, key), where)
 
 
 def _extra_keys(err: jsonschema.ValidationError) -> list:
     return sorted(set(err.instance) - set(err.schema.get("properties", {})), key=str)
 
 
-def _describe(err: jsonschema.ValidationError, path: tuple) -> str:
+def _describe(err: jsonschema.ValidationError, path: tuple, key=None) -> str:
     where = _dotted(path) or "spec"
     if err.validator == "additionalProperties":
         allowed = sorted(err.schema.get("properties", {}))
-        key = _extra_keys(err)[0]
+        key = key if key is not None else _extra_keys(err)[0]
         close = difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.6)
         hint = f"; did you mean {close[0]!r}?" if close else f"; allowed: {', '.join(allowed)}"
         return f"{_dotted(path + (key,))}: unknown key {key!r}{hint}"

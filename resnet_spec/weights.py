@@ -160,29 +160,11 @@ def read_safetensors(path: str) -> Weights:
 
 
 def read_torch(path: str) -> Weights:
-    """A ``.pth``/``.pt`` state_dict, loaded without unpickling arbitrary objects."""
-    try:
-        import torch
-    except ImportError:
-        raise WeightsError(f"{path}: reading .pth/.pt files needs PyTorch (pip install torch), or convert "
-                           "the file to safetensors") from None
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # weights_only refusals and corrupt archives both land here
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise WeightsError(f"{path}: refused: not a plain dictionary of tensors ({msg})") from None
-    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
-        obj = obj["state_dict"]
-    if not isinstance(obj, dict):
-        raise WeightsError(f"{path}: refused: expected a dictionary of tensors, got {type(obj).__name__}")
-    out = {}
-    for k, v in obj.items():
-        if not isinstance(k, str) or not isinstance(v, torch.Tensor):
-            raise WeightsError(f"{path}: refused: entry {k!r} is a {type(v).__name__}, not a tensor")
-        if k.endswith(IGNORED_SUFFIXES):
-            continue
-        out[k] = v.detach().to(torch.float32).numpy() if v.is_floating_point() else v.numpy()
-    return out
+    """A torch checkpoint, read with ``torch.load(weights_only=True)``; containers and wrapper prefixes
+    are handled by :mod:`resnet_spec.checkpoints`."""
+    from .checkpoints import read_checkpoint
+
+    return read_checkpoint(path)[0]
 
 
 def read_weights(path: str) -> Weights:

@@ -217,8 +217,11 @@ def test_fuzz_cli_never_crashes(tmp_path_factory, text):
         assert res.exit_code in (0, 1), (cmd, res.output, res.exception)
         assert res.exception is None or isinstance(res.exception, SystemExit), (text, repr(res.exception))
         assert "Traceback" not in res.output
-        if res.exit_code == 1:
+        if res.exit_code == 1 and cmd[0] == "summary":
             assert len(res.output.strip().splitlines()) == 1, res.output
+        elif res.exit_code == 1:  # validate reports every error, each one located line
+            lines = res.output.strip().splitlines()
+            assert 1 <= len(lines) <= 21 and all(ln.startswith(str(path)) for ln in lines), res.output
 
 
 # -- weight files ---------------------------------------------------------------------------------
