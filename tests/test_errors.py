@@ -80,6 +80,21 @@ EXPECTED = {
     "52_dilate_with_stride_last.yaml": ("6:43", "'dilate' is not supported with block.stride_block: last"),
     "53_avg_down_floor_odd_size.yaml": ("3:19", "shortcut.pool.ceil_mode: block layer3.0: the shortcut's 2x2 "
                                         "average pool (ceil_mode: false) gives 12x12 on a 25x25 input"),
+    "54_tag_float_not_a_number.yaml": ("2:13", "'abc' cannot be read as !!float"),
+    "55_tag_int_not_a_number.yaml": ("2:17", "'abc' cannot be read as !!int"),
+    "56_tag_bool_maybe.yaml": ("2:12", "'maybe' cannot be read as !!bool"),
+    "57_tag_timestamp_not_a_date.yaml": ("2:14", "'notadate' cannot be read as !!timestamp"),
+    "58_tag_python_name_on_key.yaml": ("2:1", "could not determine a constructor for the tag"),
+    "59_tag_float_on_key.yaml": ("3:3", "'abc' cannot be read as !!float"),
+    "60_eps_nan.yaml": ("2:13", "norm.eps: '.nan' is not a finite number"),
+    "61_momentum_nan.yaml": ("3:13", "norm.momentum: '.NaN' is not a finite number"),
+    "62_dropout_nan.yaml": ("2:30", "head.dropout: '.nan' is not a finite number"),
+    "63_dropout_minus_inf.yaml": ("2:17", "head.dropout: '-.inf' is not a finite number"),
+    "64_pool_stride_1e20.yaml": ("2:40", "stem.pool.stride: expected integer, got number 1e+20"),
+    "65_pool_kernel_2e22.yaml": ("2:29", "stem.pool.kernel: 20000000000000000000000 is out of range (must be <= 31)"),
+    "66_integer_written_as_float.yaml": ("3:17", "stages[0].channels: expected integer, got number 16.0"),
+    "67_lone_surrogate.yaml": ("2:14", "U+D800, a lone surrogate that cannot be written as UTF-8"),
+    "68_pool_padding_huge.yaml": ("2:73", "stem.pool.padding: 99999999999 is out of range (must be <= 31)"),
 }
 
 
@@ -153,8 +168,7 @@ def test_workers_keep_the_callers_limits(monkeypatch, tmp_path):
     x = P.make_input(net, 1, 0)
     out, _, _ = P._infer_worker("torch", net.spec_yaml, w, x, {"device": "cpu", "dtype": "float32"}, None)
     assert out["head"].shape == (1, 10)
-    save_weights(w, str(tmp_path / "w.safetensors"))
-    paths = _convert_worker("onnx", net.spec_yaml, str(tmp_path / "w.safetensors"), str(tmp_path), False, {})
+    paths = _convert_worker("onnx", net.spec_yaml, w, str(tmp_path), {})
     assert os.path.exists(paths[0])
 
 
