@@ -174,6 +174,7 @@ def summary(spec, as_json, max_params, max_activation_gib):
 def _weights(net, weights_file, seed, allow_nonfinite, random_bn=False):
     import warnings
 
+    from .weightfile import WeightsNote
     from .weights import init_weights, load_weights
 
     if not weights_file:
@@ -181,8 +182,9 @@ def _weights(net, weights_file, seed, allow_nonfinite, random_bn=False):
     with warnings.catch_warnings(record=True) as notes:
         warnings.simplefilter("always")
         weights = load_weights(net, weights_file, allow_nonfinite=allow_nonfinite)
-    for n in notes:  # e.g. bf16/fp16 tensors upcast to float32
-        click.echo(f"note: {n.message}", err=True)
+    for n in notes:  # e.g. bf16/fp16 tensors upcast to float32; frameworks' own warnings are noise here
+        if issubclass(n.category, WeightsNote):
+            click.echo(f"note: {n.message}", err=True)
     return weights
 
 

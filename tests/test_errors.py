@@ -276,7 +276,8 @@ def test_bad_tensors_are_named(r20_weights, tmp_path):
                 "'layer3.2.bn2.weight' contains NaN values (pass --allow-nonfinite"),
         "inf": (dict(w, **{"conv1.weight": np.full((16, 3, 3, 3), np.inf, np.float32)}),
                 "'conv1.weight' contains Inf values"),
-        "dtype": (dict(w, **{"fc.bias": np.zeros(10, np.bool_)}), "'fc.bias' has dtype bool"),
+        "dtype": (dict(w, **{"fc.bias": np.zeros(10, np.bool_)}), "'fc.bias' has dtype BOOL; expected a float tensor"),
+        "int64": (dict(w, **{"fc.bias": np.zeros(10, np.int64)}), "'fc.bias' has dtype I64; expected a float tensor"),
     }
     for name, (ws, fragment) in cases.items():
         path = tmp_path / f"{name}.safetensors"
