@@ -346,11 +346,14 @@ def parity(spec, weights_file, targets, device, dtype, batch, seed, layers, allo
 
 
 @main.command()
-@click.argument("path", type=click.Path(exists=True, dir_okay=False))
+@click.argument("path", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def inspect(path, as_json):
     """Show the spec, opset, inputs/outputs and node counts of an ONNX file written by resnet-spec."""
     from .backends import onnx_backend
+    from .fileio import check_regular_file
+
+    check_regular_file(path, 2**31 - 1)  # protobuf's own limit; larger models keep external data
 
     info = onnx_backend.inspect(path)
     click.echo(json.dumps(info, indent=2) if as_json else onnx_backend.format_inspect(info))

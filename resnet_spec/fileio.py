@@ -36,6 +36,19 @@ def os_reason(exc: OSError) -> str:
     return words.get(exc.errno, (exc.strerror or str(exc)).lower())
 
 
+def check_regular_file(path: str, max_bytes: int) -> None:
+    """Refuse, before reading, anything but a regular file of at most ``max_bytes`` (a FIFO would hang
+    a reader, /dev/zero never ends)."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise ResNetSpecError(describe_os_error(exc, path)) from None
+    if not stat.S_ISREG(st.st_mode):
+        raise ResNetSpecError(f"{path}: is {file_kind(st.st_mode)}, not a regular file")
+    if st.st_size > max_bytes:
+        raise ResNetSpecError(f"{path}: file is {st.st_size:,} bytes; the limit is {max_bytes:,}")
+
+
 def describe_os_error(exc: OSError, path: str | None = None) -> str:
     """``path: cause`` for an OS error, naming ``path`` (or the error's own file name)."""
     return f"{path or exc.filename or '?'}: {os_reason(exc)}"
