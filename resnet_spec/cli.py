@@ -51,7 +51,7 @@ class _Group(click.Group):
             click.echo(f"{'terminated' if term else 'interrupted'}; no partial output was left behind", err=True)
             ctx.exit(143 if term else 130)
         finally:
-            if main_thread:
+            if main_thread and old is not None:  # None: a handler set outside Python, left as it was
                 signal.signal(signal.SIGTERM, old)
 
 

@@ -452,3 +452,27 @@ def test_same_spec_and_seed_give_identical_files(tmp_path):
     w8 = init_weights(net, seed=8)
     save_weights(w8, str(tmp_path / "w8.safetensors"))
     assert (tmp_path / "w8.safetensors").read_bytes() != blobs[0][0]
+
+
+def test_every_number_in_the_schema_has_a_finite_range():
+    """NaN is refused by the loader; everything else numeric must be bounded on both sides, so that no
+    value (1e20, 2e22) can validate and then overflow a backend."""
+    from resnet_spec.spec import schema
+
+    unbounded = []
+
+    def walk(node, path):
+        if isinstance(node, dict):
+            t = node.get("type")  # a property may itself be called "type" (then t is a sub-schema)
+            types = t if isinstance(t, list) else [t] if isinstance(t, str) else []
+            if {"integer", "number"} & set(types):
+                if not ({"minimum", "exclusiveMinimum"} & set(node) and {"maximum", "exclusiveMaximum"} & set(node)):
+                    unbounded.append(path)
+            for k, v in node.items():
+                walk(v, f"{path}/{k}")
+        elif isinstance(node, list):
+            for i, v in enumerate(node):
+                walk(v, f"{path}[{i}]")
+
+    walk(schema(), "")
+    assert unbounded == []
