@@ -217,14 +217,16 @@ def test_parity_json_target_is_checked_before_the_run(tmp_path):
         assert "building and running" not in res.output  # refused before any backend ran
 
 
-def test_a_write_failure_inside_a_backend_names_the_folder_and_cause(tmp_path):
+@pytest.mark.parametrize("backend", ["onnx", pytest.param("torch", marks=pytest.mark.slow)])
+def test_a_write_failure_inside_a_backend_names_the_folder_and_cause(tmp_path, backend):
     """RLIMIT_FSIZE makes every write past 256 KiB fail (EFBIG), as a full disk would (ENOSPC), in the
-    worker process where the backend writes: one line naming the output folder and the cause."""
+    worker process where the backend writes (onnx raises OSError, torch.export.save a RuntimeError that
+    never mentions the disk): one line naming the output folder and the cause."""
     out = tmp_path / "o"
-    code, _, err, _ = _bounded(["convert", "resnet20", "--to", "onnx", "-o", str(out)], as_bytes=4 << 30,
-                               fsize=256 << 10)
+    code, _, err, _ = _bounded(["convert", "resnet20", "--to", backend, "-o", str(out)], as_bytes=8 << 30,
+                               fsize=256 << 10, timeout=300)
     assert code == 1 and "Traceback" not in err, err
-    assert err.strip().splitlines()[-1] == f"error: cannot write the onnx output: {out}: file too large", err
+    assert err.strip().splitlines()[-1] == f"error: cannot write the {backend} output: {out}: file too large", err
     assert not out.exists()  # the staging folder is gone, and so is the folder this run created
 
 
