@@ -31,19 +31,30 @@ IGNORED_SUFFIXES = (".num_batches_tracked",)
 TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".tar")
 
 
-def read_checkpoint(path: str, key: str | None = None, ema: bool = False) -> tuple[dict, list]:
+def read_checkpoint(path: str, key: str | None = None, ema: bool = False,
+                    net: ir.Network | None = None) -> tuple[dict, list]:
     """``({name: float32 array}, notes)`` from a safetensors file or a torch checkpoint.
 
     ``key`` names the entry holding the weights (dotted for nested entries, e.g. ``ema.module``);
     ``ema=True`` prefers an EMA copy. ``notes`` says what was unwrapped or stripped (empty if nothing).
+    With ``net``, the file's size is bounded by the spec's before its data is read.
     """
-    if not path.endswith(TORCH_SUFFIXES):
-        from .weights import read_weights
+    from . import weightfile
 
-        if key:
-            raise WeightsError(f"{path}: --weights-key applies to torch checkpoints (.pth/.pt/.ckpt); a "
-                               "safetensors file holds one flat set of tensors")
-        return _strip_prefixes(read_weights(path), path)
+    with weightfile.open_checked(path) as fh:
+        kind = weightfile.sniff(fh) if path.endswith(TORCH_SUFFIXES) else "safetensors"
+        if kind == "safetensors":  # also a safetensors file under a .pth name
+            if key:
+                raise WeightsError(f"{path}: --weights-key applies to torch checkpoints (.pth/.pt/.ckpt); a "
+                                   "safetensors file holds one flat set of tensors")
+            # Size bound now; names and shapes once prefixes are stripped and the head fitted.
+            weightfile.check_size(path, os.fstat(fh.fileno()).st_size, net)
+            return _strip_prefixes(weightfile.read_safetensors(path, fh), path)
+        if kind != "zip":
+            raise WeightsError(f"{path}: refused: not a zip-format PyTorch file (a bare pickle, a file saved by "
+                               "torch < 1.6, or not a weight file); save it with a current torch.save or as "
+                               "safetensors")
+        weightfile.check_torch_zip(path, fh, net)
     obj = _torch_load(path)
     tensors, notes = unwrap(obj, path, key, ema)
     stripped, more = _strip_prefixes(tensors, path)
@@ -106,16 +117,14 @@ def unwrap(obj, path: str, key: str | None = None, ema: bool = False) -> tuple[d
                            "torch.save(model.state_dict(), 'weights.pth')")
     if not isinstance(obj, dict):
         raise WeightsError(f"{path}: refused: expected a dictionary of tensors, got {type(obj).__name__}")
-    out = {}
     for k, v in obj.items():
         if not isinstance(k, str) or not isinstance(v, torch.Tensor):
             hint = (f"; the file holds {_describe_keys(obj)}: pick the weights with --weights-key KEY"
                     if isinstance(v, dict) or any(isinstance(x, dict) for x in obj.values()) else "")
             raise WeightsError(f"{path}: refused: entry {k!r} is a {type(v).__name__}, not a tensor{hint}")
-        if k.endswith(IGNORED_SUFFIXES):
-            continue
-        out[k] = v.detach().to(torch.float32).numpy() if v.is_floating_point() else v.numpy()
-    return out, notes
+    from .weights import _torch_arrays
+
+    return _torch_arrays(path, obj), notes
 
 
 def _is_tensor_dict(obj: dict, torch) -> bool:
@@ -202,7 +211,7 @@ def load_checkpoint(net: ir.Network, path: str, key: str | None = None, ema: boo
     """Read ``path``, unwrap it, fit the classifier if asked, check everything: ``(weights, notes)``."""
     from .weights import check_weights
 
-    tensors, notes = read_checkpoint(os.fspath(path), key, ema)
+    tensors, notes = read_checkpoint(os.fspath(path), key, ema, net)
     tensors, more = apply_head(net, tensors, path, new_head, seed)
     return check_weights(net, tensors, path, allow_nonfinite), notes + more
 

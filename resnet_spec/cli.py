@@ -7,8 +7,11 @@ failed parity check, 2 a usage error. A user's mistake prints one located messag
 from __future__ import annotations
 
 import json
+import math
 import os
+import signal
 import sys
+import threading
 
 import click
 
@@ -17,18 +20,39 @@ from .backends import BACKENDS, DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
 from .errors import ResNetSpecError
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``timeout``, schedulers, container stops), handled like Ctrl-C: workers are stopped,
+    temporaries removed, exit 143."""
+
+
+def _on_sigterm(_signum, _frame):
+    raise Terminated()
+
+
 class _Group(click.Group):
-    """Turns every :class:`ResNetSpecError` into ``error: message`` and exit code 1."""
+    """Turns every :class:`ResNetSpecError` into ``error: message`` and exit code 1, an OS error into one
+    line naming the path and its cause, and Ctrl-C / SIGTERM into exit 130 / 143 after cleaning up."""
 
     def invoke(self, ctx):
+        from .fileio import describe_os_error
+
+        main_thread = threading.current_thread() is threading.main_thread()
+        old = signal.signal(signal.SIGTERM, _on_sigterm) if main_thread else None
         try:
             return super().invoke(ctx)
         except ResNetSpecError as exc:
             click.echo(f"error: {exc}" if not _is_located(exc) else str(exc), err=True)
             ctx.exit(1)
-        except KeyboardInterrupt:
-            click.echo("interrupted; no partial output was left behind", err=True)
-            ctx.exit(130)
+        except OSError as exc:  # a file system refusal that no earlier check caught
+            click.echo(f"error: {describe_os_error(exc)}", err=True)
+            ctx.exit(1)
+        except KeyboardInterrupt as exc:
+            term = isinstance(exc, Terminated)
+            click.echo(f"{'terminated' if term else 'interrupted'}; no partial output was left behind", err=True)
+            ctx.exit(143 if term else 130)
+        finally:
+            if main_thread and old is not None:  # None: a handler set outside Python, left as it was
+                signal.signal(signal.SIGTERM, old)
 
 
 def _is_located(exc) -> bool:
@@ -43,10 +67,36 @@ def _limits(max_params, max_activation_gib):
     return Limits(max_params=int(max_params), max_activation_bytes=int(max_activation_gib * 2**30))
 
 
+class _FiniteFloat(click.ParamType):
+    """A finite number in (lo, hi]: NaN and Inf are usage errors, not tracebacks."""
+
+    name = "number"
+
+    def __init__(self, lo: float, hi: float):
+        self.lo, self.hi = lo, hi
+
+    def convert(self, value, param, ctx):
+        try:
+            x = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if not math.isfinite(x) or not self.lo < x <= self.hi:
+            self.fail(f"{value!r} is not a finite number in ({self.lo:g}, {self.hi:g}]", param, ctx)
+        return x
+
+
+def _not_empty(ctx, param, value):
+    if value == "":
+        raise click.BadParameter("must not be empty", ctx, param)
+    return value
+
+
+_SEED = click.IntRange(0, 2**63 - 1)
+
 _limit_options = [
-    click.option("--max-params", type=float, default=2e9, show_default=True,
+    click.option("--max-params", type=_FiniteFloat(0, 1e15), default=2e9, show_default=True,
                  help="Refuse specs with more parameters than this."),
-    click.option("--max-activation-gib", type=float, default=64.0, show_default=True,
+    click.option("--max-activation-gib", type=_FiniteFloat(0, 1e6), default=64.0, show_default=True,
                  help="Refuse specs whose activations for one fp32 image exceed this many GiB."),
 ]
 
@@ -135,19 +185,27 @@ def summary(spec, as_json, max_params, max_activation_gib):
 
 
 def _weights(net, weights_file, seed, allow_nonfinite, random_bn=False, ckpt=None):
+    import warnings
+
+    from .weightfile import WeightsNote
     from .weights import init_weights
 
     ckpt = ckpt or {}
-    if weights_file:
-        from .checkpoints import load_checkpoint
+    if not weights_file:
+        if any(ckpt.values()):
+            raise click.UsageError("--weights-key, --ema and --new-head need --weights")
+        return init_weights(net, seed=seed, random_bn=random_bn)
+    from .checkpoints import load_checkpoint
 
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         weights, notes = load_checkpoint(net, weights_file, allow_nonfinite=allow_nonfinite, seed=seed, **ckpt)
-        for n in notes:
-            click.echo(f"note: {weights_file}: {n}", err=True)
-        return weights
-    if any(ckpt.values()):
-        raise click.UsageError("--weights-key, --ema and --new-head need --weights")
-    return init_weights(net, seed=seed, random_bn=random_bn)
+    for n in notes:
+        click.echo(f"note: {weights_file}: {n}", err=True)
+    for n in caught:  # e.g. bf16/fp16 tensors upcast to float32; frameworks' own warnings are noise here
+        if issubclass(n.category, WeightsNote):
+            click.echo(f"note: {n.message}", err=True)
+    return weights
 
 
 _checkpoint_options = [
@@ -175,10 +233,11 @@ def _ckpt(weights_key, ema, new_head) -> dict:
 @click.argument("spec")
 @click.option("--to", "targets", default="all", show_default=True,
               help="Comma-separated backends: torch, onnx, tensorflow, or 'all'.")
-@click.option("--weights", "weights_file", type=click.Path(dir_okay=False),
+@click.option("--weights", "weights_file", type=click.Path(dir_okay=False), callback=_not_empty,
               help="safetensors file, or a torchvision/timm state_dict (.pth/.pt). Default: fresh He init.")
-@click.option("-o", "--out", "out_dir", default=None, help="Output folder (default: out/<name>).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the fresh weights.")
+@click.option("-o", "--out", "out_dir", default=None, callback=_not_empty,
+              help="Output folder (default: out/<name>).")
+@click.option("--seed", type=_SEED, default=0, show_default=True, help="Seed of the fresh weights.")
 @click.option("--opset", type=click.IntRange(MIN_OPSET, MAX_OPSET), default=DEFAULT_OPSET, show_default=True,
               help=f"ONNX opset, {MIN_OPSET} to {MAX_OPSET}.")
 @click.option("--no-fold-bn", is_flag=True, help="ONNX: keep BatchNormalization nodes.")
@@ -192,62 +251,78 @@ def _ckpt(weights_key, ema, new_head) -> dict:
 def convert(spec, targets, weights_file, out_dir, seed, opset, no_fold_bn, batch, data_format, force,
             allow_nonfinite, weights_key, ema, new_head, max_params, max_activation_gib):
     """Write framework models for SPEC (PyTorch .pt2 + standalone .py, ONNX, Keras + SavedModel)."""
-    import tempfile
-    import time
-
-    from . import isolate
-    from .backends import output_paths
-    from .fileio import check_writable
-    from .weights import save_weights
+    from .backends import OUTPUT_SUFFIXES, output_paths
+    from .fileio import check_folder, check_output
 
     backends = _parse_backends(targets)
     net = _load(spec, max_params, max_activation_gib)
     weights = _weights(net, weights_file, seed, allow_nonfinite, ckpt=_ckpt(weights_key, ema, new_head))
-    out_dir = out_dir or os.path.join("out", net.name)
+    out_dir = out_dir if out_dir is not None else os.path.join("out", net.name)
     # The canonical weights go beside the models as <name>.safetensors (the torch backend writes that
-    # same file for its standalone .py). Every output is checked up front, so that a refusal costs
-    # nothing and never leaves one backend's files written and the next one's refused.
+    # same file for its standalone .py). Every output and the folder are checked up front, so that a
+    # refusal costs nothing; the run then writes into a staging folder (resnet_spec.outputs).
     wfinal = os.path.join(out_dir, f"{net.name}.safetensors")
-    for path in [wfinal] + [p for b in backends for p in output_paths(b, net.name, out_dir)]:
-        check_writable(path, force)
+    finals = [wfinal] + [p for b in backends for p in output_paths(b, net.name, out_dir) if p != wfinal]
+    dirs = {p for b in backends for p, suf in zip(output_paths(b, net.name, out_dir), OUTPUT_SUFFIXES[b])
+            if not suf.startswith(".")}
+    check_folder(out_dir)
+    for path in finals:
+        check_output(path, force, is_dir=path in dirs)
     click.echo(f"{net.name}: {net.params:,} params, {net.macs / 1e9:.3f} GMACs, weights: "
                f"{weights_file or f'fresh He initialisation (seed {seed})'}")
-    with tempfile.TemporaryDirectory(prefix="resnet-spec-") as tmp:
-        # workers read the checked weights from a private file; nothing in out_dir is touched until
-        # a backend has its whole output ready (each write is atomic)
-        wtmp = os.path.join(tmp, "weights.safetensors")
-        save_weights(weights, wtmp)
-        for b in backends:
-            opts = {}
-            if b == "onnx":
-                opts = {"fold_bn": not no_fold_bn, "batch": batch, "opset": opset}
-            elif b == "tensorflow":
-                opts = {"data_format": data_format}
-            click.echo(f"  {b}: converting ...", nl=False)
-            t0 = time.perf_counter()
-            # Each framework converts in its own process: see resnet_spec.isolate.
-            paths = isolate.run_isolated(_convert_worker, b, net.spec_yaml, wtmp, out_dir, force, opts)
-            click.echo(f" done in {time.perf_counter() - t0:.1f} s")
-            for p in paths:
-                click.echo(f"    {p}")
-    # written last (replacing the torch backend's copy, same tensors) so that it always carries the spec
-    from .inspect_files import weights_metadata
-
-    save_weights(weights, wfinal, metadata=weights_metadata(net), force=force or "torch" in backends)
+    options = {"onnx": {"fold_bn": not no_fold_bn, "batch": batch, "opset": opset},
+               "tensorflow": {"data_format": data_format}}
+    _convert_all(net, weights, backends, options, out_dir, finals, force)
     click.echo(f"  weights: {wfinal}")
 
 
-def _convert_worker(backend, spec_yaml, weights_path, out_dir, force, opts):
+def _convert_all(net, weights, backends, options, out_dir, finals, force):
+    """Each backend converts in its own process (see resnet_spec.isolate) into the staging folder;
+    the whole set is moved into ``out_dir`` only when every backend has succeeded."""
+    import time
+
+    from . import isolate
+    from .inspect_files import weights_metadata
+    from .outputs import OutputSet, diagnose_write_failure
+    from .weights import save_weights
+
+    needed = 4 * sum(int(a.nbytes) for a in weights.values()) + (64 << 20)
+    with OutputSet(out_dir, finals, force) as out:
+        for b in backends:
+            click.echo(f"  {b}: converting ...", nl=False)
+            t0 = time.perf_counter()
+            try:
+                isolate.run_isolated(_convert_worker, b, net.spec_yaml, weights, out.stage, options.get(b, {}))
+            except ResNetSpecError:
+                raise
+            except Exception as exc:  # a backend's write failed: name the folder and the cause if it is the disk
+                err = diagnose_write_failure(b, out, exc, needed)
+                if err is None:
+                    raise
+                raise err from None
+            click.echo(f" done in {time.perf_counter() - t0:.1f} s")
+        # written last (replacing the torch backend's copy, same tensors) so that it always carries the spec
+        try:
+            save_weights(weights, out.staged(finals[0]), metadata=weights_metadata(net), force=True)
+        except OSError as exc:
+            raise diagnose_write_failure("weights", out, exc, needed) from None
+        for p in out.commit():
+            click.echo(f"    {p}")
+
+
+def _convert_worker(backend, spec_yaml, weights, out_dir, opts):
     from .backends import prepare
-    from .weights import load_weights
 
     mod, net = prepare(backend, spec_yaml)
-    # the parent already checked these weights (and the user's --allow-nonfinite choice)
-    return mod.convert(net, load_weights(net, weights_path, allow_nonfinite=True), out_dir, force=force, **opts)
+    # the parent already checked these weights (and the user's --allow-nonfinite choice); out_dir is
+    # the run's private, empty staging folder
+    return mod.convert(net, weights, out_dir, force=False, **opts)
 
 
 def _parse_backends(text: str) -> list:
     items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items:
+        raise click.BadParameter(f"names no backend; choose from {', '.join(BACKENDS)} or all")
     if items == ["all"]:
         return list(BACKENDS)
     aliases = {"tf": "tensorflow", "keras": "tensorflow", "pytorch": "torch"}
@@ -263,7 +338,7 @@ def _parse_backends(text: str) -> list:
 
 @main.command()
 @click.argument("spec")
-@click.option("--weights", "weights_file", type=click.Path(dir_okay=False),
+@click.option("--weights", "weights_file", type=click.Path(dir_okay=False), callback=_not_empty,
               help="safetensors or .pth weights. Default: seeded random with non-trivial BN statistics.")
 @click.option("--backends", "targets", default="all", show_default=True,
               help="Comma-separated backends to compare (torch, onnx, tensorflow) or 'all'.")
@@ -274,13 +349,13 @@ def _parse_backends(text: str) -> list:
               help="Precision every backend computes in; the tolerance follows it (1e-4, 2e-2, 1e-1 max rel).")
 @click.option("--batch", type=click.IntRange(1, 1024), default=2, show_default=True,
               help="Images in the random input batch (1 to 1024).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the input and of random weights.")
+@click.option("--seed", type=_SEED, default=0, show_default=True, help="Seed of the input and of random weights.")
 @click.option("--layers", is_flag=True, help="Compare every stem/block output, not only the logits.")
 @click.option("--plot", "plot_file", type=click.Path(dir_okay=False),
               help="Also draw the per-tap relative error of every pair to this .svg/.png (implies --layers).")
 @click.option("--allow-tf32", is_flag=True, help="Allow TF32 matmuls/convolutions on GPUs (off by default).")
 @click.option("--allow-nonfinite", is_flag=True, help="Accept NaN/Inf values in --weights.")
-@click.option("--json", "json_file", type=click.Path(dir_okay=False),
+@click.option("--json", "json_file", type=click.Path(dir_okay=False), callback=_not_empty,
               help="Also write the report as JSON to this file ('-' for stdout).")
 @checkpoint_options
 @limit_options
@@ -302,9 +377,9 @@ def parity(spec, weights_file, targets, device, dtype, batch, seed, layers, plot
                        ckpt=_ckpt(weights_key, ema, new_head))
     label = weights_file or f"seeded random (seed {seed}), non-trivial BN statistics"
     if json_file and json_file != "-":
-        from .fileio import check_writable
+        from .fileio import check_file_writable
 
-        check_writable(json_file, force=True)
+        check_file_writable(json_file)
     if plot_file:
         from .diagram import figure_format
         from .resolved import check_output_place
@@ -401,13 +476,16 @@ def _load_spec(spec):
 
 
 @main.command()
-@click.argument("path", type=click.Path(exists=True, dir_okay=False))
+@click.argument("path", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def inspect(path, as_json):
     """Show what a file written by resnet-spec holds: .onnx (spec, opset, inputs/outputs, node counts),
     .safetensors (tensors, parameters, embedded spec) or .pt2 (embedded spec)."""
     from . import inspect_files as F
     from .checkpoints import TORCH_SUFFIXES
+    from .fileio import check_regular_file
+
+    check_regular_file(path, 2**31 - 1)  # protobuf's own limit; larger models keep external data
 
     if path.endswith(".safetensors"):
         info, fmt = F.inspect_safetensors(path), F.format_info

@@ -7,16 +7,96 @@ output is only replaced when the caller says ``force``.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
+import stat
 import tempfile
 
 from .errors import ResNetSpecError
 
 
+def file_kind(mode: int) -> str:
+    """'a regular file', 'a directory', 'a FIFO (named pipe)', ... for an ``st_mode``."""
+    for test, name in ((stat.S_ISREG, "a regular file"), (stat.S_ISDIR, "a directory"),
+                       (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "a special file"
+
+
+def os_reason(exc: OSError) -> str:
+    """The cause of an OS error in words ('no such file', 'permission denied', ...), no path."""
+    words = {errno.ENOENT: "no such file", errno.EACCES: "permission denied", errno.EPERM: "permission denied",
+             errno.ENOSPC: "no space left on device", errno.EROFS: "read-only file system",
+             errno.ENOTDIR: "a part of the path is a file, not a folder", errno.EISDIR: "is a directory",
+             errno.ELOOP: "too many levels of symbolic links", errno.ENAMETOOLONG: "file name too long",
+             errno.EDQUOT: "disk quota exceeded", errno.EFBIG: "file too large"}
+    return words.get(exc.errno, (exc.strerror or str(exc)).lower())
+
+
+def check_regular_file(path: str, max_bytes: int) -> None:
+    """Refuse, before reading, anything but a regular file of at most ``max_bytes`` (a FIFO would hang
+    a reader, /dev/zero never ends)."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise ResNetSpecError(describe_os_error(exc, path)) from None
+    if not stat.S_ISREG(st.st_mode):
+        raise ResNetSpecError(f"{path}: is {file_kind(st.st_mode)}, not a regular file")
+    if st.st_size > max_bytes:
+        raise ResNetSpecError(f"{path}: file is {st.st_size:,} bytes; the limit is {max_bytes:,}")
+
+
+def describe_os_error(exc: OSError, path: str | None = None) -> str:
+    """``path: cause`` for an OS error, naming ``path`` (or the error's own file name)."""
+    return f"{path or exc.filename or '?'}: {os_reason(exc)}"
+
+
 def check_writable(path: str, force: bool) -> None:
-    if os.path.exists(path) and not force:
+    if os.path.lexists(path) and not force:
         raise ResNetSpecError(f"{path} already exists; pass --force to overwrite it")
+
+
+def check_output(path: str, force: bool, is_dir: bool = False) -> None:
+    """Refuse, before any work, an output that exists (without ``force``) or that ``force`` could not
+    replace: a folder where a file goes, or a file where a folder goes."""
+    check_writable(path, force)
+    if os.path.lexists(path) and os.path.isdir(path) != is_dir:
+        want, got = ("a folder", "a file") if is_dir else ("a file", "a folder")
+        raise ResNetSpecError(f"{path}: is {got}; the output is {want}, so --force cannot replace it")
+
+
+def check_folder(folder: str) -> None:
+    """Refuse, before any work, an output folder that cannot be created or written: a file, a path
+    below a file, a read-only or full file system. The test is a real write (permission bits alone
+    say nothing for root or on a read-only mount)."""
+    if folder == "":
+        raise ResNetSpecError("the output folder is an empty string")
+    probe = os.path.abspath(folder)
+    while not os.path.lexists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        what = folder if probe == os.path.abspath(folder) else f"{folder} (below {probe})"
+        raise ResNetSpecError(f"{what}: {probe} is {file_kind(os.stat(probe).st_mode)}, not a folder")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".resnet-spec-probe-", dir=probe)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as exc:
+        raise ResNetSpecError(describe_os_error(exc, folder if probe == os.path.abspath(folder) else probe)) from None
+
+
+def check_file_writable(path: str) -> None:
+    """An output file (a report) can be written: its folder exists and takes a write, and the path
+    itself is not a folder. Run before the work whose result it will hold."""
+    if os.path.isdir(path):
+        raise ResNetSpecError(f"{path}: is a folder, not a file")
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise ResNetSpecError(f"{path}: its folder {parent} does not exist")
+    check_folder(parent)
 
 
 @contextlib.contextmanager

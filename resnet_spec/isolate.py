@@ -28,16 +28,42 @@ def _quiet_env():
 
 
 def _worker_init():
-    """Worker start-up: quiet frameworks, and leave Ctrl-C to the parent.
+    """Worker start-up: quiet frameworks, leave Ctrl-C and SIGTERM to the parent, die with it.
 
-    A terminal's Ctrl-C reaches the whole process group. A worker interrupted at an arbitrary point
-    (inside a framework's import or its atexit handlers) prints a traceback of its own, and one
-    interrupted mid-write leaves its temporary file behind. So workers ignore SIGINT: the parent gets
-    the KeyboardInterrupt, starts nothing new, and waits for the running step, whose outputs are
-    written atomically, to finish.
+    A terminal's Ctrl-C (and a container stop's SIGTERM) can reach the whole process group. A worker
+    interrupted at an arbitrary point (inside a framework's import or its atexit handlers) prints a
+    traceback of its own. So workers ignore SIGINT and SIGTERM: the parent takes the signal, kills its
+    workers (:func:`_kill_pool`) and removes their temporary output. A worker whose parent is killed
+    outright (SIGKILL) is killed by the kernel too (Linux PR_SET_PDEATHSIG), so none keeps running.
     """
     _quiet_env()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _die_with_parent()
+
+
+def _die_with_parent():
+    parent = multiprocessing.parent_process()
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the parent's own cleanup still kills us
+        return
+    if parent is not None and os.getppid() != parent.pid:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def _kill_pool(pool) -> None:
+    """Stop a pool's workers now (SIGKILL) and reap them; used when the parent is interrupted."""
+    procs = list((getattr(pool, "_processes", None) or {}).values())
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+    for p in procs:
+        p.join()
+    pool.shutdown(wait=False, cancel_futures=True)
 
 
 def run_isolated(fn, *args, **kwargs):
@@ -55,6 +81,10 @@ def run_isolated(fn, *args, **kwargs):
         except BrokenProcessPool:
             raise WorkerCrashed(f"the worker running {fn.__module__}.{fn.__qualname__} crashed "
                                 "(killed by a signal or out of memory)") from None
+        except BaseException as exc:  # Ctrl-C or SIGTERM in the parent: stop the worker, then unwind
+            if not isinstance(exc, Exception):
+                _kill_pool(pool)
+            raise
 
 
 class Worker:
@@ -80,6 +110,11 @@ class Worker:
             self.close()
             raise WorkerCrashed(f"the {self.label} worker process crashed (killed by a signal or out of "
                                 "memory)") from None
+        except BaseException as exc:  # Ctrl-C or SIGTERM in the parent: stop the worker, then unwind
+            if not isinstance(exc, Exception):
+                _kill_pool(self._pool)
+                self._pool = None
+            raise
 
     def close(self):
         if self._pool is not None:

@@ -127,8 +127,13 @@ def _from_document(doc: yamlio.Document, base_dir: str, seen: tuple) -> Spec:
             cycle = " -> ".join(os.path.basename(s) for s in seen + (key, base_path))
             raise doc.error(f"extends: cycle ({cycle})", ("extends",))
         if len(seen) >= MAX_EXTENDS_DEPTH:
-            raise doc.error(f"extends: chain deeper than {MAX_EXTENDS_DEPTH}", ("extends",))
-        base = load(base_path, _seen=seen + (key,))
+            raise _ChainTooDeep(seen + (key, base_path))
+        try:
+            base = load(base_path, _seen=seen + (key,))
+        except _ChainTooDeep as exc:
+            if seen:
+                raise
+            raise doc.error(exc.describe(), ("extends",)) from None
         merged = {k: copy.deepcopy(v) for k, v in base.data.items() if k not in NOT_INHERITED}
         origins = {p: o for p, o in base.origins.items() if not (p and p[0] in NOT_INHERITED)}
         _merge(merged, {k: v for k, v in data.items() if k != "extends"}, (), origins, own)
@@ -142,11 +147,29 @@ def _from_document(doc: yamlio.Document, base_dir: str, seen: tuple) -> Spec:
     return Spec(data=data, origins=origins, chain=chain)
 
 
+class _ChainTooDeep(SpecError):
+    """Raised deep in an ``extends`` chain, reported at the file the user gave (see _from_document)."""
+
+    def __init__(self, chain):
+        self.chain = tuple(chain)
+        super().__init__(self.describe(), self.chain[0], 1, 1)
+
+    def __reduce__(self):
+        return (type(self), (self.chain,))
+
+    def describe(self) -> str:
+        names = [os.path.basename(c) for c in self.chain]
+        shown = names if len(names) <= 6 else names[:3] + ["..."] + names[-2:]
+        return (f"extends: chain deeper than {MAX_EXTENDS_DEPTH} files "
+                f"({' -> '.join(shown)}; {len(names)} files)")
+
+
 def _default_name(file: str) -> str:
     if file == "<string>":
         return "model"
     stem = os.path.splitext(os.path.basename(file))[0]
-    cleaned = "".join(c if (c.isalnum() or c in "_.-") else "_" for c in stem)[:64] or "model"
+    # ASCII only: the name pattern (and every backend's file and class names) allow nothing else
+    cleaned = "".join(c if ((c.isascii() and c.isalnum()) or c in "_.-") else "_" for c in stem)[:64] or "model"
     return cleaned if (cleaned[0].isalpha() or cleaned[0] == "_") else f"m_{cleaned}"[:64]
 
 
@@ -164,9 +187,17 @@ def _merge(dst: dict, src: dict, path: tuple, origins: dict, src_origins: dict) 
             dst[key] = copy.deepcopy(value)
 
 
+# JSON Schema counts 3.0 as an integer; a spec must not (a float kernel size or stride breaks every
+# framework downstream), so "integer" means a YAML integer here.
+_Validator = jsonschema.validators.extend(
+    jsonschema.Draft202012Validator,
+    type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine(
+        "integer", lambda _checker, value: isinstance(value, int) and not isinstance(value, bool)))
+
+
 def validate(doc: yamlio.Document) -> None:
     """Check one document against the JSON Schema; raise the most relevant error, located."""
-    validator = jsonschema.Draft202012Validator(schema())
+    validator = _Validator(schema())
     errors = list(validator.iter_errors(doc.data))
     if errors:
         raise _located(doc, jsonschema.exceptions.best_match(errors)) from None
@@ -174,7 +205,7 @@ def validate(doc: yamlio.Document) -> None:
 
 def schema_errors(doc: yamlio.Document) -> list:
     """Every schema error of one document as a located :class:`SpecError`, in file order."""
-    validator = jsonschema.Draft202012Validator(schema())
+    validator = _Validator(schema())
     out, seen = [], set()
     for err in validator.iter_errors(doc.data):
         err = jsonschema.exceptions.best_match([err])  # inside a oneOf, the branch of the value's type
@@ -183,8 +214,10 @@ def schema_errors(doc: yamlio.Document) -> list:
             e = _located(doc, err, key)
             if str(e) not in seen:
                 seen.add(str(e))
-                out.append(e)
-    return sorted(out, key=lambda e: (e.line or 0, e.col or 0))
+                out.append((e.line or 0, e.col or 0, err.validator != "type", len(out), e))
+    # where a value has the wrong type, its other checks (range, length) say nothing more
+    mistyped = {(line, col) for line, col, other, _, _ in out if not other}
+    return [e for line, col, other, _, e in sorted(out) if not (other and (line, col) in mistyped)]
 
 
 def _located(doc: yamlio.Document, err: jsonschema.ValidationError, key=None) -> SpecError:

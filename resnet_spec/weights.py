@@ -127,12 +127,10 @@ def check_weights(net: ir.Network, weights, source: str = "weights", allow_nonfi
     out: Weights = {}
     for name, shape in expected.items():
         arr = np.asarray(given[name])
-        if arr.dtype.kind not in "fiu" or arr.dtype == np.bool_:
-            raise WeightsError(f"{source}: tensor {name!r} has dtype {arr.dtype}; expected a float tensor")
         if tuple(arr.shape) != tuple(shape):
             raise WeightsError(f"{source}: tensor {name!r} has shape {_fmt(arr.shape)}, the spec expects "
                                f"{_fmt(shape)}")
-        arr = np.ascontiguousarray(arr, dtype=np.float32)
+        arr = _as_float32(arr, name, source)
         if not allow_nonfinite and not np.isfinite(arr).all():
             bad = "NaN" if np.isnan(arr).any() else "Inf"
             raise WeightsError(f"{source}: tensor {name!r} contains {bad} values (pass --allow-nonfinite "
@@ -141,45 +139,76 @@ def check_weights(net: ir.Network, weights, source: str = "weights", allow_nonfi
     return out
 
 
+def _as_float32(arr: np.ndarray, name: str, source: str) -> np.ndarray:
+    """Float tensors only (an int64 or bool tensor is a mistake, not weights); float64 values must fit
+    float32 (1e39 is refused by name, not silently turned into Inf)."""
+    from .weightfile import check_f32_range
+
+    if arr.dtype.kind != "f":
+        raise WeightsError(f"{source}: tensor {name!r} has dtype {arr.dtype}; expected a float tensor")
+    if arr.dtype.itemsize > 4:
+        check_f32_range(arr, name, source)
+    with np.errstate(over="ignore", invalid="ignore"):
+        return np.ascontiguousarray(arr, dtype=np.float32)
+
+
 def _fmt(shape) -> str:
     return "(" + ", ".join(map(str, shape)) + ")"
 
 
-def read_safetensors(path: str) -> Weights:
-    from safetensors import SafetensorError
-    from safetensors.numpy import load as st_load
+def read_safetensors(path: str, net: ir.Network | None = None) -> Weights:
+    """A safetensors file as float32 arrays; its header (and, with ``net``, the names, shapes and file
+    size) is checked before any tensor data is read (see :mod:`resnet_spec.weightfile`)."""
+    from . import weightfile
 
-    with open(path, "rb") as fh:
-        raw = fh.read()
-    try:
-        return dict(st_load(raw))
-    except (SafetensorError, ValueError, TypeError, OverflowError) as exc:
-        raise WeightsError(f"{path}: not a valid safetensors file ({exc}); it may be truncated or corrupt") from None
-    except Exception as exc:  # safetensors raises a few Rust-side error types
-        raise WeightsError(f"{path}: not a valid safetensors file ({type(exc).__name__}: {exc})") from None
+    with weightfile.open_checked(path) as fh:
+        return weightfile.read_safetensors(path, fh, net)
 
 
-def read_torch(path: str) -> Weights:
-    """A torch checkpoint, read with ``torch.load(weights_only=True)``; containers and wrapper prefixes
-    are handled by :mod:`resnet_spec.checkpoints`."""
+def read_torch(path: str, net: ir.Network | None = None) -> Weights:
+    """A torch checkpoint, read with ``torch.load(weights_only=True)`` after its archive was checked
+    against ``net`` (see :mod:`resnet_spec.weightfile`); containers and wrapper prefixes are handled
+    by :mod:`resnet_spec.checkpoints`."""
     from .checkpoints import read_checkpoint
 
-    return read_checkpoint(path)[0]
+    return read_checkpoint(path, net=net)[0]
 
 
-def read_weights(path: str) -> Weights:
-    if not os.path.isfile(path):
-        raise WeightsError(f"{path}: no such weight file")
-    if os.path.getsize(path) == 0:
-        raise WeightsError(f"{path}: empty weight file")
+def _torch_arrays(path: str, obj: dict) -> Weights:
+    import warnings
+
+    import torch
+
+    from .weightfile import WeightsNote, torch_tensor_problem
+
+    out, upcast = {}, set()
+    for k, v in obj.items():
+        if not isinstance(k, str) or not isinstance(v, torch.Tensor):
+            raise WeightsError(f"{path}: refused: entry {k!r} is a {type(v).__name__}, not a tensor")
+        if k.endswith(IGNORED_SUFFIXES):
+            continue
+        problem = torch_tensor_problem(v)
+        if problem:
+            raise WeightsError(f"{path}: tensor {k!r} {problem}")
+        if v.dtype in (torch.float16, torch.bfloat16):
+            upcast.add(str(v.dtype).replace("torch.", ""))
+        out[k] = v.detach().to(torch.float64 if v.dtype == torch.float64 else torch.float32).numpy()
+    if upcast:
+        warnings.warn(WeightsNote(f"{path}: {'/'.join(sorted(upcast))} tensors were upcast to float32"),
+                      stacklevel=2)
+    return out
+
+
+def read_weights(path: str, net: ir.Network | None = None) -> Weights:
+    """Read a weight file; with ``net``, its declared names, shapes and size are checked first."""
     if path.endswith((".pth", ".pt", ".bin", ".ckpt")):
-        return read_torch(path)
-    return read_safetensors(path)
+        return read_torch(path, net)
+    return read_safetensors(path, net)
 
 
 def load_weights(net: ir.Network, path: str, allow_nonfinite: bool = False) -> Weights:
     """Read ``path`` (safetensors, or a torchvision/timm state_dict) and check it against ``net``."""
-    return check_weights(net, read_weights(path), path, allow_nonfinite)
+    return check_weights(net, read_weights(path, net), path, allow_nonfinite)
 
 
 def save_weights(weights: Weights, path: str, metadata: dict | None = None, force: bool = True) -> None:

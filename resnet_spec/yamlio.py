@@ -9,15 +9,18 @@ keys, counting every node visited so that alias/merge bombs stop after a fixed b
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 
 import yaml
 
 from .errors import SpecError
+from .fileio import file_kind, os_reason
 
 MAX_BYTES = 1_000_000
 MAX_NODES = 100_000  # after alias expansion; a real spec has a few hundred
+MAX_DEPTH = 50  # nesting of lists and mappings; a real spec nests 4 deep
 
 _MERGE = "tag:yaml.org,2002:merge"
 _MAP, _SEQ = "tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"
@@ -45,16 +48,31 @@ class Document:
 
 
 def read_text(path: str) -> str:
-    """Read a spec file as UTF-8 text with the size, type and encoding checks of the spec format."""
-    if os.path.isdir(path):
-        raise SpecError("is a directory, not a spec file", path)
-    if not os.path.exists(path):
-        raise SpecError("no such file", path)
-    size = os.path.getsize(path)
-    if size > MAX_BYTES:
-        raise SpecError(f"file is {size:,} bytes; specs are limited to {MAX_BYTES:,} bytes", path)
-    with open(path, "rb") as fh:
-        raw = fh.read()
+    """Read a spec file as UTF-8 text with the size, type and encoding checks of the spec format.
+
+    Only regular files are read (a FIFO, a device such as /dev/zero or a socket is refused before
+    anything is read, and the file is opened non-blocking so that a FIFO swapped in cannot hang us),
+    and never more than ``MAX_BYTES + 1`` bytes whatever the file claims to be.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as exc:
+        raise SpecError(os_reason(exc), path) from None
+    try:
+        kind = file_kind(os.fstat(fd).st_mode)
+        if kind == "a directory":
+            raise SpecError("is a directory, not a spec file", path)
+        if kind != "a regular file":
+            raise SpecError(f"is {kind}, not a regular file; specs are read from regular files only", path)
+        size = os.fstat(fd).st_size
+        if size > MAX_BYTES:
+            raise SpecError(f"file is {size:,} bytes; specs are limited to {MAX_BYTES:,} bytes", path)
+        with os.fdopen(fd, "rb", closefd=False) as fh:
+            raw = fh.read(MAX_BYTES + 1)
+    except OSError as exc:
+        raise SpecError(os_reason(exc), path) from None
+    finally:
+        os.close(fd)
     return decode(raw, path)
 
 
@@ -77,7 +95,7 @@ def parse(text: str, file: str = "<string>") -> Document:
     if len(text.encode("utf-8", "surrogatepass")) > MAX_BYTES:
         raise SpecError(f"spec is larger than {MAX_BYTES:,} bytes", file)
     try:
-        nodes = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
+        nodes = _compose_all(text, file)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         msg = exc.problem or str(exc)
@@ -106,6 +124,34 @@ def parse(text: str, file: str = "<string>") -> Document:
     return doc
 
 
+class _DepthLoader(yaml.SafeLoader):
+    """PyYAML's composer recurses once per nesting level; stop at ``MAX_DEPTH`` before Python's own
+    recursion limit turns a deeply nested spec into a RecursionError."""
+
+    def compose_node(self, parent, index):
+        self._depth = getattr(self, "_depth", 0) + 1
+        try:
+            if self._depth > MAX_DEPTH + 1:
+                mark = self.peek_event().start_mark
+                raise SpecError(f"YAML nested more than {MAX_DEPTH} levels deep", self._file,
+                                mark.line + 1, mark.column + 1)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def _compose_all(text: str, file: str) -> list:
+    loader = _DepthLoader(text)
+    loader._file = file
+    try:
+        nodes = []
+        while loader.check_node():
+            nodes.append(loader.get_node())
+        return nodes
+    finally:
+        loader.dispose()
+
+
 class _Builder:
     def __init__(self, doc: Document):
         self.doc = doc
@@ -120,19 +166,38 @@ class _Builder:
 
     def build(self, node, path, depth=0):
         self._tick(node)
-        if depth > 50:
-            raise SpecError("YAML nested more than 50 levels deep", self.doc.file,
+        if depth > MAX_DEPTH:
+            raise SpecError(f"YAML nested more than {MAX_DEPTH} levels deep", self.doc.file,
                             node.start_mark.line + 1, node.start_mark.column + 1)
         self.doc.positions.setdefault(path, (node.start_mark.line + 1, node.start_mark.column + 1))
         if isinstance(node, yaml.MappingNode):
             return self._mapping(node, path, depth)
         if isinstance(node, yaml.SequenceNode):
             return [self.build(item, path + (i,), depth + 1) for i, item in enumerate(node.value)]
+        return self._scalar(node, path)
+
+    def _scalar(self, node, path=()):
+        """Construct one scalar; a tag that cannot build it, a non-finite number or a string that cannot
+        be written as UTF-8 is a located error (nothing in a spec is NaN, infinite or a lone surrogate)."""
+        where = (self.doc.file, node.start_mark.line + 1, node.start_mark.column + 1)
         try:
-            return self.constructor.construct_object(node, deep=True)
+            value = self.constructor.construct_object(node, deep=True)
         except yaml.YAMLError as exc:
-            raise SpecError(f"invalid YAML value: {getattr(exc, 'problem', exc)}", self.doc.file,
-                            node.start_mark.line + 1, node.start_mark.column + 1) from None
+            raise SpecError(f"invalid YAML value: {getattr(exc, 'problem', None) or exc}", *where) from None
+        except (ValueError, TypeError, KeyError, AttributeError, OverflowError, IndexError):
+            tag = node.tag.replace("tag:yaml.org,2002:", "!!")
+            raise SpecError(f"invalid YAML value: {_short(node.value)} cannot be read as {tag}", *where) from None
+        if isinstance(value, float) and not math.isfinite(value):
+            field = ".".join(p if isinstance(p, str) and p.isidentifier() and p.isascii() else repr(p) for p in path)
+            raise SpecError(f"{field + ': ' if field else ''}{_short(node.value)} is not a finite number; every number "
+                            "in a spec must be finite", *where)
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise SpecError(f"text holds U+{ord(value[exc.start]):04X}, a lone surrogate that cannot be "
+                                "written as UTF-8", *where) from None
+        return value
 
     def _mapping(self, node, path, depth):
         out: dict = {}
@@ -151,7 +216,7 @@ class _Builder:
             if not isinstance(key_node, yaml.ScalarNode):
                 raise SpecError("mapping keys must be plain strings", self.doc.file,
                                 key_node.start_mark.line + 1, key_node.start_mark.column + 1)
-            key = self.constructor.construct_object(key_node)
+            key = self._scalar(key_node)
             if not isinstance(key, str):
                 key = str(key) if not isinstance(key, bool) else key_node.value
             if key in out:
@@ -164,6 +229,11 @@ class _Builder:
         for k, v in merged.items():
             out.setdefault(k, v)
         return out
+
+
+def _short(text) -> str:
+    text = repr(text)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def dump(data) -> str:

@@ -44,3 +44,13 @@ def tf_scale_layer1_1(model):
 def crash(model):
     """The worker dies as if a native library segfaulted."""
     os.abort()
+
+
+def ready_worker_init():
+    """A worker initializer for signal tests: the real one, then the worker's pid written to the FIFO
+    named by RESNET_SPEC_TEST_READY, so that a test signals the parent only once a worker is running."""
+    from resnet_spec import isolate
+
+    isolate._worker_init()  # in the worker, the module is freshly imported: the real initializer
+    with open(os.environ["RESNET_SPEC_TEST_READY"], "w") as fh:
+        fh.write(f"{os.getpid()}\n")

@@ -80,6 +80,21 @@ EXPECTED = {
     "52_dilate_with_stride_last.yaml": ("6:43", "'dilate' is not supported with block.stride_block: last"),
     "53_avg_down_floor_odd_size.yaml": ("3:19", "shortcut.pool.ceil_mode: block layer3.0: the shortcut's 2x2 "
                                         "average pool (ceil_mode: false) gives 12x12 on a 25x25 input"),
+    "54_tag_float_not_a_number.yaml": ("2:13", "'abc' cannot be read as !!float"),
+    "55_tag_int_not_a_number.yaml": ("2:17", "'abc' cannot be read as !!int"),
+    "56_tag_bool_maybe.yaml": ("2:12", "'maybe' cannot be read as !!bool"),
+    "57_tag_timestamp_not_a_date.yaml": ("2:14", "'notadate' cannot be read as !!timestamp"),
+    "58_tag_python_name_on_key.yaml": ("2:1", "could not determine a constructor for the tag"),
+    "59_tag_float_on_key.yaml": ("3:3", "'abc' cannot be read as !!float"),
+    "60_eps_nan.yaml": ("2:13", "norm.eps: '.nan' is not a finite number"),
+    "61_momentum_nan.yaml": ("3:13", "norm.momentum: '.NaN' is not a finite number"),
+    "62_dropout_nan.yaml": ("2:30", "head.dropout: '.nan' is not a finite number"),
+    "63_dropout_minus_inf.yaml": ("2:17", "head.dropout: '-.inf' is not a finite number"),
+    "64_pool_stride_1e20.yaml": ("2:40", "stem.pool.stride: expected integer, got number 1e+20"),
+    "65_pool_kernel_2e22.yaml": ("2:29", "stem.pool.kernel: 20000000000000000000000 is out of range (must be <= 31)"),
+    "66_integer_written_as_float.yaml": ("3:17", "stages[0].channels: expected integer, got number 16.0"),
+    "67_lone_surrogate.yaml": ("2:14", "U+D800, a lone surrogate that cannot be written as UTF-8"),
+    "68_pool_padding_huge.yaml": ("2:73", "stem.pool.padding: 99999999999 is out of range (must be <= 31)"),
 }
 
 
@@ -153,8 +168,7 @@ def test_workers_keep_the_callers_limits(monkeypatch, tmp_path):
     x = P.make_input(net, 1, 0)
     out, _, _ = P._infer_worker("torch", net.spec_yaml, w, x, {"device": "cpu", "dtype": "float32"}, None)
     assert out["head"].shape == (1, 10)
-    save_weights(w, str(tmp_path / "w.safetensors"))
-    paths = _convert_worker("onnx", net.spec_yaml, str(tmp_path / "w.safetensors"), str(tmp_path), False, {})
+    paths = _convert_worker("onnx", net.spec_yaml, w, str(tmp_path), {})
     assert os.path.exists(paths[0])
 
 
@@ -265,7 +279,8 @@ def test_bad_tensors_are_named(r20_weights, tmp_path):
                 "'layer3.2.bn2.weight' contains NaN values (pass --allow-nonfinite"),
         "inf": (dict(w, **{"conv1.weight": np.full((16, 3, 3, 3), np.inf, np.float32)}),
                 "'conv1.weight' contains Inf values"),
-        "dtype": (dict(w, **{"fc.bias": np.zeros(10, np.bool_)}), "'fc.bias' has dtype bool"),
+        "dtype": (dict(w, **{"fc.bias": np.zeros(10, np.bool_)}), "'fc.bias' has dtype BOOL; expected a float tensor"),
+        "int64": (dict(w, **{"fc.bias": np.zeros(10, np.int64)}), "'fc.bias' has dtype I64; expected a float tensor"),
     }
     for name, (ws, fragment) in cases.items():
         path = tmp_path / f"{name}.safetensors"
@@ -440,3 +455,27 @@ def test_same_spec_and_seed_give_identical_files(tmp_path):
     w8 = init_weights(net, seed=8)
     save_weights(w8, str(tmp_path / "w8.safetensors"))
     assert (tmp_path / "w8.safetensors").read_bytes() != blobs[0][0]
+
+
+def test_every_number_in_the_schema_has_a_finite_range():
+    """NaN is refused by the loader; everything else numeric must be bounded on both sides, so that no
+    value (1e20, 2e22) can validate and then overflow a backend."""
+    from resnet_spec.spec import schema
+
+    unbounded = []
+
+    def walk(node, path):
+        if isinstance(node, dict):
+            t = node.get("type")  # a property may itself be called "type" (then t is a sub-schema)
+            types = t if isinstance(t, list) else [t] if isinstance(t, str) else []
+            if {"integer", "number"} & set(types):
+                if not ({"minimum", "exclusiveMinimum"} & set(node) and {"maximum", "exclusiveMaximum"} & set(node)):
+                    unbounded.append(path)
+            for k, v in node.items():
+                walk(v, f"{path}/{k}")
+        elif isinstance(node, list):
+            for i, v in enumerate(node):
+                walk(v, f"{path}[{i}]")
+
+    walk(schema(), "")
+    assert unbounded == []
