@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Union
 
 Shape = tuple  # (C, H, W)
 
@@ -116,6 +115,17 @@ class Pool:
         extra_w = max(0, (ow - 1) * self.stride + self.kernel - w - 2 * self.padding)
         return (self.padding, self.padding, self.padding + extra_h, self.padding + extra_w)
 
+    @property
+    def pad_split(self) -> tuple:
+        """``(counted, rest)``: how a backend pads explicitly. ``counted`` is the symmetric padding whose
+        cells take part in the result -- zeros that can win a max (``pad_value`` 'zero') or that count
+        in an average (``count_include_pad``) -- and is made real with zeros before pooling (0 when no
+        padding counts). ``rest`` = ``pads`` minus ``counted`` is (top, left, bottom, right) padding
+        that never counts: -inf for a max, left out of an average's divisor."""
+        counted = self.padding if (self.pad_value == "zero" if self.kind == "max" else self.count_include_pad) else 0
+        t, l, b, r = self.pads
+        return counted, (t - counted, l - counted, b - counted, r - counted)
+
     def tensors(self):
         return iter(())
 
@@ -207,8 +217,10 @@ class Linear:
         return self.in_features * self.out_features
 
 
-Op = Union[Conv, BatchNorm, ReLU, Pool, Subsample, ChannelPad, SqueezeExcite, DropPath, GlobalAvgPool,
-           Dropout, Linear]
+#: Every IR op type. Each backend lowers every one of them (``backends/common.py``; the conformance
+#: test ``tests/test_lowering.py`` checks each backend's ``OPS`` table against this tuple).
+OP_TYPES = (Conv, BatchNorm, ReLU, Pool, Subsample, ChannelPad, SqueezeExcite, DropPath, GlobalAvgPool, Dropout,
+            Linear)
 
 
 @dataclass(frozen=True)
