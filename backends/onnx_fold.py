@@ -53,7 +53,7 @@ def fold_batchnorm(net: ir.Network, weights) -> tuple:
                 out[f"{prev.name}.weight"] = np.multiply(w, s[:, None, None, None], dtype=np.float64,
                                                          out=np.empty(w.shape, np.float32), casting="same_kind")
                 out[f"{prev.name}.bias"] = ((b - mean) * s + beta).astype(np.float32)
-                for leaf in ("weight", "bias", "running_mean", "running_var"):
+                for leaf in ir.BN_LEAVES:
                     out.pop(f"{op.name}.{leaf}", None)
                 res[-1] = dataclasses.replace(prev, bias=True, out_shape=op.out_shape)
                 continue

@@ -136,8 +136,7 @@ def _conv(g: Graph, op: ir.Conv, x: str, name: str) -> str:
 
 
 def _batchnorm(g: Graph, op: ir.BatchNorm, x: str, name: str) -> str:
-    leaves = ("weight", "bias", "running_mean", "running_var")
-    return g.node("BatchNormalization", [x] + [g.weight(f"{op.name}.{leaf}") for leaf in leaves], name,
+    return g.node("BatchNormalization", [x] + [g.weight(f"{op.name}.{leaf}") for leaf in ir.BN_LEAVES], name,
                   epsilon=float(op.eps))
 
 

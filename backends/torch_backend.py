@@ -13,7 +13,7 @@ import os
 import numpy as np
 
 from .. import ir
-from . import common
+from . import DTYPES, common
 from ..errors import BackendUnavailable
 
 NAME = "torch"
@@ -297,13 +297,12 @@ def state_to_weights(state_dict) -> dict:
             if not k.endswith("num_batches_tracked")}
 
 
-_DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
 
 
 def device_and_dtype(device: str, dtype: str, allow_tf32: bool = False):
     """Resolve a requested device/dtype, refusing (never silently falling back) what is not there."""
     _require()
-    if dtype not in _DTYPES:
+    if dtype not in DTYPES:
         raise BackendUnavailable(f"torch: unsupported dtype {dtype!r}")
     if device.startswith("cuda"):
         if not torch.cuda.is_available():
@@ -317,7 +316,7 @@ def device_and_dtype(device: str, dtype: str, allow_tf32: bool = False):
         dev, desc = torch.device("cpu"), "cpu"
     else:
         raise BackendUnavailable(f"torch: unknown device {device!r}")
-    return dev, getattr(torch, _DTYPES[dtype]), desc
+    return dev, getattr(torch, dtype), desc
 
 
 def infer(net: ir.Network, weights, x: np.ndarray, *, device: str = "cpu", dtype: str = "float32",

@@ -62,6 +62,12 @@ class Conv:
         return c * h * w * (self.in_channels // self.groups) * self.kernel * self.kernel
 
 
+#: The canonical tensor suffixes of a BatchNorm, in order: ``<bn>.weight`` (gamma), ``<bn>.bias``
+#: (beta), then the two buffers.
+BN_LEAVES = ("weight", "bias", "running_mean", "running_var")
+BN_STATS = BN_LEAVES[2:]
+
+
 @dataclass(frozen=True)
 class BatchNorm:
     """y = (x - running_mean) / sqrt(running_var + eps) * weight + bias (inference form)."""
@@ -74,10 +80,8 @@ class BatchNorm:
     out_shape: Shape
 
     def tensors(self):
-        yield f"{self.name}.weight", (self.channels,), True
-        yield f"{self.name}.bias", (self.channels,), True
-        yield f"{self.name}.running_mean", (self.channels,), False
-        yield f"{self.name}.running_var", (self.channels,), False
+        for leaf in BN_LEAVES:
+            yield f"{self.name}.{leaf}", (self.channels,), leaf not in BN_STATS
 
 
 @dataclass(frozen=True)
