@@ -234,6 +234,9 @@ class Block:
     ``a = pre(x)`` (pre-activation BN+ReLU; empty for v1 blocks). The shortcut reads ``x`` when
     ``shortcut_from == "input"`` and ``a`` when it is ``"pre"``. An empty ``shortcut`` is the identity.
     ``post`` is the ReLU after the addition in v1 blocks (empty for pre-activation).
+    ``shortcut_kind`` names what the resolver put in ``shortcut``: 'identity' (no ops), 'option_a'
+    (Subsample and/or ChannelPad), 'projection' (strided 1x1 conv [+ BN]) or 'avgpool_projection'
+    (ResNet-D: average pool + 1x1 conv [+ BN]).
     """
 
     name: str
@@ -248,10 +251,26 @@ class Block:
     post: tuple
     in_shape: Shape
     out_shape: Shape
+    shortcut_kind: str = "identity"
 
     @property
     def ops(self) -> tuple:
         return self.pre + self.main + self.shortcut + self.post
+
+    @property
+    def convs(self) -> tuple:
+        """The residual branch's convolutions, in order (conv1, conv2[, conv3])."""
+        return tuple(op for op in self.main if isinstance(op, Conv))
+
+    @property
+    def stride_index(self):
+        """Which of :attr:`convs` carries the block's stride (0-based), or None for a stride-1 block."""
+        return next((i for i, c in enumerate(self.convs) if c.stride > 1), None)
+
+    @property
+    def downsamples(self) -> bool:
+        """Whether the block changes the feature map's height or width."""
+        return self.in_shape[1:] != self.out_shape[1:]
 
 
 @dataclass(frozen=True)

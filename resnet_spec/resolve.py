@@ -304,7 +304,15 @@ class _Resolver:
                            "(type B or C)", spath)
         post = () if self.preact else (self.relu(out_shape),)
         return ir.Block(name, si, bi, self.blk.kind, self.preact, pre, main, shortcut, src, post, in_shape,
-                        out_shape)
+                        out_shape, self.shortcut_kind(shortcut))
+
+    def shortcut_kind(self, ops) -> str:
+        """The ir.Block.shortcut_kind of the shortcut ops this resolver made."""
+        if not ops:
+            return "identity"
+        if isinstance(ops[0], (ir.Subsample, ir.ChannelPad)):
+            return "option_a"
+        return "avgpool_projection" if self.sc.projection == "avgpool_conv" else "projection"
 
     def residual_branch(self, name, in_shape, width, out_ch, stride, dil, rate, spath) -> tuple:
         """``(pre, main, out_shape)``. Conv i is conv{i}; v1 puts bn{i} after it, pre-activation puts
