@@ -266,10 +266,20 @@ def _block_class(net: ir.Network, f: _Features) -> str:
 
 
 def _net_class(net: ir.Network, f: _Features, cls: str, stem_pool) -> str:
-    block = "Bottleneck" if f.kind == "bottleneck" else "BasicBlock"
     L = [f"class {cls}(nn.Module):", f'    """{_doc_text(net.description or net.name)}"""', ""]
     L.append(f"    def __init__(self, num_classes={net.num_classes}, in_channels={net.input_shape[0]}):")
     L.append("        super().__init__()")
+    L += _stem_init(net, stem_pool)
+    L += _body_init(net, f)
+    L += _make_layer(f)
+    L += _shortcut_method(net, f)
+    L.append("")
+    L += _forward(net, stem_pool)
+    return "\n".join(L) + "\n"
+
+
+def _stem_init(net: ir.Network, stem_pool) -> list:
+    L = []
     stem_convs = [op for op in net.stem if isinstance(op, ir.Conv)]
     if len(stem_convs) == 1:
         op = stem_convs[0]
@@ -297,6 +307,11 @@ def _net_class(net: ir.Network, f: _Features, cls: str, stem_pool) -> str:
         else:
             ceil = ", ceil_mode=True" if p.ceil_mode else ""
             L.append(f"        self.maxpool = nn.MaxPool2d({p.kernel}, stride={p.stride}, padding={p.padding}{ceil})")
+    return L
+
+
+def _body_init(net: ir.Network, f: _Features) -> list:
+    L = []
     if f.drop_path:
         L.append(f"        self.drop_path_rates = {[round(r, 12) for r in f.rates]!r}  # linear in depth")
     L.append("        self.stages = [")
@@ -316,6 +331,12 @@ def _net_class(net: ir.Network, f: _Features, cls: str, stem_pool) -> str:
         L.append(f"        self.dropout = nn.Dropout({drop!r})")
     L.append(f"        self.fc = nn.Linear(in_ch, num_classes, bias={net.head[-1].bias})")
     L.append("")
+    return L
+
+
+def _make_layer(f: _Features) -> list:
+    block = "Bottleneck" if f.kind == "bottleneck" else "BasicBlock"
+    L = []
     where = "blocks - 1" if f.stride_last else "0"
     L.append("    def _make_layer(self, in_ch, first, blocks, width, out_ch, stride, dilation=1, first_dilation=1,"
              " se_channels=0):")
@@ -329,8 +350,14 @@ def _net_class(net: ir.Network, f: _Features, cls: str, stem_pool) -> str:
     L.append("            in_ch = out_ch")
     L.append("        return nn.Sequential(*layers)")
     L.append("")
-    L += _shortcut_method(net, f)
-    L.append("")
+    return L
+
+
+def _forward(net: ir.Network, stem_pool) -> list:
+    stem_norm = any(isinstance(op, ir.BatchNorm) and op.name == "bn1" for op in net.stem)
+    head_norm = any(isinstance(op, ir.BatchNorm) for op in net.head)
+    drop = next((op.rate for op in net.head if isinstance(op, ir.Dropout)), 0.0)
+    L = []
     L.append("    def forward(self, x):")
     L.append("        x = self.conv1(x)")
     if stem_norm:
@@ -345,7 +372,7 @@ def _net_class(net: ir.Network, f: _Features, cls: str, stem_pool) -> str:
     if drop:
         L.append("        x = self.dropout(x)")
     L.append("        return self.fc(x)")
-    return "\n".join(L) + "\n"
+    return L
 
 
 def _shortcut_method(net: ir.Network, f: _Features) -> list:
