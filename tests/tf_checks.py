@@ -17,13 +17,6 @@ def _backend():
     return tf_backend
 
 
-def _rel(a, b) -> float:
-    """The parity metric (resnet_spec.parity.rel_error), relative to the reference ``b``."""
-    from resnet_spec.parity import rel_error
-
-    return rel_error(b, a)
-
-
 def run_ops(cases):
     """``[(label, op, weights, x_nchw)]`` -> ``{label: y_nchw}``: each IR op as a one-op Keras model."""
     T = _backend()
