@@ -6,6 +6,10 @@ never import each other, and are imported lazily so that ``resnet_spec`` itself 
 
 BACKENDS = ("torch", "onnx", "tensorflow")
 
+#: The compute dtypes a backend may be asked for (parity's tolerances are keyed by them); a backend
+#: refuses the ones it cannot honour.
+DTYPES = ("float32", "float16", "bfloat16")
+
 # What ``convert`` writes, per backend: ``<out_dir>/<model name><suffix>``. Kept here, free of any
 # framework import, so that the CLI can refuse an existing output before any backend runs.
 OUTPUT_SUFFIXES = {"torch": (".pt2", ".py", ".safetensors"), "onnx": (".onnx",),
