@@ -32,18 +32,11 @@ def _document(source: str) -> yamlio.Document:
 
 
 def semantic_errors(spec: S.Spec, limits=None) -> list:
-    """The semantic errors of a merged spec. Today the resolver stops at its first error.
+    """The semantic errors of a merged spec: every independent rule's, in file order (see
+    :func:`resnet_spec.resolve.semantic_errors`)."""
+    from .resolve import semantic_errors as rules
 
-    When resolve.py exposes ``semantic_errors(spec) -> list[SpecError]``, this body becomes the one line
-    ``return resolve.semantic_errors(spec)`` (plus the limits check).
-    """
-    from .resolve import resolve
-
-    try:
-        resolve(spec, limits)
-    except SpecError as exc:
-        return [exc]
-    return []
+    return rules(spec, limits)
 
 
 def all_errors(source: str, limits=None) -> tuple[list, S.Spec | None]:
