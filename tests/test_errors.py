@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import ast
 import os
-import signal
-import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -124,11 +121,11 @@ def test_bad_spec(fname):
     assert fragment in msg, msg
 
 
-def test_bombs_are_rejected_quickly():
-    t0 = time.perf_counter()
+def test_bombs_are_stopped_by_the_node_budget():
+    # bounded work, not a timing: the loader refuses once the expansion passes its node budget
     for f in ("07_billion_laughs.yaml", "08_merge_bomb.yaml"):
-        assert _validate(os.path.join(BAD, f)).exit_code == 1
-    assert time.perf_counter() - t0 < 5
+        res = _validate(os.path.join(BAD, f))
+        assert res.exit_code == 1 and "expands to more than 100,000 nodes" in res.output, res.output
 
 
 def test_oversized_directory_missing(tmp_path):
@@ -356,40 +353,6 @@ def test_an_existing_output_of_any_backend_is_refused_before_anything_is_written
 def test_opset_out_of_range_is_a_usage_error():
     res = CliRunner().invoke(main, ["convert", "resnet20", "--to", "onnx", "--opset", "12"])
     assert res.exit_code == 2 and "13<=x<=28" in res.output, res.output
-
-
-@pytest.mark.slow
-def test_interrupted_convert_leaves_no_partial_file(tmp_path):
-    """SIGINT and SIGKILL in the middle of a conversion: every output is complete or absent."""
-    for sig, delay in ((signal.SIGINT, 6.0), (signal.SIGKILL, 8.0)):
-        out = tmp_path / sig.name
-        proc = subprocess.Popen([sys.executable, "-m", "resnet_spec.cli", "convert", "resnet50", "--to", "torch,onnx",
-                                 "-o", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                start_new_session=True)
-        time.sleep(delay)
-        os.killpg(proc.pid, sig)
-        _, err = proc.communicate(timeout=120)
-        assert "Traceback" not in err, err
-        files = sorted(os.listdir(out)) if out.exists() else []
-        finals = [f for f in files if not f.startswith(".")]
-        for f in finals:  # anything with a final name is complete and loadable
-            path = str(out / f)
-            if f.endswith(".safetensors"):
-                from resnet_spec.weights import read_safetensors
-
-                assert read_safetensors(path)
-            elif f.endswith(".onnx"):
-                import onnx
-
-                onnx.checker.check_model(path)
-            elif f.endswith(".py"):
-                ast.parse(open(path).read())
-            elif f.endswith(".pt2"):
-                import torch
-
-                torch.export.load(path)
-        if sig == signal.SIGINT:
-            assert finals == [f for f in files], f"temporary files left after SIGINT: {files}"
 
 
 # -- emitted source -------------------------------------------------------------------------------

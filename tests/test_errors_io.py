@@ -278,13 +278,13 @@ def test_a_run_finishing_in_the_middle_of_another_never_mixes_outputs(tmp_path, 
 # -- 9. signals ------------------------------------------------------------------------------------
 
 
-def _start_convert_with_ready_worker(tmp_path, out):
+def _start_convert_with_ready_worker(tmp_path, out, spec="resnet20", to="onnx"):
     """Start a convert whose worker writes its pid to a FIFO once it runs; return (proc, worker pid)."""
-    fifo = str(tmp_path / "ready")
+    fifo = str(tmp_path / f"ready-{out.name}")
     os.mkfifo(fifo)
     code = ("import sys; sys.path.insert(0, %r); import faults; from resnet_spec import isolate; "
             "isolate._worker_init = faults.ready_worker_init; from resnet_spec.cli import main; "
-            "main(['convert', 'resnet20', '--to', 'onnx', '-o', %r])" % (TESTS, str(out)))
+            "main(['convert', %r, '--to', %r, '-o', %r])" % (TESTS, spec, to, str(out)))
     env = dict(os.environ, RESNET_SPEC_TEST_READY=fifo)
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=env, start_new_session=True)
@@ -474,3 +474,33 @@ def test_torch_files_with_unusable_tensors_are_refused(r20, tmp_path):
     res = _cli("convert", "resnet20", "--to", "onnx", "--weights", str(tmp_path / "evil.pth"), "-o", str(tmp_path / "e"))
     line = _one_line_error(res, "refused")
     assert "weights_only=False" not in line, line  # the reason may name weights_only=True, never advise False
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["SIGINT", "SIGKILL"])
+def test_interrupted_convert_leaves_only_complete_outputs(tmp_path, sig):
+    """Ctrl-C (to the whole process group) or SIGKILL once a worker is converting: no traceback, and
+    every file under a final name is complete and loadable (SIGINT leaves no temporary either)."""
+    out = tmp_path / sig.name
+    proc, _ = _start_convert_with_ready_worker(tmp_path, out, spec="resnet50", to="torch,onnx")
+    os.killpg(proc.pid, sig)
+    _, err = proc.communicate(timeout=300)  # hang guard
+    assert "Traceback" not in err, err
+    files = sorted(os.listdir(out)) if out.exists() else []
+    finals = [f for f in files if not f.startswith(".")]
+    for f in finals:
+        path = str(out / f)
+        if f.endswith(".safetensors"):
+            from resnet_spec.weights import read_safetensors
+
+            assert read_safetensors(path)
+        elif f.endswith(".onnx"):
+            import onnx
+
+            onnx.checker.check_model(path)
+        elif f.endswith(".pt2"):
+            import torch
+
+            torch.export.load(path)
+    if sig == signal.SIGINT:
+        assert finals == files, f"temporary files left after SIGINT: {files}"
