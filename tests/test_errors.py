@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ast
 import os
-import sys
 
 import numpy as np
 import pytest
