@@ -48,6 +48,7 @@ from .. import ir
 from ..errors import BackendUnavailable, ResNetSpecError
 from ..naming import UniqueNames
 from . import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET  # framework-free facts, shared with the CLI
+from .onnx_pool import pool_to_nodes
 
 NAME = "onnx"
 
@@ -198,35 +199,6 @@ class _Graph:
         return new
 
 
-def _zero_pad_hw(g: _Graph, x: str, pad: int, name: str) -> str:
-    return g.node("Pad", [x, g.const("pads", [0, 0, pad, pad, 0, 0, pad, pad])], name, mode="constant")
-
-
-def _pool_to_nodes(g: _Graph, op: ir.Pool, x: str, name: str) -> str:
-    """One pool with PyTorch semantics (see ir.Pool).
-
-    ONNX pads are (top, left, bottom, right) = ``op.pads``, which include the ceil-mode extension, so
-    ``ceil_mode`` is never needed. ONNX MaxPool ignores padded cells, matching -inf padding. Where a
-    padding must take part in the result (zero-padded max, counted padding in an average) it is made
-    real with an explicit Pad first, so that the pool's own pads are only the ceil extension, which
-    never counts (AveragePool ``count_include_pad=0``).
-    """
-    t, l, b, r = op.pads
-    p = op.padding
-    common = {"kernel_shape": [op.kernel, op.kernel], "strides": [op.stride, op.stride]}
-    if op.kind == "max":
-        if op.pad_value == "zero" and p:
-            x = _zero_pad_hw(g, x, p, f"{name}.pad")
-            t, l, b, r = 0, 0, b - p, r - p
-        return g.node("MaxPool", [x], name, pads=[t, l, b, r], **common)
-    if op.count_include_pad and p:
-        if (b, r) == (p, p):
-            return g.node("AveragePool", [x], name, pads=[p, p, p, p], count_include_pad=1, **common)
-        x = _zero_pad_hw(g, x, p, f"{name}.pad")
-        t, l, b, r = 0, 0, b - p, r - p
-    return g.node("AveragePool", [x], name, pads=[t, l, b, r], count_include_pad=0, **common)
-
-
 def op_to_nodes(g: _Graph, op, x: str, owner: str) -> str:
     """Append the nodes for one IR op reading value ``x``; return the value it produces.
 
@@ -244,7 +216,7 @@ def op_to_nodes(g: _Graph, op, x: str, owner: str) -> str:
     if isinstance(op, ir.ReLU):
         return g.node("Relu", [x], f"{prefix}relu")
     if isinstance(op, ir.Pool):
-        return _pool_to_nodes(g, op, x, op.name)
+        return pool_to_nodes(g, op, x, op.name)  # rewrite-proof forms: see onnx_pool
     if isinstance(op, ir.Subsample):
         s = op.stride
         return g.node("Slice", [x, g.const("starts", [0, 0]), g.const("ends", [2**62, 2**62]),
@@ -651,7 +623,8 @@ def inspect(path: str, *, require_metadata: bool = True) -> dict:
         "nodes": sum(counts.values()),
         "node_counts": dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))),
         "initializers": len(model.graph.initializer),
-        "parameters": sum(math.prod(t.dims) for t in model.graph.initializer if t.data_type in float_types),
+        "parameters": sum(math.prod(t.dims) for t in model.graph.initializer
+                          if t.data_type in float_types and not t.name.startswith("const.")),
         "external_data": any(t.data_location == TensorProto.EXTERNAL for t in model.graph.initializer),
     }
     if require_metadata and META_SPEC not in meta:
