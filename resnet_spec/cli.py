@@ -268,6 +268,42 @@ def parity(spec, weights_file, targets, device, dtype, batch, seed, layers, allo
     sys.exit(0 if report.passed else 1)
 
 
+@main.command("verify")
+@click.argument("spec")
+@click.argument("files", nargs=-1, required=True)
+@click.option("--weights", "weights_file", type=click.Path(dir_okay=False),
+              help="Weights of the reference. Default: <name>.safetensors beside each file.")
+@click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]),
+              help="ONNX Runtime's provider for .onnx files (cuda: CUDAExecutionProvider, TF32 off).")
+@click.option("--batch", type=click.IntRange(1, 256), default=2, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the input.")
+@click.option("--json", "json_file", type=click.Path(dir_okay=False),
+              help="Also write the report as JSON to this file ('-' for stdout).")
+@limit_options
+def verify_cmd(spec, files, weights_file, device, batch, seed, json_file, max_params, max_activation_gib):
+    """Run deployable FILES (.onnx, .tflite, .keras, SavedModel, .pt2, .py) in their runtimes; compare
+    with SPEC's torch reference (float64) on the same weights. Exit 0 when every run is within
+    tolerance, 1 otherwise."""
+    from . import verify as V
+
+    net = _load(spec, max_params, max_activation_gib)
+    if json_file and json_file != "-":
+        from .fileio import check_writable
+
+        check_writable(json_file, force=True)
+    report = V.run(net, files, weights_file=weights_file, batch=batch, seed=seed, device=device,
+                   progress=lambda t: click.echo(f"  {t}", err=True))
+    if json_file == "-":
+        click.echo(json.dumps(report.to_json(), indent=2))
+    else:
+        click.echo(V.format_report(report))
+        if json_file:
+            from .fileio import write_text
+
+            write_text(json_file, json.dumps(report.to_json(), indent=2) + "\n")
+    sys.exit(0 if report.passed else 1)
+
+
 @main.command()
 @click.argument("path", type=click.Path(exists=True, dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
