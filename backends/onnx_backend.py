@@ -95,7 +95,7 @@ def _require(runtime: bool = False):
 # -- BN folding ---------------------------------------------------------------------------------
 
 
-def fold_batchnorm(net: ir.Network, weights) -> tuple:
+def fold_batchnorm(net: ir.Network, weights, dtype=np.float32) -> tuple:
     """Fold every BatchNorm that directly follows a Conv into that Conv; return ``(net, weights)``.
 
     With ``s = gamma / sqrt(running_var + eps)`` per output channel::
@@ -104,7 +104,8 @@ def fold_batchnorm(net: ir.Network, weights) -> tuple:
         b' = (b - running_mean) * s + beta      (b = 0 for a conv without bias)
 
     so ``conv'(x) = bn(conv(x))`` exactly in real arithmetic. The arithmetic is done in float64 and
-    cast to float32 once. The folded Conv keeps its canonical name and gets ``bias=True``
+    cast to ``dtype`` once (float32; float64 for onnx_fp16, which rounds to float16 itself). The
+    folded Conv keeps its canonical name and gets ``bias=True``
     (``<conv>.weight``/``<conv>.bias``); the BN op and its four tensors are removed. A BN that follows
     anything else (a block's pre-activation, the head's ``bn_final``) is left in place. The returned
     network is a new IR; ``net`` and ``weights`` are not modified.
@@ -126,8 +127,8 @@ def fold_batchnorm(net: ir.Network, weights) -> tuple:
                 # Multiplied in float64 and rounded to float32 once, in one buffered pass (no float64 copy).
                 w = weights[f"{prev.name}.weight"]
                 out[f"{prev.name}.weight"] = np.multiply(w, s[:, None, None, None], dtype=np.float64,
-                                                         out=np.empty(w.shape, np.float32), casting="same_kind")
-                out[f"{prev.name}.bias"] = ((b - mean) * s + beta).astype(np.float32)
+                                                         out=np.empty(w.shape, dtype), casting="same_kind")
+                out[f"{prev.name}.bias"] = ((b - mean) * s + beta).astype(dtype)
                 for leaf in ("weight", "bias", "running_mean", "running_var"):
                     out.pop(f"{op.name}.{leaf}", None)
                 res[-1] = dataclasses.replace(prev, bias=True, out_shape=op.out_shape)
@@ -270,16 +271,29 @@ def _value_info(name: str, shape: tuple, batch):
 
 
 def build(net: ir.Network, weights, *, fold_bn: bool = True, batch: int | None = None,
-          opset: int = DEFAULT_OPSET, taps: bool = False):
+          opset: int = DEFAULT_OPSET, taps: bool = False, dtype: str = "float32", io_dtype: str = "float32"):
     """The ``onnx.ModelProto`` for ``net`` with ``weights`` (a canonical weight set).
 
     ``fold_bn``: fold BN into the preceding conv (:func:`fold_batchnorm`); ``batch``: a fixed batch
     size instead of the symbolic ``batch``; ``taps``: also output ``stem`` and every block's output.
     """
-    model, arrays = _skeleton(net, weights, fold_bn=fold_bn, batch=batch, opset=opset, taps=taps)
+    model, arrays = _typed_skeleton(net, weights, dtype, io_dtype, fold_bn=fold_bn, batch=batch, opset=opset,
+                                    taps=taps)
     for t in model.graph.initializer:
         t.raw_data = arrays[t.name].tobytes()
     return model
+
+
+def _typed_skeleton(net, weights, dtype: str, io_dtype: str, **options):
+    """:func:`_skeleton` for ``dtype`` 'float32', or the float16 file of :mod:`onnx_fp16`."""
+    if dtype == "float16":
+        from .onnx_fp16 import skeleton
+
+        return skeleton(net, weights, io_dtype=io_dtype, **options)
+    if dtype != "float32" or io_dtype != "float32":
+        raise ResNetSpecError(f"onnx: dtype {dtype!r} with io dtype {io_dtype!r} is not supported; "
+                              "use float32, or float16 with float32 or float16 I/O")
+    return _skeleton(net, weights, **options)
 
 
 def _skeleton(net: ir.Network, weights, *, fold_bn: bool = True, batch: int | None = None,
@@ -471,7 +485,8 @@ def _check_structure(model) -> None:
 
 def convert(net: ir.Network, weights, out_dir: str, *, force: bool = False, fold_bn: bool = True,
             batch: int | None = None, opset: int = DEFAULT_OPSET,
-            external_data_threshold: int = EXTERNAL_DATA_THRESHOLD) -> list:
+            external_data_threshold: int = EXTERNAL_DATA_THRESHOLD, dtype: str = "float32",
+            io_dtype: str = "float32") -> list:
     """Write ``<out_dir>/<name>.onnx`` (plus ``<name>.onnx.data`` when the initializers exceed
     ``external_data_threshold`` bytes); return the paths written. Nothing is overwritten without
     ``force``. The file's bytes are those of ``build(...).SerializeToString()``, written atomically
@@ -483,7 +498,7 @@ def convert(net: ir.Network, weights, out_dir: str, *, force: bool = False, fold
 
     (path,) = output_paths("onnx", net.name, out_dir)
     check_writable(path, force)
-    model, arrays = _skeleton(net, weights, fold_bn=fold_bn, batch=batch, opset=opset)
+    model, arrays = _typed_skeleton(net, weights, dtype, io_dtype, fold_bn=fold_bn, batch=batch, opset=opset)
     _check_structure(model)
     external = sum(a.nbytes for a in arrays.values()) > external_data_threshold
     os.makedirs(out_dir, exist_ok=True)

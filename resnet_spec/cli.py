@@ -13,7 +13,7 @@ import sys
 import click
 
 from . import __version__
-from .backends import BACKENDS, DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
+from .backends import BACKENDS, CONVERT_ONLY, DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
 from .errors import ResNetSpecError
 
 
@@ -132,7 +132,7 @@ def _weights(net, weights_file, seed, allow_nonfinite, random_bn=False):
 @main.command()
 @click.argument("spec")
 @click.option("--to", "targets", default="all", show_default=True,
-              help="Comma-separated backends: torch, onnx, tensorflow, or 'all'.")
+              help="Comma-separated: torch, onnx, tensorflow, tflite, or 'all' (the first three).")
 @click.option("--weights", "weights_file", type=click.Path(dir_okay=False),
               help="safetensors file, or a torchvision/timm state_dict (.pth/.pt). Default: fresh He init.")
 @click.option("-o", "--out", "out_dir", default=None, help="Output folder (default: out/<name>).")
@@ -143,11 +143,15 @@ def _weights(net, weights_file, seed, allow_nonfinite, random_bn=False):
 @click.option("--batch", type=click.IntRange(1), default=None, help="ONNX: fixed batch size (default: dynamic 'batch').")
 @click.option("--data-format", type=click.Choice(["channels_last", "channels_first"]), default="channels_last",
               show_default=True, help="TensorFlow: input layout.")
+@click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
+              help="ONNX: weights and compute dtype (float16: BN folded in float64, then cast).")
+@click.option("--io-dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
+              help="ONNX with --dtype float16: dtype of the input and the logits.")
 @click.option("--force", is_flag=True, help="Overwrite existing outputs.")
 @click.option("--allow-nonfinite", is_flag=True, help="Accept NaN/Inf values in --weights.")
 @limit_options
-def convert(spec, targets, weights_file, out_dir, seed, opset, no_fold_bn, batch, data_format, force,
-            allow_nonfinite, max_params, max_activation_gib):
+def convert(spec, targets, weights_file, out_dir, seed, opset, no_fold_bn, batch, data_format, dtype, io_dtype,
+            force, allow_nonfinite, max_params, max_activation_gib):
     """Write framework models for SPEC (PyTorch .pt2 + standalone .py, ONNX, Keras + SavedModel)."""
     import tempfile
     import time
@@ -157,7 +161,8 @@ def convert(spec, targets, weights_file, out_dir, seed, opset, no_fold_bn, batch
     from .fileio import check_writable
     from .weights import save_weights
 
-    backends = _parse_backends(targets)
+    backends = _parse_backends(targets, extra=CONVERT_ONLY)
+    _check_dtype_targets(backends, dtype, io_dtype)
     net = _load(spec, max_params, max_activation_gib)
     weights = _weights(net, weights_file, seed, allow_nonfinite)
     out_dir = out_dir or os.path.join("out", net.name)
@@ -178,7 +183,8 @@ def convert(spec, targets, weights_file, out_dir, seed, opset, no_fold_bn, batch
             opts = {}
             if b == "onnx":
                 opts = {"fold_bn": not no_fold_bn, "batch": batch, "opset": opset}
-            elif b == "tensorflow":
+                opts.update({"dtype": dtype, "io_dtype": io_dtype} if dtype != "float32" else {})
+            elif b in ("tensorflow", "tflite"):
                 opts = {"data_format": data_format}
             click.echo(f"  {b}: converting ...", nl=False)
             t0 = time.perf_counter()
@@ -201,16 +207,27 @@ def _convert_worker(backend, spec_yaml, weights_path, out_dir, force, opts):
     return mod.convert(net, load_weights(net, weights_path, allow_nonfinite=True), out_dir, force=force, **opts)
 
 
-def _parse_backends(text: str) -> list:
+def _check_dtype_targets(backends, dtype, io_dtype) -> None:
+    from .backends import FLOAT16_BACKENDS
+
+    if dtype != "float32" and any(b not in FLOAT16_BACKENDS for b in backends):
+        raise click.UsageError(f"--dtype {dtype} is supported by: {', '.join(FLOAT16_BACKENDS)} "
+                               f"(asked for: {', '.join(backends)}); pass --to {','.join(FLOAT16_BACKENDS)}")
+    if io_dtype != "float32" and dtype == "float32":
+        raise click.UsageError("--io-dtype float16 needs --dtype float16")
+
+
+def _parse_backends(text: str, extra=()) -> list:
     items = [t.strip() for t in text.split(",") if t.strip()]
     if items == ["all"]:
         return list(BACKENDS)
-    aliases = {"tf": "tensorflow", "keras": "tensorflow", "pytorch": "torch"}
+    aliases = {"tf": "tensorflow", "keras": "tensorflow", "pytorch": "torch", "litert": "tflite"}
+    known = tuple(BACKENDS) + tuple(extra)
     out = []
     for t in items:
         t = aliases.get(t, t)
-        if t not in BACKENDS:
-            raise click.BadParameter(f"unknown backend {t!r}; choose from {', '.join(BACKENDS)} or all")
+        if t not in known:
+            raise click.BadParameter(f"unknown backend {t!r}; choose from {', '.join(known)} or all")
         if t not in out:
             out.append(t)
     return out
