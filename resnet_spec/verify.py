@@ -125,12 +125,13 @@ def run(net: ir.Network, files, *, weights_file: str | None = None, batch: int =
     kinds = [(f, file_kind(f)) for f in files]
     if device != "cpu" and any(k != "onnx" for _, k in kinds):
         raise ResNetSpecError(f"--device {device} applies to .onnx files only")
+    wpaths = {f: weights_for(net, f, weights_file) for f in files}  # every refusal before any work
     x = np.random.default_rng(seed).standard_normal((batch, *net.input_shape), dtype=np.float32)
     workers = _Workers()
     refs, rows, notes = {}, [], []
     try:
         for path, kind in kinds:
-            wpath = weights_for(net, path, weights_file)
+            wpath = wpaths[path]
             if wpath not in refs:
                 say(f"reference: torch float64 on {wpath} ...")
                 refs[wpath] = workers.call("torch", R.reference, net.spec_yaml, wpath, x)
@@ -196,10 +197,10 @@ def format_report(r: Report) -> str:
                      f"{x.tolerance:>8.0e}  {'PASS' if x.passed else 'FAIL'}")
     for x in r.rows:
         if not x.passed and x.layers:
-            where = (f"first divergence: {x.first_divergence}" if x.first_divergence
-                     else "every tap agrees; the head differs")
-            lines.append(f"  {os.path.basename(x.file)} {x.runtime} {x.level}: {where} ("
-                         + ", ".join(f"{n} {_e(e)}" for n, e in x.layers[:3]) + " ...)")
+            err = dict(x.layers).get(x.first_divergence)
+            where = (f"first divergence: {x.first_divergence} (max rel {_e(err)})" if x.first_divergence
+                     else "every tap agrees; only the head differs")
+            lines.append(f"  {os.path.basename(x.file)}, {x.runtime} {x.level}: {where}")
     lines += [""] + [f"  note: {n}" for n in r.notes] + ([""] if r.notes else [])
     bad = sum(1 for x in r.rows if not x.passed)
     lines.append(f"{'PASS' if r.passed else 'FAIL'}: {len(r.rows) - bad}/{len(r.rows)} runs within tolerance")
