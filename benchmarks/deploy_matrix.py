@@ -154,6 +154,25 @@ def _cell(c, tol) -> str:
     return f"{c['rel']:.1e}{mark}"
 
 
+BEFORE = ("Before the fix (graph with `Pad(0) -> MaxPool` in the V2 stem; tests/test_deploy.py on that graph, "
+          "keras_resnet50v2 at 64 px, 4 images): onnxruntime 1.31.1 at basic, extended and all, and onnxoptimizer's "
+          "passes at disable, basic and extended (the printed list was cut there): max rel 4.43e-3, top-1 4/4 (FAIL); "
+          "1.31.1 at disable and the installed 1.32.0 at every level: within "
+          "1e-5. The issue reports the same fault for 1.17.3-1.31.1 at 224 px (3.3e-4 to 5.9e-4).")
+
+
+def _coverage(rows) -> str:
+    from resnet_spec.spec import zoo_names
+
+    names = list(dict.fromkeys(r.split(" | ")[0] for r in rows))
+    zoo = zoo_names()
+    if set(zoo) <= set(names):
+        return f"Entries: the whole zoo ({len(zoo)})."
+    return (f"Entries: {len(names)} of the zoo's {len(zoo)}, chosen to cover every pooling and shortcut form "
+            "(Keras V1/V2 stems, ceil-mode max and average pools, option-A shortcuts, pre-activation, SE); "
+            f"not measured in this run: {', '.join(n for n in zoo if n not in names)}.")
+
+
 def write_doc(results, path, args) -> None:
     order = list(dict.fromkeys(k.split(" | ")[0] for k in results if not k.startswith("_")))
     rows = sorted((k for k in results if not k.startswith("_")),
@@ -180,7 +199,8 @@ def write_doc(results, path, args) -> None:
              "float16 ONNX 1e-2 (as `verify`); a cell above it says **FAIL**. `—`: the runtime does not run "
              "that output. Outputs: `onnx` (float32), `onnx-f16` (`--dtype float16`, float32 I/O), "
              "`tflite` (float32, from the Keras model).", "",
-             f"Machine: {_machine()}.", "", "Runtimes (each in its own venv from the registry):", ""]
+             f"Machine: {_machine()}.", "", _coverage(rows), "", BEFORE, "",
+             "Runtimes (each in its own venv from the registry):", ""]
     lines += [f"- {g}: {v}" for g, v in results.get("_versions", {}).items()]
     lines += [f"- {g}: not measured ({v})" for g, v in results.get("_skipped", {}).items()]
     fails = {c: rs for c, rs in worst.items() if rs}
