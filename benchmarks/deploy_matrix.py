@@ -196,8 +196,8 @@ def write_doc(results, path, args) -> None:
              "2-core machine), CIFAR entries at 32 px. `tflite` rows only for the entries converted to TFLite "
              "in this run (TensorFlow's converter takes minutes per model here); the other entries' TFLite "
              "files were not measured. Tolerances: float32 files 1e-4, "
-             "float16 ONNX 1e-2 (as `verify`); a cell above it says **FAIL**. `—`: the runtime does not run "
-             "that output. Outputs: `onnx` (float32), `onnx-f16` (`--dtype float16`, float32 I/O), "
+             "float16 ONNX 1e-2 (as `verify`); a cell above it says **FAIL**. `—`: not run (a runtime that "
+             "does not take that output; float16 files ran in the newest onnxruntime and the tools only). Outputs: `onnx` (float32), `onnx-f16` (`--dtype float16`, float32 I/O), "
              "`tflite` (float32, from the Keras model).", "",
              f"Machine: {_machine()}.", "", _coverage(rows), "", BEFORE, "",
              "Runtimes (each in its own venv from the registry):", ""]
