@@ -13,7 +13,11 @@ DTYPES = ("float32", "float16", "bfloat16")
 # What ``convert`` writes, per backend: ``<out_dir>/<model name><suffix>``. Kept here, free of any
 # framework import, so that the CLI can refuse an existing output before any backend runs.
 OUTPUT_SUFFIXES = {"torch": (".pt2", ".py", ".safetensors"), "onnx": (".onnx",),
-                   "tensorflow": (".keras", "_savedmodel")}
+                   "tensorflow": (".keras", "_savedmodel"), "tflite": (".tflite",)}
+# Targets ``convert`` writes beyond BACKENDS (files for a runtime, not a backend parity runs).
+CONVERT_ONLY = ("tflite",)
+# ``convert --dtype float16``: the backends that write float16 models.
+FLOAT16_BACKENDS = ("onnx",)
 
 # ONNX opsets. Lowest: Pad/Slice take their arguments as inputs and every op we use has its current
 # semantics from 13 on. Highest: the newest opset of onnx 1.23 (checker) that ONNX Runtime 1.32 also
@@ -36,7 +40,8 @@ def get(name: str):
 
     from ..errors import ResNetSpecError
 
-    modules = {"torch": "torch_backend", "onnx": "onnx_backend", "tensorflow": "tf_backend"}
+    modules = {"torch": "torch_backend", "onnx": "onnx_backend", "tensorflow": "tf_backend",
+               "tflite": "tflite_backend"}
     if name not in modules:
         raise ResNetSpecError(f"unknown backend {name!r}; choose from {', '.join(BACKENDS)}")
     return import_module(f"{__name__}.{modules[name]}")

@@ -58,22 +58,39 @@ NAME = "onnx"
 
 
 def build(net: ir.Network, weights, *, fold_bn: bool = True, batch: int | None = None,
-          opset: int = DEFAULT_OPSET, taps: bool = False):
+          opset: int = DEFAULT_OPSET, taps: bool = False, dtype: str = "float32", io_dtype: str = "float32"):
     """The ``onnx.ModelProto`` for ``net`` with ``weights`` (a canonical weight set).
 
     ``fold_bn``: fold BN into the preceding conv (:func:`fold_batchnorm`); ``batch``: a fixed batch
-    size instead of the symbolic ``batch``; ``taps``: also output ``stem`` and every block's output.
+    size instead of the symbolic ``batch``; ``taps``: also output ``stem`` and every block's output;
+    ``dtype``/``io_dtype``: 'float16' for a float16 file (:mod:`onnx_fp16`).
     """
     require()
-    model, arrays = skeleton(net, weights, fold_bn=fold_bn, batch=batch, opset=opset, taps=taps)
+    model, arrays = _typed_skeleton(net, weights, dtype, io_dtype, fold_bn=fold_bn, batch=batch, opset=opset,
+                                    taps=taps)
     for t in model.graph.initializer:
         t.raw_data = arrays[t.name].tobytes()
     return model
 
 
+def _typed_skeleton(net, weights, dtype: str, io_dtype: str, **options):
+    """:func:`onnx_graph.skeleton` for ``dtype`` 'float32', or the float16 file of :mod:`onnx_fp16`."""
+    if dtype == "float16":
+        from .onnx_fp16 import skeleton as half_skeleton
+
+        return half_skeleton(net, weights, io_dtype=io_dtype, **options)
+    if dtype != "float32" or io_dtype != "float32":
+        from ..errors import ResNetSpecError
+
+        raise ResNetSpecError(f"onnx: dtype {dtype!r} with io dtype {io_dtype!r} is not supported; "
+                              "use float32, or float16 with float32 or float16 I/O")
+    return skeleton(net, weights, **options)
+
+
 def convert(net: ir.Network, weights, out_dir: str, *, force: bool = False, fold_bn: bool = True,
             batch: int | None = None, opset: int = DEFAULT_OPSET,
-            external_data_threshold: int = EXTERNAL_DATA_THRESHOLD) -> list:
+            external_data_threshold: int = EXTERNAL_DATA_THRESHOLD, dtype: str = "float32",
+            io_dtype: str = "float32") -> list:
     """Write ``<out_dir>/<name>.onnx`` (plus ``<name>.onnx.data`` when the initializers exceed
     ``external_data_threshold`` bytes); return the paths written. Nothing is overwritten without
     ``force``. The file's bytes are those of ``build(...).SerializeToString()``, written atomically
@@ -85,7 +102,7 @@ def convert(net: ir.Network, weights, out_dir: str, *, force: bool = False, fold
 
     (path,) = output_paths("onnx", net.name, out_dir)
     check_writable(path, force)
-    model, arrays = skeleton(net, weights, fold_bn=fold_bn, batch=batch, opset=opset)
+    model, arrays = _typed_skeleton(net, weights, dtype, io_dtype, fold_bn=fold_bn, batch=batch, opset=opset)
     check_structure(model)
     external = sum(a.nbytes for a in arrays.values()) > external_data_threshold
     os.makedirs(out_dir, exist_ok=True)

@@ -20,7 +20,7 @@ import numpy as np
 from .. import ir
 
 
-def fold_batchnorm(net: ir.Network, weights) -> tuple:
+def fold_batchnorm(net: ir.Network, weights, dtype=np.float32) -> tuple:
     """Fold every BatchNorm that directly follows a Conv into that Conv; return ``(net, weights)``.
 
     With ``s = gamma / sqrt(running_var + eps)`` per output channel::
@@ -29,7 +29,7 @@ def fold_batchnorm(net: ir.Network, weights) -> tuple:
         b' = (b - running_mean) * s + beta      (b = 0 for a conv without bias)
 
     so ``conv'(x) = bn(conv(x))`` exactly in real arithmetic. The arithmetic is done in float64 and
-    cast to float32 once. The folded Conv keeps its canonical name and gets ``bias=True``
+    cast to ``dtype`` once (float32; float64 for onnx_fp16, which rounds to float16 itself). The folded Conv keeps its canonical name and gets ``bias=True``
     (``<conv>.weight``/``<conv>.bias``); the BN op and its four tensors are removed. A BN that follows
     anything else (a block's pre-activation, the head's ``bn_final``) is left in place. The returned
     network is a new IR; ``net`` and ``weights`` are not modified.
@@ -51,8 +51,8 @@ def fold_batchnorm(net: ir.Network, weights) -> tuple:
                 # Multiplied in float64 and rounded to float32 once, in one buffered pass (no float64 copy).
                 w = weights[f"{prev.name}.weight"]
                 out[f"{prev.name}.weight"] = np.multiply(w, s[:, None, None, None], dtype=np.float64,
-                                                         out=np.empty(w.shape, np.float32), casting="same_kind")
-                out[f"{prev.name}.bias"] = ((b - mean) * s + beta).astype(np.float32)
+                                                         out=np.empty(w.shape, dtype), casting="same_kind")
+                out[f"{prev.name}.bias"] = ((b - mean) * s + beta).astype(dtype)
                 for leaf in ir.BN_LEAVES:
                     out.pop(f"{op.name}.{leaf}", None)
                 res[-1] = dataclasses.replace(prev, bias=True, out_shape=op.out_shape)

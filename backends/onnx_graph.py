@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import ir
+from .onnx_pool import pool_to_nodes as pool_nodes  # rewrite-proof pooling: see onnx_pool
 from ..errors import BackendUnavailable, ResNetSpecError
 from ..naming import UniqueNames
 from . import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, common
@@ -101,31 +102,6 @@ class Graph:
         self._names.used.add(new)
         last.output[0] = new
         return new
-
-
-def _zero_pad_hw(g: Graph, x: str, pad: int, name: str) -> str:
-    return g.node("Pad", [x, g.const("pads", [0, 0, pad, pad, 0, 0, pad, pad])], name, mode="constant")
-
-
-def pool_nodes(g: Graph, op: ir.Pool, x: str, name: str) -> str:
-    """One pool with PyTorch semantics (see ir.Pool and its ``pad_split``).
-
-    The pool's own pads are the padding that never counts (``rest``, which includes the ceil-mode
-    extension, so ``ceil_mode`` is never needed): ONNX MaxPool ignores padded cells, matching -inf
-    padding, and AveragePool with ``count_include_pad=0`` leaves them out of the divisor. Padding that
-    counts (a zero-padded max, counted padding in an average) is made real by an explicit Pad first.
-    An average whose only padding is counted and symmetric uses ``count_include_pad=1`` instead.
-    """
-    counted, rest = op.pad_split
-    common_attrs = {"kernel_shape": [op.kernel, op.kernel], "strides": [op.stride, op.stride]}
-    if op.kind == "avg" and counted and not any(rest):
-        p = counted
-        return g.node("AveragePool", [x], name, pads=[p, p, p, p], count_include_pad=1, **common_attrs)
-    if counted:
-        x = _zero_pad_hw(g, x, counted, f"{name}.pad")
-    if op.kind == "max":
-        return g.node("MaxPool", [x], name, pads=list(rest), **common_attrs)
-    return g.node("AveragePool", [x], name, pads=list(rest), count_include_pad=0, **common_attrs)
 
 
 def _conv(g: Graph, op: ir.Conv, x: str, name: str) -> str:

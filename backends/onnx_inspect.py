@@ -56,7 +56,8 @@ def inspect(path: str, *, require_metadata: bool = True) -> dict:
         "nodes": sum(counts.values()),
         "node_counts": dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))),
         "initializers": len(model.graph.initializer),
-        "parameters": sum(math.prod(t.dims) for t in model.graph.initializer if t.data_type in float_types),
+        "parameters": sum(math.prod(t.dims) for t in model.graph.initializer  # const.*: pool masks, ratios
+                          if t.data_type in float_types and not t.name.startswith("const.")),
         "external_data": any(t.data_location == TensorProto.EXTERNAL for t in model.graph.initializer),
     }
     if require_metadata and META_SPEC not in meta:

@@ -16,7 +16,7 @@ import threading
 import click
 
 from . import __version__
-from .backends import BACKENDS, DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
+from .backends import BACKENDS, CONVERT_ONLY, DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
 from .errors import ResNetSpecError
 
 
@@ -232,7 +232,7 @@ def _ckpt(weights_key, ema, new_head) -> dict:
 @main.command()
 @click.argument("spec")
 @click.option("--to", "targets", default="all", show_default=True,
-              help="Comma-separated backends: torch, onnx, tensorflow, or 'all'.")
+              help="Comma-separated: torch, onnx, tensorflow, tflite, or 'all' (the first three).")
 @click.option("--weights", "weights_file", type=click.Path(dir_okay=False), callback=_not_empty,
               help="safetensors file, or a torchvision/timm state_dict (.pth/.pt). Default: fresh He init.")
 @click.option("-o", "--out", "out_dir", default=None, callback=_not_empty,
@@ -244,17 +244,22 @@ def _ckpt(weights_key, ema, new_head) -> dict:
 @click.option("--batch", type=click.IntRange(1), default=None, help="ONNX: fixed batch size (default: dynamic 'batch').")
 @click.option("--data-format", type=click.Choice(["channels_last", "channels_first"]), default="channels_last",
               show_default=True, help="TensorFlow: input layout.")
+@click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
+              help="ONNX: weights and compute dtype (float16: BN folded in float64, then cast).")
+@click.option("--io-dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
+              help="ONNX with --dtype float16: dtype of the input and the logits.")
 @click.option("--force", is_flag=True, help="Overwrite existing outputs.")
 @click.option("--allow-nonfinite", is_flag=True, help="Accept NaN/Inf values in --weights.")
 @checkpoint_options
 @limit_options
-def convert(spec, targets, weights_file, out_dir, seed, opset, no_fold_bn, batch, data_format, force,
-            allow_nonfinite, weights_key, ema, new_head, max_params, max_activation_gib):
+def convert(spec, targets, weights_file, out_dir, seed, opset, no_fold_bn, batch, data_format, dtype, io_dtype,
+            force, allow_nonfinite, weights_key, ema, new_head, max_params, max_activation_gib):
     """Write framework models for SPEC (PyTorch .pt2 + standalone .py, ONNX, Keras + SavedModel)."""
     from .backends import OUTPUT_SUFFIXES, output_paths
     from .fileio import check_folder, check_output
 
-    backends = _parse_backends(targets)
+    backends = _parse_backends(targets, extra=CONVERT_ONLY)
+    _check_dtype_targets(backends, dtype, io_dtype)
     net = _load(spec, max_params, max_activation_gib)
     weights = _weights(net, weights_file, seed, allow_nonfinite, ckpt=_ckpt(weights_key, ema, new_head))
     out_dir = out_dir if out_dir is not None else os.path.join("out", net.name)
@@ -270,8 +275,9 @@ def convert(spec, targets, weights_file, out_dir, seed, opset, no_fold_bn, batch
         check_output(path, force, is_dir=path in dirs)
     click.echo(f"{net.name}: {net.params:,} params, {net.macs / 1e9:.3f} GMACs, weights: "
                f"{weights_file or f'fresh He initialisation (seed {seed})'}")
-    options = {"onnx": {"fold_bn": not no_fold_bn, "batch": batch, "opset": opset},
-               "tensorflow": {"data_format": data_format}}
+    onnx_opts = {"fold_bn": not no_fold_bn, "batch": batch, "opset": opset}
+    onnx_opts.update({"dtype": dtype, "io_dtype": io_dtype} if dtype != "float32" else {})
+    options = {"onnx": onnx_opts, "tensorflow": {"data_format": data_format}, "tflite": {"data_format": data_format}}
     _convert_all(net, weights, backends, options, out_dir, finals, force)
     click.echo(f"  weights: {wfinal}")
 
@@ -319,18 +325,29 @@ def _convert_worker(backend, spec_yaml, weights, out_dir, opts):
     return mod.convert(net, weights, out_dir, force=False, **opts)
 
 
-def _parse_backends(text: str) -> list:
+def _check_dtype_targets(backends, dtype, io_dtype) -> None:
+    from .backends import FLOAT16_BACKENDS
+
+    if dtype != "float32" and any(b not in FLOAT16_BACKENDS for b in backends):
+        raise click.UsageError(f"--dtype {dtype} is supported by: {', '.join(FLOAT16_BACKENDS)} "
+                               f"(asked for: {', '.join(backends)}); pass --to {','.join(FLOAT16_BACKENDS)}")
+    if io_dtype != "float32" and dtype == "float32":
+        raise click.UsageError("--io-dtype float16 needs --dtype float16")
+
+
+def _parse_backends(text: str, extra=()) -> list:
     items = [t.strip() for t in text.split(",") if t.strip()]
     if not items:
         raise click.BadParameter(f"names no backend; choose from {', '.join(BACKENDS)} or all")
     if items == ["all"]:
         return list(BACKENDS)
-    aliases = {"tf": "tensorflow", "keras": "tensorflow", "pytorch": "torch"}
+    aliases = {"tf": "tensorflow", "keras": "tensorflow", "pytorch": "torch", "litert": "tflite"}
+    known = tuple(BACKENDS) + tuple(extra)
     out = []
     for t in items:
         t = aliases.get(t, t)
-        if t not in BACKENDS:
-            raise click.BadParameter(f"unknown backend {t!r}; choose from {', '.join(BACKENDS)} or all")
+        if t not in known:
+            raise click.BadParameter(f"unknown backend {t!r}; choose from {', '.join(known)} or all")
         if t not in out:
             out.append(t)
     return out
@@ -443,6 +460,42 @@ def diff_cmd(spec_a, spec_b):
     a, b = _load_spec(spec_a), _load_spec(spec_b)
     na, nb = resolve(a), resolve(b)
     click.echo(format_diff(spec_a, spec_b, diff(a, b), na, nb))
+
+
+@main.command("verify")
+@click.argument("spec")
+@click.argument("files", nargs=-1, required=True)
+@click.option("--weights", "weights_file", type=click.Path(dir_okay=False), callback=_not_empty,
+              help="Weights of the reference. Default: <name>.safetensors beside each file.")
+@click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]),
+              help="ONNX Runtime's provider for .onnx files (cuda: CUDAExecutionProvider, TF32 off).")
+@click.option("--batch", type=click.IntRange(1, 256), default=2, show_default=True)
+@click.option("--seed", type=_SEED, default=0, show_default=True, help="Seed of the input.")
+@click.option("--json", "json_file", type=click.Path(dir_okay=False), callback=_not_empty,
+              help="Also write the report as JSON to this file ('-' for stdout).")
+@limit_options
+def verify_cmd(spec, files, weights_file, device, batch, seed, json_file, max_params, max_activation_gib):
+    """Run deployable FILES (.onnx, .tflite, .keras, SavedModel, .pt2, .py) in their runtimes; compare
+    with SPEC's torch reference (float64) on the same weights. Exit 0 when every run is within
+    tolerance, 1 otherwise."""
+    from . import verify as V
+
+    net = _load(spec, max_params, max_activation_gib)
+    if json_file and json_file != "-":
+        from .fileio import check_file_writable
+
+        check_file_writable(json_file)
+    report = V.run(net, files, weights_file=weights_file, batch=batch, seed=seed, device=device,
+                   progress=lambda t: click.echo(f"  {t}", err=True))
+    if json_file == "-":
+        click.echo(json.dumps(report.to_json(), indent=2))
+    else:
+        click.echo(V.format_report(report))
+        if json_file:
+            from .fileio import write_text
+
+            write_text(json_file, json.dumps(report.to_json(), indent=2) + "\n")
+    sys.exit(0 if report.passed else 1)
 
 
 @main.command()

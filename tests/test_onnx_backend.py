@@ -105,7 +105,7 @@ def test_preact_keeps_only_unfoldable_batchnorm():
     # follow conv1/conv2 and fold. bn_final follows the last Add.
     net = small("keras_resnet50v2")
     counts = _counts(ob.build(net, init_weights(net, random_bn=True)))
-    assert counts == {"Conv": 53, "BatchNormalization": 16 + 1, "Relu": 49, "Add": 16, "Pad": 1, "MaxPool": 1,
+    assert counts == {"Conv": 53, "BatchNormalization": 16 + 1, "Relu": 49, "Add": 16, "MaxPool": 1, "Max": 1,
                       "Slice": 3, "GlobalAveragePool": 1, "Flatten": 1, "Gemm": 1}
     counts = _counts(ob.build(net, init_weights(net, random_bn=True), fold_bn=False))
     assert counts["BatchNormalization"] == 49

@@ -1,0 +1,90 @@
+"""float16 ONNX: weights and compute in float16, input and output float32 unless asked otherwise.
+
+How the file is made (``convert --to onnx --dtype float16 [--io-dtype float16]``):
+
+1. BN is folded into the convolutions in float64 (:func:`onnx_fold.fold_batchnorm` with
+   ``dtype=float64``), so the folded weights ``W * s`` and biases ``(b - mean) * s + beta`` are rounded
+   once, straight to float16 -- never float64 -> float32 -> float16.
+2. Every tensor is checked before the cast: finite (a zero or negative ``running_var + eps`` makes
+   ``s = gamma / sqrt(var + eps)`` NaN or Inf) and within float16's range (|x| <= 65504). A tensor
+   that fails is named in one error; nothing is written.
+3. The graph is built as usual from those float16-exact values, then :func:`to_float16` retypes the
+   finished ModelProto: float initializers (weights and the pooling constants of onnx_pool, whose 0,
+   -inf and small ratios are exact or within one float16 rounding) become FLOAT16; with float32 I/O a
+   ``Cast`` after ``input`` and one before ``logits`` keep the interface of the float32 file; tap
+   outputs (``taps=True``) are float16.
+
+Accuracy: float16 has a relative step of 2**-11 (4.9e-4). Measured against the float64 torch
+reference the files stay within :data:`resnet_spec.verify.FLOAT16_TOL` of the logit scale
+(docs/deployment.md), which is what ``verify`` checks for a float16 file.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+FLOAT16_MAX = 65504.0
+DTYPES = ("float32", "float16")
+
+
+def half_weights(net, weights, fold_bn: bool):
+    """``(net, weights)`` with BN folded in float64 (when ``fold_bn``) and every value rounded once to
+    float16 (held in float32 arrays, which represent float16 values exactly)."""
+    from ..errors import ResNetSpecError
+    from ..weights import check_weights
+    from .onnx_fold import fold_batchnorm
+
+    weights = check_weights(net, weights, "weights", allow_nonfinite=True)
+    if fold_bn:
+        net, weights = fold_batchnorm(net, weights, dtype=np.float64)
+    out = {}
+    for name, arr in weights.items():
+        a = np.asarray(arr, np.float64)
+        if not np.isfinite(a).all():
+            raise ResNetSpecError(f"onnx float16: tensor {name!r} has NaN or Inf values"
+                                  + (" after folding BN (running_var + eps <= 0?)" if fold_bn else ""))
+        big = float(np.abs(a).max()) if a.size else 0.0
+        if big > FLOAT16_MAX:
+            raise ResNetSpecError(f"onnx float16: tensor {name!r} reaches {big:.4g}, beyond float16's range "
+                                  f"(+-{FLOAT16_MAX:g}); keep this model in float32")
+        out[name] = a.astype(np.float16).astype(np.float32)
+    return net, out
+
+
+def to_float16(model, arrays: dict, io_dtype: str = "float32"):
+    """Retype a finished ModelProto (data-less initializers + ``arrays``) to float16, in place."""
+    from onnx import TensorProto, helper
+
+    for t in model.graph.initializer:
+        if t.data_type == TensorProto.FLOAT:
+            t.data_type = TensorProto.FLOAT16
+            arrays[t.name] = np.ascontiguousarray(arrays[t.name], dtype="<f2")
+    graph = model.graph
+    x, y = graph.input[0], graph.output[0]
+    for vi in list(graph.input) + list(graph.output):
+        vi.type.tensor_type.elem_type = TensorProto.FLOAT16
+    if io_dtype == "float16":
+        return model, arrays
+    x.type.tensor_type.elem_type = TensorProto.FLOAT
+    y.type.tensor_type.elem_type = TensorProto.FLOAT
+    inner_x, inner_y = f"{x.name}.float16", f"{y.name}.float16"
+    for node in graph.node:
+        node.input[:] = [inner_x if i == x.name else i for i in node.input]
+        node.output[:] = [inner_y if o == y.name else o for o in node.output]
+    nodes = [helper.make_node("Cast", [x.name], [inner_x], name=inner_x, to=TensorProto.FLOAT16), *graph.node,
+             helper.make_node("Cast", [inner_y], [y.name], name=f"{y.name}.float32", to=TensorProto.FLOAT)]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return model, arrays
+
+
+def skeleton(net, weights, *, io_dtype: str = "float32", fold_bn: bool = True, **options):
+    """:func:`onnx_graph.skeleton` for a float16 file: ``(model, arrays)``."""
+    from ..errors import ResNetSpecError
+    from .onnx_graph import skeleton as float_skeleton
+
+    if io_dtype not in DTYPES:
+        raise ResNetSpecError(f"onnx: io dtype {io_dtype!r} is not supported; choose from {', '.join(DTYPES)}")
+    net, weights = half_weights(net, weights, fold_bn)
+    model, arrays = float_skeleton(net, weights, fold_bn=False, **options)
+    return to_float16(model, arrays, io_dtype)

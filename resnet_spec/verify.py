@@ -1,0 +1,209 @@
+"""``verify``: run deployable files in their runtimes and compare them with the spec's reference.
+
+The reference is the torch backend on the same weights in float64. Each file kind runs in its
+runtime, every runtime in its own worker process (:mod:`resnet_spec.isolate`; TensorFlow never
+enters the caller's process):
+
+=============  =========================================================================================
+``.onnx``      ONNX Runtime at every graph optimisation level (disable, basic, extended, all), onnx's
+               ReferenceEvaluator on one image, and OpenVINO (CPU, f32 inference precision) when installed
+``.tflite``    the LiteRT interpreter (``ai-edge-litert``), else ``tf.lite.Interpreter``
+``.keras``     ``keras.saving.load_model``; a SavedModel folder: its ``serving_default`` signature
+``.pt2``       ``torch.export.load``; ``.py``: the standalone source's ``load_model(weights)``
+=============  =========================================================================================
+
+Metrics and tolerances are :mod:`resnet_spec.parity`'s (max error relative to the reference's
+scale); a float16 ONNX file is held to :data:`FLOAT16_TOL`. When an ONNX run fails, the run is
+repeated with the file's tap values (``stem``, every block) added as outputs, and the first one that
+diverges is named (files made elsewhere have no such values; then none is named).
+
+A file that cannot be read, does not fit the spec (input shape, classes), or whose runtime is not
+installed raises :class:`ResNetSpecError` with one line naming the file.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import ir, verify_runtimes as R
+from .errors import ResNetSpecError
+from .isolate import Worker, WorkerCrashed
+from .parity import TOLERANCES, compare
+
+#: float16 ONNX (weights and compute in float16) against the float64 reference. Measured on CPU:
+#: 2.9e-4 to 7.8e-4 of the logit scale in ONNX Runtime, 1.4e-3 in onnx's ReferenceEvaluator
+#: (keras_resnet50v2 at 64 px; docs/deployment.md has the matrix); float16's own step is 2**-11 = 4.9e-4.
+#: GPU float16 figures are not measured here.
+FLOAT16_TOL = 1e-2
+KINDS = {".onnx": "onnx", ".tflite": "tflite", ".keras": "keras", ".pt2": "pt2", ".py": "py"}
+
+
+def file_kind(path: str) -> str:
+    if os.path.isdir(path):
+        if os.path.exists(os.path.join(path, "saved_model.pb")):
+            return "savedmodel"
+        raise ResNetSpecError(f"{path}: a folder without saved_model.pb is not a SavedModel")
+    if not os.path.exists(path):
+        raise ResNetSpecError(f"{path}: no such file")
+    kind = KINDS.get(os.path.splitext(path)[1].lower())
+    if kind is None:
+        raise ResNetSpecError(f"{path}: not a deployable model file (expected .onnx, .tflite, .keras, .pt2, .py "
+                              "or a SavedModel folder)")
+    return kind
+
+
+def weights_for(net: ir.Network, path: str, weights_file: str | None) -> str:
+    """``--weights``, else ``<name>.safetensors`` beside ``path``."""
+    if weights_file:
+        return weights_file
+    beside = os.path.join(os.path.dirname(os.path.abspath(path.rstrip("/"))), f"{net.name}.safetensors")
+    if not os.path.exists(beside):
+        raise ResNetSpecError(f"{path}: no weights to compare with: pass --weights, or keep {net.name}.safetensors "
+                              "beside the file (convert writes it there)")
+    return beside
+
+
+@dataclass
+class Row:
+    file: str
+    runtime: str
+    level: str
+    tolerance: float
+    metrics: dict
+    passed: bool
+    first_divergence: str | None = None
+    layers: list = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {"file": self.file, "runtime": self.runtime, "level": self.level, "tolerance_rel": self.tolerance,
+                **{k: self.metrics.get(k) for k in ("max_abs", "max_rel", "top1")},
+                "passed": self.passed, "first_divergence": self.first_divergence}
+
+
+@dataclass
+class Report:
+    spec: str
+    batch: int
+    seed: int
+    device: str
+    rows: list
+    notes: list
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.rows) and all(r.passed for r in self.rows)
+
+    def to_json(self) -> dict:
+        return {"spec": self.spec, "batch": self.batch, "seed": self.seed, "device": self.device,
+                "runs": [r.to_json() for r in self.rows], "notes": self.notes, "passed": self.passed}
+
+
+class _Workers:
+    """One worker process per runtime family, started on first use."""
+
+    def __init__(self):
+        self._w = {}
+
+    def call(self, family, fn, *args):
+        if family not in self._w:
+            self._w[family] = Worker(family)
+        try:
+            return self._w[family].call(fn, *args)
+        except WorkerCrashed as exc:
+            raise ResNetSpecError(f"{args[0] if args else family}: {exc}") from None
+
+    def close(self):
+        for w in self._w.values():
+            w.close()
+
+
+def run(net: ir.Network, files, *, weights_file: str | None = None, batch: int = 2, seed: int = 0,
+        device: str = "cpu", progress=None) -> Report:
+    """Verify every file of ``files`` against ``net``'s torch float64 reference."""
+    say = progress or (lambda _t: None)
+    kinds = [(f, file_kind(f)) for f in files]
+    if device != "cpu" and any(k != "onnx" for _, k in kinds):
+        raise ResNetSpecError(f"--device {device} applies to .onnx files only")
+    wpaths = {f: weights_for(net, f, weights_file) for f in files}  # every refusal before any work
+    x = np.random.default_rng(seed).standard_normal((batch, *net.input_shape), dtype=np.float32)
+    workers = _Workers()
+    refs, rows, notes = {}, [], []
+    try:
+        for path, kind in kinds:
+            wpath = wpaths[path]
+            if wpath not in refs:
+                say(f"reference: torch float64 on {wpath} ...")
+                refs[wpath] = workers.call("torch", R.reference, net.spec_yaml, wpath, x)
+            ref = refs[wpath]
+            say(f"{path}: {kind} ...")
+            for run_ in _runs(workers, net, path, kind, x, wpath, device, notes):
+                rows.append(_row(net, path, run_, ref, workers, x, device))
+    finally:
+        workers.close()
+    return Report(spec=net.name, batch=batch, seed=seed, device=device, rows=rows, notes=notes)
+
+
+def _runs(workers, net, path, kind, x, wpath, device, notes) -> list:
+    shape = net.input_shape
+    if kind == "onnx":
+        runs = workers.call("onnx", R.onnx_runs, path, x, shape, device)
+        ov = workers.call("openvino", R.openvino_run, path, x, shape)
+        if ov is None:
+            notes.append(f"{path}: OpenVINO not installed, not run")
+        return runs + ([ov] if ov else [])
+    if kind == "tflite":
+        return [workers.call("litert", R.tflite_run, path, x, shape)]
+    if kind in ("keras", "savedmodel"):
+        return [workers.call("tensorflow", R.keras_run, path, x, shape, kind)]
+    return [workers.call("torch", R.torch_file_run, path, x, shape, kind, wpath)]
+
+
+def _row(net, path, run_, ref, workers, x, device) -> Row:
+    head = run_["outputs"]["logits"]
+    tol = FLOAT16_TOL if run_.get("float16") else TOLERANCES["float32"]
+    want = (len(head) if run_["level"] == "reference" else x.shape[0], net.num_classes)
+    if tuple(head.shape) != want:
+        raise ResNetSpecError(f"{path}: output shape {tuple(head.shape)} does not fit spec {net.name} "
+                              f"(expected {want}); is it a model of another spec?")
+    m = compare(ref["head"][: len(head)], head)
+    row = Row(path, run_["runtime"], run_["level"], tol, m, m["max_rel"] <= tol)
+    if not row.passed and run_.get("taps_level"):
+        taps = workers.call("onnx", R.onnx_taps, path, x, run_["taps_level"], net.tap_names(), device)
+        for name in net.tap_names():
+            if name in taps and name in ref and taps[name].shape == ref[name].shape:
+                c = compare(ref[name], taps[name])
+                row.layers.append((name, c["max_rel"]))
+        row.first_divergence = next((n for n, e in row.layers if e > tol), None)
+    return row
+
+
+def _e(v) -> str:
+    return "-" if v is None else f"{v:.2e}"
+
+
+def format_report(r: Report) -> str:
+    """The terminal table, in parity's style."""
+    lines = [f"verify {r.spec}: batch {r.batch}, input seed {r.seed}, device {r.device}, "
+             "reference: torch backend, float64", ""]
+    wf = max(len(os.path.basename(x.file)) for x in r.rows)
+    wr = max(len(x.runtime) for x in r.rows)
+    lines.append(f"  {'file':<{wf}}  {'runtime':<{wr}}  {'level':<9}  {'max abs':>9}  {'max rel':>9}  "
+                 f"{'top-1':>6}  {'tol rel':>8}  result")
+    for x in r.rows:
+        top1 = "-" if x.metrics.get("top1") is None else f"{x.metrics['top1'] * 100:.0f}%"
+        lines.append(f"  {os.path.basename(x.file):<{wf}}  {x.runtime:<{wr}}  {x.level:<9}  "
+                     f"{_e(x.metrics['max_abs']):>9}  {_e(x.metrics['max_rel']):>9}  {top1:>6}  "
+                     f"{x.tolerance:>8.0e}  {'PASS' if x.passed else 'FAIL'}")
+    for x in r.rows:
+        if not x.passed and x.layers:
+            err = dict(x.layers).get(x.first_divergence)
+            where = (f"first divergence: {x.first_divergence} (max rel {_e(err)})" if x.first_divergence
+                     else "every tap agrees; only the head differs")
+            lines.append(f"  {os.path.basename(x.file)}, {x.runtime} {x.level}: {where}")
+    lines += [""] + [f"  note: {n}" for n in r.notes] + ([""] if r.notes else [])
+    bad = sum(1 for x in r.rows if not x.passed)
+    lines.append(f"{'PASS' if r.passed else 'FAIL'}: {len(r.rows) - bad}/{len(r.rows)} runs within tolerance")
+    return "\n".join(lines)

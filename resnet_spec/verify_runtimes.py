@@ -1,0 +1,248 @@
+"""Worker-side functions of :mod:`resnet_spec.verify`: each runs in one runtime's worker process.
+
+Every function takes a file path and the NCHW float32 input ``x`` and returns plain numpy data. A
+file that is not a model, does not take the spec's input, or needs a runtime that is not installed
+raises :class:`ResNetSpecError` with one line naming the file; nothing here prints.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import ResNetSpecError
+
+
+def _first_line(exc) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:300] if text else ''}"
+
+
+def _layout(path: str, dims, shape, prefer=("nchw", "nhwc")) -> str:
+    """'nchw' or 'nhwc': how the file's input ``dims`` (batch first; None/str/-1 for dynamic) holds
+    the spec's ``shape`` (C, H, W); anything else is a model of another spec."""
+    c, h, w = shape
+    tail = list(dims)[1:]
+    forms = {"nchw": [c, h, w], "nhwc": [h, w, c]}
+
+    def fits(want):
+        return len(tail) == 3 and all(not isinstance(d, int) or d in (-1, v) for d, v in zip(tail, want))
+
+    for name in prefer:
+        if fits(forms[name]):
+            return name
+    raise ResNetSpecError(f"{path}: input shape {tuple(dims)} does not fit spec input (C, H, W) = {tuple(shape)}; "
+                          "is it a model of another spec?")
+
+
+def _feed(x: np.ndarray, layout: str) -> np.ndarray:
+    return np.ascontiguousarray(x.transpose(0, 2, 3, 1) if layout == "nhwc" else x)
+
+
+def reference(spec_yaml: str, weights_path: str, x: np.ndarray) -> dict:
+    """The torch backend in float64: logits ('head') and every tap."""
+    import torch
+
+    from . import load
+    from .backends import torch_backend as tb
+    from .resolve import UNCHECKED
+    from .weights import load_weights
+
+    net = load(spec_yaml, UNCHECKED)
+    model = tb.build(net, load_weights(net, weights_path, allow_nonfinite=True)).double().eval()
+    with torch.inference_mode():
+        out = model.forward_taps(torch.from_numpy(x.astype(np.float64)))
+    return {k: v.numpy() for k, v in out.items()}
+
+
+# -- ONNX ------------------------------------------------------------------------------------------
+
+
+def _load_onnx(path: str):
+    import onnx
+
+    try:
+        model = onnx.load(path)
+    except Exception as exc:  # noqa: BLE001 - DecodeError, truncated external data, ...
+        raise ResNetSpecError(f"{path}: not a readable ONNX model ({_first_line(exc)})") from None
+    if not model.graph.node or not model.graph.input or not model.graph.output:
+        raise ResNetSpecError(f"{path}: not an ONNX model (no graph in it)")
+    return model
+
+
+def _is_float16(model) -> bool:
+    from onnx import TensorProto
+
+    return any(t.data_type == TensorProto.FLOAT16 for t in model.graph.initializer)
+
+
+def _onnx_dims(vi) -> list:
+    return [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]
+
+
+def onnx_runs(path: str, x: np.ndarray, shape, device: str = "cpu") -> list:
+    """ONNX Runtime at every optimisation level, then onnx's ReferenceEvaluator on ``x[:1]``."""
+    try:
+        import onnxruntime as ort
+        from onnx.reference import ReferenceEvaluator
+    except ImportError as exc:
+        raise ResNetSpecError(f"{path}: needs onnx and onnxruntime ({exc}; pip install 'resnet-spec[onnx]')") from None
+    from . import onnx_probe
+
+    model = _load_onnx(path)
+    inp = next(i for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer})
+    _layout(path, _onnx_dims(inp), shape, prefer=("nchw",))
+    fp16 = _is_float16(model)
+    where = "CUDA" if device.startswith("cuda") else "CPU"
+    runs = []
+    for level in onnx_probe.LEVELS:
+        try:
+            out = onnx_probe.run_ort(path, x, level, outputs=[model.graph.output[0].name], device=device)
+        except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
+            raise ResNetSpecError(f"{path}: onnxruntime {ort.__version__} ({where}) cannot run it at level "
+                                  f"{level}: {_first_line(exc)}") from None
+        runs.append({"runtime": f"onnxruntime {ort.__version__} {where}", "level": level, "float16": fp16,
+                     "outputs": {"logits": next(iter(out.values())).astype(np.float32)}, "taps_level": level})
+    feed = x[:1].astype(np.float16 if inp.type.tensor_type.elem_type == 10 else np.float32)
+    try:
+        ref = ReferenceEvaluator(model).run([model.graph.output[0].name], {inp.name: feed})[0]
+    except Exception as exc:  # noqa: BLE001
+        raise ResNetSpecError(f"{path}: onnx's ReferenceEvaluator cannot run it: {_first_line(exc)}") from None
+    import onnx
+
+    runs.append({"runtime": f"onnx {onnx.__version__} ReferenceEvaluator", "level": "reference",
+                 "float16": fp16, "outputs": {"logits": np.asarray(ref, np.float32)}})
+    return runs
+
+
+def onnx_taps(path: str, x: np.ndarray, level: str, tap_names, device: str = "cpu") -> dict:
+    """The values named like the spec's taps (``stem``, ``layer1.0``...), run at ``level``."""
+    import onnx
+
+    from . import onnx_probe
+
+    model = onnx.shape_inference.infer_shapes(_load_onnx(path))
+    types = {v.name: v.type.tensor_type.elem_type for v in list(model.graph.value_info) + list(model.graph.output)}
+    have = {o for n in model.graph.node for o in n.output}
+    names = [t for t in tap_names if t in have and t in types]
+    outs = {o.name for o in model.graph.output}
+    for t in names:
+        if t not in outs:
+            model.graph.output.append(onnx.helper.make_tensor_value_info(t, types[t], None))
+    if not names:
+        return {}
+    got = onnx_probe.run_ort(model.SerializeToString(), x, level, outputs=names, device=device)
+    return {k: v.astype(np.float32) for k, v in got.items()}
+
+
+def openvino_run(path: str, x: np.ndarray, shape):
+    """OpenVINO on the CPU with f32 inference precision; None when OpenVINO is not installed."""
+    try:
+        import openvino as ov
+    except ImportError:
+        return None
+    core = ov.Core()
+    try:
+        compiled = core.compile_model(path, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        out = compiled(x)[compiled.output(0)]
+    except Exception as exc:  # noqa: BLE001
+        raise ResNetSpecError(f"{path}: OpenVINO {ov.__version__} cannot run it: {_first_line(exc)}") from None
+    return {"runtime": f"openvino {ov.__version__} CPU", "level": "f32", "outputs": {"logits": np.asarray(out)}}
+
+
+# -- TFLite, Keras, SavedModel ------------------------------------------------------------------------
+
+
+def _tflite_interpreter(path: str):
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+
+        import ai_edge_litert
+
+        label = f"LiteRT {getattr(ai_edge_litert, '__version__', '')}".strip()
+    except ImportError:
+        try:
+            import tensorflow as tf
+        except ImportError:
+            raise ResNetSpecError(f"{path}: no TFLite interpreter installed (pip install ai-edge-litert)") from None
+        Interpreter, label = tf.lite.Interpreter, f"tf.lite {tf.__version__}"
+    try:
+        return Interpreter(model_path=path), label
+    except Exception as exc:  # noqa: BLE001
+        raise ResNetSpecError(f"{path}: not a readable .tflite model ({_first_line(exc)})") from None
+
+
+def tflite_run(path: str, x: np.ndarray, shape) -> dict:
+    interp, label = _tflite_interpreter(path)
+    inp = interp.get_input_details()[0]
+    layout = _layout(path, [None, *inp["shape"][1:]], shape, prefer=("nhwc", "nchw"))
+    xin = _feed(x, layout)
+    try:
+        interp.resize_tensor_input(inp["index"], list(xin.shape))
+        interp.allocate_tensors()
+        interp.set_tensor(inp["index"], xin.astype(inp["dtype"]))
+        interp.invoke()
+        out = interp.get_tensor(interp.get_output_details()[0]["index"])
+    except Exception as exc:  # noqa: BLE001
+        raise ResNetSpecError(f"{path}: {label} cannot run it: {_first_line(exc)}") from None
+    return {"runtime": label, "level": "-", "outputs": {"logits": np.asarray(out, np.float32)}}
+
+
+def keras_run(path: str, x: np.ndarray, shape, kind: str) -> dict:
+    from .backends import get
+
+    tfb = get("tensorflow")
+    reason = tfb.available()
+    if reason:
+        raise ResNetSpecError(f"{path}: {reason}")
+    try:
+        if kind == "keras":
+            model = tfb.load_keras(path)
+            dims = list(model.inputs[0].shape)
+        else:
+            model = tfb.load_savedmodel(path)
+            dims = list(model.structured_input_signature[1].values())[0].shape.as_list()
+    except ResNetSpecError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        raise ResNetSpecError(f"{path}: not a loadable {kind} model ({_first_line(exc)})") from None
+    xin = _feed(x, _layout(path, dims, shape, prefer=("nhwc", "nchw")))
+    if kind == "keras":
+        out = model(xin, training=False)
+    else:
+        res = model(input=xin) if "input" in model.structured_input_signature[1] else model(xin)
+        out = res["logits"] if "logits" in res else next(iter(res.values()))
+    label = f"keras {tfb.versions().split('keras ')[-1]}" if kind == "keras" else tfb.versions().split(" /")[0]
+    return {"runtime": label, "level": "-", "outputs": {"logits": np.asarray(out, np.float32)}}
+
+
+# -- PyTorch files ---------------------------------------------------------------------------------
+
+
+def torch_file_run(path: str, x: np.ndarray, shape, kind: str, weights_path: str) -> dict:
+    """A ``.pt2`` program (weights inside) or a standalone ``.py`` (weights from ``weights_path``)."""
+    import importlib.util
+    import uuid
+
+    import torch
+
+    try:
+        if kind == "pt2":
+            model = torch.export.load(path).module()
+        else:
+            spec = importlib.util.spec_from_file_location(f"_verify_{uuid.uuid4().hex}", path)
+            mod = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(mod)
+            if not hasattr(mod, "load_model"):
+                raise ResNetSpecError(f"{path}: no load_model() in it; not a source file written by convert")
+            model = mod.load_model(weights=weights_path)
+    except ResNetSpecError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a broken archive or source raises anything
+        raise ResNetSpecError(f"{path}: not a loadable {kind} model ({_first_line(exc)})") from None
+    try:
+        with torch.inference_mode():
+            out = model(torch.from_numpy(np.ascontiguousarray(x)))
+    except Exception as exc:  # noqa: BLE001
+        raise ResNetSpecError(f"{path}: cannot run on input {tuple(x.shape)}: {_first_line(exc)}; "
+                              "is it a model of another spec?") from None
+    return {"runtime": f"torch {torch.__version__}", "level": kind, "outputs": {"logits": out.float().numpy()}}

@@ -1,0 +1,152 @@
+"""``resnet-spec verify``: every file ``convert`` writes passes in its runtime; a wrong file fails and
+names where it diverges; bad input is one line and exit 1. Also ``convert --dtype float16`` and
+``--to tflite`` (whose files are checked here through verify). TensorFlow and LiteRT run only in
+verify's and convert's worker processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("torch")
+
+from resnet_spec.cli import main  # noqa: E402
+
+SPEC = "resnet20"
+
+
+def _cli(*args):
+    return CliRunner().invoke(main, list(args))
+
+
+def _verify(*args):
+    res = _cli("verify", *args)
+    assert "Traceback" not in res.output, res.output
+    return res
+
+
+@pytest.fixture(scope="module")
+def out(tmp_path_factory):
+    d = tmp_path_factory.mktemp("conv")
+    res = _cli("convert", SPEC, "-o", str(d / "all"), "--to", "torch,onnx,tensorflow,tflite", "--seed", "3")
+    assert res.exit_code == 0, res.output
+    res = _cli("convert", SPEC, "-o", str(d / "f16"), "--to", "onnx", "--dtype", "float16", "--seed", "3")
+    assert res.exit_code == 0, res.output
+    return d
+
+
+def _runs(path):
+    with open(path) as fh:
+        return json.load(fh)
+
+
+def test_every_converted_file_passes(out, tmp_path):
+    a = out / "all"
+    files = [a / f"{SPEC}{s}" for s in (".onnx", ".tflite", ".keras", "_savedmodel", ".pt2", ".py")]
+    res = _verify(SPEC, *map(str, files), "--json", str(tmp_path / "r.json"))
+    assert res.exit_code == 0, res.output
+    report = _runs(tmp_path / "r.json")
+    levels = [r["level"] for r in report["runs"] if r["file"].endswith(".onnx")]
+    assert levels[:4] == ["disable", "basic", "extended", "all"] and "reference" in levels
+    kinds = {os.path.basename(r["file"]) for r in report["runs"]}
+    assert kinds == {os.path.basename(str(f)) for f in files}
+    assert all(r["passed"] and r["max_rel"] < 1e-5 for r in report["runs"]), report
+    assert any(r["runtime"].startswith(("LiteRT", "tf.lite")) for r in report["runs"])
+
+
+def test_float16_onnx_is_checked_at_its_tolerance(out, tmp_path):
+    import onnx
+
+    path = out / "f16" / f"{SPEC}.onnx"
+    model = onnx.load(str(path))
+    assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert all(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer if t.data_type != 7)
+    res = _verify(SPEC, str(path), "--json", str(tmp_path / "r.json"))
+    assert res.exit_code == 0, res.output
+    runs = _runs(tmp_path / "r.json")["runs"]
+    # really float16 (well above float32 noise), and within the documented float16 tolerance
+    assert all(r["tolerance_rel"] == 1e-2 and 1e-5 < r["max_rel"] < 1e-2 for r in runs), runs
+
+
+def test_wrong_file_fails_and_names_the_first_diverging_tap(out, tmp_path):
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(out / "all" / f"{SPEC}.onnx"))
+    t = next(t for t in model.graph.initializer if t.name == "layer2.1.conv2.weight")
+    t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t) * 1.5, t.name))
+    bad = tmp_path / f"{SPEC}.onnx"
+    onnx.save(model, str(bad))
+    shutil.copy(out / "all" / f"{SPEC}.safetensors", tmp_path)
+    res = _verify(SPEC, str(bad), "--json", str(tmp_path / "r.json"))
+    assert res.exit_code == 1, res.output
+    assert "first divergence: layer2.1" in res.output
+    runs = _runs(tmp_path / "r.json")["runs"]
+    ort = [r for r in runs if r["runtime"].startswith("onnxruntime")]
+    assert len(ort) == 4 and all(not r["passed"] and r["first_divergence"] == "layer2.1" for r in ort)
+
+
+def _one_error(res, *words):
+    assert res.exit_code == 1, res.output
+    lines = [ln for ln in res.output.strip().splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and res.output.strip().splitlines()[-1] == lines[0], res.output
+    assert all(w in lines[0] for w in words), lines[0]
+
+
+def test_bad_inputs_are_one_line(out, tmp_path):
+    a = out / "all"
+    w = str(a / f"{SPEC}.safetensors")
+    text = tmp_path / "text.onnx"
+    text.write_text("not a model\n")
+    _one_error(_verify(SPEC, str(text), "--weights", w), "text.onnx", "not a readable ONNX model")
+    for suffix in (".onnx", ".tflite", ".keras", ".pt2"):
+        data = (a / f"{SPEC}{suffix}").read_bytes()
+        cut = tmp_path / f"cut{suffix}"
+        cut.write_bytes(data[: len(data) // 2])
+        _one_error(_verify(SPEC, str(cut), "--weights", w), f"cut{suffix}")
+    other = "extends: resnet20\ninput: {size: 40}\n"
+    _one_error(_verify(other, str(a / f"{SPEC}.onnx"), "--weights", w), "does not fit spec")
+    _one_error(_verify(SPEC, str(tmp_path / "none.onnx")), "no such file")
+    _one_error(_verify(SPEC, str(tmp_path / "text.txt")) if (tmp_path / "text.txt").write_text("x") else None,
+               "not a deployable model file")
+    alone = tmp_path / "alone.onnx"
+    shutil.copy(a / f"{SPEC}.onnx", alone)
+    _one_error(_verify(SPEC, str(alone)), "no weights")
+
+
+def test_cuda_without_a_cuda_provider_is_one_line(out):
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this machine has CUDA: covered by the GPU runs")
+    res = _verify(SPEC, str(out / "all" / f"{SPEC}.onnx"), "--device", "cuda")
+    _one_error(res, "CUDAExecutionProvider")
+
+
+def test_float16_is_a_usage_error_elsewhere(tmp_path):
+    res = _cli("convert", SPEC, "--to", "torch,onnx", "--dtype", "float16", "-o", str(tmp_path))
+    assert res.exit_code == 2 and "supported by: onnx" in res.output, res.output
+    res = _cli("convert", SPEC, "--to", "onnx", "--io-dtype", "float16", "-o", str(tmp_path))
+    assert res.exit_code == 2 and "--dtype float16" in res.output, res.output
+    assert not os.listdir(tmp_path)
+
+
+def test_float16_refuses_values_beyond_its_range():
+    import resnet_spec
+    from resnet_spec.backends import onnx_backend as ob
+    from resnet_spec.errors import ResNetSpecError
+    from resnet_spec.weights import init_weights
+
+    net = resnet_spec.load(SPEC)
+    w = init_weights(net, seed=0)
+    w["layer1.0.bn1.running_var"] = np.full_like(w["layer1.0.bn1.running_var"], 1e-12)
+    w["layer1.0.bn1.weight"] = np.full_like(w["layer1.0.bn1.weight"], 1e4)
+    with pytest.raises(ResNetSpecError, match="layer1.0.conv1.*float16"):
+        ob.build(net, w, dtype="float16")
+    ob.build(net, w)  # float32 holds it
