@@ -268,6 +268,29 @@ def parity(spec, weights_file, targets, device, dtype, batch, seed, layers, allo
     sys.exit(0 if report.passed else 1)
 
 
+@main.command("import")
+@click.argument("source")
+@click.option("-o", "--out", "out_dir", default=".", show_default=True, help="Output folder.")
+@click.option("--name", default=None, help="Spec name (default: from SOURCE).")
+@click.option("--input-size", default=None, help="H or H,W of the spec's input (default: the source's, else 224).")
+@click.option("--force", is_flag=True, help="Overwrite existing outputs.")
+@click.option("--keep", is_flag=True, help="Keep the files even when parity fails.")
+def import_cmd(source, out_dir, name, input_size, force, keep):
+    """Import an existing model: write OUT/NAME.yaml and OUT/NAME.safetensors, then prove them equal.
+
+    SOURCE: an .onnx file, a .keras file, keras:NAME (keras.applications) or keras:NAME=FILE.weights.h5,
+    a .pth/.pt/.safetensors state dict with torchvision/timm names, torchvision:NAME or timm:NAME.
+    Exit 0 only when the generated PyTorch model reproduces the source within the float32 tolerance.
+    """
+    from .importers.write import import_to_dir, parse_input_size
+
+    try:
+        size = parse_input_size(input_size)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--input-size") from None
+    import_to_dir(source, out_dir, name, size, force, keep, echo=click.echo)
+
+
 @main.command()
 @click.argument("path", type=click.Path(exists=True, dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
