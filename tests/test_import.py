@@ -148,3 +148,90 @@ def test_existing_output_refused_before_work(tmp_path):
 def test_bad_input_size_is_usage_error(tmp_path):
     res = CliRunner().invoke(main, ["import", "torchvision:resnet18", "--input-size", "a,b", "-o", str(tmp_path)])
     assert res.exit_code == 2 and "--input-size" in res.output
+
+
+# --- ONNX ------------------------------------------------------------------------------------------
+
+def _export(model, path, dynamo: bool, opset: int, size=64):
+    import warnings
+
+    x = torch.randn(1, 3, size, size)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (x,), str(path), dynamo=dynamo, opset_version=opset, verbose=False)
+    return path
+
+
+def _library(lib, name):
+    if lib == "timm":
+        timm = pytest.importorskip("timm")
+        return _randomize(timm.create_model(name, pretrained=False))
+    return _randomize(torchvision.models.get_model(name, weights=None))
+
+
+def _check_onnx_import(tmp_path, model, onnx_path):
+    out_dir = tmp_path / "out"
+    code, out = _import([str(onnx_path), "--name", "m"], out_dir)
+    assert code == 0, out
+    assert "PASS" in out and "identity statistics" in out  # exporters fold BN; the import says so
+    net = resnet_spec.load(str(out_dir / "m.yaml"))
+    assert net.params == _torch_params(model)
+    return net, out
+
+
+@pytest.mark.parametrize("lib,name,dynamo,opset", [("torchvision", "resnet18", False, 13),
+                                                   ("timm", "seresnet50", False, 17),
+                                                   ("timm", "resnet50d", True, 18)])
+def test_import_torch_onnx_export(tmp_path, lib, name, dynamo, opset):
+    if dynamo:
+        pytest.importorskip("onnxscript")
+    model = _library(lib, name)
+    path = _export(model, tmp_path / f"{name}.onnx", dynamo, opset)
+    net, _ = _check_onnx_import(tmp_path, model, path)
+    text = (tmp_path / "out" / "m.yaml").read_text()
+    assert f"extends: {name}" in text
+
+
+@pytest.mark.parametrize("spec,fold", [("keras_resnet50v2", True), ("keras_resnet50", False),
+                                       ("preact_resnet164", True)])
+def test_import_own_onnx(tmp_path, spec, fold):
+    """Files written by 'resnet-spec convert', BN folded or kept, pre-activation and v1."""
+    size = 32 if spec.startswith("preact") else 64
+    (tmp_path / "s.yaml").write_text(f"extends: {spec}\nname: s\ninput: {{size: {size}}}\n"
+                                     + ("depth: 29\n" if spec.startswith("preact") else ""))
+    args = ["convert", str(tmp_path / "s.yaml"), "--to", "onnx", "-o", str(tmp_path / "c"),
+            "--weights", str(tmp_path / "w.safetensors")]
+    net = resnet_spec.load(str(tmp_path / "s.yaml"))
+    resnet_spec.save_weights(resnet_spec.init_weights(net, random_bn=True), str(tmp_path / "w.safetensors"))
+    res = CliRunner().invoke(main, args + ([] if fold else ["--no-fold-bn"]))
+    assert res.exit_code == 0, res.output
+    code, out = _import([str(tmp_path / "c" / "s.onnx"), "--name", "m"], tmp_path / "out")
+    assert code == 0, out
+    got = resnet_spec.load(str(tmp_path / "out" / "m.yaml"))
+    if not fold:
+        assert got.params == net.params and f"extends: {spec}" in (tmp_path / "out" / "m.yaml").read_text()
+
+
+class _Plain(torch.nn.Module):
+    """VGG-like: no residual connection at all."""
+
+    def __init__(self):
+        super().__init__()
+        self.f = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+                                     torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 10))
+
+    def forward(self, x):
+        return self.f(x)
+
+
+def test_onnx_not_a_resnet(tmp_path):
+    vgg = _export(_Plain().eval(), tmp_path / "vgg.onnx", False, 17, size=32)
+    line = _one_line_error(*_import([str(vgg)], tmp_path / "o1"), "vgg.onnx", "no residual connection")
+    mobile = _export(torchvision.models.mobilenet_v2(weights=None).eval(), tmp_path / "mobilenet.onnx", False, 17)
+    line = _one_line_error(*_import([str(mobile)], tmp_path / "o2"), "mobilenet.onnx", "node ")
+    assert "Clip" in line or "not expected" in line
+    broken = tmp_path / "trunc.onnx"
+    broken.write_bytes(mobile.read_bytes()[:3000])
+    _one_line_error(*_import([str(broken)], tmp_path / "o3"), "trunc.onnx")
+    for d in ("o1", "o2", "o3"):
+        assert not (tmp_path / d).exists() or not os.listdir(tmp_path / d)

@@ -246,8 +246,17 @@ def _zoo_net(zoo: str):
     return load(zoo)
 
 
+def _key(net: ir.Network):
+    """What decides a network's outputs: ops and block wiring (BN momentum only matters in training)."""
+    import dataclasses
+
+    ops = [dataclasses.replace(op, momentum=0.0) if isinstance(op, ir.BatchNorm) else op for op in net.all_ops()]
+    wiring = [(b.name, b.shortcut_from, len(b.pre), len(b.main), len(b.shortcut), len(b.post)) for b in net.blocks]
+    return net.input_shape, ops, wiring
+
+
 def _same(a: ir.Network, b: ir.Network) -> bool:
-    return (a.input_shape, a.stem, a.blocks, a.head) == (b.input_shape, b.stem, b.blocks, b.head)
+    return _key(a) == _key(b)
 
 
 def _shorten(text: str, net: ir.Network, full: dict) -> str:

@@ -98,12 +98,20 @@ def prove(src, net, full_spec: dict, weights: dict, batch: int = 2, seed: int = 
     from ..parity import TOLERANCES, compare
 
     fn, args = source_runner(src, full_spec)
+    batch = src.facts.get("batch") or batch
     x = np.random.default_rng(seed).standard_normal((batch, *net.input_shape)).astype(np.float32)
-    if src.kind in ("torch", "torchvision", "timm"):  # one PyTorch worker runs both
-        (ref, ref_desc), (got, got_desc) = run_isolated(_run_pair, fn, args, net.spec_yaml, weights, x)
-    else:
-        ref, ref_desc = run_isolated(fn, *args, x)
-        got, got_desc = run_isolated(_run_generated, net.spec_yaml, weights, x)
+    try:
+        if src.kind in ("torch", "torchvision", "timm"):  # one PyTorch worker runs both
+            (ref, ref_desc), (got, got_desc) = run_isolated(_run_pair, fn, args, net.spec_yaml, weights, x)
+        else:
+            ref, ref_desc = run_isolated(fn, *args, x)
+            got, got_desc = run_isolated(_run_generated, net.spec_yaml, weights, x)
+    except ResNetSpecError:
+        raise
+    except Exception as exc:  # a runtime's own error: one line, never a traceback
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ImportError_(f"{src.label}: running the source or the generated model failed: "
+                           f"{type(exc).__name__}: {msg}") from None
     cmp = compare(ref, got)
     cmp.update(source=ref_desc, generated=f"resnet-spec torch model ({got_desc})",
                tolerance=TOLERANCES["float32"], input=list(x.shape))
