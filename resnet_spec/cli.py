@@ -134,7 +134,9 @@ def _weights(net, weights_file, seed, allow_nonfinite, random_bn=False):
 @click.option("--to", "targets", default="all", show_default=True,
               help="Comma-separated backends: torch, onnx, tensorflow, or 'all'.")
 @click.option("--weights", "weights_file", type=click.Path(dir_okay=False),
-              help="safetensors file, or a torchvision/timm state_dict (.pth/.pt). Default: fresh He init.")
+              help="safetensors file, a torchvision/timm state_dict (.pth/.pt), or any source 'import' reads "
+                   "(.onnx, .keras, keras:NAME[=FILE.weights.h5], torchvision:NAME, timm:NAME), checked "
+                   "against SPEC layer by layer. Default: fresh He init.")
 @click.option("-o", "--out", "out_dir", default=None, help="Output folder (default: out/<name>).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the fresh weights.")
 @click.option("--opset", type=click.IntRange(MIN_OPSET, MAX_OPSET), default=DEFAULT_OPSET, show_default=True,
@@ -219,7 +221,8 @@ def _parse_backends(text: str) -> list:
 @main.command()
 @click.argument("spec")
 @click.option("--weights", "weights_file", type=click.Path(dir_okay=False),
-              help="safetensors or .pth weights. Default: seeded random with non-trivial BN statistics.")
+              help="Weights as for convert (safetensors, .pth, or any source 'import' reads). Default: "
+                   "seeded random with non-trivial BN statistics.")
 @click.option("--backends", "targets", default="all", show_default=True,
               help="Comma-separated backends to compare (torch, onnx, tensorflow) or 'all'.")
 @click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]),

@@ -196,7 +196,20 @@ def read_weights(path: str) -> Weights:
 
 
 def load_weights(net: ir.Network, path: str, allow_nonfinite: bool = False) -> Weights:
-    """Read ``path`` (safetensors, or a torchvision/timm state_dict) and check it against ``net``."""
+    """Read ``path`` (safetensors, or a torchvision/timm state_dict) and check it against ``net``.
+
+    Any other source ``resnet-spec import`` reads (``.onnx``, ``.keras``, ``keras:NAME[=FILE.weights.h5]``,
+    ``torchvision:NAME``, ``timm:NAME``) is imported and checked layer by layer against ``net`` first:
+    a different network is refused naming the first differing layer (see resnet_spec.importers).
+    """
+    from .importers import is_foreign_weights
+
+    if is_foreign_weights(path):
+        from .importers import check_source, read_source
+
+        _, h, w = net.input_shape
+        weights = check_source(net, read_source(path, h if h == w else [h, w]))
+        return check_weights(net, weights, path, allow_nonfinite)
     return check_weights(net, read_weights(path), path, allow_nonfinite)
 
 
@@ -216,4 +229,7 @@ def resolve_weights(net: ir.Network, weights=None, seed: int = 0, allow_nonfinit
         return init_weights(net, seed=seed)
     if isinstance(weights, (str, os.PathLike)):
         return load_weights(net, os.fspath(weights), allow_nonfinite)
+    if not hasattr(weights, "items"):
+        raise WeightsError(f"weights: expected None, a file or source name, or a {{name: array}} mapping, got "
+                           f"{type(weights).__name__} (save a Keras model as .keras and pass its path)")
     return check_weights(net, weights, "weights", allow_nonfinite)

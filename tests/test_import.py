@@ -235,3 +235,63 @@ def test_onnx_not_a_resnet(tmp_path):
     _one_line_error(*_import([str(broken)], tmp_path / "o3"), "trunc.onnx")
     for d in ("o1", "o2", "o3"):
         assert not (tmp_path / d).exists() or not os.listdir(tmp_path / d)
+
+
+# --- Keras (TensorFlow only in worker processes) ---------------------------------------------------
+
+def _keras_file(tmp_path, name, weights_only, size=64):
+    from resnet_spec.isolate import run_isolated
+
+    import keras_sources
+
+    path = tmp_path / (f"{name}.weights.h5" if weights_only else f"{name}.keras")
+    counts = run_isolated(keras_sources.save_application, name, size, str(path), weights_only)
+    return path, counts
+
+
+@pytest.mark.parametrize("name,zoo,weights_only", [("ResNet101", "keras_resnet101", False),
+                                                   ("ResNet50V2", "keras_resnet50v2", True)])
+def test_import_keras(tmp_path, name, zoo, weights_only):
+    path, counts = _keras_file(tmp_path, name, weights_only)
+    source = f"keras:{name}={path}" if weights_only else str(path)
+    out_dir = tmp_path / "out"
+    code, out = _import([source, "--name", "m", "--input-size", "64"], out_dir)
+    assert code == 0, out
+    assert "PASS" in out and "keras" in out
+    assert f"extends: {zoo}" in (out_dir / "m.yaml").read_text()
+    assert resnet_spec.load(str(out_dir / "m.yaml")).params == counts["params"]
+
+
+def test_keras_weights_into_torchvision_spec_refused(tmp_path):
+    """The issue's silent 19% error: keras.applications ResNet50 weights for the torchvision resnet50
+    spec. Refused, naming the first differing layer, from the CLI and from the Python API."""
+    (tmp_path / "r50.yaml").write_text("extends: resnet50\nname: r50\ninput: {size: 64}\n")
+    res = CliRunner().invoke(main, ["convert", str(tmp_path / "r50.yaml"), "--to", "torch", "--weights",
+                                    "keras:ResNet50", "-o", str(tmp_path / "c")])
+    line = _one_line_error(res.exit_code, res.output, "'conv1_conv' (conv1)", "bias")
+    assert "does not match spec 'r50'" in line
+    assert not (tmp_path / "c").exists()
+    with pytest.raises(resnet_spec.ResNetSpecError, match="conv1_conv"):
+        resnet_spec.build(str(tmp_path / "r50.yaml"), "torch", weights="keras:ResNet50")
+    # the matching spec takes them, and parity holds
+    (tmp_path / "k50.yaml").write_text("extends: keras_resnet50\nname: k50\ninput: {size: 64}\n")
+    res = CliRunner().invoke(main, ["parity", str(tmp_path / "k50.yaml"), "--backends", "torch,onnx",
+                                    "--weights", "keras:ResNet50"])
+    assert res.exit_code == 0, res.output
+
+
+def test_onnx_as_weights(tmp_path):
+    model = _library("torchvision", "resnet18")
+    path = _export(model, tmp_path / "r18.onnx", False, 17)
+    (tmp_path / "r18.yaml").write_text("extends: resnet18\nname: r18\ninput: {size: 64}\n")
+    (tmp_path / "r34.yaml").write_text("extends: resnet34\nname: r34\ninput: {size: 64}\n")
+    net = resnet_spec.load(str(tmp_path / "r18.yaml"))
+    built = resnet_spec.build(net, "torch", weights=str(path))
+    x = torch.randn(2, 3, 64, 64)
+    with torch.inference_mode():
+        ref, got = model(x).numpy(), built(x).numpy()
+    assert np.abs(ref - got).max() <= 1e-5 * np.abs(ref).max()
+    with pytest.raises(resnet_spec.ResNetSpecError, match="layer1.2"):
+        resnet_spec.load_weights(str(tmp_path / "r34.yaml"), str(path))
+    with pytest.raises(resnet_spec.WeightsError, match="mapping"):
+        resnet_spec.build(net, "torch", weights=object())

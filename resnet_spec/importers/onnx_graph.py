@@ -40,7 +40,7 @@ class _Graph:
         self.consts = {}
         for t in g.initializer:
             try:
-                self.consts[t.name] = numpy_helper.to_array(t)
+                self.consts[t.name] = np.array(numpy_helper.to_array(t))  # writable copy
             except Exception as exc:  # external data missing, corrupt tensor
                 raise ImportError_(f"{path}: initializer {t.name!r} cannot be read ({exc})") from None
         alias = {}
