@@ -29,3 +29,23 @@ def save_application(name: str, size: int, path: str, weights_only: bool, seed: 
     else:
         model.save(path)
     return {"params": sum(math.prod(w.shape) for w in model.trainable_weights)}
+
+
+def sweep(names: list, size: int, folder: str, x) -> list:
+    """For each keras.applications NAME: save .keras and .weights.h5 (random weights and BN
+    statistics), read both back as the importer's worker does, and run the source on ``x``. One
+    TensorFlow process for the whole sweep. Returns [(source, description, logits, params)]."""
+    import os
+
+    from resnet_spec.importers.keras_model import _describe, run_keras
+
+    out = []
+    for i, name in enumerate(names):
+        for weights_only in (False, True):
+            path = os.path.join(folder, f"{name}.weights.h5" if weights_only else f"{name}.keras")
+            counts = save_application(name, size, path, weights_only, seed=i)
+            desc = ({"app": name, "h5": path, "size": [size, size]} if weights_only
+                    else {"path": path})
+            source = f"keras:{name}={path}" if weights_only else path
+            out.append((source, desc, _describe(desc), run_keras(desc, x)[0], counts["params"]))
+    return out

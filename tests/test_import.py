@@ -295,3 +295,69 @@ def test_onnx_as_weights(tmp_path):
         resnet_spec.load_weights(str(tmp_path / "r34.yaml"), str(path))
     with pytest.raises(resnet_spec.WeightsError, match="mapping"):
         resnet_spec.build(net, "torch", weights=object())
+
+
+# --- the whole sweep: every external producer ------------------------------------------------------
+
+SWEEP_TORCH = [("torchvision", n) for n in ("resnet18", "resnet50", "resnet101", "resnext50_32x4d",
+                                             "wide_resnet50_2")] + [("timm", "resnet50d"), ("timm", "seresnet50")]
+SWEEP_KERAS = ["ResNet50", "ResNet101", "ResNet152", "ResNet50V2", "ResNet101V2", "ResNet152V2"]
+
+
+def _proved(src, x, ref, params, zoo=None):
+    """Import ``src`` in-process: the spec has the source's parameter count and the generated torch
+    model reproduces ``ref`` (the source run in its own runtime)."""
+    from resnet_spec.importers.infer import build_spec
+    from resnet_spec.importers.source import check_source
+
+    text, net, _ = build_spec(src, "m")
+    weights = check_source(net, src)
+    assert net.params == params, src.label
+    if zoo:
+        assert f"extends: {zoo}" in text, (src.label, text)
+    model = resnet_spec.build(net, "torch", weights=weights)
+    with torch.inference_mode():
+        got = model(torch.from_numpy(x)).numpy()
+    assert np.abs(ref - got).max() <= 1e-4 * np.abs(ref).max(), src.label
+
+
+@pytest.mark.slow
+def test_sweep_torch_onnx_exporters(tmp_path):
+    """torchvision/timm models x {TorchScript exporter opset 13, dynamo exporter opset 20}: each ONNX
+    file imported and proven against ONNX Runtime running it, with the library model's parameter count."""
+    import onnxruntime as ort
+
+    from resnet_spec.importers.onnx_graph import read_onnx
+
+    x = np.random.default_rng(0).standard_normal((1, 3, 64, 64)).astype(np.float32)
+    try:
+        import onnxscript  # noqa: F401
+        exporters = ((False, 13), (True, 20))
+    except ImportError:
+        exporters = ((False, 13),)
+    for lib, name in SWEEP_TORCH:
+        model = _library(lib, name)
+        for dynamo, opset in exporters:
+            path = _export(model, tmp_path / f"{name}_{int(dynamo)}.onnx", dynamo, opset)
+            sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            ref = sess.run(None, {sess.get_inputs()[0].name: x})[0]
+            _proved(read_onnx(str(path)), x, ref, _torch_params(model), zoo=name)
+            path.unlink()
+
+
+@pytest.mark.slow
+def test_sweep_keras_applications(tmp_path):
+    """keras.applications ResNet50/101/152 and V2 x {.keras, .weights.h5}: each imported and proven
+    against Keras running it (one TensorFlow worker for the whole sweep)."""
+    from resnet_spec.importers.keras_model import _Mapper
+    from resnet_spec.importers.source import Source
+    from resnet_spec.isolate import run_isolated
+
+    import keras_sources
+
+    x = np.random.default_rng(0).standard_normal((1, 3, 64, 64)).astype(np.float32)
+    for source, desc, info, ref, params in run_isolated(keras_sources.sweep, SWEEP_KERAS, 64, str(tmp_path), x):
+        src = Source(source, "keras", {}, {}, facts={"keras_source": desc})
+        _Mapper(src, info).run()
+        name = os.path.basename(source.split("=")[0].split(":")[-1]).replace(".keras", "")
+        _proved(src, x, ref, params, zoo=f"keras_{name.lower()}")
