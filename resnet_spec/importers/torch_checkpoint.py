@@ -20,12 +20,13 @@ ASSUMED = ("strides, stem pooling and BN epsilon are not stored in a state dict:
 
 
 def read_checkpoint(path: str) -> Source:
-    from ..weights import read_weights
+    from ..weights import IGNORED_SUFFIXES, read_weights
 
     try:
         weights = read_weights(path)
     except WeightsError as exc:
         raise ImportError_(str(exc)) from None
+    weights = {k: v for k, v in weights.items() if not k.endswith(IGNORED_SUFFIXES)}
     if not weights:
         raise ImportError_(f"{path}: no tensors in the file")
     for k, v in weights.items():
