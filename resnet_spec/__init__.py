@@ -17,7 +17,7 @@ from . import ir
 from .errors import BackendUnavailable, ResNetSpecError, SpecError, WeightsError
 from .resolve import Limits
 
-__all__ = ["load", "build", "init_weights", "load_weights", "save_weights", "ir", "Limits",
+__all__ = ["load", "build", "init_weights", "load_weights", "save_weights", "import_model", "ir", "Limits",
            "ResNetSpecError", "SpecError", "WeightsError", "BackendUnavailable", "__version__"]
 
 
@@ -81,3 +81,18 @@ def save_weights(weights, path: str, **kwargs):
     from .weights import save_weights as _save
 
     return _save(weights, path, **kwargs)
+
+
+def import_model(source, name: str | None = None, input_size=None):
+    """Import an existing model: ``(spec_yaml_text, weights)``.
+
+    ``source``: an ``.onnx`` or ``.keras`` file, ``keras:NAME`` (optionally ``keras:NAME=FILE.weights.h5``),
+    a ``.pth``/``.pt``/``.safetensors`` state dict with torchvision/timm names, ``torchvision:NAME`` or
+    ``timm:NAME``. The architecture is inferred and checked layer by layer against the source; a source
+    that does not fit raises :class:`ResNetSpecError` naming the first layer. ``resnet-spec import``
+    also runs source and result on one input and writes the files only when they agree.
+    """
+    from .importers import import_source
+
+    _, text, _, _, weights = import_source(source, name, input_size)
+    return text, weights

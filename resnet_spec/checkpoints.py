@@ -211,7 +211,17 @@ def load_checkpoint(net: ir.Network, path: str, key: str | None = None, ema: boo
     """Read ``path``, unwrap it, fit the classifier if asked, check everything: ``(weights, notes)``."""
     from .weights import check_weights
 
-    tensors, notes = read_checkpoint(os.fspath(path), key, ema, net)
+    from .importers import is_foreign_weights
+
+    path = os.fspath(path)
+    if is_foreign_weights(path):  # .onnx, .keras, keras:/torchvision:/timm: -- imported, checked layer by layer
+        if key or ema:
+            raise WeightsError(f"{path}: --weights-key and --ema apply to torch checkpoints")
+        from .weights import read_foreign
+
+        tensors, notes = read_foreign(net, path), []
+    else:
+        tensors, notes = read_checkpoint(path, key, ema, net)
     tensors, more = apply_head(net, tensors, path, new_head, seed)
     return check_weights(net, tensors, path, allow_nonfinite), notes + more
 

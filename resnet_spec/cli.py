@@ -234,7 +234,9 @@ def _ckpt(weights_key, ema, new_head) -> dict:
 @click.option("--to", "targets", default="all", show_default=True,
               help="Comma-separated: torch, onnx, tensorflow, tflite, or 'all' (the first three).")
 @click.option("--weights", "weights_file", type=click.Path(dir_okay=False), callback=_not_empty,
-              help="safetensors file, or a torchvision/timm state_dict (.pth/.pt). Default: fresh He init.")
+              help="safetensors file, a torchvision/timm state_dict (.pth/.pt), or any source 'import' reads "
+                   "(.onnx, .keras, keras:NAME[=FILE.weights.h5], torchvision:NAME, timm:NAME), checked "
+                   "against SPEC layer by layer. Default: fresh He init.")
 @click.option("-o", "--out", "out_dir", default=None, callback=_not_empty,
               help="Output folder (default: out/<name>).")
 @click.option("--seed", type=_SEED, default=0, show_default=True, help="Seed of the fresh weights.")
@@ -356,7 +358,8 @@ def _parse_backends(text: str, extra=()) -> list:
 @main.command()
 @click.argument("spec")
 @click.option("--weights", "weights_file", type=click.Path(dir_okay=False), callback=_not_empty,
-              help="safetensors or .pth weights. Default: seeded random with non-trivial BN statistics.")
+              help="Weights as for convert (safetensors, .pth, or any source 'import' reads). Default: "
+                   "seeded random with non-trivial BN statistics.")
 @click.option("--backends", "targets", default="all", show_default=True,
               help="Comma-separated backends to compare (torch, onnx, tensorflow) or 'all'.")
 @click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]),
@@ -496,6 +499,29 @@ def verify_cmd(spec, files, weights_file, device, batch, seed, json_file, max_pa
 
             write_text(json_file, json.dumps(report.to_json(), indent=2) + "\n")
     sys.exit(0 if report.passed else 1)
+
+
+@main.command("import")
+@click.argument("source")
+@click.option("-o", "--out", "out_dir", default=".", show_default=True, help="Output folder.")
+@click.option("--name", default=None, help="Spec name (default: from SOURCE).")
+@click.option("--input-size", default=None, help="H or H,W of the spec's input (default: the source's, else 224).")
+@click.option("--force", is_flag=True, help="Overwrite existing outputs.")
+@click.option("--keep", is_flag=True, help="Keep the files even when parity fails.")
+def import_cmd(source, out_dir, name, input_size, force, keep):
+    """Import an existing model: write OUT/NAME.yaml and OUT/NAME.safetensors, then prove them equal.
+
+    SOURCE: an .onnx file, a .keras file, keras:NAME (keras.applications) or keras:NAME=FILE.weights.h5,
+    a .pth/.pt/.safetensors state dict with torchvision/timm names, torchvision:NAME or timm:NAME.
+    Exit 0 only when the generated PyTorch model reproduces the source within the float32 tolerance.
+    """
+    from .importers.write import import_to_dir, parse_input_size
+
+    try:
+        size = parse_input_size(input_size)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--input-size") from None
+    import_to_dir(source, out_dir, name, size, force, keep, echo=click.echo)
 
 
 @main.command()

@@ -207,8 +207,25 @@ def read_weights(path: str, net: ir.Network | None = None) -> Weights:
 
 
 def load_weights(net: ir.Network, path: str, allow_nonfinite: bool = False) -> Weights:
-    """Read ``path`` (safetensors, or a torchvision/timm state_dict) and check it against ``net``."""
+    """Read ``path`` (safetensors, or a torchvision/timm state_dict) and check it against ``net``.
+
+    Any other source ``resnet-spec import`` reads (``.onnx``, ``.keras``, ``keras:NAME[=FILE.weights.h5]``,
+    ``torchvision:NAME``, ``timm:NAME``) is imported and checked layer by layer against ``net`` first:
+    a different network is refused naming the first differing layer (see resnet_spec.importers).
+    """
+    from .importers import is_foreign_weights
+
+    if is_foreign_weights(path):
+        return check_weights(net, read_foreign(net, path), path, allow_nonfinite)
     return check_weights(net, read_weights(path, net), path, allow_nonfinite)
+
+
+def read_foreign(net: ir.Network, path: str) -> Weights:
+    """Weights from a source only ``import`` reads, imported and checked layer by layer against ``net``."""
+    from .importers import check_source, read_source
+
+    _, h, w = net.input_shape
+    return check_source(net, read_source(path, h if h == w else [h, w]))
 
 
 def save_weights(weights: Weights, path: str, metadata: dict | None = None, force: bool = True) -> None:
@@ -227,4 +244,7 @@ def resolve_weights(net: ir.Network, weights=None, seed: int = 0, allow_nonfinit
         return init_weights(net, seed=seed)
     if isinstance(weights, (str, os.PathLike)):
         return load_weights(net, os.fspath(weights), allow_nonfinite)
+    if not hasattr(weights, "items"):
+        raise WeightsError(f"weights: expected None, a file or source name, or a {{name: array}} mapping, got "
+                           f"{type(weights).__name__} (save a Keras model as .keras and pass its path)")
     return check_weights(net, weights, "weights", allow_nonfinite)

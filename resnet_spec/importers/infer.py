@@ -1,0 +1,282 @@
+"""Recognised structure -> a spec: infer the architecture from canonical layer names and shapes.
+
+Depth (blocks per stage), block type, pre-activation, groups and width, stem type, downsample type,
+squeeze-excite and classes come from the names and shapes; strides, paddings, pools and BN epsilon
+from the source's facts where it states them (ONNX, Keras) and from torchvision's conventions where it
+cannot (a state dict). Every candidate spec is resolved and checked against the source layer by layer
+(:func:`source.first_difference`); the first one that matches is kept, written as ``extends`` of a zoo
+entry when one resolves to the same network.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from functools import lru_cache
+
+from .. import ir, yamlio
+from ..errors import ResNetSpecError
+from ..resolve import make_divisible
+from .source import Source, first_difference
+
+_BLOCK = re.compile(r"^layer(\d+)\.(\d+)\.(.+)$")
+_TOP = ("conv1", "bn1", "fc", "bn_final")
+
+
+def _blocks(src: Source) -> list:
+    """[[{leaf: Layer}] per block] per stage, refusing names outside torchvision/timm ResNets."""
+    stages: dict = {}
+    for name, layer in src.layers.items():
+        m = _BLOCK.match(name)
+        if m:
+            s, b, leaf = int(m.group(1)), int(m.group(2)), m.group(3)
+            stages.setdefault(s, {}).setdefault(b, {})[leaf] = layer
+        elif not (name in _TOP or re.match(r"^conv1\.\d+$", name)):
+            raise src.refuse(repr(layer.origin), "does not fit a ResNet (expected torchvision/timm names: "
+                             "conv1, bn1, layer<stage>.<block>.*, fc)")
+    if not stages:
+        raise src.refuse("structure", "no residual blocks (no layer<stage>.<block> tensors): not a ResNet")
+    out = []
+    for i, s in enumerate(sorted(stages)):
+        if s != i + 1 or sorted(stages[s]) != list(range(len(stages[s]))):
+            raise src.refuse(f"stage layer{s}", "stages or blocks are not numbered 1.. and 0.. without gaps")
+        out.append([stages[s][b] for b in range(len(stages[s]))])
+    return out
+
+
+def _need(src, block_name, blk, leaf):
+    if leaf not in blk:
+        raise src.refuse(block_name, f"has no {leaf} layer; not a torchvision/timm residual block")
+    return blk[leaf]
+
+
+def _stem(src: Source, preact: bool) -> dict:
+    L, f = src.layers, src.facts
+    if "conv1" in L:
+        c = L["conv1"]
+        st = {"type": "conv", "channels": c.shape[0], "kernel": c.shape[2]}
+        default_stride = 2 if c.shape[2] >= 5 else 1
+    elif "conv1.0" in L:
+        convs = [L[n] for n in ("conv1.0", "conv1.3", "conv1.6") if n in L]
+        c = convs[0]
+        st = {"type": "deep", "channels": [x.shape[0] for x in convs], "kernel": c.shape[2]}
+        default_stride = 2
+    else:
+        raise src.refuse("stem", "no stem convolution (conv1 or conv1.0)")
+    st["stride"] = c.stride if c.stride is not None else default_stride
+    if c.padding is not None and c.padding != c.shape[2] // 2:
+        st["padding"] = c.padding
+    norm = "bn1" in L
+    if norm != (not preact):
+        st["norm"] = norm
+    if "stem_pool" in f:
+        st["pool"] = f["stem_pool"]
+    elif st["stride"] == 1:
+        st["pool"] = None  # CIFAR-style stem: no pooling (torchvision's convention pools after a /2 stem)
+    return st
+
+
+def _stage(src, si, blocks, bottleneck, preact, facts_stride):
+    first = blocks[0]
+    name = f"layer{si + 1}.0"
+    if bottleneck:
+        out_ch = _need(src, name, first, "conv3").shape[0]
+        if out_ch % 4:
+            raise src.refuse(f"{name}.conv3", f"{out_ch} output channels are not 4 x the block's channels")
+        planes, c2 = out_ch // 4, _need(src, name, first, "conv2")
+        width, groups = c2.shape[0], c2.shape[0] // c2.shape[1]
+    else:
+        planes, width, groups = _need(src, name, first, "conv2").shape[0], None, 1
+    stage = {"blocks": len(blocks), "channels": planes}
+    stride, where, at = 1, None, None
+    for bi, blk in enumerate(blocks):
+        for leaf in ("conv1", "conv2", "downsample.0", "downsample.1"):
+            layer = blk.get(leaf)
+            if layer is not None and layer.kind == "conv" and (layer.stride or 1) > 1:
+                stride, at = layer.stride, bi
+                if leaf in ("conv1", "conv2"):
+                    where = {"conv1": "1x1", "conv2": "3x3"}[leaf] if bottleneck else None
+    pooled = src.facts.get("shortcut_pool_strides", {}).get(si)
+    if pooled and stride == 1:
+        stride = pooled
+    if not facts_stride:
+        stride = 1 if si == 0 else 2  # torchvision's stage strides: a state dict cannot say
+    stage["stride"] = stride
+    return stage, width, groups, where, at
+
+
+def candidates(src: Source, name: str, input_size) -> list:
+    """Candidate spec dicts for ``src``, most likely first."""
+    stages = _blocks(src)
+    L = src.layers
+    bottleneck = "conv3" in stages[0][0]
+    first = stages[0][0]
+    bn1 = first.get("bn1")
+    preact = "bn_final" in L or (bn1 is not None and bn1.shape[0] != first["conv1"].shape[0])
+    facts_stride = any(layer.stride is not None for layer in L.values())
+    stem = _stem(src, preact)
+    in_ch = (L.get("conv1") or L.get("conv1.0")).shape[1]
+    size = input_size or src.facts.get("input_size") or (224 if stem["stride"] > 1 else 32)
+    d = {"name": name, "description": f"imported from {src.label}",
+         "input": {"channels": in_ch, "size": size if isinstance(size, int) else list(size)}}
+    eps = src.facts.get("eps", 1e-5)
+    momentum = src.facts.get("momentum", 0.1)
+    d["norm"] = {"eps": eps, "momentum": momentum}
+    d["stem"] = stem
+    block = {"type": "bottleneck" if bottleneck else "basic"}
+    if preact:
+        block["preact"] = True
+    d["block"] = block
+    d["stages"], widths, wheres, ats = [], [], set(), set()
+    for si, blocks in enumerate(stages):
+        st, width, groups, where, at = _stage(src, si, blocks, bottleneck, preact, facts_stride)
+        d["stages"].append(st)
+        widths.append((width, groups, st["channels"]))
+        if where:
+            wheres.add(where)
+        if at is not None and st["blocks"] > 1:
+            ats.add("first" if at == 0 else "last" if at == st["blocks"] - 1 else "middle")
+    if len(wheres) > 1 or "middle" in ats or len(ats) > 1:
+        raise src.refuse("strides", "the stride sits on different convs or blocks in different stages; "
+                         "a spec has one block.stride_on and one block.stride_block")
+    if wheres:
+        block["stride_on"] = wheres.pop()
+    if ats == {"last"}:
+        block["stride_block"] = "last"
+    if bottleneck:
+        _widths(d, widths)
+    se = next((b["se.fc1"] for s in stages for b in s if "se.fc1" in b), None)
+    fc = L.get("fc")
+    if fc is None:
+        raise src.refuse("head", "no classifier (fc)")
+    d["head"] = {"classes": fc.shape[0]}
+    if not fc.bias:
+        d["head"]["bias"] = False
+    if ("bn_final" in L) != preact:
+        d["head"]["norm"] = "bn_final" in L
+    return list(_variants(d, src, stages, se, preact))
+
+
+def _widths(d, widths):
+    groups = {g for _, g, _ in widths}
+    wpg = {w * 64 / (p * g) for w, g, p in widths}
+    if len(groups) == 1 and len(wpg) == 1 and float(next(iter(wpg))).is_integer():
+        g, w = groups.pop(), int(wpg.pop())
+        if g != 1:
+            d["block"]["groups"] = g
+        if w != 64:
+            d["block"]["width_per_group"] = w
+        if g != 1 or w != 64:
+            return
+    else:
+        for st, (w, _, _) in zip(d["stages"], widths):
+            st["width"] = w
+        if len(groups) == 1 and next(iter(groups)) != 1:
+            d["block"]["groups"] = groups.pop()
+
+
+def _variants(d, src, stages, se, preact):
+    """The spec ``d`` with every combination of the knobs names and shapes leave open."""
+    blocks = [b for s in stages for b in s]
+    ds = [b for b in blocks if "downsample.0" in b or "downsample.1" in b]
+    avg_down = any("downsample.1" in b and b["downsample.1"].kind == "conv" for b in ds)
+    sc = {"type": "B"}
+    if avg_down:
+        sc["projection"] = "avgpool_conv"
+        if "shortcut_pool" in src.facts:
+            sc["pool"] = src.facts["shortcut_pool"]
+    sc_norm = any(("downsample.2" if avg_down else "downsample.1") in b for b in ds)
+    if sc_norm != (not preact):
+        sc["norm"] = sc_norm
+    types = ["C"] if ds and len(ds) == len(blocks) else ["B", "A"] if not ds else ["B"]
+    se_opts = [None]
+    if se is not None:
+        ch, red = se.shape[1], se.shape[0]
+        se_opts = [{"reduction": 16, "divisor": 8}] + [{"reduction": r, "divisor": 1} for r in range(1, 65)
+                                                        if make_divisible(ch / r, 1) == red]
+    strided = [False, True] if src.facts.get("strided_identity") is None else [src.facts["strided_identity"]]
+    for t, s, bias, stem_bias, si in itertools.product(types, se_opts, (False, "auto", True),
+                                                       (None, True, False), strided):
+        v = {**d, "conv_bias": bias, "stem": dict(d["stem"]), "block": dict(d["block"])}
+        if stem_bias is not None:
+            v["stem"]["bias"] = stem_bias
+        if s is not None:
+            v["block"]["se"] = s
+        v["shortcut"] = {**sc, "type": t} if t != "A" else {"type": "A"}
+        if si:
+            v["shortcut"]["strided_identity"] = True
+        if not bias:
+            del v["conv_bias"]
+        yield v
+
+
+def build_spec(src: Source, name: str, input_size=None) -> tuple:
+    """(spec YAML text, resolved network, full spec dict) for ``src``; refuses naming the first layer
+    that does not fit."""
+    from .. import load
+
+    best = None
+    for cand in candidates(src, name, input_size):
+        text = yamlio.dump(_order(cand))
+        try:
+            net = load(text)
+        except ResNetSpecError as exc:
+            best = best or f"no spec expresses it ({exc})"
+            continue
+        diff = first_difference(net, src)
+        if diff is None:
+            return _shorten(text, net, cand), net, _order(cand)
+        if best is None or best.startswith("no spec"):
+            best = f"first layer that does not fit: {diff}"
+    raise src.refuse("structure", best or "no candidate spec")
+
+
+_ORDER = ("extends", "name", "description", "input", "conv_bias", "norm", "stem", "block", "shortcut",
+          "stages", "head")
+
+
+def _order(d: dict) -> dict:
+    return {k: d[k] for k in _ORDER if k in d}
+
+
+@lru_cache(maxsize=None)
+def _zoo_net(zoo: str):
+    from .. import load
+
+    return load(zoo)
+
+
+def _key(net: ir.Network):
+    """What decides a network's outputs: ops and block wiring (BN momentum only matters in training)."""
+    import dataclasses
+
+    ops = [dataclasses.replace(op, momentum=0.0) if isinstance(op, ir.BatchNorm) else op for op in net.all_ops()]
+    wiring = [(b.name, b.shortcut_from, len(b.pre), len(b.main), len(b.shortcut), len(b.post)) for b in net.blocks]
+    return net.input_shape, ops, wiring
+
+
+def _same(a: ir.Network, b: ir.Network) -> bool:
+    return _key(a) == _key(b)
+
+
+def _shorten(text: str, net: ir.Network, full: dict) -> str:
+    """``extends: <zoo entry>`` plus what differs, when a zoo entry resolves to the same network."""
+    from .. import load
+    from ..spec import zoo_names
+
+    for zoo in zoo_names():
+        base = _zoo_net(zoo)
+        if len(base.blocks) != len(net.blocks) or base.params > 4 * net.params + 10**6:
+            continue
+        short = {"extends": zoo, "name": full["name"], "description": full["description"]}
+        if base.input_shape != net.input_shape:
+            short["input"] = full["input"]
+        if base.num_classes != net.num_classes:
+            short["head"] = {"classes": net.num_classes}
+        cand = yamlio.dump(short)
+        try:
+            if _same(load(cand), net):
+                return f"# {full['description']}: the zoo's {zoo} architecture.\n" + cand
+        except ResNetSpecError:
+            continue
+    return f"# {full['description']}: architecture inferred by resnet-spec import.\n" + text

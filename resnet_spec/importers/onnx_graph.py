@@ -1,0 +1,409 @@
+"""ONNX graph -> :class:`~.source.Source`: recognise the residual structure of a ResNet graph.
+
+Read from ``torch.onnx.export`` (TorchScript and dynamo exporters), from this project's ``convert``, and
+from any producer that writes the same ops: Conv, BatchNormalization, Relu, Add, MaxPool/AveragePool,
+Pad (zero, spatial), Slice (strided identity), GlobalAveragePool/ReduceMean, Flatten/Reshape,
+Gemm or MatMul+Add, and GlobalAveragePool/ReduceMean-Conv-Relu-Conv-Sigmoid-Mul for squeeze-excite.
+
+Every residual ``Add`` (two computed inputs) closes one block; walking back from its two inputs to the
+previous block's output gives the shared pre-activation, the residual branch (the one with the most
+convolutions) and the shortcut. A v1 block has a ReLU after the Add. Exporters fold each BatchNorm into
+the preceding Conv: where a v1 network has a Conv without its BatchNorm, the import puts back a BN
+with identity statistics (weight 1, running mean 0, running var 1 - eps) holding the folded bias, so
+the numbers are exact and the spec is the usual one.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+
+from .source import ImportError_, Layer, Source
+
+PASS_THROUGH = ("Identity", "Dropout")
+EPS = 1e-5
+
+
+def _attrs(node) -> dict:
+    from onnx import helper
+
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+class _Graph:
+    def __init__(self, model, path: str):
+        from onnx import numpy_helper
+
+        self.path = path
+        g = model.graph
+        self.consts = {}
+        for t in g.initializer:
+            try:
+                self.consts[t.name] = np.array(numpy_helper.to_array(t))  # writable copy
+            except Exception as exc:  # external data missing, corrupt tensor
+                raise ImportError_(f"{path}: initializer {t.name!r} cannot be read ({exc})") from None
+        alias = {}
+        self.nodes, self.producer, self.consumers = [], {}, defaultdict(list)
+        for n in g.node:
+            if n.op_type == "Constant":
+                a = _attrs(n)
+                if "value" in a:
+                    self.consts[n.output[0]] = numpy_helper.to_array(a["value"])
+                    continue
+            if n.op_type in PASS_THROUGH and n.input:
+                alias[n.output[0]] = alias.get(n.input[0], n.input[0])
+                continue
+            ins = [alias.get(i, i) for i in n.input]
+            self.nodes.append((n, ins))
+            for o in n.output:
+                self.producer[o] = (n, ins)
+            for i in ins:
+                if i and i not in self.consts:
+                    self.consumers[i].append(n)
+        inputs = [i for i in g.input if i.name not in self.consts]
+        if len(inputs) != 1:
+            raise ImportError_(f"{path}: expected one image input, found {len(inputs)}")
+        self.input = inputs[0]
+        self.output = alias.get(g.output[0].name, g.output[0].name) if g.output else None
+
+    def refuse(self, node, why: str) -> ImportError_:
+        return ImportError_(f"{self.path}: node {node.name or node.output[0]!r} ({node.op_type}): {why}")
+
+    def data(self, ins):
+        return [i for i in ins if i and i not in self.consts]
+
+    def const(self, node, name):
+        if name not in self.consts:
+            raise self.refuse(node, f"input {name!r} is computed in the graph; expected a constant")
+        return np.asarray(self.consts[name])
+
+
+def read_onnx(path: str) -> Source:
+    try:
+        import onnx
+    except ImportError:
+        raise ImportError_(f"{path}: reading ONNX files needs the onnx package (pip install onnx)") from None
+    try:
+        model = onnx.load(path)
+    except Exception as exc:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ImportError_(f"{path}: not a readable ONNX model ({msg}); it may be truncated or corrupt") from None
+    if not model.graph.node:
+        raise ImportError_(f"{path}: the ONNX graph has no nodes")
+    g = _Graph(model, path)
+    src = Source(path, "onnx", {}, {}, facts={"path": path})
+    _Walker(g, src).run()
+    return src
+
+
+class _Walker:
+    """Recognises stem, blocks and head, then names layers as torchvision/timm do."""
+
+    def __init__(self, g: _Graph, src: Source):
+        self.g, self.src = g, src
+        self.folded = False
+
+    # -- graph walking ---------------------------------------------------------------------------
+    def back(self, value, stop) -> list:
+        """The nodes from ``stop`` to ``value`` (in forward order), following each node's data input."""
+        ops = []
+        while value != stop:
+            if value not in self.g.producer:
+                return None
+            node, ins = self.g.producer[value]
+            if node.op_type == "Add" and len(self.g.data(ins)) == 2:
+                return None  # another block's join: not on this block's path
+            data = self.g.data(ins)
+            if node.op_type == "Mul":
+                x, gate = self._se_inputs(node, ins)
+                ops.append(("se", node, gate))
+                value = x
+                continue
+            if len(data) != 1:
+                raise self.g.refuse(node, f"{len(data)} computed inputs; a ResNet layer has one")
+            ops.append(("op", node, ins))
+            value = data[0]
+        return ops[::-1]
+
+    def _se_inputs(self, node, ins):
+        data = self.g.data(ins)
+        if len(data) != 2:
+            raise self.g.refuse(node, "a Mul that is not a squeeze-excite gate")
+        for x, gate in (data, data[::-1]):
+            chain = self.back(gate, x)
+            if chain and [n.op_type for _, n, _ in chain][-1] == "Sigmoid":
+                return x, chain
+        raise self.g.refuse(node, "a Mul that is not a squeeze-excite gate (pool-conv-relu-conv-sigmoid)")
+
+    def residual_adds(self):
+        adds = [(n, ins) for n, ins in self.g.nodes if n.op_type == "Add" and len(self.g.data(ins)) == 2]
+        if not adds:
+            raise ImportError_(f"{self.g.path}: no residual connection (no Add of two computed tensors): "
+                               "not a ResNet")
+        return adds
+
+    def run(self):
+        x = self.g.input.name
+        blocks, stem = [], None
+        for add, ins in self.residual_adds():
+            a, b = self.g.data(ins)
+            pa, pb = self.back(a, x), self.back(b, x)
+            if pa is None or pb is None:
+                raise self.g.refuse(add, "this Add does not join two paths from the previous block's output; "
+                                         "not a chain of residual blocks")
+            k = 0
+            while k < min(len(pa), len(pb)) and pa[k][1] is pb[k][1]:
+                k += 1
+            pre, ra, rb = pa[:k], pa[k:], pb[k:]
+            main, short = (ra, rb) if _convs(ra) >= _convs(rb) else (rb, ra)
+            out = add.output[0]
+            consumers = self.g.consumers.get(out, [])
+            post = len(consumers) == 1 and consumers[0].op_type == "Relu"
+            if post:
+                out = consumers[0].output[0]
+            if stem is None:
+                stem, pre = pre, []
+                if not post and main and main[0][1].op_type == "Conv" and len(stem) >= 2 \
+                        and [n.op_type for _, n, _ in stem[-2:]] == ["BatchNormalization", "Relu"]:
+                    stem, pre = stem[:-2], stem[-2:]  # a pre-activation block whose shortcut reads pre
+            blocks.append((add, pre, main, short, post))
+            x = out
+        self.stem(stem, preact=not blocks[0][4])
+        self.blocks(blocks)
+        self.head(x)
+
+    # -- layers ----------------------------------------------------------------------------------
+    def conv(self, name, node, ins, extra_pad=0):
+        g, a = self.g, _attrs(node)
+        w = g.const(node, ins[1])
+        if w.ndim != 4:
+            raise g.refuse(node, f"a {w.ndim - 2}-d convolution; ResNets here are 2-d")
+        strides, dil = a.get("strides", [1, 1]), a.get("dilations", [1, 1])
+        pads = a.get("pads", [0, 0, 0, 0])
+        if a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET", b"VALID", "VALID") and w.shape[2] > 1:
+            raise g.refuse(node, f"auto_pad {a['auto_pad']!r}: asymmetric 'same' padding has no spec equivalent")
+        if len(set(strides)) != 1 or len(set(pads)) != 1 or len(set(dil)) != 1 or w.shape[2] != w.shape[3]:
+            raise g.refuse(node, f"non-square kernel {list(w.shape[2:])}, strides {strides}, pads {pads} or "
+                                 f"dilations {dil}: a spec has square convs with symmetric padding")
+        bias = len(ins) > 2 and bool(ins[2])
+        self.src.weights[f"{name}.weight"] = w.astype(np.float32)
+        if bias:
+            self.src.weights[f"{name}.bias"] = g.const(node, ins[2]).astype(np.float32)
+        self.src.layers[name] = Layer(name, "conv", tuple(w.shape), bias, node.name or node.output[0],
+                                      strides[0], pads[0] + extra_pad, dil[0])
+
+    def bn(self, name, node, ins):
+        g = self.g
+        # ONNX stores epsilon as float32: keep the shortest decimal that rounds to it (1.001e-05)
+        eps = float(str(np.float32(_attrs(node).get("epsilon", 1e-5))))
+        for leaf, i in zip(("weight", "bias", "running_mean", "running_var"), ins[1:5]):
+            self.src.weights[f"{name}.{leaf}"] = g.const(node, i).astype(np.float32)
+        self.src.layers[name] = Layer(name, "bn", (len(self.src.weights[f"{name}.weight"]),), True,
+                                      node.name or node.output[0], eps=eps)
+        self.src.facts["eps"] = eps
+
+    def identity_bn(self, name, conv_name):
+        """The BatchNorm an exporter folded into ``conv_name``: identity statistics, the conv's bias."""
+        conv = self.src.layers[conv_name]
+        c = conv.shape[0]
+        bias = self.src.weights.pop(f"{conv_name}.bias", np.zeros(c, np.float32))
+        conv.bias = False
+        self.src.weights.update({f"{name}.weight": np.ones(c, np.float32), f"{name}.bias": bias,
+                                 f"{name}.running_mean": np.zeros(c, np.float32),
+                                 f"{name}.running_var": np.full(c, 1.0 - EPS, np.float32)})
+        self.src.layers[name] = Layer(name, "bn", (c,), True, f"{conv.origin} (folded BatchNorm)")
+        self.folded = True
+
+    def sequence(self, ops, conv_names, bn_names, v1: bool):
+        """Convs and BNs of one path, named in order; returns the non-parametric nodes left.
+
+        A Conv followed directly by a ReLU had its BatchNorm folded into it, and so had, in a v1
+        network, one that ends a path or feeds a squeeze-excite gate: the BN is put back (identity).
+        """
+        left, ci, bi, pad, pending = [], 0, 0, 0, None
+
+        def restore(needed: bool):
+            nonlocal bi, pending
+            if pending and needed:
+                if bi >= len(bn_names):
+                    raise self.g.refuse(node, "a convolution with a folded BatchNorm where a ResNet has none")
+                self.identity_bn(bn_names[bi], pending)
+                bi += 1
+            pending = None
+
+        for kind, node, ins in ops:
+            t = node.op_type if kind == "op" else "SE"
+            if t == "Relu":
+                restore(True)
+            elif t == "BatchNormalization":
+                pending = None
+            elif t != "Pad":
+                restore(v1)
+            if kind == "se":
+                self.se(node, ins)
+            elif t == "Pad":
+                pad = self.pad(node, ins)
+                continue
+            elif t == "Conv":
+                if ci >= len(conv_names):
+                    raise self.g.refuse(node, "one convolution more than a ResNet block or stem has here")
+                self.conv(conv_names[ci], node, ins, pad)
+                pending = conv_names[ci] if self.src.layers[conv_names[ci]].bias else None
+                ci += 1
+            elif t == "BatchNormalization":
+                if bi >= len(bn_names):
+                    raise self.g.refuse(node, "one BatchNormalization more than a ResNet block or stem has here")
+                self.bn(bn_names[bi], node, ins)
+                bi += 1
+            else:
+                left.append((node, ins, pad))
+            pad = 0
+        restore(v1)
+        return left
+
+    def pad(self, node, ins) -> int:
+        a = _attrs(node)
+        mode = a.get("mode", b"constant")
+        pads = [int(p) for p in (self.g.const(node, ins[1]) if len(ins) > 1 and ins[1] else a.get("pads", []))]
+        value = float(self.g.const(node, ins[2]).reshape(-1)[0]) if len(ins) > 2 and ins[2] else 0.0
+        if mode not in (b"constant", "constant") or value != 0 or len(pads) != 8 or pads[:2] + pads[4:6] != [0] * 4 \
+                or len(set(pads[2:4] + pads[6:8])) != 1:
+            raise self.g.refuse(node, f"padding {pads} (mode {mode!r}, value {value}): only symmetric zero "
+                                      "padding of height and width has a spec equivalent")
+        return pads[2]
+
+    def se(self, mul, chain):
+        names = iter(("fc1", "fc2"))
+        prefix = self._block_name + ".se"
+        kinds = [n.op_type for _, n, _ in chain]
+        if kinds not in (["GlobalAveragePool", "Conv", "Relu", "Conv", "Sigmoid"],
+                         ["ReduceMean", "Conv", "Relu", "Conv", "Sigmoid"]):
+            raise self.g.refuse(mul, f"squeeze-excite gate {kinds}; expected pool-conv-relu-conv-sigmoid")
+        for _, node, ins in chain:
+            if node.op_type == "Conv":
+                self.conv(f"{prefix}.{next(names)}", node, ins)
+
+    def pool(self, node, ins, pad) -> dict:
+        a = _attrs(node)
+        k, s = a.get("kernel_shape", [1])[0], a.get("strides", [1])[0]
+        pads = a.get("pads", [0, 0, 0, 0])
+        p = pads[0] + pad
+        out = {"kernel": k, "stride": s, "padding": p}
+        if a.get("ceil_mode", 0) or pads[2] > pads[0]:
+            out["ceil_mode"] = True
+        if pad:
+            out["pad_value"] = "zero"
+        if node.op_type == "AveragePool":
+            out["count_include_pad"] = bool(a.get("count_include_pad", 0)) or bool(pad)
+        return out
+
+    def stem(self, ops, preact):
+        convs = sum(1 for _, n, _ in ops if n.op_type == "Conv")
+        if convs == 0:
+            raise ImportError_(f"{self.g.path}: no stem convolution before the first residual block")
+        names = ["conv1"] if convs == 1 else [f"conv1.{3 * i}" for i in range(convs)]
+        bns = ["bn1"] if convs == 1 else [f"conv1.{3 * i + 1}" for i in range(convs - 1)] + ["bn1"]
+        left = self.sequence(ops, names, bns, v1=not preact)
+        pools = [(n, ins, pad) for n, ins, pad in left if n.op_type in ("MaxPool", "AveragePool")]
+        for n, _, _ in left:
+            if n.op_type not in ("Relu", "MaxPool"):
+                raise self.g.refuse(n, "not expected in a ResNet stem (conv, BN, ReLU, max-pool)")
+        self.src.facts["stem_pool"] = self.pool(*pools[0]) if pools else None
+        shape = [d.dim_value for d in self.g.input.type.tensor_type.shape.dim]
+        if len(shape) == 4 and shape[0] > 0:
+            self.src.facts["batch"] = shape[0]  # a graph exported with a fixed batch size
+        if len(shape) == 4 and shape[2] > 0 and shape[3] > 0:
+            self.src.facts["input_size"] = shape[2] if shape[2] == shape[3] else [shape[2], shape[3]]
+
+    def blocks(self, blocks):
+        stage, index, strided = 0, -1, False
+        pool_strides, shortcut_pool = {}, None
+        # ResNet-D (timm avg_down) keeps index 0 for the pool even where a block has none
+        self._avg_down = any(n.op_type == "AveragePool" for b in blocks for _, n, _ in b[3])
+        for add, pre, main, short, post in blocks:
+            has_proj = any(n.op_type == "Conv" for _, n, _ in short)
+            if has_proj and index >= 0:
+                stage, index = stage + 1, 0
+            else:
+                index += 1
+            name = self._block_name = f"layer{stage + 1}.{index}"
+            nconv = _convs(main)
+            if nconv not in (2, 3):
+                raise self.g.refuse(add, f"the residual branch has {nconv} convolutions; ResNet blocks have 2 or 3")
+            convs = [f"{name}.conv{i}" for i in range(1, nconv + 1)]
+            bns = [f"{name}.bn{i}" for i in range(1, nconv + 1)]
+            self.sequence(pre, [], bns[:1], v1=False)
+            main_bns = bns[1:] if pre else bns
+            for n, _, _ in self.sequence(main, convs, main_bns, v1=post):
+                if n.op_type != "Relu":
+                    raise self.g.refuse(n, "not expected in a residual branch (conv, BN, ReLU, squeeze-excite)")
+            sc_left = self._shortcut(name, short, post)
+            for n, ins, pad in sc_left:
+                if n.op_type == "AveragePool":
+                    p = self.pool(n, ins, pad)
+                    pool_strides[stage] = p["stride"]
+                    shortcut_pool = {"ceil_mode": p.get("ceil_mode", False),
+                                     "count_include_pad": p.get("count_include_pad", False)}
+                elif n.op_type in ("Slice", "MaxPool"):
+                    strided = True
+                else:
+                    raise self.g.refuse(n, "not expected in a shortcut (conv, BN, average pool, strided identity)")
+        self.src.facts.update(shortcut_pool_strides=pool_strides, strided_identity=strided)
+        if shortcut_pool:
+            self.src.facts["shortcut_pool"] = shortcut_pool
+        if self.folded:
+            self.src.notes.append("BatchNorm layers folded into convolutions by the exporter were restored "
+                                  f"with identity statistics (weight 1, mean 0, var 1 - eps, eps {EPS:g}) "
+                                  "holding the folded bias; the numbers are exact")
+
+    def _shortcut(self, name, short, v1):
+        pos = 1 if self._avg_down else 0
+        return self.sequence(short, [f"{name}.downsample.{pos}"], [f"{name}.downsample.{pos + 1}"], v1=v1)
+
+    def head(self, x):
+        g = self.g
+        ops = self.back(g.output, x) if g.output else None
+        if ops is None:
+            raise ImportError_(f"{g.path}: the graph output is not computed from the last residual block")
+        kinds = [n.op_type for _, n, _ in ops]
+        seq = [(n, ins) for _, n, ins in ops]
+        if seq and seq[0][0].op_type == "BatchNormalization":
+            self.bn("bn_final", *seq[0])
+            seq = seq[1:]
+            if not seq or seq[0][0].op_type != "Relu":
+                raise ImportError_(f"{g.path}: head BatchNormalization without its ReLU")
+            seq = seq[1:]
+        if not seq or seq[0][0].op_type not in ("GlobalAveragePool", "ReduceMean"):
+            raise ImportError_(f"{g.path}: head {kinds} does not start with a global average pool")
+        rest = [(n, ins) for n, ins in seq[1:] if n.op_type not in ("Flatten", "Reshape", "Squeeze")]
+        if len(rest) == 1 and rest[0][0].op_type == "Gemm":
+            self.gemm(*rest[0])
+        elif len(rest) == 2 and [n.op_type for n, _ in rest] == ["MatMul", "Add"]:
+            self.matmul(rest[0], rest[1])
+        else:
+            raise ImportError_(f"{g.path}: head {kinds}: expected pool, flatten and one fully connected layer")
+
+    def gemm(self, node, ins):
+        a = _attrs(node)
+        w = self.g.const(node, ins[1])
+        w = w if a.get("transB", 0) else w.T
+        if a.get("transA", 0) or a.get("alpha", 1.0) != 1.0 or a.get("beta", 1.0) != 1.0:
+            raise self.g.refuse(node, "Gemm with transA/alpha/beta: not a plain fully connected layer")
+        bias = len(ins) > 2 and bool(ins[2])
+        self._linear(node, w, self.g.const(node, ins[2]) if bias else None)
+
+    def matmul(self, mm, add):
+        w = self.g.const(mm[0], mm[1][1])
+        b = [i for i in add[1] if i in self.g.consts]
+        self._linear(mm[0], w.T, self.g.const(add[0], b[0]) if b else None)
+
+    def _linear(self, node, w, b):
+        self.src.weights["fc.weight"] = np.ascontiguousarray(w, dtype=np.float32)
+        if b is not None:
+            self.src.weights["fc.bias"] = np.asarray(b, np.float32).reshape(-1)
+        self.src.layers["fc"] = Layer("fc", "linear", tuple(w.shape), b is not None, node.name or node.output[0])
+
+
+def _convs(path) -> int:
+    return sum(1 for kind, n, _ in path if kind == "op" and n.op_type == "Conv")

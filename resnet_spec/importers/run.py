@@ -1,0 +1,133 @@
+"""Run an imported source in its own runtime and the generated model in PyTorch; compare.
+
+Each runs in its own worker process (:mod:`resnet_spec.isolate`): TensorFlow, ONNX Runtime and
+PyTorch never share one. The source runs as what it is -- the ONNX file in ONNX Runtime, the Keras
+model in Keras, the torchvision/timm model in its library, a state dict in the timm ResNet class its
+names come from -- so the comparison is against the producer, never the generated model against itself.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import ResNetSpecError
+from ..isolate import run_isolated
+from .source import ImportError_
+
+
+def source_runner(src, full_spec: dict) -> tuple:
+    """(worker function, its arguments before the input) that runs ``src`` in its own runtime."""
+    if src.kind in ("torchvision", "timm"):
+        lib, name = src.label.split(":", 1)
+        return _run_library, (lib, name, src.weights)
+    if src.kind == "torch":
+        from .torch_checkpoint import timm_equivalent
+
+        kwargs = timm_equivalent(full_spec)
+        if kwargs is None:
+            raise ImportError_(f"{src.label}: the checkpoint's architecture has no timm/torchvision "
+                               "equivalent to run it in, so the import cannot be proven equal; use the "
+                               "spec and weights with 'resnet-spec parity' instead")
+        return _run_timm, (kwargs, src.weights)
+    if src.kind == "onnx":
+        return _run_onnx, (src.facts["path"],)
+    if src.kind == "keras":
+        from .keras_model import run_keras
+
+        return run_keras, (src.facts["keras_source"],)
+    raise ResNetSpecError(f"{src.label}: no runtime for a {src.kind} source")
+
+
+def _torch_run(model, x):
+    import torch
+
+    with torch.inference_mode():
+        return model(torch.from_numpy(x)).float().numpy()
+
+
+def _load_state(model, weights):
+    import torch
+
+    state = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in weights.items()}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [m for m in missing if not m.endswith("num_batches_tracked")]
+    if missing or unexpected:
+        raise ResNetSpecError(f"the source model does not take the imported weights: missing {missing[:3]}, "
+                              f"unexpected {unexpected[:3]}")
+    return model
+
+
+def _run_library(lib, name, weights, x):
+    from .torch_checkpoint import library_model
+
+    return _torch_run(_load_state(library_model(lib, name), weights), x), f"{lib} ({name})"
+
+
+def _run_timm(kwargs, weights, x):
+    import timm
+
+    from .torch_checkpoint import build_timm
+
+    return _torch_run(_load_state(build_timm(kwargs), weights), x), f"timm {timm.__version__} ResNet class"
+
+
+def _run_onnx(path, x):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    return np.asarray(sess.run(None, {name: x})[0], np.float32), f"onnxruntime {ort.__version__}"
+
+
+def _run_generated(spec_yaml, weights, x):
+    from ..backends import prepare
+
+    mod, net = prepare("torch", spec_yaml)
+    out, device = mod.infer(net, weights, x)
+    return out["head"], device
+
+
+def _run_pair(fn, args, spec_yaml, weights, x):
+    return fn(*args, x), _run_generated(spec_yaml, weights, x)
+
+
+def prove(src, net, full_spec: dict, weights: dict, batch: int = 2, seed: int = 0) -> dict:
+    """Run source and generated model on one seeded input; the comparison and whether it passed."""
+    from ..parity import TOLERANCES, compare
+
+    fn, args = source_runner(src, full_spec)
+    batch = src.facts.get("batch") or batch
+    x = np.random.default_rng(seed).standard_normal((batch, *net.input_shape)).astype(np.float32)
+    try:
+        if src.kind in ("torch", "torchvision", "timm"):  # one PyTorch worker runs both
+            (ref, ref_desc), (got, got_desc) = run_isolated(_run_pair, fn, args, net.spec_yaml, weights, x)
+        else:
+            ref, ref_desc = run_isolated(fn, *args, x)
+            got, got_desc = run_isolated(_run_generated, net.spec_yaml, weights, x)
+    except ResNetSpecError:
+        raise
+    except Exception as exc:  # a runtime's own error: one line, never a traceback
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ImportError_(f"{src.label}: running the source or the generated model failed: "
+                           f"{type(exc).__name__}: {msg}") from None
+    cmp = compare(ref, got)
+    cmp.update(source=ref_desc, generated=f"resnet-spec torch model ({got_desc})",
+               tolerance=TOLERANCES["float32"], input=list(x.shape))
+    cmp["passed"] = bool(cmp["max_rel"] <= cmp["tolerance"])
+    return cmp
+
+
+def format_result(src, cmp: dict) -> str:
+    lines = [f"parity: {src.label} in {cmp['source']}  vs  {cmp['generated']}",
+             f"  input {'x'.join(map(str, cmp['input']))} (seeded normal)"]
+    if "shape_mismatch" in cmp:
+        lines.append(f"  output shapes differ: {cmp['shape_mismatch'][0]} vs {cmp['shape_mismatch'][1]}")
+    else:
+        top1 = cmp.get("top1")
+        lines.append(f"  max_abs {cmp['max_abs']:.3g}  max_rel {cmp['max_rel']:.3g} (tolerance "
+                     f"{cmp['tolerance']:g})" + (f"  top-1 agreement {top1:.0%}" if top1 is not None else ""))
+    lines.append("  PASS: the generated model equals the source" if cmp["passed"] else
+                 "  FAIL: the generated model does not reproduce the source")
+    return "\n".join(lines)

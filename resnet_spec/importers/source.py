@@ -1,0 +1,150 @@
+"""What an importer recognised in a source model, and the check of a source against a spec.
+
+Every importer (ONNX graph, Keras model, PyTorch state dict, torchvision/timm/keras.applications by
+name) turns its input into one :class:`Source`: the canonical weight set (torchvision names, PyTorch
+layouts) plus one :class:`Layer` per parametrised layer with the facts the source states about it --
+kernel shape, bias present or not, stride, padding, BN epsilon -- and its own name for the layer, so a
+refusal can point at the node, layer or tensor the user knows. A fact the source cannot state (a state
+dict holds no strides) is ``None`` and is not checked.
+
+:func:`check_source` compares a source with a resolved spec layer by layer and refuses at the first
+difference; it runs before any weights are used, so a mismatch is never a silently wrong model.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .. import ir
+from ..errors import ResNetSpecError
+
+
+class ImportError_(ResNetSpecError):
+    """A source that cannot be imported: the message names the file and the first node/layer/tensor."""
+
+
+@dataclass
+class Layer:
+    name: str  # canonical (torchvision) name, e.g. layer2.0.downsample.0
+    kind: str  # "conv" | "bn" | "linear"
+    shape: tuple  # weight shape, PyTorch layout; (channels,) for BN
+    bias: bool
+    origin: str  # the source's own name for it (ONNX node, Keras layer, state-dict tensor)
+    stride: int | None = None
+    padding: int | None = None
+    dilation: int | None = None
+    eps: float | None = None
+
+
+@dataclass
+class Source:
+    label: str  # the file or library name, as the user gave it
+    kind: str  # "onnx" | "keras" | "torch" | "torchvision" | "timm"
+    layers: dict  # canonical name -> Layer, in network order
+    weights: dict  # canonical name -> float32 array
+    facts: dict = field(default_factory=dict)  # stem_pool, shortcut_pool, eps, momentum, input_size...
+    notes: list = field(default_factory=list)  # what the import assumed or changed, for the user
+
+    def refuse(self, what: str, message: str) -> ImportError_:
+        return ImportError_(f"{self.label}: {what}: {message}")
+
+
+def layers_from_weights(weights: dict, origin=None) -> dict:
+    """Layers of a state dict from names and shapes alone (no strides or paddings: it has none)."""
+    origin = origin or (lambda n: n)
+    layers = {}
+    for name, arr in weights.items():
+        if not name.endswith(".weight"):
+            continue
+        mod = name[: -len(".weight")]
+        shape = tuple(np.shape(arr))
+        if len(shape) == 4:
+            kind = "conv"
+        elif len(shape) == 2:
+            kind = "linear"
+        elif len(shape) == 1 and f"{mod}.running_mean" in weights:
+            kind = "bn"
+        else:
+            continue
+        layers[mod] = Layer(mod, kind, shape, kind != "bn" and f"{mod}.bias" in weights, origin(name))
+    return layers
+
+
+def _spec_layers(net: ir.Network):
+    """(canonical name, kind, weight shape, bias, stride, padding, dilation, eps) in network order."""
+    for op in net.all_ops():
+        if isinstance(op, ir.Conv):
+            yield op.name, "conv", (op.out_channels, op.in_channels // op.groups, op.kernel, op.kernel), \
+                op.bias, op.stride, op.padding, op.dilation, None
+        elif isinstance(op, ir.BatchNorm):
+            yield op.name, "bn", (op.channels,), True, None, None, None, op.eps
+        elif isinstance(op, ir.SqueezeExcite):
+            for fc, (o, i) in (("fc1", (op.reduced, op.channels)), ("fc2", (op.channels, op.reduced))):
+                yield f"{op.name}.{fc}", "conv", (o, i, 1, 1), True, 1, 0, 1, None
+        elif isinstance(op, ir.Linear):
+            yield op.name, "linear", (op.out_features, op.in_features), op.bias, None, None, None, None
+
+
+def _shape(s) -> str:
+    return "(" + ", ".join(map(str, s)) + ")"
+
+
+def layer_difference(layer: Layer, kind, shape, bias, stride, padding, dilation, eps) -> str | None:
+    """How the source's ``layer`` differs from the spec's layer, or None."""
+    if layer.kind != kind:
+        return f"the source has a {layer.kind} layer here, the spec a {kind} layer"
+    if tuple(layer.shape) != tuple(shape):
+        return f"weight shape {_shape(layer.shape)} in the source, {_shape(shape)} in the spec"
+    if kind != "bn" and layer.bias != bias:
+        return "the source has a bias, the spec has none" if layer.bias else \
+            "the spec has a bias, the source has none"
+    if layer.stride is not None and stride is not None and layer.stride != stride:
+        return f"stride {layer.stride} in the source, {stride} in the spec"
+    if layer.padding is not None and padding is not None and layer.padding != padding:
+        return f"padding {layer.padding} in the source, {padding} in the spec"
+    if layer.dilation is not None and dilation is not None and layer.dilation != dilation:
+        return f"dilation {layer.dilation} in the source, {dilation} in the spec"
+    if layer.eps is not None and eps is not None and not np.isclose(layer.eps, eps, rtol=1e-6, atol=0):
+        return f"BN epsilon {layer.eps:g} in the source, {eps:g} in the spec"
+    return None
+
+
+def first_difference(net: ir.Network, src: Source) -> str | None:
+    """The first layer, in network order, where ``src`` and ``net`` differ (a message), or None."""
+    seen = set()
+    for name, kind, shape, bias, stride, padding, dilation, eps in _spec_layers(net):
+        seen.add(name)
+        layer = src.layers.get(name)
+        if layer is None:
+            return f"the spec's layer {name!r} ({kind} {_shape(shape)}) has no counterpart in the source"
+        diff = layer_difference(layer, kind, shape, bias, stride, padding, dilation, eps)
+        if diff:
+            return f"layer {_described(layer)}: {diff}"
+    for name, layer in src.layers.items():
+        if name not in seen:
+            return f"the source's layer {_described(layer)} ({layer.kind} {_shape(layer.shape)}) has no " \
+                   "counterpart in the spec"
+    return None
+
+
+def _described(layer: Layer) -> str:
+    return repr(layer.name) if layer.origin == layer.name else f"{layer.origin!r} ({layer.name})"
+
+
+def check_source(net: ir.Network, src: Source) -> dict:
+    """Refuse unless ``src`` describes the network ``net`` layer for layer; return checked weights."""
+    from ..weights import check_weights
+
+    diff = first_difference(net, src)
+    if diff:
+        raise ImportError_(f"{src.label} does not match spec {net.name!r}: first differing {diff}")
+    return check_weights(net, src.weights, src.label)
+
+
+def sanitize_name(text: str) -> str:
+    """A spec name (schema pattern ``[A-Za-z_][A-Za-z0-9_.-]{0,63}``) from a file or model name."""
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", text)[:64] or "imported"
+    return name if re.match(r"[A-Za-z_]", name) else f"m_{name}"[:64]

@@ -1,0 +1,148 @@
+"""PyTorch state dicts (``.pth``/``.pt`` read with ``weights_only=True``, or ``.safetensors``) and
+``torchvision:NAME`` / ``timm:NAME`` models built by the installed library without downloading weights.
+
+A state dict holds names and shapes only: the architecture is inferred from them
+(:mod:`.infer`); strides, stem pooling and BN epsilon follow torchvision's conventions, and the
+import says so. Container unwrapping (``{"model": ...}``, ``module.`` prefixes) is not done here: the
+file must be a plain state dict with torchvision/timm names.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import WeightsError
+from .source import ImportError_, Source, layers_from_weights
+
+ASSUMED = ("strides, stem pooling and BN epsilon are not stored in a state dict: torchvision's "
+           "conventions were assumed (stride on the 3x3 conv of each stage's first block, 3x3/2 max-pool "
+           "after a 7x7/2 stem, none after a 3x3/1 stem, eps 1e-5)")
+
+
+def read_checkpoint(path: str) -> Source:
+    from ..weights import IGNORED_SUFFIXES, read_weights
+
+    try:
+        weights = read_weights(path)
+    except WeightsError as exc:
+        raise ImportError_(str(exc)) from None
+    weights = {k: v for k, v in weights.items() if not k.endswith(IGNORED_SUFFIXES)}
+    if not weights:
+        raise ImportError_(f"{path}: no tensors in the file")
+    for k, v in weights.items():
+        if np.asarray(v).dtype.kind != "f":
+            raise ImportError_(f"{path}: tensor {k!r} has dtype {np.asarray(v).dtype}, not a float tensor")
+    weights = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in weights.items()}
+    return Source(path, "torch", layers_from_weights(weights), weights, notes=[ASSUMED])
+
+
+def library_model(lib: str, name: str):
+    """A fresh model of the installed torchvision/timm, random initialisation (seed 0), eval mode."""
+    import torch
+
+    torch.manual_seed(0)
+    if lib == "torchvision":
+        import torchvision
+
+        try:
+            model = torchvision.models.get_model(name, weights=None)
+        except ValueError:
+            raise ImportError_(f"torchvision:{name}: torchvision {torchvision.__version__} has no model "
+                               f"{name!r}") from None
+    else:
+        import timm
+
+        if not timm.is_model(name):
+            raise ImportError_(f"timm:{name}: timm {timm.__version__} has no model {name!r}")
+        model = timm.create_model(name, pretrained=False)
+    return model.eval()
+
+
+def read_library(lib: str, name: str) -> Source:
+    try:
+        model = library_model(lib, name)
+    except ModuleNotFoundError as exc:
+        raise ImportError_(f"{lib}:{name}: {exc.name} is not installed") from None
+    weights = {k: v.detach().float().numpy().copy() for k, v in model.state_dict().items()
+               if not k.endswith("num_batches_tracked")}
+    src = Source(f"{lib}:{name}", lib, layers_from_weights(weights), weights)
+    _add_facts(src, model)
+    return src
+
+
+def _add_facts(src: Source, model) -> None:
+    """Strides, paddings, epsilons and pools read from the library's own modules."""
+    import torch.nn as nn
+
+    mods = dict(model.named_modules())
+    for name, layer in src.layers.items():
+        m = mods.get(name)
+        if isinstance(m, nn.Conv2d):
+            if len(set(m.stride)) != 1 or not isinstance(m.padding, tuple) or len(set(m.padding)) != 1:
+                raise src.refuse(name, f"non-square stride {m.stride} or padding {m.padding}")
+            layer.stride, layer.padding, layer.dilation = m.stride[0], m.padding[0], m.dilation[0]
+        elif isinstance(m, nn.BatchNorm2d):
+            layer.eps = m.eps
+            src.facts["eps"] = m.eps
+            src.facts["momentum"] = m.momentum if m.momentum is not None else 0.1
+    pool = mods.get("maxpool")
+    if isinstance(pool, nn.MaxPool2d):
+        src.facts["stem_pool"] = {"kernel": _one(pool.kernel_size), "stride": _one(pool.stride),
+                                  "padding": _one(pool.padding), **({"ceil_mode": True} if pool.ceil_mode else {})}
+    elif pool is None or isinstance(pool, nn.Identity):
+        src.facts["stem_pool"] = None
+    strides = {}
+    for name, m in mods.items():
+        if name.endswith("downsample.0") and isinstance(m, nn.AvgPool2d):
+            src.facts["shortcut_pool"] = {"ceil_mode": bool(m.ceil_mode),
+                                          "count_include_pad": bool(m.count_include_pad)}
+            strides[int(name.split(".")[0][5:]) - 1] = _one(m.stride)
+    src.facts["shortcut_pool_strides"] = strides
+
+
+def _one(v):
+    return v[0] if isinstance(v, (tuple, list)) else int(v)
+
+
+def timm_equivalent(spec: dict):
+    """timm.models.resnet.ResNet keyword arguments for a full spec dict its ResNet class expresses,
+    or None (pre-activation, stride on the 1x1, CIFAR stems, conv biases, per-stage widths...)."""
+    block, stem, sc = spec["block"], spec["stem"], spec.get("shortcut", {})
+    deep = stem.get("type") == "deep"
+    if block.get("preact") or block.get("stride_on", "3x3") != "3x3" or "stride_block" in block \
+            or stem.get("stride") != 2 or stem.get("kernel") != (3 if deep else 7) or "pool" in stem \
+            or "padding" in stem or "bias" in stem or any("width" in s for s in spec["stages"]) \
+            or sc.get("type") != "B" or "conv_bias" in spec or set(spec["head"]) != {"classes"} \
+            or [s["stride"] for s in spec["stages"]] != [1] + [2] * (len(spec["stages"]) - 1) \
+            or spec["norm"] != {"eps": 1e-5, "momentum": 0.1}:
+        return None
+    se = block.get("se")
+    if se is not None and se != {"reduction": 16, "divisor": 8}:
+        return None
+    kwargs = {"layers": [s["blocks"] for s in spec["stages"]], "num_classes": spec["head"]["classes"],
+              "in_chans": spec["input"]["channels"], "cardinality": block.get("groups", 1),
+              "base_width": block.get("width_per_group", 64),
+              "channels": [s["channels"] for s in spec["stages"]], "bottleneck": block["type"] == "bottleneck",
+              "se": se is not None, "zero_init_last": False}
+    if deep:
+        w = stem["channels"][0]
+        if stem["channels"] != [w, w, 2 * w]:  # timm's deep stem: stem_width, stem_width, 2 x stem_width
+            return None
+        kwargs.update(stem_type="deep", stem_width=stem["channels"][0])
+    if sc.get("projection") == "avgpool_conv":
+        if sc.get("pool", {"ceil_mode": True, "count_include_pad": False}) != {"ceil_mode": True,
+                                                                             "count_include_pad": False}:
+            return None
+        kwargs["avg_down"] = True
+    return kwargs
+
+
+def build_timm(kwargs: dict):
+    """The timm ResNet of :func:`timm_equivalent`'s arguments (the runtime a checkpoint came from)."""
+    from timm.models import resnet
+
+    kw = dict(kwargs)
+    kw["block"] = resnet.Bottleneck if kw.pop("bottleneck") else resnet.BasicBlock
+    if kw.pop("se"):
+        kw["block_args"] = {"attn_layer": "se"}
+    return resnet.ResNet(**kw).eval()
