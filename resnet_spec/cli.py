@@ -221,7 +221,8 @@ def _parse_backends(text: str) -> list:
 @click.option("--weights", "weights_file", type=click.Path(dir_okay=False),
               help="safetensors or .pth weights. Default: seeded random with non-trivial BN statistics.")
 @click.option("--backends", "targets", default="all", show_default=True,
-              help="Comma-separated backends to compare (torch, onnx, tensorflow) or 'all'.")
+              help="Comma-separated legs to compare (torch, onnx, keras-tensorflow (alias tensorflow), keras-jax, "
+                   "keras-torch) or 'all' (every installed leg).")
 @click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]),
               help="Where every backend runs; one that cannot is reported and the others still run.")
 @click.option("--dtype", default="float32", show_default=True,
@@ -244,7 +245,10 @@ def parity(spec, weights_file, targets, device, dtype, batch, seed, layers, allo
     """
     from . import parity as P
 
-    backends = _parse_backends(targets)
+    try:
+        backends, skipped = P.parse_legs(targets)
+    except ResNetSpecError as exc:
+        raise click.BadParameter(str(exc), param_hint="--backends") from None
     if len(backends) < 2:
         raise click.BadParameter("name at least two backends to compare", param_hint="--backends")
     net = _load(spec, max_params, max_activation_gib)
@@ -255,7 +259,7 @@ def parity(spec, weights_file, targets, device, dtype, batch, seed, layers, allo
 
         check_writable(json_file, force=True)
     report = P.run(net, weights, backends=backends, device=device, dtype=dtype, batch=batch, seed=seed,
-                   layers=layers, allow_tf32=allow_tf32, weights_label=label,
+                   layers=layers, allow_tf32=allow_tf32, weights_label=label, skipped=skipped,
                    progress=lambda t: click.echo(f"  {t}", err=True))
     if json_file == "-":
         click.echo(json.dumps(report.to_json(), indent=2))
