@@ -48,7 +48,7 @@ def torch_step(net: ir.Network, weights, x, g, *, device="cpu", dtype="float32",
     grads = {n: (p.grad if p.grad is not None else torch.zeros_like(p)).detach().cpu().numpy()
              for n, p in model.named_parameters()}
     stats = {n: b.detach().cpu().numpy() for n, b in model.named_buffers() if n.endswith(STAT_SUFFIXES)}
-    out = {"logits": logits.detach().cpu().numpy(), "loss": float(loss), "grads": grads, "stats": stats}
+    out = {"logits": logits.detach().cpu().numpy(), "loss": float(loss.detach()), "grads": grads, "stats": stats}
     return out, f"{desc}, torch {torch.__version__}"
 
 

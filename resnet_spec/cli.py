@@ -234,9 +234,11 @@ def _parse_backends(text: str) -> list:
 @click.option("--allow-nonfinite", is_flag=True, help="Accept NaN/Inf values in --weights.")
 @click.option("--json", "json_file", type=click.Path(dir_okay=False),
               help="Also write the report as JSON to this file ('-' for stdout).")
+@click.option("--train", is_flag=True, help="Compare one training step (logits, loss, gradients, BN running "
+                                            "stats) instead of inference; float32, legs torch and keras-*.")
 @limit_options
 def parity(spec, weights_file, targets, device, dtype, batch, seed, layers, allow_tf32, allow_nonfinite,
-           json_file, max_params, max_activation_gib):
+           json_file, train, max_params, max_activation_gib):
     """Run SPEC in every backend on the same weights and input; compare every pair.
 
     Exit 0 when every requested backend ran and every pair is within the tolerance for --dtype, 1
@@ -258,13 +260,25 @@ def parity(spec, weights_file, targets, device, dtype, batch, seed, layers, allo
         from .fileio import check_writable
 
         check_writable(json_file, force=True)
-    report = P.run(net, weights, backends=backends, device=device, dtype=dtype, batch=batch, seed=seed,
-                   layers=layers, allow_tf32=allow_tf32, weights_label=label, skipped=skipped,
-                   progress=lambda t: click.echo(f"  {t}", err=True))
+    say = lambda t: click.echo(f"  {t}", err=True)  # noqa: E731
+    if train:
+        from . import train_parity as T
+
+        if dtype != "float32":
+            raise click.BadParameter("--train compares float32 only", param_hint="--dtype")
+        if targets == "all":  # no training step in ONNX: 'all' means every installed training leg
+            backends = [b for b in backends if b != "onnx"]
+        report = T.run_train(net, weights, backends=backends, device=device, batch=batch, seed=seed,
+                             weights_label=label, skipped=skipped, allow_tf32=allow_tf32, progress=say)
+        fmt = T.format_train_report
+    else:
+        report = P.run(net, weights, backends=backends, device=device, dtype=dtype, batch=batch, seed=seed,
+                       layers=layers, allow_tf32=allow_tf32, weights_label=label, skipped=skipped, progress=say)
+        fmt = P.format_report
     if json_file == "-":
         click.echo(json.dumps(report.to_json(), indent=2))
     else:
-        click.echo(P.format_report(report))
+        click.echo(fmt(report))
         if json_file:
             from .fileio import write_text
 

@@ -46,10 +46,10 @@ def _train_worker(backend, spec_yaml, weights, x, g, options, mutate):
     if backend == "torch":
         out, device = training.torch_step(net, weights, x, g, mutate=mutate, **options)
     elif backend == "tensorflow" or backend in KERAS_LEGS:
-        from .backends import get
+        from .backends.keras_backend import Leg
 
-        out, device = training.keras_step(get("keras-tensorflow" if backend == "tensorflow" else backend),
-                                          net, weights, x, g, mutate=mutate, **options)
+        leg = Leg("tensorflow" if backend == "tensorflow" else KERAS_LEGS[backend])
+        out, device = training.keras_step(leg, net, weights, x, g, mutate=mutate, **options)
     else:
         raise BackendUnavailable(f"{backend}: no training step (inference graphs only); --train legs: "
                                  f"{', '.join(TRAIN_LEGS[:1] + TRAIN_LEGS[2:])}")

@@ -44,3 +44,19 @@ def tf_scale_layer1_1(model):
 def crash(model):
     """The worker dies as if a native library segfaulted."""
     os.abort()
+
+
+def keras_bn_momentum_unconverted(model):
+    """The classic port bug: PyTorch's BN momentum m used as Keras' momentum (which is 1 - m)."""
+    import keras
+
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = 1.0 - layer.momentum
+    return model
+
+
+def torch_block_gradient_layer2_0_conv1(model):
+    """A gradient-blocking op: layer2.0.conv1's output is detached (same forward, no backward)."""
+    model.get_submodule("layer2.0.conv1").register_forward_hook(lambda _m, _i, out: out.detach())
+    return model
