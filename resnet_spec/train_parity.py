@@ -8,14 +8,20 @@ statistics), dropout and drop-path off, the fixed loss ``L = sum(logits * g) / N
 * ``logits``: ``max |a - b| / max |a|`` (as inference parity);
 * ``loss``: ``|La - Lb| / S`` with ``S = sum |logits_a * g| / N`` (the loss's own scale; L itself may be
   near zero);
-* ``grads``: per parameter (canonical name, PyTorch layout) ``max |a - b| / max(max |a|, 1e-3 * G)``
-  with ``G`` the largest gradient of the whole model (a tensor whose gradient is almost zero is judged
-  on the model's scale, not on its own); the worst tensors are listed;
+* ``grads``: per parameter (canonical name, PyTorch layout) ``max |a - b| / G`` with ``G`` the largest
+  gradient of the whole model; the worst tensors are listed. Judged on the model's gradient scale, not
+  each tensor's own: training-mode BN makes float32 gradients of a deep, randomly initialised net
+  ill-conditioned (measured, PyTorch float32 against PyTorch float64 at 64x64 input, batch 2: up to
+  6e-3 of G -- resnet50d -- and up to 8e-2 of a tensor's own scale), so per-tensor errors would fail on
+  rounding alone;
 * ``stats``: every BN running_mean / running_var after the step, ``max |a - b| / max |a|`` per tensor
   (momentum convention ``running = (1 - m) * running + m * stat``, unbiased batch variance).
 
 A pair passes when each is within :data:`TRAIN_TOLERANCES` (float32 only: reduced-precision training
-is not compared). Measured worst values are in docs/parity.md.
+is not compared). Measured worst values are in docs/parity.md. The float32 gradient tolerance is about 3x
+PyTorch's own float32-vs-float64 error on the worst spec measured. That is loose for a single tensor, so
+the report also names every tensor whose gradient is exactly zero in one leg and not in the other (a
+planted detach of resnet20's layer2.0.conv1 gives 7.4e-2 of G and is named that way).
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ from .isolate import WorkerCrashed
 from .parity import Runner, compare, make_input
 
 #: max relative error per quantity (float32), see the module docstring and docs/parity.md.
-TRAIN_TOLERANCES = {"logits": 1e-4, "loss": 1e-4, "grads": 1e-3, "stats": 1e-4}
+TRAIN_TOLERANCES = {"logits": 1e-4, "loss": 1e-4, "grads": 2e-2, "stats": 1e-4}
 WORST = 5  # tensors listed per pair and quantity
 TRAIN_LEGS = ("torch", "tensorflow", "keras-tensorflow", "keras-jax", "keras-torch")
 
@@ -128,12 +134,15 @@ def compare_steps(a: dict, b: dict, g: np.ndarray) -> dict:
     logits = compare(a["logits"], b["logits"])
     loss_scale = float(np.abs(np.asarray(a["logits"], np.float64) * g).sum() / g.shape[0])
     loss_rel = abs(a["loss"] - b["loss"]) / max(loss_scale, 1e-30)
-    grads = _per_tensor(a["grads"], b["grads"], 1e-3)
+    grads = _per_tensor(a["grads"], b["grads"], 1.0)
     stats = _per_tensor(a["stats"], b["stats"], 0.0)
     out = {"logits_max_rel": logits["max_rel"], "loss_a": a["loss"], "loss_b": b["loss"], "loss_rel": loss_rel,
            "grads_max_rel": grads[0][1] if grads else 0.0, "stats_max_rel": stats[0][1] if stats else 0.0,
            "worst_grads": [{"tensor": n, "max_rel": e} for n, e in grads[:WORST]],
            "worst_stats": [{"tensor": n, "max_rel": e} for n, e in stats[:WORST]],
+           "no_grad": {leg: sorted(n for n in set(x["grads"]) & set(y["grads"])
+                                   if not np.any(x["grads"][n]) and np.any(y["grads"][n]))
+                       for leg, x, y in (("a", a, b), ("b", b, a))},
            "grads_failing": sum(1 for _, e in grads if e > tol["grads"]), "grads_total": len(grads),
            "stats_failing": sum(1 for _, e in stats if e > tol["stats"]), "stats_total": len(stats)}
     out["checks"] = {"logits": out["logits_max_rel"] <= tol["logits"], "loss": loss_rel <= tol["loss"],
@@ -211,6 +220,9 @@ def format_train_report(r: TrainReport) -> str:
         if not p["checks"]["grads"]:
             lines.append(f"    gradients: {p['grads_failing']}/{p['grads_total']} tensors over {t['grads']:.0e}; worst:")
             lines += [f"      {row['tensor']:<36} {_e(row['max_rel'])}" for row in p["worst_grads"]]
+            for side in ("a", "b"):
+                if p["no_grad"][side]:
+                    lines.append(f"    no gradient at all in {p[side]} (blocked?): {', '.join(p['no_grad'][side][:WORST])}")
         if not p["checks"]["stats"]:
             lines.append(f"    BN running stats: {p['stats_failing']}/{p['stats_total']} tensors over "
                          f"{t['stats']:.0e} (momentum convention? unbiased variance?); worst:")

@@ -2,7 +2,7 @@
 
 Legs: torch (reference), keras-tensorflow, keras-jax (when JAX is installed), keras-torch, each in its
 own worker. Tolerances: resnet_spec.train_parity.TRAIN_TOLERANCES (float32; measured worst values in
-docs/parity.md are two to three orders of magnitude below them).
+docs/parity.md; the gradient tolerance is set by float32 conditioning, see train_parity's docstring).
 """
 
 from __future__ import annotations
@@ -72,8 +72,10 @@ def test_planted_gradient_blocking_op_is_named(runner):
              mutate={"torch": faults.torch_block_gradient_layer2_0_conv1})
     (p,) = r.pairs
     assert p["checks"] == {"logits": True, "loss": True, "grads": False, "stats": True}
-    assert p["worst_grads"][0] == {"tensor": "layer2.0.conv1.weight", "max_rel": 1.0}
-    assert "layer2.0.conv1.weight" in T.format_train_report(r)
+    assert p["no_grad"] == {"a": ["layer2.0.conv1.weight"], "b": []}
+    assert "layer2.0.conv1.weight" in [row["tensor"] for row in p["worst_grads"]]
+    assert p["grads_max_rel"] > T.TRAIN_TOLERANCES["grads"]
+    assert "no gradient at all in torch (blocked?): layer2.0.conv1.weight" in T.format_train_report(r)
 
 
 @pytest.mark.parametrize("name", ["seresnet50", "resnet50d"])
