@@ -101,3 +101,19 @@ def test_cli_train_json():
     rep = json.loads(res.output[res.output.index("{"):])
     assert rep["mode"] == "train" and rep["passed"] and rep["tolerances_rel"] == T.TRAIN_TOLERANCES
     assert [(p["a"], p["b"]) for p in rep["pairs"]] == [("torch", "keras-torch")]
+
+
+def test_all_lists_uninstalled_legs_and_unknown_legs_are_refused(monkeypatch):
+    """'all' = every installed leg; an uninstalled one is listed as not installed, never a failure."""
+    from resnet_spec.backends import keras_backend
+
+    real = keras_backend.missing
+    monkeypatch.setattr(keras_backend, "missing", lambda b: "jax is not installed (pip install 'resnet-spec[jax]')"
+                        if b == "jax" else real(b))
+    legs, skipped = P.parse_legs("all")
+    assert "keras-jax" not in legs and skipped == {"keras-jax": "jax is not installed (pip install 'resnet-spec[jax]')"}
+    assert P.parse_legs("torch,tf,keras-jax") == (["torch", "tensorflow", "keras-jax"], {})
+    with pytest.raises(resnet_spec.ResNetSpecError, match="unknown backend 'keras-mxnet'"):
+        P.parse_legs("torch,keras-mxnet")
+    res = CliRunner().invoke(main, ["parity", "resnet20", "--backends", "torch,keras-mxnet"])
+    assert res.exit_code == 2 and "unknown backend 'keras-mxnet'" in res.output
