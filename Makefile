@@ -13,7 +13,7 @@ demo: setup
 	$(BIN)/resnet-spec parity resnet50 --json $(OUT)/parity.json
 
 test: setup
-	$(BIN)/python -m pytest -n 2 --dist loadgroup -q
+	$(BIN)/python -m pytest -n 2 -q
 
 setup: $(VENV)/.installed
 

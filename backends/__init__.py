@@ -11,6 +11,9 @@ BACKENDS = ("torch", "onnx", "tensorflow")
 LEGS = ("torch", "onnx", "keras-tensorflow", "keras-jax", "keras-torch")
 #: Keras leg -> Keras backend (``keras``: whichever backend the process runs).
 KERAS_LEGS = {"keras": None, "keras-tensorflow": "tensorflow", "keras-jax": "jax", "keras-torch": "torch"}
+#: The compute dtypes a backend may be asked for (parity's tolerances are keyed by them); a backend
+#: refuses the ones it cannot honour.
+DTYPES = ("float32", "float16", "bfloat16")
 
 # What ``convert`` writes, per backend: ``<out_dir>/<model name><suffix>``. Kept here, free of any
 # framework import, so that the CLI can refuse an existing output before any backend runs.

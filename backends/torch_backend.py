@@ -13,6 +13,7 @@ import os
 import numpy as np
 
 from .. import ir
+from . import DTYPES, common
 from ..errors import BackendUnavailable
 
 NAME = "torch"
@@ -63,24 +64,26 @@ if torch is not None:
             return f"before={self.before}, after={self.after}"
 
     class PaddedMaxPool(nn.Module):
-        """Max-pool over explicitly padded input: symmetric ``padding`` of ``value`` (0 for Keras-style
-        zero padding), then the ceil-mode extension as -inf so it never wins."""
+        """Max-pool over explicitly padded input (``ir.Pool.pad_split``): the counted symmetric padding
+        of ``value`` (0 for Keras-style zero padding), then the rest (the ceil-mode extension) as -inf
+        so that it never wins."""
 
-        def __init__(self, kernel, stride, pads, value):
+        def __init__(self, kernel, stride, pad_split, value):
             super().__init__()
-            self.kernel, self.stride, self.pads, self.value = kernel, stride, tuple(pads), value
+            self.kernel, self.stride, self.value = kernel, stride, value
+            self.counted, self.rest = pad_split[0], tuple(pad_split[1])
 
         def forward(self, x):
-            t, l, b, r = self.pads
-            p = min(self.pads)
+            p, (t, l, b, r) = self.counted, self.rest
             if p:
                 x = F.pad(x, (p, p, p, p), value=self.value)
-            if (t, l, b, r) != (p, p, p, p):
-                x = F.pad(x, (l - p, r - p, t - p, b - p), value=float("-inf"))
+            if any(self.rest):
+                x = F.pad(x, (l, r, t, b), value=float("-inf"))
             return F.max_pool2d(x, self.kernel, self.stride)
 
         def extra_repr(self):
-            return f"kernel_size={self.kernel}, stride={self.stride}, pads={self.pads}, value={self.value}"
+            return (f"kernel_size={self.kernel}, stride={self.stride}, padding={self.counted}, rest={self.rest}, "
+                    f"value={self.value}")
 
     class SqueezeExcite(nn.Module):
         """x * sigmoid(fc2(relu(fc1(mean_hw(x))))) -- timm's SEModule, same parameter names."""
@@ -115,139 +118,156 @@ if torch is not None:
         def forward(self, x):
             return torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
 
-    def _module(op):
-        """The nn.Module for one IR op; the exact-semantics choices are documented on ir.Pool."""
-        if isinstance(op, ir.Conv):
-            return nn.Conv2d(op.in_channels, op.out_channels, op.kernel, op.stride, op.padding, op.dilation,
-                             op.groups, op.bias)
-        if isinstance(op, ir.BatchNorm):
-            return nn.BatchNorm2d(op.channels, eps=op.eps, momentum=op.momentum)
-        if isinstance(op, ir.ReLU):
-            return nn.ReLU(inplace=True)
-        if isinstance(op, ir.Pool):
-            if op.kind == "avg":
-                return nn.AvgPool2d(op.kernel, op.stride, op.padding, op.ceil_mode, op.count_include_pad)
-            if op.pad_value == "neg_inf" or op.padding == 0:
-                return nn.MaxPool2d(op.kernel, op.stride, op.padding, ceil_mode=op.ceil_mode)
-            return PaddedMaxPool(op.kernel, op.stride, op.pads, 0.0)
-        if isinstance(op, ir.Subsample):
-            return Subsample(op.stride)
-        if isinstance(op, ir.ChannelPad):
-            return ChannelPad(op.before, op.after)
-        if isinstance(op, ir.SqueezeExcite):
-            return SqueezeExcite(op.channels, op.reduced)
-        if isinstance(op, ir.DropPath):
-            return DropPath(op.rate)
-        if isinstance(op, ir.GlobalAvgPool):
-            return GlobalAvgPool()
-        if isinstance(op, ir.Dropout):
-            return nn.Dropout(op.rate)
-        if isinstance(op, ir.Linear):
-            return nn.Linear(op.in_features, op.out_features, op.bias)
-        raise TypeError(f"no torch module for {type(op).__name__}")
 
-    # Names for parameter-free ops, relative to their owner (torchvision's where it has one).
-    _PLAIN_NAMES = {ir.ReLU: "relu", ir.Pool: "pool", ir.Subsample: "subsample", ir.ChannelPad: "channel_pad",
-                    ir.DropPath: "drop_path", ir.GlobalAvgPool: "avgpool", ir.Dropout: "dropout"}
 
-    def _attach(owner: nn.Module, prefix: str, ops, fallback_prefix: str = "") -> list:
-        """Register a module per op under ``owner`` at the op's canonical name (minus ``prefix``).
+# -- the op table: IR op -> nn.Module (the exact-semantics choices are documented on resnet_spec.ir) --
 
-        Returns the modules in execution order. Dotted names create plain containers, which is all
-        ``state_dict`` naming needs (``downsample.1`` may exist without a ``downsample.0``).
-        """
-        seq = []
-        for op in ops:
-            mod = _module(op)
-            name = getattr(op, "name", None)
-            if name:
-                rel = name[len(prefix) + 1:] if prefix else name
-            else:
-                rel = fallback_prefix + _PLAIN_NAMES[type(op)]
-                if isinstance(op, ir.ReLU) and hasattr(owner, rel):
-                    seq.append(getattr(owner, rel))  # one shared ReLU, as torchvision does
-                    continue
-                base, i = rel, 1
-                while hasattr(owner, rel):
-                    rel, i = f"{base}{i}", i + 1
-            parent = owner
-            *path, leaf = rel.split(".")
-            for part in path:
-                if not hasattr(parent, part):
-                    parent.add_module(part, nn.Module())
-                parent = getattr(parent, part)
-            parent.add_module(leaf, mod)
-            seq.append(mod)
-        return seq
+
+def _conv(op: ir.Conv):
+    return nn.Conv2d(op.in_channels, op.out_channels, op.kernel, op.stride, op.padding, op.dilation, op.groups,
+                     op.bias)
+
+
+def _pool(op: ir.Pool):
+    if op.kind == "avg":
+        return nn.AvgPool2d(op.kernel, op.stride, op.padding, op.ceil_mode, op.count_include_pad)
+    counted, _ = op.pad_split
+    if not counted:  # torch's max-pool never lets its (-inf) padding win
+        return nn.MaxPool2d(op.kernel, op.stride, op.padding, ceil_mode=op.ceil_mode)
+    return PaddedMaxPool(op.kernel, op.stride, op.pad_split, 0.0)
+
+
+#: How each IR op becomes a module (see backends/common.py; the conformance test checks it is complete).
+OPS = {
+    ir.Conv: _conv,
+    ir.BatchNorm: lambda op: nn.BatchNorm2d(op.channels, eps=op.eps, momentum=op.momentum),
+    ir.ReLU: lambda op: nn.ReLU(inplace=True),
+    ir.Pool: _pool,
+    ir.Subsample: lambda op: Subsample(op.stride),
+    ir.ChannelPad: lambda op: ChannelPad(op.before, op.after),
+    ir.SqueezeExcite: lambda op: SqueezeExcite(op.channels, op.reduced),
+    ir.DropPath: lambda op: DropPath(op.rate),
+    ir.GlobalAvgPool: lambda op: GlobalAvgPool(),
+    ir.Dropout: lambda op: nn.Dropout(op.rate),
+    ir.Linear: lambda op: nn.Linear(op.in_features, op.out_features, op.bias),
+}
+
+
+class _Builder(common.Lowering):
+    """Builds: registers each op's module at its name under ``root`` (dotted names create plain
+    containers: ``downsample.1`` may exist without a ``downsample.0``) and records the modules in walk
+    order. Unnamed helpers are named as in torchvision (``relu``, ``avgpool``); a block's ReLU is one
+    shared module, as in torchvision; shortcut helpers are ``shortcut_<what>``."""
+
+    table, backend = OPS, NAME
+
+    def __init__(self, root):
+        self.root, self.seq = root, []
+
+    def name(self, op, owner, branch):
+        if getattr(op, "name", None) or branch != "shortcut":
+            return super().name(op, owner, branch)
+        return common.join(owner, "shortcut_" + common.HELPER_NAMES[type(op)])
+
+    def op(self, op, x, name, tap):
+        if not getattr(op, "name", None):
+            existing = _find(self.root, name)
+            if isinstance(op, ir.ReLU) and isinstance(existing, nn.ReLU):
+                self.seq.append(existing)
+                return x
+            base, i = name, 1
+            while existing is not None:
+                name, i = f"{base}{i}", i + 1
+                existing = _find(self.root, name)
+        mod = self.lowering_of(op)(op)
+        *path, leaf = name.split(".")
+        parent = self.root
+        for part in path:
+            if not hasattr(parent, part):
+                parent.add_module(part, nn.Module())
+            parent = getattr(parent, part)
+        parent.add_module(leaf, mod)
+        self.seq.append(mod)
+        return x
+
+    def add(self, y, s, block, tap):
+        return y
+
+
+def _find(root, name: str):
+    try:
+        return root.get_submodule(name)
+    except AttributeError:
+        return None
+
+
+class _Runner(common.Lowering):
+    """Runs: applies the modules the builder recorded, in the same walk order; records taps."""
+
+    table, backend = OPS, NAME
+
+    def __init__(self, modules, taps: dict | None):
+        self.next, self.taps = iter(modules).__next__, taps
+
+    def name(self, op, owner, branch):
+        return ""
+
+    def op(self, op, x, name, tap):
+        return self.next()(x)
+
+    def add(self, y, s, block, tap):
+        return y + s
+
+    def tap(self, x, name):
+        if self.taps is not None:
+            self.taps[name] = x if name == common.HEAD else x.clone()
+        return x
+
+
+if torch is not None:
 
     class Block(nn.Module):
-        """``y = post(main(a) + shortcut(s))`` with ``a = pre(x)``, ``s = a`` or ``x`` (see ir.Block)."""
+        """A container for one block's modules (``layer2.0``); the network's walk runs them."""
 
         def __init__(self, block: ir.Block):
             super().__init__()
             self.kind = block.kind
-            self._pre = _attach(self, block.name, block.pre)
-            self._main = _attach(self, block.name, block.main)
-            self._shortcut = _attach(self, block.name, block.shortcut, fallback_prefix="shortcut_")
-            self._post = _attach(self, block.name, block.post)
-            self.shortcut_from_pre = block.shortcut_from == "pre"
-
-        def forward(self, x):
-            a = x
-            for f in self._pre:
-                a = f(a)
-            s = a if self.shortcut_from_pre else x
-            for f in self._shortcut:
-                s = f(s)
-            y = a
-            for f in self._main:
-                y = f(y)
-            y = y + s
-            for f in self._post:
-                y = f(y)
-            return y
 
     class ResNet(nn.Module):
         """A ResNet built from a resnet-spec IR. ``forward`` gives logits; ``forward_taps`` also gives
-        the output of the stem and of every block (the parity checker's comparison points)."""
+        the output of the stem and of every block (the parity checker's comparison points).
+
+        Modules sit at their canonical names (``layer1.0.conv1``); ``forward`` is the shared walk of
+        backends/common.py over the IR, applying them."""
 
         def __init__(self, net: ir.Network):
             super().__init__()
             self.spec_name = net.name
-            self._stem = _attach(self, "", net.stem)
+            self._net = net
             stages: dict[int, list] = {}
             for b in net.blocks:
                 stages.setdefault(b.stage, []).append(Block(b))
+            builder = _Builder(self)
+            common.lower_ops(builder, net.stem, None, "", common.STEM)
             for s, blocks in stages.items():
                 self.add_module(f"layer{s + 1}", nn.Sequential(*blocks))
-            self._head = _attach(self, "", net.head)
-            self._tap_names = [b.name for b in net.blocks]
+            for b in net.blocks:
+                common.walk_block(builder, b, None)
+            common.lower_ops(builder, net.head, None, "", common.HEAD)
+            self._seq = builder.seq
+
+        def _run(self, x, taps=None, head=True):
+            return common.walk(_Runner(self._seq, taps), self._net, x, head=head)
 
         def forward_features(self, x):
-            for f in self._stem:
-                x = f(x)
-            for s in range(len([n for n in self._modules if n.startswith("layer")])):
-                x = getattr(self, f"layer{s + 1}")(x)
-            return x
+            return self._run(x, head=False)
 
         def forward(self, x):
-            x = self.forward_features(x)
-            for f in self._head:
-                x = f(x)
-            return x
+            return self._run(x)
 
         def forward_taps(self, x) -> dict:
             taps = {}
-            for f in self._stem:
-                x = f(x)
-            taps["stem"] = x.clone()
-            blocks = [blk for n, m in self._modules.items() if n.startswith("layer") for blk in m]
-            for name, blk in zip(self._tap_names, blocks):
-                x = blk(x)
-                taps[name] = x.clone()
-            for f in self._head:
-                x = f(x)
-            taps["head"] = x
+            self._run(x, taps)
             return taps
 
 
@@ -277,13 +297,12 @@ def state_to_weights(state_dict) -> dict:
             if not k.endswith("num_batches_tracked")}
 
 
-_DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
 
 
 def device_and_dtype(device: str, dtype: str, allow_tf32: bool = False):
     """Resolve a requested device/dtype, refusing (never silently falling back) what is not there."""
     _require()
-    if dtype not in _DTYPES:
+    if dtype not in DTYPES:
         raise BackendUnavailable(f"torch: unsupported dtype {dtype!r}")
     if device.startswith("cuda"):
         if not torch.cuda.is_available():
@@ -297,7 +316,7 @@ def device_and_dtype(device: str, dtype: str, allow_tf32: bool = False):
         dev, desc = torch.device("cpu"), "cpu"
     else:
         raise BackendUnavailable(f"torch: unknown device {device!r}")
-    return dev, getattr(torch, _DTYPES[dtype]), desc
+    return dev, getattr(torch, dtype), desc
 
 
 def infer(net: ir.Network, weights, x: np.ndarray, *, device: str = "cpu", dtype: str = "float32",
@@ -362,6 +381,7 @@ def check_source(net: ir.Network, source: str, model, example) -> None:
     """
     import types
 
+    from ..parity import rel_error
     from .torch_source import class_name
 
     mod = types.ModuleType(f"_resnet_spec_emitted_{net.name.replace('.', '_').replace('-', '_')}")
@@ -373,7 +393,7 @@ def check_source(net: ir.Network, source: str, model, example) -> None:
     if same:
         with torch.no_grad():
             a, b = model.eval()(example), emitted.eval()(example)
-        same = a.shape == b.shape and float((a - b).abs().max()) <= SOURCE_TOL * float(a.abs().max())
+        same = rel_error(a.numpy(), b.numpy()) <= SOURCE_TOL
     if not same:
         raise RuntimeError(f"internal error: the standalone source emitted for {net.name} does not reproduce "
                            "the model; nothing was written. Please report this with the spec.")

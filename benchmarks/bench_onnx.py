@@ -152,6 +152,7 @@ def main(argv=None):
     import torchvision
 
     import resnet_spec
+    from resnet_spec.parity import rel_error
 
     print(f"machine: {os.cpu_count()} CPUs, {cpu_model()}; python {platform.python_version()}")
     print(f"resnet-spec {resnet_spec.__version__}, onnx {onnx.__version__}, onnxruntime {ort.__version__}, "
@@ -170,7 +171,7 @@ def main(argv=None):
                     rows.append((name, k, "FAILED: " + p, "", "", "", "", "", ""))
                     continue
                 ref = outs["resnet-spec"].astype(np.float64)
-                diff = np.abs(outs[k] - ref).max() / np.abs(ref).max()
+                diff = rel_error(ref, outs[k])
                 rows.append((name, k, f"{t:.2f}", f"{t / ours_t:.1f}x", f"{os.path.getsize(p) / 2**20:.1f}",
                              f"{lat1[k] * 1e3:.1f}", f"{lat1['resnet-spec'] / lat1[k]:.2f}",
                              f"{lat8[k] * 1e3:.0f}", f"{lat8['resnet-spec'] / lat8[k]:.2f}"

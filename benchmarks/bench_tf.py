@@ -50,6 +50,7 @@ def bench_throughput(pairs, batch, warmup, repeats, T, tf, keras):
     import numpy as np
 
     import resnet_spec
+    from resnet_spec.parity import rel_error
     from resnet_spec.weights import init_weights
 
     rows = []
@@ -64,7 +65,7 @@ def bench_throughput(pairs, batch, warmup, repeats, T, tf, keras):
         fns = {"ours": tf.function(lambda t, m=ours: m(t, training=False)),
                "keras.applications": tf.function(lambda t, m=ref: m(t, training=False))}
         outs = {k: f(x).numpy() for k, f in fns.items()}
-        err = float(np.abs(outs["ours"] - outs["keras.applications"]).max() / np.abs(outs["keras.applications"]).max())
+        err = rel_error(outs["keras.applications"], outs["ours"])
         for _ in range(warmup):
             for f in fns.values():
                 f(x).numpy()

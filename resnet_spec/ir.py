@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Union
 
 Shape = tuple  # (C, H, W)
 
@@ -63,6 +62,12 @@ class Conv:
         return c * h * w * (self.in_channels // self.groups) * self.kernel * self.kernel
 
 
+#: The canonical tensor suffixes of a BatchNorm, in order: ``<bn>.weight`` (gamma), ``<bn>.bias``
+#: (beta), then the two buffers.
+BN_LEAVES = ("weight", "bias", "running_mean", "running_var")
+BN_STATS = BN_LEAVES[2:]
+
+
 @dataclass(frozen=True)
 class BatchNorm:
     """y = (x - running_mean) / sqrt(running_var + eps) * weight + bias (inference form)."""
@@ -75,10 +80,8 @@ class BatchNorm:
     out_shape: Shape
 
     def tensors(self):
-        yield f"{self.name}.weight", (self.channels,), True
-        yield f"{self.name}.bias", (self.channels,), True
-        yield f"{self.name}.running_mean", (self.channels,), False
-        yield f"{self.name}.running_var", (self.channels,), False
+        for leaf in BN_LEAVES:
+            yield f"{self.name}.{leaf}", (self.channels,), leaf not in BN_STATS
 
 
 @dataclass(frozen=True)
@@ -115,6 +118,17 @@ class Pool:
         extra_h = max(0, (oh - 1) * self.stride + self.kernel - h - 2 * self.padding)
         extra_w = max(0, (ow - 1) * self.stride + self.kernel - w - 2 * self.padding)
         return (self.padding, self.padding, self.padding + extra_h, self.padding + extra_w)
+
+    @property
+    def pad_split(self) -> tuple:
+        """``(counted, rest)``: how a backend pads explicitly. ``counted`` is the symmetric padding whose
+        cells take part in the result -- zeros that can win a max (``pad_value`` 'zero') or that count
+        in an average (``count_include_pad``) -- and is made real with zeros before pooling (0 when no
+        padding counts). ``rest`` = ``pads`` minus ``counted`` is (top, left, bottom, right) padding
+        that never counts: -inf for a max, left out of an average's divisor."""
+        counted = self.padding if (self.pad_value == "zero" if self.kind == "max" else self.count_include_pad) else 0
+        t, l, b, r = self.pads
+        return counted, (t - counted, l - counted, b - counted, r - counted)
 
     def tensors(self):
         return iter(())
@@ -207,8 +221,10 @@ class Linear:
         return self.in_features * self.out_features
 
 
-Op = Union[Conv, BatchNorm, ReLU, Pool, Subsample, ChannelPad, SqueezeExcite, DropPath, GlobalAvgPool,
-           Dropout, Linear]
+#: Every IR op type. Each backend lowers every one of them (``backends/common.py``; the conformance
+#: test ``tests/test_lowering.py`` checks each backend's ``OPS`` table against this tuple).
+OP_TYPES = (Conv, BatchNorm, ReLU, Pool, Subsample, ChannelPad, SqueezeExcite, DropPath, GlobalAvgPool, Dropout,
+            Linear)
 
 
 @dataclass(frozen=True)
@@ -218,6 +234,9 @@ class Block:
     ``a = pre(x)`` (pre-activation BN+ReLU; empty for v1 blocks). The shortcut reads ``x`` when
     ``shortcut_from == "input"`` and ``a`` when it is ``"pre"``. An empty ``shortcut`` is the identity.
     ``post`` is the ReLU after the addition in v1 blocks (empty for pre-activation).
+    ``shortcut_kind`` names what the resolver put in ``shortcut``: 'identity' (no ops), 'option_a'
+    (Subsample and/or ChannelPad), 'projection' (strided 1x1 conv [+ BN]) or 'avgpool_projection'
+    (ResNet-D: average pool + 1x1 conv [+ BN]).
     """
 
     name: str
@@ -232,10 +251,26 @@ class Block:
     post: tuple
     in_shape: Shape
     out_shape: Shape
+    shortcut_kind: str = "identity"
 
     @property
     def ops(self) -> tuple:
         return self.pre + self.main + self.shortcut + self.post
+
+    @property
+    def convs(self) -> tuple:
+        """The residual branch's convolutions, in order (conv1, conv2[, conv3])."""
+        return tuple(op for op in self.main if isinstance(op, Conv))
+
+    @property
+    def stride_index(self):
+        """Which of :attr:`convs` carries the block's stride (0-based), or None for a stride-1 block."""
+        return next((i for i, c in enumerate(self.convs) if c.stride > 1), None)
+
+    @property
+    def downsamples(self) -> bool:
+        """Whether the block changes the feature map's height or width."""
+        return self.in_shape[1:] != self.out_shape[1:]
 
 
 @dataclass(frozen=True)

@@ -30,13 +30,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import ir
-from .backends import BACKENDS, KERAS_LEGS, LEGS
+from .backends import BACKENDS, DTYPES, KERAS_LEGS, LEGS
 from .errors import BackendUnavailable, ResNetSpecError
 from .isolate import Worker, WorkerCrashed
 
 #: max |a-b| / max |a| a pair may reach, per dtype (see docs/parity.md for the measurements).
-TOLERANCES = {"float32": 1e-4, "float16": 2e-2, "bfloat16": 1e-1}
-DTYPES = tuple(TOLERANCES)
+TOLERANCES = dict(zip(DTYPES, (1e-4, 2e-2, 1e-1)))  # float32, float16, bfloat16
 
 
 def compare(a: np.ndarray, b: np.ndarray) -> dict:
@@ -53,6 +52,12 @@ def compare(a: np.ndarray, b: np.ndarray) -> dict:
     if a64.ndim == 2:
         out["top1"] = float(np.mean(a64.argmax(1) == b64.argmax(1)))
     return out
+
+
+def rel_error(a, b) -> float:
+    """The one relative-error metric (tests and tools use it too): ``max |a - b| / max |a|``, the
+    error relative to ``a``'s output scale; inf when the shapes differ or a value is not finite."""
+    return compare(a, b)["max_rel"]
 
 
 def _infer_worker(backend: str, spec_yaml: str, weights: dict, x: np.ndarray, options: dict, mutate):

@@ -1,8 +1,10 @@
 """Stage 3: resolve a validated :class:`~resnet_spec.spec.Spec` into the IR.
 
-All defaults live in :data:`DEFAULTS` (the schema's ``default`` annotations are tested against it),
-and all ResNet semantics live here: where the stride goes, when a shortcut projects, which convs carry
-a bias, how blocks are named. Backends only interpret the result.
+All defaults live in :data:`resnet_spec.config.DEFAULTS` (the schema's ``default`` annotations are
+tested against it) and reach the resolver as typed, frozen configs (``BlockConfig``...). The semantic
+checks are small rule functions (:data:`RULES`); :func:`semantic_errors` runs them all. All ResNet
+semantics live here: where the stride goes, when a shortcut projects, which convs carry a bias, how
+blocks are named. Backends only interpret the result.
 """
 
 from __future__ import annotations
@@ -11,24 +13,9 @@ import math
 from dataclasses import dataclass
 
 from . import ir
+from .config import DEFAULTS, BlockConfig, HeadConfig, ShortcutConfig, StemConfig, opt  # noqa: F401
+from .errors import SpecError
 from .spec import Spec
-
-DEFAULTS = {
-    "input": {"channels": 3, "size": 224},
-    "width_multiplier": 1,
-    "conv_bias": False,
-    "norm": {"eps": 1e-5, "momentum": 0.1},
-    "stem": {"type": "conv", "channels": 64, "kernel": 7, "stride": 2,
-             "pool": {"type": "max", "kernel": 3, "stride": 2, "padding": 1}},
-    "stem.pool": {"type": "max", "kernel": 3, "stride": 2, "padding": 1, "ceil_mode": False, "pad_value": "neg_inf"},
-    "block": {"preact": False, "stride_on": "3x3", "stride_block": "first", "groups": 1,
-              "width_per_group": 64, "se": None, "drop_path_rate": 0.0},
-    "block.se": {"reduction": 16, "divisor": 8},
-    "shortcut": {"type": "B", "projection": "conv", "strided_identity": False, "zero_pad": "split"},
-    "shortcut.pool": {"ceil_mode": True, "count_include_pad": False},
-    "head": {"classes": 1000, "dropout": 0.0, "bias": True},
-    "init": {"zero_init_last_bn": False},
-}
 
 
 @dataclass(frozen=True)
@@ -44,46 +31,146 @@ class Limits:
 UNCHECKED = Limits(max_params=1 << 62, max_activation_bytes=1 << 62, max_blocks=1 << 62)
 
 
-def _get(d: dict | None, key: str, default):
-    if d is None:
-        return default
-    v = d.get(key, default)
-    return default if v is None and key not in d else v
-
-
-def _opt(section: dict | None, key: str, defaults_key: str):
-    return _get(section, key, DEFAULTS[defaults_key].get(key))
-
-
 def make_divisible(v: float, divisor: int) -> int:
     """timm's make_divisible with round_limit=0: nearest multiple of ``divisor``, at least ``divisor``."""
     return max(divisor, int(v + divisor / 2) // divisor * divisor)
 
 
 def resolve(spec: Spec, limits: Limits | None = None) -> ir.Network:
-    """Turn a merged spec into an :class:`ir.Network`, enforcing the semantic rules."""
+    """Turn a merged spec into an :class:`ir.Network`, enforcing the semantic rules; raises the first
+    :class:`SpecError` (see :func:`semantic_errors` for all of them)."""
+    for err in _rule_errors(spec):
+        raise err
     return _Resolver(spec, limits or Limits()).run()
 
 
+def semantic_errors(spec: Spec, limits: Limits | None = None) -> list:
+    """Every semantic error of a schema-valid ``spec``, in file order (``[]`` when it resolves).
+
+    The independent rules (:data:`RULES`) all run; when a required field is missing, only that is
+    reported (the other rules need it). Errors found while building the network (a feature map that
+    shrinks to nothing, a shortcut that does not fit) are reported only when every rule passes, and
+    then the first one, since building cannot go on past it.
+    """
+    errors = list(_rule_errors(spec))
+    if not errors:
+        try:
+            _Resolver(spec, limits or Limits()).run()
+        except SpecError as exc:
+            errors.append(exc)
+    user_file = spec.chain[0] if spec.chain else None
+    return sorted(errors, key=lambda e: (e.file != user_file, e.file or "", e.line or 0, e.col or 0))
+
+
+# -- semantic rules: each reads the merged spec and yields its errors (as jsonschema does per keyword) --
+
+
+def _rule_required(spec: Spec):
+    d = spec.data
+    for key in ("block", "stages"):
+        if key not in d:
+            yield spec.error(f"missing required field {key!r} (directly or through 'extends')")
+    if "block" in d and "type" not in d["block"]:
+        yield spec.error("missing required field 'type' (basic or bottleneck)", ("block",))
+
+
+def _rule_bottleneck_only(spec: Spec):
+    blk = spec.data["block"]
+    if blk["type"] != "basic":
+        return
+    for key in ("stride_on", "groups", "width_per_group"):
+        if key in blk and blk[key] != DEFAULTS["block"][key]:
+            yield spec.error(f"'{key}' applies to bottleneck blocks only", ("block", key))
+    for i, s in enumerate(spec.data["stages"]):
+        if "width" in s:
+            yield spec.error("'width' applies to bottleneck blocks only", ("stages", i, "width"))
+
+
+def _rule_stem(spec: Spec):
+    st = StemConfig.of(spec.data, bool(opt(spec.data["block"], "preact", "block")))
+    if st.kind == "conv" and isinstance(st.channels, list):
+        yield spec.error("a 'conv' stem takes one integer of channels; lists are for type 'deep'", ("stem", "channels"))
+    if st.kind == "deep" and not isinstance(st.channels, list):
+        yield spec.error("a 'deep' stem takes a list of channels, one per conv, e.g. [32, 32, 64]",
+                         ("stem", "channels"))
+    if st.pool is not None and st.pool["padding"] * 2 > st.pool["kernel"]:
+        yield spec.error(f"pool padding {st.pool['padding']} is more than half the kernel {st.pool['kernel']}",
+                         ("stem", "pool", "padding"))
+
+
+def _rule_shortcut(spec: Spec):
+    sc = spec.data.get("shortcut") or {}
+    if "pool" in sc and opt(sc, "projection", "shortcut") != "avgpool_conv":
+        yield spec.error("'pool' applies to projection 'avgpool_conv' only", ("shortcut", "pool"))
+    if opt(sc, "type", "shortcut") == "A" and "projection" in sc:
+        yield spec.error("type A shortcuts never project; remove 'projection' or use type B/C", ("shortcut", "projection"))
+
+
+def _rule_depth(spec: Spec):
+    try:
+        blocks_per_stage(spec)
+    except SpecError as exc:
+        yield exc
+
+
+def _rule_dilate(spec: Spec):
+    blk = BlockConfig.of(spec.data)
+    projection = opt(spec.data.get("shortcut"), "projection", "shortcut")
+    for si, stage in enumerate(spec.data["stages"]):
+        if not stage.get("dilate", False):
+            continue
+        if blk.stride_last:
+            yield spec.error("'dilate' is not supported with block.stride_block: last", ("stages", si, "dilate"))
+        elif projection == "avgpool_conv":
+            yield spec.error("'dilate' is not supported with avgpool_conv projections", ("stages", si, "dilate"))
+
+
+#: The semantic rules that need nothing but the required fields, in the order resolve() checks them.
+RULES = (_rule_bottleneck_only, _rule_shortcut, _rule_stem, _rule_depth, _rule_dilate)
+
+
+def _rule_errors(spec: Spec):
+    required = list(_rule_required(spec))
+    if required:
+        yield from required
+        return
+    for rule in RULES:
+        yield from rule(spec)
+
+
+def blocks_per_stage(spec: Spec) -> list:
+    """Blocks in each stage: the stages' ``blocks``, or what the top-level ``depth`` gives."""
+    stages, depth, kind = spec.data["stages"], spec.data.get("depth"), spec.data["block"]["type"]
+    if depth is None:
+        missing = [i for i, s in enumerate(stages) if "blocks" not in s]
+        if missing:
+            raise spec.error("missing 'blocks' (or give a top-level 'depth')", ("stages", missing[0]))
+        return [s["blocks"] for s in stages]
+    given = [i for i, s in enumerate(stages) if "blocks" in s]
+    if given:
+        raise spec.error("give either the top-level 'depth' or per-stage 'blocks', not both",
+                         ("stages", given[0], "blocks"))
+    per_block, n_stages = (2 if kind == "basic" else 3), len(stages)
+    step = per_block * n_stages
+    if (depth - 2) % step or depth <= 2:
+        near = [step * n + 2 for n in (max(1, (depth - 2) // step), (depth - 2) // step + 1)]
+        raise spec.error(f"depth {depth} is not of the form {step}n+2 for {n_stages} stages of {kind} blocks "
+                         f"(nearest: {near[0]} or {near[1]})", ("depth",))
+    return [(depth - 2) // step] * n_stages
+
+
 class _Resolver:
+    """Builds the IR from a spec that passed the rules; raises only for facts found while building."""
+
     def __init__(self, spec: Spec, limits: Limits):
-        self.spec = spec
-        self.d = spec.data
-        self.limits = limits
+        self.spec, self.d, self.limits = spec, spec.data, limits
         norm = self.d.get("norm") or {}
-        self.eps = float(_opt(norm, "eps", "norm"))
-        self.momentum = float(_opt(norm, "momentum", "norm"))
+        self.eps = float(opt(norm, "eps", "norm"))
+        self.momentum = float(opt(norm, "momentum", "norm"))
         self.conv_bias = self.d.get("conv_bias", DEFAULTS["conv_bias"])
-        for key in ("block", "stages"):
-            if key not in self.d:
-                raise spec.error(f"missing required field {key!r} (directly or through 'extends')")
-        blk = self.d["block"]
-        if "type" not in blk:
-            raise spec.error("missing required field 'type' (basic or bottleneck)", ("block",))
-        self.block = blk
-        self.kind = blk["type"]
-        self.preact = bool(_opt(blk, "preact", "block"))
-        self.sc = self.d.get("shortcut") or {}
+        self.blk = BlockConfig.of(self.d)
+        self.preact = self.blk.preact
+        self.sc = ShortcutConfig.of(self.d, self.preact)
 
     def err(self, msg, path=()):
         return self.spec.error(msg, path)
@@ -115,46 +202,30 @@ class _Resolver:
 
     # -- stem ------------------------------------------------------------------------------------
     def stem(self, in_shape):
-        st = self.d.get("stem") or {}
-        kind = _opt(st, "type", "stem")
-        default_k = 3 if kind == "deep" else DEFAULTS["stem"]["kernel"]
-        k = st.get("kernel", default_k)
-        stride = st.get("stride", DEFAULTS["stem"]["stride"])
-        pad = st.get("padding", k // 2)
-        chans = st.get("channels", [32, 32, 64] if kind == "deep" else DEFAULTS["stem"]["channels"])
-        norm = st.get("norm", not self.preact)
-        if kind == "conv" and isinstance(chans, list):
-            raise self.err("a 'conv' stem takes one integer of channels; lists are for type 'deep'",
-                           ("stem", "channels"))
-        if kind == "deep" and not isinstance(chans, list):
-            raise self.err("a 'deep' stem takes a list of channels, one per conv, e.g. [32, 32, 64]",
-                           ("stem", "channels"))
+        st = StemConfig.of(self.d, self.preact)
         ops, shape = [], in_shape
-        if kind == "conv":
-            bias = st.get("bias", self.bias_for(norm))
-            ops.append(self.conv("conv1", shape, chans, k, stride, pad, 1, 1, bias, ("stem",)))
+        if st.kind == "conv":
+            bias = st.bias if st.bias is not None else self.bias_for(st.norm)
+            ops.append(self.conv("conv1", shape, st.channels, st.kernel, st.stride, st.padding, 1, 1, bias, ("stem",)))
             shape = ops[-1].out_shape
         else:
             # timm's deep stem: conv1 = Sequential(conv, bn, act, conv, bn, act, conv); its last
             # BN is the network's bn1. Only the first conv is strided.
-            n = len(chans)
-            for i, c in enumerate(chans):
+            n = len(st.channels)
+            for i, c in enumerate(st.channels):
                 last = i == n - 1
-                bias = st.get("bias", self.bias_for(norm if last else True))
-                ops.append(self.conv(f"conv1.{3 * i}", shape, c, k if i == 0 else 3, stride if i == 0 else 1,
-                                     pad if i == 0 else 1, 1, 1, bias, ("stem",)))
+                bias = st.bias if st.bias is not None else self.bias_for(st.norm if last else True)
+                first = i == 0
+                ops.append(self.conv(f"conv1.{3 * i}", shape, c, st.kernel if first else 3, st.stride if first else 1,
+                                     st.padding if first else 1, 1, 1, bias, ("stem",)))
                 shape = ops[-1].out_shape
                 if not last:
                     ops += [self.bn(f"conv1.{3 * i + 1}", shape), self.relu(shape)]
-        if norm:
+        if st.norm:
             ops += [self.bn("bn1", shape), self.relu(shape)]
-        pool = st.get("pool", DEFAULTS["stem"]["pool"]) if "pool" in st else DEFAULTS["stem"]["pool"]
-        if pool is not None:
-            p = {**DEFAULTS["stem.pool"], **pool}
+        if st.pool is not None:
+            p = st.pool
             c, h, w = shape
-            if p["padding"] * 2 > p["kernel"]:
-                raise self.err(f"pool padding {p['padding']} is more than half the kernel {p['kernel']}",
-                               ("stem", "pool", "padding"))
             oh = ir.pool_out(h, p["kernel"], p["stride"], p["padding"], p["ceil_mode"])
             ow = ir.pool_out(w, p["kernel"], p["stride"], p["padding"], p["ceil_mode"])
             if oh < 1 or ow < 1:
@@ -164,195 +235,63 @@ class _Resolver:
             shape = ops[-1].out_shape
         return tuple(ops), shape
 
-    # -- stages ----------------------------------------------------------------------------------
-    def blocks_per_stage(self):
-        stages = self.d["stages"]
-        depth = self.d.get("depth")
-        if depth is None:
-            missing = [i for i, s in enumerate(stages) if "blocks" not in s]
-            if missing:
-                raise self.err("missing 'blocks' (or give a top-level 'depth')", ("stages", missing[0]))
-            return [s["blocks"] for s in stages]
-        given = [i for i, s in enumerate(stages) if "blocks" in s]
-        if given:
-            raise self.err("give either the top-level 'depth' or per-stage 'blocks', not both",
-                           ("stages", given[0], "blocks"))
-        per_block = 2 if self.kind == "basic" else 3
-        S = len(stages)
-        if (depth - 2) % (per_block * S) or depth <= 2:
-            rule = f"{per_block * S}n+2"
-            near = [per_block * S * n + 2 for n in (max(1, (depth - 2) // (per_block * S)),
-                                                    (depth - 2) // (per_block * S) + 1)]
-            raise self.err(f"depth {depth} is not of the form {rule} for {S} stages of {self.kind} blocks "
-                           f"(nearest: {near[0]} or {near[1]})", ("depth",))
-        return [(depth - 2) // (per_block * S)] * S
-
+    # -- network ---------------------------------------------------------------------------------
     def run(self) -> ir.Network:
         d = self.d
         inp = d.get("input") or {}
         size = inp.get("size", DEFAULTS["input"]["size"])
         h, w = (size, size) if isinstance(size, int) else tuple(size)
         in_shape = (inp.get("channels", DEFAULTS["input"]["channels"]), h, w)
-
-        blk = self.block
-        if self.kind == "basic":
-            for key in ("stride_on", "groups", "width_per_group"):
-                if key in blk and blk[key] != DEFAULTS["block"][key]:
-                    raise self.err(f"'{key}' applies to bottleneck blocks only", ("block", key))
-            for i, s in enumerate(d["stages"]):
-                if "width" in s:
-                    raise self.err("'width' applies to bottleneck blocks only", ("stages", i, "width"))
-        expansion = blk.get("expansion", 4 if self.kind == "bottleneck" else 1)
-        groups = _opt(blk, "groups", "block")
-        wpg = _opt(blk, "width_per_group", "block")
-        stride_last = _opt(blk, "stride_block", "block") == "last"
-        se = blk.get("se")
-        se = None if se is None else {**DEFAULTS["block.se"], **se}
-        dpr = float(_opt(blk, "drop_path_rate", "block"))
-        sc_type = _opt(self.sc, "type", "shortcut")
-        projection = _opt(self.sc, "projection", "shortcut")
-        sc_norm = self.sc.get("norm", not self.preact)
-        strided_identity = _opt(self.sc, "strided_identity", "shortcut")
-        zero_pad = _opt(self.sc, "zero_pad", "shortcut")
-        sc_pool = {**DEFAULTS["shortcut.pool"], **(self.sc.get("pool") or {})}
-        if "pool" in self.sc and projection != "avgpool_conv":
-            raise self.err("'pool' applies to projection 'avgpool_conv' only", ("shortcut", "pool"))
-        if sc_type == "A" and "projection" in self.sc:
-            raise self.err("type A shortcuts never project; remove 'projection' or use type B/C",
-                           ("shortcut", "projection"))
-        mult = d.get("width_multiplier", 1)
-
         stem_ops, shape = self.stem(in_shape)
-        counts = self.blocks_per_stage()
-        total = sum(counts)
-        if total > self.limits.max_blocks:
-            raise self.err(f"{total} blocks exceed the limit of {self.limits.max_blocks}", ("stages",))
-        blocks, dilation, idx = [], 1, 0
-        for si, (stage, n) in enumerate(zip(d["stages"], counts)):
-            spath = ("stages", si)
-            planes = stage["channels"] * mult
-            out_ch = planes * expansion
-            stride = stage.get("stride", 1 if si == 0 else 2)
-            prev_dilation = dilation
-            if stage.get("dilate", False):
-                if stride_last:
-                    raise self.err("'dilate' is not supported with block.stride_block: last", spath + ("dilate",))
-                if projection == "avgpool_conv":
-                    raise self.err("'dilate' is not supported with avgpool_conv projections", spath + ("dilate",))
-                dilation *= stride
-                stride = 1
-            width = stage.get("width", int(planes * (wpg / 64.0)) * groups)
-            if self.kind == "bottleneck" and width < 1:
-                raise self.err("bottleneck width rounds to 0; raise channels or width_per_group", spath)
-            for bi in range(n):
-                b_stride = stride if (bi == n - 1 if stride_last else bi == 0) else 1
-                b_dil = prev_dilation if bi == 0 else dilation
-                rate = dpr * idx / (total - 1) if total > 1 and dpr > 0 else 0.0
-                block = self.block_ops(f"layer{si + 1}.{bi}", si, bi, shape, planes, width, out_ch, b_stride,
-                                       b_dil, groups, se, rate, sc_type, projection, sc_norm, strided_identity,
-                                       zero_pad, sc_pool, spath)
-                blocks.append(block)
-                shape = block.out_shape
-                idx += 1
-
-        head = d.get("head") or {}
-        classes = _opt(head, "classes", "head")
-        head_norm = head.get("norm", self.preact)
-        head_ops = []
-        if head_norm:
-            head_ops += [self.bn("bn_final", shape), self.relu(shape)]
-        c = shape[0]
-        head_ops.append(ir.GlobalAvgPool(shape, (c,)))
-        drop = float(_opt(head, "dropout", "head"))
-        if drop > 0:
-            head_ops.append(ir.Dropout(drop, (c,), (c,)))
-        head_ops.append(ir.Linear("fc", c, classes, bool(_opt(head, "bias", "head")), (c,), (classes,)))
-
+        counts = blocks_per_stage(self.spec)
+        if sum(counts) > self.limits.max_blocks:
+            raise self.err(f"{sum(counts)} blocks exceed the limit of {self.limits.max_blocks}", ("stages",))
+        blocks = self.stages(shape, counts)
+        head = HeadConfig.of(d, self.preact)
         net = ir.Network(
             name=d["name"], description=d.get("description", ""), input_shape=in_shape,
-            stem=stem_ops, blocks=tuple(blocks), head=tuple(head_ops), num_classes=classes,
-            zero_init_last_bn=bool(_opt(d.get("init"), "zero_init_last_bn", "init")),
+            stem=stem_ops, blocks=blocks, head=self.head(head, blocks[-1].out_shape if blocks else shape),
+            num_classes=head.classes, zero_init_last_bn=bool(opt(d.get("init"), "zero_init_last_bn", "init")),
             spec_yaml=self.spec.text())
         self.check_limits(net)
         return net
 
-    def block_ops(self, name, si, bi, in_shape, planes, width, out_ch, stride, dil, groups, se, rate,
-                  sc_type, projection, sc_norm, strided_identity, zero_pad, sc_pool, spath):
-        in_ch = in_shape[0]
-        pre, main = [], []
-        if self.preact:
-            pre = [self.bn(f"{name}.bn1", in_shape), self.relu(in_shape)]
-        shape = in_shape
-        # Conv i of the branch is conv{i}; v1 puts bn{i} after it, pre-activation puts bn{i} before it
-        # (bn1 being the block's pre-activation), as in torchvision and the preact reference code.
-        if self.kind == "bottleneck":
-            s1, s3 = (stride, 1) if _opt(self.block, "stride_on", "block") == "1x1" else (1, stride)
-            plan = [(width, 1, s1, 0, 1, 1), (width, 3, s3, dil, dil, groups), (out_ch, 1, 1, 0, 1, 1)]
-        else:
-            plan = [(out_ch, 3, stride, dil, dil, 1), (out_ch, 3, 1, dil, dil, 1)]
-        for i, (oc, k, s, p, dl, g) in enumerate(plan, start=1):
-            last = i == len(plan)
-            if self.preact:
-                if i > 1:
-                    main += [self.bn(f"{name}.bn{i}", shape), self.relu(shape)]
-                followed_by_bn = not last
-            else:
-                followed_by_bn = True
-            conv = self.conv(f"{name}.conv{i}", shape, oc, k, s, p, dl, g, self.bias_for(followed_by_bn), spath)
-            main.append(conv)
-            shape = conv.out_shape
-            if not self.preact:
-                main.append(self.bn(f"{name}.bn{i}", shape))
-                if not last:
-                    main.append(self.relu(shape))
-        if se is not None:
-            main.append(ir.SqueezeExcite(f"{name}.se", out_ch, make_divisible(out_ch / se["reduction"], se["divisor"]),
-                                         shape, shape))
-        if rate > 0:
-            main.append(ir.DropPath(rate, shape, shape))
-        out_shape = shape
+    def stages(self, shape, counts) -> tuple:
+        blk, total = self.blk, sum(counts)
+        blocks, dilation, idx = [], 1, 0
+        for si, (stage, n) in enumerate(zip(self.d["stages"], counts)):
+            spath = ("stages", si)
+            planes = stage["channels"] * self.d.get("width_multiplier", 1)
+            out_ch = planes * blk.expansion
+            stride = stage.get("stride", 1 if si == 0 else 2)
+            prev_dilation = dilation
+            if stage.get("dilate", False):
+                dilation, stride = dilation * stride, 1
+            width = stage.get("width", int(planes * (blk.width_per_group / 64.0)) * blk.groups)
+            if blk.kind == "bottleneck" and width < 1:
+                raise self.err("bottleneck width rounds to 0; raise channels or width_per_group", spath)
+            for bi in range(n):
+                b_stride = stride if (bi == n - 1 if blk.stride_last else bi == 0) else 1
+                rate = blk.drop_path_rate * idx / (total - 1) if total > 1 and blk.drop_path_rate > 0 else 0.0
+                blocks.append(self.block(f"layer{si + 1}.{bi}", si, bi, shape, width, out_ch, b_stride,
+                                         prev_dilation if bi == 0 else dilation, rate, spath))
+                shape = blocks[-1].out_shape
+                idx += 1
+        return tuple(blocks)
 
-        # Shortcut.
-        reshaped = stride != 1 or in_ch != out_ch
-        shortcut, src = [], "input"
-        if sc_type == "A" or (sc_type == "B" and strided_identity and in_ch == out_ch):
-            if in_ch > out_ch:
-                raise self.err(f"a type A shortcut cannot reduce channels ({in_ch} -> {out_ch})", spath)
-            shape = in_shape
-            if stride != 1:
-                _, h, w = shape
-                shape = (in_ch, ir.conv_out(h, 1, stride, 0), ir.conv_out(w, 1, stride, 0))
-                shortcut.append(ir.Subsample(stride, in_shape, shape))
-            if out_ch > in_ch:
-                extra = out_ch - in_ch
-                before = extra // 2 if zero_pad == "split" else 0
-                new = (out_ch, shape[1], shape[2])
-                shortcut.append(ir.ChannelPad(before, extra - before, shape, new))
-                shape = new
-        elif sc_type == "C" or reshaped:
-            src = "pre" if self.preact else "input"
-            shape = in_shape
-            pos = 0
-            conv_stride = stride
-            if projection == "avgpool_conv":
-                # ResNet-D / timm avg_down: the pool takes the stride, index 0 is kept for it even when
-                # there is none, so conv and norm are downsample.1 and downsample.2 as in timm.
-                if stride != 1:
-                    c, h, w = shape
-                    oh = ir.pool_out(h, stride, stride, 0, sc_pool["ceil_mode"])
-                    ow = ir.pool_out(w, stride, stride, 0, sc_pool["ceil_mode"])
-                    shortcut.append(ir.Pool(f"{name}.downsample.0", "avg", stride, stride, 0, sc_pool["ceil_mode"],
-                                            sc_pool["count_include_pad"], "zero", shape, (c, oh, ow)))
-                    shape = (c, oh, ow)
-                pos, conv_stride = 1, 1
-            conv = self.conv(f"{name}.downsample.{pos}", shape, out_ch, 1, conv_stride, 0, 1, 1,
-                             self.bias_for(sc_norm), spath)
-            shortcut.append(conv)
-            shape = conv.out_shape
-            if sc_norm:
-                shortcut.append(self.bn(f"{name}.downsample.{pos + 1}", shape))
-        else:
-            shape = in_shape
+    def head(self, head: HeadConfig, shape) -> tuple:
+        ops = [self.bn("bn_final", shape), self.relu(shape)] if head.norm else []
+        c = shape[0]
+        ops.append(ir.GlobalAvgPool(shape, (c,)))
+        if head.dropout > 0:
+            ops.append(ir.Dropout(head.dropout, (c,), (c,)))
+        ops.append(ir.Linear("fc", c, head.classes, head.bias, (c,), (head.classes,)))
+        return tuple(ops)
+
+    # -- blocks ----------------------------------------------------------------------------------
+    def block(self, name, si, bi, in_shape, width, out_ch, stride, dil, rate, spath) -> ir.Block:
+        pre, main, out_shape = self.residual_branch(name, in_shape, width, out_ch, stride, dil, rate, spath)
+        shortcut, src, shape = self.shortcut(name, in_shape, out_ch, stride, spath)
         if shape != out_shape:
             pool = next((op for op in shortcut if isinstance(op, ir.Pool)), None)
             if pool is not None and not pool.ceil_mode:
@@ -363,10 +302,93 @@ class _Resolver:
             raise self.err(f"block {name}: shortcut gives {_fmt(shape)} but the residual branch gives "
                            f"{_fmt(out_shape)}; with odd feature-map sizes use a projection shortcut "
                            "(type B or C)", spath)
-        post = [] if self.preact else [self.relu(out_shape)]
-        kind = self.kind
-        return ir.Block(name, si, bi, kind, self.preact, tuple(pre), tuple(main), tuple(shortcut), src,
-                        tuple(post), in_shape, out_shape)
+        post = () if self.preact else (self.relu(out_shape),)
+        return ir.Block(name, si, bi, self.blk.kind, self.preact, pre, main, shortcut, src, post, in_shape,
+                        out_shape, self.shortcut_kind(shortcut))
+
+    def shortcut_kind(self, ops) -> str:
+        """The ir.Block.shortcut_kind of the shortcut ops this resolver made."""
+        if not ops:
+            return "identity"
+        if isinstance(ops[0], (ir.Subsample, ir.ChannelPad)):
+            return "option_a"
+        return "avgpool_projection" if self.sc.projection == "avgpool_conv" else "projection"
+
+    def residual_branch(self, name, in_shape, width, out_ch, stride, dil, rate, spath) -> tuple:
+        """``(pre, main, out_shape)``. Conv i is conv{i}; v1 puts bn{i} after it, pre-activation puts
+        bn{i} before it (bn1 being the block's pre-activation), as torchvision and the preact code do."""
+        blk = self.blk
+        pre = (self.bn(f"{name}.bn1", in_shape), self.relu(in_shape)) if self.preact else ()
+        main, shape = [], in_shape
+        if blk.kind == "bottleneck":
+            s1, s3 = (stride, 1) if blk.stride_on_1x1 else (1, stride)
+            plan = [(width, 1, s1, 0, 1, 1), (width, 3, s3, dil, dil, blk.groups), (out_ch, 1, 1, 0, 1, 1)]
+        else:
+            plan = [(out_ch, 3, stride, dil, dil, 1), (out_ch, 3, 1, dil, dil, 1)]
+        for i, (oc, k, s, p, dl, g) in enumerate(plan, start=1):
+            last = i == len(plan)
+            if self.preact and i > 1:
+                main += [self.bn(f"{name}.bn{i}", shape), self.relu(shape)]
+            followed_by_bn = not (self.preact and last)
+            conv = self.conv(f"{name}.conv{i}", shape, oc, k, s, p, dl, g, self.bias_for(followed_by_bn), spath)
+            main.append(conv)
+            shape = conv.out_shape
+            if not self.preact:
+                main.append(self.bn(f"{name}.bn{i}", shape))
+                if not last:
+                    main.append(self.relu(shape))
+        if blk.se is not None:
+            reduced = make_divisible(out_ch / blk.se["reduction"], blk.se["divisor"])
+            main.append(ir.SqueezeExcite(f"{name}.se", out_ch, reduced, shape, shape))
+        if rate > 0:
+            main.append(ir.DropPath(rate, shape, shape))
+        return pre, tuple(main), shape
+
+    def shortcut(self, name, in_shape, out_ch, stride, spath) -> tuple:
+        """``(ops, shortcut_from, out_shape)``: option A (subsample + zero channels), a projection
+        (a strided 1x1 conv, or ResNet-D's average pool + 1x1 conv), or the identity (no ops)."""
+        sc, in_ch = self.sc, in_shape[0]
+        if sc.type == "A" or (sc.type == "B" and sc.strided_identity and in_ch == out_ch):
+            return self.option_a(in_shape, out_ch, stride, spath)
+        if sc.type == "C" or stride != 1 or in_ch != out_ch:
+            return self.projection(name, in_shape, out_ch, stride, spath)
+        return (), "input", in_shape
+
+    def option_a(self, in_shape, out_ch, stride, spath) -> tuple:
+        in_ch, ops, shape = in_shape[0], [], in_shape
+        if in_ch > out_ch:
+            raise self.err(f"a type A shortcut cannot reduce channels ({in_ch} -> {out_ch})", spath)
+        if stride != 1:
+            _, h, w = shape
+            shape = (in_ch, ir.conv_out(h, 1, stride, 0), ir.conv_out(w, 1, stride, 0))
+            ops.append(ir.Subsample(stride, in_shape, shape))
+        if out_ch > in_ch:
+            extra = out_ch - in_ch
+            before = extra // 2 if self.sc.zero_pad == "split" else 0
+            new = (out_ch, shape[1], shape[2])
+            ops.append(ir.ChannelPad(before, extra - before, shape, new))
+            shape = new
+        return tuple(ops), "input", shape
+
+    def projection(self, name, in_shape, out_ch, stride, spath) -> tuple:
+        sc, ops, shape, pos, conv_stride = self.sc, [], in_shape, 0, stride
+        if sc.projection == "avgpool_conv":
+            # ResNet-D / timm avg_down: the pool takes the stride, index 0 is kept for it even when
+            # there is none, so conv and norm are downsample.1 and downsample.2 as in timm.
+            if stride != 1:
+                c, h, w = shape
+                oh = ir.pool_out(h, stride, stride, 0, sc.pool_ceil_mode)
+                ow = ir.pool_out(w, stride, stride, 0, sc.pool_ceil_mode)
+                ops.append(ir.Pool(f"{name}.downsample.0", "avg", stride, stride, 0, sc.pool_ceil_mode,
+                                   sc.pool_count_include_pad, "zero", shape, (c, oh, ow)))
+                shape = (c, oh, ow)
+            pos, conv_stride = 1, 1
+        conv = self.conv(f"{name}.downsample.{pos}", shape, out_ch, 1, conv_stride, 0, 1, 1, self.bias_for(sc.norm),
+                         spath)
+        ops.append(conv)
+        if sc.norm:
+            ops.append(self.bn(f"{name}.downsample.{pos + 1}", conv.out_shape))
+        return tuple(ops), "pre" if self.preact else "input", conv.out_shape
 
     def check_limits(self, net: ir.Network):
         params = net.params

@@ -53,7 +53,7 @@ def init_weights(net: ir.Network, seed: int = 0, random_bn: bool = False) -> Wei
         elif len(shape) == 2:  # linear
             bound = 1 / math.sqrt(shape[1])
             arr = rng.uniform(-bound, bound, shape)
-        elif leaf in ("running_mean", "running_var", "weight", "bias") and _is_bn(net, module):
+        elif leaf in ir.BN_LEAVES and _is_bn(net, module):
             arr = _bn_tensor(rng, leaf, shape, random_bn, module in last_bns, net.zero_init_last_bn, depth_scale)
         else:  # conv / linear / SE bias
             if ".se." in name or module == "fc":

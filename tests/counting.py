@@ -41,6 +41,6 @@ def native_counts(backend: str, spec_yaml: str, weights: dict) -> dict:
     canonical = {t.name for t in net.tensors()}
     sizes = {t.name: math.prod(t.dims) for t in model.graph.initializer if t.name in canonical}
     assert set(sizes) == canonical, sorted(canonical ^ set(sizes))[:3]
-    stats = ("running_mean", "running_var")
+    from resnet_spec.ir import BN_STATS as stats
     return {"params": sum(v for k, v in sizes.items() if not k.endswith(stats)),
             "buffers": sum(v for k, v in sizes.items() if k.endswith(stats))}

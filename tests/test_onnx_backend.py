@@ -30,7 +30,7 @@ torch = pytest.importorskip("torch")
 
 import resnet_spec  # noqa: E402
 from resnet_spec import ir  # noqa: E402
-from resnet_spec.backends import onnx_backend as ob  # noqa: E402
+from resnet_spec.backends import onnx_backend as ob, onnx_graph  # noqa: E402
 from resnet_spec.backends import torch_backend as tb  # noqa: E402
 from resnet_spec.errors import BackendUnavailable, ResNetSpecError  # noqa: E402
 from resnet_spec.spec import zoo_names  # noqa: E402
@@ -400,7 +400,7 @@ def _single_op_outputs(op, x, in_shape):
     """Run one IR op both in ONNX Runtime (our lowering) and through the torch backend's module."""
     from onnx import TensorProto, helper
 
-    g = ob._Graph({})
+    g = onnx_graph.Graph({})
     y = ob.op_to_nodes(g, op, "x", "t")
     graph = g.graph
     graph.name = "t"
@@ -413,7 +413,7 @@ def _single_op_outputs(op, x, in_shape):
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     got = sess.run(None, {"x": x})[0]
     with torch.inference_mode():
-        ref = tb._module(op).eval()(torch.from_numpy(x)).numpy()
+        ref = tb.OPS[type(op)](op).eval()(torch.from_numpy(x)).numpy()
     return got, ref
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -14,7 +15,7 @@ from counting import torch_counts
 import resnet_spec
 from resnet_spec import ir
 from resnet_spec.cli import main
-from resnet_spec.resolve import DEFAULTS
+from resnet_spec.config import DEFAULTS
 from resnet_spec.spec import schema, zoo_names
 
 # The issue's published figures; the tests below also ask the libraries themselves.
@@ -229,3 +230,64 @@ def test_spec_errors_keep_their_location_across_processes(tmp_path):
     back = pickle.loads(pickle.dumps(info.value))
     assert (back.file, back.line, back.col, back.path) == (str(bad), 2, 9, ("block", "grops"))
     assert str(back) == str(info.value) and type(back) is resnet_spec.SpecError
+
+
+# -- typed config and semantic rules ----------------------------------------------------------------
+
+
+def test_typed_configs_take_their_defaults_from_the_one_table():
+    from resnet_spec.config import DEFAULTS as D, BlockConfig, HeadConfig, ShortcutConfig, StemConfig
+
+    data = {"block": {"type": "bottleneck"}, "stages": [{"channels": 64, "blocks": 1}]}
+    blk = BlockConfig.of(data)
+    assert (blk.preact, blk.stride_on_1x1, blk.stride_last, blk.groups, blk.width_per_group, blk.se,
+            blk.drop_path_rate) == (D["block"]["preact"], D["block"]["stride_on"] == "1x1",
+                                    D["block"]["stride_block"] == "last", D["block"]["groups"],
+                                    D["block"]["width_per_group"], D["block"]["se"], D["block"]["drop_path_rate"])
+    sc = ShortcutConfig.of(data, preact=False)
+    assert (sc.type, sc.projection, sc.strided_identity, sc.zero_pad) == tuple(
+        D["shortcut"][k] for k in ("type", "projection", "strided_identity", "zero_pad"))
+    assert (sc.pool_ceil_mode, sc.pool_count_include_pad) == tuple(D["shortcut.pool"].values())
+    head = HeadConfig.of(data, preact=False)
+    assert (head.classes, head.dropout, head.bias) == tuple(D["head"][k] for k in ("classes", "dropout", "bias"))
+    stem = StemConfig.of(data, preact=False)
+    assert (stem.kind, stem.channels, stem.kernel, stem.stride) == tuple(
+        D["stem"][k] for k in ("type", "channels", "kernel", "stride"))
+    assert stem.pool == D["stem.pool"]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        blk.groups = 2
+
+
+SEVERAL_ERRORS = """extends: resnet18
+name: several
+stem: {pool: {kernel: 3, padding: 2}}
+block: {type: basic, groups: 2}
+shortcut: {type: A, projection: conv}
+"""
+
+
+def test_semantic_errors_reports_every_rule_in_file_order(tmp_path):
+    from resnet_spec.resolve import resolve, semantic_errors
+    from resnet_spec.spec import load as load_spec
+
+    path = tmp_path / "several.yaml"
+    path.write_text(SEVERAL_ERRORS)
+    spec = load_spec(str(path))
+    errors = semantic_errors(spec)
+    assert [e.line for e in errors] == [3, 4, 5], [str(e) for e in errors]
+    assert "pool padding 2 is more than half the kernel 3" in errors[0].message
+    assert "'groups' applies to bottleneck blocks only" in errors[1].message
+    assert "type A shortcuts never project" in errors[2].message
+    assert all(str(e).startswith(f"{path}:") for e in errors)
+    with pytest.raises(resnet_spec.SpecError) as first:  # resolve() still raises one: the first rule's
+        resolve(spec)
+    assert str(first.value) in {str(e) for e in errors}
+
+
+def test_semantic_errors_of_a_good_spec_and_a_build_error():
+    from resnet_spec.resolve import semantic_errors
+    from resnet_spec.spec import load as load_spec
+
+    assert semantic_errors(load_spec("resnet50")) == []
+    (err,) = semantic_errors(load_spec("extends: resnet50\ninput: {size: 4}\nstem: {padding: 0}\n"))
+    assert "shrinks to nothing" in err.message

@@ -306,6 +306,32 @@ head: {classes: 3}
     tb.check_source(net, to_source(net), model, torch.randn(2, *net.input_shape))
 
 
+def test_standalone_source_blocks_differ_within_a_stage(tmp_path):
+    """One stage whose three blocks differ: a projection (channels change), an identity, and a strided
+    identity carrying the stage's stride on its last block, with per-block drop-path rates; the .py
+    reads each fact from the IR (ir.Block.shortcut_kind / stride_index) and reproduces the backend."""
+    net = resnet_spec.load("""
+extends: resnet50
+name: mixed_stage
+input: {size: 64}
+block: {type: bottleneck, stride_block: last, drop_path_rate: 0.2}
+shortcut: {type: B, strided_identity: true}
+stages: [{blocks: 2, channels: 16, stride: 1}, {blocks: 3, channels: 32, stride: 2}]
+head: {classes: 7}
+""")
+    stage = [b for b in net.blocks if b.stage == 1]
+    assert [b.shortcut_kind for b in stage] == ["projection", "identity", "option_a"]
+    assert [b.stride_index for b in stage] == [None, None, 1]
+    w = init_weights(net, seed=0, random_bn=True)
+    path = tmp_path / "mixed_stage.py"
+    path.write_text(to_source(net, weights_file="mixed_stage.safetensors"))
+    save_weights(w, str(tmp_path / "mixed_stage.safetensors"))
+    model = _import_file(str(path), "mixed_stage").load_model().eval()
+    x = torch.randn(2, *net.input_shape, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(model(x), tb.build(net, w).eval()(x))
+
+
 def test_check_source_refuses_a_wrong_emission():
     net = small("resnet20")
     model = tb.build(net, init_weights(net, seed=0, random_bn=True))

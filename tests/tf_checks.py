@@ -17,11 +17,6 @@ def _backend():
     return tf_backend
 
 
-def _rel(a, b) -> float:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-12))
-
-
 def run_ops(cases):
     """``[(label, op, weights, x_nchw)]`` -> ``{label: y_nchw}``: each IR op as a one-op Keras model."""
     T = _backend()

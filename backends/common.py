@@ -1,0 +1,130 @@
+"""The one lowering walk every backend shares: how an IR network becomes a framework graph.
+
+The walk (:func:`walk`) knows the network's structure and nothing about any framework::
+
+    x = stem(x)                                   -> tap 'stem'
+    for each block:
+        a = pre(x)                                (pre-activation; empty for v1 blocks)
+        y = main(a)                               (the residual branch)
+        s = shortcut(a if shortcut_from == 'pre' else x)   (empty shortcut: the identity)
+        x = post(y + s)                           -> tap '<block name>'
+    x = head(x)                                   -> tap 'head'
+
+Ops are lowered in exactly that order (pre, main, shortcut, add, post), the order of torchvision's
+``state_dict``. Numbers do not depend on it: the two branches are independent and the add is
+always ``main + shortcut``.
+
+How a backend plugs in
+----------------------
+1. A module-level ``OPS`` dict in the backend's module (the one :func:`resnet_spec.backends.get`
+   returns): every IR op type in :data:`resnet_spec.ir.OP_TYPES` -> the backend's lowering of it. The
+   signature of a lowering is the backend's own (torch: ``op -> nn.Module``; ONNX: ``(graph, op,
+   x, name) -> value``). ``tests/test_lowering.py`` fails when any op type lacks an entry in any
+   backend's table, so a new IR op cannot be forgotten.
+2. A :class:`Lowering` subclass whose :meth:`~Lowering.op` applies ``OPS`` to one op,
+   :meth:`~Lowering.add` joins a block's two branches, and optionally :meth:`~Lowering.tap` marks a
+   tap value and :meth:`~Lowering.name` adjusts the naming. ``walk(net, x, lowering)`` then builds
+   (or runs) the whole network.
+
+Names
+-----
+An op with a canonical name (``layer1.0.conv1``) is lowered under that name. A parameter-free op
+has none; :meth:`Lowering.name` gives it ``<owner>.<what>`` (``layer1.0.relu``;
+``relu`` in the stem and head, whose owner is ''), ``what`` coming from :data:`HELPER_NAMES`. The
+walk passes the branch ('pre', 'main', 'shortcut', 'post'; 'stem', 'head') so that a backend may
+set shortcut helpers apart. Repeated names are made unique by the backend with
+:class:`resnet_spec.naming.UniqueNames` (deterministic: first come, first named).
+"""
+
+from __future__ import annotations
+
+from .. import ir
+
+#: The name of each parameter-free op type, relative to its owner (torchvision's where it has one).
+HELPER_NAMES = {ir.ReLU: "relu", ir.Pool: "pool", ir.Subsample: "subsample", ir.ChannelPad: "channel_pad",
+                ir.DropPath: "drop_path", ir.GlobalAvgPool: "avgpool", ir.Dropout: "dropout"}
+
+#: The taps: the stem's output, each block's output (named after the block) and the head's.
+STEM, HEAD = "stem", "head"
+
+
+def join(owner: str, leaf: str) -> str:
+    """``owner.leaf``, or ``leaf`` when ``owner`` is '' (stem and head ops)."""
+    return f"{owner}.{leaf}" if owner else leaf
+
+
+def sibling(name: str, leaf: str) -> str:
+    """The name beside ``name`` in the same owner: ``sibling('layer1.0.avgpool', 'flatten')`` is
+    ``layer1.0.flatten``; ``sibling('avgpool', 'flatten')`` is ``flatten``."""
+    return join(name.rpartition(".")[0], leaf)
+
+
+class Lowering:
+    """One backend's way of lowering IR ops; :func:`walk` drives it. Subclass and override
+    :meth:`op` and :meth:`add` (and :meth:`tap` / :meth:`name` where the defaults do not fit)."""
+
+    #: The backend's ``OPS`` table (IR op type -> lowering); :meth:`lowering_of` reads it.
+    table: dict = {}
+    backend = "?"
+
+    def lowering_of(self, op):
+        """The table entry for ``op``; a clear error (never an isinstance ladder) when there is none."""
+        fn = self.table.get(type(op))
+        if fn is None:
+            raise TypeError(f"{self.backend}: no lowering for IR op {type(op).__name__}")
+        return fn
+
+    def name(self, op, owner: str, branch: str) -> str:
+        """The canonical name of a named op, else ``<owner>.<what>`` (see the module docstring)."""
+        canonical = getattr(op, "name", None)
+        return canonical if canonical else join(owner, HELPER_NAMES[type(op)])
+
+    def op(self, op, x, name: str, tap: str | None):
+        """Lower ``op`` reading value ``x`` under ``name``; return the value it produces. ``tap`` is
+        the tap name when this op's output is a tap value (the last op of the stem, a block or the
+        head), else None."""
+        raise NotImplementedError
+
+    def add(self, y, s, block: ir.Block, tap: str | None):
+        """``y + s`` (main branch + shortcut) of ``block``; ``tap`` as in :meth:`op` (set when the
+        block has no ``post`` ops)."""
+        raise NotImplementedError
+
+    def tap(self, x, name: str):
+        """Called with each tap value (``'stem'``, every block's name, ``'head'``); returns the value
+        the walk goes on with (a backend may rename it or record it)."""
+        return x
+
+
+def lower_ops(lw: Lowering, ops, x, owner: str, branch: str, tap: str | None = None):
+    """Lower ``ops`` in order from ``x``; the last one's output is ``tap`` (when given)."""
+    last = len(ops) - 1
+    for i, op in enumerate(ops):
+        x = lw.op(op, x, lw.name(op, owner, branch), tap if i == last else None)
+    return x
+
+
+def walk_block(lw: Lowering, block: ir.Block, x):
+    """``post(main(a) + shortcut(a or x))`` with ``a = pre(x)`` (see :class:`resnet_spec.ir.Block`)."""
+    a = lower_ops(lw, block.pre, x, block.name, "pre")
+    y = lower_ops(lw, block.main, a, block.name, "main")
+    s = lower_ops(lw, block.shortcut, a if block.shortcut_from == "pre" else x, block.name, "shortcut")
+    y = lw.add(y, s, block, None if block.post else block.name)
+    y = lower_ops(lw, block.post, y, block.name, "post", block.name)
+    return lw.tap(y, block.name)
+
+
+def walk(lw: Lowering, net: ir.Network, x, *, head: bool = True):
+    """Lower (or run) the whole network from input ``x``: stem, every block, head (unless
+    ``head=False``), calling :meth:`Lowering.tap` at each tap. Returns the last value."""
+    x = lw.tap(lower_ops(lw, net.stem, x, "", STEM, STEM if net.stem else None), STEM)
+    for block in net.blocks:
+        x = walk_block(lw, block, x)
+    if head:
+        x = lw.tap(lower_ops(lw, net.head, x, "", HEAD, HEAD), HEAD)
+    return x
+
+
+def missing_lowerings(table) -> list:
+    """The IR op types that ``table`` has no lowering for (the conformance test's check)."""
+    return [t.__name__ for t in ir.OP_TYPES if t not in table]

@@ -1,0 +1,67 @@
+"""The ONNX backend's BatchNorm folding: a pure pass over the IR and the canonical weights.
+
+For a BatchNorm directly after a convolution, with ``s = gamma / sqrt(running_var + eps)`` per
+output channel::
+
+    bn(conv(x)) = (W * x + b - running_mean) * s + beta
+                = (W * s) * x + ((b - running_mean) * s + beta)
+
+so the convolution with ``W' = W * s`` (each output channel's filter scaled by its ``s``) and
+``b' = (b - running_mean) * s + beta`` (``b = 0`` for a conv without bias) computes the same function
+in real arithmetic, and the BN disappears from the graph.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from .. import ir
+
+
+def fold_batchnorm(net: ir.Network, weights) -> tuple:
+    """Fold every BatchNorm that directly follows a Conv into that Conv; return ``(net, weights)``.
+
+    With ``s = gamma / sqrt(running_var + eps)`` per output channel::
+
+        W' = W * s            (each output channel's filter scaled by its s)
+        b' = (b - running_mean) * s + beta      (b = 0 for a conv without bias)
+
+    so ``conv'(x) = bn(conv(x))`` exactly in real arithmetic. The arithmetic is done in float64 and
+    cast to float32 once. The folded Conv keeps its canonical name and gets ``bias=True``
+    (``<conv>.weight``/``<conv>.bias``); the BN op and its four tensors are removed. A BN that follows
+    anything else (a block's pre-activation, the head's ``bn_final``) is left in place. The returned
+    network is a new IR; ``net`` and ``weights`` are not modified.
+    """
+    out = dict(weights)
+
+    def fold_seq(ops: tuple) -> tuple:
+        res = []
+        for op in ops:
+            prev = res[-1] if res else None
+            if isinstance(op, ir.BatchNorm) and isinstance(prev, ir.Conv):
+                b = (np.asarray(weights[f"{prev.name}.bias"], np.float64) if prev.bias
+                     else np.zeros(prev.out_channels))
+                gamma = np.asarray(weights[f"{op.name}.weight"], np.float64)
+                beta = np.asarray(weights[f"{op.name}.bias"], np.float64)
+                mean = np.asarray(weights[f"{op.name}.running_mean"], np.float64)
+                var = np.asarray(weights[f"{op.name}.running_var"], np.float64)
+                s = gamma / np.sqrt(var + op.eps)
+                # Multiplied in float64 and rounded to float32 once, in one buffered pass (no float64 copy).
+                w = weights[f"{prev.name}.weight"]
+                out[f"{prev.name}.weight"] = np.multiply(w, s[:, None, None, None], dtype=np.float64,
+                                                         out=np.empty(w.shape, np.float32), casting="same_kind")
+                out[f"{prev.name}.bias"] = ((b - mean) * s + beta).astype(np.float32)
+                for leaf in ir.BN_LEAVES:
+                    out.pop(f"{op.name}.{leaf}", None)
+                res[-1] = dataclasses.replace(prev, bias=True, out_shape=op.out_shape)
+                continue
+            res.append(op)
+        return tuple(res)
+
+    blocks = tuple(dataclasses.replace(b, pre=fold_seq(b.pre), main=fold_seq(b.main),
+                                       shortcut=fold_seq(b.shortcut), post=fold_seq(b.post))
+                   for b in net.blocks)
+    folded = dataclasses.replace(net, stem=fold_seq(net.stem), blocks=blocks, head=fold_seq(net.head))
+    return folded, out

@@ -1,0 +1,116 @@
+"""Typed resolver configuration: one frozen object per spec section, every default in one place.
+
+:data:`DEFAULTS` holds the defaults (``tests/test_spec_core.py`` checks them against the schema's
+``default`` annotations); ``BlockConfig.of(spec_data)`` and its siblings read a merged, validated
+spec into the typed settings that :mod:`resnet_spec.resolve` works from, so no resolver function
+looks up a default or a raw dict key itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEFAULTS = {
+    "input": {"channels": 3, "size": 224},
+    "width_multiplier": 1,
+    "conv_bias": False,
+    "norm": {"eps": 1e-5, "momentum": 0.1},
+    "stem": {"type": "conv", "channels": 64, "kernel": 7, "stride": 2,
+             "pool": {"type": "max", "kernel": 3, "stride": 2, "padding": 1}},
+    "stem.pool": {"type": "max", "kernel": 3, "stride": 2, "padding": 1, "ceil_mode": False, "pad_value": "neg_inf"},
+    "block": {"preact": False, "stride_on": "3x3", "stride_block": "first", "groups": 1,
+              "width_per_group": 64, "se": None, "drop_path_rate": 0.0},
+    "block.se": {"reduction": 16, "divisor": 8},
+    "shortcut": {"type": "B", "projection": "conv", "strided_identity": False, "zero_pad": "split"},
+    "shortcut.pool": {"ceil_mode": True, "count_include_pad": False},
+    "head": {"classes": 1000, "dropout": 0.0, "bias": True},
+    "init": {"zero_init_last_bn": False},
+}
+
+
+def opt(section: dict | None, key: str, defaults_key: str):
+    """``section[key]``, or the default for it; an explicit null counts as given."""
+    default = DEFAULTS[defaults_key].get(key)
+    if section is None:
+        return default
+    v = section.get(key, default)
+    return default if v is None and key not in section else v
+
+
+@dataclass(frozen=True)
+class StemConfig:
+    kind: str  # "conv" | "deep"
+    kernel: int
+    stride: int
+    padding: int
+    channels: object  # int for "conv", list of int for "deep"
+    norm: bool
+    bias: object  # None: decided by conv_bias
+    pool: dict | None  # every stem.pool key, defaults filled in
+
+    @classmethod
+    def of(cls, d: dict, preact: bool) -> StemConfig:
+        st = d.get("stem") or {}
+        kind = opt(st, "type", "stem")
+        k = st.get("kernel", 3 if kind == "deep" else DEFAULTS["stem"]["kernel"])
+        chans = st.get("channels", [32, 32, 64] if kind == "deep" else DEFAULTS["stem"]["channels"])
+        pool = st["pool"] if "pool" in st else DEFAULTS["stem"]["pool"]
+        return cls(kind, k, st.get("stride", DEFAULTS["stem"]["stride"]), st.get("padding", k // 2), chans,
+                   st.get("norm", not preact), st.get("bias"),
+                   None if pool is None else {**DEFAULTS["stem.pool"], **pool})
+
+
+@dataclass(frozen=True)
+class BlockConfig:
+    kind: str  # "basic" | "bottleneck"
+    preact: bool
+    stride_on_1x1: bool
+    stride_last: bool
+    groups: int
+    width_per_group: int
+    expansion: int
+    se: dict | None  # reduction, divisor
+    drop_path_rate: float
+
+    @classmethod
+    def of(cls, d: dict) -> BlockConfig:
+        blk = d["block"]
+        kind = blk["type"]
+        se = blk.get("se")
+        return cls(kind, bool(opt(blk, "preact", "block")), opt(blk, "stride_on", "block") == "1x1",
+                   opt(blk, "stride_block", "block") == "last", opt(blk, "groups", "block"),
+                   opt(blk, "width_per_group", "block"), blk.get("expansion", 4 if kind == "bottleneck" else 1),
+                   None if se is None else {**DEFAULTS["block.se"], **se}, float(opt(blk, "drop_path_rate", "block")))
+
+
+@dataclass(frozen=True)
+class ShortcutConfig:
+    type: str  # "A" | "B" | "C"
+    projection: str  # "conv" | "avgpool_conv"
+    norm: bool
+    strided_identity: bool
+    zero_pad: str  # "split" | "end"
+    pool_ceil_mode: bool
+    pool_count_include_pad: bool
+
+    @classmethod
+    def of(cls, d: dict, preact: bool) -> ShortcutConfig:
+        sc = d.get("shortcut") or {}
+        pool = {**DEFAULTS["shortcut.pool"], **(sc.get("pool") or {})}
+        return cls(opt(sc, "type", "shortcut"), opt(sc, "projection", "shortcut"), sc.get("norm", not preact),
+                   opt(sc, "strided_identity", "shortcut"), opt(sc, "zero_pad", "shortcut"), pool["ceil_mode"],
+                   pool["count_include_pad"])
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    classes: int
+    norm: bool
+    dropout: float
+    bias: bool
+
+    @classmethod
+    def of(cls, d: dict, preact: bool) -> HeadConfig:
+        head = d.get("head") or {}
+        return cls(opt(head, "classes", "head"), head.get("norm", preact), float(opt(head, "dropout", "head")),
+                   bool(opt(head, "bias", "head")))
