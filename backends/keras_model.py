@@ -95,40 +95,39 @@ def depth(net: ir.Network) -> int:
 # --- IR -> Keras layers ----------------------------------------------------------------------------
 
 def op_layers(op, x, name: str, namer: Namer):
-    """Apply the Keras layer(s) for one IR op to the NHWC tensor ``x``; the op's main layer is ``name``."""
-    L = keras_module().layers
-    if isinstance(op, ir.Conv):
-        return _conv_layers(op, x, name, namer)
-    if isinstance(op, ir.BatchNorm):
-        # IR momentum is PyTorch's (weight of the new batch); Keras' is the weight of the old average.
-        return _custom("TorchBatchNorm")(axis=-1, epsilon=op.eps, momentum=1.0 - op.momentum, name=name)(x)
-    if isinstance(op, ir.ReLU):
-        return L.Activation("relu", name=name)(x)
-    if isinstance(op, ir.Pool):
-        return _pool_layers(op, x, name, namer)
-    if isinstance(op, ir.Subsample):
-        # A 1x1 max-pool with stride is x[:, ::s, ::s, :] (keras.applications' ResNetV2 shortcut).
-        return L.MaxPooling2D(1, strides=op.stride, name=name)(x)
-    if isinstance(op, ir.ChannelPad):
-        return _custom("ChannelPad")(op.before, op.after, name=name)(x)
-    if isinstance(op, ir.SqueezeExcite):
-        s = L.GlobalAveragePooling2D(keepdims=True, name=namer(f"{canonical_name(name)}.pool"))(x)
-        s = L.Conv2D(op.reduced, 1, use_bias=True, name=layer_name(f"{op.name}.fc1"))(s)
-        s = L.Activation("relu", name=namer(f"{canonical_name(name)}.relu"))(s)
-        s = L.Conv2D(op.channels, 1, use_bias=True, name=layer_name(f"{op.name}.fc2"))(s)
-        s = L.Activation("sigmoid", name=namer(f"{canonical_name(name)}.gate"))(s)
-        return L.Multiply(name=name)([x, s])
-    if isinstance(op, ir.DropPath):
-        # torchvision stochastic_depth(mode='row'): one Bernoulli(1 - rate) per sample, survivors
-        # scaled by 1 / (1 - rate); Keras Dropout with a (batch, 1, 1, 1) mask is exactly that.
-        return L.Dropout(op.rate, noise_shape=(None, 1, 1, 1), name=name)(x)
-    if isinstance(op, ir.GlobalAvgPool):
-        return L.GlobalAveragePooling2D(name=name)(x)
-    if isinstance(op, ir.Dropout):
-        return L.Dropout(op.rate, name=name)(x)
-    if isinstance(op, ir.Linear):
-        return L.Dense(op.out_features, use_bias=op.bias, name=name)(x)
-    raise TypeError(f"no Keras layer for {type(op).__name__}")
+    """Apply the Keras layer(s) for one IR op to the NHWC tensor ``x``; the op's main layer is ``name``.
+
+    Dispatches on :data:`OPS` (IR op type -> lowering), the table that tests/test_lowering.py checks
+    covers every IR op type (see backends/common.py)."""
+    lower = OPS.get(type(op))
+    if lower is None:
+        raise TypeError(f"keras: no lowering for IR op {type(op).__name__}")
+    return lower(op, x, name, namer)
+
+
+def _L():
+    return keras_module().layers
+
+
+def _batch_norm(op: ir.BatchNorm, x, name, namer):
+    # IR momentum is PyTorch's (weight of the new batch); Keras' is the weight of the old average.
+    return _custom("TorchBatchNorm")(axis=-1, epsilon=op.eps, momentum=1.0 - op.momentum, name=name)(x)
+
+
+def _squeeze_excite(op: ir.SqueezeExcite, x, name, namer):
+    L, base = _L(), canonical_name(name)
+    s = L.GlobalAveragePooling2D(keepdims=True, name=namer(f"{base}.pool"))(x)
+    s = L.Conv2D(op.reduced, 1, use_bias=True, name=layer_name(f"{op.name}.fc1"))(s)
+    s = L.Activation("relu", name=namer(f"{base}.relu"))(s)
+    s = L.Conv2D(op.channels, 1, use_bias=True, name=layer_name(f"{op.name}.fc2"))(s)
+    s = L.Activation("sigmoid", name=namer(f"{base}.gate"))(s)
+    return L.Multiply(name=name)([x, s])
+
+
+def _drop_path(op: ir.DropPath, x, name, namer):
+    # torchvision stochastic_depth(mode='row'): one Bernoulli(1 - rate) per sample, survivors
+    # scaled by 1 / (1 - rate); Keras Dropout with a (batch, 1, 1, 1) mask is exactly that.
+    return _L().Dropout(op.rate, noise_shape=(None, 1, 1, 1), name=name)(x)
 
 
 def _conv_layers(op: ir.Conv, x, name: str, namer: Namer):
@@ -267,3 +266,20 @@ def tap_model(net: ir.Network, model):
     inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
     with deep_recursion(depth(net)):
         return keras.Model(inputs, outs, name=f"{model.name}_taps")
+
+
+#: IR op type -> Keras lowering ``(op, x, name, namer) -> tensor`` (every type of ``ir.OP_TYPES``).
+OPS = {
+    ir.Conv: lambda op, x, name, namer: _conv_layers(op, x, name, namer),
+    ir.BatchNorm: _batch_norm,
+    ir.ReLU: lambda op, x, name, namer: _L().Activation("relu", name=name)(x),
+    ir.Pool: lambda op, x, name, namer: _pool_layers(op, x, name, namer),
+    # a 1x1 max-pool with stride is x[:, ::s, ::s, :] (keras.applications' ResNetV2 shortcut)
+    ir.Subsample: lambda op, x, name, namer: _L().MaxPooling2D(1, strides=op.stride, name=name)(x),
+    ir.ChannelPad: lambda op, x, name, namer: _custom("ChannelPad")(op.before, op.after, name=name)(x),
+    ir.SqueezeExcite: _squeeze_excite,
+    ir.DropPath: _drop_path,
+    ir.GlobalAvgPool: lambda op, x, name, namer: _L().GlobalAveragePooling2D(name=name)(x),
+    ir.Dropout: lambda op, x, name, namer: _L().Dropout(op.rate, name=name)(x),
+    ir.Linear: lambda op, x, name, namer: _L().Dense(op.out_features, use_bias=op.bias, name=name)(x),
+}

@@ -24,7 +24,7 @@ from ..errors import BackendUnavailable
 from .keras_applications import from_keras_applications, keras_applications_names, to_keras_applications  # noqa: F401
 from .keras_backend import Leg, load_keras as _load_keras_any
 from .keras_layers import avg_pool_counts  # noqa: F401
-from .keras_model import (DATA_FORMATS, _MODULES, custom_objects, deep_recursion, depth, keras_module,  # noqa: F401
+from .keras_model import (DATA_FORMATS, OPS, _MODULES, custom_objects, deep_recursion, depth, keras_module,  # noqa: F401
                           missing, op_layers, tap_model)
 from .keras_names import Namer as _Namer, canonical_name, layer_name, tap_layer_names  # noqa: F401
 from .keras_weights import (from_keras_weights, op_to_keras as _op_to_keras, set_keras_weights,  # noqa: F401
