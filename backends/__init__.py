@@ -4,8 +4,13 @@ Backends share one shape -- ``build(net, weights, **options)`` plus ``tap_names`
 never import each other, and are imported lazily so that ``resnet_spec`` itself needs no framework.
 """
 
+#: What ``convert --to`` writes (and ``build`` accepts, with the Keras names of :data:`KERAS_LEGS`).
 BACKENDS = ("torch", "onnx", "tensorflow")
 
+#: Parity legs, in report order. ``tensorflow`` is accepted as an alias of ``keras-tensorflow``.
+LEGS = ("torch", "onnx", "keras-tensorflow", "keras-jax", "keras-torch")
+#: Keras leg -> Keras backend (``keras``: whichever backend the process runs).
+KERAS_LEGS = {"keras": None, "keras-tensorflow": "tensorflow", "keras-jax": "jax", "keras-torch": "torch"}
 #: The compute dtypes a backend may be asked for (parity's tolerances are keyed by them); a backend
 #: refuses the ones it cannot honour.
 DTYPES = ("float32", "float16", "bfloat16")
@@ -35,24 +40,29 @@ def output_paths(backend: str, name: str, out_dir: str) -> list:
 
 
 def get(name: str):
-    """Import and return the backend module for ``name`` (one of :data:`BACKENDS`)."""
+    """The backend for ``name``: a module for torch/onnx/tensorflow (= keras-tensorflow), a
+    :class:`.keras_backend.Leg` for ``keras`` (the active Keras backend), ``keras-jax``, ``keras-torch``."""
     from importlib import import_module
 
     from ..errors import ResNetSpecError
 
     modules = {"torch": "torch_backend", "onnx": "onnx_backend", "tensorflow": "tf_backend",
-               "tflite": "tflite_backend"}
-    if name not in modules:
-        raise ResNetSpecError(f"unknown backend {name!r}; choose from {', '.join(BACKENDS)}")
-    return import_module(f"{__name__}.{modules[name]}")
+               "keras-tensorflow": "tf_backend", "tflite": "tflite_backend"}
+    if name in modules:
+        return import_module(f"{__name__}.{modules[name]}")
+    if name in KERAS_LEGS:
+        from .keras_backend import Leg
+
+        return Leg(KERAS_LEGS[name])
+    raise ResNetSpecError(f"unknown backend {name!r}; choose from {', '.join(BACKENDS + tuple(KERAS_LEGS))}")
 
 
 def prepare(name: str, spec_yaml: str):
-    """In a worker process: the backend module for ``name`` and the network of ``spec_yaml``.
+    """In a worker process: the backend for ``name`` and the network of ``spec_yaml``.
 
-    Refuses with :class:`BackendUnavailable` when the framework is not installed. The spec is one the
-    caller already resolved under the user's limits (``--max-params``...), so it is not re-checked
-    against the defaults here.
+    For a Keras leg, selects its Keras backend (``KERAS_BACKEND``) before Keras is imported. Refuses
+    with :class:`BackendUnavailable` when the framework is not installed. The spec is one the caller
+    already resolved under the user's limits (``--max-params``...), so it is not re-checked here.
     """
     from .. import load
     from ..errors import BackendUnavailable
@@ -62,4 +72,9 @@ def prepare(name: str, spec_yaml: str):
     reason = mod.available()
     if reason:
         raise BackendUnavailable(f"{name}: {reason}")
+    keras_backend = KERAS_LEGS.get("keras-tensorflow" if name == "tensorflow" else name)
+    if keras_backend:
+        from .keras_backend import select
+
+        select(keras_backend)
     return mod, load(spec_yaml, UNCHECKED)

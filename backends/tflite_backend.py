@@ -30,7 +30,7 @@ def to_bytes(net: ir.Network, weights, *, data_format: str = "channels_last") ->
     from . import tf_backend as tfb
 
     tf, _ = tfb._tf()
-    with tfb._deep_recursion(tfb._depth(net)):
+    with tfb.deep_recursion(tfb.depth(net)):
         model = tfb.build(net, weights, data_format=data_format)
         # from_keras_model freezes every variable into a constant. (A traced tf.function converted with
         # from_concrete_functions kept BN statistics as READ_VARIABLE ops that read uninitialised

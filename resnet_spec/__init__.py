@@ -17,7 +17,8 @@ from . import ir
 from .errors import BackendUnavailable, ResNetSpecError, SpecError, WeightsError
 from .resolve import Limits
 
-__all__ = ["load", "build", "init_weights", "load_weights", "save_weights", "import_model", "ir", "Limits",
+__all__ = ["load", "build", "load_keras", "init_weights", "load_weights", "save_weights", "import_model", "ir",
+           "Limits",
            "ResNetSpecError", "SpecError", "WeightsError", "BackendUnavailable", "__version__"]
 
 
@@ -34,7 +35,9 @@ def load(source, limits: Limits | None = None) -> ir.Network:
 def build(spec, backend: str = "torch", weights=None, **options):
     """Build a framework model from a spec (anything :func:`load` takes, or an IR network).
 
-    ``backend`` is ``"torch"``, ``"onnx"`` or ``"tensorflow"``. ``weights``: None (fresh He
+    ``backend`` is ``"torch"``, ``"onnx"``, ``"keras"`` (Keras 3 on the active backend:
+    ``KERAS_BACKEND=tensorflow|jax|torch``), ``"tensorflow"`` (Keras on TensorFlow, refused when Keras
+    runs on another backend), ``"keras-jax"`` or ``"keras-torch"``. ``weights``: None (fresh He
     initialisation, seed 0), a path to a ``.safetensors``/``.pth`` file, or a ``{name: array}`` mapping.
     With a path, ``new_head=True``, ``weights_key=...`` and ``ema=True`` work as in :func:`load_weights`.
     """
@@ -52,6 +55,14 @@ def build(spec, backend: str = "torch", weights=None, **options):
             weights, _ = apply_head(net, dict(weights), "weights", True)
         ws = W.resolve_weights(net, weights)
     return get(backend).build(net, ws, **options)
+
+
+def load_keras(path: str):
+    """Load a ``.keras`` file written by ``convert --to tensorflow`` on the active Keras backend
+    (TensorFlow, JAX or PyTorch); the custom layers are registered first."""
+    from .backends.keras_backend import load_keras as _load
+
+    return _load(path)
 
 
 def init_weights(spec, seed: int = 0, random_bn: bool = False):

@@ -361,7 +361,8 @@ def _parse_backends(text: str, extra=()) -> list:
               help="Weights as for convert (safetensors, .pth, or any source 'import' reads). Default: "
                    "seeded random with non-trivial BN statistics.")
 @click.option("--backends", "targets", default="all", show_default=True,
-              help="Comma-separated backends to compare (torch, onnx, tensorflow) or 'all'.")
+              help="Comma-separated legs to compare (torch, onnx, keras-tensorflow (alias tensorflow), keras-jax, "
+                   "keras-torch) or 'all' (every installed leg).")
 @click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]),
               help="Where every backend runs; one that cannot is reported and the others still run.")
 @click.option("--dtype", default="float32", show_default=True,
@@ -377,10 +378,12 @@ def _parse_backends(text: str, extra=()) -> list:
 @click.option("--allow-nonfinite", is_flag=True, help="Accept NaN/Inf values in --weights.")
 @click.option("--json", "json_file", type=click.Path(dir_okay=False), callback=_not_empty,
               help="Also write the report as JSON to this file ('-' for stdout).")
+@click.option("--train", is_flag=True, help="Compare one training step (logits, loss, gradients, BN running "
+                                            "stats) instead of inference; float32, legs torch and keras-*.")
 @checkpoint_options
 @limit_options
 def parity(spec, weights_file, targets, device, dtype, batch, seed, layers, plot_file, allow_tf32, allow_nonfinite,
-           json_file, weights_key, ema, new_head, max_params, max_activation_gib):
+           json_file, train, weights_key, ema, new_head, max_params, max_activation_gib):
     """Run SPEC in every backend on the same weights and input; compare every pair.
 
     Exit 0 when every requested backend ran and every pair is within the tolerance for --dtype, 1
@@ -389,7 +392,10 @@ def parity(spec, weights_file, targets, device, dtype, batch, seed, layers, plot
     """
     from . import parity as P
 
-    backends = _parse_backends(targets)
+    try:
+        backends, skipped = P.parse_legs(targets)
+    except ResNetSpecError as exc:
+        raise click.BadParameter(str(exc), param_hint="--backends") from None
     if len(backends) < 2:
         raise click.BadParameter("name at least two backends to compare", param_hint="--backends")
     net = _load(spec, max_params, max_activation_gib)
@@ -401,25 +407,40 @@ def parity(spec, weights_file, targets, device, dtype, batch, seed, layers, plot
 
         check_file_writable(json_file)
     if plot_file:
+        if train:
+            raise click.BadParameter("--plot draws inference taps; it does not apply with --train",
+                                     param_hint="--plot")
         from .diagram import figure_format
         from .resolved import check_output_place
 
         figure_format(plot_file)
         check_output_place(plot_file)
         layers = True
-    report = P.run(net, weights, backends=backends, device=device, dtype=dtype, batch=batch, seed=seed,
-                   layers=layers, allow_tf32=allow_tf32, weights_label=label,
-                   progress=lambda t: click.echo(f"  {t}", err=True))
-    ran = [n for n, r in report.runs.items() if r.error is None]
-    if len(ran) < 2 and json_file != "-":  # nothing to compare: one line, not an empty table
-        why = "; ".join(r.error for r in report.runs.values() if r.error)
-        click.echo(f"error: nothing was compared: {len(ran)} of {len(report.runs)} backends could run on "
-                   f"{device} ({why})", err=True)
-        sys.exit(1)
+    say = lambda t: click.echo(f"  {t}", err=True)  # noqa: E731
+    if train:
+        from . import train_parity as T
+
+        if dtype != "float32":
+            raise click.BadParameter("--train compares float32 only", param_hint="--dtype")
+        if targets == "all":  # no training step in ONNX: 'all' means every installed training leg
+            backends = [b for b in backends if b != "onnx"]
+        report = T.run_train(net, weights, backends=backends, device=device, batch=batch, seed=seed,
+                             weights_label=label, skipped=skipped, allow_tf32=allow_tf32, progress=say)
+        fmt = T.format_train_report
+    else:
+        report = P.run(net, weights, backends=backends, device=device, dtype=dtype, batch=batch, seed=seed,
+                       layers=layers, allow_tf32=allow_tf32, weights_label=label, skipped=skipped, progress=say)
+        fmt = P.format_report
+        ran = [n for n, r in report.runs.items() if r.error is None]
+        if len(ran) < 2 and json_file != "-":  # nothing to compare: one line, not an empty table
+            why = "; ".join(r.error for r in report.runs.values() if r.error)
+            click.echo(f"error: nothing was compared: {len(ran)} of {len(report.runs)} backends could run on "
+                       f"{device} ({why})", err=True)
+            sys.exit(1)
     if json_file == "-":
         click.echo(json.dumps(report.to_json(), indent=2))
     else:
-        click.echo(P.format_report(report))
+        click.echo(fmt(report))
         if json_file:
             from .fileio import write_text
 

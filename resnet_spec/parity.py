@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import ir
-from .backends import BACKENDS, DTYPES
+from .backends import BACKENDS, DTYPES, KERAS_LEGS, LEGS
 from .errors import BackendUnavailable, ResNetSpecError
 from .isolate import Worker, WorkerCrashed
 
@@ -92,6 +92,7 @@ class Report:
     runs: dict
     pairs: list
     layers: bool
+    skipped: dict = field(default_factory=dict)
 
     @property
     def not_run(self) -> list:
@@ -111,7 +112,7 @@ class Report:
             "tf32": self.allow_tf32 if self.dtype == "float32" else None,
             "backends": {n: {"device": r.device, "seconds": round(r.seconds, 3), "error": r.error}
                          for n, r in self.runs.items()},
-            "pairs": self.pairs, "not_run": self.not_run, "passed": self.passed,
+            "pairs": self.pairs, "not_run": self.not_run, "not_installed": self.skipped, "passed": self.passed,
         }
 
 
@@ -119,13 +120,15 @@ class Runner:
     """Keeps one worker process per backend alive across :meth:`run` calls (used by sweeps and tests)."""
 
     def __init__(self):
-        self._workers = {b: Worker(b) for b in BACKENDS}
+        self._workers = {}  # one per leg, started on first use
 
     def infer(self, backend, net, weights, x, options, mutate=None):
         return self.call(backend, _infer_worker, backend, net.spec_yaml, weights, x, options, mutate)
 
     def call(self, backend, fn, *args, **kwargs):
         """Run any module-level ``fn`` in ``backend``'s worker process (for tools and tests)."""
+        if backend not in self._workers:
+            self._workers[backend] = Worker(backend)
         return self._workers[backend].call(fn, *args, **kwargs)
 
     def close(self):
@@ -139,6 +142,34 @@ class Runner:
         self.close()
 
 
+def parse_legs(text: str) -> tuple:
+    """``--backends`` text -> (legs to run, {leg: reason} for the legs of ``all`` that are not installed).
+
+    ``all`` means every leg of :data:`LEGS` whose framework is installed; the others are reported as not
+    installed, not run, and fail nothing. A leg named explicitly always runs (and fails when it cannot).
+    Aliases: ``tf``/``keras`` -> ``tensorflow`` (= ``keras-tensorflow``), ``pytorch`` -> ``torch``.
+    """
+    from .backends import get
+
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if items == ["all"]:
+        legs, skipped = [], {}
+        for leg in LEGS:
+            reason = get(leg).available()
+            (skipped.__setitem__(leg, reason) if reason else legs.append(leg))
+        return legs, skipped
+    aliases = {"tf": "tensorflow", "keras": "tensorflow", "pytorch": "torch"}
+    known = BACKENDS + tuple(k for k in KERAS_LEGS if k != "keras")
+    out = []
+    for t in items:
+        t = aliases.get(t, t)
+        if t not in known:
+            raise ResNetSpecError(f"unknown backend {t!r}; choose from {', '.join(known)} or all")
+        if t not in out:
+            out.append(t)
+    return out, {}
+
+
 def make_input(net: ir.Network, batch: int, seed: int) -> np.ndarray:
     """Standard-normal NCHW float32 input; the same for every backend."""
     return np.random.default_rng(seed).standard_normal((batch, *net.input_shape), dtype=np.float32)
@@ -147,7 +178,7 @@ def make_input(net: ir.Network, batch: int, seed: int) -> np.ndarray:
 def run(net: ir.Network, weights: dict, *, backends=BACKENDS, device: str = "cpu", dtype: str = "float32",
         batch: int = 2, seed: int = 0, layers: bool = False, allow_tf32: bool = False,
         weights_label: str = "", mutate: dict | None = None, runner: Runner | None = None,
-        progress=None) -> Report:
+        progress=None, skipped: dict | None = None) -> Report:
     """Run ``backends`` on the same weights and input and compare every pair.
 
     ``mutate`` maps a backend name to a picklable ``fn(model) -> model`` applied to that backend's
@@ -192,7 +223,7 @@ def run(net: ir.Network, weights: dict, *, backends=BACKENDS, device: str = "cpu
             runner.close()
     return Report(spec=net.name, dtype=dtype, device=device, batch=batch, seed=seed,
                   weights=weights_label or "given", tolerance=tol, allow_tf32=allow_tf32, runs=runs,
-                  pairs=pairs, layers=layers or any(not p["passed"] for p in pairs))
+                  pairs=pairs, layers=layers or any(not p["passed"] for p in pairs), skipped=dict(skipped or {}))
 
 
 def _run_one(runner, backend, net, weights, x, options, mutate, say) -> BackendRun:
@@ -238,6 +269,8 @@ def format_report(r: Report) -> str:
     w = max(len(n) for n in r.runs) if r.runs else 8
     for n, run_ in r.runs.items():
         lines.append(f"  {n:<{w}}  {run_.device if run_.error is None else 'NOT RUN: ' + run_.error}")
+    for n, reason in r.skipped.items():
+        lines.append(f"  {n:<{w}}  not installed, skipped: {reason}")
     lines.append("")
     head = f"  {'pair':<{2 * w + 4}}  {'max abs':>9}  {'max rel':>9}  {'top-1':>6}  {'tol rel':>8}  result"
     lines.append(head)

@@ -54,3 +54,19 @@ def ready_worker_init():
     isolate._worker_init()  # in the worker, the module is freshly imported: the real initializer
     with open(os.environ["RESNET_SPEC_TEST_READY"], "w") as fh:
         fh.write(f"{os.getpid()}\n")
+
+
+def keras_bn_momentum_unconverted(model):
+    """The classic port bug: PyTorch's BN momentum m used as Keras' momentum (which is 1 - m)."""
+    import keras
+
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = 1.0 - layer.momentum
+    return model
+
+
+def torch_block_gradient_layer2_0_conv1(model):
+    """A gradient-blocking op: layer2.0.conv1's output is detached (same forward, no backward)."""
+    model.get_submodule("layer2.0.conv1").register_forward_hook(lambda _m, _i, out: out.detach())
+    return model

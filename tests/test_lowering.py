@@ -23,9 +23,6 @@ def _table(backend: str):
 def test_every_ir_op_has_a_lowering(backend):
     table = _table(backend)
     if table is None:
-        if backend == "tensorflow":
-            pytest.skip("the Keras backend does not register an OPS table yet (issue 14 moves it onto "
-                        "backends/common.py); this test covers it as soon as it does")
         pytest.fail(f"{backend}: the backend module has no OPS table")
     missing = common.missing_lowerings(table)
     assert not missing, f"{backend}: no lowering for IR op type(s) {', '.join(missing)}"

@@ -272,17 +272,23 @@ def test_weight_round_trip_through_model(unit, key):
 
 
 def test_layer_names_are_canonical(unit):
+    """Every parameter layer carries its op's canonical name in the documented Keras spelling ('.' -> '-',
+    valid on every Keras backend), and the mapping is reversible."""
     r = unit["res"]["nets"]["tiny_a"]
     names = set(r["layer_names"])
     net = unit["nets"]["tiny_a"]
     for op in net.all_ops():
         if isinstance(op, (ir.Conv, ir.BatchNorm, ir.Linear, ir.Pool)):
-            assert op.name in names, op.name
-    assert {"layer1.0.se.fc1", "layer1.0.se.fc2", "layer2.0.downsample.0", "layer2.0.downsample.1"} <= names
-    assert r["tap_layers"]["stem"] == "maxpool" and r["tap_layers"]["layer1.0"] == "layer1.0.out"
+            assert tf_backend.layer_name(op.name) in names, op.name
+    assert {"layer1-0-se-fc1", "layer1-0-se-fc2", "layer2-0-downsample-0", "layer2-0-downsample-1"} <= names
+    assert not any("." in n for n in names)
+    assert r["tap_layers"]["stem"] == "maxpool" and r["tap_layers"]["layer1.0"] == "layer1-0-out"
     assert r["tap_layers"]["head"] == "fc"
     assert len(names) == len(r["layer_names"])
+    assert tf_backend.layer_name("layer3.0.downsample.1") == "layer3-0-downsample-1"
     assert tf_backend.canonical_name(tf_backend.layer_name("layer3.0.downsample.1")) == "layer3.0.downsample.1"
+    with pytest.raises(resnet_spec.ResNetSpecError, match="reversibly"):
+        tf_backend.layer_name("a-b.c")
     assert r["device"].startswith("cpu, tensorflow ") and "/ keras 3." in r["device"]
 
 
@@ -291,7 +297,7 @@ def test_drop_path_is_training_only(unit):
     rates = {op.rate for b in unit["nets"]["tiny_a"].blocks for op in b.main if isinstance(op, ir.DropPath)}
     drop_paths = [d for d in r["dropouts"] if d[2] == (None, 1, 1, 1)]
     assert sorted(d[1] for d in drop_paths) == pytest.approx(sorted(rates)) and len(rates) == 4
-    assert ("head.dropout", 0.2, None) in r["dropouts"]
+    assert ("head-dropout", 0.2, None) in r["dropouts"]
     dp = unit["res"]["drop_path"]
     assert dp["eval_identity"]
     assert dp["train_values"] == [(0.0,), (2.0,)]  # whole samples dropped or scaled by 1 / (1 - 0.5)
@@ -430,8 +436,9 @@ def test_convert_cli_and_reload(tmp_path):
             assert rel_err(ref, r[key]) < TOL, key
         np.testing.assert_allclose(r["saved_1"], r["saved"][:1], rtol=0, atol=1e-6 * np.abs(r["saved"]).max())
         assert "None" in r["signature"] and "input" in r["signature"]
-    assert res[0]["custom"] == ["ConstantPad2D", "ExactAvgPool2D"]
-    assert res[1]["custom"] == ["ChannelPad"]
+    # every BN is TorchBatchNorm (PyTorch's unbiased running variance in training; stock at inference)
+    assert res[0]["custom"] == ["ConstantPad2D", "ExactAvgPool2D", "TorchBatchNorm"]
+    assert res[1]["custom"] == ["ChannelPad", "TorchBatchNorm"]
 
 
 # --- whole zoo -------------------------------------------------------------------------------------

@@ -37,7 +37,7 @@ def run_ops(cases):
 
 def _zero_first_bn(model):
     """A planted fault: zero the first block's first BN scale (gamma)."""
-    layer = next(layer for layer in model.layers if layer.name.startswith("layer1.0.bn"))
+    layer = next(layer for layer in model.layers if layer.name.startswith("layer1-0-bn"))
     gamma, *rest = layer.get_weights()
     layer.set_weights([np.zeros_like(gamma), *rest])
     return model

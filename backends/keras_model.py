@@ -1,0 +1,285 @@
+"""IR -> a Keras 3 functional model, on whichever Keras backend is active (TensorFlow, JAX, PyTorch).
+
+Layout. The model computes in NHWC. TensorFlow's CPU kernels implement Conv2D only for NHWC, and a
+saved model must run wherever it is loaded, so ``data_format="channels_first"`` does not build NCHW
+layers: it gives the model an NCHW input followed by one transpose (the ``to_channels_last`` Permute
+layer) into the same NHWC body.
+
+Exactness. Padding is never Keras' ``'same'``: every padded conv or pool is an explicit padding layer
+followed by a ``'valid'`` one, with the IR's numbers. Max-pool padding that must never win is -inf;
+average pooling divides by PyTorch's exact window counts (see :mod:`.keras_layers`). BatchNormalization
+gets the IR's epsilon unchanged (Keras 3 computes ``rsqrt(var + eps)`` with no lower bound on epsilon),
+Keras' momentum ``1 - m`` for the IR's (PyTorch's) ``m``, and PyTorch's unbiased running variance in
+training (:class:`TorchBatchNorm`). Names: :mod:`.keras_names`. Keras is imported on first use only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import sys
+
+import numpy as np
+
+from .. import ir
+from ..errors import BackendUnavailable, ResNetSpecError
+from .keras_layers import avg_pool_counts, define
+from .keras_names import Namer, canonical_name, layer_name, tap_layer_names
+from .keras_weights import set_keras_weights, to_keras_weights
+
+DATA_FORMATS = ("channels_last", "channels_first")
+DTYPES = ("float32", "float16", "bfloat16")
+#: Keras backend -> the package it needs.
+KERAS_BACKENDS = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}
+
+_MODULES = {}
+
+
+def missing(keras_backend: str) -> str | None:
+    """None when Keras and ``keras_backend``'s framework can be imported (checked without importing)."""
+    extra = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}[keras_backend]
+    for mod in ("keras", KERAS_BACKENDS[keras_backend]):
+        if importlib.util.find_spec(mod) is None:
+            return f"{mod} is not installed (pip install 'resnet-spec[{extra}]')"
+    return None
+
+
+def keras_module(backend: str | None = None):
+    """Import Keras (once), check it is Keras 3 (on ``backend`` when given), register the custom layers."""
+    if not _MODULES:
+        import os
+
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        if importlib.util.find_spec("keras") is None:
+            raise BackendUnavailable("keras is not installed (pip install 'resnet-spec[tensorflow]' or '[jax]')")
+        import keras
+
+        if not keras.__version__.startswith("3."):
+            raise BackendUnavailable(f"the Keras backend needs Keras 3, found keras {keras.__version__}")
+        _MODULES.update(keras=keras, layers=define(keras))
+    keras = _MODULES["keras"]
+    if backend is not None and keras.backend.backend() != backend:
+        raise BackendUnavailable(f"keras-{backend} needs KERAS_BACKEND={backend} set before Keras is imported; "
+                                 f"this process runs Keras on {keras.backend.backend()!r}")
+    return keras
+
+
+def custom_objects() -> dict:
+    """The custom layer classes by registered name (also registered globally on first use)."""
+    keras_module()
+    return dict(_MODULES["layers"])
+
+
+def _custom(name):
+    keras_module()
+    return _MODULES["layers"][f"resnet_spec>{name}"]
+
+
+@contextlib.contextmanager
+def deep_recursion(layers: int):
+    """Keras walks a functional graph recursively (a few frames per layer), so a 1000-layer-deep ResNet
+    exceeds Python's default limit of 1000 frames."""
+    old = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(old, 8 * layers + 2000))
+    try:
+        yield
+    finally:
+        sys.setrecursionlimit(old)
+
+
+def depth(net: ir.Network) -> int:
+    """An upper bound on the number of Keras layers on the longest path of ``net``'s model."""
+    return 3 * sum(1 for _ in net.all_ops()) + 3 * len(net.blocks) + 10
+
+
+# --- IR -> Keras layers ----------------------------------------------------------------------------
+
+def op_layers(op, x, name: str, namer: Namer):
+    """Apply the Keras layer(s) for one IR op to the NHWC tensor ``x``; the op's main layer is ``name``.
+
+    Dispatches on :data:`OPS` (IR op type -> lowering), the table that tests/test_lowering.py checks
+    covers every IR op type (see backends/common.py)."""
+    lower = OPS.get(type(op))
+    if lower is None:
+        raise TypeError(f"keras: no lowering for IR op {type(op).__name__}")
+    return lower(op, x, name, namer)
+
+
+def _L():
+    return keras_module().layers
+
+
+def _batch_norm(op: ir.BatchNorm, x, name, namer):
+    # IR momentum is PyTorch's (weight of the new batch); Keras' is the weight of the old average.
+    return _custom("TorchBatchNorm")(axis=-1, epsilon=op.eps, momentum=1.0 - op.momentum, name=name)(x)
+
+
+def _squeeze_excite(op: ir.SqueezeExcite, x, name, namer):
+    L, base = _L(), canonical_name(name)
+    s = L.GlobalAveragePooling2D(keepdims=True, name=namer(f"{base}.pool"))(x)
+    s = L.Conv2D(op.reduced, 1, use_bias=True, name=layer_name(f"{op.name}.fc1"))(s)
+    s = L.Activation("relu", name=namer(f"{base}.relu"))(s)
+    s = L.Conv2D(op.channels, 1, use_bias=True, name=layer_name(f"{op.name}.fc2"))(s)
+    s = L.Activation("sigmoid", name=namer(f"{base}.gate"))(s)
+    return L.Multiply(name=name)([x, s])
+
+
+def _drop_path(op: ir.DropPath, x, name, namer):
+    # torchvision stochastic_depth(mode='row'): one Bernoulli(1 - rate) per sample, survivors
+    # scaled by 1 / (1 - rate); Keras Dropout with a (batch, 1, 1, 1) mask is exactly that.
+    return _L().Dropout(op.rate, noise_shape=(None, 1, 1, 1), name=name)(x)
+
+
+def _conv_layers(op: ir.Conv, x, name: str, namer: Namer):
+    L = keras_module().layers
+    if op.padding:
+        x = L.ZeroPadding2D(op.padding, name=namer(f"{canonical_name(name)}.pad"))(x)
+    # Keras refuses stride > 1 together with dilation > 1: convolve densely, then keep every s-th
+    # output, which is exactly the strided dilated convolution.
+    split = op.stride > 1 and op.dilation > 1
+    x = L.Conv2D(op.out_channels, op.kernel, strides=1 if split else op.stride, padding="valid",
+                 dilation_rate=op.dilation, groups=op.groups, use_bias=op.bias, name=name)(x)
+    if split:
+        x = L.MaxPooling2D(1, strides=op.stride, name=namer(f"{canonical_name(name)}.stride"))(x)
+    return x
+
+
+def _pool_layers(op: ir.Pool, x, name: str, namer: Namer):
+    """Pooling with PyTorch semantics (see ir.Pool): ``pads`` = symmetric padding + ceil extension."""
+    L = keras_module().layers
+    base = canonical_name(name)
+    t, l, b, r = op.pads
+    p = op.padding
+    if op.kind == "max":
+        if op.pad_value == "zero" and p:
+            x = L.ZeroPadding2D(p, name=namer(f"{base}.pad"))(x)
+            t, l, b, r = 0, 0, b - p, r - p
+        if any((t, l, b, r)):
+            x = _custom("ConstantPad2D")((t, l, b, r), "neg_inf", name=namer(f"{base}.pad_neg_inf"))(x)
+        return L.MaxPooling2D(op.kernel, strides=op.stride, padding="valid", name=name)(x)
+    if op.kind != "avg":
+        raise TypeError(f"unknown pool kind {op.kind!r}")
+    _, h, w = op.in_shape
+    _, oh, ow = op.out_shape
+    counts = np.outer(avg_pool_counts(h, op.kernel, op.stride, p, oh, op.count_include_pad),
+                      avg_pool_counts(w, op.kernel, op.stride, p, ow, op.count_include_pad))
+    if np.all(counts == op.kernel * op.kernel):  # every window is a full k x k: the stock layer is exact
+        if any((t, l, b, r)):
+            x = L.ZeroPadding2D(((t, b), (l, r)), name=namer(f"{base}.pad"))(x)
+        return L.AveragePooling2D(op.kernel, strides=op.stride, padding="valid", name=name)(x)
+    return _custom("ExactAvgPool2D")(op.kernel, op.stride, p, (t, l, b, r), op.count_include_pad, name=name)(x)
+
+
+def block_layers(block: ir.Block, x, namer: Namer):
+    """How a residual block becomes Keras layers: ``y = post(main(a) + shortcut(s))``.
+
+    ``a = pre(x)``; ``s = a`` when ``block.shortcut_from == "pre"``, else ``x``; an empty shortcut is
+    the identity. The layer producing the block's output is named ``<block>-out``.
+    """
+    keras = keras_module()
+    bn = block.name
+    a = x
+    for op in block.pre:
+        a = op_layers(op, a, namer.for_op(op, bn), namer)
+    s = a if block.shortcut_from == "pre" else x
+    for op in block.shortcut:
+        s = op_layers(op, s, namer.for_op(op, f"{bn}.shortcut"), namer)
+    y = a
+    for op in block.main:
+        y = op_layers(op, y, namer.for_op(op, bn), namer)
+    # The residual branch first, as in y = main + shortcut (an exact, commutative fp add either way).
+    y = keras.layers.Add(name=namer(f"{bn}.out" if not block.post else f"{bn}.add"))([y, s])
+    for i, op in enumerate(block.post):
+        last = i == len(block.post) - 1
+        y = op_layers(op, y, namer(f"{bn}.out") if last else namer.for_op(op, bn), namer)
+    return y
+
+
+def build(net: ir.Network, weights=None, *, data_format: str = "channels_last", dtype: str = "float32",
+          backend: str | None = None):
+    """The Keras functional model for ``net`` on the active Keras backend, with ``weights`` loaded.
+
+    ``weights``: a canonical weight set (checked against the IR), or None to keep Keras' initialisers.
+    ``data_format``: the input layout, 'channels_last' (N, H, W, C) or 'channels_first' (N, C, H, W);
+    the body is NHWC either way. ``dtype``: 'float32', or 'float16' / 'bfloat16' for Keras mixed
+    precision (float32 variables, reduced-precision compute). ``backend``: refuse unless Keras runs on it.
+    """
+    keras = keras_module(backend)
+    if data_format not in DATA_FORMATS:
+        raise ResNetSpecError(f"keras: data_format must be one of {', '.join(DATA_FORMATS)}, not {data_format!r}")
+    if dtype not in DTYPES:
+        raise BackendUnavailable(f"keras: unsupported dtype {dtype!r} (choose from {', '.join(DTYPES)})")
+    if weights is not None:
+        from ..weights import check_weights
+
+        weights = check_weights(net, weights, "weights")
+    previous = keras.config.dtype_policy()
+    if dtype != "float32":
+        keras.config.set_dtype_policy(keras.DTypePolicy(f"mixed_{dtype}"))
+    try:
+        with deep_recursion(depth(net)):
+            model = _graph(net, data_format, keras)
+    finally:
+        keras.config.set_dtype_policy(previous)
+    if weights is not None:
+        set_keras_weights(model, to_keras_weights(net, weights))
+    return model
+
+
+def _graph(net: ir.Network, data_format: str, keras):
+    L = keras.layers
+    c, h, w = net.input_shape
+    namer = Namer()
+    if data_format == "channels_first":
+        inp = keras.Input((c, h, w), name=namer("input"))
+        x = L.Permute((2, 3, 1), name=namer("to_channels_last"))(inp)
+    else:
+        inp = x = keras.Input((h, w, c), name=namer("input"))
+    for i, op in enumerate(net.stem):
+        last = i == len(net.stem) - 1
+        name = namer.for_op(op, "stem") if (getattr(op, "name", None) or not last) else namer("stem.out")
+        x = op_layers(op, x, name, namer)
+    for block in net.blocks:
+        x = block_layers(block, x, namer)
+    for i, op in enumerate(net.head):
+        last = i == len(net.head) - 1
+        name = namer.for_op(op, "head") if (getattr(op, "name", None) or not last) else namer("head.out")
+        x = op_layers(op, x, name, namer)
+    return keras.Model(inp, x, name=net.name)
+
+
+def tap_model(net: ir.Network, model):
+    """A model sharing ``model``'s layers whose outputs are every tap, in ``net.tap_names()`` order.
+
+    Taps come from the layers named by :func:`tap_layer_names`, so a ``mutate`` that returns a rebuilt
+    model with the same layer names still yields its taps. Outputs are NHWC except 'head'.
+    """
+    keras = keras_module()
+    names = tap_layer_names(net)
+    have = {layer.name for layer in model.layers}
+    outs = []
+    for tap in net.tap_names():
+        lname = names[tap]
+        if lname is None:  # no stem: the tap is the (NHWC) input
+            lname = "to_channels_last" if "to_channels_last" in have else None
+        outs.append(model.get_layer(lname).output if lname else model.inputs[0])
+    inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
+    with deep_recursion(depth(net)):
+        return keras.Model(inputs, outs, name=f"{model.name}_taps")
+
+
+#: IR op type -> Keras lowering ``(op, x, name, namer) -> tensor`` (every type of ``ir.OP_TYPES``).
+OPS = {
+    ir.Conv: lambda op, x, name, namer: _conv_layers(op, x, name, namer),
+    ir.BatchNorm: _batch_norm,
+    ir.ReLU: lambda op, x, name, namer: _L().Activation("relu", name=name)(x),
+    ir.Pool: lambda op, x, name, namer: _pool_layers(op, x, name, namer),
+    # a 1x1 max-pool with stride is x[:, ::s, ::s, :] (keras.applications' ResNetV2 shortcut)
+    ir.Subsample: lambda op, x, name, namer: _L().MaxPooling2D(1, strides=op.stride, name=name)(x),
+    ir.ChannelPad: lambda op, x, name, namer: _custom("ChannelPad")(op.before, op.after, name=name)(x),
+    ir.SqueezeExcite: _squeeze_excite,
+    ir.DropPath: _drop_path,
+    ir.GlobalAvgPool: lambda op, x, name, namer: _L().GlobalAveragePooling2D(name=name)(x),
+    ir.Dropout: lambda op, x, name, namer: _L().Dropout(op.rate, name=name)(x),
+    ir.Linear: lambda op, x, name, namer: _L().Dense(op.out_features, use_bias=op.bias, name=name)(x),
+}

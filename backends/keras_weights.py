@@ -1,0 +1,140 @@
+"""Canonical weights <-> Keras layer weights (layouts and order). numpy only; no Keras import.
+
+Dictionaries of Keras arrays are keyed by canonical op names (``layer1.0.conv2``, ``layer1.0.se.fc1``);
+:func:`set_keras_weights` and :func:`getter` translate to a model's layer names
+(:func:`.keras_names.layer_name`) when they touch a model.
+
+Layouts: Conv kernels (O, I/g, kh, kw) -> (kh, kw, I/g, O) (grouped ones too) plus the bias; BN ->
+[gamma, beta, moving_mean, moving_variance] = [weight, bias, running_mean, running_var]; Dense kernel =
+Linear weight transposed, (in, out); SE fc1/fc2 are 1x1 Conv2D layers.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import ir
+from ..errors import WeightsError
+from .keras_names import layer_name
+
+BN_KEYS = ("weight", "bias", "running_mean", "running_var")
+
+
+def conv_to_keras(w):
+    """(O, I/g, kh, kw) -> (kh, kw, I/g, O), also for grouped convs (Keras' grouped kernel layout)."""
+    return np.ascontiguousarray(np.transpose(w, (2, 3, 1, 0)))
+
+
+def conv_from_keras(k):
+    return np.ascontiguousarray(np.transpose(k, (3, 2, 0, 1)))
+
+
+def op_to_keras(op, weights) -> dict:
+    """Canonical tensors of one op -> {canonical layer name: [arrays in the Keras layer's weight order]}."""
+    if isinstance(op, ir.Conv):
+        arrs = [conv_to_keras(weights[f"{op.name}.weight"])]
+        if op.bias:
+            arrs.append(weights[f"{op.name}.bias"])
+        return {op.name: arrs}
+    if isinstance(op, ir.BatchNorm):
+        return {op.name: [weights[f"{op.name}.{k}"] for k in BN_KEYS]}
+    if isinstance(op, ir.SqueezeExcite):
+        return {f"{op.name}.{fc}": [conv_to_keras(weights[f"{op.name}.{fc}.weight"]), weights[f"{op.name}.{fc}.bias"]]
+                for fc in ("fc1", "fc2")}
+    if isinstance(op, ir.Linear):
+        arrs = [np.ascontiguousarray(weights[f"{op.name}.weight"].T)]
+        if op.bias:
+            arrs.append(weights[f"{op.name}.bias"])
+        return {op.name: arrs}
+    return {}
+
+
+def op_from_keras(op, get) -> dict:
+    """Inverse of :func:`op_to_keras`; ``get(canonical layer name)`` returns that layer's arrays."""
+    out = {}
+    if isinstance(op, ir.Conv):
+        arrs = get(op.name)
+        out[f"{op.name}.weight"] = conv_from_keras(arrs[0])
+        if op.bias:
+            out[f"{op.name}.bias"] = arrs[1]
+    elif isinstance(op, ir.BatchNorm):
+        out.update(zip((f"{op.name}.{k}" for k in BN_KEYS), get(op.name)))
+    elif isinstance(op, ir.SqueezeExcite):
+        for fc in ("fc1", "fc2"):
+            arrs = get(f"{op.name}.{fc}")
+            out[f"{op.name}.{fc}.weight"] = conv_from_keras(arrs[0])
+            out[f"{op.name}.{fc}.bias"] = arrs[1]
+    elif isinstance(op, ir.Linear):
+        arrs = get(op.name)
+        out[f"{op.name}.weight"] = np.ascontiguousarray(arrs[0].T)
+        if op.bias:
+            out[f"{op.name}.bias"] = arrs[1]
+    return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in out.items()}
+
+
+def to_keras_weights(net: ir.Network, weights) -> dict:
+    """Canonical weights -> ``{canonical layer name: [arrays]}`` in Keras' order and layouts."""
+    out = {}
+    for op in net.all_ops():
+        try:
+            out.update(op_to_keras(op, weights))
+        except KeyError as exc:
+            raise WeightsError(f"weights: missing tensor {exc.args[0]!r} for the Keras model of {net.name!r}") from None
+    return out
+
+
+def from_arrays(net: ir.Network, get) -> dict:
+    """Canonical weights of ``net`` from ``get(canonical layer name) -> [arrays]``."""
+    out = {}
+    for op in net.all_ops():
+        out.update(op_from_keras(op, get))
+    return out
+
+
+def from_keras_weights(net: ir.Network, model_or_arrays) -> dict:
+    """A Keras model built by ``build`` (or a ``{canonical layer name: [arrays]}`` dict) -> canonical weights."""
+    return from_arrays(net, getter(model_or_arrays))
+
+
+def getter(model_or_arrays, rename=None):
+    """``get(canonical layer name) -> [numpy arrays]`` from a dict, or from a model's layer named
+    ``rename(name)`` (default: :func:`layer_name`)."""
+    if isinstance(model_or_arrays, dict):
+        def get(name):
+            key = rename(name) if rename else name
+            if key not in model_or_arrays:
+                raise WeightsError(f"no weights for Keras layer {key!r}")
+            return [np.asarray(a) for a in model_or_arrays[key]]
+        return get
+    rename = rename or layer_name
+    layers = {layer.name: layer for layer in model_or_arrays.layers}
+
+    def get_layer(name):
+        key = rename(name)
+        if key not in layers:
+            raise WeightsError(f"the Keras model {model_or_arrays.name!r} has no layer {key!r}")
+        return [np.asarray(a) for a in layers[key].get_weights()]
+    return get_layer
+
+
+def set_keras_weights(model, arrays: dict, rename=None) -> None:
+    """Load ``{canonical layer name: [arrays]}`` into ``model`` (``rename`` maps a canonical name to the
+    model's layer name; default :func:`layer_name`), checking every shape and that every weight is set."""
+    rename = rename or layer_name
+    layers = {layer.name: layer for layer in model.layers}
+    done = set()
+    for name, arrs in arrays.items():
+        target = rename(name)
+        if target not in layers:
+            raise WeightsError(f"the Keras model {model.name!r} has no layer {target!r} (for {name!r})")
+        layer = layers[target]
+        have = [tuple(v.shape) for v in layer.weights]
+        want = [tuple(np.shape(a)) for a in arrs]
+        if have != want:
+            raise WeightsError(f"Keras layer {target!r} holds weights of shapes {have}; the canonical weights "
+                               f"of {name!r} give {want}")
+        layer.set_weights([np.asarray(a, dtype=np.float32) for a in arrs])
+        done.add(target)
+    left = [layer.name for layer in model.layers if layer.weights and layer.name not in done]
+    if left:
+        raise WeightsError(f"no canonical weights for Keras layer(s) {left[:3]}" + (" ..." if len(left) > 3 else ""))

@@ -1,0 +1,75 @@
+"""Worker functions for tests/test_distributed.py (data-parallel training on the frameworks' engines).
+
+``ddp_rank`` runs as one rank of a torch.distributed (gloo) group; ``jax_data_parallel`` runs in a fresh
+process with two host devices for JAX (XLA_FLAGS is read at JAX import).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+
+def _no_dropout_train(model):
+    import torch
+
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+        elif type(m).__name__ == "DropPath":
+            m.rate = 0.0
+    return model.train()
+
+
+def ddp_rank(rank, world, port, spec_yaml, weights, x, g, out_dir):
+    """One DDP rank: its shard of the batch, loss sum(logits * g) / n_local, backward; rank 0 saves grads."""
+    import torch
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    from resnet_spec import load
+    from resnet_spec.backends import torch_backend
+    from resnet_spec.resolve import UNCHECKED
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        model = DDP(_no_dropout_train(torch_backend.build(load(spec_yaml, UNCHECKED), weights)))
+        n = x.shape[0] // world
+        xs, gs = (torch.from_numpy(a[rank * n:(rank + 1) * n].copy()) for a in (x, g))
+        loss = (model(xs) * gs).sum() / n
+        loss.backward()  # DDP all-reduces (averages) the gradients over the ranks here
+        grads = {k: p.grad.numpy() for k, p in model.module.named_parameters()}
+        np.savez(os.path.join(out_dir, f"rank{rank}.npz"), **grads)
+    finally:
+        dist.destroy_process_group()
+
+
+def jax_data_parallel(spec_yaml, weights, x, g):
+    """Keras on JAX: gradients of the training step on one device with the whole batch, and under
+    keras.distribution.DataParallel over two host devices with the batch sharded."""
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+    os.environ["KERAS_BACKEND"] = "jax"
+    import jax
+    import keras
+
+    from resnet_spec import load
+    from resnet_spec.backends import training
+    from resnet_spec.backends.keras_backend import Leg
+    from resnet_spec.backends.keras_model import build
+    from resnet_spec.resolve import UNCHECKED
+
+    net = load(spec_yaml, UNCHECKED)
+    single, _ = training.keras_step(Leg("jax"), net, weights, x, g)
+    devices = jax.devices("cpu")
+    dist = keras.distribution.DataParallel(devices=devices)
+    keras.distribution.set_distribution(dist)
+    model = build(net, weights, backend="jax")
+    feed = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+    sharded = keras.distribution.distribute_tensor(feed, dist.get_data_layout(feed.shape))
+    logits, loss, grads = training._jax_grads(keras, model, sharded, g)
+    grads = {v.path: np.asarray(gr) for v, gr in zip(model.trainable_variables, grads)}
+    return {"single": single["grads"], "parallel": training._canonical_grads(net, model, grads),
+            "devices": len(devices), "input_devices": len(sharded.sharding.device_set),
+            "loss": (single["loss"], float(loss))}

@@ -1,0 +1,119 @@
+"""Training-mode parity (``parity --train``): one step per leg, and planted faults the report names.
+
+Legs: torch (reference), keras-tensorflow, keras-jax (when JAX is installed), keras-torch, each in its
+own worker. Tolerances: resnet_spec.train_parity.TRAIN_TOLERANCES (float32; measured worst values in
+docs/parity.md; the gradient tolerance is set by float32 conditioning, see train_parity's docstring).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import faults
+import pytest
+from click.testing import CliRunner
+
+import resnet_spec
+from resnet_spec import parity as P
+from resnet_spec import train_parity as T
+from resnet_spec.backends import keras_model
+from resnet_spec.cli import main
+from resnet_spec.weights import init_weights
+
+pytest.importorskip("torch")
+LEGS = ["torch"] + [f"keras-{b}" for b in ("tensorflow", "jax", "torch") if keras_model.missing(b) is None]
+
+
+@pytest.fixture(scope="module")
+def runner():
+    with P.Runner() as r:
+        yield r
+
+
+def _net(name, size=None):
+    text = resnet_spec.load(name).spec_yaml
+    if size:
+        text = re.sub(r"size: \d+", f"size: {size}", text, count=1)
+    return resnet_spec.load(text)
+
+
+def _run(net, runner, **kw):
+    return T.run_train(net, init_weights(net, seed=0, random_bn=True), runner=runner, **kw)
+
+
+def test_resnet20_every_leg_agrees(runner):
+    r = _run(_net("resnet20"), runner, backends=LEGS)
+    assert r.passed and not r.not_run and len(r.pairs) == len(LEGS) * (len(LEGS) - 1) // 2
+    net = resnet_spec.load("resnet20")
+    for p in r.pairs:
+        assert p["grads_total"] == sum(1 for k in init_weights(net) if not k.endswith(("running_mean", "running_var")))
+        assert p["stats_total"] == 2 * sum(1 for op in net.all_ops() if type(op).__name__ == "BatchNorm")
+        assert p["logits_max_rel"] < 1e-5 and p["grads_max_rel"] < 1e-4 and p["stats_max_rel"] < 1e-5
+    assert "PASS" in T.format_train_report(r)
+
+
+def test_planted_momentum_convention_fault_is_named(runner):
+    """Keras BN given PyTorch's momentum unconverted: the forward and the gradients are unchanged, the
+    running statistics after the step are not, and the report says so."""
+    r = _run(_net("resnet20"), runner, backends=["torch", "keras-torch"],
+             mutate={"keras-torch": faults.keras_bn_momentum_unconverted})
+    (p,) = r.pairs
+    assert p["checks"] == {"logits": True, "loss": True, "grads": True, "stats": False}
+    assert p["stats_failing"] == p["stats_total"]
+    text = T.format_train_report(r)
+    assert "stats differ" in text and "momentum convention" in text and "FAIL" in text
+    assert p["worst_stats"][0]["tensor"].endswith(("running_mean", "running_var"))
+
+
+def test_planted_gradient_blocking_op_is_named(runner):
+    """A detached conv output in torch: same logits and statistics, and the gradients name the conv."""
+    r = _run(_net("resnet20"), runner, backends=["torch", "keras-torch"],
+             mutate={"torch": faults.torch_block_gradient_layer2_0_conv1})
+    (p,) = r.pairs
+    assert p["checks"] == {"logits": True, "loss": True, "grads": False, "stats": True}
+    assert p["no_grad"] == {"a": ["layer2.0.conv1.weight"], "b": []}
+    assert "layer2.0.conv1.weight" in [row["tensor"] for row in p["worst_grads"]]
+    assert p["grads_max_rel"] > T.TRAIN_TOLERANCES["grads"]
+    assert "no gradient at all in torch (blocked?): layer2.0.conv1.weight" in T.format_train_report(r)
+
+
+@pytest.mark.parametrize("name", ["seresnet50", "resnet50d"])
+def test_se_and_avgpool_shortcut_nets_agree_small(runner, name):
+    """SE gates and ResNet-D average-pool shortcuts (gradient through exact divisors), 48x48 input."""
+    r = _run(_net(name, 48), runner, backends=["torch", LEGS[-1]])
+    assert r.passed, T.format_train_report(r)
+
+
+def test_bad_input_is_one_clear_line(runner):
+    net = _net("resnet20")
+    with pytest.raises(resnet_spec.ResNetSpecError, match="--batch of at least 2"):
+        _run(net, runner, batch=1)
+    r = _run(net, runner, backends=["torch", "onnx"])
+    assert r.runs["onnx"].error.startswith("onnx: no training step") and not r.passed
+    res = CliRunner().invoke(main, ["parity", "resnet20", "--train", "--dtype", "float16"])
+    assert res.exit_code == 2 and "float32 only" in res.output
+
+
+def test_cli_train_json():
+    res = CliRunner().invoke(main, ["parity", "resnet20", "--train", "--backends", "torch,keras-torch", "--json", "-"])
+    assert res.exit_code == 0, res.output
+    rep = json.loads(res.output[res.output.index("{"):])
+    assert rep["mode"] == "train" and rep["passed"] and rep["tolerances_rel"] == T.TRAIN_TOLERANCES
+    assert [(p["a"], p["b"]) for p in rep["pairs"]] == [("torch", "keras-torch")]
+
+
+def test_all_lists_uninstalled_legs_and_unknown_legs_are_refused(monkeypatch):
+    """'all' = every installed leg; an uninstalled one is listed as not installed, never a failure."""
+    from resnet_spec.backends import keras_backend
+
+    real = keras_backend.missing
+    monkeypatch.setattr(keras_backend, "missing", lambda b: "jax is not installed (pip install 'resnet-spec[jax]')"
+                        if b == "jax" else real(b))
+    legs, skipped = P.parse_legs("all")
+    assert "keras-jax" not in legs and skipped == {"keras-jax": "jax is not installed (pip install 'resnet-spec[jax]')"}
+    assert P.parse_legs("torch,tf,keras-jax") == (["torch", "tensorflow", "keras-jax"], {})
+    with pytest.raises(resnet_spec.ResNetSpecError, match="unknown backend 'keras-mxnet'"):
+        P.parse_legs("torch,keras-mxnet")
+    res = CliRunner().invoke(main, ["parity", "resnet20", "--backends", "torch,keras-mxnet"])
+    assert res.exit_code == 2 and "unknown backend 'keras-mxnet'" in res.output
