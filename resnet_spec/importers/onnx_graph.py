@@ -298,6 +298,17 @@ class _Walker:
             out["count_include_pad"] = bool(a.get("count_include_pad", 0)) or bool(pad)
         return out
 
+    def border_mask(self, node, ins) -> bool:
+        """``MaxPool -> Max(M)`` with a constant ``M`` of 0 and -inf: zero-padded max pooling as
+        resnet-spec writes it (backends/onnx_pool.py: 0 where a window reaches the zero border)."""
+        if node.op_type != "Max" or len(ins) != 2:
+            return False
+        try:
+            m = np.asarray(self.g.const(node, ins[1]), np.float64)
+        except ImportError_:
+            return False
+        return bool(m.size) and bool(np.all((m == 0) | np.isneginf(m))) and bool((m == 0).any())
+
     def stem(self, ops, preact):
         convs = sum(1 for _, n, _ in ops if n.op_type == "Conv")
         if convs == 0:
@@ -306,10 +317,15 @@ class _Walker:
         bns = ["bn1"] if convs == 1 else [f"conv1.{3 * i + 1}" for i in range(convs - 1)] + ["bn1"]
         left = self.sequence(ops, names, bns, v1=not preact)
         pools = [(n, ins, pad) for n, ins, pad in left if n.op_type in ("MaxPool", "AveragePool")]
-        for n, _, _ in left:
-            if n.op_type not in ("Relu", "MaxPool"):
+        masked = False
+        for n, ins, _ in left:
+            if pools and self.border_mask(n, ins):
+                masked = True
+            elif n.op_type not in ("Relu", "MaxPool"):
                 raise self.g.refuse(n, "not expected in a ResNet stem (conv, BN, ReLU, max-pool)")
         self.src.facts["stem_pool"] = self.pool(*pools[0]) if pools else None
+        if masked:
+            self.src.facts["stem_pool"]["pad_value"] = "zero"
         shape = [d.dim_value for d in self.g.input.type.tensor_type.shape.dim]
         if len(shape) == 4 and shape[0] > 0:
             self.src.facts["batch"] = shape[0]  # a graph exported with a fixed batch size
