@@ -35,7 +35,7 @@ import numpy as np
 from . import ir
 from .errors import BackendUnavailable, ResNetSpecError
 from .isolate import WorkerCrashed
-from .parity import Runner, compare, make_input
+from .parity import BackendRun, Runner, compare, make_input
 
 #: max relative error per quantity (float32), see the module docstring and docs/parity.md.
 TRAIN_TOLERANCES = {"logits": 1e-4, "loss": 1e-4, "grads": 2e-2, "stats": 1e-4}
@@ -77,13 +77,7 @@ def check_trainable(net: ir.Network) -> None:
                                   f"stage {s + 1} has none")
 
 
-@dataclass
-class TrainRun:
-    name: str
-    device: str = ""
-    seconds: float = 0.0
-    error: str | None = None
-    outputs: dict = field(default_factory=dict, repr=False)
+TrainRun = BackendRun  # one leg's run: the same record as an inference run's
 
 
 @dataclass

@@ -149,22 +149,9 @@ def check_f32_range(arr: np.ndarray, name: str, source: str) -> None:
 
 def check_declared(net, declared: dict, source: str) -> None:
     """Names and shapes a file declares, checked against the spec before its data is read."""
-    from .weights import IGNORED_SUFFIXES, _fmt
+    from .weights import _fmt, check_names
 
-    expected = {t.name: tuple(t.shape) for t in net.tensors()}
-    given = {k: v for k, v in declared.items() if not k.endswith(IGNORED_SUFFIXES)}
-    missing = [k for k in expected if k not in given]
-    unexpected = sorted(k for k in given if k not in expected)
-    problems = []
-    if missing:
-        problems.append(f"missing tensor {missing[0]!r} (expected shape {_fmt(expected[missing[0]])})"
-                        + (f" and {len(missing) - 1} more" if len(missing) > 1 else ""))
-    if unexpected:
-        problems.append(f"unexpected tensor {unexpected[0]!r}"
-                        + (f" and {len(unexpected) - 1} more" if len(unexpected) > 1 else "")
-                        + f" (not part of spec {net.name!r})")
-    if problems:
-        raise WeightsError(f"{source}: " + "; ".join(problems))
+    expected, given = check_names(net, declared, source)
     for name, shape in expected.items():
         if tuple(given[name]) != shape:
             raise WeightsError(f"{source}: tensor {name!r} has shape {_fmt(given[name])}, the spec expects "

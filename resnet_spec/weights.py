@@ -104,14 +104,11 @@ def _fan_in(net, module):
     return 1
 
 
-def check_weights(net: ir.Network, weights, source: str = "weights", allow_nonfinite: bool = False) -> Weights:
-    """Check names, shapes, dtypes and values against the IR; return float32 arrays in IR order.
-
-    Every problem names the tensor: a missing one, an unexpected one, a wrong shape (with the shape the
-    spec expects), a non-float dtype, NaN or Inf values (unless ``allow_nonfinite``).
-    """
-    expected = {t.name: t.shape for t in net.tensors()}
-    given = {k: v for k, v in weights.items() if not k.endswith(IGNORED_SUFFIXES)}
+def check_names(net: ir.Network, tensors: dict, source: str) -> tuple:
+    """Refuse missing or unexpected tensor names (naming the first of each); return
+    ``({name: expected shape}, {name: value})`` without the ignored buffers."""
+    expected = {t.name: tuple(t.shape) for t in net.tensors()}
+    given = {k: v for k, v in tensors.items() if not k.endswith(IGNORED_SUFFIXES)}
     missing = [n for n in expected if n not in given]
     unexpected = sorted(n for n in given if n not in expected)
     problems = []
@@ -124,6 +121,16 @@ def check_weights(net: ir.Network, weights, source: str = "weights", allow_nonfi
                         + f" (not part of spec {net.name!r})")
     if problems:
         raise WeightsError(f"{source}: " + "; ".join(problems))
+    return expected, given
+
+
+def check_weights(net: ir.Network, weights, source: str = "weights", allow_nonfinite: bool = False) -> Weights:
+    """Check names, shapes, dtypes and values against the IR; return float32 arrays in IR order.
+
+    Every problem names the tensor: a missing one, an unexpected one, a wrong shape (with the shape the
+    spec expects), a non-float dtype, NaN or Inf values (unless ``allow_nonfinite``).
+    """
+    expected, given = check_names(net, weights, source)
     out: Weights = {}
     for name, shape in expected.items():
         arr = np.asarray(given[name])

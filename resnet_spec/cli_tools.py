@@ -1,0 +1,164 @@
+"""``resnet-spec`` commands about specs as text and about files: resolve, diff, verify, import, diagram,
+inspect. They register on :data:`resnet_spec.cli.main`; the option helpers and the exit-code rules are
+that module's (0 success, 1 the user's input, 2 usage).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from .cli import _SEED, _load, _not_empty, limit_options, main
+from .errors import ResNetSpecError
+
+
+@main.command("resolve")
+@click.argument("spec")
+@click.option("-o", "--out", "out_file", type=click.Path(dir_okay=False), help="Write to this file instead of stdout.")
+@click.option("--force", is_flag=True, help="Overwrite an existing -o file.")
+def resolve_cmd(spec, out_file, force):
+    """Print SPEC fully resolved: every default filled in, extends merged, each set value's origin noted."""
+    from .resolved import to_yaml, write_output
+
+    loaded = _load_spec(spec)
+    text = to_yaml(loaded)
+    if out_file:
+        from .fileio import check_writable
+
+        check_writable(out_file, force)
+        write_output(out_file, text.encode("utf-8"))
+        click.echo(f"wrote {out_file}", err=True)
+    else:
+        click.echo(text, nl=False)
+
+
+@main.command("diff")
+@click.argument("spec_a")
+@click.argument("spec_b")
+def diff_cmd(spec_a, spec_b):
+    """What differs between two specs' resolved forms, field by field, and the params/MACs difference."""
+    from .resolve import resolve
+    from .resolved import diff, format_diff
+
+    a, b = _load_spec(spec_a), _load_spec(spec_b)
+    na, nb = resolve(a), resolve(b)
+    click.echo(format_diff(spec_a, spec_b, diff(a, b), na, nb))
+
+
+@main.command("verify")
+@click.argument("spec")
+@click.argument("files", nargs=-1, required=True)
+@click.option("--weights", "weights_file", type=click.Path(dir_okay=False), callback=_not_empty,
+              help="Weights of the reference. Default: <name>.safetensors beside each file.")
+@click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]),
+              help="ONNX Runtime's provider for .onnx files (cuda: CUDAExecutionProvider, TF32 off).")
+@click.option("--batch", type=click.IntRange(1, 256), default=2, show_default=True)
+@click.option("--seed", type=_SEED, default=0, show_default=True, help="Seed of the input.")
+@click.option("--json", "json_file", type=click.Path(dir_okay=False), callback=_not_empty,
+              help="Also write the report as JSON to this file ('-' for stdout).")
+@limit_options
+def verify_cmd(spec, files, weights_file, device, batch, seed, json_file, max_params, max_activation_gib):
+    """Run deployable FILES (.onnx, .tflite, .keras, SavedModel, .pt2, .py) in their runtimes; compare
+    with SPEC's torch reference (float64) on the same weights. Exit 0 when every run is within
+    tolerance, 1 otherwise."""
+    from . import verify as V
+
+    net = _load(spec, max_params, max_activation_gib)
+    if json_file and json_file != "-":
+        from .fileio import check_file_writable
+
+        check_file_writable(json_file)
+    report = V.run(net, files, weights_file=weights_file, batch=batch, seed=seed, device=device,
+                   progress=lambda t: click.echo(f"  {t}", err=True))
+    if json_file == "-":
+        click.echo(json.dumps(report.to_json(), indent=2))
+    else:
+        click.echo(V.format_report(report))
+        if json_file:
+            from .fileio import write_text
+
+            write_text(json_file, json.dumps(report.to_json(), indent=2) + "\n")
+    sys.exit(0 if report.passed else 1)
+
+
+@main.command("import")
+@click.argument("source")
+@click.option("-o", "--out", "out_dir", default=".", show_default=True, help="Output folder.")
+@click.option("--name", default=None, help="Spec name (default: from SOURCE).")
+@click.option("--input-size", default=None, help="H or H,W of the spec's input (default: the source's, else 224).")
+@click.option("--force", is_flag=True, help="Overwrite existing outputs.")
+@click.option("--keep", is_flag=True, help="Keep the files even when parity fails.")
+def import_cmd(source, out_dir, name, input_size, force, keep):
+    """Import an existing model: write OUT/NAME.yaml and OUT/NAME.safetensors, then prove them equal.
+
+    SOURCE: an .onnx file, a .keras file, keras:NAME (keras.applications) or keras:NAME=FILE.weights.h5,
+    a .pth/.pt/.safetensors state dict with torchvision/timm names, torchvision:NAME or timm:NAME.
+    Exit 0 only when the generated PyTorch model reproduces the source within the float32 tolerance.
+    """
+    from .importers.write import import_to_dir, parse_input_size
+
+    try:
+        size = parse_input_size(input_size)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--input-size") from None
+    import_to_dir(source, out_dir, name, size, force, keep, echo=click.echo)
+
+
+@main.command()
+@click.argument("spec")
+@click.option("-o", "--out", "out_file", required=True, type=click.Path(dir_okay=False),
+              help="The picture: .svg, .png or .pdf.")
+@click.option("--force", is_flag=True, help="Overwrite an existing picture.")
+@limit_options
+def diagram(spec, out_file, force, max_params, max_activation_gib):
+    """Draw SPEC: stem, stages (block count, type, widths, strides, shortcut) and head."""
+    from .diagram import figure_format, write_diagram
+    from .fileio import check_writable
+    from .resolved import check_output_place
+
+    figure_format(out_file)
+    check_writable(out_file, force)
+    check_output_place(out_file)
+    net = _load(spec, max_params, max_activation_gib)
+    write_diagram(net, out_file, force=True)
+    click.echo(f"wrote {out_file}")
+
+
+def _load_spec(spec):
+    from .diagnose import spec_warnings
+    from .spec import load as load_spec
+
+    loaded = load_spec(spec)
+    for w in spec_warnings(loaded):
+        click.echo(w, err=True)
+    return loaded
+
+
+@main.command()
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def inspect(path, as_json):
+    """Show what a file written by resnet-spec holds: .onnx (spec, opset, inputs/outputs, node counts),
+    .safetensors (tensors, parameters, embedded spec) or .pt2 (embedded spec)."""
+    from . import inspect_files as F
+    from .checkpoints import TORCH_SUFFIXES
+    from .fileio import check_regular_file
+
+    check_regular_file(path, 2**31 - 1)  # protobuf's own limit; larger models keep external data
+
+    if path.endswith(".safetensors"):
+        info, fmt = F.inspect_safetensors(path), F.format_info
+    elif path.endswith(".pt2"):
+        info, fmt = F.inspect_pt2(path), F.format_info
+    elif path.endswith(TORCH_SUFFIXES):
+        info, fmt = F.inspect_checkpoint(path), F.format_info
+    elif not path.endswith(".onnx"):
+        raise ResNetSpecError(f"{path}: inspect reads .onnx, .safetensors, .pt2 and torch checkpoints "
+                              "(.pth/.pt/.ckpt); .keras and .tflite are not supported yet")
+    else:
+        from .backends import onnx_backend
+
+        info, fmt = onnx_backend.inspect(path), onnx_backend.format_inspect
+    click.echo(json.dumps(info, indent=2) if as_json else fmt(info))
