@@ -354,7 +354,9 @@ def convert(net: ir.Network, weights, out_dir: str, *, force: bool = False, batc
     check_source(net, source, model, example)
     with atomic_path(paths["pt2"], force) as tmp:
         try:  # torch.export.save insists on the suffix: save beside the temporary name, then move
-            torch.export.save(program, tmp + ".pt2")
+            # the spec travels inside the program, for `resnet-spec inspect` (resnet_spec.inspect_files)
+            torch.export.save(program, tmp + ".pt2",
+                              extra_files={"resnet_spec.name": net.name, "resnet_spec.spec": net.spec_yaml})
             os.replace(tmp + ".pt2", tmp)
         finally:
             if os.path.exists(tmp + ".pt2"):

@@ -107,6 +107,16 @@ def limit_options(fn):
     return fn
 
 
+def _load_spec(spec):
+    from .diagnose import spec_warnings
+    from .spec import load as load_spec
+
+    loaded = load_spec(spec)
+    for w in spec_warnings(loaded):
+        click.echo(w, err=True)
+    return loaded
+
+
 def _load(spec, max_params=2e9, max_activation_gib=64.0):
     from .resolve import resolve
 

@@ -10,7 +10,7 @@ import sys
 
 import click
 
-from .cli import _SEED, _load, _not_empty, limit_options, main
+from .cli import _SEED, _load, _load_spec, _not_empty, limit_options, main
 from .errors import ResNetSpecError
 
 
@@ -124,16 +124,6 @@ def diagram(spec, out_file, force, max_params, max_activation_gib):
     net = _load(spec, max_params, max_activation_gib)
     write_diagram(net, out_file, force=True)
     click.echo(f"wrote {out_file}")
-
-
-def _load_spec(spec):
-    from .diagnose import spec_warnings
-    from .spec import load as load_spec
-
-    loaded = load_spec(spec)
-    for w in spec_warnings(loaded):
-        click.echo(w, err=True)
-    return loaded
 
 
 @main.command()

@@ -500,3 +500,17 @@ def test_output_folders_get_the_usual_mode(tmp_path):
     finally:
         os.umask(old)
     assert (os.stat(tmp_path / "saved").st_mode & 0o777) == 0o755  # mkdtemp alone gives 0700
+
+
+def test_convert_embeds_the_spec_in_the_pt2_program(tmp_path):
+    """The .pt2 carries the spec (torch.export extra files); inspect reads it back, identical."""
+    out = tmp_path / "o"
+    res = CliRunner().invoke(main, ["convert", "resnet20", "--to", "torch", "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(main, ["inspect", str(out / "resnet20.pt2"), "--json"])
+    assert res.exit_code == 0, res.output
+    import json
+
+    info = json.loads(res.output)
+    assert info["spec_name"] == "resnet20"
+    assert resnet_spec.load(info["spec_yaml"]) == resnet_spec.load("resnet20")
