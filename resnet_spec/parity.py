@@ -79,8 +79,28 @@ class BackendRun:
     outputs: dict = field(default_factory=dict, repr=False)
 
 
+class RunOutcome:
+    """What a parity report (inference, and training in :mod:`train_parity`) derives from its
+    ``runs`` ({leg: BackendRun}) and ``pairs``."""
+
+    @property
+    def not_run(self) -> list:
+        """Backends that were asked for but did not run (unavailable, no such device, crashed)."""
+        return [n for n, r in self.runs.items() if r.error is not None]
+
+    @property
+    def passed(self) -> bool:
+        """Every requested backend ran and every pair is within the tolerance. A backend that could not
+        run fails the check: a comparison that was asked for and not made is never a pass."""
+        return not self.not_run and len(self.runs) >= 2 and all(p["passed"] for p in self.pairs)
+
+    def runs_json(self) -> dict:
+        return {n: {"device": r.device, "seconds": round(r.seconds, 3), "error": r.error}
+                for n, r in self.runs.items()}
+
+
 @dataclass
-class Report:
+class Report(RunOutcome):
     spec: str
     dtype: str
     device: str
@@ -94,25 +114,13 @@ class Report:
     layers: bool
     skipped: dict = field(default_factory=dict)
 
-    @property
-    def not_run(self) -> list:
-        """Backends that were asked for but did not run (unavailable, no such device, crashed)."""
-        return [n for n, r in self.runs.items() if r.error is not None]
-
-    @property
-    def passed(self) -> bool:
-        """Every requested backend ran and every pair is within the tolerance. A backend that could not
-        run fails the check: a comparison that was asked for and not made is never a pass."""
-        return not self.not_run and len(self.runs) >= 2 and all(p["passed"] for p in self.pairs)
-
     def to_json(self) -> dict:
         return {
             "spec": self.spec, "dtype": self.dtype, "device": self.device, "batch": self.batch,
             "seed": self.seed, "weights": self.weights, "tolerance_rel": self.tolerance,
             "tf32": self.allow_tf32 if self.dtype == "float32" else None,
-            "backends": {n: {"device": r.device, "seconds": round(r.seconds, 3), "error": r.error}
-                         for n, r in self.runs.items()},
-            "pairs": self.pairs, "not_run": self.not_run, "not_installed": self.skipped, "passed": self.passed,
+            "backends": self.runs_json(), "pairs": self.pairs, "not_run": self.not_run,
+            "not_installed": self.skipped, "passed": self.passed,
         }
 
 

@@ -35,7 +35,7 @@ import numpy as np
 from . import ir
 from .errors import BackendUnavailable, ResNetSpecError
 from .isolate import WorkerCrashed
-from .parity import BackendRun, Runner, compare, make_input
+from .parity import BackendRun, RunOutcome, Runner, compare, make_input
 
 #: max relative error per quantity (float32), see the module docstring and docs/parity.md.
 TRAIN_TOLERANCES = {"logits": 1e-4, "loss": 1e-4, "grads": 2e-2, "stats": 1e-4}
@@ -81,7 +81,7 @@ TrainRun = BackendRun  # one leg's run: the same record as an inference run's
 
 
 @dataclass
-class TrainReport:
+class TrainReport(RunOutcome):
     spec: str
     device: str
     batch: int
@@ -91,20 +91,11 @@ class TrainReport:
     pairs: list
     skipped: dict = field(default_factory=dict)
 
-    @property
-    def not_run(self) -> list:
-        return [n for n, r in self.runs.items() if r.error is not None]
-
-    @property
-    def passed(self) -> bool:
-        return not self.not_run and len(self.runs) >= 2 and all(p["passed"] for p in self.pairs)
-
     def to_json(self) -> dict:
         return {"spec": self.spec, "mode": "train", "dtype": "float32", "device": self.device, "batch": self.batch,
                 "seed": self.seed, "weights": self.weights, "tolerances_rel": TRAIN_TOLERANCES,
-                "backends": {n: {"device": r.device, "seconds": round(r.seconds, 3), "error": r.error}
-                             for n, r in self.runs.items()},
-                "pairs": self.pairs, "not_run": self.not_run, "not_installed": self.skipped, "passed": self.passed}
+                "backends": self.runs_json(), "pairs": self.pairs, "not_run": self.not_run,
+                "not_installed": self.skipped, "passed": self.passed}
 
 
 def _per_tensor(a: dict, b: dict, floor_frac: float) -> list:
