@@ -1,25 +1,55 @@
-"""Emit a standalone, readable PyTorch source file for a network, in the style of torchvision's
-``resnet.py``: one block class, a ``_make_layer`` loop over repeated blocks, literal stage settings.
-The file needs torch (and safetensors for its ``load_model``); its ``state_dict`` names are the
-canonical names.
+"""Emit a standalone, readable PyTorch source file for a network (``<name>.py``).
 
-Nothing from the spec reaches the code as code: the model name becomes an identifier only after
-sanitising, and free text (the description, the spec itself) is written with ``repr`` or inside a
-docstring whose quotes and backslashes are escaped. Tests compile and run every zoo model's source.
+The emitter is a lowering like the other backends: :func:`common.walk` visits every IR op and
+:data:`OPS` turns each one into the constructor of the module that computes it -- the module, with the
+settings, that ``torch_backend`` builds for it. Nothing is inferred: every block's modules, and the
+order its ``forward`` applies them in, are read off that block's IR (``pre``, ``main``, ``shortcut``,
+``post``, ``shortcut_from``), so blocks may differ in any way within a stage. Blocks whose ``forward``
+is the same share one class (``Bottleneck``, ``BottleneckProjection``, ...); consecutive blocks built
+from the same modules are written once, as a list comprehension. Helper modules (``SqueezeExcite``,
+``PaddedMaxPool``, ...) are copied from ``torch_backend``'s source, so both compute the same numbers.
+
+Names: modules sit at their canonical names (``layer2.0.conv1``); ops named ``<attr>.<k>``
+(``downsample.1``, a deep stem's ``conv1.3``) become item ``k`` of an ``nn.Sequential`` at ``<attr>``,
+which also takes the parameter-free ops between two of its items (the deep stem's ReLUs) and an
+``nn.Identity()`` in any slot nothing fills. Parameter-free helpers are named as in ``torch_backend``
+(``relu``, one per block, shared; ``shortcut_subsample``).
+
+The file needs torch (and safetensors for its ``load_model``); its ``state_dict`` names are the
+canonical names. Nothing from the spec reaches the code as code: the model name becomes an identifier
+only after sanitising, and free text (the description, the spec itself) is written inside a docstring
+whose quotes and backslashes are escaped. tests/test_torch_backend.py runs every zoo entry's source in a
+fresh process against the torch backend.
 """
 
 from __future__ import annotations
 
+import ast
 import keyword
+import os
 import re
+import textwrap
+from dataclasses import dataclass
 
 from .. import __version__, ir
+from . import common
 
-
+#: The helper modules an emitted file may need, copied from torch_backend.py's source.
+HELPER_CLASSES = ("Subsample", "ChannelPad", "PaddedMaxPool", "SqueezeExcite", "DropPath", "GlobalAvgPool")
+_KINDS = {"bottleneck": "Bottleneck", "basic": "BasicBlock"}
+#: ir.Block.shortcut_kind -> (block class name suffix, words for its docstring)
+_SHORTCUTS = {"identity": ("", "identity"), "projection": ("Projection", "projection"),
+              "avgpool_projection": ("AvgPoolProjection", "average-pool projection"),
+              "option_a": ("OptionA", "option-A (subsample, zero channels)")}
+_BLOCK_NAMES = {pre + kind + sc for pre in ("", "PreAct") for kind in (*_KINDS.values(), "Block")
+                for sc, _ in _SHORTCUTS.values()}
 # Module-level names of the emitted file; a model class must not shadow them (a model named "F" would
-# otherwise replace torch.nn.functional).
-_RESERVED = frozenset({"os", "torch", "nn", "F", "BN_EPS", "BN_MOMENTUM", "norm", "load_model", "BasicBlock",
-                       "Bottleneck", "SqueezeExcite", "DropPath", "ZeroPadShortcut", "ZeroPadMaxPool"})
+# otherwise replace torch.nn.functional). Block classes named twice get a "_2" suffix, which
+# class_name never produces.
+_RESERVED = frozenset({"os", "torch", "nn", "F", "BN_EPS", "BN_MOMENTUM", "norm", "load_model", "Residual",
+                       *HELPER_CLASSES, *_BLOCK_NAMES})
+#: The variable each branch's value lives in, in the emitted forward methods.
+_VAR = {common.STEM: "x", common.HEAD: "x", "pre": "pre", "main": "out", "shortcut": "shortcut", "post": "out"}
 
 
 def class_name(name: str) -> str:
@@ -43,380 +73,301 @@ def _doc_text(text: str) -> str:
     return "".join(c if (c.isprintable() or c == "\n") else "?" for c in text)
 
 
-class _Features:
-    """The facts that decide which code paths the emitted source needs, read off the IR: the block
-    template (``kind``, ``preact``, ``stride_index``), each block's ``shortcut_kind``, the ops."""
+# -- the op table: IR op -> the constructor expression of its module (torch_backend.OPS's modules) --
+
+
+def _conv(op: ir.Conv, lw) -> str:
+    args = [str(op.in_channels), str(op.out_channels), str(op.kernel)]
+    settings = (("stride", op.stride, 1), ("padding", op.padding, 0), ("dilation", op.dilation, 1),
+                ("groups", op.groups, 1))
+    args += [f"{key}={value}" for key, value, default in settings if value != default]
+    return f"nn.Conv2d({', '.join(args + [f'bias={op.bias}'])})"
+
+
+def _batchnorm(op: ir.BatchNorm, lw) -> str:
+    if (op.eps, op.momentum) == lw.norm:
+        return f"norm({op.channels})"
+    return f"nn.BatchNorm2d({op.channels}, eps={op.eps!r}, momentum={op.momentum!r})"
+
+
+def _pool(op: ir.Pool, lw) -> str:
+    if op.kind == "avg":
+        return (f"nn.AvgPool2d({op.kernel}, stride={op.stride}, padding={op.padding}, ceil_mode={op.ceil_mode}, "
+                f"count_include_pad={op.count_include_pad})")
+    counted, rest = op.pad_split
+    if not counted:  # torch's max-pool never lets its (-inf) padding win
+        ceil = ", ceil_mode=True" if op.ceil_mode else ""
+        return f"nn.MaxPool2d({op.kernel}, stride={op.stride}, padding={op.padding}{ceil})"
+    return f"PaddedMaxPool({op.kernel}, {op.stride}, {(counted, tuple(rest))!r}, 0.0)"
+
+
+#: How each IR op becomes a module constructor in the source (the conformance test checks it is complete).
+OPS = {
+    ir.Conv: _conv,
+    ir.BatchNorm: _batchnorm,
+    ir.ReLU: lambda op, lw: "nn.ReLU(inplace=True)",
+    ir.Pool: _pool,
+    ir.Subsample: lambda op, lw: f"Subsample({op.stride})",
+    ir.ChannelPad: lambda op, lw: f"ChannelPad({op.before}, {op.after})",
+    ir.SqueezeExcite: lambda op, lw: f"SqueezeExcite({op.channels}, {op.reduced})",
+    ir.DropPath: lambda op, lw: f"DropPath({op.rate!r})",
+    ir.GlobalAvgPool: lambda op, lw: "GlobalAvgPool()",
+    ir.Dropout: lambda op, lw: f"nn.Dropout({op.rate!r})",
+    ir.Linear: lambda op, lw: f"nn.Linear({op.in_features}, {op.out_features}, bias={op.bias})",
+}
+
+
+@dataclass
+class _Step:
+    """One lowered op: its attribute path relative to its owner (``conv1``, ``downsample.1``), its
+    module's constructor, the variable it reads and whether it is a parameter-free helper."""
+
+    branch: str
+    attr: str
+    expr: str
+    src: str
+    helper: bool
+
+
+class _Emitter(common.Lowering):
+    """Walks the network, collecting each section's steps: the stem, every block, the head."""
+
+    table, backend = OPS, "torch source"
 
     def __init__(self, net: ir.Network):
-        b0 = net.blocks[0]
-        self.kind = b0.kind
-        self.preact = b0.preact
-        self.convs = b0.convs
-        self.se = next((op for op in b0.main if isinstance(op, ir.SqueezeExcite)), None)
-        self.drop_path = any(isinstance(op, ir.DropPath) for b in net.blocks for op in b.main)
-        self.rates = [next((op.rate for op in b.main if isinstance(op, ir.DropPath)), 0.0) for b in net.blocks]
-        self.stride_on_1x1 = self.kind == "bottleneck" and any(b.stride_index == 0 for b in net.blocks)
-        kinds = {b.shortcut_kind for b in net.blocks}
-        self.proj = next((b for b in net.blocks if b.shortcut_kind.endswith("projection")), None)
-        self.option_a = self.proj is None and "option_a" in kinds
-        self.avg_down = "avgpool_projection" in kinds
-        self.sc_pool = next((op for b in net.blocks for op in b.shortcut if isinstance(op, ir.Pool)), None)
-        self.sc_norm = self.proj is not None and any(isinstance(op, ir.BatchNorm) for op in self.proj.shortcut)
-        self.sc_bias = self.proj is not None and [op for op in self.proj.shortcut if isinstance(op, ir.Conv)][0].bias
-        self.always_project = kinds <= {"projection", "avgpool_projection"}
-        # 'split' puts extra // 2 zero channels first; where every pad is consistent with that the two
-        # policies agree (an extra of 1 gives before == 0 either way), so only a contradiction means 'end'.
-        self.pad_split = all(op.before == (op.before + op.after) // 2
-                             for b in net.blocks for op in b.shortcut if isinstance(op, ir.ChannelPad))
-        self.stride_last = any(b.index > 0 and b.index == _last_index(net, b.stage) and b.downsamples
-                               for b in net.blocks)
-        self.strided_identity = self.proj is not None and "option_a" in kinds
-        self.dilated = any(op.dilation > 1 for b in net.blocks for op in b.convs)
+        bn = next((op for op in net.all_ops() if isinstance(op, ir.BatchNorm)), None)
+        self.norm = None if bn is None else (bn.eps, bn.momentum)
+        self.steps, self.sections, self.where = [], {}, ("", common.STEM)
+
+    def name(self, op, owner, branch):
+        self.where = (owner, branch)  # lower_ops names each op just before lowering it
+        if getattr(op, "name", None) or branch != "shortcut":
+            return super().name(op, owner, branch)
+        return common.join(owner, "shortcut_" + common.HELPER_NAMES[type(op)])  # as torch_backend names it
+
+    def op(self, op, x, name, tap):
+        owner, branch = self.where
+        if owner and not name.startswith(owner + "."):
+            raise ValueError(f"torch source: op {name} is not inside its block {owner}")
+        attr = name[len(owner) + 1:] if owner else name
+        self.steps.append(_Step(branch, attr, self.lowering_of(op)(op, self), x, not getattr(op, "name", None)))
+        return _VAR[branch]
+
+    def add(self, y, s, block, tap):
+        self.steps.append(f"out = {y} + {s}")
+        return "out"
+
+    def tap(self, x, name):
+        self.sections[name], self.steps = self.steps, []
+        return "x"
 
 
-def _last_index(net, stage):
-    return max(b.index for b in net.blocks if b.stage == stage)
+def _slot(attr: str):
+    """``('downsample', 1)`` for ``downsample.1``; None for a plain attribute."""
+    if "." not in attr:
+        return None
+    container, _, index = attr.partition(".")
+    if not index.isdigit():
+        raise ValueError(f"torch source: cannot place a module named {attr!r}")
+    return container, int(index)
 
 
-def _stage_rows(net: ir.Network, f: _Features) -> list[dict]:
-    """Literal per-stage settings for the emitted ``self.stages`` table."""
-    rows = []
-    for s in range(net.stages):
-        blocks = [b for b in net.blocks if b.stage == s]
-        convs0 = [op for op in blocks[0].main if isinstance(op, ir.Conv)]
-        row = {"blocks": len(blocks), "width": convs0[0].out_channels, "out_ch": blocks[-1].out_shape[0],
-               "stride": max(op.stride for b in blocks for op in b.main if isinstance(op, ir.Conv))}
-        if f.dilated:
-            dil = [op.dilation for op in blocks[-1].main if isinstance(op, ir.Conv) and op.kernel == 3]
-            row["dilation"] = dil[0]
-            row["first_dilation"] = [op.dilation for op in convs0 if op.kernel == 3][0]
-        if f.se is not None:
-            row["se_channels"] = next(op.reduced for op in blocks[0].main if isinstance(op, ir.SqueezeExcite))
-        rows.append(row)
-    return rows
+def _fill_gaps(steps: list) -> None:
+    """A helper between two items of the same container (a deep stem's ReLU) becomes the item between."""
+    for i, step in enumerate(steps):
+        if not isinstance(step, _Step) or not step.helper or i == 0 or i + 1 == len(steps):
+            continue
+        before, after = steps[i - 1], steps[i + 1]
+        if not (isinstance(before, _Step) and isinstance(after, _Step)):
+            continue
+        a, b = _slot(before.attr), _slot(after.attr)
+        if a and b and a[0] == b[0] and a[1] + 1 < b[1]:
+            step.attr, step.helper = f"{a[0]}.{a[1] + 1}", False
+
+
+class _Section:
+    """The modules one owner registers (``[(attr, expr or [item exprs])]``) and its forward lines."""
+
+    def __init__(self):
+        self.modules, self.lines = [], []
+
+    def render(self, steps: list) -> "_Section":
+        _fill_gaps(steps)
+        i = 0
+        while i < len(steps):
+            step = steps[i]
+            if isinstance(step, str):
+                self.lines.append(step)
+                i += 1
+                continue
+            slot, n = _slot(step.attr), 1
+            if slot is None:
+                attr = self._register(step)
+            else:
+                while i + n < len(steps) and isinstance(steps[i + n], _Step) and \
+                        (_slot(steps[i + n].attr) or ("",))[0] == slot[0]:
+                    n += 1
+                attr = self._container(slot[0], steps[i:i + n])
+            self.lines.append(f"{_VAR[step.branch]} = self.{attr}({step.src})")
+            i += n
+        return self
+
+    def _register(self, step: _Step) -> str:
+        """The attribute for ``step``: shared with an identical parameter-free helper of the same name
+        (one ReLU per block, as in torchvision), else a fresh name (``relu1``, as torch_backend names)."""
+        names = dict(self.modules)
+        attr, i = step.attr, 1
+        while attr in names:
+            if step.helper and names[attr] == step.expr:
+                return attr
+            attr, i = f"{step.attr}{i}", i + 1
+        self.modules.append((attr, step.expr))
+        return attr
+
+    def _container(self, name: str, steps: list) -> str:
+        if any(attr == name for attr, _ in self.modules):
+            raise ValueError(f"torch source: the items of {name!r} are not consecutive ops")
+        items = {_slot(s.attr)[1]: s.expr for s in steps}
+        if len(items) < len(steps):
+            raise ValueError(f"torch source: two ops share a slot in {name!r}")
+        self.modules.append((name, [items.get(k, "nn.Identity()") for k in range(max(items) + 1)]))
+        return name
+
+
+def _expr(expr, indent: int) -> str:
+    """A constructor, or an ``nn.Sequential`` of item constructors over several lines."""
+    if isinstance(expr, str):
+        return expr
+    pad = " " * (indent + 4)
+    return "nn.Sequential(\n" + "".join(f"{pad}{item},\n" for item in expr) + " " * indent + ")"
+
+
+def _call(cls: str, modules: list, indent: int) -> str:
+    pad = " " * (indent + 4)
+    args = "".join(f"{pad}{attr}={_expr(expr, indent + 4)},\n" for attr, expr in modules)
+    return f"{cls}(\n{args}{' ' * indent})"
+
+
+def _block_classes(net: ir.Network, blocks: dict) -> tuple:
+    """``(class of each block, class definitions)``: one class per distinct forward."""
+    by_forward, users, names = {}, {}, {}
+    for b in net.blocks:
+        lines = tuple(blocks[b.name].lines)
+        if lines not in by_forward:
+            suffix = _SHORTCUTS.get(b.shortcut_kind, ("", ""))[0]
+            base = ("PreAct" if b.preact else "") + _KINDS.get(b.kind, "Block") + suffix
+            n = sum(1 for v in by_forward.values() if v[0] == base)
+            by_forward[lines] = (base, base if n == 0 else f"{base}_{n + 1}", b)
+        names[b.name] = by_forward[lines][1]
+        users.setdefault(lines, []).append(b.name)
+    defs = []
+    for lines, (_, cls, b) in by_forward.items():
+        used = users[lines]
+        where = ", ".join(used[:4]) + (f", ... ({len(used)} blocks)" if len(used) > 4 else "")
+        doc = (f"{'Pre-activation ' + b.kind if b.preact else b.kind.capitalize()} block, "
+               f"{_SHORTCUTS.get(b.shortcut_kind, ('', b.shortcut_kind))[1]} shortcut.\n\n    Used by {where}.")
+        body = "".join(f"        {line}\n" for line in lines)
+        defs.append(f'class {cls}(Residual):\n    """{doc}"""\n\n    def forward(self, x):\n{body}'
+                    "        return out\n\n")
+    return names, "\n".join(defs)
+
+
+def _stages(net: ir.Network, blocks: dict, classes: dict) -> list:
+    """``self.layerN = nn.Sequential(...)`` lines; a run of identical blocks is one comprehension."""
+    stages: dict = {}
+    for b in net.blocks:
+        container, _, index = b.name.partition(".")
+        stages.setdefault(container, []).append(b)
+        if index != str(len(stages[container]) - 1):
+            raise ValueError(f"torch source: block {b.name} is not item {len(stages[container]) - 1} of {container}")
+    L = []
+    for container, members in stages.items():
+        L.append(f"        self.{container} = nn.Sequential(")
+        runs = []
+        for b in members:
+            call = _call(classes[b.name], blocks[b.name].modules, 12)
+            if runs and runs[-1][0] == call:
+                runs[-1][1].append(b.name)
+            else:
+                runs.append((call, [b.name]))
+        for call, names in runs:
+            if len(names) == 1:
+                L += [f"            # {names[0]}", f"            {call},"]
+            else:
+                L += [f"            # {names[0]} to {names[-1]}", f"            *[{call} for _ in range({len(names)})],"]
+        L.append("        )")
+    return L
+
+
+def _net_class(net: ir.Network, cls: str, top: _Section, stem_modules: int, blocks: dict, classes: dict) -> str:
+    L = [f"class {cls}(nn.Module):", f'    """{_doc_text(net.description or net.name)}"""', "",
+         "    def __init__(self):", "        super().__init__()"]
+    setup = [f"        self.{attr} = {_expr(expr, 8)}" for attr, expr in top.modules]
+    L += setup[:stem_modules] + _stages(net, blocks, classes) + setup[stem_modules:]
+    L += ["", "    def forward(self, x):"]
+    layers = list(dict.fromkeys(b.name.partition(".")[0] for b in net.blocks))
+    lines = top.lines[:top.head_at] + [f"x = self.{layer}(x)" for layer in layers] + top.lines[top.head_at:]
+    L += [f"        {line}" for line in lines] + ["        return x", ""]
+    return "\n".join(L)
+
+
+def _helpers(text: str) -> str:
+    """The helper classes ``text`` constructs, as torch_backend.py defines them."""
+    wanted = [name for name in HELPER_CLASSES if re.search(rf"\b{name}\(", text)]
+    if not wanted:
+        return ""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "torch_backend.py")
+    with open(path, encoding="utf-8") as f:
+        source = f.read()
+    found = {node.name: node for node in ast.walk(ast.parse(source)) if isinstance(node, ast.ClassDef)}
+    lines = source.splitlines()
+    return "".join(textwrap.dedent("\n".join(lines[found[n].lineno - 1:found[n].end_lineno])) + "\n\n\n"
+                   for n in wanted)
 
 
 def to_source(net: ir.Network, weights_file: str | None = None) -> str:
-    f = _Features(net)
-    cls = class_name(net.name)
-    bn = next(op for op in net.all_ops() if isinstance(op, ir.BatchNorm))
-    L: list[str] = []
-    w = L.append
+    lw = _Emitter(net)
+    common.walk(lw, net, "x")
+    top = _Section().render(lw.sections[common.STEM])
+    stem_modules, top.head_at = len(top.modules), len(top.lines)
+    top.render(lw.sections[common.HEAD])
+    blocks = {b.name: _Section().render(lw.sections[b.name]) for b in net.blocks}
+    classes, block_defs = _block_classes(net, blocks)
+    model = _net_class(net, class_name(net.name), top, stem_modules, blocks, classes)
+    c, h, w = net.input_shape
+    loader = _LOADER.format(cls=class_name(net.name), weights=repr(weights_file or f"{net.name}.safetensors"),
+                            c=c, h=h, w=w)
+    return _header(net, weights_file) + _helpers(block_defs + model) + _RESIDUAL + block_defs + "\n" + model + loader
+
+
+def _header(net: ir.Network, weights_file: str | None) -> str:
     spec_doc = "\n".join("    " + line if line else "" for line in _doc_text(net.spec_yaml).splitlines())
-    w(f'"""{_doc_text(net.name)}: {_doc_text(net.description)}\n')
-    w(f"Generated by resnet-spec {__version__}. Standalone: needs PyTorch, and safetensors for load_model().")
-    w("Parameter names are the canonical resnet-spec names (torchvision's state_dict names where the")
-    w("structure matches).")
+    L = [f'"""{_doc_text(net.name)}: {_doc_text(net.description)}\n',
+         f"Generated by resnet-spec {__version__}. Standalone: needs PyTorch, and safetensors for load_model().",
+         "Parameter names are the canonical resnet-spec names (torchvision's state_dict names where the",
+         "structure matches)."]
     if weights_file:
-        w(f"Weights: {_doc_text(weights_file)} beside this file; see load_model().")
-    w("\nThe spec it was generated from:\n")
-    w(spec_doc)
-    w('"""\n')
-    w("import os\n\nimport torch\nimport torch.nn.functional as F\nfrom torch import nn\n")
-    w(f"BN_EPS = {bn.eps!r}\nBN_MOMENTUM = {bn.momentum!r}\n\n")
-    w("def norm(channels):\n    return nn.BatchNorm2d(channels, eps=BN_EPS, momentum=BN_MOMENTUM)\n\n")
-    if f.se is not None:
-        w(_SE)
-    if f.drop_path:
-        w(_DROP_PATH)
-    if f.option_a or f.strided_identity:
-        w(_OPTION_A)
-    stem_pool = next((op for op in net.stem if isinstance(op, ir.Pool)), None)
-    if stem_pool is not None and stem_pool.pad_value == "zero" and stem_pool.padding > 0:
-        w(_PADDED_MAXPOOL)
-    w(_block_class(net, f))
-    w(_net_class(net, f, cls, stem_pool))
-    c, h, wd = net.input_shape
-    w(_LOADER.format(cls=cls, weights=repr(weights_file or f"{net.name}.safetensors"), c=c, h=h, w=wd))
+        L.append(f"Weights: {_doc_text(weights_file)} beside this file; see load_model().")
+    L += ["\nThe spec it was generated from:\n", spec_doc, '"""\n',
+          "import os\n\nimport torch\nimport torch.nn.functional as F\nfrom torch import nn\n"]
+    bn = next((op for op in net.all_ops() if isinstance(op, ir.BatchNorm)), None)
+    if bn is not None:
+        L += [f"BN_EPS = {bn.eps!r}\nBN_MOMENTUM = {bn.momentum!r}\n\n",
+              "def norm(channels):\n    return nn.BatchNorm2d(channels, eps=BN_EPS, momentum=BN_MOMENTUM)\n\n"]
     return "\n".join(L) + "\n"
 
 
-_SE = '''class SqueezeExcite(nn.Module):
-    """x * sigmoid(fc2(relu(fc1(mean_hw(x)))))."""
+_RESIDUAL = '''class Residual(nn.Module):
+    """A residual block: the modules it is given, at their canonical names. Each subclass's forward
+    applies them: out = post(main(pre(x)) + shortcut(pre(x) or x)), the block's ReLU shared."""
 
-    def __init__(self, channels, reduced):
+    def __init__(self, **modules):
         super().__init__()
-        self.fc1 = nn.Conv2d(channels, reduced, 1)
-        self.fc2 = nn.Conv2d(reduced, channels, 1)
+        for name, module in modules.items():
+            self.add_module(name, module)
 
-    def forward(self, x):
-        s = x.mean((2, 3), keepdim=True)
-        return x * torch.sigmoid(self.fc2(F.relu(self.fc1(s))))
 
 '''
-
-_DROP_PATH = '''class DropPath(nn.Module):
-    """Stochastic depth: drop the residual branch per sample while training."""
-
-    def __init__(self, rate):
-        super().__init__()
-        self.rate = rate
-
-    def forward(self, x):
-        if not self.training or self.rate == 0.0:
-            return x
-        keep = 1.0 - self.rate
-        mask = x.new_empty((x.shape[0], 1, 1, 1)).bernoulli_(keep)
-        return x * mask / keep
-
-'''
-
-_OPTION_A = '''class ZeroPadShortcut(nn.Module):
-    """Option-A shortcut: subsample by the stride, zero-pad the extra channels."""
-
-    def __init__(self, stride, before, after):
-        super().__init__()
-        self.stride, self.before, self.after = stride, before, after
-
-    def forward(self, x):
-        x = x[:, :, ::self.stride, ::self.stride]
-        return F.pad(x, (0, 0, 0, 0, self.before, self.after))
-
-'''
-
-_PADDED_MAXPOOL = '''class ZeroPadMaxPool(nn.Module):
-    """Zero padding then max-pool (Keras ZeroPadding2D + MaxPooling2D); ceil-mode rows never win."""
-
-    def __init__(self, kernel, stride, padding, pads):
-        super().__init__()
-        self.kernel, self.stride, self.padding, self.pads = kernel, stride, padding, pads
-
-    def forward(self, x):
-        p = self.padding
-        t, l, b, r = self.pads
-        x = F.pad(x, (p, p, p, p))
-        x = F.pad(x, (l - p, r - p, t - p, b - p), value=float("-inf"))
-        return F.max_pool2d(x, self.kernel, self.stride)
-
-'''
-
-
-def _conv_expr(op: ir.Conv, in_expr, out_expr, stride_expr) -> str:
-    args = [in_expr, out_expr, str(op.kernel)]
-    if stride_expr != "1":
-        args.append(f"stride={stride_expr}")
-    if op.kernel == 3:
-        args += ["padding=dilation", "dilation=dilation"]
-    elif op.padding:
-        args.append(f"padding={op.padding}")
-    if op.groups > 1:
-        args.append("groups=groups")
-    args.append(f"bias={op.bias}")
-    return f"nn.Conv2d({', '.join(args)})"
-
-
-def _block_class(net: ir.Network, f: _Features) -> str:
-    name = "Bottleneck" if f.kind == "bottleneck" else "BasicBlock"
-    pre = "Pre-activation residual" if f.preact else "Residual"
-    if f.kind == "bottleneck":
-        doc = "1x1 -> 3x3 -> 1x1, stride on the " + ("first 1x1" if f.stride_on_1x1 else "3x3")
-    else:
-        doc = "two 3x3 convolutions"
-    L = [f"class {name}(nn.Module):", f'    """{pre} block: {doc}."""', ""]
-    L.append("    def __init__(self, in_ch, width, out_ch, stride=1, dilation=1, groups=1, downsample=None,"
-             " se_channels=0, drop_path=0.0):")
-    L.append("        super().__init__()")
-    c = f.convs
-    if f.kind == "bottleneck":
-        s1, s2 = ("stride", "1") if f.stride_on_1x1 else ("1", "stride")
-        specs = [(c[0], "in_ch", "width", s1), (c[1], "width", "width", s2), (c[2], "width", "out_ch", "1")]
-    else:
-        specs = [(c[0], "in_ch", "out_ch", "stride"), (c[1], "out_ch", "out_ch", "1")]
-    n = len(specs)
-    for i, (op, a, b, s) in enumerate(specs, start=1):
-        if f.preact:  # BN before the conv; bn1 is the block's pre-activation
-            L.append(f"        self.bn{i} = norm({a})")
-            L.append(f"        self.conv{i} = {_conv_expr(op, a, b, s)}")
-        else:
-            L.append(f"        self.conv{i} = {_conv_expr(op, a, b, s)}")
-            L.append(f"        self.bn{i} = norm({b})")
-    if f.se is not None:
-        L.append("        self.se = SqueezeExcite(out_ch, se_channels)")
-    if f.drop_path:
-        L.append("        self.drop_path = DropPath(drop_path)")
-    L.append("        self.relu = nn.ReLU(inplace=True)")
-    L.append("        self.downsample = downsample")
-    L.append("")
-    L.append("    def forward(self, x):")
-    if f.preact:
-        L.append("        out = self.relu(self.bn1(x))")
-        L.append("        # A projection reads the pre-activated input; identity-like shortcuts read x.")
-        L.append("        if self.downsample is None:")
-        L.append("            shortcut = x")
-        L.append("        else:")
-        L.append("            shortcut = self.downsample(out if getattr(self.downsample, 'reads_preact', False) else x)")
-        for i in range(1, n + 1):
-            if i > 1:
-                L.append(f"        out = self.relu(self.bn{i}(out))")
-            L.append(f"        out = self.conv{i}(out)")
-    else:
-        L.append("        shortcut = x if self.downsample is None else self.downsample(x)")
-        for i in range(1, n + 1):
-            src = "x" if i == 1 else "out"
-            L.append(f"        out = self.bn{i}(self.conv{i}({src}))")
-            if i < n:
-                L.append("        out = self.relu(out)")
-    if f.se is not None:
-        L.append("        out = self.se(out)")
-    if f.drop_path:
-        L.append("        out = self.drop_path(out)")
-    L.append("        out = out + shortcut")
-    L.append("        return out" if f.preact else "        return self.relu(out)")
-    return "\n".join(L) + "\n\n"
-
-
-def _net_class(net: ir.Network, f: _Features, cls: str, stem_pool) -> str:
-    L = [f"class {cls}(nn.Module):", f'    """{_doc_text(net.description or net.name)}"""', ""]
-    L.append(f"    def __init__(self, num_classes={net.num_classes}, in_channels={net.input_shape[0]}):")
-    L.append("        super().__init__()")
-    L += _stem_init(net, stem_pool)
-    L += _body_init(net, f)
-    L += _make_layer(f)
-    L += _shortcut_method(net, f)
-    L.append("")
-    L += _forward(net, stem_pool)
-    return "\n".join(L) + "\n"
-
-
-def _stem_init(net: ir.Network, stem_pool) -> list:
-    L = []
-    stem_convs = [op for op in net.stem if isinstance(op, ir.Conv)]
-    if len(stem_convs) == 1:
-        op = stem_convs[0]
-        L.append(f"        self.conv1 = nn.Conv2d(in_channels, {op.out_channels}, {op.kernel}, stride={op.stride}, "
-                 f"padding={op.padding}, bias={op.bias})")
-    else:
-        L.append("        # Deep stem (ResNet-C/D): 3x3 convs with BN + ReLU between them.")
-        L.append("        self.conv1 = nn.Sequential(")
-        prev = "in_channels"
-        for i, op in enumerate(stem_convs):
-            L.append(f"            nn.Conv2d({prev}, {op.out_channels}, {op.kernel}, stride={op.stride}, "
-                     f"padding={op.padding}, bias={op.bias}),")
-            if i < len(stem_convs) - 1:
-                L += [f"            norm({op.out_channels}),", "            nn.ReLU(inplace=True),"]
-            prev = str(op.out_channels)
-        L.append("        )")
-    stem_norm = any(isinstance(op, ir.BatchNorm) and op.name == "bn1" for op in net.stem)
-    if stem_norm:
-        L.append(f"        self.bn1 = norm({stem_convs[-1].out_channels})")
-    L.append("        self.relu = nn.ReLU(inplace=True)")
-    if stem_pool is not None:
-        p = stem_pool
-        if p.pad_value == "zero" and p.padding > 0:
-            L.append(f"        self.maxpool = ZeroPadMaxPool({p.kernel}, {p.stride}, {p.padding}, {p.pads})")
-        else:
-            ceil = ", ceil_mode=True" if p.ceil_mode else ""
-            L.append(f"        self.maxpool = nn.MaxPool2d({p.kernel}, stride={p.stride}, padding={p.padding}{ceil})")
-    return L
-
-
-def _body_init(net: ir.Network, f: _Features) -> list:
-    L = []
-    if f.drop_path:
-        L.append(f"        self.drop_path_rates = {[round(r, 12) for r in f.rates]!r}  # linear in depth")
-    L.append("        self.stages = [")
-    for row in _stage_rows(net, f):
-        L.append("            dict(" + ", ".join(f"{k}={v}" for k, v in row.items()) + "),")
-    L.append("        ]")
-    L.append(f"        in_ch, first = {net.blocks[0].in_shape[0]}, 0")
-    L.append("        for i, stage in enumerate(self.stages):")
-    L.append("            self.add_module(f\"layer{i + 1}\", self._make_layer(in_ch, first, **stage))")
-    L.append("            in_ch, first = stage[\"out_ch\"], first + stage[\"blocks\"]")
-    head_norm = any(isinstance(op, ir.BatchNorm) for op in net.head)
-    if head_norm:
-        L.append("        self.bn_final = norm(in_ch)")
-    L.append("        self.avgpool = nn.AdaptiveAvgPool2d(1)")
-    drop = next((op.rate for op in net.head if isinstance(op, ir.Dropout)), 0.0)
-    if drop:
-        L.append(f"        self.dropout = nn.Dropout({drop!r})")
-    L.append(f"        self.fc = nn.Linear(in_ch, num_classes, bias={net.head[-1].bias})")
-    L.append("")
-    return L
-
-
-def _make_layer(f: _Features) -> list:
-    block = "Bottleneck" if f.kind == "bottleneck" else "BasicBlock"
-    L = []
-    where = "blocks - 1" if f.stride_last else "0"
-    L.append("    def _make_layer(self, in_ch, first, blocks, width, out_ch, stride, dilation=1, first_dilation=1,"
-             " se_channels=0):")
-    L.append("        layers = []")
-    L.append("        for i in range(blocks):")
-    L.append(f"            s = stride if i == {where} else 1  # the block of the stage that carries its stride")
-    L.append("            d = first_dilation if i == 0 else dilation")
-    rate = "self.drop_path_rates[first + i]" if f.drop_path else "0.0"
-    L.append(f"            layers.append({block}(in_ch, width, out_ch, s, d, {_groups(f)}, "
-             f"self._shortcut(in_ch, out_ch, s), se_channels, {rate}))")
-    L.append("            in_ch = out_ch")
-    L.append("        return nn.Sequential(*layers)")
-    L.append("")
-    return L
-
-
-def _forward(net: ir.Network, stem_pool) -> list:
-    stem_norm = any(isinstance(op, ir.BatchNorm) and op.name == "bn1" for op in net.stem)
-    head_norm = any(isinstance(op, ir.BatchNorm) for op in net.head)
-    drop = next((op.rate for op in net.head if isinstance(op, ir.Dropout)), 0.0)
-    L = []
-    L.append("    def forward(self, x):")
-    L.append("        x = self.conv1(x)")
-    if stem_norm:
-        L.append("        x = self.relu(self.bn1(x))")
-    if stem_pool is not None:
-        L.append("        x = self.maxpool(x)")
-    L.append("        for i in range(len(self.stages)):")
-    L.append("            x = getattr(self, f\"layer{i + 1}\")(x)")
-    if head_norm:
-        L.append("        x = self.relu(self.bn_final(x))")
-    L.append("        x = torch.flatten(self.avgpool(x), 1)")
-    if drop:
-        L.append("        x = self.dropout(x)")
-    L.append("        return self.fc(x)")
-    return L
-
-
-def _shortcut_method(net: ir.Network, f: _Features) -> list:
-    L = ["    def _shortcut(self, in_ch, out_ch, stride):"]
-    if f.option_a:
-        L.append('        """Option A: identity, or subsample + zero-padded channels where the shape changes."""')
-        L.append("        if stride == 1 and in_ch == out_ch:")
-        L.append("            return None")
-        before = "(out_ch - in_ch) // 2" if f.pad_split else "0"
-        L.append("        extra = out_ch - in_ch")
-        L.append(f"        return ZeroPadShortcut(stride, {before.replace('out_ch - in_ch', 'extra')}, "
-                 f"extra - {before.replace('out_ch - in_ch', 'extra')})")
-        return L
-    how = "average-pool then 1x1 conv (ResNet-D)" if f.avg_down else "strided 1x1 conv"
-    if f.always_project:
-        L.append(f'        """Option C: a projection ({how}) in every block."""')
-    else:
-        L.append(f'        """Identity, or a projection ({how}) where the shape changes."""')
-        L.append("        if stride == 1 and in_ch == out_ch:")
-        L.append("            return None")
-    if f.strided_identity:
-        L.append("        if in_ch == out_ch:  # only the stride changes: subsample (Keras ResNetV2)")
-        L.append("            return ZeroPadShortcut(stride, 0, 0)")
-    parts = []
-    if f.avg_down:
-        p = f.sc_pool
-        ceil, cip = (p.ceil_mode, p.count_include_pad) if p is not None else (True, False)
-        parts.append(f"nn.AvgPool2d(stride, stride, ceil_mode={ceil}, count_include_pad={cip}) "
-                     "if stride > 1 else nn.Identity()")
-    parts.append(f"nn.Conv2d(in_ch, out_ch, 1, stride={'1' if f.avg_down else 'stride'}, bias={f.sc_bias})")
-    if f.sc_norm:
-        parts.append("norm(out_ch)")
-    L.append("        proj = nn.Sequential(")
-    L += [f"            {p}," for p in parts]
-    L.append("        )")
-    if f.preact:
-        L.append("        proj.reads_preact = True")
-    L.append("        return proj")
-    return L
-
-
-def _groups(f: _Features) -> str:
-    return str(f.convs[1].groups) if f.kind == "bottleneck" else "1"
-
 
 _LOADER = """
 

@@ -13,13 +13,21 @@ from resnet_spec.backends import BACKENDS, common, get
 
 
 
+#: Lowerings that are not backends of their own: the standalone .py emitter (part of 'torch').
+EMITTERS = ("torch_source",)
+
+
 def _table(backend: str):
-    """The ``OPS`` table of the backend's module (``backends.get``). Importing a backend module needs
-    no framework (they import theirs lazily or guarded), so TensorFlow never enters this process."""
+    """The ``OPS`` table of the backend's module (``backends.get``) or emitter. Importing one needs no
+    framework (they import theirs lazily or guarded), so TensorFlow never enters this process."""
+    if backend in EMITTERS:
+        import importlib
+
+        return getattr(importlib.import_module(f"resnet_spec.backends.{backend}"), "OPS", None)
     return getattr(get(backend), "OPS", None)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", BACKENDS + EMITTERS)
 def test_every_ir_op_has_a_lowering(backend):
     table = _table(backend)
     if table is None:

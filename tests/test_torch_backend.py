@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 
 import numpy as np
@@ -12,14 +11,11 @@ torch = pytest.importorskip("torch")
 
 import resnet_spec  # noqa: E402
 from resnet_spec.backends import torch_backend as tb  # noqa: E402
-from resnet_spec.backends.torch_source import to_source  # noqa: E402
 from resnet_spec.errors import WeightsError  # noqa: E402
 from resnet_spec.spec import zoo_names  # noqa: E402
 from resnet_spec.weights import init_weights, load_weights, save_weights  # noqa: E402
 
 from conftest import TIMM, TORCHVISION, randomize_bn, small  # noqa: E402
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from strategies import specs  # noqa: E402
 from counting import torch_counts  # noqa: E402
 
 # Max abs difference we accept against the reference library on CPU fp32. The generated module runs
@@ -244,118 +240,6 @@ def test_torch_compile_inductor():
     with torch.no_grad():
         ref = model(x)
         assert torch.allclose(compiled(x), ref, rtol=1e-4, atol=1e-4 * float(ref.abs().max()))
-
-
-def _import_file(path, name):
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-@pytest.mark.parametrize("name", ["resnet20", "resnet50d", "seresnet50", "resnet50_caffe", "keras_resnet50v2",
-                                  "preact_resnet164", "resnext50_32x4d"])
-def test_standalone_source_is_exact(name, tmp_path):
-    """The emitted .py needs no resnet_spec and reproduces the backend bit for bit."""
-    net = small(name)
-    w = init_weights(net, seed=0, random_bn=True)
-    path = tmp_path / f"m_{name}.py"
-    path.write_text(to_source(net, weights_file=f"m_{name}.safetensors"))
-    save_weights(w, str(tmp_path / f"m_{name}.safetensors"))
-    src = path.read_text()
-    assert "resnet_spec" not in src.split('"""', 2)[2]  # only the docstring mentions the generator
-    mod = _import_file(str(path), f"m_{name}")
-    model = mod.load_model().eval()
-    ours = tb.build(net, w).eval()
-    x = torch.randn(2, *net.input_shape)
-    with torch.no_grad():
-        assert torch.equal(model(x), ours(x))
-
-
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(doc=specs())
-def test_standalone_source_matches_random_specs(doc):
-    """The emitter picks code paths from the IR's features; random specs across every schema option
-    check that each combination still reproduces the backend (what convert also checks, to float32
-    rounding: torch_backend.SOURCE_TOL)."""
-    import yaml
-
-    try:
-        net = resnet_spec.load(yaml.safe_dump(doc, sort_keys=False))
-    except resnet_spec.SpecError:
-        return  # combinations the semantic rules refuse are covered by test_errors.py
-    model = tb.build(net, init_weights(net, seed=0, random_bn=True)).eval()
-    x = torch.randn(2, *net.input_shape, generator=torch.Generator().manual_seed(0))
-    tb.check_source(net, to_source(net, weights_file="w.safetensors"), model, x)
-
-
-def test_standalone_source_odd_option_a_pads():
-    """Regression: channel steps of 1 then 6 under 'split' padding (0 zeros first, then 3): the emitter
-    once guessed the padding policy from the first step alone and padded the second at the end."""
-    net = resnet_spec.load("""
-name: odd_pads
-input: {size: 16}
-stem: {type: conv, channels: 5, kernel: 3, stride: 1, pool: null}
-block: {type: basic}
-shortcut: {type: A, zero_pad: split}
-stages: [{blocks: 1, channels: 5}, {blocks: 1, channels: 6}, {blocks: 1, channels: 12}]
-head: {classes: 3}
-""")
-    assert [(op.before, op.after) for b in net.blocks for op in b.shortcut if hasattr(op, "before")] == [(0, 1), (3, 3)]
-    model = tb.build(net, init_weights(net, seed=0, random_bn=True)).eval()
-    tb.check_source(net, to_source(net), model, torch.randn(2, *net.input_shape))
-
-
-def test_standalone_source_blocks_differ_within_a_stage(tmp_path):
-    """One stage whose three blocks differ: a projection (channels change), an identity, and a strided
-    identity carrying the stage's stride on its last block, with per-block drop-path rates; the .py
-    reads each fact from the IR (ir.Block.shortcut_kind / stride_index) and reproduces the backend."""
-    net = resnet_spec.load("""
-extends: resnet50
-name: mixed_stage
-input: {size: 64}
-block: {type: bottleneck, stride_block: last, drop_path_rate: 0.2}
-shortcut: {type: B, strided_identity: true}
-stages: [{blocks: 2, channels: 16, stride: 1}, {blocks: 3, channels: 32, stride: 2}]
-head: {classes: 7}
-""")
-    stage = [b for b in net.blocks if b.stage == 1]
-    assert [b.shortcut_kind for b in stage] == ["projection", "identity", "option_a"]
-    assert [b.stride_index for b in stage] == [None, None, 1]
-    w = init_weights(net, seed=0, random_bn=True)
-    path = tmp_path / "mixed_stage.py"
-    path.write_text(to_source(net, weights_file="mixed_stage.safetensors"))
-    save_weights(w, str(tmp_path / "mixed_stage.safetensors"))
-    model = _import_file(str(path), "mixed_stage").load_model().eval()
-    x = torch.randn(2, *net.input_shape, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        assert torch.equal(model(x), tb.build(net, w).eval()(x))
-
-
-def test_check_source_refuses_a_wrong_emission():
-    net = small("resnet20")
-    model = tb.build(net, init_weights(net, seed=0, random_bn=True))
-    src = to_source(net).replace("out = out + shortcut", "out = out - shortcut")
-    assert src != to_source(net)
-    with pytest.raises(RuntimeError, match="does not reproduce the model; nothing was written"):
-        tb.check_source(net, src, model, torch.randn(1, *net.input_shape))
-
-
-def test_convert_writes_consistent_files(tmp_path):
-    net = small("resnet18")
-    w = init_weights(net, seed=0, random_bn=True)
-    paths = tb.convert(net, w, str(tmp_path))
-    assert sorted(os.path.basename(p) for p in paths) == sorted(
-        [f"{net.name}.pt2", f"{net.name}.py", f"{net.name}.safetensors"])
-    prog = torch.export.load(str(tmp_path / f"{net.name}.pt2"))
-    mod = _import_file(str(tmp_path / f"{net.name}.py"), "converted_resnet18")
-    model = mod.load_model().eval()
-    x = torch.randn(5, *net.input_shape)  # the .pt2 has a dynamic batch
-    with torch.no_grad():
-        assert torch.allclose(prog.module()(x), model(x), rtol=1e-5, atol=1e-6)
-    with pytest.raises(resnet_spec.ResNetSpecError, match="exists"):
-        tb.convert(net, w, str(tmp_path))
-    tb.convert(net, w, str(tmp_path), force=True)
 
 
 # -- weights --------------------------------------------------------------------------------------
