@@ -205,7 +205,7 @@ class _Section:
                 attr = self._register(step)
             else:
                 while i + n < len(steps) and isinstance(steps[i + n], _Step) and \
-                        (_slot(steps[i + n].attr) or ("",))[0] == slot[0]:
+                        steps[i + n].branch == step.branch and (_slot(steps[i + n].attr) or ("",))[0] == slot[0]:
                     n += 1
                 attr = self._container(slot[0], steps[i:i + n])
             self.lines.append(f"{_VAR[step.branch]} = self.{attr}({step.src})")
@@ -218,7 +218,9 @@ class _Section:
         names = dict(self.modules)
         attr, i = step.attr, 1
         while attr in names:
-            if step.helper and names[attr] == step.expr:
+            if not step.helper:
+                raise ValueError(f"torch source: two modules are named {attr!r}")
+            if names[attr] == step.expr:
                 return attr
             attr, i = f"{step.attr}{i}", i + 1
         self.modules.append((attr, step.expr))
@@ -291,10 +293,11 @@ def _stages(net: ir.Network, blocks: dict, classes: dict) -> list:
             else:
                 runs.append((call, [b.name]))
         for call, names in runs:
+            pad = "            "
             if len(names) == 1:
-                L += [f"            # {names[0]}", f"            {call},"]
+                L += [f"{pad}# {names[0]}", f"{pad}{call},"]
             else:
-                L += [f"            # {names[0]} to {names[-1]}", f"            *[{call} for _ in range({len(names)})],"]
+                L += [f"{pad}# {names[0]} to {names[-1]}", f"{pad}*[{call} for _ in range({len(names)})],"]
         L.append("        )")
     return L
 
