@@ -17,21 +17,25 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import ir
+
 PACKAGE = "resnet_spec"  # registration package of the custom layers: "resnet_spec>ConstantPad2D"
 
 
 def avg_pool_counts(size: int, kernel: int, stride: int, padding: int, out: int, count_include_pad: bool):
-    """PyTorch's average-pool divisor along one axis, for each of the ``out`` windows.
+    """PyTorch's average-pool divisor along one axis, for each of the ``out`` windows, as float64
+    (the IR's :func:`resnet_spec.ir.pool_divisors`)."""
+    return np.asarray(ir.pool_divisors(size, kernel, stride, padding, out, count_include_pad), dtype=np.float64)
 
-    Window ``i`` covers padded rows ``[i*s - p, i*s - p + k)``, clipped to ``size + p`` (the ceil-mode
-    extension never counts); without ``count_include_pad`` it is also clipped to the real rows
-    ``[0, size)``.
-    """
-    start = np.arange(out) * stride - padding
-    end = np.minimum(start + kernel, size + padding)
-    if not count_include_pad:
-        start, end = np.maximum(start, 0), np.minimum(end, size)
-    return (end - start).astype(np.float64)
+
+def _padded_out(shape, pads, kernel: int, stride: int) -> tuple:
+    """NHWC output shape of a 'valid' k x k / stride s pool over ``shape`` padded by ``pads`` (t, l, b, r):
+    the IR's window count (:func:`resnet_spec.ir.conv_out`), which is the op's ``out_shape`` since ``pads``
+    is :attr:`resnet_spec.ir.Pool.pads`."""
+    n, h, w, c = shape
+    t, l, b, r = pads
+    oh, ow = (None if x is None else ir.conv_out(x + extra, kernel, stride, 0) for x, extra in ((h, t + b), (w, l + r)))
+    return (n, oh, ow, c)
 
 
 def _pad_hw(ops, x, pads, fill=0.0):
@@ -91,9 +95,8 @@ def _exact_avg_pool(keras):
 
         def build(self, shape):
             _, h, w, _ = shape
-            t, l, b, r = self.pads
+            _, oh, ow, _ = _padded_out(shape, self.pads, self.kernel, self.stride)
             k, s, p = self.kernel, self.stride, self.padding
-            oh, ow = (h + t + b - k) // s + 1, (w + l + r - k) // s + 1
             ch = avg_pool_counts(h, k, s, p, oh, self.count_include_pad)
             cw = avg_pool_counts(w, k, s, p, ow, self.count_include_pad)
             self._factor = ((k * k) / np.outer(ch, cw))[None, :, :, None].astype(np.float32)
@@ -105,10 +108,7 @@ def _exact_avg_pool(keras):
             return y * ops.cast(self._factor, y.dtype)
 
         def compute_output_shape(self, shape):
-            n, h, w, c = shape
-            t, l, b, r = self.pads
-            k, s = self.kernel, self.stride
-            return (n, (h + t + b - k) // s + 1, (w + l + r - k) // s + 1, c)
+            return _padded_out(shape, self.pads, self.kernel, self.stride)
 
         def get_config(self):
             return {**super().get_config(), "kernel": self.kernel, "stride": self.stride, "padding": self.padding,

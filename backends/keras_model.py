@@ -11,6 +11,12 @@ average pooling divides by PyTorch's exact window counts (see :mod:`.keras_layer
 gets the IR's epsilon unchanged (Keras 3 computes ``rsqrt(var + eps)`` with no lower bound on epsilon),
 Keras' momentum ``1 - m`` for the IR's (PyTorch's) ``m``, and PyTorch's unbiased running variance in
 training (:class:`TorchBatchNorm`). Names: :mod:`.keras_names`. Keras is imported on first use only.
+
+Structure. The network is lowered by the shared walk of ``backends/common.py`` (stem; per block pre,
+main, shortcut, ``Add``, post; head). :data:`OPS` gives each IR op's layers and :class:`_Lowering` names
+them, so a v1 bottleneck ``layer1.0`` becomes ``layer1-0-conv1``, ``-bn1``, ``-relu``, ``-conv2-pad``,
+``-conv2``, ``-bn2``, ``-relu1``, ``-conv3``, ``-bn3``, its projection ``layer1-0-downsample-0``, ``-1``,
+then ``layer1-0-add`` (main + shortcut) and the ReLU ``layer1-0-out``.
 """
 
 from __future__ import annotations
@@ -19,11 +25,10 @@ import contextlib
 import importlib.util
 import sys
 
-import numpy as np
-
 from .. import ir
 from ..errors import BackendUnavailable, ResNetSpecError
-from .keras_layers import avg_pool_counts, define
+from . import common
+from .keras_layers import define
 from .keras_names import Namer, canonical_name, layer_name, tap_layer_names
 from .keras_weights import set_keras_weights, to_keras_weights
 
@@ -95,14 +100,9 @@ def depth(net: ir.Network) -> int:
 # --- IR -> Keras layers ----------------------------------------------------------------------------
 
 def op_layers(op, x, name: str, namer: Namer):
-    """Apply the Keras layer(s) for one IR op to the NHWC tensor ``x``; the op's main layer is ``name``.
-
-    Dispatches on :data:`OPS` (IR op type -> lowering), the table that tests/test_lowering.py checks
-    covers every IR op type (see backends/common.py)."""
-    lower = OPS.get(type(op))
-    if lower is None:
-        raise TypeError(f"keras: no lowering for IR op {type(op).__name__}")
-    return lower(op, x, name, namer)
+    """Apply the Keras layer(s) for one IR op to the NHWC tensor ``x``; the op's main layer is ``name``
+    (a Keras layer name). Dispatches on :data:`OPS`, the table tests/test_lowering.py checks."""
+    return _Lowering(namer).lower(op, x, name)
 
 
 def _L():
@@ -145,54 +145,74 @@ def _conv_layers(op: ir.Conv, x, name: str, namer: Namer):
 
 
 def _pool_layers(op: ir.Pool, x, name: str, namer: Namer):
-    """Pooling with PyTorch semantics (see ir.Pool): ``pads`` = symmetric padding + ceil extension."""
+    """Pooling with PyTorch semantics, from the IR's padding split (``ir.Pool.pad_split``): the counted
+    padding is made real with zeros, the rest is -inf (max) or left out of the divisor (average)."""
     L = keras_module().layers
     base = canonical_name(name)
-    t, l, b, r = op.pads
-    p = op.padding
+    counted, rest = op.pad_split
     if op.kind == "max":
-        if op.pad_value == "zero" and p:
-            x = L.ZeroPadding2D(p, name=namer(f"{base}.pad"))(x)
-            t, l, b, r = 0, 0, b - p, r - p
-        if any((t, l, b, r)):
-            x = _custom("ConstantPad2D")((t, l, b, r), "neg_inf", name=namer(f"{base}.pad_neg_inf"))(x)
+        if counted:
+            x = L.ZeroPadding2D(counted, name=namer(f"{base}.pad"))(x)
+        if any(rest):
+            x = _custom("ConstantPad2D")(rest, "neg_inf", name=namer(f"{base}.pad_neg_inf"))(x)
         return L.MaxPooling2D(op.kernel, strides=op.stride, padding="valid", name=name)(x)
     if op.kind != "avg":
         raise TypeError(f"unknown pool kind {op.kind!r}")
-    _, h, w = op.in_shape
-    _, oh, ow = op.out_shape
-    counts = np.outer(avg_pool_counts(h, op.kernel, op.stride, p, oh, op.count_include_pad),
-                      avg_pool_counts(w, op.kernel, op.stride, p, ow, op.count_include_pad))
-    if np.all(counts == op.kernel * op.kernel):  # every window is a full k x k: the stock layer is exact
-        if any((t, l, b, r)):
-            x = L.ZeroPadding2D(((t, b), (l, r)), name=namer(f"{base}.pad"))(x)
+    rows, cols = op.divisors
+    if set(rows) | set(cols) == {op.kernel}:  # every window is a full k x k (so no padding is left out)
+        if counted:
+            x = L.ZeroPadding2D(counted, name=namer(f"{base}.pad"))(x)
         return L.AveragePooling2D(op.kernel, strides=op.stride, padding="valid", name=name)(x)
-    return _custom("ExactAvgPool2D")(op.kernel, op.stride, p, (t, l, b, r), op.count_include_pad, name=name)(x)
+    return _custom("ExactAvgPool2D")(op.kernel, op.stride, op.padding, op.pads, op.count_include_pad, name=name)(x)
 
 
-def block_layers(block: ir.Block, x, namer: Namer):
-    """How a residual block becomes Keras layers: ``y = post(main(a) + shortcut(s))``.
+#: IR op type -> Keras lowering ``(op, x, name, namer) -> tensor`` (every type of ``ir.OP_TYPES``).
+OPS = {
+    ir.Conv: lambda op, x, name, namer: _conv_layers(op, x, name, namer),
+    ir.BatchNorm: _batch_norm,
+    ir.ReLU: lambda op, x, name, namer: _L().Activation("relu", name=name)(x),
+    ir.Pool: lambda op, x, name, namer: _pool_layers(op, x, name, namer),
+    # a 1x1 max-pool with stride is x[:, ::s, ::s, :] (keras.applications' ResNetV2 shortcut)
+    ir.Subsample: lambda op, x, name, namer: _L().MaxPooling2D(1, strides=op.stride, name=name)(x),
+    ir.ChannelPad: lambda op, x, name, namer: _custom("ChannelPad")(op.before, op.after, name=name)(x),
+    ir.SqueezeExcite: _squeeze_excite,
+    ir.DropPath: _drop_path,
+    ir.GlobalAvgPool: lambda op, x, name, namer: _L().GlobalAveragePooling2D(name=name)(x),
+    ir.Dropout: lambda op, x, name, namer: _L().Dropout(op.rate, name=name)(x),
+    ir.Linear: lambda op, x, name, namer: _L().Dense(op.out_features, use_bias=op.bias, name=name)(x),
+}
 
-    ``a = pre(x)``; ``s = a`` when ``block.shortcut_from == "pre"``, else ``x``; an empty shortcut is
-    the identity. The layer producing the block's output is named ``<block>-out``.
-    """
-    keras = keras_module()
-    bn = block.name
-    a = x
-    for op in block.pre:
-        a = op_layers(op, a, namer.for_op(op, bn), namer)
-    s = a if block.shortcut_from == "pre" else x
-    for op in block.shortcut:
-        s = op_layers(op, s, namer.for_op(op, f"{bn}.shortcut"), namer)
-    y = a
-    for op in block.main:
-        y = op_layers(op, y, namer.for_op(op, bn), namer)
-    # The residual branch first, as in y = main + shortcut (an exact, commutative fp add either way).
-    y = keras.layers.Add(name=namer(f"{bn}.out" if not block.post else f"{bn}.add"))([y, s])
-    for i, op in enumerate(block.post):
-        last = i == len(block.post) - 1
-        y = op_layers(op, y, namer(f"{bn}.out") if last else namer.for_op(op, bn), namer)
-    return y
+
+class _Lowering(common.Lowering):
+    """The shared walk (backends/common.py) creating Keras layers (:data:`OPS`) under unique Keras
+    names (:class:`Namer`): an op's canonical name, else ``<owner>.<what>`` (``stem.relu``,
+    ``layer1.0.relu``, ``layer2.0.shortcut.subsample``); the layer giving a tap is ``<tap>.out``
+    (``stem.out``, ``layer1.0.out``, ``head.out``) unless it is a named stem or head op (``fc``)."""
+
+    table, backend = OPS, "keras"
+
+    def __init__(self, namer: Namer):
+        self.namer = namer
+
+    def name(self, op, owner, branch):
+        if getattr(op, "name", None):
+            return op.name
+        if branch == "shortcut":
+            owner = f"{owner}.shortcut"
+        return common.join(owner or branch, common.HELPER_NAMES[type(op)])  # the stem's and head's owner is ''
+
+    def op(self, op, x, name, tap):
+        block_tap = tap is not None and tap not in (common.STEM, common.HEAD)
+        if tap is not None and (block_tap or not getattr(op, "name", None)):
+            name = f"{tap}.out"
+        return self.lower(op, x, self.namer(name))
+
+    def lower(self, op, x, layer: str):
+        return self.lowering_of(op)(op, x, layer, self.namer)
+
+    def add(self, y, s, block, tap):
+        # main branch first, as in y = main + shortcut (an exact, commutative fp add either way)
+        return keras_module().layers.Add(name=self.namer(f"{tap}.out" if tap else f"{block.name}.add"))([y, s])
 
 
 def build(net: ir.Network, weights=None, *, data_format: str = "channels_last", dtype: str = "float32",
@@ -235,16 +255,7 @@ def _graph(net: ir.Network, data_format: str, keras):
         x = L.Permute((2, 3, 1), name=namer("to_channels_last"))(inp)
     else:
         inp = x = keras.Input((h, w, c), name=namer("input"))
-    for i, op in enumerate(net.stem):
-        last = i == len(net.stem) - 1
-        name = namer.for_op(op, "stem") if (getattr(op, "name", None) or not last) else namer("stem.out")
-        x = op_layers(op, x, name, namer)
-    for block in net.blocks:
-        x = block_layers(block, x, namer)
-    for i, op in enumerate(net.head):
-        last = i == len(net.head) - 1
-        name = namer.for_op(op, "head") if (getattr(op, "name", None) or not last) else namer("head.out")
-        x = op_layers(op, x, name, namer)
+    x = common.walk(_Lowering(namer), net, x)
     return keras.Model(inp, x, name=net.name)
 
 
@@ -266,20 +277,3 @@ def tap_model(net: ir.Network, model):
     inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
     with deep_recursion(depth(net)):
         return keras.Model(inputs, outs, name=f"{model.name}_taps")
-
-
-#: IR op type -> Keras lowering ``(op, x, name, namer) -> tensor`` (every type of ``ir.OP_TYPES``).
-OPS = {
-    ir.Conv: lambda op, x, name, namer: _conv_layers(op, x, name, namer),
-    ir.BatchNorm: _batch_norm,
-    ir.ReLU: lambda op, x, name, namer: _L().Activation("relu", name=name)(x),
-    ir.Pool: lambda op, x, name, namer: _pool_layers(op, x, name, namer),
-    # a 1x1 max-pool with stride is x[:, ::s, ::s, :] (keras.applications' ResNetV2 shortcut)
-    ir.Subsample: lambda op, x, name, namer: _L().MaxPooling2D(1, strides=op.stride, name=name)(x),
-    ir.ChannelPad: lambda op, x, name, namer: _custom("ChannelPad")(op.before, op.after, name=name)(x),
-    ir.SqueezeExcite: _squeeze_excite,
-    ir.DropPath: _drop_path,
-    ir.GlobalAvgPool: lambda op, x, name, namer: _L().GlobalAveragePooling2D(name=name)(x),
-    ir.Dropout: lambda op, x, name, namer: _L().Dropout(op.rate, name=name)(x),
-    ir.Linear: lambda op, x, name, namer: _L().Dense(op.out_features, use_bias=op.bias, name=name)(x),
-}

@@ -20,6 +20,7 @@ from __future__ import annotations
 from .. import ir
 from ..errors import ResNetSpecError
 from ..naming import UniqueNames
+from .common import HELPER_NAMES
 
 SEP = "-"  # the Keras spelling of the canonical '.'
 
@@ -55,9 +56,6 @@ class Namer:
     """Unique Keras layer names: ``for_op`` gives an op its canonical name (Keras spelling); helpers get
     ``<owner>.<what>`` (Keras spelling), numbered from 1 on repeats."""
 
-    _PLAIN = {ir.ReLU: "relu", ir.Pool: "pool", ir.Subsample: "subsample", ir.ChannelPad: "channel_pad",
-              ir.DropPath: "drop_path", ir.GlobalAvgPool: "avgpool", ir.Dropout: "dropout"}
-
     def __init__(self):
         self._names = UniqueNames("")
 
@@ -68,4 +66,4 @@ class Namer:
     def for_op(self, op, owner: str) -> str:
         if getattr(op, "name", None):
             return self(op.name)
-        return self(f"{owner}.{self._PLAIN[type(op)]}")
+        return self(f"{owner}.{HELPER_NAMES[type(op)]}")

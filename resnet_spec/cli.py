@@ -7,7 +7,6 @@ failed parity check, 2 a usage error. A user's mistake prints one located messag
 from __future__ import annotations
 
 import json
-import math
 import os
 import signal
 import sys
@@ -16,7 +15,9 @@ import threading
 import click
 
 from . import __version__
-from .backends import BACKENDS, CONVERT_ONLY, DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
+from .backends import CONVERT_ONLY, DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
+from .cli_options import (_SEED, _ckpt, _limits, _not_empty, _parse_backends, checkpoint_options,  # noqa: F401
+                          limit_options)
 from .errors import ResNetSpecError
 
 
@@ -59,52 +60,6 @@ def _is_located(exc) -> bool:
     from .errors import SpecError
 
     return isinstance(exc, SpecError)
-
-
-def _limits(max_params, max_activation_gib):
-    from .resolve import Limits
-
-    return Limits(max_params=int(max_params), max_activation_bytes=int(max_activation_gib * 2**30))
-
-
-class _FiniteFloat(click.ParamType):
-    """A finite number in (lo, hi]: NaN and Inf are usage errors, not tracebacks."""
-
-    name = "number"
-
-    def __init__(self, lo: float, hi: float):
-        self.lo, self.hi = lo, hi
-
-    def convert(self, value, param, ctx):
-        try:
-            x = float(value)
-        except (TypeError, ValueError):
-            self.fail(f"{value!r} is not a number", param, ctx)
-        if not math.isfinite(x) or not self.lo < x <= self.hi:
-            self.fail(f"{value!r} is not a finite number in ({self.lo:g}, {self.hi:g}]", param, ctx)
-        return x
-
-
-def _not_empty(ctx, param, value):
-    if value == "":
-        raise click.BadParameter("must not be empty", ctx, param)
-    return value
-
-
-_SEED = click.IntRange(0, 2**63 - 1)
-
-_limit_options = [
-    click.option("--max-params", type=_FiniteFloat(0, 1e15), default=2e9, show_default=True,
-                 help="Refuse specs with more parameters than this."),
-    click.option("--max-activation-gib", type=_FiniteFloat(0, 1e6), default=64.0, show_default=True,
-                 help="Refuse specs whose activations for one fp32 image exceed this many GiB."),
-]
-
-
-def limit_options(fn):
-    for opt in reversed(_limit_options):
-        fn = opt(fn)
-    return fn
 
 
 def _load_spec(spec):
@@ -218,27 +173,6 @@ def _weights(net, weights_file, seed, allow_nonfinite, random_bn=False, ckpt=Non
     return weights
 
 
-_checkpoint_options = [
-    click.option("--weights-key", "weights_key", metavar="KEY",
-                 help="Entry of a torch checkpoint that holds the weights (e.g. model, or ema.module). "
-                      "Default: found automatically (state_dict, model_state_dict, model, module)."),
-    click.option("--ema", is_flag=True, help="Take the EMA weights of the checkpoint (model_ema, ema, ...)."),
-    click.option("--new-head", is_flag=True,
-                 help="Fine-tuning: load every tensor but the classifier, which gets a fresh initialisation "
-                      "when its shape differs from the spec's (e.g. ImageNet weights into a 10-class spec)."),
-]
-
-
-def checkpoint_options(fn):
-    for opt in reversed(_checkpoint_options):
-        fn = opt(fn)
-    return fn
-
-
-def _ckpt(weights_key, ema, new_head) -> dict:
-    return {"key": weights_key, "ema": ema, "new_head": new_head}
-
-
 @main.command()
 @click.argument("spec")
 @click.option("--to", "targets", default="all", show_default=True,
@@ -345,24 +279,6 @@ def _check_dtype_targets(backends, dtype, io_dtype) -> None:
                                f"(asked for: {', '.join(backends)}); pass --to {','.join(FLOAT16_BACKENDS)}")
     if io_dtype != "float32" and dtype == "float32":
         raise click.UsageError("--io-dtype float16 needs --dtype float16")
-
-
-def _parse_backends(text: str, extra=()) -> list:
-    items = [t.strip() for t in text.split(",") if t.strip()]
-    if not items:
-        raise click.BadParameter(f"names no backend; choose from {', '.join(BACKENDS)} or all")
-    if items == ["all"]:
-        return list(BACKENDS)
-    aliases = {"tf": "tensorflow", "keras": "tensorflow", "pytorch": "torch", "litert": "tflite"}
-    known = tuple(BACKENDS) + tuple(extra)
-    out = []
-    for t in items:
-        t = aliases.get(t, t)
-        if t not in known:
-            raise click.BadParameter(f"unknown backend {t!r}; choose from {', '.join(known)} or all")
-        if t not in out:
-            out.append(t)
-    return out
 
 
 @main.command()

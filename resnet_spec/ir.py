@@ -12,7 +12,7 @@ Shapes are ``(channels, height, width)`` for one image. Canonical tensor names f
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, make_dataclass
 
 Shape = tuple  # (C, H, W)
 
@@ -33,6 +33,32 @@ def pool_out(size: int, kernel: int, stride: int, padding: int, ceil_mode: bool)
     if ceil_mode and (out - 1) * stride >= size + padding:
         out -= 1
     return out
+
+
+def pool_divisors(size: int, kernel: int, stride: int, padding: int, out: int, count_include_pad: bool) -> tuple:
+    """An average pool's divisor along one axis for each of the ``out`` windows, PyTorch semantics.
+
+    Window ``i`` covers padded rows ``[i*s - p, i*s - p + k)``, clipped to ``size + p`` (the ceil-mode
+    extension never counts); without ``count_include_pad`` it is also clipped to the real rows
+    ``[0, size)``. A 2-D window's divisor is the product of its row's and its column's.
+    """
+    divisors = []
+    for i in range(out):
+        start = i * stride - padding
+        end = min(start + kernel, size + padding)
+        if not count_include_pad:
+            start, end = max(start, 0), min(end, size)
+        divisors.append(end - start)
+    return tuple(divisors)
+
+
+def _op(name: str, doc: str, **fields) -> type:
+    """Declare a weightless IR op: a frozen dataclass ``name`` whose fields are ``fields`` (name=type,
+    in order) followed by ``in_shape`` and ``out_shape``, the last two fields of every op."""
+    cls = make_dataclass(name, [*fields.items(), ("in_shape", Shape), ("out_shape", Shape)], frozen=True,
+                         namespace={"__doc__": doc})
+    cls.__module__ = __name__  # importable (and picklable) as resnet_spec.ir.<name>
+    return cls
 
 
 @dataclass(frozen=True)
@@ -84,10 +110,7 @@ class BatchNorm:
             yield f"{self.name}.{leaf}", (self.channels,), leaf not in BN_STATS
 
 
-@dataclass(frozen=True)
-class ReLU:
-    in_shape: Shape
-    out_shape: Shape
+ReLU = _op("ReLU", "max(x, 0)")
 
 
 @dataclass(frozen=True)
@@ -130,27 +153,25 @@ class Pool:
         t, l, b, r = self.pads
         return counted, (t - counted, l - counted, b - counted, r - counted)
 
+    @property
+    def divisors(self) -> tuple:
+        """``(rows, cols)``: an average's divisor per output row and per output column
+        (:func:`pool_divisors`); window ``(i, j)`` divides by ``rows[i] * cols[j]``."""
+        _, h, w = self.in_shape
+        _, oh, ow = self.out_shape
+        return tuple(pool_divisors(n, self.kernel, self.stride, self.padding, o, self.count_include_pad)
+                     for n, o in ((h, oh), (w, ow)))
+
     def tensors(self):
         return iter(())
 
 
-@dataclass(frozen=True)
-class Subsample:
-    """x[:, :, ::stride, ::stride] -- a strided identity (1x1 max-pool in Keras ResNetV2)."""
-
-    stride: int
-    in_shape: Shape
-    out_shape: Shape
+Subsample = _op("Subsample", "x[:, :, ::stride, ::stride] -- a strided identity (1x1 max-pool in Keras ResNetV2).",
+                stride=int)
 
 
-@dataclass(frozen=True)
-class ChannelPad:
-    """Zero channels added ``before`` and ``after`` the existing ones (option-A shortcut)."""
-
-    before: int
-    after: int
-    in_shape: Shape
-    out_shape: Shape
+ChannelPad = _op("ChannelPad", "Zero channels added ``before`` and ``after`` the existing ones (option-A shortcut).",
+                 before=int, after=int)
 
 
 @dataclass(frozen=True)
@@ -174,30 +195,14 @@ class SqueezeExcite:
         return 2 * self.channels * self.reduced
 
 
-@dataclass(frozen=True)
-class DropPath:
-    """Stochastic depth on the residual branch: training only, identity at inference."""
-
-    rate: float
-    in_shape: Shape
-    out_shape: Shape
+DropPath = _op("DropPath", "Stochastic depth on the residual branch: training only, identity at inference.",
+               rate=float)
 
 
-@dataclass(frozen=True)
-class GlobalAvgPool:
-    """Mean over height and width, then flatten to (C,)."""
-
-    in_shape: Shape
-    out_shape: Shape
+GlobalAvgPool = _op("GlobalAvgPool", "Mean over height and width, then flatten to (C,).")
 
 
-@dataclass(frozen=True)
-class Dropout:
-    """Dropout before the classifier: training only."""
-
-    rate: float
-    in_shape: Shape
-    out_shape: Shape
+Dropout = _op("Dropout", "Dropout before the classifier: training only.", rate=float)
 
 
 @dataclass(frozen=True)

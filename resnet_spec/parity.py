@@ -79,9 +79,19 @@ class BackendRun:
     outputs: dict = field(default_factory=dict, repr=False)
 
 
+@dataclass(kw_only=True)
 class RunOutcome:
-    """What a parity report (inference, and training in :mod:`train_parity`) derives from its
-    ``runs`` ({leg: BackendRun}) and ``pairs``."""
+    """A parity report's common part (inference :class:`Report`, training in :mod:`train_parity`): what
+    ran (``runs``, {leg: BackendRun}), what was compared (``pairs``), on what, and what it derives."""
+
+    spec: str
+    device: str
+    batch: int
+    seed: int
+    weights: str
+    runs: dict
+    pairs: list
+    skipped: dict = field(default_factory=dict)
 
     @property
     def not_run(self) -> list:
@@ -98,21 +108,29 @@ class RunOutcome:
         return {n: {"device": r.device, "seconds": round(r.seconds, 3), "error": r.error}
                 for n, r in self.runs.items()}
 
+    def leg_lines(self, width: int) -> list:
+        """The report's first table: one line per requested leg (its device, or why it did not run) and
+        per leg skipped as not installed; names padded to ``width``."""
+        lines = [f"  {n:<{width}}  {r.device if r.error is None else 'NOT RUN: ' + r.error}"
+                 for n, r in self.runs.items()]
+        return lines + [f"  {n:<{width}}  not installed, skipped: {why}" for n, why in self.skipped.items()]
 
-@dataclass
+    def verdict(self, legs: str, agree: str) -> str:
+        """The report's last line: PASS/FAIL, how many pairs ``agree`` ('within max rel 1e-04', 'agree in
+        training mode') and what did not run; ``legs`` names the runs ('backends', 'legs')."""
+        if sum(1 for r in self.runs.values() if r.error is None) < 2:
+            return f"FAIL: fewer than two {legs} ran, nothing was compared"
+        good = sum(1 for p in self.pairs if p["passed"])
+        missing = f"; not run: {', '.join(self.not_run)}" if self.not_run else ""
+        return f"{'PASS' if self.passed else 'FAIL'}: {good}/{len(self.pairs)} pairs {agree}{missing}"
+
+
+@dataclass(kw_only=True)
 class Report(RunOutcome):
-    spec: str
     dtype: str
-    device: str
-    batch: int
-    seed: int
-    weights: str
     tolerance: float
     allow_tf32: bool
-    runs: dict
-    pairs: list
     layers: bool
-    skipped: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:
         return {
@@ -275,11 +293,7 @@ def format_report(r: Report) -> str:
     """The terminal table."""
     lines = [f"parity {r.spec}: {r.dtype}, batch {r.batch}, input seed {r.seed}, weights: {r.weights}", ""]
     w = max(len(n) for n in r.runs) if r.runs else 8
-    for n, run_ in r.runs.items():
-        lines.append(f"  {n:<{w}}  {run_.device if run_.error is None else 'NOT RUN: ' + run_.error}")
-    for n, reason in r.skipped.items():
-        lines.append(f"  {n:<{w}}  not installed, skipped: {reason}")
-    lines.append("")
+    lines += r.leg_lines(w) + [""]
     head = f"  {'pair':<{2 * w + 4}}  {'max abs':>9}  {'max rel':>9}  {'top-1':>6}  {'tol rel':>8}  result"
     lines.append(head)
     for p in r.pairs:
@@ -308,12 +322,5 @@ def format_report(r: Report) -> str:
     if r.dtype == "float32":
         lines.append("TF32 is " + ("allowed (--allow-tf32)" if r.allow_tf32 else
                                    "off for float32 parity (pass --allow-tf32 to allow it on GPUs)"))
-    ran = sum(1 for x in r.runs.values() if x.error is None)
-    if ran < 2:
-        lines.append("FAIL: fewer than two backends ran, nothing was compared")
-    else:
-        bad = sum(1 for p in r.pairs if not p["passed"])
-        missing = f"; not run: {', '.join(r.not_run)}" if r.not_run else ""
-        lines.append(f"{'PASS' if r.passed else 'FAIL'}: {len(r.pairs) - bad}/{len(r.pairs)} pairs within "
-                     f"max rel {r.tolerance:.0e}{missing}")
+    lines.append(r.verdict("backends", f"within max rel {r.tolerance:.0e}"))
     return "\n".join(lines)

@@ -28,14 +28,14 @@ from __future__ import annotations
 
 import itertools
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 from . import ir
 from .errors import BackendUnavailable, ResNetSpecError
 from .isolate import WorkerCrashed
-from .parity import BackendRun, RunOutcome, Runner, compare, make_input
+from .parity import BackendRun, RunOutcome, Runner, _e, compare, make_input
 
 #: max relative error per quantity (float32), see the module docstring and docs/parity.md.
 TRAIN_TOLERANCES = {"logits": 1e-4, "loss": 1e-4, "grads": 2e-2, "stats": 1e-4}
@@ -80,17 +80,8 @@ def check_trainable(net: ir.Network) -> None:
 TrainRun = BackendRun  # one leg's run: the same record as an inference run's
 
 
-@dataclass
+@dataclass(kw_only=True)
 class TrainReport(RunOutcome):
-    spec: str
-    device: str
-    batch: int
-    seed: int
-    weights: str
-    runs: dict
-    pairs: list
-    skipped: dict = field(default_factory=dict)
-
     def to_json(self) -> dict:
         return {"spec": self.spec, "mode": "train", "dtype": "float32", "device": self.device, "batch": self.batch,
                 "seed": self.seed, "weights": self.weights, "tolerances_rel": TRAIN_TOLERANCES,
@@ -178,20 +169,13 @@ def _run_one(runner, backend, net, weights, x, g, options, mutate, say) -> Train
     return TrainRun(backend, device=device, seconds=seconds, outputs=out)
 
 
-def _e(v) -> str:
-    return "-" if v is None else f"{v:.2e}"
-
-
 def format_train_report(r: TrainReport) -> str:
     """The terminal table of a training-mode parity run."""
     t = TRAIN_TOLERANCES
     lines = [f"parity {r.spec} --train: float32, batch {r.batch}, seed {r.seed}, weights: {r.weights}",
              "one step: BN batch statistics, dropout/drop-path off, loss = sum(logits * g) / N", ""]
     w = max([len(n) for n in r.runs] + [len(n) for n in r.skipped] + [8])
-    for n, run_ in r.runs.items():
-        lines.append(f"  {n:<{w}}  {run_.device if run_.error is None else 'NOT RUN: ' + run_.error}")
-    for n, reason in r.skipped.items():
-        lines.append(f"  {n:<{w}}  not installed, skipped: {reason}")
+    lines += r.leg_lines(w)
     lines += ["", f"  {'pair':<{2 * w + 4}}  {'logits':>9}  {'loss':>9}  {'grads':>9}  {'bn stats':>9}  result",
               f"  {'(tolerance, max rel)':<{2 * w + 4}}  {t['logits']:>9.0e}  {t['loss']:>9.0e}  {t['grads']:>9.0e}  "
               f"{t['stats']:>9.0e}"]
@@ -212,13 +196,5 @@ def format_train_report(r: TrainReport) -> str:
             lines.append(f"    BN running stats: {p['stats_failing']}/{p['stats_total']} tensors over "
                          f"{t['stats']:.0e} (momentum convention? unbiased variance?); worst:")
             lines += [f"      {row['tensor']:<36} {_e(row['max_rel'])}" for row in p["worst_stats"]]
-    ran = sum(1 for x in r.runs.values() if x.error is None)
-    lines.append("")
-    if ran < 2:
-        lines.append("FAIL: fewer than two legs ran, nothing was compared")
-    else:
-        bad = sum(1 for p in r.pairs if not p["passed"])
-        missing = f"; not run: {', '.join(r.not_run)}" if r.not_run else ""
-        lines.append(f"{'PASS' if r.passed else 'FAIL'}: {len(r.pairs) - bad}/{len(r.pairs)} pairs agree in "
-                     f"training mode{missing}")
+    lines += ["", r.verdict("legs", "agree in training mode")]
     return "\n".join(lines)

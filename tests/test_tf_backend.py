@@ -232,6 +232,21 @@ def test_avg_pool_counts_formula():
     assert tf_backend.avg_pool_counts(11, 2, 2, 0, 6, False).tolist() == [2, 2, 2, 2, 2, 1]
 
 
+@pytest.mark.parametrize("k,s,p", [(2, 2, 0), (3, 2, 1), (3, 1, 1), (5, 3, 2), (3, 3, 0)])
+def test_ir_pool_divisors_are_torchs(k, s, p):
+    """ir.Pool.divisors (the Keras pools' divisors) against torch's own: on an all-ones input, avg_pool2d
+    gives (real cells) / divisor and a sum pool (divisor_override=1) the real cells."""
+    for hw in ((7, 7), (6, 9), (5, 8)):
+        for ceil in (False, True):
+            for cip in (False, True):
+                op = _pool("avg", k, s, p, ceil, cip, hw=hw, c=1)
+                x = torch.ones(1, 1, *hw, dtype=torch.float64)
+                avg = torch.nn.functional.avg_pool2d(x, k, s, p, ceil, cip)
+                cells = torch.nn.functional.avg_pool2d(x, k, s, p, ceil, cip, divisor_override=1)
+                rows, cols = op.divisors
+                assert np.array_equal(np.outer(rows, cols), (cells / avg)[0, 0].round().numpy()), (hw, ceil, cip)
+
+
 def test_bn_epsilon_is_not_clamped(unit):
     case = unit["cases"]["bn_eps_1e-6"]
     w, x, ref = case[2], case[3], case[4]
