@@ -146,8 +146,10 @@ def _export_savedmodel(net: ir.Network, model, path: str, data_format: str) -> N
     def serve(x):
         return {"logits": model(x, training=False)}
 
+    # No archive.track(model): tracking adds the model's Keras variables, which the checkpoint saves
+    # beside the tf.Variables the endpoint captures (its own `_all_variables`): every weight twice.
+    # add_endpoint alone tracks exactly the variables the serving function reads.
     archive = keras.export.ExportArchive()
-    archive.track(model)
     archive.add_endpoint("serve", serve, input_signature=[tf.TensorSpec(shape, tf.float32, name="input")])
     archive.write_out(path, verbose=False)
 

@@ -150,3 +150,14 @@ def test_float16_refuses_values_beyond_its_range():
     with pytest.raises(ResNetSpecError, match="layer1.0.conv1.*float16"):
         ob.build(net, w, dtype="float16")
     ob.build(net, w)  # float32 holds it
+
+
+def test_savedmodel_holds_each_variable_once(out):
+    """The variables file is the weights once (it held every variable twice: 2.1 MB for 1.1 MB); the
+    folder still loads and matches (test_every_converted_file_passes verifies it)."""
+    from resnet_spec.weights import read_safetensors
+
+    weights = sum(a.nbytes for a in read_safetensors(str(out / "all" / f"{SPEC}.safetensors")).values())
+    folder = out / "all" / f"{SPEC}_savedmodel" / "variables"
+    stored = sum(p.stat().st_size for p in folder.iterdir() if p.name.startswith("variables.data"))
+    assert weights <= stored <= 1.1 * weights, (stored, weights)
