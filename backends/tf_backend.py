@@ -114,6 +114,7 @@ def convert(net: ir.Network, weights, out_dir: str, *, force: bool = False,
     output is replaced only with ``force``.
     """
     from ..fileio import atomic_path, check_writable
+    from ..inspect_files import embed_keras_spec
 
     from . import output_paths
 
@@ -128,6 +129,7 @@ def convert(net: ir.Network, weights, out_dir: str, *, force: bool = False,
             # Keras insists on the .keras suffix: save beside the temporary name, then move into place.
             try:
                 model.save(tmp + ".keras")
+                embed_keras_spec(tmp + ".keras", net)  # name and YAML in metadata.json (inspect reads them)
                 os.replace(tmp + ".keras", tmp)
             finally:
                 if os.path.exists(tmp + ".keras"):

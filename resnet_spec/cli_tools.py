@@ -140,22 +140,23 @@ def diagram(spec, out_file, force, max_params, max_activation_gib):
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def inspect(path, as_json):
     """Show what a file written by resnet-spec holds: .onnx (spec, opset, inputs/outputs, node counts),
-    .safetensors (tensors, parameters, embedded spec) or .pt2 (embedded spec)."""
+    .safetensors and torch checkpoints (tensors, parameters, embedded spec), .pt2 (embedded spec), .keras
+    (layers, inputs/outputs, weights, embedded spec) or .tflite (operators, inputs/outputs, constants,
+    embedded spec)."""
     from . import inspect_files as F
     from .checkpoints import TORCH_SUFFIXES
     from .fileio import check_regular_file
 
     check_regular_file(path, 2**31 - 1)  # protobuf's own limit; larger models keep external data
 
-    if path.endswith(".safetensors"):
-        info, fmt = F.inspect_safetensors(path), F.format_info
-    elif path.endswith(".pt2"):
-        info, fmt = F.inspect_pt2(path), F.format_info
-    elif path.endswith(TORCH_SUFFIXES):
-        info, fmt = F.inspect_checkpoint(path), F.format_info
+    readers = {".safetensors": F.inspect_safetensors, ".pt2": F.inspect_pt2, ".keras": F.inspect_keras,
+               ".tflite": F.inspect_tflite, **{s: F.inspect_checkpoint for s in TORCH_SUFFIXES}}
+    suffix = next((s for s in readers if path.endswith(s)), None)
+    if suffix is not None:
+        info, fmt = readers[suffix](path), F.format_info
     elif not path.endswith(".onnx"):
-        raise ResNetSpecError(f"{path}: inspect reads .onnx, .safetensors, .pt2 and torch checkpoints "
-                              "(.pth/.pt/.ckpt); .keras and .tflite are not supported yet")
+        raise ResNetSpecError(f"{path}: inspect reads .onnx, .safetensors, .pt2, .keras, .tflite and torch "
+                              "checkpoints (.pth/.pt/.ckpt)")
     else:
         from .backends import onnx_backend
 

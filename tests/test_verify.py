@@ -6,6 +6,7 @@ verify's and convert's worker processes."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 
@@ -161,3 +162,33 @@ def test_savedmodel_holds_each_variable_once(out):
     folder = out / "all" / f"{SPEC}_savedmodel" / "variables"
     stored = sum(p.stat().st_size for p in folder.iterdir() if p.name.startswith("variables.data"))
     assert weights <= stored <= 1.1 * weights, (stored, weights)
+
+
+@pytest.mark.parametrize("suffix", [".keras", ".tflite"])
+def test_inspect_keras_and_tflite(out, suffix):
+    """What inspect shows for the other formats: counts, parameters, input/output, the embedded spec."""
+    import resnet_spec
+
+    path = out / "all" / f"{SPEC}{suffix}"
+    res = _cli("inspect", str(path), "--json")
+    assert res.exit_code == 0, res.output
+    info = json.loads(res.output)
+    net = resnet_spec.load(SPEC)
+    sizes = {t.name: math.prod(t.shape) for t in net.tensors()}
+    assert info["spec_name"] == SPEC and resnet_spec.load(info["spec_yaml"]) == net
+    assert info["inputs"][0]["shape"] == [None, 32, 32, 3]
+    if suffix == ".keras":
+        assert info["parameters"] + info["buffers"] == sum(sizes.values())
+        assert info["buffers"] == sum(n for k, n in sizes.items() if k.endswith(("running_mean", "running_var")))
+        assert info["outputs"] == [{"name": "fc", "layer": "Dense", "units": 10}]
+        assert info["layer_classes"]["Conv2D"] == 19
+    else:  # BN folded into the convolutions: conv weights and biases, the classifier
+        convs = [t for t in net.tensors() if len(t.shape) == 4]
+        lo = sum(sizes[t.name] for t in convs) + sizes["fc.weight"] + 10  # + the folded biases, which the
+        assert lo < info["parameters"] <= lo + sum(t.shape[0] for t in convs)  # converter shares when equal
+        assert info["outputs"][0]["shape"] == [None, 10] and info["op_types"]["CONV_2D"] == 19
+    text = _cli("inspect", str(path)).output
+    assert f"spec:       {SPEC}" in text and "spec YAML:" in text
+    bad = out / f"cut{suffix}"
+    bad.write_bytes(path.read_bytes()[:4000])
+    _one_error(_cli("inspect", str(bad)), f"cut{suffix}")
