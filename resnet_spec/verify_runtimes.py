@@ -141,11 +141,13 @@ def openvino_run(path: str, x: np.ndarray, shape):
         return None
     core = ov.Core()
     try:
+        # The CPU plugin's default precision is bf16 where the CPU has it (1.5e-3 to 4.3e-3 on the zoo).
         compiled = core.compile_model(path, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        precision = compiled.get_property("INFERENCE_PRECISION_HINT").to_string()  # what the plugin took: the level
         out = compiled(x)[compiled.output(0)]
     except Exception as exc:  # noqa: BLE001
         raise ResNetSpecError(f"{path}: OpenVINO {ov.__version__} cannot run it: {_first_line(exc)}") from None
-    return {"runtime": f"openvino {ov.__version__} CPU", "level": "f32", "outputs": {"logits": np.asarray(out)}}
+    return {"runtime": f"openvino {ov.__version__} CPU", "level": precision, "outputs": {"logits": np.asarray(out)}}
 
 
 # -- TFLite, Keras, SavedModel ------------------------------------------------------------------------

@@ -192,3 +192,55 @@ def test_inspect_keras_and_tflite(out, suffix):
     bad = out / f"cut{suffix}"
     bad.write_bytes(path.read_bytes()[:4000])
     _one_error(_cli("inspect", str(bad)), f"cut{suffix}")
+
+
+@pytest.fixture(scope="module")
+def openvino_site(tmp_path_factory):
+    """A folder holding only the ``openvino`` package of the deployment matrix's cached venv
+    (benchmarks/_venvs.py; built from the registry on first use), for sys.path: OpenVINO stays out of
+    the project's dependencies, and verify's own worker process imports it from there."""
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks"))
+    import _venvs
+
+    try:
+        py = _venvs.ensure("openvino-2026.4.1", ["openvino==2026.4.1", "numpy"])
+    except _venvs.VenvUnavailable as exc:
+        pytest.skip(str(exc))
+    site = os.path.join(os.path.dirname(os.path.dirname(py)), "lib",
+                        f"python{sys.version_info.major}.{sys.version_info.minor}", "site-packages")
+    if not os.path.isdir(os.path.join(site, "openvino")):  # a venv of another Python: its wheel would not load
+        pytest.skip(f"the openvino venv has no {site}/openvino")
+    d = tmp_path_factory.mktemp("ov")
+    os.symlink(os.path.join(site, "openvino"), d / "openvino")
+    return str(d)
+
+
+@pytest.mark.slow
+def test_openvino_runs_in_f32_and_catches_a_wrong_file(out, openvino_site, monkeypatch, tmp_path):
+    import onnx
+    from onnx import numpy_helper
+
+    import sys
+
+    # verify's workers are spawned with this process's sys.path; this process never imports openvino
+    monkeypatch.setattr(sys, "path", [*sys.path, openvino_site])
+    path = out / "all" / f"{SPEC}.onnx"
+    res = _verify(SPEC, str(path), "--json", str(tmp_path / "r.json"))
+    assert res.exit_code == 0, res.output
+    report = _runs(tmp_path / "r.json")
+    ov = [r for r in report["runs"] if r["runtime"].startswith("openvino 2026.4.1")]
+    # the level is the precision the compiled model reports (verify asks for f32; on CPUs with bf16 the
+    # plugin's default would be bf16 -- this machine has none, so here the default is f32 too)
+    assert len(ov) == 1 and ov[0]["level"] == "f32" and ov[0]["passed"] and ov[0]["max_rel"] < 1e-5, ov
+    assert not any("OpenVINO" in n for n in report["notes"])
+    model = onnx.load(str(path))
+    t = next(t for t in model.graph.initializer if t.name == "layer3.0.conv1.weight")
+    t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t) * 1.1, t.name))
+    onnx.save(model, str(tmp_path / f"{SPEC}.onnx"))
+    res = _verify(SPEC, str(tmp_path / f"{SPEC}.onnx"), "--weights", str(out / "all" / f"{SPEC}.safetensors"),
+                  "--json", str(tmp_path / "bad.json"))
+    assert res.exit_code == 1, res.output
+    ov = [r for r in _runs(tmp_path / "bad.json")["runs"] if r["runtime"].startswith("openvino")]
+    assert len(ov) == 1 and not ov[0]["passed"] and ov[0]["max_rel"] > 1e-3, ov
