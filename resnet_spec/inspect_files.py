@@ -167,7 +167,8 @@ def inspect_keras(path: str) -> dict:
                "dtype": conf.get(n, {}).get("config", {}).get("dtype")} for n in ends["input"]]
     outputs = [{"name": n, "layer": conf.get(n, {}).get("class_name"),
                 "units": conf.get(n, {}).get("config", {}).get("units")} for n in ends["output"]]
-    info = {"path": path, "format": f"Keras {meta.get('keras_version', '?')} (.keras)", "model": cfg["config"].get("name"),
+    info = {"path": path, "format": f"Keras {meta.get('keras_version', '?')} (.keras)",
+            "model": cfg["config"].get("name"),
             "layers": len(layers), "layer_classes": dict(collections.Counter(x["class_name"] for x in layers)),
             "inputs": inputs, "outputs": outputs, "spec_name": meta.get(META_NAME), "spec_yaml": meta.get(META_SPEC),
             "metadata": {k: v for k, v in meta.items() if k != META_SPEC}}
