@@ -112,11 +112,12 @@ def format_info(info: dict) -> str:
             what = (f"shape {t['shape']}, {t['dtype']}" if "shape" in t
                     else f"{t['layer']}" + (f", {t['units']} units" if t.get("units") else ""))
             lines.append(f"{key[:-1] + ':':<11} {t['name']} ({what})")
-    if "tensors" in info:
-        what = "constant tensors" if "operators" in info else "tensors"
-        lines.append(f"{'weights:' if 'operators' in info else 'tensors:':<11} {info['tensors']} {what} "
-                     f"({', '.join(info['dtypes']) or '-'}), {info['parameters']:,} parameters, "
-                     f"{info['buffers']:,} buffer values")
+    if "tensors" in info and "operators" in info:  # TFLite: BN folded, equal constants stored once
+        lines.append(f"weights:    {info['tensors']} constant tensors ({', '.join(info['dtypes'])}), "
+                     f"{info['parameters']:,} float values (BN folded into the convolutions)")
+    elif "tensors" in info:
+        lines.append(f"tensors:    {info['tensors']} ({', '.join(info['dtypes']) or '-'}), "
+                     f"{info['parameters']:,} parameters, {info['buffers']:,} buffer values")
     for n in info.get("notes", []):
         lines.append(f"note:       {n}")
     if "matches_spec" in info:
