@@ -114,6 +114,7 @@ def convert(net: ir.Network, weights, out_dir: str, *, force: bool = False,
     output is replaced only with ``force``.
     """
     from ..fileio import atomic_path, check_writable
+    from ..inspect_files import embed_keras_spec
 
     from . import output_paths
 
@@ -128,6 +129,7 @@ def convert(net: ir.Network, weights, out_dir: str, *, force: bool = False,
             # Keras insists on the .keras suffix: save beside the temporary name, then move into place.
             try:
                 model.save(tmp + ".keras")
+                embed_keras_spec(tmp + ".keras", net)  # name and YAML in metadata.json (inspect reads them)
                 os.replace(tmp + ".keras", tmp)
             finally:
                 if os.path.exists(tmp + ".keras"):
@@ -146,8 +148,10 @@ def _export_savedmodel(net: ir.Network, model, path: str, data_format: str) -> N
     def serve(x):
         return {"logits": model(x, training=False)}
 
+    # No archive.track(model): tracking adds the model's Keras variables, which the checkpoint saves
+    # beside the tf.Variables the endpoint captures (its own `_all_variables`): every weight twice.
+    # add_endpoint alone tracks exactly the variables the serving function reads.
     archive = keras.export.ExportArchive()
-    archive.track(model)
     archive.add_endpoint("serve", serve, input_signature=[tf.TensorSpec(shape, tf.float32, name="input")])
     archive.write_out(path, verbose=False)
 

@@ -6,7 +6,8 @@ only TFLite's builtin ops, no quantisation or other optimisation,
 so the file computes the spec's function in float32 (the custom Keras layers lower to PAD,
 MAX_POOL_2D, AVERAGE_POOL_2D, MEAN and MUL). Converting needs TensorFlow; running the file needs only
 a TFLite interpreter: ``verify`` uses the LiteRT package (``ai-edge-litert``) when it is installed,
-else ``tf.lite.Interpreter``.
+else ``tf.lite.Interpreter``. The spec's name and YAML are stored in the flatbuffer's metadata table
+(``resnet_spec.name``, ``resnet_spec.spec``; see :func:`resnet_spec.inspect_files.tflite_with_spec`).
 """
 
 from __future__ import annotations
@@ -37,7 +38,12 @@ def to_bytes(net: ir.Network, weights, *, data_format: str = "channels_last") ->
         # resources in the interpreter: NaN logits. verify catches that.)
         converter = tf.lite.TFLiteConverter.from_keras_model(model)
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-        return converter.convert()
+        data = converter.convert()
+    from tensorflow.lite.python import schema_py_generated
+
+    from ..inspect_files import tflite_with_spec
+
+    return tflite_with_spec(data, net, schema_py_generated)  # the spec in the metadata table
 
 
 def convert(net: ir.Network, weights, out_dir: str, *, force: bool = False,

@@ -10,7 +10,7 @@ import sys
 
 import click
 
-from .cli import _SEED, _load, _load_spec, _not_empty, limit_options, main
+from .cli import _SEED, _ckpt, _load, _load_spec, _not_empty, _weights, checkpoint_options, limit_options, main
 from .errors import ResNetSpecError
 
 
@@ -51,15 +51,19 @@ def diff_cmd(spec_a, spec_b):
 @click.argument("spec")
 @click.argument("files", nargs=-1, required=True)
 @click.option("--weights", "weights_file", type=click.Path(dir_okay=False), callback=_not_empty,
-              help="Weights of the reference. Default: <name>.safetensors beside each file.")
+              help="Weights of the reference, as for convert and parity (safetensors, a torch checkpoint, or "
+                   "any source 'import' reads), checked against SPEC. Default: <name>.safetensors beside each file.")
 @click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]),
               help="ONNX Runtime's provider for .onnx files (cuda: CUDAExecutionProvider, TF32 off).")
 @click.option("--batch", type=click.IntRange(1, 256), default=2, show_default=True)
-@click.option("--seed", type=_SEED, default=0, show_default=True, help="Seed of the input.")
+@click.option("--seed", type=_SEED, default=0, show_default=True,
+              help="Seed of the input, and of a --new-head classifier (as convert's --seed).")
 @click.option("--json", "json_file", type=click.Path(dir_okay=False), callback=_not_empty,
               help="Also write the report as JSON to this file ('-' for stdout).")
+@checkpoint_options
 @limit_options
-def verify_cmd(spec, files, weights_file, device, batch, seed, json_file, max_params, max_activation_gib):
+def verify_cmd(spec, files, weights_file, device, batch, seed, json_file, weights_key, ema, new_head, max_params,
+               max_activation_gib):
     """Run deployable FILES (.onnx, .tflite, .keras, SavedModel, .pt2, .py) in their runtimes; compare
     with SPEC's torch reference (float64) on the same weights. Exit 0 when every run is within
     tolerance, 1 otherwise."""
@@ -70,7 +74,12 @@ def verify_cmd(spec, files, weights_file, device, batch, seed, json_file, max_pa
         from .fileio import check_file_writable
 
         check_file_writable(json_file)
-    report = V.run(net, files, weights_file=weights_file, batch=batch, seed=seed, device=device,
+    for f in files:  # a missing or unknown file is refused before any weights are read
+        V.file_kind(f)
+    # --weights goes through convert's and parity's loader (checkpoints, import sources, --new-head)
+    weights = (_weights(net, weights_file, seed, allow_nonfinite=True, ckpt=_ckpt(weights_key, ema, new_head))
+               if weights_file or any((weights_key, ema, new_head)) else None)
+    report = V.run(net, files, weights_file=weights_file, weights=weights, batch=batch, seed=seed, device=device,
                    progress=lambda t: click.echo(f"  {t}", err=True))
     if json_file == "-":
         click.echo(json.dumps(report.to_json(), indent=2))
@@ -131,22 +140,23 @@ def diagram(spec, out_file, force, max_params, max_activation_gib):
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def inspect(path, as_json):
     """Show what a file written by resnet-spec holds: .onnx (spec, opset, inputs/outputs, node counts),
-    .safetensors (tensors, parameters, embedded spec) or .pt2 (embedded spec)."""
+    .safetensors and torch checkpoints (tensors, parameters, embedded spec), .pt2 (embedded spec), .keras
+    (layers, inputs/outputs, weights, embedded spec) or .tflite (operators, inputs/outputs, constants,
+    embedded spec)."""
     from . import inspect_files as F
     from .checkpoints import TORCH_SUFFIXES
     from .fileio import check_regular_file
 
     check_regular_file(path, 2**31 - 1)  # protobuf's own limit; larger models keep external data
 
-    if path.endswith(".safetensors"):
-        info, fmt = F.inspect_safetensors(path), F.format_info
-    elif path.endswith(".pt2"):
-        info, fmt = F.inspect_pt2(path), F.format_info
-    elif path.endswith(TORCH_SUFFIXES):
-        info, fmt = F.inspect_checkpoint(path), F.format_info
+    readers = {".safetensors": F.inspect_safetensors, ".pt2": F.inspect_pt2, ".keras": F.inspect_keras,
+               ".tflite": F.inspect_tflite, **{s: F.inspect_checkpoint for s in TORCH_SUFFIXES}}
+    suffix = next((s for s in readers if path.endswith(s)), None)
+    if suffix is not None:
+        info, fmt = readers[suffix](path), F.format_info
     elif not path.endswith(".onnx"):
-        raise ResNetSpecError(f"{path}: inspect reads .onnx, .safetensors, .pt2 and torch checkpoints "
-                              "(.pth/.pt/.ckpt); .keras and .tflite are not supported yet")
+        raise ResNetSpecError(f"{path}: inspect reads .onnx, .safetensors, .pt2, .keras, .tflite and torch "
+                              "checkpoints (.pth/.pt/.ckpt)")
     else:
         from .backends import onnx_backend
 

@@ -1,15 +1,28 @@
-"""``resnet-spec inspect`` for the files that need no framework: ``.safetensors`` and ``.pt2``.
+"""``resnet-spec inspect`` for the files that need no framework: ``.safetensors``, ``.pt2``, ``.keras``
+and ``.tflite`` (and how ``convert`` embeds the spec in the last two).
 
 A safetensors file is read through its header only (names, dtypes, shapes, metadata); no tensor data
 is loaded. When its metadata holds the spec YAML (``resnet_spec.spec``, written by ``convert``), the
 tensors are also checked against that spec by name and shape. A ``.pt2`` is a zip archive:
 ``torch.export.save(..., extra_files=...)`` stores extra files as ``<archive>/extra/<name>``, which is
 where the spec is looked for; the archive is never unpickled or loaded.
+
+A ``.keras`` file is a zip archive too: ``config.json`` (the layers), ``metadata.json`` and
+``model.weights.h5``. Keras reads only the first and the last when loading, so ``convert`` adds the
+spec name and YAML to ``metadata.json`` (:func:`embed_keras_spec`); inspect reads the layer list from
+the config and the weights' shapes from the HDF5 file (h5py, which Keras needs anyway), never
+deserialising a layer. A ``.tflite`` file is a flatbuffer whose ``Model`` has a ``metadata`` table
+(name -> buffer); ``convert`` stores the spec there under the same keys (:func:`tflite_with_spec`),
+next to the converter's own entries. Inspect reads it with the generated schema of the LiteRT package
+(``ai-edge-litert``), else TensorFlow's.
 """
 
 from __future__ import annotations
 
+import collections
+import json
 import math
+import struct
 import zipfile
 
 from .errors import ResNetSpecError
@@ -88,7 +101,21 @@ def inspect_pt2(path: str) -> dict:
 def format_info(info: dict) -> str:
     lines = [f"file:       {info['path']} ({info['format']})"]
     lines.append(f"spec:       {info['spec_name'] or '(none recorded)'}")
-    if "tensors" in info:
+    if "layers" in info:
+        kinds = ", ".join(f"{n} {k}" for k, n in sorted(info["layer_classes"].items(), key=lambda kv: -kv[1]))
+        lines.append(f"layers:     {info['layers']} ({kinds})")
+    if "operators" in info:
+        kinds = ", ".join(f"{n} {k}" for k, n in sorted(info["op_types"].items(), key=lambda kv: -kv[1]))
+        lines.append(f"operators:  {info['operators']} ({kinds})")
+    for key in ("inputs", "outputs"):
+        for t in info.get(key, []):
+            what = (f"shape {t['shape']}, {t['dtype']}" if "shape" in t
+                    else f"{t['layer']}" + (f", {t['units']} units" if t.get("units") else ""))
+            lines.append(f"{key[:-1] + ':':<11} {t['name']} ({what})")
+    if "tensors" in info and "operators" in info:  # TFLite: BN folded, equal constants stored once
+        lines.append(f"weights:    {info['tensors']} constant tensors ({', '.join(info['dtypes'])}), "
+                     f"{info['parameters']:,} float values (BN folded into the convolutions)")
+    elif "tensors" in info:
         lines.append(f"tensors:    {info['tensors']} ({', '.join(info['dtypes']) or '-'}), "
                      f"{info['parameters']:,} parameters, {info['buffers']:,} buffer values")
     for n in info.get("notes", []):
@@ -99,6 +126,153 @@ def format_info(info: dict) -> str:
         lines.append(f"archive:    {info['entries']} entries; extra files: {', '.join(info['extra_files']) or 'none'}")
     if info.get("spec_yaml"):
         lines += ["", "spec YAML:", info["spec_yaml"].rstrip()]
-    elif info["format"].startswith("torch.export"):
-        lines.append("(no spec embedded: the torch backend does not store one in the .pt2 yet)")
+    elif info["format"].startswith(("torch.export", "Keras", "TFLite")):
+        lines.append("(no spec embedded: not written by resnet-spec convert, or by an older version)")
     return "\n".join(lines)
+
+
+# -- .keras -----------------------------------------------------------------------------------------
+
+KERAS_META = "metadata.json"
+_KERAS_BN = ("BatchNormalization", "TorchBatchNorm")
+
+
+def embed_keras_spec(path: str, net) -> None:
+    """Rewrite the ``.keras`` archive at ``path`` with the spec name and YAML in ``metadata.json``
+    (members, order and compression otherwise unchanged)."""
+    with zipfile.ZipFile(path) as z:
+        members = [(i, z.read(i.filename)) for i in z.infolist()]
+    with zipfile.ZipFile(path, "w") as z:
+        for info, data in members:
+            if info.filename == KERAS_META:
+                meta = json.loads(data)
+                meta.update({META_NAME: net.name, META_SPEC: net.spec_yaml})
+                data = json.dumps(meta).encode("utf-8")
+            z.writestr(info, data)
+
+
+def inspect_keras(path: str) -> dict:
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+            cfg = json.loads(z.read("config.json"))
+            meta = json.loads(z.read(KERAS_META)) if KERAS_META in names else {}
+            h5 = z.read("model.weights.h5") if "model.weights.h5" in names else None
+        layers = cfg["config"]["layers"]
+    except (zipfile.BadZipFile, OSError, KeyError, TypeError, ValueError) as exc:
+        raise ResNetSpecError(f"{path}: not a Keras .keras archive ({type(exc).__name__}: {exc})") from None
+    conf = {layer.get("name"): layer for layer in layers}
+    ends = {k: [n for n, *_ in (v if v and isinstance(v[0], list) else [v])]  # one [name, 0, 0] or a list of them
+            for k, v in ((k, cfg["config"].get(f"{k}_layers") or []) for k in ("input", "output"))}
+    inputs = [{"name": n, "shape": conf.get(n, {}).get("config", {}).get("batch_shape"),
+               "dtype": conf.get(n, {}).get("config", {}).get("dtype")} for n in ends["input"]]
+    outputs = [{"name": n, "layer": conf.get(n, {}).get("class_name"),
+                "units": conf.get(n, {}).get("config", {}).get("units")} for n in ends["output"]]
+    info = {"path": path, "format": f"Keras {meta.get('keras_version', '?')} (.keras)",
+            "model": cfg["config"].get("name"),
+            "layers": len(layers), "layer_classes": dict(collections.Counter(x["class_name"] for x in layers)),
+            "inputs": inputs, "outputs": outputs, "spec_name": meta.get(META_NAME), "spec_yaml": meta.get(META_SPEC),
+            "metadata": {k: v for k, v in meta.items() if k != META_SPEC}}
+    if h5 is not None:
+        info.update(_keras_weights(path, h5))
+    return info
+
+
+def _keras_weights(path: str, data: bytes) -> dict:
+    """Tensor count, parameters and BN moving statistics of ``model.weights.h5`` (h5py, shapes only)."""
+    try:
+        import io
+
+        import h5py
+    except ImportError:
+        return {}
+    shapes = {}
+    try:
+        with h5py.File(io.BytesIO(data), "r") as h:
+            h.visititems(lambda k, v: shapes.__setitem__(k, v.shape) if isinstance(v, h5py.Dataset) else None)
+    except OSError as exc:
+        raise ResNetSpecError(f"{path}: model.weights.h5 is not readable HDF5 ({exc})") from None
+    # Keras names a BN layer's store group after its class (batch_normalization, torch_batch_norm);
+    # vars 2 and 3 are its moving mean and variance.
+    buffer = [k for k in shapes if "batch_norm" in k.split("/vars/")[0] and k.endswith(("/vars/2", "/vars/3"))]
+    return {"tensors": len(shapes), "parameters": sum(math.prod(s) for k, s in shapes.items() if k not in buffer),
+            "buffers": sum(math.prod(shapes[k]) for k in buffer), "dtypes": ["float32"]}
+
+
+# -- .tflite ----------------------------------------------------------------------------------------
+
+def _tflite_schema(path: str):
+    try:
+        from ai_edge_litert import schema_py_generated as fb
+    except ImportError:
+        try:
+            from tensorflow.lite.python import schema_py_generated as fb
+        except ImportError:
+            raise ResNetSpecError(f"{path}: reading .tflite files needs the LiteRT package (pip install "
+                                  "ai-edge-litert) or TensorFlow") from None
+    return fb
+
+
+def tflite_with_spec(data: bytes, net, fb) -> bytes:
+    """The flatbuffer ``data`` with the spec name and YAML added to its metadata table (``fb``: the
+    generated TFLite schema module). Files with buffers outside the flatbuffer (> 2 GB) are returned as
+    they are."""
+    import flatbuffers
+    import numpy as np
+
+    model = fb.ModelT.InitFromPackedBuf(bytearray(data), 0)
+    if any(getattr(b, "offset", 0) for b in model.buffers or []):
+        return data
+    model.buffers, model.metadata = list(model.buffers or []), list(model.metadata or [])
+    for key, text in ((META_NAME, net.name), (META_SPEC, net.spec_yaml)):
+        buf, meta = fb.BufferT(), fb.MetadataT()
+        buf.data = np.frombuffer(text.encode("utf-8"), np.uint8)
+        meta.name, meta.buffer = key, len(model.buffers)
+        model.buffers.append(buf)
+        model.metadata.append(meta)
+    builder = flatbuffers.Builder(len(data) + 4096)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
+def inspect_tflite(path: str) -> dict:
+    with open(path, "rb") as fh:
+        data = fh.read()
+    if len(data) < 8 or data[4:8] != b"TFL3":
+        raise ResNetSpecError(f"{path}: not a TFLite flatbuffer (no 'TFL3' identifier)")
+    fb = _tflite_schema(path)
+    try:
+        return _read_tflite(path, data, fb)
+    except (IndexError, ValueError, TypeError, UnicodeDecodeError, struct.error) as exc:
+        raise ResNetSpecError(f"{path}: a damaged TFLite flatbuffer ({type(exc).__name__}: {exc})") from None
+
+
+def _read_tflite(path: str, data: bytes, fb) -> dict:
+    m = fb.Model.GetRootAs(data, 0)
+    meta = {}
+    for i in range(m.MetadataLength()):
+        md = m.Metadata(i)
+        raw = m.Buffers(md.Buffer()).DataAsNumpy()
+        meta[md.Name().decode()] = raw.tobytes() if hasattr(raw, "tobytes") else b""
+    ops_by_code = {v: k for k, v in vars(fb.BuiltinOperator).items() if not k.startswith("_")}
+    types = {v: k.lower() for k, v in vars(fb.TensorType).items() if not k.startswith("_")}
+    sg = m.Subgraphs(0)
+
+    def tensor(i):
+        t = sg.Tensors(i)
+        sig = t.ShapeSignatureAsNumpy() if t.ShapeSignatureLength() else t.ShapeAsNumpy()
+        return {"name": t.Name().decode(), "shape": [int(d) if d >= 0 else None for d in sig],
+                "dtype": types.get(t.Type(), str(t.Type()))}
+
+    consts = [sg.Tensors(i) for i in range(sg.TensorsLength())
+              if sg.Tensors(i).Buffer() and m.Buffers(sg.Tensors(i).Buffer()).DataLength()]
+    codes = [m.OperatorCodes(sg.Operators(i).OpcodeIndex()) for i in range(sg.OperatorsLength())]
+    ops = collections.Counter(ops_by_code.get(max(c.BuiltinCode(), c.DeprecatedBuiltinCode()), "?") for c in codes)
+    text = lambda k: meta[k].decode("utf-8") if k in meta else None  # noqa: E731
+    return {"path": path, "format": f"TFLite flatbuffer (schema v{m.Version()})", "operators": sg.OperatorsLength(),
+            "op_types": dict(ops), "inputs": [tensor(i) for i in sg.InputsAsNumpy()],
+            "outputs": [tensor(i) for i in sg.OutputsAsNumpy()], "tensors": len(consts),
+            "parameters": sum(int(math.prod(t.ShapeAsNumpy())) for t in consts  # BN folded: convs, fc
+                              if t.ShapeLength() and types.get(t.Type(), "").startswith("float")), "buffers": 0,
+            "dtypes": sorted({types.get(t.Type(), "?") for t in consts}), "spec_name": text(META_NAME),
+            "spec_yaml": text(META_SPEC), "metadata": sorted(meta)}

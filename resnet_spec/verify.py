@@ -24,6 +24,7 @@ installed raises :class:`ResNetSpecError` with one line naming the file.
 from __future__ import annotations
 
 import os
+import tempfile
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -64,6 +65,24 @@ def weights_for(net: ir.Network, path: str, weights_file: str | None) -> str:
         raise ResNetSpecError(f"{path}: no weights to compare with: pass --weights, or keep {net.name}.safetensors "
                               "beside the file (convert writes it there)")
     return beside
+
+
+def _weight_sets(net, files, weights_file, weights) -> tuple[dict, dict]:
+    """``({file: label}, {label: checked weights})``: every refusal before any work.
+
+    ``weights`` (a checked mapping, e.g. what ``--weights`` resolved to through the same loader as
+    ``convert``/``parity``) applies to every file; else ``weights_file`` (any source those accept) is
+    loaded here; else each file's ``<name>.safetensors`` beside it.
+    """
+    from .checkpoints import load_checkpoint
+
+    labels = {f: weights_for(net, f, weights_file) for f in files}
+    if weights is not None:
+        return labels, {labels[f]: weights for f in files}
+    sets = {}
+    for label in dict.fromkeys(labels.values()):
+        sets[label], _ = load_checkpoint(net, label, allow_nonfinite=True)
+    return labels, sets
 
 
 @dataclass
@@ -120,30 +139,47 @@ class _Workers:
             w.close()
 
 
-def run(net: ir.Network, files, *, weights_file: str | None = None, batch: int = 2, seed: int = 0,
+def run(net: ir.Network, files, *, weights_file: str | None = None, weights=None, batch: int = 2, seed: int = 0,
         device: str = "cpu", progress=None) -> Report:
-    """Verify every file of ``files`` against ``net``'s torch float64 reference."""
+    """Verify every file of ``files`` against ``net``'s torch float64 reference.
+
+    Weights: ``weights`` (a mapping already checked against ``net``; ``weights_file`` then only labels
+    it), else ``weights_file`` (safetensors, a torch checkpoint or any source ``import`` reads), else
+    each file's ``<name>.safetensors`` beside it.
+    """
     say = progress or (lambda _t: None)
     kinds = [(f, file_kind(f)) for f in files]
     if device != "cpu" and any(k != "onnx" for _, k in kinds):
         raise ResNetSpecError(f"--device {device} applies to .onnx files only")
-    wpaths = {f: weights_for(net, f, weights_file) for f in files}  # every refusal before any work
+    labels, sets = _weight_sets(net, files, weights_file, weights)
     x = np.random.default_rng(seed).standard_normal((batch, *net.input_shape), dtype=np.float32)
     workers = _Workers()
     refs, rows, notes = {}, [], []
-    try:
-        for path, kind in kinds:
-            wpath = wpaths[path]
-            if wpath not in refs:
-                say(f"reference: torch float64 on {wpath} ...")
-                refs[wpath] = workers.call("torch", R.reference, net.spec_yaml, wpath, x)
-            ref = refs[wpath]
-            say(f"{path}: {kind} ...")
-            for run_ in _runs(workers, net, path, kind, x, wpath, device, notes):
-                rows.append(_row(net, path, run_, ref, workers, x, device))
-    finally:
-        workers.close()
+    with tempfile.TemporaryDirectory(prefix="resnet-spec-verify-") as tmp:
+        try:
+            for path, kind in kinds:
+                label = labels[path]
+                if label not in refs:
+                    say(f"reference: torch float64 on {label} ...")
+                    refs[label] = workers.call("torch", R.reference, net.spec_yaml, sets[label], x)
+                say(f"{path}: {kind} ...")
+                wpath = _safetensors_for(net, list(sets).index(label), sets[label], tmp) if kind == "py" else None
+                for run_ in _runs(workers, net, path, kind, x, wpath, device, notes):
+                    rows.append(_row(net, path, run_, refs[label], workers, x, device))
+        finally:
+            workers.close()
     return Report(spec=net.name, batch=batch, seed=seed, device=device, rows=rows, notes=notes)
+
+
+def _safetensors_for(net, index: int, weights: dict, tmp: str) -> str:
+    """The checked weights as a safetensors file in ``tmp``, for a standalone ``.py``'s ``load_model``
+    (the source may be a checkpoint, an import source or a file whose names were unwrapped)."""
+    from .weights import save_weights
+
+    path = os.path.join(tmp, f"{net.name}-{index}.safetensors")
+    if not os.path.exists(path):
+        save_weights(weights, path)
+    return path
 
 
 def _runs(workers, net, path, kind, x, wpath, device, notes) -> list:

@@ -6,6 +6,7 @@ verify's and convert's worker processes."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 
@@ -150,3 +151,96 @@ def test_float16_refuses_values_beyond_its_range():
     with pytest.raises(ResNetSpecError, match="layer1.0.conv1.*float16"):
         ob.build(net, w, dtype="float16")
     ob.build(net, w)  # float32 holds it
+
+
+def test_savedmodel_holds_each_variable_once(out):
+    """The variables file is the weights once (it held every variable twice: 2.1 MB for 1.1 MB); the
+    folder still loads and matches (test_every_converted_file_passes verifies it)."""
+    from resnet_spec.weights import read_safetensors
+
+    weights = sum(a.nbytes for a in read_safetensors(str(out / "all" / f"{SPEC}.safetensors")).values())
+    folder = out / "all" / f"{SPEC}_savedmodel" / "variables"
+    stored = sum(p.stat().st_size for p in folder.iterdir() if p.name.startswith("variables.data"))
+    assert weights <= stored <= 1.1 * weights, (stored, weights)
+
+
+@pytest.mark.parametrize("suffix", [".keras", ".tflite"])
+def test_inspect_keras_and_tflite(out, suffix):
+    """What inspect shows for the other formats: counts, parameters, input/output, the embedded spec."""
+    import resnet_spec
+
+    path = out / "all" / f"{SPEC}{suffix}"
+    res = _cli("inspect", str(path), "--json")
+    assert res.exit_code == 0, res.output
+    info = json.loads(res.output)
+    net = resnet_spec.load(SPEC)
+    sizes = {t.name: math.prod(t.shape) for t in net.tensors()}
+    assert info["spec_name"] == SPEC and resnet_spec.load(info["spec_yaml"]) == net
+    assert info["inputs"][0]["shape"] == [None, 32, 32, 3]
+    if suffix == ".keras":
+        assert info["parameters"] + info["buffers"] == sum(sizes.values())
+        assert info["buffers"] == sum(n for k, n in sizes.items() if k.endswith(("running_mean", "running_var")))
+        assert info["outputs"] == [{"name": "fc", "layer": "Dense", "units": 10}]
+        assert info["layer_classes"]["Conv2D"] == 19
+    else:  # BN folded into the convolutions: conv weights and biases, the classifier
+        convs = [t for t in net.tensors() if len(t.shape) == 4]
+        lo = sum(sizes[t.name] for t in convs) + sizes["fc.weight"] + 10  # + the folded biases, which the
+        assert lo < info["parameters"] <= lo + sum(t.shape[0] for t in convs)  # converter shares when equal
+        assert info["outputs"][0]["shape"] == [None, 10] and info["op_types"]["CONV_2D"] == 19
+    text = _cli("inspect", str(path)).output
+    assert f"spec:       {SPEC}" in text and "spec YAML:" in text
+    bad = out / f"cut{suffix}"
+    bad.write_bytes(path.read_bytes()[:4000])
+    _one_error(_cli("inspect", str(bad)), f"cut{suffix}")
+
+
+@pytest.fixture(scope="module")
+def openvino_site(tmp_path_factory):
+    """A folder holding only the ``openvino`` package of the deployment matrix's cached venv
+    (benchmarks/_venvs.py; built from the registry on first use), for sys.path: OpenVINO stays out of
+    the project's dependencies, and verify's own worker process imports it from there."""
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks"))
+    import _venvs
+
+    try:
+        py = _venvs.ensure("openvino-2026.4.1", ["openvino==2026.4.1", "numpy"])
+    except _venvs.VenvUnavailable as exc:
+        pytest.skip(str(exc))
+    site = os.path.join(os.path.dirname(os.path.dirname(py)), "lib",
+                        f"python{sys.version_info.major}.{sys.version_info.minor}", "site-packages")
+    if not os.path.isdir(os.path.join(site, "openvino")):  # a venv of another Python: its wheel would not load
+        pytest.skip(f"the openvino venv has no {site}/openvino")
+    d = tmp_path_factory.mktemp("ov")
+    os.symlink(os.path.join(site, "openvino"), d / "openvino")
+    return str(d)
+
+
+@pytest.mark.slow
+def test_openvino_runs_in_f32_and_catches_a_wrong_file(out, openvino_site, monkeypatch, tmp_path):
+    import onnx
+    from onnx import numpy_helper
+
+    import sys
+
+    # verify's workers are spawned with this process's sys.path; this process never imports openvino
+    monkeypatch.setattr(sys, "path", [*sys.path, openvino_site])
+    path = out / "all" / f"{SPEC}.onnx"
+    res = _verify(SPEC, str(path), "--json", str(tmp_path / "r.json"))
+    assert res.exit_code == 0, res.output
+    report = _runs(tmp_path / "r.json")
+    ov = [r for r in report["runs"] if r["runtime"].startswith("openvino 2026.4.1")]
+    # the level is the precision the compiled model reports (verify asks for f32; on CPUs with bf16 the
+    # plugin's default would be bf16 -- this machine has none, so here the default is f32 too)
+    assert len(ov) == 1 and ov[0]["level"] == "f32" and ov[0]["passed"] and ov[0]["max_rel"] < 1e-5, ov
+    assert not any("OpenVINO" in n for n in report["notes"])
+    model = onnx.load(str(path))
+    t = next(t for t in model.graph.initializer if t.name == "layer3.0.conv1.weight")
+    t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t) * 1.1, t.name))
+    onnx.save(model, str(tmp_path / f"{SPEC}.onnx"))
+    res = _verify(SPEC, str(tmp_path / f"{SPEC}.onnx"), "--weights", str(out / "all" / f"{SPEC}.safetensors"),
+                  "--json", str(tmp_path / "bad.json"))
+    assert res.exit_code == 1, res.output
+    ov = [r for r in _runs(tmp_path / "bad.json")["runs"] if r["runtime"].startswith("openvino")]
+    assert len(ov) == 1 and not ov[0]["passed"] and ov[0]["max_rel"] > 1e-3, ov

@@ -475,7 +475,11 @@ def test_inspect_safetensors_pt2_and_checkpoints(tv18, tmp_path):
     bad = tmp_path / "x.keras"
     bad.write_bytes(b"PK")
     res = CliRunner().invoke(main, ["inspect", str(bad)])
-    assert res.exit_code == 1 and "not supported yet" in res.output
+    assert res.exit_code == 1 and "x.keras: not a Keras .keras archive" in res.output, res.output
+    other = tmp_path / "x.h5"
+    other.write_bytes(b"\x89HDF")
+    res = CliRunner().invoke(main, ["inspect", str(other)])
+    assert res.exit_code == 1 and "x.h5: inspect reads .onnx, .safetensors, .pt2, .keras, .tflite" in res.output
 
 
 def test_inspect_reports_weights_that_do_not_match_their_spec(tmp_path):

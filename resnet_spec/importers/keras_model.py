@@ -126,8 +126,10 @@ class _Mapper:
         if name in fixed:
             return fixed[name]
         m = _APP.match(name)
-        if m is None:
-            return name  # this project's own Keras layers carry canonical names
+        if m is None:  # this project's own Keras layers: canonical names with '.' spelled as keras_names.SEP
+            from ..backends.keras_names import canonical_name
+
+            return canonical_name(name)
         s, b, k, t = int(m.group(1)), int(m.group(2)), m.group(3), m.group(4)
         blk = f"layer{s - 1}.{b - 1}"
         if k == "0":
@@ -147,7 +149,7 @@ class _Mapper:
             if not layer["weights"]:
                 continue
             name = self.canonical(layer["name"])
-            {"Conv2D": self.conv, "BatchNormalization": self.bn, "Dense": self.dense}.get(
+            {"Conv2D": self.conv, "BatchNormalization": self.bn, "TorchBatchNorm": self.bn, "Dense": self.dense}.get(
                 layer["cls"], self.unknown)(name, layer)
         self.facts()
 
