@@ -518,3 +518,16 @@ def test_convert_embeds_the_spec_in_the_pt2_program(tmp_path):
     info = json.loads(res.output)
     assert info["spec_name"] == "resnet20"
     assert resnet_spec.load(info["spec_yaml"]) == resnet_spec.load("resnet20")
+
+
+def test_python_dash_m_runs_the_cli():
+    """``python -m resnet_spec`` is the same CLI as ``resnet-spec`` (no console script needed)."""
+    import subprocess
+    import sys
+    done = subprocess.run([sys.executable, "-m", "resnet_spec", "validate", "resnet20"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "resnet20" in done.stdout
+    bad = subprocess.run([sys.executable, "-m", "resnet_spec", "validate", "no_such_spec"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr
