@@ -15,8 +15,22 @@ BEFORE = ("Before the fix (graph with `Pad(0) -> MaxPool` in the V2 stem; tests/
           "1.31.1 at disable and the installed 1.32.0 at every level: within "
           "1e-5. The issue reports the same fault for 1.17.3-1.31.1 at 224 px (3.3e-4 to 5.9e-4).")
 
-# Findings of the last full run, written by hand after investigating them (see the summary's figures).
-FINDINGS = ""
+# Findings of the last run, written by hand after investigating them (see the summary's figures).
+FINDINGS = (
+    "**Finding: onnxruntime 1.29.0 computes the float16 files' classifier `Gemm` with float16 accumulation.** "
+    "Its float16 cells are several times larger than in the other releases, at every level, and the entries "
+    "whose classifier reads 2048 features come close to or over the 1e-2 tolerance (the `FAIL` cells). Cause, "
+    "found by running the float16 files of resnet20 and keras_resnet50v2 with every node's output exposed in "
+    "1.28.0 and 1.29.0 (`disable`): every node "
+    "gives bit-identical outputs in both except the final `Gemm`, and 1.29.0's `Gemm` output is bit-identical "
+    "to a sequential float16 multiply-add over the K inputs (numpy simulation on the same inputs), while "
+    "1.28.0's is the float16 rounding of the exact product (and 1.17.3, 1.21.1, 1.25.1, 1.26.0, 1.27.0, 1.31.1 "
+    "and 1.32.0 give 1.28.0's end-to-end figure on resnet20). On the same `Gemm` "
+    "inputs: keras_resnet50v2 (K = 2048) 9.27e-3 of the logit scale in 1.29.0 against 2.83e-4 in 1.28.0; "
+    "resnet20 (K = 64) 1.26e-3 against 2.38e-4. It is the runtime, not the file: the graph is the one every "
+    "other release runs within 5e-4. A possible guard (not made): the float16 file could compute the "
+    "classifier in float32 (Cast the pooled features up, float32 weights for that one `Gemm`; the output is "
+    "float32 already by default). onnxruntime 1.30.0 was not measured.")
 
 
 def machine() -> str:
@@ -65,8 +79,9 @@ def _coverage(rows) -> str:
     zoo = zoo_names()
     if set(zoo) <= set(names):
         return f"Entries: the whole zoo ({len(zoo)}), each with its three outputs."
-    return (f"Entries: {len(names)} of the zoo's {len(zoo)}; "
-            f"not measured in this run: {', '.join(n for n in zoo if n not in names)}.")
+    return (f"Entries: {len(names)} of the zoo's {len(zoo)}; not measured yet: "
+            f"{', '.join(n for n in zoo if n not in names)} (running the same command again measures only the "
+            "missing cells).")
 
 
 def _worst_rows(results, rows, cols) -> list:
@@ -102,6 +117,15 @@ def _header(results, size, f16_note) -> list:
             f"{results.get('_env') or environment()}.", ""]
 
 
+def _grouped(fails) -> str:
+    """'row in runtime (level, level); ...' for the failing cells."""
+    groups = {}
+    for r, c in fails:
+        runtime, _, level = c.partition(" / ")
+        groups.setdefault((r.replace(" | ", " "), runtime), []).append(level)
+    return "; ".join(f"{r} in {rt} ({', '.join(lv)})" for (r, rt), lv in groups.items())
+
+
 def write_doc(results, path, size) -> None:
     rows = _rows(results)
     cols = list(dict.fromkeys(c for r in rows for c in results[r]))
@@ -116,8 +140,7 @@ def write_doc(results, path, size) -> None:
     lines += [f"- {g}: not measured ({v})" for g, v in results.get("_skipped", {}).items()]
     n_cells = sum(len(results[r]) for r in rows)
     lines += ["", f"Summary: {n_cells} cells, {len(rows)} rows x {len(cols)} columns; "
-              + (f"{len(fails)} over tolerance or failing: "
-                 + "; ".join(f"{r.replace(' | ', ' ')} in {c}" for r, c in fails[:30]) if fails
+              + (f"{len(fails)} over tolerance or failing: " + _grouped(fails) if fails
                  else "every cell within tolerance") + "."]
     if FINDINGS:
         lines += ["", FINDINGS]
