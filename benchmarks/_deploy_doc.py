@@ -28,7 +28,7 @@ FINDINGS = (
     "and 1.32.0 give 1.28.0's end-to-end figure on resnet20). On the same `Gemm` "
     "inputs: keras_resnet50v2 (K = 2048) 9.27e-3 of the logit scale in 1.29.0 against 2.83e-4 in 1.28.0; "
     "resnet20 (K = 64) 1.26e-3 against 2.38e-4. It is the runtime, not the file: the graph is the one every "
-    "other release runs within 5e-4. A possible guard (not made): the float16 file could compute the "
+    "other release measured runs within 6.2e-4. A possible guard (not made): the float16 file could compute the "
     "classifier in float32 (Cast the pooled features up, float32 weights for that one `Gemm`; the output is "
     "float32 already by default). onnxruntime 1.30.0 was not measured.")
 
