@@ -201,6 +201,9 @@ def main(argv=None):
     for part in args.parts.split(","):
         results[part] = run_part(part, args)
         print(f"# {part}: {results[part]}", flush=True)
+        if args.json:  # after every part: an interrupted run keeps the parts it measured
+            with open(args.json, "w") as f:
+                json.dump(results, f, indent=1)
     try:
         import torch
 
@@ -208,9 +211,6 @@ def main(argv=None):
     except Exception:  # noqa: BLE001 - informational only
         pass
     print(report(results, args))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=1)
 
 
 if __name__ == "__main__":

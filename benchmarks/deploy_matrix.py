@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -29,20 +28,21 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import _venvs  # noqa: E402
+from _deploy_doc import OUTPUTS, environment, machine, write_doc  # noqa: E402
 
 ORT = ["1.17.3", "1.19.2", "1.21.1", "1.23.2", "1.25.1", "1.27.0", "1.29.0", "1.31.1", "1.32.0"]
-LEVELS = ("disable", "basic", "extended", "all")
-OUTPUTS = ("onnx", "onnx-f16", "tflite")
-TOL = {"onnx": 1e-4, "onnx-f16": 1e-2, "tflite": 1e-4}  # resnet_spec.parity / resnet_spec.verify
 
 
-def venv_specs(ort_versions) -> list:
+F16_ORT = ["1.17.3", "1.21.1", "1.25.1", "1.29.0", "1.32.0"]
+
+
+def venv_specs(ort_versions, f16_versions=F16_ORT) -> list:
     """(column group, venv name, requirements, job kind, outputs it runs)."""
     newest = ort_versions[-1]
-    # float16 files only in the newest release (and the tools below): ORT's CPU provider computes float16
-    # convolutions through inserted casts in every release, and the run time of the matrix halves.
+    # float16 files in a spread of releases (``--f16-ort``), not all: ORT's CPU provider computes most
+    # float16 operators through inserted casts, so each float16 column costs as much as a float32 one.
     out = [(f"onnxruntime {v}", f"ort-{v}", [f"onnxruntime=={v}", "numpy<2" if v < "1.19" else "numpy"], "ort",
-            ("onnx", "onnx-f16") if v == newest else ("onnx",)) for v in ort_versions]
+            ("onnx", "onnx-f16") if v in f16_versions or v == newest else ("onnx",)) for v in ort_versions]
     out += [("onnxoptimizer 0.4.2", "onnxoptimizer-0.4.2",
              ["onnxoptimizer==0.4.2", "onnx", f"onnxruntime=={newest}", "numpy"], "onnxoptimizer", ("onnx", "onnx-f16")),
             ("onnxsim 0.4.36", "onnxsim-0.4.36", ["onnxsim==0.4.36", "onnx", f"onnxruntime=={newest}", "numpy"],
@@ -60,196 +60,176 @@ def _tflite_bytes(spec_yaml, weights):
     return tflite_backend.to_bytes(load(spec_yaml, UNCHECKED), weights)
 
 
-def make_files(names, size, work, say, tflite_names=None) -> dict:
-    """Per entry: x.npy, ref.npy, <output> files. The reference and ONNX run here; TFLite in a worker."""
+def make_entry(name, size, d, outputs, tf_worker) -> dict:
+    """x.npy, ref.npy (torch backend, float64) and the requested output files of one entry in ``d``.
+
+    ``tf_worker()`` gives the (lazily started) TensorFlow worker that converts to TFLite."""
     import torch
 
     import resnet_spec
     from resnet_spec.backends import onnx_backend as ob
     from resnet_spec.backends import torch_backend as tb
-    from resnet_spec.isolate import Worker
     from resnet_spec.weights import init_weights
 
+    net = resnet_spec.load(name)
+    if net.input_shape[1] > 32:
+        net = resnet_spec.load(f"extends: {name}\ninput: {{size: {size}}}\n")
+    w = init_weights(net, seed=0, random_bn=True)
+    x = np.random.default_rng(1).standard_normal((2, *net.input_shape)).astype(np.float32)
+    with torch.inference_mode():
+        ref = tb.build(net, w).double().eval()(torch.from_numpy(x.astype(np.float64))).numpy()
+    np.save(os.path.join(d, "x.npy"), x)
+    np.save(os.path.join(d, "ref.npy"), ref)
     files = {}
-    with Worker("tensorflow") as tfw:
-        for name in names:
-            net = resnet_spec.load(name)
-            if net.input_shape[1] > 32:
-                net = resnet_spec.load(f"extends: {name}\ninput: {{size: {size}}}\n")
-            d = os.path.join(work, name)
-            os.makedirs(d, exist_ok=True)
-            w = init_weights(net, seed=0, random_bn=True)
-            x = np.random.default_rng(1).standard_normal((2, *net.input_shape)).astype(np.float32)
-            with torch.inference_mode():
-                ref = tb.build(net, w).double().eval()(torch.from_numpy(x.astype(np.float64))).numpy()
-            np.save(os.path.join(d, "x.npy"), x)
-            np.save(os.path.join(d, "ref.npy"), ref)
-            f = {"onnx": os.path.join(d, "m.onnx"), "onnx-f16": os.path.join(d, "m16.onnx"),
-                 "tflite": os.path.join(d, "m.tflite")}
-            with open(f["onnx"], "wb") as fh:
-                fh.write(ob.build(net, w).SerializeToString())
-            with open(f["onnx-f16"], "wb") as fh:
-                fh.write(ob.build(net, w, dtype="float16").SerializeToString())
-            if tflite_names is None or name in tflite_names:
-                with open(f["tflite"], "wb") as fh:
-                    fh.write(tfw.call(_tflite_bytes, net.spec_yaml, w))
-            else:
-                del f["tflite"]
-            files[name] = {"dir": d, "files": f, "shape": list(net.input_shape)}
-            say(f"files: {name} {net.input_shape}")
-    return files
+    for out in outputs:
+        files[out] = os.path.join(d, {"onnx": "m.onnx", "onnx-f16": "m16.onnx", "tflite": "m.tflite"}[out])
+        if out == "tflite":
+            data = tf_worker().call(_tflite_bytes, net.spec_yaml, w)
+        else:
+            data = ob.build(net, w, dtype="float16" if out == "onnx-f16" else "float32").SerializeToString()
+        with open(files[out], "wb") as fh:
+            fh.write(data)
+    return {"dir": d, "files": files, "shape": list(net.input_shape)}
 
 
-def run_column(spec, files, work, results, say) -> None:
+def _cells(res, ref) -> dict:
+    """{level or run: cell} of one runner result against the reference logits."""
+    cells = {}
+    for key, arr in res.items():
+        if key == "versions":
+            continue
+        if key.endswith("/error"):
+            cells[key.split("/")[0]] = {"error": str(arr)}
+            continue
+        y = np.asarray(arr, np.float64)
+        rel = float(np.abs(y - ref).max() / np.abs(ref).max()) if np.isfinite(y).all() else float("inf")
+        cells[key] = {"rel": rel, "top1": float(np.mean(y.argmax(1) == ref.argmax(1)))}
+    return cells
+
+
+def run_column(spec, name, info, results, say) -> None:
+    """Run one runtime column on one entry's files (one runner process) and store its cells."""
     group, venv, reqs, kind, outputs = spec
+    outputs = [o for o in outputs if o in info["files"]]
     try:
         py = _venvs.ensure(venv, reqs)
     except _venvs.VenvUnavailable as exc:
-        say(f"{group}: SKIPPED: {exc}")
+        say(f"  {group}: SKIPPED: {exc}")
         results.setdefault("_skipped", {})[group] = str(exc)
         return
-    jobs = os.path.join(work, f"jobs-{venv}.tsv")
+    d = info["dir"]
+    jobs = os.path.join(d, f"jobs-{venv}.tsv")
     with open(jobs, "w") as fh:
-        for name, info in files.items():
-            for out in (o for o in outputs if o in info["files"]):
-                fh.write(f"{kind}\t{info['files'][out]}\t{info['dir']}/x.npy\t{info['dir']}/{venv}-{out}.npz\n")
+        for out in outputs:
+            fh.write(f"{kind}\t{info['files'][out]}\t{d}/x.npy\t{d}/{venv}-{out}.npz\n")
     t0 = time.time()
     proc = subprocess.run([py, os.path.join(HERE, "_deploy_runner.py"), jobs], capture_output=True, text=True)
     if proc.returncode:
-        say(f"{group}: runner failed: {proc.stderr[-400:]}")
-    for name, info in files.items():
-        ref = np.load(f"{info['dir']}/ref.npy")
-        for out in (o for o in outputs if o in info["files"]):
-            path = f"{info['dir']}/{venv}-{out}.npz"
-            res = dict(np.load(path)) if os.path.exists(path) else {"job/error": np.array("no result")}
-            results.setdefault("_versions", {})[group] = str(res.get("versions", "?"))
-            for key, arr in res.items():
-                if key == "versions":
-                    continue
-                col = f"{group} / {key.split('/')[0]}"
-                if key.endswith("/error"):
-                    cell = {"error": str(arr)}
-                else:
-                    y = np.asarray(arr, np.float64)
-                    rel = float(np.abs(y - ref).max() / np.abs(ref).max()) if np.isfinite(y).all() else float("inf")
-                    cell = {"rel": rel, "top1": float(np.mean(y.argmax(1) == ref.argmax(1)))}
-                results.setdefault(f"{name} | {out}", {})[col] = cell
-    say(f"{group}: done in {time.time() - t0:.0f} s")
+        say(f"  {group}: runner failed: {proc.stderr.strip()[-400:]}")
+    ref = np.load(f"{d}/ref.npy")
+    worst = []
+    for out in outputs:
+        path = f"{d}/{venv}-{out}.npz"
+        res = dict(np.load(path)) if os.path.exists(path) else {"job/error": np.array(f"no result (runner exit "
+                                                                                         f"{proc.returncode})")}
+        if "versions" in res:
+            results.setdefault("_versions", {})[group] = str(res["versions"])
+        for run, cell in _cells(res, ref).items():
+            results.setdefault(f"{name} | {out}", {})[f"{group} / {run}"] = cell
+            worst.append(f"{out} {run} " + ("error" if "error" in cell else f"{cell['rel']:.1e}"))
+    say(f"  {group}: {time.time() - t0:.0f} s; " + ", ".join(worst))
 
 
-def _machine() -> str:
-    try:
-        cpu = next(ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        cpu = platform.processor()
-    return f"{cpu}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.release()}, Python {platform.python_version()}"
+def _done(results, name, out, group) -> bool:
+    return any(c.startswith(f"{group} / ") for c in results.get(f"{name} | {out}", {}))
 
 
-def _cell(c, tol) -> str:
-    if c is None:
-        return "—"
-    if "error" in c:
-        return "error"
-    mark = "" if c["rel"] <= tol else " **FAIL**"
-    return f"{c['rel']:.1e}{mark}"
+def _save(results, path) -> None:
+    """Write the JSON atomically: an interruption leaves the previous complete file."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as fh:
+        json.dump(results, fh, indent=1)
+    os.replace(tmp, path)
 
 
-BEFORE = ("Before the fix (graph with `Pad(0) -> MaxPool` in the V2 stem; tests/test_deploy.py on that graph, "
-          "keras_resnet50v2 at 64 px, 4 images): onnxruntime 1.31.1 at basic, extended and all, and onnxoptimizer's "
-          "passes at disable, basic and extended (the printed list was cut there): max rel 4.43e-3, top-1 4/4 (FAIL); "
-          "1.31.1 at disable and the installed 1.32.0 at every level: within "
-          "1e-5. The issue reports the same fault for 1.17.3-1.31.1 at 224 px (3.3e-4 to 5.9e-4).")
-
-
-def _coverage(rows) -> str:
-    from resnet_spec.spec import zoo_names
-
-    names = list(dict.fromkeys(r.split(" | ")[0] for r in rows))
-    zoo = zoo_names()
-    if set(zoo) <= set(names):
-        return f"Entries: the whole zoo ({len(zoo)})."
-    return (f"Entries: {len(names)} of the zoo's {len(zoo)}, chosen to cover every pooling and shortcut form "
-            "(Keras V1/V2 stems, ceil-mode max and average pools, option-A shortcuts, pre-activation, SE); "
-            f"not measured in this run: {', '.join(n for n in zoo if n not in names)}.")
-
-
-def write_doc(results, path, args) -> None:
-    order = list(dict.fromkeys(k.split(" | ")[0] for k in results if not k.startswith("_")))
-    rows = sorted((k for k in results if not k.startswith("_")),
-                  key=lambda k: (order.index(k.split(" | ")[0]), OUTPUTS.index(k.split(" | ")[1])))
-    cols = []
-    for r in rows:
-        for c in results[r]:
-            if c not in cols:
-                cols.append(c)
-    worst = {}
-    for r in rows:
-        out = r.split(" | ")[1]
-        for c, v in results[r].items():
-            bad = "error" in v or v["rel"] > TOL[out]
-            worst.setdefault(c, []).append(r) if bad else None
-    lines = ["# Deployment matrix", "",
-             "Generated by `python benchmarks/deploy_matrix.py` "
-             f"({time.strftime('%Y-%m-%d')}). Each cell: max |y - ref| / max |ref| of the logits, where ref is "
-             "the torch backend in float64 on the same seeded random weights (non-trivial BN statistics) and the "
-             f"same input (batch 2). ImageNet entries at **{args.size} px** (reduced from 224: the run shares a "
-             "2-core machine), CIFAR entries at 32 px. `tflite` rows only for the entries converted to TFLite "
-             "in this run (TensorFlow's converter takes minutes per model here); the other entries' TFLite "
-             "files were not measured. Tolerances: float32 files 1e-4, "
-             "float16 ONNX 1e-2 (as `verify`); a cell above it says **FAIL**. `—`: not run (a runtime that "
-             "does not take that output; float16 files ran in the newest onnxruntime and the tools only). Outputs: `onnx` (float32), `onnx-f16` (`--dtype float16`, float32 I/O), "
-             "`tflite` (float32, from the Keras model).", "",
-             f"Machine: {_machine()}.", "", _coverage(rows), "", BEFORE, "",
-             "Runtimes (each in its own venv from the registry):", ""]
-    lines += [f"- {g}: {v}" for g, v in results.get("_versions", {}).items()]
-    lines += [f"- {g}: not measured ({v})" for g, v in results.get("_skipped", {}).items()]
-    fails = {c: rs for c, rs in worst.items() if rs}
-    lines += ["", "Summary: " + (f"{sum(len(v) for v in fails.values())} cells over tolerance" if fails
-                                 else "every cell within tolerance") + f", {len(rows)} rows x {len(cols)} columns.", ""]
-    lines.append("| entry | output | " + " | ".join(cols) + " |")
-    lines.append("|---|---|" + "---|" * len(cols))
-    for r in rows:
-        name, out = r.split(" | ")
-        lines.append(f"| {name} | {out} | " + " | ".join(_cell(results[r].get(c), TOL[out]) for c in cols) + " |")
-    errors = [(r, c, v["error"]) for r in rows for c, v in results[r].items() if "error" in v]
-    if errors:
-        lines += ["", "Errors:", ""] + [f"- {r}, {c}: {e}" for r, c, e in errors[:40]]
-    with open(path, "w") as fh:
-        fh.write("\n".join(lines) + "\n")
+def run_entry(name, specs, args, results, tf_worker, say) -> bool:
+    """Measure every column of ``specs`` not yet in ``results`` for one entry; False if all were there."""
+    todo = [(sp, [o for o in sp[4] if args.force or not _done(results, name, o, sp[0])]) for sp in specs]
+    todo = [(sp, outs) for sp, outs in todo if outs]
+    if not todo:
+        return False
+    for sp, _ in todo:  # --force: drop the old cells of the columns measured again
+        for out in sp[4]:
+            row = results.get(f"{name} | {out}", {})
+            for col in [c for c in row if c.startswith(f"{sp[0]} / ")]:
+                del row[col]
+    outputs = [o for o in OUTPUTS if any(o in outs for _, outs in todo)]
+    with tempfile.TemporaryDirectory(prefix=f"deploy-{name}-") as d:
+        t0 = time.time()
+        info = make_entry(name, args.size, d, outputs, tf_worker)
+        say(f"  files {', '.join(outputs)} at {info['shape']}: {time.time() - t0:.0f} s")
+        for sp, outs in todo:
+            run_column((*sp[:4], tuple(outs)), name, info, results, say)
+            _save(results, args.json)
+    return True
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default="", help="comma-separated zoo names (default: the whole zoo)")
     p.add_argument("--ort", default=",".join(ORT), help="onnxruntime releases")
+    p.add_argument("--f16-ort", default=",".join(F16_ORT), help="releases that also run the float16 file")
     p.add_argument("--size", type=int, default=40, help="input size of the ImageNet entries")
     p.add_argument("--json", default="benchmarks/deploy_matrix.json")
     p.add_argument("--doc", default="docs/deployment.md")
-    p.add_argument("--tflite", default="", help="entries to convert to TFLite (default: all; TF conversion is slow)")
     p.add_argument("--kinds", default="ort,onnxoptimizer,onnxsim,openvino,tflite", help="runtime kinds to run")
+    p.add_argument("--force", action="store_true", help="measure again the cells already in --json")
     p.add_argument("--report-only", action="store_true")
     args = p.parse_args(argv)
 
     def say(t):
         print(t, flush=True)
 
+    results = {}
+    if os.path.exists(args.json):
+        try:
+            results = json.load(open(args.json))
+        except (OSError, ValueError) as exc:
+            p.error(f"{args.json}: not a deploy-matrix JSON ({exc}); remove it or pass another --json")
     if args.report_only:
-        write_doc(json.load(open(args.json)), args.doc, args)
+        write_doc(results, args.doc, results.get("_size", args.size))
         return 0
+    if results and results.get("_size") != args.size and not args.force:
+        p.error(f"{args.json} holds cells at {results.get('_size', 'an unrecorded')} px, not --size {args.size}; "
+                "pass --force to measure again, or another --json")
+    if args.force and not args.models:
+        results = {}
+    results.update(_size=args.size, _machine=machine(), _env=environment(), _date=time.strftime("%Y-%m-%d"))
+    from contextlib import ExitStack
+
+    from resnet_spec.isolate import Worker
     from resnet_spec.spec import zoo_names
 
     names = [m for m in args.models.split(",") if m] or zoo_names()
-    work = tempfile.mkdtemp(prefix="deploy-matrix-")
-    files = make_files(names, args.size, work, say, [m for m in args.tflite.split(",") if m] or None)
-    results = {}
-    for spec in venv_specs([v for v in args.ort.split(",") if v]):
-        if spec[3] not in args.kinds.split(","):
-            continue
-        run_column(spec, files, work, results, say)
-        with open(args.json, "w") as fh:
-            json.dump(results, fh, indent=1)
-        write_doc(results, args.doc, args)
-    say(f"wrote {args.doc}")
+    specs = [sp for sp in venv_specs([v for v in args.ort.split(",") if v], args.f16_ort.split(","))
+             if sp[3] in args.kinds.split(",")]
+    t_start = time.time()
+    with ExitStack() as stack:
+        workers = []
+
+        def tf_worker():
+            if not workers:
+                workers.append(stack.enter_context(Worker("tensorflow")))
+            return workers[0]
+
+        for i, name in enumerate(names, 1):
+            say(f"[{i}/{len(names)}] {name} ({time.time() - t_start:.0f} s so far)")
+            if run_entry(name, specs, args, results, tf_worker, say):
+                write_doc(results, args.doc, args.size)
+            else:
+                say("  every cell already measured (--force to measure again)")
+    write_doc(results, args.doc, args.size)
+    say(f"wrote {args.json} and {args.doc} in {time.time() - t_start:.0f} s")
     return 0
 
 

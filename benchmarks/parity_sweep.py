@@ -4,7 +4,7 @@
     python benchmarks/parity_sweep.py --dtype bfloat16 --models resnet18,resnet50
 
 Prints a Markdown table (max error relative to the output scale per pair, top-1 agreement) ready for
-docs/parity.md. Backend workers are kept alive across models, as the parity command does per run.
+docs/parity.md, one row per entry as soon as it is measured (a redirected, interrupted run keeps them). Backend workers are kept alive across models, as the parity command does per run.
 """
 
 from __future__ import annotations
@@ -39,7 +39,10 @@ def main(argv=None):
     pairs = [f"{a} vs {b}" for i, a in enumerate(backends) for b in backends[i + 1:]]
     devices = {}
     worst = 0.0
-    rows = []
+    # rows go out as they are measured (flushed), so a redirected run keeps every finished entry
+    print()
+    print("| spec | input | " + " | ".join(pairs) + " | logit scale | result |")
+    print("|---|---|" + "---:|" * len(pairs) + "---:|---|", flush=True)
     with P.Runner() as runner:
         for name in names:
             net = resnet_spec.load(name)
@@ -60,15 +63,11 @@ def main(argv=None):
                 row.append(f"{q['max_rel']:.1e}{top1}" + ("" if q["passed"] else " FAIL"))
             row.append(f"{max((q.get('scale') or 0) for q in r.pairs) if r.pairs else 0:.3g}")
             row.append("pass" if r.passed else "FAIL")
-            rows.append(row)
+            print("| " + " | ".join(row) + " |", flush=True)
             print(f"  {name}: {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
+    print()
     for b, d in devices.items():
         print(f"# {b}: {d}")
-    print()
-    print("| spec | input | " + " | ".join(pairs) + " | logit scale | result |")
-    print("|---|---|" + "---:|" * len(pairs) + "---:|---|")
-    for row in rows:
-        print("| " + " | ".join(row) + " |")
     print(f"\nworst max rel: {worst:.2e}; tolerance for {args.dtype}: {P.TOLERANCES.get(args.dtype)}")
 
 

@@ -136,3 +136,40 @@ def test_v2_stem_is_maxpool_and_border_mask():
     border = np.zeros((16, 16), bool)
     border[0, :] = border[:, 0] = True
     assert (arr[0, 0][border] == 0).all() and np.isneginf(arr[0, 0][~border]).all()
+
+
+def _matrix(tmp_path, *args):
+    import subprocess
+
+    script = os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks", "deploy_matrix.py")
+    cmd = [sys.executable, script, "--models", "resnet20", "--kinds", "ort", "--f16-ort", "1.32.0",
+           "--json", str(tmp_path / "m.json"), "--doc", str(tmp_path / "m.md"), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+
+
+def test_matrix_is_resumable(tmp_path):
+    """benchmarks/deploy_matrix.py keeps every measured cell in its JSON and, run again, measures only
+    the columns it lacks (--force measures them again); a JSON of another input size is refused."""
+    import json
+
+    for v in ("1.31.1", "1.32.0"):
+        try:
+            _venvs.ensure(f"ort-{v}", [f"onnxruntime=={v}", "numpy"])
+        except _venvs.VenvUnavailable as exc:
+            pytest.skip(f"no onnxruntime {v} venv: {exc}")
+    first = _matrix(tmp_path, "--ort", "1.32.0")
+    assert first.returncode == 0, first.stderr[-2000:]
+    cells = json.load(open(tmp_path / "m.json"))
+    assert set(cells["resnet20 | onnx"]) == {f"onnxruntime 1.32.0 / {lv}" for lv in onnx_probe.LEVELS}
+    assert max(c["rel"] for c in cells["resnet20 | onnx-f16"].values()) < 1e-2
+    again = _matrix(tmp_path, "--ort", "1.31.1,1.32.0")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "onnxruntime 1.31.1:" in again.stdout and "onnxruntime 1.32.0:" not in again.stdout, again.stdout
+    cells = json.load(open(tmp_path / "m.json"))
+    assert {c.split(" / ")[0] for c in cells["resnet20 | onnx"]} == {"onnxruntime 1.31.1", "onnxruntime 1.32.0"}
+    assert "| resnet20 | onnx | " in (tmp_path / "m.md").read_text()
+    assert "every cell already measured" in _matrix(tmp_path, "--ort", "1.31.1,1.32.0").stdout
+    forced = _matrix(tmp_path, "--ort", "1.32.0", "--force")
+    assert "onnxruntime 1.32.0:" in forced.stdout, forced.stdout
+    other = _matrix(tmp_path, "--size", "48")
+    assert other.returncode == 2 and "--size 48" in other.stderr.strip().splitlines()[-1], other.stderr
