@@ -60,6 +60,7 @@ def to_float16(model, arrays: dict, io_dtype: str = "float32"):
             t.data_type = TensorProto.FLOAT16
             arrays[t.name] = np.ascontiguousarray(arrays[t.name], dtype="<f2")
     graph = model.graph
+    _gemm_in_float32(graph)
     x, y = graph.input[0], graph.output[0]
     for vi in list(graph.input) + list(graph.output):
         vi.type.tensor_type.elem_type = TensorProto.FLOAT16
@@ -76,6 +77,27 @@ def to_float16(model, arrays: dict, io_dtype: str = "float32"):
     del graph.node[:]
     graph.node.extend(nodes)
     return model, arrays
+
+
+def _gemm_in_float32(graph) -> None:
+    """Wrap every Gemm as Cast(float32) -> Gemm -> Cast(float16), in place (see point 4 above)."""
+    from onnx import TensorProto, helper
+
+    nodes = []
+    for node in graph.node:
+        if node.op_type != "Gemm":
+            nodes.append(node)
+            continue
+        ups = [helper.make_node("Cast", [i], [f"{i}.float32"], name=f"{node.name}.{k}.float32",
+                                to=TensorProto.FLOAT) for k, i in enumerate(node.input)]
+        out = node.output[0]
+        node.input[:] = [u.output[0] for u in ups]
+        node.output[:] = [f"{out}.float32"]
+        down = helper.make_node("Cast", [f"{out}.float32"], [out], name=f"{node.name}.float16",
+                                to=TensorProto.FLOAT16)
+        nodes.extend([*ups, node, down])
+    del graph.node[:]
+    graph.node.extend(nodes)
 
 
 def skeleton(net, weights, *, io_dtype: str = "float32", fold_bn: bool = True, **options):
