@@ -186,18 +186,34 @@ def main(argv=None):
              f"Command: `python benchmarks/bench_keras_backends.py {' '.join(argv or sys.argv[1:])}`".rstrip("` ") + "`",
              f"Batch {args.batch}, float32, threads per framework: {args.threads or 'default'}, {args.warmup} warm-up calls, {args.rounds} rounds x {args.batches} "
              "batches per leg (rotating order), median s/batch.", ""]
+    from concurrent.futures.process import BrokenProcessPool
+
+    from resnet_spec.isolate import WorkerCrashed
+
+    print("\n".join(lines), flush=True)
+    _append(args.out, lines)
     for name in [m for m in args.models.split(",") if m]:
-        rows = bench(name, legs, args)
-        lines += [f"| {name} | how it runs | s/batch (median) | img/s | vs torch | min..max s/batch | "
+        try:
+            rows = bench(name, legs, args)
+        except (WorkerCrashed, BrokenProcessPool) as exc:  # e.g. killed for memory on a crowded machine
+            lines = [f"{name}: not measured: a worker process died ({exc})", ""]
+            print("\n".join(lines), flush=True)
+            _append(args.out, lines)
+            continue
+        lines = [f"| {name} | how it runs | s/batch (median) | img/s | vs torch | min..max s/batch | "
                   "max rel vs torch | first output (s) |", "|---|---|---:|---:|---:|---|---:|---:|"]
         lines += [f"| {leg} | {desc} | {t:.4f} | {ips:.1f} | **{ratio:.2f}** | {lo:.4f}..{hi:.4f} | {err:.1e} | "
                   f"{first:.1f} |" for leg, desc, t, ips, ratio, lo, hi, err, first in rows]
         lines.append("")
-    text = "\n".join(lines)
-    print(text)
-    if args.out:
-        with open(args.out, "a") as f:
-            f.write(text + "\n")
+        print("\n".join(lines), flush=True)
+        _append(args.out, lines)
+
+
+def _append(path, lines):
+    """Each model's table is appended as soon as it is measured (a later crash keeps it)."""
+    if path:
+        with open(path, "a") as f:
+            f.write("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
