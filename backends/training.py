@@ -30,9 +30,10 @@ def torch_step(net: ir.Network, weights, x, g, *, device="cpu", dtype="float32",
 
     from . import torch_backend
 
-    if dtype != "float32":
+    if dtype not in ("float32", "float64"):
         raise BackendUnavailable(f"torch: --train runs in float32 only, not {dtype}")
-    dev, _, desc = torch_backend.device_and_dtype(device, dtype, allow_tf32)
+    dev, _, desc = torch_backend.device_and_dtype(device, "float32", allow_tf32)
+    wide = dtype == "float64"  # the reference step of train_parity: same weights, input and loss, exact-ish
     model = torch_backend.build(net, weights)
     for m in model.modules():
         if isinstance(m, torch.nn.Dropout):
@@ -41,7 +42,8 @@ def torch_step(net: ir.Network, weights, x, g, *, device="cpu", dtype="float32",
             m.rate = 0.0
     if mutate is not None:
         model = mutate(model) or model
-    model = model.to(dev).train()
+    model = model.to(dev, torch.float64 if wide else torch.float32).train()
+    x, g = (np.asarray(a, np.float64 if wide else np.float32) for a in (x, g))
     logits = model(torch.from_numpy(np.ascontiguousarray(x)).to(dev))
     loss = (logits * torch.from_numpy(g).to(dev)).sum() / x.shape[0]
     loss.backward()
@@ -49,7 +51,7 @@ def torch_step(net: ir.Network, weights, x, g, *, device="cpu", dtype="float32",
              for n, p in model.named_parameters()}
     stats = {n: b.detach().cpu().numpy() for n, b in model.named_buffers() if n.endswith(STAT_SUFFIXES)}
     out = {"logits": logits.detach().cpu().numpy(), "loss": float(loss.detach()), "grads": grads, "stats": stats}
-    return out, f"{desc}, torch {torch.__version__}"
+    return out, f"{desc}, torch {torch.__version__}" + (", float64" if wide else "")
 
 
 def keras_step(leg, net: ir.Network, weights, x, g, *, device="cpu", dtype="float32", allow_tf32=False,

@@ -377,7 +377,7 @@ def _run_parity(net, weights, backends, skipped, *, train, all_legs, device, dty
             backends = [b for b in backends if b != "onnx"]
         report = T.run_train(net, weights, backends=backends, device=device, batch=batch, seed=seed,
                              weights_label=label, skipped=skipped, allow_tf32=allow_tf32, progress=say)
-        return report, T.format_train_report
+        return report, T.report_text
     report = P.run(net, weights, backends=backends, device=device, dtype=dtype, batch=batch, seed=seed,
                    layers=layers, allow_tf32=allow_tf32, weights_label=label, skipped=skipped, progress=say)
     ran = [n for n, r in report.runs.items() if r.error is None]

@@ -70,3 +70,10 @@ def torch_block_gradient_layer2_0_conv1(model):
     """A gradient-blocking op: layer2.0.conv1's output is detached (same forward, no backward)."""
     model.get_submodule("layer2.0.conv1").register_forward_hook(lambda _m, _i, out: out.detach())
     return model
+
+
+def torch_grad_off_by_1pct_layer3_2_conv2(model):
+    """A small backward-only fault: layer3.2.conv2's weight gradient 1% too large (forward unchanged).
+    Below 2e-2 of the model's largest gradient, so only a float32-sized check against float64 sees it."""
+    model.get_submodule("layer3.2.conv2").weight.register_hook(lambda grad: grad * 1.01)
+    return model
