@@ -306,10 +306,12 @@ def _check_dtype_targets(backends, dtype, io_dtype) -> None:
               help="Also write the report as JSON to this file ('-' for stdout).")
 @click.option("--train", is_flag=True, help="Compare one training step (logits, loss, gradients, BN running "
                                             "stats) instead of inference; float32, legs torch and keras-*.")
+@click.option("--strict-grads", is_flag=True, help="With --train: also fail a leg whose gradients leave float32's "
+                                                   "measured band around PyTorch's float64 step (docs/parity.md).")
 @checkpoint_options
 @limit_options
 def parity(spec, weights_file, targets, device, dtype, batch, seed, layers, plot_file, allow_tf32, allow_nonfinite,
-           json_file, train, weights_key, ema, new_head, max_params, max_activation_gib):
+           json_file, train, strict_grads, weights_key, ema, new_head, max_params, max_activation_gib):
     """Run SPEC in every backend on the same weights and input; compare every pair.
 
     Exit 0 when every requested backend ran and every pair is within the tolerance for --dtype, 1
@@ -344,7 +346,8 @@ def parity(spec, weights_file, targets, device, dtype, batch, seed, layers, plot
         layers = True
     report, fmt = _run_parity(net, weights, backends, skipped, train=train, all_legs=targets == "all",
                               device=device, dtype=dtype, batch=batch, seed=seed, layers=layers,
-                              allow_tf32=allow_tf32, label=label, quiet_errors=json_file == "-")
+                              allow_tf32=allow_tf32, label=label, quiet_errors=json_file == "-",
+                              strict_grads=strict_grads)
     if json_file == "-":
         click.echo(json.dumps(report.to_json(), indent=2))
     else:
@@ -362,7 +365,7 @@ def parity(spec, weights_file, targets, device, dtype, batch, seed, layers, plot
 
 
 def _run_parity(net, weights, backends, skipped, *, train, all_legs, device, dtype, batch, seed, layers,
-                allow_tf32, label, quiet_errors):
+                allow_tf32, label, quiet_errors, strict_grads=False):
     """Run inference or training-step parity; return ``(report, formatter)``. Exits 1 with one line
     when fewer than two inference legs could run (nothing to compare)."""
     from . import parity as P
@@ -376,7 +379,8 @@ def _run_parity(net, weights, backends, skipped, *, train, all_legs, device, dty
         if all_legs:  # no training step in ONNX: 'all' means every installed training leg
             backends = [b for b in backends if b != "onnx"]
         report = T.run_train(net, weights, backends=backends, device=device, batch=batch, seed=seed,
-                             weights_label=label, skipped=skipped, allow_tf32=allow_tf32, progress=say)
+                             weights_label=label, skipped=skipped, allow_tf32=allow_tf32, progress=say,
+                             strict_grads=strict_grads)
         return report, T.report_text
     report = P.run(net, weights, backends=backends, device=device, dtype=dtype, batch=batch, seed=seed,
                    layers=layers, allow_tf32=allow_tf32, weights_label=label, skipped=skipped, progress=say)
