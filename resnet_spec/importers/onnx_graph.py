@@ -23,8 +23,8 @@ from collections import defaultdict
 
 import numpy as np
 
-from .onnx_patterns import attrs as _attrs, border_mask, channel_pad, fold, shortcut_reshapes, slice_steps, \
-    spatial_pad
+from .onnx_patterns import attrs as _attrs, border_mask, channel_pad, fold, pool_facts, shortcut_reshapes, \
+    slice_steps, spatial_pad
 from .source import ImportError_, Layer, Recogniser, Source
 
 PASS_THROUGH = ("Identity", "Dropout")
@@ -278,20 +278,6 @@ class _Walker(Recogniser):
             if node.op_type == "Conv":
                 self.conv(f"{prefix}.{next(names)}", node, ins)
 
-    def pool(self, node, ins, pad) -> dict:
-        a = _attrs(node)
-        k, s = a.get("kernel_shape", [1])[0], a.get("strides", [1])[0]
-        pads = a.get("pads", [0, 0, 0, 0])
-        p = pads[0] + pad
-        out = {"kernel": k, "stride": s, "padding": p}
-        if a.get("ceil_mode", 0) or pads[2] > pads[0]:
-            out["ceil_mode"] = True
-        if pad:
-            out["pad_value"] = "zero"
-        if node.op_type == "AveragePool":
-            out["count_include_pad"] = bool(a.get("count_include_pad", 0)) or bool(pad)
-        return out
-
     def stem(self, ops, preact):
         convs = sum(1 for _, n, _ in ops if n.op_type == "Conv")
         if convs == 0:
@@ -307,7 +293,7 @@ class _Walker(Recogniser):
                 masked = True
             elif n.op_type not in ("Relu", "MaxPool"):
                 raise self.g.refuse(n, "not expected in a ResNet stem (conv, BN, ReLU, max-pool)")
-        self.src.facts["stem_pool"] = self.pool(*pools[0]) if pools else None
+        self.src.facts["stem_pool"] = pool_facts(*pools[0]) if pools else None
         if masked:
             self.src.facts["stem_pool"]["pad_value"] = "zero"
         shape = [d.dim_value for d in self.g.input.type.tensor_type.shape.dim]
@@ -358,7 +344,7 @@ class _Walker(Recogniser):
         sc, steps, padded = self._sc, {}, False
         for n, ins, pad in left:
             if n.op_type == "AveragePool":
-                p = self.pool(n, ins, pad)
+                p = pool_facts(n, ins, pad)
                 sc["pool_strides"][stage] = p["stride"]
                 sc["pool"] = {"ceil_mode": p.get("ceil_mode", False),
                               "count_include_pad": p.get("count_include_pad", False)}

@@ -7,6 +7,7 @@
 * ``Slice``: a strided identity ``x[:, :, ::s, ::s]`` (one Slice over both axes, or one per axis as
   the exporters write it);
 * ``MaxPool -> Max(M)``: resnet-spec's zero-padded max pooling (a 0/-inf border mask).
+* MaxPool/AveragePool -> a spec's pool fields; a type-C projection that changes the shape.
 """
 
 from __future__ import annotations
@@ -112,6 +113,22 @@ def border_mask(g, node, ins) -> bool:
     except ImportError_:
         return False
     return bool(m.size) and bool(np.all((m == 0) | np.isneginf(m))) and bool((m == 0).any())
+
+
+def pool_facts(node, ins, pad: int) -> dict:
+    """A MaxPool/AveragePool as a spec's pool fields; ``pad`` is a zero Pad in front of it."""
+    a = attrs(node)
+    k, s = a.get("kernel_shape", [1])[0], a.get("strides", [1])[0]
+    pads = a.get("pads", [0, 0, 0, 0])
+    p = pads[0] + pad
+    out = {"kernel": k, "stride": s, "padding": p}
+    if a.get("ceil_mode", 0) or pads[2] > pads[0]:
+        out["ceil_mode"] = True
+    if pad:
+        out["pad_value"] = "zero"
+    if node.op_type == "AveragePool":
+        out["count_include_pad"] = bool(a.get("count_include_pad", 0)) or bool(pad)
+    return out
 
 
 def shortcut_reshapes(g, short) -> bool:
