@@ -58,9 +58,15 @@ def _block_names(net: ir.Network, b: ir.Block) -> dict:
     return names
 
 
-def from_keras_applications(net: ir.Network, keras_model) -> dict:
+def _from_keras_applications(net: ir.Network, keras_model) -> dict:
     """Weights of a keras.applications ResNet/ResNetV2 model -> canonical weights for ``net``
-    (e.g. ``keras_resnet50`` for ``ResNet50``)."""
+    (e.g. ``keras_resnet50`` for ``ResNet50``).
+
+    Private and unchecked: it maps by layer names and shapes only, so a model of another family (a
+    keras.applications ResNet50 for the torchvision ``resnet50`` spec: conv biases) would come back
+    without the tensors ``net`` has no place for. The public way checks source and spec layer by layer
+    first: ``--weights keras:NAME[=FILE.weights.h5]``, ``resnet-spec import`` or
+    ``resnet_spec.import_model``."""
     from ..weights import check_weights
 
     names = keras_applications_names(net)

@@ -91,8 +91,11 @@ def from_arrays(net: ir.Network, get) -> dict:
     return out
 
 
-def from_keras_weights(net: ir.Network, model_or_arrays) -> dict:
-    """A Keras model built by ``build`` (or a ``{canonical layer name: [arrays]}`` dict) -> canonical weights."""
+def _from_keras_weights(net: ir.Network, model_or_arrays) -> dict:
+    """A Keras model built by ``build`` (or a ``{canonical layer name: [arrays]}`` dict) -> canonical weights.
+
+    Private and unchecked (it trusts that the model is ``net``'s); for a Keras model from elsewhere use
+    ``--weights FILE.keras``, ``resnet-spec import`` or ``resnet_spec.import_model``, which check it."""
     return from_arrays(net, getter(model_or_arrays))
 
 

@@ -10,7 +10,9 @@ The Keras model itself lives in the backend-neutral modules, split by concern:
 * :mod:`.keras_applications` -- keras.applications ResNet/ResNetV2 name maps and weight transfer;
 * :mod:`.keras_backend` -- a parity leg on any Keras backend (devices, ``infer``, ``load_keras``).
 
-This module re-exports their public names, so ``tf_backend.build`` etc. keep working. TensorFlow is
+This module re-exports their public names, so ``tf_backend.build`` etc. keep working. Keras weights
+come *in* only through the checked path (``--weights``/``import``/``resnet_spec.import_model``, which
+compare source and spec layer by layer); the unchecked readers are private to the backend. TensorFlow is
 imported lazily: importing this module never loads TensorFlow (see :mod:`resnet_spec.isolate`).
 """
 
@@ -21,14 +23,13 @@ import sys
 
 from .. import ir
 from ..errors import BackendUnavailable
-from .keras_applications import from_keras_applications, keras_applications_names, to_keras_applications  # noqa: F401
+from .keras_applications import keras_applications_names, to_keras_applications  # noqa: F401
 from .keras_backend import Leg, load_keras as _load_keras_any
 from .keras_layers import avg_pool_counts  # noqa: F401
 from .keras_model import (DATA_FORMATS, OPS, _MODULES, custom_objects, deep_recursion, depth, keras_module,  # noqa: F401
                           missing, op_layers, tap_model)
 from .keras_names import Namer as _Namer, canonical_name, layer_name, tap_layer_names  # noqa: F401
-from .keras_weights import (from_keras_weights, op_to_keras as _op_to_keras, set_keras_weights,  # noqa: F401
-                            to_keras_weights)
+from .keras_weights import op_to_keras as _op_to_keras, set_keras_weights, to_keras_weights  # noqa: F401
 
 NAME = "tensorflow"
 _LEG = Leg("tensorflow")

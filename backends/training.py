@@ -131,6 +131,6 @@ def _canonical_grads(net: ir.Network, model, grads: dict) -> dict:
 
 
 def _canonical_stats(net: ir.Network, model) -> dict:
-    from .keras_weights import from_keras_weights
+    from .keras_weights import _from_keras_weights
 
-    return {k: v for k, v in from_keras_weights(net, model).items() if k.endswith(STAT_SUFFIXES)}
+    return {k: v for k, v in _from_keras_weights(net, model).items() if k.endswith(STAT_SUFFIXES)}

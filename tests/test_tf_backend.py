@@ -25,6 +25,7 @@ from conftest import rel_err, small
 import resnet_spec
 from resnet_spec import ir
 from resnet_spec.backends import tf_backend
+from resnet_spec.backends.keras_weights import _from_keras_weights
 from resnet_spec.isolate import run_isolated
 from resnet_spec.spec import zoo_names
 from resnet_spec.weights import init_weights, load_weights
@@ -356,7 +357,7 @@ def test_weight_layouts():
     assert [a is w[f"layer1.0.bn1.{n}"] or np.array_equal(a, w[f"layer1.0.bn1.{n}"])
             for a, n in zip(k["layer1.0.bn1"], ("weight", "bias", "running_mean", "running_var"))] == [True] * 4
     assert k["layer1.0.se.fc1"][0].shape == (1, 1, 64, 16)
-    back = tf_backend.from_keras_weights(net, k)
+    back = _from_keras_weights(net, k)
     assert sorted(back) == sorted(w)
     for name in w:
         np.testing.assert_array_equal(back[name], w[name])
@@ -364,6 +365,8 @@ def test_weight_layouts():
 
 
 def test_keras_applications_names():
+    # Keras weights come in only through the checked path (--weights / import): no unchecked public reader
+    assert not [n for n in dir(tf_backend) if n.startswith("from_keras")]
     n = tf_backend.keras_applications_names(resnet_spec.load("keras_resnet50"))
     assert n["conv1"] == "conv1_conv" and n["bn1"] == "conv1_bn" and n["fc"] == "predictions"
     assert n["layer2.0.conv1"] == "conv3_block1_1_conv" and n["layer2.0.bn3"] == "conv3_block1_3_bn"

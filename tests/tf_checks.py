@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from resnet_spec.backends.keras_applications import _from_keras_applications
+from resnet_spec.backends.keras_weights import _from_keras_weights
+
 
 def _backend():
     from resnet_spec.backends import tf_backend
@@ -76,7 +79,7 @@ def unit_suite(nets, x_by_net, weights_by_net, op_cases):
         r["head_cf"] = T.infer(net, w, x, data_format="channels_first")[0]["head"]
         r["fault"] = T.infer(net, w, x, mutate=_zero_first_bn)[0]["head"]
         model = T.build(net, w)
-        back = T.from_keras_weights(net, model)
+        back = _from_keras_weights(net, model)
         r["roundtrip_keys_equal"] = sorted(back) == sorted(w)
         r["roundtrip_max_abs"] = max(float(np.abs(back[k] - w[k]).max()) for k in w)
         r["layer_names"] = [layer.name for layer in model.layers]
@@ -142,7 +145,7 @@ def _keras():
 def keras_apps_suite(cases, x_by_size, out_dir):
     """For each (spec name, keras.applications class name, input size):
 
-    * 'from': random keras.applications weights -> from_keras_applications -> our model; outputs of both
+    * 'from': random keras.applications weights -> _from_keras_applications -> our model; outputs of both
       (the canonical weights go to ``out_dir/<spec>_<size>.safetensors`` for the PyTorch comparison);
     * 'to': init_weights(random_bn=True) -> to_keras_applications -> the keras.applications model;
       outputs of both.
@@ -159,7 +162,7 @@ def keras_apps_suite(cases, x_by_size, out_dir):
         xl = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
         app = getattr(keras.applications, cls)(weights=None, classifier_activation=None, input_shape=(size, size, 3))
         _randomize(app, seed=1)
-        w_from = T.from_keras_applications(net, app)
+        w_from = _from_keras_applications(net, app)
         ours = T.build(net, w_from)
         r = {"from_ref": np.asarray(app(xl, training=False)), "from_ours": np.asarray(ours(xl, training=False))}
         path = f"{out_dir}/{spec}_{size}.safetensors"
@@ -172,9 +175,9 @@ def keras_apps_suite(cases, x_by_size, out_dir):
         r["to_ours"] = np.asarray(ours(xl, training=False))
         r["bn_ours"], r["bn_ref"] = _bn_settings(ours, keras), _bn_settings(app, keras)
         r["roundtrip_max_abs"] = max(float(np.abs(v - w_to[k]).max())
-                                     for k, v in T.from_keras_applications(net, app).items())
+                                     for k, v in _from_keras_applications(net, app).items())
         try:  # a mismatched model is refused with a named layer
-            T.from_keras_applications(resnet_spec.load("resnet20"), app)
+            _from_keras_applications(resnet_spec.load("resnet20"), app)
             r["mismatch"] = None
         except Exception as exc:
             r["mismatch"] = f"{type(exc).__name__}: {exc}"

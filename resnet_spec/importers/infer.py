@@ -189,6 +189,10 @@ def _variants(d, src, stages, se, preact):
     if sc_norm != (not preact):
         sc["norm"] = sc_norm
     types = ["C"] if ds and len(ds) == len(blocks) else ["B", "A"] if not ds else ["B"]
+    zero_pad = src.facts.get("zero_pad")  # an option-A shortcut's channel padding (ONNX)
+    option_a = {"type": "A", **({"zero_pad": zero_pad} if zero_pad not in (None, "split") else {})}
+    if zero_pad:
+        types = ["A"]
     se_opts = [None]
     if se is not None:
         ch, red = se.shape[1], se.shape[0]
@@ -202,8 +206,8 @@ def _variants(d, src, stages, se, preact):
             v["stem"]["bias"] = stem_bias
         if s is not None:
             v["block"]["se"] = s
-        v["shortcut"] = {**sc, "type": t} if t != "A" else {"type": "A"}
-        if si:
+        v["shortcut"] = {**sc, "type": t} if t != "A" else dict(option_a)
+        if si and t != "A":
             v["shortcut"]["strided_identity"] = True
         if not bias:
             del v["conv_bias"]

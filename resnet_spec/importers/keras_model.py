@@ -17,7 +17,7 @@ import re
 import numpy as np
 
 from ..isolate import run_isolated
-from .source import ImportError_, Layer, Source
+from .source import ImportError_, Layer, Recogniser, Source
 
 _KEEP = ("strides", "padding", "use_bias", "epsilon", "momentum", "pool_size", "activation", "groups",
          "kernel_size", "pads", "value", "data_format", "kernel", "stride", "count_include_pad", "scale",
@@ -109,13 +109,10 @@ def _logits(model):
 
 def read_keras(source: str, input_size=None) -> Source:
     label, desc = _descriptor(source, input_size)
-    info = run_isolated(_describe, desc)
-    src = Source(label, "keras", {}, {}, facts={"keras_source": desc})
-    _Mapper(src, info).run()
-    return src
+    return _Mapper.source(label, "keras", {"keras_source": desc}, run_isolated(_describe, desc))
 
 
-class _Mapper:
+class _Mapper(Recogniser):
     def __init__(self, src: Source, info: dict):
         self.src, self.info = src, info
         self.by_name = {layer["name"]: layer for layer in info["layers"]}

@@ -2,12 +2,16 @@
 
 Read from ``torch.onnx.export`` (TorchScript and dynamo exporters), from this project's ``convert``, and
 from any producer that writes the same ops: Conv, BatchNormalization, Relu, Add, MaxPool/AveragePool,
-Pad (zero, spatial), Slice (strided identity), GlobalAveragePool/ReduceMean, Flatten/Reshape,
-Gemm or MatMul+Add, and GlobalAveragePool/ReduceMean-Conv-Relu-Conv-Sigmoid-Mul for squeeze-excite.
+Pad (zero, spatial; zero channels in an option-A shortcut), Slice (strided identity),
+GlobalAveragePool/ReduceMean, Flatten/Reshape, Gemm or MatMul+Add, and
+GlobalAveragePool/ReduceMean-Conv-Relu-Conv-Sigmoid-Mul for squeeze-excite. Constant subgraphs are
+folded first; the node patterns are in :mod:`.onnx_patterns`.
 
 Every residual ``Add`` (two computed inputs) closes one block; walking back from its two inputs to the
 previous block's output gives the shared pre-activation, the residual branch (the one with the most
-convolutions) and the shortcut. A v1 block has a ReLU after the Add. Exporters fold each BatchNorm into
+convolutions) and the shortcut. A v1 block has a ReLU after the Add. A block whose shortcut projects
+(type B) or pads channels (option A) opens a stage; where every block projects (type C), one whose
+projection changes channels or stride does. Exporters fold each BatchNorm into
 the preceding Conv: where a v1 network has a Conv without its BatchNorm, the import puts back a BN
 with identity statistics (weight 1, running mean 0, running var 1 - eps) holding the folded bias, so
 the numbers are exact and the spec is the usual one.
@@ -19,16 +23,12 @@ from collections import defaultdict
 
 import numpy as np
 
-from .source import ImportError_, Layer, Source
+from .onnx_patterns import attrs as _attrs, border_mask, channel_pad, fold, pool_facts, shortcut_reshapes, \
+    slice_steps, spatial_pad
+from .source import ImportError_, Layer, Recogniser, Source
 
 PASS_THROUGH = ("Identity", "Dropout")
 EPS = 1e-5
-
-
-def _attrs(node) -> dict:
-    from onnx import helper
-
-    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 
 class _Graph:
@@ -44,6 +44,7 @@ class _Graph:
             except Exception as exc:  # external data missing, corrupt tensor
                 raise ImportError_(f"{path}: initializer {t.name!r} cannot be read ({exc})") from None
         alias = {}
+        opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)
         self.nodes, self.producer, self.consumers = [], {}, defaultdict(list)
         for n in g.node:
             if n.op_type == "Constant":
@@ -55,6 +56,8 @@ class _Graph:
                 alias[n.output[0]] = alias.get(n.input[0], n.input[0])
                 continue
             ins = [alias.get(i, i) for i in n.input]
+            if fold(n, ins, self.consts, opset):
+                continue
             self.nodes.append((n, ins))
             for o in n.output:
                 self.producer[o] = (n, ins)
@@ -91,16 +94,13 @@ def read_onnx(path: str) -> Source:
         raise ImportError_(f"{path}: not a readable ONNX model ({msg}); it may be truncated or corrupt") from None
     if not model.graph.node:
         raise ImportError_(f"{path}: the ONNX graph has no nodes")
-    g = _Graph(model, path)
-    src = Source(path, "onnx", {}, {}, facts={"path": path})
-    _Walker(g, src).run()
-    return src
+    return _Walker.source(path, "onnx", {"path": path}, _Graph(model, path))
 
 
-class _Walker:
+class _Walker(Recogniser):
     """Recognises stem, blocks and head, then names layers as torchvision/timm do."""
 
-    def __init__(self, g: _Graph, src: Source):
+    def __init__(self, src: Source, g: _Graph):
         self.g, self.src = g, src
         self.folded = False
 
@@ -164,9 +164,12 @@ class _Walker:
                 out = consumers[0].output[0]
             if stem is None:
                 stem, pre = pre, []
-                if not post and main and main[0][1].op_type == "Conv" and len(stem) >= 2 \
-                        and [n.op_type for _, n, _ in stem[-2:]] == ["BatchNormalization", "Relu"]:
-                    stem, pre = stem[:-2], stem[-2:]  # a pre-activation block whose shortcut reads pre
+                tail = [n.op_type for _, n, _ in stem[-2:]]
+                if not post and main and main[0][1].op_type == "Conv" and tail[-1:] == ["Relu"] \
+                        and tail[0] in ("BatchNormalization", "Conv"):
+                    # a pre-activation block whose shortcut reads pre (its BN may be folded into the stem conv)
+                    cut = 2 if tail[0] == "BatchNormalization" else 1
+                    stem, pre = stem[:-cut], stem[-cut:]
             blocks.append((add, pre, main, short, post))
             x = out
         self.stem(stem, preact=not blocks[0][4])
@@ -234,6 +237,8 @@ class _Walker:
 
         for kind, node, ins in ops:
             t = node.op_type if kind == "op" else "SE"
+            if t == "Pad" and channel_pad(self.g, node, ins):
+                t = "ChannelPad"  # option-A shortcut: left for the caller
             if t == "Relu":
                 restore(True)
             elif t == "BatchNormalization":
@@ -243,7 +248,7 @@ class _Walker:
             if kind == "se":
                 self.se(node, ins)
             elif t == "Pad":
-                pad = self.pad(node, ins)
+                pad = spatial_pad(self.g, node, ins)
                 continue
             elif t == "Conv":
                 if ci >= len(conv_names):
@@ -262,17 +267,6 @@ class _Walker:
         restore(v1)
         return left
 
-    def pad(self, node, ins) -> int:
-        a = _attrs(node)
-        mode = a.get("mode", b"constant")
-        pads = [int(p) for p in (self.g.const(node, ins[1]) if len(ins) > 1 and ins[1] else a.get("pads", []))]
-        value = float(self.g.const(node, ins[2]).reshape(-1)[0]) if len(ins) > 2 and ins[2] else 0.0
-        if mode not in (b"constant", "constant") or value != 0 or len(pads) != 8 or pads[:2] + pads[4:6] != [0] * 4 \
-                or len(set(pads[2:4] + pads[6:8])) != 1:
-            raise self.g.refuse(node, f"padding {pads} (mode {mode!r}, value {value}): only symmetric zero "
-                                      "padding of height and width has a spec equivalent")
-        return pads[2]
-
     def se(self, mul, chain):
         names = iter(("fc1", "fc2"))
         prefix = self._block_name + ".se"
@@ -284,31 +278,6 @@ class _Walker:
             if node.op_type == "Conv":
                 self.conv(f"{prefix}.{next(names)}", node, ins)
 
-    def pool(self, node, ins, pad) -> dict:
-        a = _attrs(node)
-        k, s = a.get("kernel_shape", [1])[0], a.get("strides", [1])[0]
-        pads = a.get("pads", [0, 0, 0, 0])
-        p = pads[0] + pad
-        out = {"kernel": k, "stride": s, "padding": p}
-        if a.get("ceil_mode", 0) or pads[2] > pads[0]:
-            out["ceil_mode"] = True
-        if pad:
-            out["pad_value"] = "zero"
-        if node.op_type == "AveragePool":
-            out["count_include_pad"] = bool(a.get("count_include_pad", 0)) or bool(pad)
-        return out
-
-    def border_mask(self, node, ins) -> bool:
-        """``MaxPool -> Max(M)`` with a constant ``M`` of 0 and -inf: zero-padded max pooling as
-        resnet-spec writes it (backends/onnx_pool.py: 0 where a window reaches the zero border)."""
-        if node.op_type != "Max" or len(ins) != 2:
-            return False
-        try:
-            m = np.asarray(self.g.const(node, ins[1]), np.float64)
-        except ImportError_:
-            return False
-        return bool(m.size) and bool(np.all((m == 0) | np.isneginf(m))) and bool((m == 0).any())
-
     def stem(self, ops, preact):
         convs = sum(1 for _, n, _ in ops if n.op_type == "Conv")
         if convs == 0:
@@ -316,14 +285,15 @@ class _Walker:
         names = ["conv1"] if convs == 1 else [f"conv1.{3 * i}" for i in range(convs)]
         bns = ["bn1"] if convs == 1 else [f"conv1.{3 * i + 1}" for i in range(convs - 1)] + ["bn1"]
         left = self.sequence(ops, names, bns, v1=not preact)
+        self._stem_conv = names[-1]
         pools = [(n, ins, pad) for n, ins, pad in left if n.op_type in ("MaxPool", "AveragePool")]
         masked = False
         for n, ins, _ in left:
-            if pools and self.border_mask(n, ins):
+            if pools and border_mask(self.g, n, ins):
                 masked = True
             elif n.op_type not in ("Relu", "MaxPool"):
                 raise self.g.refuse(n, "not expected in a ResNet stem (conv, BN, ReLU, max-pool)")
-        self.src.facts["stem_pool"] = self.pool(*pools[0]) if pools else None
+        self.src.facts["stem_pool"] = pool_facts(*pools[0]) if pools else None
         if masked:
             self.src.facts["stem_pool"]["pad_value"] = "zero"
         shape = [d.dim_value for d in self.g.input.type.tensor_type.shape.dim]
@@ -333,13 +303,13 @@ class _Walker:
             self.src.facts["input_size"] = shape[2] if shape[2] == shape[3] else [shape[2], shape[3]]
 
     def blocks(self, blocks):
-        stage, index, strided = 0, -1, False
-        pool_strides, shortcut_pool = {}, None
+        stage, index = 0, -1
+        self._sc = {"pool_strides": {}, "pool": None, "strided": False, "zero_pad": {}}
         # ResNet-D (timm avg_down) keeps index 0 for the pool even where a block has none
         self._avg_down = any(n.op_type == "AveragePool" for b in blocks for _, n, _ in b[3])
+        type_c = all(_convs(b[3]) for b in blocks)  # every block projects: stages start where shapes change
         for add, pre, main, short, post in blocks:
-            has_proj = any(n.op_type == "Conv" for _, n, _ in short)
-            if has_proj and index >= 0:
+            if index >= 0 and self._starts_stage(short, type_c):
                 stage, index = stage + 1, 0
             else:
                 index += 1
@@ -350,24 +320,65 @@ class _Walker:
             convs = [f"{name}.conv{i}" for i in range(1, nconv + 1)]
             bns = [f"{name}.bn{i}" for i in range(1, nconv + 1)]
             self.sequence(pre, [], bns[:1], v1=False)
+            if pre and not any(n.op_type == "BatchNormalization" for _, n, _ in pre) \
+                    and self.src.layers[self._stem_conv].bias:
+                self.identity_bn(bns[0], self._stem_conv)  # the first pre-activation BN, folded into the stem
             main_bns = bns[1:] if pre else bns
             for n, _, _ in self.sequence(main, convs, main_bns, v1=post):
                 if n.op_type != "Relu":
                     raise self.g.refuse(n, "not expected in a residual branch (conv, BN, ReLU, squeeze-excite)")
-            sc_left = self._shortcut(name, short, post)
-            for n, ins, pad in sc_left:
-                if n.op_type == "AveragePool":
-                    p = self.pool(n, ins, pad)
-                    pool_strides[stage] = p["stride"]
-                    shortcut_pool = {"ceil_mode": p.get("ceil_mode", False),
-                                     "count_include_pad": p.get("count_include_pad", False)}
-                elif n.op_type in ("Slice", "MaxPool"):
-                    strided = True
-                else:
-                    raise self.g.refuse(n, "not expected in a shortcut (conv, BN, average pool, strided identity)")
-        self.src.facts.update(shortcut_pool_strides=pool_strides, strided_identity=strided)
-        if shortcut_pool:
-            self.src.facts["shortcut_pool"] = shortcut_pool
+            self._shortcut_ops(self._shortcut(name, short, post), stage)
+        self._shortcut_facts()
+
+    def _starts_stage(self, short, type_c: bool) -> bool:
+        """A block opens a stage where its shortcut projects (type B; type C: and changes the shape) or
+        pads channels (option A). A strided identity alone does not (Keras ResNetV2 strides a stage's
+        last block)."""
+        if any(n.op_type == "Pad" and channel_pad(self.g, n, ins) for _, n, ins in short):
+            return True
+        return bool(_convs(short)) and (not type_c or shortcut_reshapes(self.g, short))
+
+    def _shortcut_ops(self, left, stage):
+        """The shortcut's parameter-free ops: ResNet-D's average pool, a strided identity (Slice,
+        1x1 MaxPool), option A's zero channels."""
+        sc, steps, padded = self._sc, {}, False
+        for n, ins, pad in left:
+            if n.op_type == "AveragePool":
+                p = pool_facts(n, ins, pad)
+                sc["pool_strides"][stage] = p["stride"]
+                sc["pool"] = {"ceil_mode": p.get("ceil_mode", False),
+                              "count_include_pad": p.get("count_include_pad", False)}
+            elif n.op_type == "Slice":
+                for ax, step in slice_steps(self.g, n, ins).items():
+                    steps[ax] = steps.get(ax, 1) * step
+            elif n.op_type == "MaxPool" and _attrs(n).get("kernel_shape") == [1, 1]:
+                steps = dict(zip((2, 3), _attrs(n).get("strides", [1, 1])))  # Keras ResNetV2's strided 1x1 pool
+            elif n.op_type == "Pad":
+                before, after = channel_pad(self.g, n, ins)
+                extra = before + after
+                mode = "split" if before == extra // 2 else "end" if before == 0 else None
+                if mode is None:
+                    raise self.g.refuse(n, f"zero channels {before} before and {after} after: an option-A "
+                                           "shortcut pads half before (split) or all after (end)")
+                sc["zero_pad"].setdefault(mode, n)
+                padded = True
+            else:
+                raise self.g.refuse(n, "not expected in a shortcut (conv, BN, average pool, strided identity, "
+                                       "zero channels)")
+        if steps.get(2, 1) != steps.get(3, 1):
+            raise self.g.refuse(left[-1][0], f"a strided identity with strides {steps}: not square")
+        sc["strided"] = sc["strided"] or (bool(steps) and not padded)
+
+    def _shortcut_facts(self):
+        sc, f = self._sc, self.src.facts
+        f.update(shortcut_pool_strides=sc["pool_strides"], strided_identity=sc["strided"])
+        if sc["pool"]:
+            f["shortcut_pool"] = sc["pool"]
+        if len(sc["zero_pad"]) > 1:
+            raise self.g.refuse(sc["zero_pad"]["end"], "option-A shortcuts pad channels both split and at the "
+                                                        "end; a spec has one shortcut.zero_pad")
+        if sc["zero_pad"]:
+            f["zero_pad"] = next(iter(sc["zero_pad"]))
         if self.folded:
             self.src.notes.append("BatchNorm layers folded into convolutions by the exporter were restored "
                                   f"with identity statistics (weight 1, mean 0, var 1 - eps, eps {EPS:g}) "

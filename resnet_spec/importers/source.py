@@ -52,6 +52,23 @@ class Source:
         return ImportError_(f"{self.label}: {what}: {message}")
 
 
+class Recogniser:
+    """Reads one model description (an ONNX graph, a Keras layer list) into a new :class:`Source`:
+    a subclass takes ``(src, description)`` and fills ``src`` in :meth:`run`."""
+
+    def __init__(self, src: Source, description):
+        self.src = src
+
+    def run(self) -> None:
+        raise NotImplementedError
+
+    @classmethod
+    def source(cls, label: str, kind: str, facts: dict, description) -> Source:
+        src = Source(label, kind, {}, {}, facts=facts)
+        cls(src, description).run()
+        return src
+
+
 def layers_from_weights(weights: dict, origin=None) -> dict:
     """Layers of a state dict from names and shapes alone (no strides or paddings: it has none)."""
     origin = origin or (lambda n: n)

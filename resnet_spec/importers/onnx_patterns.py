@@ -1,0 +1,143 @@
+"""Small ONNX patterns the graph importer (:mod:`.onnx_graph`) recognises, node by node.
+
+* constant subgraphs folded to constants (the TorchScript exporter computes ``Pad`` amounts with
+  ConstantOfShape/Concat/Reshape/Slice/Transpose/Cast chains);
+* ``Pad``: symmetric zero padding of height and width (before a conv or pool), or zero *channels*
+  (an option-A shortcut: ``F.pad`` over the channel axis, ``ir.ChannelPad``);
+* ``Slice``: a strided identity ``x[:, :, ::s, ::s]`` (one Slice over both axes, or one per axis as
+  the exporters write it);
+* ``MaxPool -> Max(M)``: resnet-spec's zero-padded max pooling (a 0/-inf border mask).
+* MaxPool/AveragePool -> a spec's pool fields; a type-C projection that changes the shape.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .source import ImportError_
+
+# Pure functions of their inputs: evaluated once at import when every input is a constant.
+FOLDABLE = frozenset(("Cast", "Concat", "ConstantOfShape", "Reshape", "Slice", "Transpose", "Unsqueeze",
+                      "Squeeze", "Gather", "Range", "Expand", "Add", "Sub", "Mul", "Div", "Neg", "Where",
+                      "Equal", "Flatten"))
+BIG = 2**31 - 1  # a Slice end at least this large means "to the end"
+
+
+def attrs(node) -> dict:
+    from onnx import helper
+
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def fold(node, ins, consts: dict, opset: int) -> bool:
+    """Evaluate ``node`` into ``consts`` when it is foldable and every input is a constant."""
+    if node.op_type not in FOLDABLE or not ins or not all(i in consts for i in ins if i):
+        return False
+    from onnx import helper
+    from onnx.reference import ReferenceEvaluator
+
+    graph = helper.make_graph([node], "fold", [helper.make_tensor_value_info(i, 0, None) for i in ins if i],
+                              [helper.make_tensor_value_info(o, 0, None) for o in node.output])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    try:
+        outs = ReferenceEvaluator(model).run(None, {i: consts[i] for i in ins if i})
+    except Exception:  # leave it in the graph; the walk names it if it is in the way
+        return False
+    consts.update(zip(node.output, (np.asarray(o) for o in outs)))
+    return True
+
+
+def pad_amounts(g, node, ins) -> list:
+    """The 8 pads of a 4-d ``Pad`` (begins then ends, NCHW), refusing any mode or value but zero."""
+    a = attrs(node)
+    mode = a.get("mode", b"constant")
+    pads = [int(p) for p in (g.const(node, ins[1]) if len(ins) > 1 and ins[1] else a.get("pads", []))]
+    value = float(g.const(node, ins[2]).reshape(-1)[0]) if len(ins) > 2 and ins[2] else 0.0
+    axes = [int(x) % 4 for x in g.const(node, ins[3]).reshape(-1)] if len(ins) > 3 and ins[3] else None
+    if axes is not None and len(pads) == 2 * len(axes):
+        full = [0] * 8
+        for k, ax in enumerate(axes):
+            full[ax], full[4 + ax] = pads[k], pads[len(axes) + k]
+        pads = full
+    if mode not in (b"constant", "constant") or value != 0 or len(pads) != 8:
+        raise g.refuse(node, f"padding {pads} (mode {mode!r}, value {value}): only zero padding of height "
+                             "and width, or of channels (an option-A shortcut), has a spec equivalent")
+    return pads
+
+
+def channel_pad(g, node, ins):
+    """(before, after) zero channels of an option-A ``Pad``, or None for another Pad."""
+    if node.op_type != "Pad":
+        return None
+    p = pad_amounts(g, node, ins)
+    if p[1] + p[5] > 0 and p[0] == p[4] == 0 and not any(p[2:4] + p[6:8]):
+        return p[1], p[5]
+    return None
+
+
+def spatial_pad(g, node, ins) -> int:
+    """The symmetric zero padding of height and width a ``Pad`` adds before a conv or pool."""
+    p = pad_amounts(g, node, ins)
+    if p[:2] + p[4:6] != [0] * 4 or len(set(p[2:4] + p[6:8])) != 1:
+        raise g.refuse(node, f"padding {p}: only symmetric zero padding of height and width (or zero "
+                             "channels in a shortcut) has a spec equivalent")
+    return p[2]
+
+
+def slice_steps(g, node, ins) -> dict:
+    """{axis: step} of a strided-identity ``Slice`` (start 0, to the end); refuses any other slice."""
+    if len(ins) < 3:
+        raise g.refuse(node, "a Slice without starts/ends inputs (opset < 10)")
+    starts, ends = g.const(node, ins[1]).reshape(-1), g.const(node, ins[2]).reshape(-1)
+    axes = g.const(node, ins[3]).reshape(-1) if len(ins) > 3 and ins[3] else np.arange(len(starts))
+    steps = g.const(node, ins[4]).reshape(-1) if len(ins) > 4 and ins[4] else np.ones(len(starts), np.int64)
+    out = {}
+    for s, e, ax, st in zip(starts, ends, axes, steps):
+        ax = int(ax) % 4
+        if int(s) != 0 or int(e) < BIG or int(st) < 1 or (ax < 2 and int(st) != 1):
+            raise g.refuse(node, f"Slice starts {starts.tolist()} ends {ends.tolist()} axes {axes.tolist()} "
+                                 f"steps {steps.tolist()}: only a strided identity x[:, :, ::s, ::s] has a "
+                                 "spec equivalent")
+        if ax >= 2:
+            out[ax] = int(st)
+    return out
+
+
+def border_mask(g, node, ins) -> bool:
+    """``MaxPool -> Max(M)`` with a constant ``M`` of 0 and -inf: zero-padded max pooling as
+    resnet-spec writes it (backends/onnx_pool.py: 0 where a window reaches the zero border)."""
+    if node.op_type != "Max" or len(ins) != 2:
+        return False
+    try:
+        m = np.asarray(g.const(node, ins[1]), np.float64)
+    except ImportError_:
+        return False
+    return bool(m.size) and bool(np.all((m == 0) | np.isneginf(m))) and bool((m == 0).any())
+
+
+def pool_facts(node, ins, pad: int) -> dict:
+    """A MaxPool/AveragePool as a spec's pool fields; ``pad`` is a zero Pad in front of it."""
+    a = attrs(node)
+    k, s = a.get("kernel_shape", [1])[0], a.get("strides", [1])[0]
+    pads = a.get("pads", [0, 0, 0, 0])
+    p = pads[0] + pad
+    out = {"kernel": k, "stride": s, "padding": p}
+    if a.get("ceil_mode", 0) or pads[2] > pads[0]:
+        out["ceil_mode"] = True
+    if pad:
+        out["pad_value"] = "zero"
+    if node.op_type == "AveragePool":
+        out["count_include_pad"] = bool(a.get("count_include_pad", 0)) or bool(pad)
+    return out
+
+
+def shortcut_reshapes(g, short) -> bool:
+    """Whether a projection shortcut changes the shape: channels or stride (a type-C stage start)."""
+    for _, n, ins in short:
+        if n.op_type == "AveragePool":
+            return True
+        if n.op_type == "Conv":
+            w, a = g.const(n, ins[1]), attrs(n)
+            if w.shape[0] != w.shape[1] * a.get("group", 1) or max(a.get("strides", [1])) > 1:
+                return True
+    return False
