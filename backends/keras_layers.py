@@ -157,7 +157,7 @@ def _torch_batch_norm(keras):
                 return super().call(inputs, training=training, mask=mask)
             x = ops.cast(inputs, keras.backend.result_type(inputs.dtype, "float32"))
             reduce = [i for i in range(len(x.shape)) if i != self.axis % len(x.shape)]
-            mean, var = ops.moments(x, axes=reduce)
+            mean, var, y = self._normalize(x, reduce)
             n = 1
             for i in reduce:
                 n = n * ops.shape(x)[i]
@@ -166,10 +166,25 @@ def _torch_batch_norm(keras):
             self.moving_mean.assign(ops.cast(self.moving_mean, x.dtype) * m + mean * (1.0 - m))
             unbiased = var * n / ops.maximum(n - 1.0, 1.0)
             self.moving_variance.assign(ops.cast(self.moving_variance, x.dtype) * m + unbiased * (1.0 - m))
-            gamma = ops.cast(self.gamma, x.dtype) if self.scale else None
-            beta = ops.cast(self.beta, x.dtype) if self.center else None
-            y = ops.batch_normalization(x, mean, var, axis=self.axis, offset=beta, scale=gamma,
-                                        epsilon=self.epsilon)
             return ops.cast(y, self.compute_dtype)
+
+        def _normalize(self, x, reduce):
+            """(mean_B, var_B, y) by one formula on every backend: two passes, ``d = x - mean_B``
+            first, ``var_B = mean(d^2)``, ``y = d * gamma / sqrt(var_B + eps) + beta``. ``ops.moments``
+            on PyTorch computes ``E[x^2] - E[x]^2`` and ``ops.batch_normalization`` on TensorFlow and
+            JAX ``x * inv - mean * inv``; both cancel when a channel's mean is large against its spread.
+            One formula keeps the three Keras legs' float32 rounding alike; it does not by itself bring
+            them to PyTorch's float64 step: the remaining gap is ReLU kinks (backends/train_kinks.py,
+            docs/parity.md)."""
+            mean = ops.mean(x, axis=reduce, keepdims=True)
+            d = x - mean
+            var = ops.mean(ops.square(d), axis=reduce, keepdims=True)
+            inv = ops.rsqrt(var + self.epsilon)
+            if self.scale:
+                inv = inv * ops.reshape(ops.cast(self.gamma, x.dtype), ops.shape(inv))
+            y = d * inv
+            if self.center:
+                y = y + ops.reshape(ops.cast(self.beta, x.dtype), ops.shape(inv))
+            return ops.squeeze(mean, reduce), ops.squeeze(var, reduce), y
 
     return TorchBatchNorm

@@ -146,7 +146,10 @@ def against_reference(leg: dict, ref: dict, dtype: str = "float32") -> dict:
     how well float32 can determine the gradients of this very step: training-mode BN of a deep net at a
     small batch makes some of them ill-conditioned, and frameworks compute BN's variance differently
     (Keras: E[x^2] - E[x]^2), so a tensor that PyTorch happens to get right is allowed the error float32
-    makes elsewhere in the model, on the model's scale, and no more.
+    makes elsewhere in the model, on the model's scale, and no more. On top of that, each tensor is
+    allowed the change that flipping the float64 step's ReLU kinks makes to it (``ref["kinks"]``,
+    :mod:`resnet_spec.backends.train_kinks`): which side of a ReLU an input within float32's resolution
+    of zero falls on is not determined in float32, and the gradient depends on it discretely.
     """
     band = GRAD_BANDS[dtype]
     g64 = ref["float64"]["grads"]
@@ -156,13 +159,16 @@ def against_reference(leg: dict, ref: dict, dtype: str = "float32") -> dict:
     to_g = {n: float(np.abs(np.asarray(v, np.float64)).max()) / max(big, 1e-30) if np.size(v) else 0.0
             for n, v in g64.items()}  # tensor scale / G
     e32_g = max((own[n] * to_g[n] for n in own), default=0.0)
-    rows = sorted(((n, e, max(band["factor"] * own[n] + band["floor"], band["factor"] * e32_g / max(to_g[n], 1e-30)))
-                   for n, e in errs.items()), key=lambda r: -r[1] / r[2])
+    kinks = ref.get("kinks") or {"deltas": {}, "kinks": [], "found": 0}
+    extra = {n: d / max(to_g.get(n, 0.0) * big, 1e-30) for n, d in kinks["deltas"].items()}  # own scale
+    rows = sorted(((n, e, max(band["factor"] * own[n] + band["floor"], band["factor"] * e32_g / max(to_g[n], 1e-30))
+                    + extra.get(n, 0.0)) for n, e in errs.items()), key=lambda r: -r[1] / r[2])
     return {"grads_max_rel": max((e for _, e, _ in rows), default=0.0),
             "float32_own_max_rel": max(own.values(), default=0.0),
             "grads_max_of_g": max((e * to_g[n] for n, e in errs.items()), default=0.0), "float32_own_of_g": e32_g,
             "worst": [{"tensor": n, "max_rel": e, "allowed": lim} for n, e, lim in rows[:WORST]],
             "failing": sum(1 for _, e, lim in rows if e > lim), "total": len(rows),
+            "kinks_found": kinks["found"], "kinks_examined": len(kinks["kinks"]),
             "passed": all(e <= lim for _, e, lim in rows)}
 
 
@@ -229,16 +235,29 @@ def run_train(net: ir.Network, weights: dict, *, backends=("torch", "keras-tenso
                        strict_grads=strict_grads)
 
 
+def _reference_worker(spec_yaml, weights, x, g, options):
+    """In the torch worker: PyTorch's float64 step with its ReLU kinks (backends/train_kinks.py), and its
+    float32 step, both unmodified."""
+    from .backends import prepare
+    from .backends import train_kinks, training
+
+    _, net = prepare("torch", spec_yaml)
+    (step64, _), kinks = train_kinks.kink_deltas(net, weights, x, g, device=options["device"])
+    step32, _ = training.torch_step(net, weights, x, g, **options)
+    return {"float64": step64, "float32": step32, "kinks": kinks}
+
+
 def _reference(runner, net, weights, x, g, options, outputs: dict, say) -> dict:
     """{leg: against_reference(...)} from PyTorch's unmodified float64 and float32 steps (torch worker);
     when that cannot run, every leg's gradients fail with the reason (they were not checked)."""
-    say("reference: PyTorch float64 and float32 steps ...")
+    say("reference: PyTorch float64 and float32 steps, ReLU kinks ...")
     try:
-        ref = {dt: runner.call("torch", _train_worker, "torch", net.spec_yaml, weights, x, g,
-                               dict(options, dtype=dt), None)[0] for dt in ("float64", "float32")}
+        ref = runner.call("torch", _reference_worker, net.spec_yaml, weights, x, g, options)
     except (BackendUnavailable, WorkerCrashed) as exc:
         say(f"reference: not run: {exc}")
         return {leg: {"passed": False, "error": f"float64 reference not run: {exc}"} for leg in outputs}
+    k = ref["kinks"]
+    say(f"reference: {k['found']} ReLU input(s) within {k['tol']:.0e} of zero, {len(k['kinks'])} examined")
     return {leg: against_reference(out, ref) for leg, out in outputs.items()}
 
 
@@ -264,12 +283,16 @@ def format_reference(r: TrainReport) -> str:
                  f"{b['factor']:g} x PyTorch float32's own error + {b['floor']:.0e},",
              f"  or {b['factor']:g} x PyTorch float32's worst error on the scale of the largest gradient"
              + ("" if r.strict_grads else " (reported, not enforced; --strict-grads enforces it)")]
+    first = next((v for v in r.reference.values() if "kinks_found" in v), None)
+    if first and first["kinks_found"]:
+        lines.append(f"  plus the effect of {first['kinks_examined']} ReLU kink(s) of the float64 step (inputs within "
+                     f"float32 resolution of zero; {first['kinks_found']} found)")
     for leg, v in r.reference.items():
         if "error" in v:
             lines.append(f"    {leg:<18} FAIL: {v['error']}")
             continue
         w = v["worst"][0] if v["worst"] else {"tensor": "-", "max_rel": 0.0, "allowed": 0.0}
-        lines.append(f"    {leg:<18} worst {_e(v['grads_max_rel'])} (float32 torch: {_e(v['float32_own_max_rel'])}); "
+        lines.append(f"    {leg:<18} worst {_e(v['grads_max_of_g'])} of G (float32 torch: {_e(v['float32_own_of_g'])}); "
                      f"{v['failing']}/{v['total']} tensors over; closest to its limit {w['tensor']} "
                      f"{_e(w['max_rel'])} of {_e(w['allowed'])}  {'PASS' if v['passed'] else 'FAIL'}")
         if not v["passed"]:

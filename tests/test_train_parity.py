@@ -148,3 +148,66 @@ def test_all_lists_uninstalled_legs_and_unknown_legs_are_refused(monkeypatch):
         P.parse_legs("torch,keras-mxnet")
     res = CliRunner().invoke(main, ["parity", "resnet20", "--backends", "torch,keras-mxnet"])
     assert res.exit_code == 2 and "unknown backend 'keras-mxnet'" in res.output
+
+
+def _planted_kink(net, weights, relu="layer2.0.relu", bn="layer2.0.bn1", channel=3):
+    """Shift ``bn``'s bias so that one entry of its (training-mode) output, which ``relu`` reads first,
+    is 1e-7 of that call's scale above zero in PyTorch's float64 step: below float32's resolution."""
+    import numpy as np
+
+    from resnet_spec.backends import training
+
+    seen = {}
+
+    def keep(module, inputs, out):
+        seen.setdefault("y", out.detach().double().numpy().copy())
+
+    def capture(model):
+        dict(model.named_modules())[bn].register_forward_hook(keep)
+        return model
+    x, g = P.make_input(net, 2, 0), T.make_loss_weights(net, 2, 0)
+    training.torch_step(net, weights, x, g, dtype="float64", mutate=capture)
+    y = seen["y"]
+    c = y[:, channel]
+    idx = np.unravel_index(np.argmin(np.abs(c - np.median(c))), c.shape)  # an entry in the middle of the channel
+    weights = dict(weights)
+    bias = weights[f"{bn}.bias"].astype(np.float64)
+    bias[channel] += 1e-7 * np.abs(y).max() - c[idx]
+    weights[f"{bn}.bias"] = bias.astype(np.float32)
+    return weights, x, g, [idx[0], channel, int(idx[1]), int(idx[2])]
+
+
+def test_relu_kink_is_found_and_its_effect_measured():
+    """A ReLU input planted within float32 resolution of zero is found in the float64 step; flipping
+    it moves the gradients upstream of the ReLU (its BN's bias) and none downstream (fc)."""
+    from resnet_spec.backends import train_kinks
+
+    net = _net("resnet20")
+    weights, x, g, index = _planted_kink(net, init_weights(net, seed=0, random_bn=True))
+    (step, _), rep = train_kinks.kink_deltas(net, weights, x, g)
+    planted = [k for k in rep["kinks"] if k["relu"] == "layer2.0.relu" and k["call"] == 0 and k["index"] == index]
+    assert planted and 0 < planted[0]["of_scale"] <= train_kinks.KINK_TOL, rep["kinks"]
+    assert rep["deltas"]["layer2.0.bn1.bias"] > 0 and rep["deltas"]["layer2.0.conv1.weight"] > 0
+    assert rep["deltas"]["fc.weight"] == 0 and rep["deltas"]["layer3.2.conv2.weight"] == 0
+
+
+def test_kink_allowance_passes_the_other_side_and_nothing_more():
+    """against_reference: a leg whose gradients are the float64 step's with the kink on its other side
+    fails without the kink allowance and passes with it; a planted 1% error downstream of the kink
+    (which the flip does not move) still fails."""
+    import numpy as np
+
+    from resnet_spec.backends import train_kinks, training
+
+    net = _net("resnet20")
+    weights, x, g, index = _planted_kink(net, init_weights(net, seed=0, random_bn=True))
+    (step64, _), rep = train_kinks.kink_deltas(net, weights, x, g)
+    kink = next(k for k in rep["kinks"] if k["index"] == index)
+    other, _ = training.torch_step(net, weights, x, g, dtype="float64", mutate=train_kinks._flip(kink))
+    leg = {"grads": {n: v.astype(np.float32) for n, v in other["grads"].items()}}
+    step32, _ = training.torch_step(net, weights, x, g)
+    assert not T.against_reference(leg, {"float64": step64, "float32": step32})["passed"]
+    got = T.against_reference(leg, {"float64": step64, "float32": step32, "kinks": rep})
+    assert got["passed"] and got["kinks_found"] >= 1, got["worst"]
+    leg["grads"]["layer3.1.conv1.weight"] = leg["grads"]["layer3.1.conv1.weight"] * 1.01  # downstream: no allowance
+    assert not T.against_reference(leg, {"float64": step64, "float32": step32, "kinks": rep})["passed"]
