@@ -75,9 +75,8 @@ def run_isolated(fn, *args, **kwargs):
     _quiet_env()
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=1, mp_context=ctx, initializer=_worker_init) as pool:
-        future = pool.submit(fn, *args, **kwargs)
-        try:
-            return future.result()
+        try:  # submit inside: Ctrl-C while it starts the worker must kill it, not wait for its work
+            return pool.submit(fn, *args, **kwargs).result()
         except BrokenProcessPool:
             raise WorkerCrashed(f"the worker running {fn.__module__}.{fn.__qualname__} crashed "
                                 "(killed by a signal or out of memory)") from None
@@ -103,9 +102,8 @@ class Worker:
         if self._pool is None:
             ctx = multiprocessing.get_context("spawn")
             self._pool = ProcessPoolExecutor(max_workers=1, mp_context=ctx, initializer=_worker_init)
-        future = self._pool.submit(fn, *args, **kwargs)
-        try:
-            return future.result()
+        try:  # submit inside: Ctrl-C while it starts the worker must kill it, not wait for its work
+            return self._pool.submit(fn, *args, **kwargs).result()
         except BrokenProcessPool:
             self.close()
             raise WorkerCrashed(f"the {self.label} worker process crashed (killed by a signal or out of "
