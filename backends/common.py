@@ -66,6 +66,8 @@ class Lowering:
     #: The backend's ``OPS`` table (IR op type -> lowering); :meth:`lowering_of` reads it.
     table: dict = {}
     backend = "?"
+    #: Prefix of the unnamed helpers of a shortcut branch (PyTorch: ``shortcut_subsample``), '' for none.
+    shortcut_prefix = ""
 
     def lowering_of(self, op):
         """The table entry for ``op``; a clear error (never an isinstance ladder) when there is none."""
@@ -77,7 +79,8 @@ class Lowering:
     def name(self, op, owner: str, branch: str) -> str:
         """The canonical name of a named op, else ``<owner>.<what>`` (see the module docstring)."""
         canonical = getattr(op, "name", None)
-        return canonical if canonical else join(owner, HELPER_NAMES[type(op)])
+        prefix = self.shortcut_prefix if branch == "shortcut" else ""
+        return canonical if canonical else join(owner, prefix + HELPER_NAMES[type(op)])
 
     def op(self, op, x, name: str, tap: str | None):
         """Lower ``op`` reading value ``x`` under ``name``; return the value it produces. ``tap`` is

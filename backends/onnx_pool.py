@@ -60,15 +60,6 @@ def _touches_zero_border(size: int, out: int, kernel: int, stride: int, pad: int
     return (start < 0) | (start + kernel > size)
 
 
-def _counts(size: int, out: int, kernel: int, stride: int, pad: int) -> tuple:
-    """Per output index: (cells inside the input, PyTorch's count_include_pad divisor)."""
-    start = np.arange(out) * stride - pad
-    end = start + kernel
-    inside = np.minimum(end, size) - np.maximum(start, 0)
-    counted = np.minimum(end, size + pad) - start
-    return inside, counted
-
-
 def zero_pad_max_mask(op: ir.Pool) -> np.ndarray:
     """``M`` of the module docstring: 0 where the window reaches the zero border, -inf elsewhere."""
     _, h, w = op.in_shape
@@ -80,13 +71,14 @@ def zero_pad_max_mask(op: ir.Pool) -> np.ndarray:
 
 
 def counted_avg_ratio(op: ir.Pool) -> np.ndarray:
-    """``n / d`` of the module docstring, shape (1, 1, OH, OW), computed in float64."""
+    """``n / d`` of the module docstring, shape (1, 1, OH, OW), computed in float64: ``n`` the divisors
+    without the padding (:func:`ir.pool_divisors`), ``d`` the op's own (:attr:`ir.Pool.divisors`)."""
     _, h, w = op.in_shape
     _, oh, ow = op.out_shape
-    nh, dh = _counts(h, oh, op.kernel, op.stride, op.padding)
-    nw, dw = _counts(w, ow, op.kernel, op.stride, op.padding)
-    ratio = (nh[:, None] * nw[None, :]).astype(np.float64) / (dh[:, None] * dw[None, :])
-    return ratio.astype(np.float32)[None, None]
+    nh, nw = (np.array(ir.pool_divisors(n, op.kernel, op.stride, op.padding, o, False), np.float64)
+              for n, o in ((h, oh), (w, ow)))
+    dh, dw = (np.array(d, np.float64) for d in op.divisors)
+    return ((nh[:, None] * nw[None, :]) / (dh[:, None] * dw[None, :])).astype(np.float32)[None, None]
 
 
 def _float_const(g, name: str, arr: np.ndarray) -> str:

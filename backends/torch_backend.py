@@ -161,15 +161,10 @@ class _Builder(common.Lowering):
     order. Unnamed helpers are named as in torchvision (``relu``, ``avgpool``); a block's ReLU is one
     shared module, as in torchvision; shortcut helpers are ``shortcut_<what>``."""
 
-    table, backend = OPS, NAME
+    table, backend, shortcut_prefix = OPS, NAME, "shortcut_"
 
     def __init__(self, root):
         self.root, self.seq = root, []
-
-    def name(self, op, owner, branch):
-        if getattr(op, "name", None) or branch != "shortcut":
-            return super().name(op, owner, branch)
-        return common.join(owner, "shortcut_" + common.HELPER_NAMES[type(op)])
 
     def op(self, op, x, name, tap):
         if not getattr(op, "name", None):

@@ -132,7 +132,7 @@ class _Step:
 class _Emitter(common.Lowering):
     """Walks the network, collecting each section's steps: the stem, every block, the head."""
 
-    table, backend = OPS, "torch source"
+    table, backend, shortcut_prefix = OPS, "torch source", "shortcut_"  # names as torch_backend's
 
     def __init__(self, net: ir.Network):
         bn = next((op for op in net.all_ops() if isinstance(op, ir.BatchNorm)), None)
@@ -141,9 +141,7 @@ class _Emitter(common.Lowering):
 
     def name(self, op, owner, branch):
         self.where = (owner, branch)  # lower_ops names each op just before lowering it
-        if getattr(op, "name", None) or branch != "shortcut":
-            return super().name(op, owner, branch)
-        return common.join(owner, "shortcut_" + common.HELPER_NAMES[type(op)])  # as torch_backend names it
+        return super().name(op, owner, branch)
 
     def op(self, op, x, name, tap):
         owner, branch = self.where

@@ -33,10 +33,8 @@ def run_job(kind: str, model: str, x: np.ndarray) -> dict:
     if kind == "ort":
         return {**_ort_levels(model, x, ""), "versions": np.array(onnx_probe.versions())}
     if kind == "onnxoptimizer":
-        import onnxoptimizer
-
         return {**_ort_levels(onnx_probe.onnxoptimizer_bytes(model), x, ""),
-                "versions": np.array(f"onnxoptimizer {onnxoptimizer.__version__}, {onnx_probe.versions()}")}
+                "versions": np.array(onnx_probe.versions())}  # names onnxruntime and onnxoptimizer
     if kind == "onnxsim":
         import onnx
         import onnxsim
