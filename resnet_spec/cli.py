@@ -306,8 +306,9 @@ def _check_dtype_targets(backends, dtype, io_dtype) -> None:
               help="Also write the report as JSON to this file ('-' for stdout).")
 @click.option("--train", is_flag=True, help="Compare one training step (logits, loss, gradients, BN running "
                                             "stats) instead of inference; float32, legs torch and keras-*.")
-@click.option("--strict-grads", is_flag=True, help="With --train: also fail a leg whose gradients leave float32's "
-                                                   "measured band around PyTorch's float64 step (docs/parity.md).")
+@click.option("--strict-grads/--no-strict-grads", default=True, show_default=True,
+              help="With --train: fail a leg whose gradients leave float32's measured band around PyTorch's "
+                   "float64 step (docs/parity.md); --no-strict-grads reports that check without enforcing it.")
 @checkpoint_options
 @limit_options
 def parity(spec, weights_file, targets, device, dtype, batch, seed, layers, plot_file, allow_tf32, allow_nonfinite,
@@ -365,7 +366,7 @@ def parity(spec, weights_file, targets, device, dtype, batch, seed, layers, plot
 
 
 def _run_parity(net, weights, backends, skipped, *, train, all_legs, device, dtype, batch, seed, layers,
-                allow_tf32, label, quiet_errors, strict_grads=False):
+                allow_tf32, label, quiet_errors, strict_grads=True):
     """Run inference or training-step parity; return ``(report, formatter)``. Exits 1 with one line
     when fewer than two inference legs could run (nothing to compare)."""
     from . import parity as P

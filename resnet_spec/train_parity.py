@@ -96,7 +96,7 @@ TrainRun = BackendRun  # one leg's run: the same record as an inference run's
 @dataclass(kw_only=True)
 class TrainReport(RunOutcome):
     reference: dict = field(default_factory=dict)  # {leg: against_reference(...)}
-    strict_grads: bool = False  # whether ``reference`` decides the pass (else it is reported only)
+    strict_grads: bool = True  # whether ``reference`` decides the pass (else it is reported only)
 
     def to_json(self) -> dict:
         return {"spec": self.spec, "mode": "train", "dtype": "float32", "device": self.device, "batch": self.batch,
@@ -198,10 +198,10 @@ def compare_steps(a: dict, b: dict, g: np.ndarray) -> dict:
 def run_train(net: ir.Network, weights: dict, *, backends=("torch", "keras-tensorflow"), device: str = "cpu",
               batch: int = 2, seed: int = 0, weights_label: str = "", mutate: dict | None = None,
               runner: Runner | None = None, progress=None, skipped: dict | None = None,
-              allow_tf32: bool = False, strict_grads: bool = False) -> TrainReport:
+              allow_tf32: bool = False, strict_grads: bool = True) -> TrainReport:
     """One training step in every leg of ``backends`` from ``weights`` and one batch; compare every pair.
-    Every leg's gradients are also measured against PyTorch's float64 step; with ``strict_grads`` a leg
-    outside float32's band around it fails its pairs, else that check is reported, not enforced."""
+    Every leg's gradients are also measured against PyTorch's float64 step; a leg outside float32's band
+    around it fails its pairs (``strict_grads=False``: that check is reported, not enforced)."""
     from .weights import check_weights
 
     if batch < 2:
@@ -282,7 +282,7 @@ def format_reference(r: TrainReport) -> str:
     lines = ["", f"  gradients against PyTorch float64, per tensor relative to its own scale; allowed: "
                  f"{b['factor']:g} x PyTorch float32's own error + {b['floor']:.0e},",
              f"  or {b['factor']:g} x PyTorch float32's worst error on the scale of the largest gradient"
-             + ("" if r.strict_grads else " (reported, not enforced; --strict-grads enforces it)")]
+             + ("" if r.strict_grads else " (reported, not enforced: --no-strict-grads)")]
     first = next((v for v in r.reference.values() if "kinks_found" in v), None)
     if first and first["kinks_found"]:
         lines.append(f"  plus the effect of {first['kinks_examined']} ReLU kink(s) of the float64 step (inputs within "

@@ -101,8 +101,8 @@ def test_small_gradient_fault_fails_against_float64(runner):
     assert not ref["passed"] and ref["failing"] == 1 and r.reference["keras-torch"]["passed"]
     assert ref["worst"][0]["tensor"] == "layer3.2.conv2.weight" and 0.9e-2 < ref["worst"][0]["max_rel"] < 1.1e-2
     assert "layer3.2.conv2.weight" in T.report_text(r)
-    # without --strict-grads the same finding is reported, not enforced (the pairwise bound decides)
-    lax = _run(_net("resnet20"), runner, backends=["torch", "keras-torch"],
+    # with --no-strict-grads the same finding is reported, not enforced (the pairwise bound decides)
+    lax = _run(_net("resnet20"), runner, backends=["torch", "keras-torch"], strict_grads=False,
                mutate={"torch": faults.torch_grad_off_by_1pct_layer3_2_conv2})
     assert lax.passed and not lax.reference["torch"]["passed"]
     assert "not enforced" in T.report_text(lax) and "layer3.2.conv2.weight" in T.report_text(lax)
@@ -132,6 +132,7 @@ def test_cli_train_json():
     assert rep["mode"] == "train" and rep["passed"] and rep["tolerances_rel"] == T.TRAIN_TOLERANCES
     assert rep["grad_band"] == T.GRAD_BANDS["float32"] and sorted(rep["against_float64"]) == ["keras-torch", "torch"]
     assert [(p["a"], p["b"]) for p in rep["pairs"]] == [("torch", "keras-torch")]
+    assert rep["strict_grads"] is True  # the float64 gradient check decides by default
 
 
 def test_all_lists_uninstalled_legs_and_unknown_legs_are_refused(monkeypatch):
