@@ -2,11 +2,12 @@
 
 A ReLU passes its input's gradient where the input is > 0 and blocks it elsewhere. When PyTorch's
 float64 step puts a ReLU input within :data:`KINK_TOL` of zero (relative to the largest input of its
-channel in that ReLU call), the sign a float32 step computes for it is below float32's resolution: one framework
-passes that entry's gradient and another blocks it, and every gradient upstream moves by that entry's
-share. Found on keras_resnet50v2 at 64x64 (layer3.3's first ReLU: +1.1e-6 in float64 against an input
-scale of 5.8, exactly 0 in a float32 step with BN's sums in float32): ``layer3.3.bn1.bias`` 7.8e-2 of its own scale and every
-tensor upstream about 1e-3 of the model's gradient scale, in a correct float32 implementation.
+channel in that ReLU call), the sign a float32 step computes for it is below float32's resolution: one
+framework passes that entry's gradient and another blocks it, and every gradient upstream moves by that
+entry's share. Found on keras_resnet50v2 at 64x64 (layer3.3's first ReLU: +1.1e-6 in float64 against an
+input scale of 5.8, exactly 0 in a float32 step with BN's sums in float32): ``layer3.3.bn1.bias`` 7.8e-2
+of its own scale and every tensor upstream about 1e-3 of the model's gradient scale, in a correct
+float32 implementation.
 
 :func:`kink_deltas` finds such entries in the float64 step and, for each (at most :data:`MAX_KINKS`,
 closest to zero first), runs the float64 step again with that one entry's ReLU derivative flipped (the

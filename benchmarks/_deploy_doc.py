@@ -70,16 +70,26 @@ def _rows(results) -> list:
     return sorted(keys, key=lambda k: (rank[k.split(" | ")[0]], OUTPUTS.index(k.split(" | ")[1])))
 
 
-def _coverage(rows) -> str:
+def _coverage(results, rows) -> str:
+    """Which entries were measured, and which cells the others of the same output have that one lacks."""
     from resnet_spec.spec import zoo_names
 
     names = list(dict.fromkeys(r.split(" | ")[0] for r in rows))
     zoo = zoo_names()
-    if set(zoo) <= set(names):
-        return f"Entries: the whole zoo ({len(zoo)}), each with its three outputs."
-    return (f"Entries: {len(names)} of the zoo's {len(zoo)}; not measured yet: "
-            f"{', '.join(n for n in zoo if n not in names)} (running the same command again measures only the "
-            "missing cells).")
+    cols = {out: set().union(*(results[r] for r in rows if r.endswith(f" | {out}"))) for out in OUTPUTS}
+    gaps = []
+    for n in names:
+        for out in OUTPUTS:
+            lack = sorted(cols[out] - set(results.get(f"{n} | {out}", {})))
+            if lack:
+                gaps.append(f"{n} {out}: {', '.join(lack)}")
+    again = " (running the same command again measures only the missing cells)"
+    text = (f"Entries: the whole zoo ({len(zoo)})" if set(zoo) <= set(names) else
+            f"Entries: {len(names)} of the zoo's {len(zoo)}; not measured yet: "
+            f"{', '.join(n for n in zoo if n not in names)}")
+    if not gaps:
+        return text + (", each with its three outputs." if set(zoo) <= set(names) else again + ".")
+    return f"{text}; cells not measured yet: {'; '.join(gaps)}{again}."
 
 
 def _worst_rows(results, rows, cols) -> list:
@@ -132,7 +142,7 @@ def write_doc(results, path, size) -> None:
     f16_note = f"; float16 files ran in onnxruntime {', '.join(ort_f16)} and the tools" if ort_f16 else ""
     fails = [(r, c) for r in rows for c, v in results[r].items()
              if "error" in v or v["rel"] > TOL[r.split(" | ")[1]]]
-    lines = _header(results, size, f16_note) + [_coverage(rows), "", BEFORE, "",
+    lines = _header(results, size, f16_note) + [_coverage(results, rows), "", BEFORE, "",
                                                 "Runtimes (each in its own venv from the registry):", ""]
     lines += [f"- {g}: {v}" for g, v in results.get("_versions", {}).items()]
     lines += [f"- {g}: not measured ({v})" for g, v in results.get("_skipped", {}).items()]

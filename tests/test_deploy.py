@@ -175,6 +175,25 @@ def test_matrix_is_resumable(tmp_path):
     assert other.returncode == 2 and "--size 48" in other.stderr.strip().splitlines()[-1], other.stderr
 
 
+def test_matrix_doc_names_every_missing_cell(tmp_path):
+    """The deployment doc's coverage line names an entry's cells that other entries of the same output have
+    (resnet1202 once lacked its OpenVINO and LiteRT cells while the doc said the zoo was complete)."""
+    import _deploy_doc
+
+    cell = {"rel": 1e-7, "top1": 1.0}
+    results = {f"{n} | onnx": {"onnxruntime 1.32.0 / all": cell, "openvino 2026.4.1 / f32": cell}
+               for n in zoo_names()}
+    results.update({f"{n} | tflite": {"LiteRT 2.3.0 / litert": cell} for n in zoo_names()})
+    _deploy_doc.write_doc(results, tmp_path / "d.md", 40)
+    whole = f"Entries: the whole zoo ({len(zoo_names())}), each with its three outputs."
+    assert whole in (tmp_path / "d.md").read_text()
+    del results["resnet1202 | onnx"]["openvino 2026.4.1 / f32"], results["resnet1202 | tflite"]
+    _deploy_doc.write_doc(results, tmp_path / "d.md", 40)
+    line = next(t for t in (tmp_path / "d.md").read_text().splitlines() if t.startswith("Entries:"))
+    assert "resnet1202 onnx: openvino 2026.4.1 / f32; resnet1202 tflite: LiteRT 2.3.0 / litert" in line, line
+    assert "each with its three outputs" not in line
+
+
 def test_float16_classifier_accumulates_in_float32_in_onnxruntime_1_29(tmp_path):
     """onnxruntime 1.29.0's CPU float16 Gemm sums its products in float16: our float16 files were off by
     up to 1.3e-2 of the logit scale there (7 zoo entries over FLOAT16_TOL, docs/deployment.md), against
