@@ -9,11 +9,13 @@ input scale of 5.8, exactly 0 in a float32 step with BN's sums in float32): ``la
 of its own scale and every tensor upstream about 1e-3 of the model's gradient scale, in a correct
 float32 implementation.
 
-:func:`kink_deltas` finds such entries in the float64 step and, for each (at most :data:`MAX_KINKS`,
-closest to zero first), runs the float64 step again with that one entry's ReLU derivative flipped (the
-forward values unchanged). ``train_parity.against_reference`` allows each tensor the sum of those
-changes on top of its float32 band. ReLUs inside squeeze-excite modules (functional) and max-pool
-near-ties are not examined.
+:func:`kink_deltas` finds such entries in the float64 step (each ReLU call is scanned as it runs;
+only the candidates are kept) and runs the float64 step again with ReLU derivatives flipped (forward
+values unchanged): once per kink for the :data:`MAX_KINKS` closest to zero, and once more with all
+the others flipped together. ``train_parity.against_reference`` allows each tensor the sum of those
+changes on top of its float32 band. The joint flip stands for the kinks not examined one by one; two
+of them could cancel in it, so for those it is an estimate, not a bound. ReLUs inside squeeze-excite
+modules (functional) and max-pool near-ties are not examined.
 """
 
 from __future__ import annotations
@@ -31,8 +33,18 @@ KINK_TOL = 4e-6
 MAX_KINKS = 16
 
 
-def _record(calls: list):
-    """A ``mutate`` for :func:`torch_step` that keeps every nn.ReLU call's input (ReLUs made out of place)."""
+def _near_zero(x, tol: float) -> list:
+    """The kinks of one ReLU call's input ``x`` (channel axis 1): ``[(index, value, |value| / scale)]``."""
+    a = x.abs()
+    scale = a.amax(dim=[d for d in range(a.dim()) if d != 1], keepdim=True) if a.dim() > 1 else a.max()
+    near = (a > 0) & (a <= tol * scale)
+    scale = scale.expand_as(a)
+    return [(tuple(i), float(x[tuple(i)]), float(a[tuple(i)] / scale[tuple(i)])) for i in near.nonzero().tolist()]
+
+
+def _record(found: list, tol: float = KINK_TOL):
+    """A ``mutate`` for :func:`torch_step` that appends every nn.ReLU call's kinks to ``found`` as the call
+    runs (ReLUs made out of place; the inputs themselves are not kept)."""
     import torch
 
     def mutate(model):
@@ -40,62 +52,64 @@ def _record(calls: list):
             if isinstance(m, torch.nn.ReLU):
                 m.inplace = False
                 count = itertools.count()
-                m.register_forward_hook(lambda mod, inp, out, n=name, c=count:
-                                        calls.append((n, next(c), inp[0].detach())))
+
+                def hook(mod, inp, out, n=name, c=count):
+                    call = next(c)
+                    found.extend({"relu": n, "call": call, "index": i, "value": v, "of_scale": f}
+                                 for i, v, f in _near_zero(inp[0].detach(), tol))
+                m.register_forward_hook(hook)
         return model
     return mutate
 
 
-def _flip(kink: dict):
-    """A ``mutate`` flipping the ReLU derivative at one entry of one call: ``out + s * (x - x.detach())``
-    with ``s`` = +1 at a blocked entry (now passed), -1 at a passed one (now blocked), 0 elsewhere."""
+def _flip(*kinks: dict):
+    """A ``mutate`` flipping the ReLU derivative at the given entries: ``out + s * (x - x.detach())`` with
+    ``s`` = +1 at a blocked entry (now passed), -1 at a passed one (now blocked), 0 elsewhere."""
     import torch
+
+    where: dict = {}
+    for k in kinks:
+        where.setdefault(k["relu"], {}).setdefault(k["call"], []).append(k)
 
     def mutate(model):
         for name, m in model.named_modules():
-            if name == kink["relu"] and isinstance(m, torch.nn.ReLU):
+            if name in where and isinstance(m, torch.nn.ReLU):
                 m.inplace = False
                 count = itertools.count()
 
-                def hook(mod, inp, out, c=count):
-                    if next(c) != kink["call"]:
+                def hook(mod, inp, out, calls=where[name], c=count):
+                    mine = calls.get(next(c))
+                    if not mine:
                         return out
                     x = inp[0]
                     s = torch.zeros_like(x)
-                    s[tuple(kink["index"])] = -1.0 if kink["value"] > 0 else 1.0
+                    for k in mine:
+                        s[tuple(k["index"])] = -1.0 if k["value"] > 0 else 1.0
                     return out + s * (x - x.detach())
                 m.register_forward_hook(hook)
         return model
     return mutate
 
 
-def find_kinks(calls: list, tol: float = KINK_TOL, limit: int = MAX_KINKS) -> tuple:
-    """(the ``limit`` kinks closest to zero, how many there are in all) among recorded ReLU calls."""
-    found = []
-    for name, i, x in calls:
-        a = x.abs()
-        scale = a.amax(dim=[d for d in range(a.dim()) if d != 1], keepdim=True) if a.dim() > 1 else a.max()
-        near = (a > 0) & (a <= tol * scale)
-        scale = scale.expand_as(a)
-        for idx in near.nonzero().tolist():
-            v, s = float(x[tuple(idx)]), float(scale[tuple(idx)])
-            found.append({"relu": name, "call": i, "index": tuple(idx), "value": v, "of_scale": abs(v) / s})
+def find_kinks(net, weights, x, g, *, device: str = "cpu", tol: float = KINK_TOL) -> tuple:
+    """(PyTorch's float64 step, its description, every kink in it, closest to zero first)."""
+    found: list = []
+    base, desc = torch_step(net, weights, x, g, device=device, dtype="float64", mutate=_record(found, tol))
     found.sort(key=lambda k: k["of_scale"])
-    return found[:limit], len(found)
+    return base, desc, found
 
 
 def kink_deltas(net, weights, x, g, *, device: str = "cpu") -> tuple:
-    """(PyTorch's float64 step, kink report). The report: ``kinks`` (examined), ``found`` (in all), and
-    ``deltas`` = {tensor: sum over examined kinks of max |gradient with the kink flipped - gradient|}."""
-    calls: list = []
-    base, desc = torch_step(net, weights, x, g, device=device, dtype="float64", mutate=_record(calls))
-    kinks, found = find_kinks(calls)
-    del calls
+    """(PyTorch's float64 step, kink report). The report: ``kinks`` (examined one by one), ``found`` (in
+    all), ``jointly`` (the others, flipped together in one step) and ``deltas`` = {tensor: sum over
+    those flips of max |gradient with the flip - gradient|}."""
+    base, desc, found = find_kinks(net, weights, x, g, device=device)
+    flips = [(k,) for k in found[:MAX_KINKS]] + ([tuple(found[MAX_KINKS:])] if found[MAX_KINKS:] else [])
     deltas = {n: 0.0 for n in base["grads"]}
-    for k in kinks:
-        flipped, _ = torch_step(net, weights, x, g, device=device, dtype="float64", mutate=_flip(k))
+    for kinks in flips:
+        flipped, _ = torch_step(net, weights, x, g, device=device, dtype="float64", mutate=_flip(*kinks))
         for n, v in flipped["grads"].items():
             deltas[n] += float(np.abs(np.asarray(v) - base["grads"][n]).max()) if np.size(v) else 0.0
-    report = {"kinks": [dict(k, index=list(k["index"])) for k in kinks], "found": found, "tol": KINK_TOL,
-              "deltas": deltas}
+    report = {"kinks": [dict(k, index=list(k["index"])) for k in found[:MAX_KINKS]], "found": len(found),
+              "jointly": len(found[MAX_KINKS:]), "tol": KINK_TOL, "deltas": deltas}
     return (base, desc), report

@@ -71,25 +71,31 @@ def _rows(results) -> list:
 
 
 def _coverage(results, rows) -> str:
-    """Which entries were measured, and which cells the others of the same output have that one lacks."""
+    """Which entries and outputs were measured, and which cells the others of the same output have that an
+    entry lacks."""
     from resnet_spec.spec import zoo_names
 
     names = list(dict.fromkeys(r.split(" | ")[0] for r in rows))
     zoo = zoo_names()
-    cols = {out: set().union(*(results[r] for r in rows if r.endswith(f" | {out}"))) for out in OUTPUTS}
+    outs = [o for o in OUTPUTS if any(r.endswith(f" | {o}") for r in rows)]
+    cols = {o: set().union(*(results[r] for r in rows if r.endswith(f" | {o}"))) for o in outs}
     gaps = []
     for n in names:
-        for out in OUTPUTS:
-            lack = sorted(cols[out] - set(results.get(f"{n} | {out}", {})))
+        for o in outs:
+            lack = sorted(cols[o] - set(results.get(f"{n} | {o}", {})))
             if lack:
-                gaps.append(f"{n} {out}: {', '.join(lack)}")
+                gaps.append(f"{n} {o}: {', '.join(lack)}")
     again = " (running the same command again measures only the missing cells)"
     text = (f"Entries: the whole zoo ({len(zoo)})" if set(zoo) <= set(names) else
             f"Entries: {len(names)} of the zoo's {len(zoo)}; not measured yet: "
             f"{', '.join(n for n in zoo if n not in names)}")
-    if not gaps:
-        return text + (", each with its three outputs." if set(zoo) <= set(names) else again + ".")
-    return f"{text}; cells not measured yet: {'; '.join(gaps)}{again}."
+    if len(outs) < len(OUTPUTS):
+        text += f"; outputs not measured: {', '.join(o for o in OUTPUTS if o not in outs)}"
+    if gaps:
+        text += f"; cells not measured yet: {'; '.join(gaps)}"
+    if set(zoo) <= set(names) and not gaps and len(outs) == len(OUTPUTS):
+        return text + ", each with its three outputs."
+    return text + again + "."
 
 
 def _worst_rows(results, rows, cols) -> list:

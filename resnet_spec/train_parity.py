@@ -97,12 +97,13 @@ TrainRun = BackendRun  # one leg's run: the same record as an inference run's
 class TrainReport(RunOutcome):
     reference: dict = field(default_factory=dict)  # {leg: against_reference(...)}
     strict_grads: bool = True  # whether ``reference`` decides the pass (else it is reported only)
+    reference_note: str = ""  # why there is no ``reference`` (torch, which computes it, is not installed)
 
     def to_json(self) -> dict:
         return {"spec": self.spec, "mode": "train", "dtype": "float32", "device": self.device, "batch": self.batch,
                 "seed": self.seed, "weights": self.weights, "tolerances_rel": TRAIN_TOLERANCES,
                 "grad_band": GRAD_BANDS["float32"], "against_float64": self.reference,
-                "strict_grads": self.strict_grads,
+                "strict_grads": self.strict_grads, "against_float64_not_run": self.reference_note or None,
                 "backends": self.runs_json(), "pairs": self.pairs, "not_run": self.not_run,
                 "not_installed": self.skipped, "passed": self.passed}
 
@@ -169,6 +170,7 @@ def against_reference(leg: dict, ref: dict, dtype: str = "float32") -> dict:
             "worst": [{"tensor": n, "max_rel": e, "allowed": lim} for n, e, lim in rows[:WORST]],
             "failing": sum(1 for _, e, lim in rows if e > lim), "total": len(rows),
             "kinks_found": kinks["found"], "kinks_examined": len(kinks["kinks"]),
+            "kinks_jointly": kinks.get("jointly", 0),
             "passed": all(e <= lim for _, e, lim in rows)}
 
 
@@ -218,8 +220,8 @@ def run_train(net: ir.Network, weights: dict, *, backends=("torch", "keras-tenso
         for b in backends:
             runs[b] = _run_one(runner, b, net, weights, x, g, options, (mutate or {}).get(b), say)
         ran = [b for b in backends if runs[b].error is None]
-        reference = _reference(runner, net, weights, x, g, options, {b: runs[b].outputs for b in ran}, say) \
-            if len(ran) > 1 else {}
+        reference, note = _reference(runner, net, weights, x, g, options, {b: runs[b].outputs for b in ran},
+                                     say) if len(ran) > 1 else ({}, "")
     finally:
         if own:
             runner.close()
@@ -232,7 +234,7 @@ def run_train(net: ir.Network, weights: dict, *, backends=("torch", "keras-tenso
         pairs.append(p)
     return TrainReport(spec=net.name, device=device, batch=batch, seed=seed, weights=weights_label or "given",
                        runs=runs, pairs=pairs, skipped=dict(skipped or {}), reference=reference,
-                       strict_grads=strict_grads)
+                       strict_grads=strict_grads, reference_note=note)
 
 
 def _reference_worker(spec_yaml, weights, x, g, options):
@@ -247,18 +249,24 @@ def _reference_worker(spec_yaml, weights, x, g, options):
     return {"float64": step64, "float32": step32, "kinks": kinks}
 
 
-def _reference(runner, net, weights, x, g, options, outputs: dict, say) -> dict:
-    """{leg: against_reference(...)} from PyTorch's unmodified float64 and float32 steps (torch worker);
-    when that cannot run, every leg's gradients fail with the reason (they were not checked)."""
+def _reference(runner, net, weights, x, g, options, outputs: dict, say) -> tuple:
+    """``({leg: against_reference(...)}, "")`` from PyTorch's unmodified float64 and float32 steps (torch
+    worker). Without torch there is no reference: ``({}, why)``, and the legs are compared pairwise only;
+    when the reference worker fails, every leg's gradients fail with the reason (they were not checked)."""
     say("reference: PyTorch float64 and float32 steps, ReLU kinks ...")
     try:
         ref = runner.call("torch", _reference_worker, net.spec_yaml, weights, x, g, options)
-    except (BackendUnavailable, WorkerCrashed) as exc:
+    except BackendUnavailable as exc:
         say(f"reference: not run: {exc}")
-        return {leg: {"passed": False, "error": f"float64 reference not run: {exc}"} for leg in outputs}
+        return {}, (f"the float64 gradient check needs torch, which could not run here ({exc}); the legs' "
+                    "gradients were compared pairwise only")
+    except WorkerCrashed as exc:
+        say(f"reference: not run: {exc}")
+        return {leg: {"passed": False, "error": f"float64 reference not run: {exc}"} for leg in outputs}, ""
     k = ref["kinks"]
-    say(f"reference: {k['found']} ReLU input(s) within {k['tol']:.0e} of zero, {len(k['kinks'])} examined")
-    return {leg: against_reference(out, ref) for leg, out in outputs.items()}
+    say(f"reference: {k['found']} ReLU input(s) within {k['tol']:.0e} of zero, {len(k['kinks'])} flipped one "
+        f"by one" + (f", {k['jointly']} together" if k.get("jointly") else ""))
+    return {leg: against_reference(out, ref) for leg, out in outputs.items()}, ""
 
 
 def _run_one(runner, backend, net, weights, x, g, options, mutate, say) -> TrainRun:
@@ -277,7 +285,7 @@ def _run_one(runner, backend, net, weights, x, g, options, mutate, say) -> Train
 def format_reference(r: TrainReport) -> str:
     """The per-leg gradient check against PyTorch's float64 step (appended to the pairwise table)."""
     if not r.reference:
-        return ""
+        return f"\n  note: {r.reference_note}" if r.reference_note else ""
     b = GRAD_BANDS["float32"]
     lines = ["", f"  gradients against PyTorch float64, per tensor relative to its own scale; allowed: "
                  f"{b['factor']:g} x PyTorch float32's own error + {b['floor']:.0e},",
@@ -285,8 +293,9 @@ def format_reference(r: TrainReport) -> str:
              + ("" if r.strict_grads else " (reported, not enforced: --no-strict-grads)")]
     first = next((v for v in r.reference.values() if "kinks_found" in v), None)
     if first and first["kinks_found"]:
-        lines.append(f"  plus the effect of {first['kinks_examined']} ReLU kink(s) of the float64 step (inputs within "
-                     f"float32 resolution of zero; {first['kinks_found']} found)")
+        rest = f" and the other {first['kinks_jointly']} flipped together" if first.get("kinks_jointly") else ""
+        lines.append(f"  plus the effect of the float64 step's ReLU kinks (inputs within float32 resolution of zero; "
+                     f"{first['kinks_found']} found): {first['kinks_examined']} flipped one by one{rest}")
     for leg, v in r.reference.items():
         if "error" in v:
             lines.append(f"    {leg:<18} FAIL: {v['error']}")

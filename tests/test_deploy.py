@@ -185,6 +185,9 @@ def test_matrix_doc_names_every_missing_cell(tmp_path):
                for n in zoo_names()}
     results.update({f"{n} | tflite": {"LiteRT 2.3.0 / litert": cell} for n in zoo_names()})
     _deploy_doc.write_doc(results, tmp_path / "d.md", 40)
+    assert "outputs not measured: onnx-f16" in (tmp_path / "d.md").read_text()
+    results.update({f"{n} | onnx-f16": {"onnxruntime 1.32.0 / all": cell} for n in zoo_names()})
+    _deploy_doc.write_doc(results, tmp_path / "d.md", 40)
     whole = f"Entries: the whole zoo ({len(zoo_names())}), each with its three outputs."
     assert whole in (tmp_path / "d.md").read_text()
     del results["resnet1202 | onnx"]["openvino 2026.4.1 / f32"], results["resnet1202 | tflite"]

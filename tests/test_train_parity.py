@@ -212,3 +212,53 @@ def test_kink_allowance_passes_the_other_side_and_nothing_more():
     assert got["passed"] and got["kinks_found"] >= 1, got["worst"]
     leg["grads"]["layer3.1.conv1.weight"] = leg["grads"]["layer3.1.conv1.weight"] * 1.01  # downstream: no allowance
     assert not T.against_reference(leg, {"float64": step64, "float32": step32, "kinks": rep})["passed"]
+
+
+def test_kinks_beyond_the_cap_are_flipped_together(monkeypatch):
+    """Kinks past MAX_KINKS are not dropped: they are flipped together in one more float64 step, and
+    that step's change is allowed (here every kink, the planted one included, is past a cap of 0)."""
+    import numpy as np
+
+    from resnet_spec.backends import train_kinks, training
+
+    monkeypatch.setattr(train_kinks, "MAX_KINKS", 0)
+    net = _net("resnet20")
+    weights, x, g, index = _planted_kink(net, init_weights(net, seed=0, random_bn=True))
+    (step64, _), rep = train_kinks.kink_deltas(net, weights, x, g)
+    assert rep["kinks"] == [] and rep["jointly"] == rep["found"] >= 1
+    assert rep["deltas"]["layer2.0.bn1.bias"] > 0 and rep["deltas"]["fc.weight"] == 0
+    kink = {"relu": "layer2.0.relu", "call": 0, "index": index, "value": 1.0}  # passed in float64: block it
+    other, _ = training.torch_step(net, weights, x, g, dtype="float64", mutate=train_kinks._flip(kink))
+    leg = {"grads": {n: v.astype(np.float32) for n, v in other["grads"].items()}}
+    step32, _ = training.torch_step(net, weights, x, g)
+    got = T.against_reference(leg, {"float64": step64, "float32": step32, "kinks": rep})
+    assert got["passed"] and got["kinks_jointly"] == rep["found"], got["worst"]
+
+
+class _ReferenceFails:
+    """A runner whose float64 reference raises ``exc``; the legs run for real."""
+
+    def __init__(self, runner, exc):
+        self.runner, self.exc = runner, exc
+
+    def call(self, backend, fn, *args, **kwargs):
+        if fn is T._reference_worker:
+            raise self.exc
+        return self.runner.call(backend, fn, *args, **kwargs)
+
+
+def test_reference_without_torch_is_said_and_a_crashed_one_fails(runner):
+    """No torch for the float64 reference (a Keras-only install): the legs are compared pairwise and the
+    report says the check did not run; a reference worker that crashes fails the gradients instead."""
+    from resnet_spec.errors import BackendUnavailable
+    from resnet_spec.isolate import WorkerCrashed
+
+    net = _net("resnet20")
+    r = _run(net, _ReferenceFails(runner, BackendUnavailable("torch is not installed")),
+             backends=["torch", "keras-torch"])
+    assert r.passed and r.reference == {} and r.to_json()["against_float64_not_run"]
+    assert "float64 gradient check needs torch" in T.report_text(r) and "torch is not installed" in T.report_text(r)
+    crashed = _run(net, _ReferenceFails(runner, WorkerCrashed("the torch worker process crashed")),
+                   backends=["torch", "keras-torch"])
+    assert not crashed.passed and crashed.pairs[0]["checks"]["grads"] is False
+    assert "float64 reference not run: the torch worker process crashed" in T.report_text(crashed)
