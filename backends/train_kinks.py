@@ -42,24 +42,27 @@ def _near_zero(x, tol: float) -> list:
     return [(tuple(i), float(x[tuple(i)]), float(a[tuple(i)] / scale[tuple(i)])) for i in near.nonzero().tolist()]
 
 
-def _record(found: list, tol: float = KINK_TOL):
-    """A ``mutate`` for :func:`torch_step` that appends every nn.ReLU call's kinks to ``found`` as the call
-    runs (ReLUs made out of place; the inputs themselves are not kept)."""
+def _on_relu_calls(model, hook, names=None):
+    """Make every nn.ReLU of ``model`` (those in ``names`` if given) out of place and call
+    ``hook(name, call, x, out)`` on each of its calls (``call`` counts that module's calls in this step);
+    a hook that returns a tensor replaces the ReLU's output."""
     import torch
 
-    def mutate(model):
-        for name, m in model.named_modules():
-            if isinstance(m, torch.nn.ReLU):
-                m.inplace = False
-                count = itertools.count()
+    for name, m in model.named_modules():
+        if isinstance(m, torch.nn.ReLU) and (names is None or name in names):
+            m.inplace = False
+            count = itertools.count()
+            m.register_forward_hook(lambda mod, inp, out, n=name, c=count: hook(n, next(c), inp[0], out))
+    return model
 
-                def hook(mod, inp, out, n=name, c=count):
-                    call = next(c)
-                    found.extend({"relu": n, "call": call, "index": i, "value": v, "of_scale": f}
-                                 for i, v, f in _near_zero(inp[0].detach(), tol))
-                m.register_forward_hook(hook)
-        return model
-    return mutate
+
+def _record(found: list, tol: float = KINK_TOL):
+    """A ``mutate`` for :func:`torch_step` that appends every nn.ReLU call's kinks to ``found`` as the call
+    runs (the inputs themselves are not kept)."""
+    def hook(name, call, x, out):
+        found.extend({"relu": name, "call": call, "index": i, "value": v, "of_scale": f}
+                     for i, v, f in _near_zero(x.detach(), tol))
+    return lambda model: _on_relu_calls(model, hook)
 
 
 def _flip(*kinks: dict):
@@ -71,24 +74,15 @@ def _flip(*kinks: dict):
     for k in kinks:
         where.setdefault(k["relu"], {}).setdefault(k["call"], []).append(k)
 
-    def mutate(model):
-        for name, m in model.named_modules():
-            if name in where and isinstance(m, torch.nn.ReLU):
-                m.inplace = False
-                count = itertools.count()
-
-                def hook(mod, inp, out, calls=where[name], c=count):
-                    mine = calls.get(next(c))
-                    if not mine:
-                        return out
-                    x = inp[0]
-                    s = torch.zeros_like(x)
-                    for k in mine:
-                        s[tuple(k["index"])] = -1.0 if k["value"] > 0 else 1.0
-                    return out + s * (x - x.detach())
-                m.register_forward_hook(hook)
-        return model
-    return mutate
+    def hook(name, call, x, out):
+        mine = where[name].get(call)
+        if not mine:
+            return out
+        s = torch.zeros_like(x)
+        for k in mine:
+            s[tuple(k["index"])] = -1.0 if k["value"] > 0 else 1.0
+        return out + s * (x - x.detach())
+    return lambda model: _on_relu_calls(model, hook, names=where)
 
 
 def find_kinks(net, weights, x, g, *, device: str = "cpu", tol: float = KINK_TOL) -> tuple:
