@@ -118,10 +118,15 @@ def _squeeze_excite(op: ir.SqueezeExcite, x, name, namer):
     L, base = _L(), canonical_name(name)
     s = L.GlobalAveragePooling2D(keepdims=True, name=namer(f"{base}.pool"))(x)
     s = L.Conv2D(op.reduced, 1, use_bias=True, name=layer_name(f"{op.name}.fc1"))(s)
-    s = L.Activation("relu", name=namer(f"{base}.relu"))(s)
+    s = L.Activation("relu", name=namer(_se_relu(base)))(s)
     s = L.Conv2D(op.channels, 1, use_bias=True, name=layer_name(f"{op.name}.fc2"))(s)
     s = L.Activation("sigmoid", name=namer(f"{base}.gate"))(s)
     return L.Multiply(name=name)([x, s])
+
+
+def _se_relu(base: str) -> str:
+    """The canonical-style name of a squeeze-excite's ReLU layer (``layer1.0.se.relu``)."""
+    return f"{base}.relu"
 
 
 def _drop_path(op: ir.DropPath, x, name, namer):
@@ -257,6 +262,38 @@ def _graph(net: ir.Network, data_format: str, keras):
         inp = x = keras.Input((h, w, c), name=namer("input"))
     x = common.walk(_Lowering(namer), net, x)
     return keras.Model(inp, x, name=net.name)
+
+
+class _ReluSites(_Lowering):
+    """The shared walk without Keras, naming layers as :class:`_Lowering` does: records the Keras name of
+    every ReLU layer in walk order (an IR ReLU, and the ReLU inside each squeeze-excite). Helper layers
+    other than those are not named here; their names have bases of their own (``.pad``, ``.pool``), so
+    skipping them changes no ReLU's name (tests/test_train_parity.py checks it against built models)."""
+
+    def __init__(self, namer: Namer):
+        super().__init__(namer)
+        self.sites: list = []
+
+    def lower(self, op, x, layer: str):
+        if isinstance(op, ir.ReLU):
+            self.sites.append(layer)
+        elif isinstance(op, ir.SqueezeExcite):
+            self.sites.append(self.namer(_se_relu(canonical_name(layer))))
+        return x
+
+    def add(self, y, s, block, tap):
+        self.namer(f"{tap}.out" if tap else f"{block.name}.add")
+        return y
+
+
+def relu_layer_names(net: ir.Network) -> list:
+    """The Keras layer name of every ReLU call of ``net``'s model, in the order of the shared walk: the
+    order in which the PyTorch model calls its ``nn.ReLU`` modules (``parity --train`` pairs them up)."""
+    namer = Namer()
+    namer("input")
+    lw = _ReluSites(namer)
+    common.walk(lw, net, None)
+    return lw.sites
 
 
 def tap_model(net: ir.Network, model):

@@ -91,11 +91,12 @@ if torch is not None:
         def __init__(self, channels: int, reduced: int):
             super().__init__()
             self.fc1 = nn.Conv2d(channels, reduced, 1, bias=True)
+            self.act = nn.ReLU()  # a module, as timm's, so that parity --train sees every ReLU call
             self.fc2 = nn.Conv2d(reduced, channels, 1, bias=True)
 
         def forward(self, x):
             s = x.mean((2, 3), keepdim=True)
-            return x * torch.sigmoid(self.fc2(F.relu(self.fc1(s))))
+            return x * torch.sigmoid(self.fc2(self.act(self.fc1(s))))
 
     class DropPath(nn.Module):
         """Stochastic depth: drop the whole residual branch per sample (training only)."""

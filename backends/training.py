@@ -24,16 +24,13 @@ from ..errors import BackendUnavailable
 STAT_SUFFIXES = ("running_mean", "running_var")
 
 
-def torch_step(net: ir.Network, weights, x, g, *, device="cpu", dtype="float32", allow_tf32=False, mutate=None):
-    """The training step in PyTorch (the reference leg)."""
+def torch_model(net: ir.Network, weights, *, dtype="float32", mutate=None):
+    """The PyTorch model of a training step (float32, or float64 for the reference): dropout and
+    drop-path off, ``mutate`` applied, train mode, on the CPU (move it with ``.to``)."""
     import torch
 
     from . import torch_backend
 
-    if dtype not in ("float32", "float64"):
-        raise BackendUnavailable(f"torch: --train runs in float32 only, not {dtype}")
-    dev, _, desc = torch_backend.device_and_dtype(device, "float32", allow_tf32)
-    wide = dtype == "float64"  # the reference step of train_parity: same weights, input and loss, exact-ish
     model = torch_backend.build(net, weights)
     for m in model.modules():
         if isinstance(m, torch.nn.Dropout):
@@ -42,7 +39,45 @@ def torch_step(net: ir.Network, weights, x, g, *, device="cpu", dtype="float32",
             m.rate = 0.0
     if mutate is not None:
         model = mutate(model) or model
-    model = model.to(dev, torch.float64 if wide else torch.float32).train()
+    return model.to(torch.float64 if dtype == "float64" else torch.float32).train()
+
+
+def record_relu_inputs(model, sink: list):
+    """Append every ``nn.ReLU`` call's input to ``sink`` as it runs (walk order; see :func:`pack_decisions`)."""
+    import torch
+
+    for m in model.modules():
+        if isinstance(m, torch.nn.ReLU):
+            m.register_forward_pre_hook(lambda _m, inp: sink.append(inp[0].detach()))
+    return model
+
+
+def pack_decisions(inputs) -> list:
+    """A ReLU's decision per entry (input > 0: the gradient passes) as ``{"shape", "bits"}``, NCHW."""
+    return [{"shape": tuple(a.shape), "bits": np.packbits(np.asarray(a) > 0, axis=None)} for a in inputs]
+
+
+def unpack_decisions(d: dict) -> np.ndarray:
+    n = int(np.prod(d["shape"]))
+    return np.unpackbits(d["bits"], count=n).astype(bool).reshape(d["shape"])
+
+
+def torch_step(net: ir.Network, weights, x, g, *, device="cpu", dtype="float32", allow_tf32=False, mutate=None,
+               decisions=False):
+    """The training step in PyTorch (the reference leg). ``decisions``: also return every ReLU call's
+    decisions (``out["relu"]``, :func:`pack_decisions`) for the float64 reference."""
+    import torch
+
+    from . import torch_backend
+
+    if dtype not in ("float32", "float64"):
+        raise BackendUnavailable(f"torch: --train runs in float32 only, not {dtype}")
+    dev, _, desc = torch_backend.device_and_dtype(device, "float32", allow_tf32)
+    wide = dtype == "float64"  # the reference step of train_parity: same weights, input and loss, exact-ish
+    model = torch_model(net, weights, dtype=dtype, mutate=mutate).to(dev)
+    seen: list = []
+    if decisions:
+        record_relu_inputs(model, seen)
     x, g = (np.asarray(a, np.float64 if wide else np.float32) for a in (x, g))
     logits = model(torch.from_numpy(np.ascontiguousarray(x)).to(dev))
     loss = (logits * torch.from_numpy(g).to(dev)).sum() / x.shape[0]
@@ -51,15 +86,18 @@ def torch_step(net: ir.Network, weights, x, g, *, device="cpu", dtype="float32",
              for n, p in model.named_parameters()}
     stats = {n: b.detach().cpu().numpy() for n, b in model.named_buffers() if n.endswith(STAT_SUFFIXES)}
     out = {"logits": logits.detach().cpu().numpy(), "loss": float(loss.detach()), "grads": grads, "stats": stats}
+    if decisions:
+        out["relu"] = pack_decisions(a.cpu().numpy() for a in seen)
     return out, f"{desc}, torch {torch.__version__}" + (", float64" if wide else "")
 
 
 def keras_step(leg, net: ir.Network, weights, x, g, *, device="cpu", dtype="float32", allow_tf32=False,
-               mutate=None):
+               mutate=None, decisions=False):
     """The training step of the Keras model on ``leg``'s Keras backend (tf.GradientTape, jax.grad of
-    the stateless call, or torch autograd)."""
+    the stateless call, or torch autograd). ``decisions``: also return every ReLU layer's decisions in
+    the PyTorch model's call order (``out["relu"]``), taken from the inputs of this very step."""
     from .keras_backend import check_input, to_numpy
-    from .keras_model import build, keras_module
+    from .keras_model import build, keras_module, relu_layer_names
 
     keras = keras_module(leg.backend)
     if dtype != "float32":
@@ -74,13 +112,29 @@ def keras_step(leg, net: ir.Network, weights, x, g, *, device="cpu", dtype="floa
         if mutate is not None:
             model = mutate(model) or model
         feed = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+        sites = [model.get_layer(n) for n in relu_layer_names(net)] if decisions else []
+        # one model whose outputs are the logits and every ReLU's input: the values this step computes
+        stepped = keras.Model(model.inputs, [model.outputs[0]] + [layer.input for layer in sites])
         step = {"tensorflow": _tf_grads, "jax": _jax_grads, "torch": _torch_grads}[leg.active()]
-        logits, loss, grads = step(keras, model, feed, g)
+        outs, loss, grads = step(keras, stepped, feed, g)
         grads = {v.path: (np.zeros(v.shape, np.float32) if gr is None else to_numpy(gr))
-                 for v, gr in zip(model.trainable_variables, grads)}
-        out = {"logits": to_numpy(logits), "loss": float(to_numpy(loss)),
+                 for v, gr in zip(stepped.trainable_variables, grads)}
+        out = {"logits": to_numpy(outs[0]), "loss": float(to_numpy(loss)),
                "grads": _canonical_grads(net, model, grads), "stats": _canonical_stats(net, model)}
+        if decisions:
+            out["relu"] = pack_decisions(_nchw(to_numpy(a)) for a in outs[1:])
     return out, f"{desc}, {leg.versions()}"
+
+
+def _nchw(a: np.ndarray) -> np.ndarray:
+    return a.transpose(0, 3, 1, 2) if a.ndim == 4 else a
+
+
+# Each step function takes a model (its output: the logits, or a list [logits, ...]) and returns
+# (outputs as a list, loss, grads).
+
+def _listed(outs) -> list:
+    return list(outs) if isinstance(outs, (list, tuple)) else [outs]
 
 
 def _loss(keras, logits, g):
@@ -91,16 +145,16 @@ def _tf_grads(keras, model, feed, g):
     import tensorflow as tf
 
     with tf.GradientTape() as tape:
-        logits = model(feed, training=True)
-        loss = _loss(keras, logits, g)
-    return logits, loss, tape.gradient(loss, [v.value for v in model.trainable_variables])
+        outs = _listed(model(feed, training=True))
+        loss = _loss(keras, outs[0], g)
+    return outs, loss, tape.gradient(loss, [v.value for v in model.trainable_variables])
 
 
 def _torch_grads(keras, model, feed, g):
-    logits = model(feed, training=True)
-    loss = _loss(keras, logits, g)
+    outs = _listed(model(feed, training=True))
+    loss = _loss(keras, outs[0], g)
     loss.backward()
-    return logits, loss, [v.value.grad for v in model.trainable_variables]
+    return [o.detach() for o in outs], loss, [v.value.grad for v in model.trainable_variables]
 
 
 def _jax_grads(keras, model, feed, g):
@@ -110,13 +164,14 @@ def _jax_grads(keras, model, feed, g):
     frozen = [v.value for v in model.non_trainable_variables]
 
     def f(tv, ntv):
-        logits, ntv = model.stateless_call(tv, ntv, feed, training=True)
-        return _loss(keras, logits, g), (logits, ntv)
+        outs, ntv = model.stateless_call(tv, ntv, feed, training=True)
+        outs = _listed(outs)
+        return _loss(keras, outs[0], g), (outs, ntv)
 
-    (loss, (logits, frozen)), grads = jax.value_and_grad(f, has_aux=True)(trainable, frozen)
+    (loss, (outs, frozen)), grads = jax.value_and_grad(f, has_aux=True)(trainable, frozen)
     for v, value in zip(model.non_trainable_variables, frozen):
         v.assign(value)
-    return logits, loss, grads
+    return outs, loss, grads
 
 
 def _canonical_grads(net: ir.Network, model, grads: dict) -> dict:

@@ -18,10 +18,12 @@ statistics), dropout and drop-path off, the fixed loss ``L = sum(logits * g) / N
   (momentum convention ``running = (1 - m) * running + m * stat``, unbiased batch variance).
 
 Gradients are also held to a float32-sized bound per tensor: PyTorch runs the same step (same weights,
-input and loss, unmodified) in float64 and in float32 in the torch worker, and every leg's gradient of
-every tensor must lie within :data:`GRAD_BANDS` of the float64 one, relative to that tensor's own scale:
-``factor x`` PyTorch float32's own error on that tensor ``+ floor``, or ``factor x`` PyTorch float32's worst
-error over the model measured on the model's gradient scale G (see :func:`against_reference`). Most gradients are determined to a few
+input and loss) in float64, once per leg, taking that leg's ReLU decisions wherever the float64 input is
+within float32's reach of zero (:mod:`resnet_spec.backends.train_reference`: no kink can then differ
+between a leg and its reference), and every leg's gradient of every tensor must lie within
+:data:`GRAD_BANDS` of its reference, relative to that tensor's own scale: ``factor x`` PyTorch float32's
+own error on that tensor ``+ floor``, or ``factor x`` PyTorch float32's worst error over the model measured
+on the model's gradient scale G (see :func:`against_reference`). Most gradients are determined to a few
 float32 roundings (the floor); the few that training-mode BN makes ill-conditioned get the room float32
 itself needs there, measured on this very step, and no more. A planted 1% error in one conv's weight
 gradient (below 2e-2 of G, so the pairwise bound misses it) fails this check and is named.
@@ -43,6 +45,7 @@ import numpy as np
 from . import ir
 from .errors import BackendUnavailable, ResNetSpecError
 from .isolate import WorkerCrashed
+from .backends.train_reference import ADOPT_TOL
 from .parity import BackendRun, RunOutcome, Runner, _e, compare, make_input
 
 #: max relative error per quantity (float32), see the module docstring and docs/parity.md.
@@ -63,12 +66,12 @@ def _train_worker(backend, spec_yaml, weights, x, g, options, mutate):
     mod, net = prepare(backend, spec_yaml)
     t0 = time.perf_counter()
     if backend == "torch":
-        out, device = training.torch_step(net, weights, x, g, mutate=mutate, **options)
+        out, device = training.torch_step(net, weights, x, g, mutate=mutate, decisions=True, **options)
     elif backend == "tensorflow" or backend in KERAS_LEGS:
         from .backends.keras_backend import Leg
 
         leg = Leg("tensorflow" if backend == "tensorflow" else KERAS_LEGS[backend])
-        out, device = training.keras_step(leg, net, weights, x, g, mutate=mutate, **options)
+        out, device = training.keras_step(leg, net, weights, x, g, mutate=mutate, decisions=True, **options)
     else:
         raise BackendUnavailable(f"{backend}: no training step (inference graphs only); --train legs: "
                                  f"{', '.join(TRAIN_LEGS[:1] + TRAIN_LEGS[2:])}")
@@ -138,39 +141,39 @@ def _own_scale_errors(leg: dict, ref: dict) -> dict:
 
 
 def against_reference(leg: dict, ref: dict, dtype: str = "float32") -> dict:
-    """One leg's gradients against the float64 reference step, each tensor held to the float32 band.
+    """One leg's gradients against its float64 reference step, each tensor held to the float32 band.
 
-    ``ref`` = ``{"float64": step, "float32": step}``, both PyTorch, unmodified. Tensor t passes when its
-    error (relative to its own float64 scale) is within ``factor * e32_t + floor``, ``e32_t`` being PyTorch
-    float32's own error on t, or when it is within ``factor * E32`` on the model's gradient scale G (the
-    largest float64 gradient), ``E32`` being PyTorch float32's worst error on that scale. Both measure
-    how well float32 can determine the gradients of this very step: training-mode BN of a deep net at a
-    small batch makes some of them ill-conditioned, and frameworks compute BN's variance differently
-    (Keras: E[x^2] - E[x]^2), so a tensor that PyTorch happens to get right is allowed the error float32
-    makes elsewhere in the model, on the model's scale, and no more. On top of that, each tensor is
-    allowed the change that flipping the float64 step's ReLU kinks makes to it (``ref["kinks"]``,
-    :mod:`resnet_spec.backends.train_kinks`): which side of a ReLU an input within float32's resolution
-    of zero falls on is not determined in float32, and the gradient depends on it discretely.
+    ``ref`` = ``{"float64": {"grads"}, "own": {"float32": {"grads"}, "float64": {"grads"}}, "decisions":
+    summary}``: the float64 step taking its ReLU decisions from this leg, and PyTorch's own float32 step
+    with the float64 step taking its decisions from it (:mod:`resnet_spec.backends.train_reference`), so
+    that no ReLU input within float32's resolution of zero is on one side in a step and on the other in
+    its reference. Tensor t passes when its error (relative to its own float64 scale) is within
+    ``factor * e32_t + floor``, ``e32_t`` being PyTorch float32's own error on t, or within ``factor * E32``
+    on the model's gradient scale G (the largest float64 gradient), ``E32`` being PyTorch float32's worst
+    error on that scale. Both measure how well float32 can determine the gradients of this very step:
+    training-mode BN of a deep net at a small batch makes some of them ill-conditioned, and frameworks
+    compute BN's variance differently, so a tensor that PyTorch happens to get right is allowed the error
+    float32 makes elsewhere in the model, on the model's scale, and no more.
     """
     band = GRAD_BANDS[dtype]
     g64 = ref["float64"]["grads"]
     big = max((float(np.abs(v).max()) for v in g64.values() if np.size(v)), default=0.0)
-    own = _own_scale_errors(ref["float32"]["grads"], g64)
+    own = _own_scale_errors(ref["own"]["float32"]["grads"], ref["own"]["float64"]["grads"])
     errs = _own_scale_errors(leg["grads"], g64)
     to_g = {n: float(np.abs(np.asarray(v, np.float64)).max()) / max(big, 1e-30) if np.size(v) else 0.0
             for n, v in g64.items()}  # tensor scale / G
     e32_g = max((own[n] * to_g[n] for n in own), default=0.0)
-    kinks = ref.get("kinks") or {"deltas": {}, "kinks": [], "found": 0}
-    extra = {n: d / max(to_g.get(n, 0.0) * big, 1e-30) for n, d in kinks["deltas"].items()}  # own scale
-    rows = sorted(((n, e, max(band["factor"] * own[n] + band["floor"], band["factor"] * e32_g / max(to_g[n], 1e-30))
-                    + extra.get(n, 0.0)) for n, e in errs.items()), key=lambda r: -r[1] / r[2])
+    rows = sorted(((n, e, max(band["factor"] * own[n] + band["floor"], band["factor"] * e32_g / max(to_g[n], 1e-30)))
+                   for n, e in errs.items()), key=lambda r: -r[1] / r[2])
+    dec = ref.get("decisions") or {}
     return {"grads_max_rel": max((e for _, e, _ in rows), default=0.0),
             "float32_own_max_rel": max(own.values(), default=0.0),
             "grads_max_of_g": max((e * to_g[n] for n, e in errs.items()), default=0.0), "float32_own_of_g": e32_g,
             "worst": [{"tensor": n, "max_rel": e, "allowed": lim} for n, e, lim in rows[:WORST]],
             "failing": sum(1 for _, e, lim in rows if e > lim), "total": len(rows),
-            "kinks_found": kinks["found"], "kinks_examined": len(kinks["kinks"]),
-            "kinks_jointly": kinks.get("jointly", 0),
+            "relu_calls": dec.get("relu_calls", 0), "decisions_adopted": dec.get("adopted", 0),
+            "decisions_adopted_max_of_scale": dec.get("adopted_max_of_scale", 0.0),
+            "decision_conflicts": dec.get("conflicts", 0),
             "passed": all(e <= lim for _, e, lim in rows)}
 
 
@@ -237,25 +240,25 @@ def run_train(net: ir.Network, weights: dict, *, backends=("torch", "keras-tenso
                        strict_grads=strict_grads, reference_note=note)
 
 
-def _reference_worker(spec_yaml, weights, x, g, options):
-    """In the torch worker: PyTorch's float64 step with its ReLU kinks (backends/train_kinks.py), and its
-    float32 step, both unmodified."""
+def _reference_worker(spec_yaml, weights, x, g, options, decisions):
+    """In the torch worker: PyTorch's float64 step with each leg's ReLU decisions, and its float32 step
+    (backends/train_reference.py)."""
     from .backends import prepare
-    from .backends import train_kinks, training
+    from .backends import train_reference
 
     _, net = prepare("torch", spec_yaml)
-    (step64, _), kinks = train_kinks.kink_deltas(net, weights, x, g, device=options["device"])
-    step32, _ = training.torch_step(net, weights, x, g, **options)
-    return {"float64": step64, "float32": step32, "kinks": kinks}
+    return train_reference.reference(net, weights, x, g, decisions, device=options["device"])
 
 
 def _reference(runner, net, weights, x, g, options, outputs: dict, say) -> tuple:
-    """``({leg: against_reference(...)}, "")`` from PyTorch's unmodified float64 and float32 steps (torch
-    worker). Without torch there is no reference: ``({}, why)``, and the legs are compared pairwise only;
-    when the reference worker fails, every leg's gradients fail with the reason (they were not checked)."""
-    say("reference: PyTorch float64 and float32 steps, ReLU kinks ...")
+    """``({leg: against_reference(...)}, "")`` from PyTorch's float64 step taking each leg's ReLU decisions
+    (torch worker). Without torch there is no reference: ``({}, why)``, and the legs are compared pairwise
+    only; when the reference worker fails, every leg's gradients fail with the reason (they were not
+    checked)."""
+    say("reference: PyTorch float64 step with each leg's ReLU decisions ...")
+    decisions = {leg: out.pop("relu") for leg, out in outputs.items()}
     try:
-        ref = runner.call("torch", _reference_worker, net.spec_yaml, weights, x, g, options)
+        ref = runner.call("torch", _reference_worker, net.spec_yaml, weights, x, g, options, decisions)
     except BackendUnavailable as exc:
         say(f"reference: not run: {exc}")
         return {}, (f"the float64 gradient check needs torch, which could not run here ({exc}); the legs' "
@@ -263,10 +266,16 @@ def _reference(runner, net, weights, x, g, options, outputs: dict, say) -> tuple
     except WorkerCrashed as exc:
         say(f"reference: not run: {exc}")
         return {leg: {"passed": False, "error": f"float64 reference not run: {exc}"} for leg in outputs}, ""
-    k = ref["kinks"]
-    say(f"reference: {k['found']} ReLU input(s) within {k['tol']:.0e} of zero, {len(k['kinks'])} flipped one "
-        f"by one" + (f", {k['jointly']} together" if k.get("jointly") else ""))
-    return {leg: against_reference(out, ref) for leg, out in outputs.items()}, ""
+    out = {}
+    for leg, r in ref["legs"].items():
+        if "error" in r:
+            out[leg] = {"passed": False, "error": r["error"]}
+            continue
+        out[leg] = against_reference(outputs[leg], {"float64": r, "own": ref["own"], "decisions": r["decisions"]})
+        d = r["decisions"]
+        say(f"reference: {leg}: {d['adopted']} of its ReLU decisions adopted (inputs within {d['tol']:.0e} of "
+            f"zero), {d['conflicts']} not")
+    return out, ""
 
 
 def _run_one(runner, backend, net, weights, x, g, options, mutate, say) -> TrainRun:
@@ -291,11 +300,8 @@ def format_reference(r: TrainReport) -> str:
                  f"{b['factor']:g} x PyTorch float32's own error + {b['floor']:.0e},",
              f"  or {b['factor']:g} x PyTorch float32's worst error on the scale of the largest gradient"
              + ("" if r.strict_grads else " (reported, not enforced: --no-strict-grads)")]
-    first = next((v for v in r.reference.values() if "kinks_found" in v), None)
-    if first and first["kinks_found"]:
-        rest = f" and the other {first['kinks_jointly']} flipped together" if first.get("kinks_jointly") else ""
-        lines.append(f"  plus the effect of the float64 step's ReLU kinks (inputs within float32 resolution of zero; "
-                     f"{first['kinks_found']} found): {first['kinks_examined']} flipped one by one{rest}")
+    lines.append("  each leg's reference takes that leg's ReLU decisions where the float64 input is within "
+                 f"{ADOPT_TOL:.0e} of zero (on its channel's scale)")
     for leg, v in r.reference.items():
         if "error" in v:
             lines.append(f"    {leg:<18} FAIL: {v['error']}")
@@ -303,7 +309,8 @@ def format_reference(r: TrainReport) -> str:
         w = v["worst"][0] if v["worst"] else {"tensor": "-", "max_rel": 0.0, "allowed": 0.0}
         lines.append(f"    {leg:<18} worst {_e(v['grads_max_of_g'])} of G (float32 torch: {_e(v['float32_own_of_g'])}); "
                      f"{v['failing']}/{v['total']} tensors over; closest to its limit {w['tensor']} "
-                     f"{_e(w['max_rel'])} of {_e(w['allowed'])}  {'PASS' if v['passed'] else 'FAIL'}")
+                     f"{_e(w['max_rel'])} of {_e(w['allowed'])}; ReLU decisions adopted {v['decisions_adopted']}, "
+                     f"not adopted {v['decision_conflicts']}  {'PASS' if v['passed'] else 'FAIL'}")
         if not v["passed"]:
             lines += [f"      {x['tensor']:<36} {_e(x['max_rel'])} > {_e(x['allowed'])}" for x in v["worst"]
                       if x["max_rel"] > x["allowed"]]

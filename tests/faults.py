@@ -77,3 +77,10 @@ def torch_grad_off_by_1pct_layer3_2_conv2(model):
     Below 2e-2 of the model's largest gradient, so only a float32-sized check against float64 sees it."""
     model.get_submodule("layer3.2.conv2").weight.register_hook(lambda grad: grad * 1.01)
     return model
+
+
+def aten_capability(_model=None):
+    """In a worker: the SIMD level ATen's CPU kernels run at (ATEN_CPU_CAPABILITY, else the machine's)."""
+    import torch
+
+    return torch.backends.cpu.get_cpu_capability()

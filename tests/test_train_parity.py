@@ -8,6 +8,7 @@ leg's gradients against PyTorch's float64 step of the same training step; measur
 from __future__ import annotations
 
 import json
+import os
 import re
 
 import faults
@@ -25,8 +26,28 @@ pytest.importorskip("torch")
 LEGS = ["torch"] + [f"keras-{b}" for b in ("tensorflow", "jax", "torch") if keras_model.missing(b) is None]
 
 
+#: The workers' ATen kernels: the machine's own (AVX2/AVX-512 where it has them) and ATen's portable ones.
+#: The verdicts must not depend on which (the float64 reference takes each leg's ReLU decisions).
+CAPABILITIES = {"machine-kernels": None, "aten-default": "default"}
+
+
+@pytest.fixture(scope="module", params=list(CAPABILITIES))
+def runner(request):
+    """A worker pool whose workers run with ATEN_CPU_CAPABILITY set as the param says."""
+    old = os.environ.get("ATEN_CPU_CAPABILITY")
+    if CAPABILITIES[request.param]:
+        os.environ["ATEN_CPU_CAPABILITY"] = CAPABILITIES[request.param]
+    try:
+        with P.Runner() as r:
+            yield r
+    finally:
+        os.environ.pop("ATEN_CPU_CAPABILITY", None)
+        if old is not None:
+            os.environ["ATEN_CPU_CAPABILITY"] = old
+
+
 @pytest.fixture(scope="module")
-def runner():
+def machine_runner():
     with P.Runner() as r:
         yield r
 
@@ -43,6 +64,8 @@ def _run(net, runner, **kw):
 
 
 def test_resnet20_every_leg_agrees(runner):
+    want = os.environ.get("ATEN_CPU_CAPABILITY")
+    assert want is None or runner.call("torch", faults.aten_capability).lower() == want  # the setting took
     r = _run(_net("resnet20"), runner, backends=LEGS)
     assert r.passed and not r.not_run and len(r.pairs) == len(LEGS) * (len(LEGS) - 1) // 2
     net = resnet_spec.load("resnet20")
@@ -52,9 +75,11 @@ def test_resnet20_every_leg_agrees(runner):
         assert p["logits_max_rel"] < 1e-5 and p["grads_max_rel"] < 1e-4 and p["stats_max_rel"] < 1e-5
     # every leg against PyTorch's float64 step: every tensor within float32's band, a float32-sized error
     assert sorted(r.reference) == sorted(LEGS)
+    relus = sum(1 for op in net.all_ops() if type(op).__name__ == "ReLU")  # one call per IR ReLU
     for leg, v in r.reference.items():
         assert v["passed"] and v["total"] == r.pairs[0]["grads_total"], (leg, v)
         assert v["grads_max_rel"] < 1e-4 and v["float32_own_max_rel"] < 1e-4, (leg, v)
+        assert v["relu_calls"] == relus and v["decision_conflicts"] == 0, (leg, v)
     text = T.report_text(r)
     assert "gradients against PyTorch float64" in text and text.endswith(f"{len(r.pairs)}/{len(r.pairs)} pairs "
                                                                          "agree in training mode")
@@ -109,17 +134,21 @@ def test_small_gradient_fault_fails_against_float64(runner):
 
 
 @pytest.mark.parametrize("name", ["seresnet50", "resnet50d"])
-def test_se_and_avgpool_shortcut_nets_agree_small(runner, name):
-    """SE gates and ResNet-D average-pool shortcuts (gradient through exact divisors), 48x48 input."""
-    r = _run(_net(name, 48), runner, backends=["torch", LEGS[-1]])
+def test_se_and_avgpool_shortcut_nets_agree_small(machine_runner, name):
+    """SE gates and ResNet-D average-pool shortcuts (gradient through exact divisors), 48x48 input; every
+    ReLU call (the squeeze-excite's too) has its decisions matched between the legs."""
+    net = _net(name, 48)
+    r = _run(net, machine_runner, backends=["torch", LEGS[-1]])
     assert r.passed, T.format_train_report(r)
+    calls = sum(1 for op in net.all_ops() if type(op).__name__ in ("ReLU", "SqueezeExcite"))
+    assert all(v["relu_calls"] == calls and v["decision_conflicts"] == 0 for v in r.reference.values()), r.reference
 
 
-def test_bad_input_is_one_clear_line(runner):
+def test_bad_input_is_one_clear_line(machine_runner):
     net = _net("resnet20")
     with pytest.raises(resnet_spec.ResNetSpecError, match="--batch of at least 2"):
-        _run(net, runner, batch=1)
-    r = _run(net, runner, backends=["torch", "onnx"])
+        _run(net, machine_runner, batch=1)
+    r = _run(net, machine_runner, backends=["torch", "onnx"])
     assert r.runs["onnx"].error.startswith("onnx: no training step") and not r.passed
     res = CliRunner().invoke(main, ["parity", "resnet20", "--train", "--dtype", "float16"])
     assert res.exit_code == 2 and "float32 only" in res.output
@@ -175,64 +204,103 @@ def _planted_kink(net, weights, relu="layer2.0.relu", bn="layer2.0.bn1", channel
     bias = weights[f"{bn}.bias"].astype(np.float64)
     bias[channel] += 1e-7 * np.abs(y).max() - c[idx]
     weights[f"{bn}.bias"] = bias.astype(np.float32)
-    return weights, x, g, [idx[0], channel, int(idx[1]), int(idx[2])]
+    return weights, x, g, (int(idx[0]), channel, int(idx[1]), int(idx[2]))
 
 
-def test_relu_kink_is_found_and_its_effect_measured():
-    """A ReLU input planted within float32 resolution of zero is found in the float64 step; flipping
-    it moves the gradients upstream of the ReLU (its BN's bias) and none downstream (fc)."""
-    from resnet_spec.backends import train_kinks
+def _relu_calls(net, weights, x, g):
+    """[(module name, float64 input)] of every nn.ReLU call of PyTorch's float64 step, in call order,
+    and that step's packed decisions."""
+    from resnet_spec.backends import training
 
-    net = _net("resnet20")
-    weights, x, g, index = _planted_kink(net, init_weights(net, seed=0, random_bn=True))
-    (step, _), rep = train_kinks.kink_deltas(net, weights, x, g)
-    planted = [k for k in rep["kinks"] if k["relu"] == "layer2.0.relu" and k["call"] == 0 and k["index"] == index]
-    assert planted and 0 < planted[0]["of_scale"] <= train_kinks.KINK_TOL, rep["kinks"]
-    assert rep["deltas"]["layer2.0.bn1.bias"] > 0 and rep["deltas"]["layer2.0.conv1.weight"] > 0
-    assert rep["deltas"]["fc.weight"] == 0 and rep["deltas"]["layer3.2.conv2.weight"] == 0
+    calls = []
+
+    def record(model):
+        for name, m in model.named_modules():
+            if type(m).__name__ == "ReLU":
+                m.register_forward_pre_hook(lambda _m, inp, n=name: calls.append((n, inp[0].detach().numpy().copy())))
+        return model
+    step, _ = training.torch_step(net, weights, x, g, dtype="float64", mutate=record, decisions=True)
+    return calls, step["relu"]
 
 
-def test_kink_allowance_passes_the_other_side_and_nothing_more():
-    """against_reference: a leg whose gradients are the float64 step's with the kink on its other side
-    fails without the kink allowance and passes with it; a planted 1% error downstream of the kink
-    (which the flip does not move) still fails."""
+def _flipped_at(relu: str, index: tuple, to: float):
+    """A ``mutate``: the first call of ``relu`` passes (``to`` = 1) or blocks (0) the gradient at ``index``
+    whatever its input's sign (forward unchanged)."""
+    def mutate(model):
+        import torch
+
+        m, first = model.get_submodule(relu), []
+        m.inplace = False
+
+        def hook(_m, inp, out):
+            if first:
+                return out
+            first.append(True)
+            s = torch.zeros_like(out)
+            s[index] = to - float(inp[0][index] > 0)
+            return out + s * (inp[0] - inp[0].detach())
+        m.register_forward_hook(hook)
+        return model
+    return mutate
+
+
+def test_a_leg_on_the_other_side_of_a_kink_is_judged_by_its_own_decision():
+    """A leg whose step blocked the gradient at a ReLU input that float64 puts 1e-7 of its scale above zero
+    (a float32 step may round it either way): against a reference that takes float64's decision it fails;
+    against the reference built from its own decisions it passes, with that one decision adopted. A 1%
+    error in a gradient downstream of the kink, which no decision explains, still fails; so does a
+    decision that differs far from zero, which is not adopted and is counted as a conflict."""
     import numpy as np
 
-    from resnet_spec.backends import train_kinks, training
+    from resnet_spec.backends import train_reference, training
 
     net = _net("resnet20")
     weights, x, g, index = _planted_kink(net, init_weights(net, seed=0, random_bn=True))
-    (step64, _), rep = train_kinks.kink_deltas(net, weights, x, g)
-    kink = next(k for k in rep["kinks"] if k["index"] == index)
-    other, _ = training.torch_step(net, weights, x, g, dtype="float64", mutate=train_kinks._flip(kink))
-    leg = {"grads": {n: v.astype(np.float32) for n, v in other["grads"].items()}}
-    step32, _ = training.torch_step(net, weights, x, g)
-    assert not T.against_reference(leg, {"float64": step64, "float32": step32})["passed"]
-    got = T.against_reference(leg, {"float64": step64, "float32": step32, "kinks": rep})
-    assert got["passed"] and got["kinks_found"] >= 1, got["worst"]
-    leg["grads"]["layer3.1.conv1.weight"] = leg["grads"]["layer3.1.conv1.weight"] * 1.01  # downstream: no allowance
-    assert not T.against_reference(leg, {"float64": step64, "float32": step32, "kinks": rep})["passed"]
+    calls, own = _relu_calls(net, weights, x, g)
+    site = next(i for i, (n, _) in enumerate(calls) if n == "layer2.0.relu")
+    v = calls[site][1]
+    assert 0 < v[index] <= 1e-6 * np.abs(v[:, index[1]]).max()  # the planted kink: passed in float64
+    other, _ = training.torch_step(net, weights, x, g, dtype="float64", mutate=_flipped_at("layer2.0.relu", index, 0.0))
+    leg = {"grads": {n: a.astype(np.float32) for n, a in other["grads"].items()}}
+    mine = [dict(d) for d in own]
+    blocked = training.unpack_decisions(mine[site])
+    blocked[index] = False
+    mine[site] = {"shape": blocked.shape, "bits": np.packbits(blocked, axis=None)}
+
+    ref = train_reference.reference(net, weights, x, g, {"float64's": own, "leg's": mine})
+
+    def judge(leg, which):
+        r = ref["legs"][which]
+        return T.against_reference(leg, {"float64": r, "own": ref["own"], "decisions": r["decisions"]})
+    assert ref["legs"]["float64's"]["decisions"]["adopted"] == 0
+    assert not judge(leg, "float64's")["passed"]
+    got = judge(leg, "leg's")
+    assert got["passed"] and got["decisions_adopted"] == 1 and got["decision_conflicts"] == 0, got["worst"]
+    assert 0 < got["decisions_adopted_max_of_scale"] <= 1e-6
+    downstream = {"grads": dict(leg["grads"])}
+    downstream["grads"]["layer3.1.conv1.weight"] = downstream["grads"]["layer3.1.conv1.weight"] * 1.01
+    bad = judge(downstream, "leg's")
+    assert not bad["passed"] and bad["worst"][0]["tensor"] == "layer3.1.conv1.weight"
+    # a decision flipped at an entry far from zero (the channel's largest) is no rounding effect: not adopted
+    far = [dict(d) for d in mine]
+    bits = training.unpack_decisions(far[site])
+    big = np.unravel_index(np.argmax(np.abs(v[:, index[1]])), v[:, index[1]].shape)
+    where = (big[0], index[1], big[1], big[2])
+    bits[where] = not bits[where]
+    far[site] = {"shape": bits.shape, "bits": np.packbits(bits, axis=None)}
+    summary = train_reference.reference(net, weights, x, g, {"far": far})["legs"]["far"]["decisions"]
+    assert summary["adopted"] == 1 and summary["conflicts"] == 1
 
 
-def test_kinks_beyond_the_cap_are_flipped_together(monkeypatch):
-    """Kinks past MAX_KINKS are not dropped: they are flipped together in one more float64 step, and
-    that step's change is allowed (here every kink, the planted one included, is past a cap of 0)."""
-    import numpy as np
+def test_decisions_that_do_not_match_the_model_are_an_error():
+    from resnet_spec.backends import train_reference
 
-    from resnet_spec.backends import train_kinks, training
-
-    monkeypatch.setattr(train_kinks, "MAX_KINKS", 0)
     net = _net("resnet20")
-    weights, x, g, index = _planted_kink(net, init_weights(net, seed=0, random_bn=True))
-    (step64, _), rep = train_kinks.kink_deltas(net, weights, x, g)
-    assert rep["kinks"] == [] and rep["jointly"] == rep["found"] >= 1
-    assert rep["deltas"]["layer2.0.bn1.bias"] > 0 and rep["deltas"]["fc.weight"] == 0
-    kink = {"relu": "layer2.0.relu", "call": 0, "index": index, "value": 1.0}  # passed in float64: block it
-    other, _ = training.torch_step(net, weights, x, g, dtype="float64", mutate=train_kinks._flip(kink))
-    leg = {"grads": {n: v.astype(np.float32) for n, v in other["grads"].items()}}
-    step32, _ = training.torch_step(net, weights, x, g)
-    got = T.against_reference(leg, {"float64": step64, "float32": step32, "kinks": rep})
-    assert got["passed"] and got["kinks_jointly"] == rep["found"], got["worst"]
+    weights = init_weights(net, seed=0, random_bn=True)
+    x, g = P.make_input(net, 2, 0), T.make_loss_weights(net, 2, 0)
+    _, own = _relu_calls(net, weights, x, g)
+    ref = train_reference.reference(net, weights, x, g, {"short": own[:-1]})
+    assert ref["legs"]["short"]["error"].startswith("its ReLU decisions do not match PyTorch's model")
 
 
 class _ReferenceFails:
@@ -247,18 +315,18 @@ class _ReferenceFails:
         return self.runner.call(backend, fn, *args, **kwargs)
 
 
-def test_reference_without_torch_is_said_and_a_crashed_one_fails(runner):
+def test_reference_without_torch_is_said_and_a_crashed_one_fails(machine_runner):
     """No torch for the float64 reference (a Keras-only install): the legs are compared pairwise and the
     report says the check did not run; a reference worker that crashes fails the gradients instead."""
     from resnet_spec.errors import BackendUnavailable
     from resnet_spec.isolate import WorkerCrashed
 
     net = _net("resnet20")
-    r = _run(net, _ReferenceFails(runner, BackendUnavailable("torch is not installed")),
+    r = _run(net, _ReferenceFails(machine_runner, BackendUnavailable("torch is not installed")),
              backends=["torch", "keras-torch"])
     assert r.passed and r.reference == {} and r.to_json()["against_float64_not_run"]
     assert "float64 gradient check needs torch" in T.report_text(r) and "torch is not installed" in T.report_text(r)
-    crashed = _run(net, _ReferenceFails(runner, WorkerCrashed("the torch worker process crashed")),
+    crashed = _run(net, _ReferenceFails(machine_runner, WorkerCrashed("the torch worker process crashed")),
                    backends=["torch", "keras-torch"])
     assert not crashed.passed and crashed.pairs[0]["checks"]["grads"] is False
     assert "float64 reference not run: the torch worker process crashed" in T.report_text(crashed)
