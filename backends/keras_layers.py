@@ -174,8 +174,8 @@ def _torch_batch_norm(keras):
             on PyTorch computes ``E[x^2] - E[x]^2`` and ``ops.batch_normalization`` on TensorFlow and
             JAX ``x * inv - mean * inv``; both cancel when a channel's mean is large against its spread.
             One formula keeps the three Keras legs' float32 rounding alike; it does not by itself bring
-            them to PyTorch's float64 step: the remaining gap is ReLU kinks (backends/train_kinks.py,
-            docs/parity.md)."""
+            them to PyTorch's float64 step: the remaining gap was ReLU kinks, which the float64 reference
+            now takes from each leg (backends/train_reference.py, docs/parity.md)."""
             mean = ops.mean(x, axis=reduce, keepdims=True)
             d = x - mean
             var = ops.mean(ops.square(d), axis=reduce, keepdims=True)
