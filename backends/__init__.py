@@ -1,7 +1,11 @@
 """Framework generators. Each reads only the IR (``resnet_spec.ir``) and a canonical weight set.
 
 Backends share one shape -- ``build(net, weights, **options)`` plus ``tap_names``/``run`` helpers --
-never import each other, and are imported lazily so that ``resnet_spec`` itself needs no framework.
+and are imported lazily so that ``resnet_spec`` itself needs no framework. They build on shared,
+lower modules (``common``, ``keras_*``, ``onnx_*``) and import one another only downwards:
+``tf_backend`` re-exports the ``keras_*`` modules and ``tflite_backend`` converts through
+``tf_backend``, but no lower module imports a higher one (``keras_backend`` never imports
+``tf_backend``); ``tests/test_structure.py`` checks that the imports have no cycle.
 """
 
 #: What ``convert --to`` writes (and ``build`` accepts, with the Keras names of :data:`KERAS_LEGS`).
@@ -64,9 +68,8 @@ def prepare(name: str, spec_yaml: str):
     with :class:`BackendUnavailable` when the framework is not installed. The spec is one the caller
     already resolved under the user's limits (``--max-params``...), so it is not re-checked here.
     """
-    from .. import load
     from ..errors import BackendUnavailable
-    from ..resolve import UNCHECKED
+    from ..resolve import UNCHECKED, load_network
 
     mod = get(name)
     reason = mod.available()
@@ -77,4 +80,4 @@ def prepare(name: str, spec_yaml: str):
         from .keras_backend import select
 
         select(keras_backend)
-    return mod, load(spec_yaml, UNCHECKED)
+    return mod, load_network(spec_yaml, UNCHECKED)

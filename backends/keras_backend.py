@@ -28,6 +28,34 @@ def select(backend: str) -> None:
     keras_module(backend)
 
 
+def tf_device_scope(device: str, allow_tf32: bool = False):
+    """(tf.device context, description) for 'cpu' or 'cuda[:i]' with Keras on TensorFlow; never
+    falls back to the CPU."""
+    import tensorflow as tf
+
+    if device == "cpu":
+        return tf.device("/CPU:0"), "cpu"
+    if device.startswith("cuda"):
+        gpus = tf.config.list_physical_devices("GPU")
+        try:
+            idx = int(device.split(":", 1)[1]) if ":" in device else 0
+        except ValueError:
+            raise BackendUnavailable(f"tensorflow: unknown device {device!r}") from None
+        if not gpus:
+            build = tf.sysconfig.get_build_info()
+            raise BackendUnavailable(
+                "tensorflow: CUDA was requested but TensorFlow sees no GPU (tf.config.list_physical_devices"
+                f"('GPU') is empty; tensorflow {tf.__version__}, built with CUDA: "
+                f"{bool(build.get('is_cuda_build'))})")
+        if idx >= len(gpus):
+            raise BackendUnavailable(f"tensorflow: {device} requested but only {len(gpus)} GPU(s) are visible")
+        tf.config.experimental.enable_tensor_float_32_execution(bool(allow_tf32))
+        details = tf.config.experimental.get_device_details(gpus[idx])
+        desc = f"cuda:{idx} ({details.get('device_name', 'GPU')}), TF32 {'on' if allow_tf32 else 'off'}"
+        return tf.device(f"/GPU:{idx}"), desc
+    raise BackendUnavailable(f"tensorflow: unknown device {device!r}")
+
+
 def _jax_scope(device: str, allow_tf32: bool):
     import jax
 
@@ -117,9 +145,7 @@ class Leg:
         """(context, description) placing work on 'cpu' or 'cuda[:i]'; never falls back to the CPU."""
         b = self.active()
         if b == "tensorflow":
-            from .tf_backend import device_scope
-
-            return device_scope(device, allow_tf32)
+            return tf_device_scope(device, allow_tf32)
         return (_jax_scope if b == "jax" else _torch_scope)(device, allow_tf32)
 
     def infer(self, net: ir.Network, weights, x: np.ndarray, *, device: str = "cpu", dtype: str = "float32",

@@ -24,7 +24,7 @@ import sys
 from .. import ir
 from ..errors import BackendUnavailable
 from .keras_applications import keras_applications_names, to_keras_applications  # noqa: F401
-from .keras_backend import Leg, load_keras as _load_keras_any
+from .keras_backend import Leg, load_keras as _load_keras_any, tf_device_scope
 from .keras_layers import avg_pool_counts  # noqa: F401
 from .keras_model import (DATA_FORMATS, OPS, _MODULES, custom_objects, deep_recursion, depth, keras_module,  # noqa: F401
                           missing, op_layers, tap_model)
@@ -82,28 +82,8 @@ def load_keras(path: str):
 
 def device_scope(device: str, allow_tf32: bool = False):
     """(tf.device context, description) for 'cpu' or 'cuda[:i]'; never falls back to the CPU."""
-    tf, _ = _tf()
-    if device == "cpu":
-        return tf.device("/CPU:0"), "cpu"
-    if device.startswith("cuda"):
-        gpus = tf.config.list_physical_devices("GPU")
-        try:
-            idx = int(device.split(":", 1)[1]) if ":" in device else 0
-        except ValueError:
-            raise BackendUnavailable(f"tensorflow: unknown device {device!r}") from None
-        if not gpus:
-            build = tf.sysconfig.get_build_info()
-            raise BackendUnavailable(
-                "tensorflow: CUDA was requested but TensorFlow sees no GPU (tf.config.list_physical_devices"
-                f"('GPU') is empty; tensorflow {tf.__version__}, built with CUDA: "
-                f"{bool(build.get('is_cuda_build'))})")
-        if idx >= len(gpus):
-            raise BackendUnavailable(f"tensorflow: {device} requested but only {len(gpus)} GPU(s) are visible")
-        tf.config.experimental.enable_tensor_float_32_execution(bool(allow_tf32))
-        details = tf.config.experimental.get_device_details(gpus[idx])
-        desc = f"cuda:{idx} ({details.get('device_name', 'GPU')}), TF32 {'on' if allow_tf32 else 'off'}"
-        return tf.device(f"/GPU:{idx}"), desc
-    raise BackendUnavailable(f"tensorflow: unknown device {device!r}")
+    _tf()
+    return tf_device_scope(device, allow_tf32)
 
 
 def convert(net: ir.Network, weights, out_dir: str, *, force: bool = False,

@@ -15,7 +15,7 @@ __version__ = "0.1.0"
 
 from . import ir
 from .errors import BackendUnavailable, ResNetSpecError, SpecError, WeightsError
-from .resolve import Limits
+from .resolve import Limits, load_network
 
 __all__ = ["load", "build", "load_keras", "init_weights", "load_weights", "save_weights", "import_model", "ir",
            "Limits",
@@ -24,12 +24,7 @@ __all__ = ["load", "build", "load_keras", "init_weights", "load_weights", "save_
 
 def load(source, limits: Limits | None = None) -> ir.Network:
     """Load, validate and resolve a spec. ``source``: a zoo name, a path, or YAML text."""
-    from .resolve import resolve
-    from .spec import load as load_spec
-
-    if isinstance(source, ir.Network):
-        return source
-    return resolve(load_spec(source), limits)
+    return load_network(source, limits)
 
 
 def build(spec, backend: str = "torch", weights=None, **options):
@@ -41,8 +36,8 @@ def build(spec, backend: str = "torch", weights=None, **options):
     initialisation, seed 0), a path to a ``.safetensors``/``.pth`` file, or a ``{name: array}`` mapping.
     With a path, ``new_head=True``, ``weights_key=...`` and ``ema=True`` work as in :func:`load_weights`.
     """
-    from . import weights as W
     from .backends import get
+    from .checkpoints import apply_head, resolve_weights
 
     net = load(spec)
     ckpt = {k: options.pop(k) for k in ("new_head", "weights_key", "ema") if k in options}
@@ -50,10 +45,8 @@ def build(spec, backend: str = "torch", weights=None, **options):
         ws = load_weights(net, weights, **ckpt)
     else:
         if ckpt.get("new_head") and weights is not None:
-            from .checkpoints import apply_head
-
             weights, _ = apply_head(net, dict(weights), "weights", True)
-        ws = W.resolve_weights(net, weights)
+        ws = resolve_weights(net, weights)
     return get(backend).build(net, ws, **options)
 
 

@@ -1,11 +1,13 @@
-"""Real checkpoint files -> the canonical weight set.
+"""Weight files and import sources -> the canonical weight set, checked against a spec.
 
 A training script rarely saves a bare ``state_dict``: it saves ``{"model": ..., "optimizer": ...}``,
 wraps the model in DDP (``module.`` prefixes) or ``torch.compile`` (``_orig_mod.``), keeps an EMA copy,
-or pickles the whole model. :func:`read_checkpoint` finds the dictionary of tensors inside such a file,
-strips the wrapper prefixes and says in one line what it did; :func:`load_checkpoint` also checks the
-result against a spec and, with ``new_head=True``, replaces a classifier whose shape differs (the usual
-fine-tuning case: ImageNet weights into a 10-class spec).
+or pickles the whole model. :func:`resnet_spec.weightfile.read_checkpoint` finds the dictionary of
+tensors inside such a file, strips the wrapper prefixes and says in one line what it did;
+:func:`load_checkpoint` (what ``--weights`` and ``resnet_spec.load_weights`` use) also checks the result
+against a spec and, with ``new_head=True``, replaces a classifier whose shape differs (the usual
+fine-tuning case: ImageNet weights into a 10-class spec). A source only ``import`` reads (``.onnx``,
+``.keras``, ``torchvision:NAME``...) is imported and checked layer by layer (:mod:`resnet_spec.importers`).
 
 Everything is read with ``torch.load(weights_only=True)``: nothing pickled is ever executed.
 """
@@ -14,144 +16,13 @@ from __future__ import annotations
 
 import math
 import os
-import re
 
 import numpy as np
 
 from . import ir
 from .errors import WeightsError
-
-#: Where training scripts put the model's tensors, in the order they are tried.
-CONTAINER_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "network")
-#: The exponential-moving-average copies, taken only when asked (``ema=True`` / ``--weights-key``).
-EMA_KEYS = ("model_ema", "ema", "state_dict_ema", "ema_state_dict")
-#: Wrapper prefixes: DDP/DataParallel, torch.compile, Lightning-style ``self.model``.
-PREFIXES = ("module.", "_orig_mod.", "model.")
-IGNORED_SUFFIXES = (".num_batches_tracked",)
-TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".tar")
-
-
-def read_checkpoint(path: str, key: str | None = None, ema: bool = False,
-                    net: ir.Network | None = None) -> tuple[dict, list]:
-    """``({name: float32 array}, notes)`` from a safetensors file or a torch checkpoint.
-
-    ``key`` names the entry holding the weights (dotted for nested entries, e.g. ``ema.module``);
-    ``ema=True`` prefers an EMA copy. ``notes`` says what was unwrapped or stripped (empty if nothing).
-    With ``net``, the file's size is bounded by the spec's before its data is read.
-    """
-    from . import weightfile
-
-    with weightfile.open_checked(path) as fh:
-        kind = weightfile.sniff(fh) if path.endswith(TORCH_SUFFIXES) else "safetensors"
-        if kind == "safetensors":  # also a safetensors file under a .pth name
-            if key:
-                raise WeightsError(f"{path}: --weights-key applies to torch checkpoints (.pth/.pt/.ckpt); a "
-                                   "safetensors file holds one flat set of tensors")
-            # Size bound now; names and shapes once prefixes are stripped and the head fitted.
-            weightfile.check_size(path, os.fstat(fh.fileno()).st_size, net)
-            return _strip_prefixes(weightfile.read_safetensors(path, fh), path)
-        if kind != "zip":
-            raise WeightsError(f"{path}: refused: not a zip-format PyTorch file (a bare pickle, a file saved by "
-                               "torch < 1.6, or not a weight file); save it with a current torch.save or as "
-                               "safetensors")
-        weightfile.check_torch_zip(path, fh, net)
-    obj = _torch_load(path)
-    tensors, notes = unwrap(obj, path, key, ema)
-    stripped, more = _strip_prefixes(tensors, path)
-    return stripped, notes + more
-
-
-def _torch_load(path: str):
-    try:
-        import torch
-    except ImportError:
-        raise WeightsError(f"{path}: reading .pth/.pt files needs PyTorch (pip install torch), or convert "
-                           "the file to safetensors") from None
-    if not os.path.isfile(path):
-        raise WeightsError(f"{path}: no such weight file")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # weights_only refusals and corrupt archives both land here
-        raise WeightsError(_load_failure(path, exc)) from None
-
-
-def _load_failure(path: str, exc: Exception) -> str:
-    text = str(exc)
-    found = re.search(r"GLOBAL ([\w.]+)", text)
-    if found:
-        cls = found.group(1)
-        what = "a whole pickled model" if "models" in cls or "nn.modules" in cls or "Module" in cls else "pickled Python objects"
-        return (f"{path}: refused: the file holds {what} ({cls}), not a dictionary of tensors; weights are "
-                "read with torch.load(weights_only=True), which never runs pickled code. Save the weights "
-                "instead: torch.save(model.state_dict(), 'weights.pth')")
-    first = next((ln.strip() for ln in text.splitlines() if ln.strip()), type(exc).__name__)
-    return f"{path}: refused: not a readable torch checkpoint ({first})"
-
-
-def unwrap(obj, path: str, key: str | None = None, ema: bool = False) -> tuple[dict, list]:
-    """The ``{name: numpy array}`` inside a loaded checkpoint ``obj``, and notes on how it was found."""
-    import torch
-
-    notes, took_ema = [], False
-    if key:
-        for part in key.split("."):
-            if not isinstance(obj, dict) or part not in obj:
-                raise WeightsError(f"{path}: no entry {key!r}; the file holds {_describe_keys(obj)}")
-            obj = obj[part]
-        notes.append(f"took the weights under {key!r}")
-    for _ in range(4):  # {"model": {"state_dict": ...}} and the like
-        if not isinstance(obj, dict) or _is_tensor_dict(obj, torch):
-            break
-        order = EMA_KEYS + CONTAINER_KEYS if ema else CONTAINER_KEYS
-        found = next((k for k in order if isinstance(obj.get(k), dict) and obj[k]), None)
-        if found is None:
-            break
-        notes.append(f"took the weights under {found!r}")
-        took_ema = took_ema or found in EMA_KEYS
-        obj = obj[found]
-    if ema and not took_ema and not key:
-        raise WeightsError(f"{path}: no EMA weights (looked for {', '.join(EMA_KEYS)}); the file holds "
-                           f"{_describe_keys(obj)}")
-    if isinstance(obj, torch.nn.Module):  # possible only through an allow-listed global
-        raise WeightsError(f"{path}: refused: a whole model, not a dictionary of tensors; save it with "
-                           "torch.save(model.state_dict(), 'weights.pth')")
-    if not isinstance(obj, dict):
-        raise WeightsError(f"{path}: refused: expected a dictionary of tensors, got {type(obj).__name__}")
-    for k, v in obj.items():
-        if not isinstance(k, str) or not isinstance(v, torch.Tensor):
-            hint = (f"; the file holds {_describe_keys(obj)}: pick the weights with --weights-key KEY"
-                    if isinstance(v, dict) or any(isinstance(x, dict) for x in obj.values()) else "")
-            raise WeightsError(f"{path}: refused: entry {k!r} is a {type(v).__name__}, not a tensor{hint}")
-    from .weights import _torch_arrays
-
-    return _torch_arrays(path, obj), notes
-
-
-def _is_tensor_dict(obj: dict, torch) -> bool:
-    return bool(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
-
-
-def _describe_keys(obj) -> str:
-    if not isinstance(obj, dict):
-        return f"a {type(obj).__name__}"
-    keys = [repr(k) for k in list(obj)[:12]]
-    more = f" and {len(obj) - 12} more" if len(obj) > 12 else ""
-    return "the keys " + ", ".join(keys) + more if keys else "an empty dictionary"
-
-
-def _strip_prefixes(tensors: dict, path: str) -> tuple[dict, list]:
-    """Strip wrapper prefixes shared by every name (repeatedly: ``module._orig_mod.``)."""
-    stripped = []
-    changed = True
-    while changed and tensors:
-        changed = False
-        for p in PREFIXES:
-            if all(k.startswith(p) for k in tensors):
-                tensors = {k[len(p):]: v for k, v in tensors.items()}
-                stripped.append(p)
-                changed = True
-    return tensors, ([f"stripped the prefix {''.join(stripped)!r} from every name"] if stripped else [])
-
+from .weightfile import IGNORED_SUFFIXES, fmt_shape as _fmt, read_checkpoint
+from .weights import Weights, check_weights, init_weights, read_weights
 
 # -- checking against a spec, with an optional new classifier ------------------------------------------
 
@@ -209,16 +80,12 @@ def apply_head(net: ir.Network, given: dict, source: str, replace: bool, seed: i
 def load_checkpoint(net: ir.Network, path: str, key: str | None = None, ema: bool = False,
                     new_head: bool = False, seed: int = 0, allow_nonfinite: bool = False) -> tuple[dict, list]:
     """Read ``path``, unwrap it, fit the classifier if asked, check everything: ``(weights, notes)``."""
-    from .weights import check_weights
-
     from .importers import is_foreign_weights
 
     path = os.fspath(path)
     if is_foreign_weights(path):  # .onnx, .keras, keras:/torchvision:/timm: -- imported, checked layer by layer
         if key or ema:
             raise WeightsError(f"{path}: --weights-key and --ema apply to torch checkpoints")
-        from .weights import read_foreign
-
         tensors, notes = read_foreign(net, path), []
     else:
         tensors, notes = read_checkpoint(path, key, ema, net)
@@ -226,5 +93,35 @@ def load_checkpoint(net: ir.Network, path: str, key: str | None = None, ema: boo
     return check_weights(net, tensors, path, allow_nonfinite), notes + more
 
 
-def _fmt(shape) -> str:
-    return "(" + ", ".join(map(str, shape)) + ")"
+def load_weights(net: ir.Network, path: str, allow_nonfinite: bool = False) -> Weights:
+    """Read ``path`` (safetensors, or a torchvision/timm state_dict) and check it against ``net``.
+
+    Any other source ``resnet-spec import`` reads (``.onnx``, ``.keras``, ``keras:NAME[=FILE.weights.h5]``,
+    ``torchvision:NAME``, ``timm:NAME``) is imported and checked layer by layer against ``net`` first:
+    a different network is refused naming the first differing layer (see resnet_spec.importers).
+    """
+    from .importers import is_foreign_weights
+
+    if is_foreign_weights(path):
+        return check_weights(net, read_foreign(net, path), path, allow_nonfinite)
+    return check_weights(net, read_weights(path, net), path, allow_nonfinite)
+
+
+def read_foreign(net: ir.Network, path: str) -> Weights:
+    """Weights from a source only ``import`` reads, imported and checked layer by layer against ``net``."""
+    from .importers import check_source, read_source
+
+    _, h, w = net.input_shape
+    return check_source(net, read_source(path, h if h == w else [h, w]))
+
+
+def resolve_weights(net: ir.Network, weights=None, seed: int = 0, allow_nonfinite: bool = False) -> Weights:
+    """None -> fresh init; a path -> loaded and checked; a mapping -> checked."""
+    if weights is None:
+        return init_weights(net, seed=seed)
+    if isinstance(weights, (str, os.PathLike)):
+        return load_weights(net, os.fspath(weights), allow_nonfinite)
+    if not hasattr(weights, "items"):
+        raise WeightsError(f"weights: expected None, a file or source name, or a {{name: array}} mapping, got "
+                           f"{type(weights).__name__} (save a Keras model as .keras and pass its path)")
+    return check_weights(net, weights, "weights", allow_nonfinite)

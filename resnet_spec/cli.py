@@ -16,8 +16,9 @@ import click
 
 from . import __version__
 from .backends import CONVERT_ONLY, DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
-from .cli_options import (_SEED, _ckpt, _limits, _not_empty, _parse_backends, checkpoint_options,  # noqa: F401
-                          limit_options)
+from .cli_options import (_SEED, _ckpt, _limits, _load, _not_empty, _parse_backends, _weights,
+                          checkpoint_options, limit_options)
+from .cli_tools import COMMANDS
 from .errors import ResNetSpecError
 
 
@@ -44,6 +45,14 @@ class _Group(click.Group):
         except ResNetSpecError as exc:
             click.echo(f"error: {exc}" if not _is_located(exc) else str(exc), err=True)
             ctx.exit(1)
+        except ModuleNotFoundError as exc:  # an optional library that no earlier check (extras.require) caught
+            from .extras import missing_module_message
+
+            message = missing_module_message(exc, ctx.invoked_subcommand or "resnet-spec")
+            if message is None:
+                raise
+            click.echo(f"error: {message}", err=True)
+            ctx.exit(1)
         except OSError as exc:  # a file system refusal that no earlier check caught
             click.echo(f"error: {describe_os_error(exc)}", err=True)
             ctx.exit(1)
@@ -60,22 +69,6 @@ def _is_located(exc) -> bool:
     from .errors import SpecError
 
     return isinstance(exc, SpecError)
-
-
-def _load_spec(spec):
-    from .diagnose import spec_warnings
-    from .spec import load as load_spec
-
-    loaded = load_spec(spec)
-    for w in spec_warnings(loaded):
-        click.echo(w, err=True)
-    return loaded
-
-
-def _load(spec, max_params=2e9, max_activation_gib=64.0):
-    from .resolve import resolve
-
-    return resolve(_load_spec(spec), _limits(max_params, max_activation_gib))
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -147,30 +140,6 @@ def summary(spec, as_json, max_params, max_activation_gib):
 
     info = summarize(_load(spec, max_params, max_activation_gib))
     click.echo(json.dumps(info, indent=2) if as_json else format_table(info))
-
-
-def _weights(net, weights_file, seed, allow_nonfinite, random_bn=False, ckpt=None):
-    import warnings
-
-    from .weightfile import WeightsNote
-    from .weights import init_weights
-
-    ckpt = ckpt or {}
-    if not weights_file:
-        if any(ckpt.values()):
-            raise click.UsageError("--weights-key, --ema and --new-head need --weights")
-        return init_weights(net, seed=seed, random_bn=random_bn)
-    from .checkpoints import load_checkpoint
-
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        weights, notes = load_checkpoint(net, weights_file, allow_nonfinite=allow_nonfinite, seed=seed, **ckpt)
-    for n in notes:
-        click.echo(f"note: {weights_file}: {n}", err=True)
-    for n in caught:  # e.g. bf16/fp16 tensors upcast to float32; frameworks' own warnings are noise here
-        if issubclass(n.category, WeightsNote):
-            click.echo(f"note: {n.message}", err=True)
-    return weights
 
 
 @main.command()
@@ -340,8 +309,10 @@ def parity(spec, weights_file, targets, device, dtype, batch, seed, layers, plot
             raise click.BadParameter("--plot draws inference taps; it does not apply with --train",
                                      param_hint="--plot")
         from .diagram import figure_format
+        from .extras import require
         from .resolved import check_output_place
 
+        require("parity --plot", "matplotlib")
         figure_format(plot_file)
         check_output_place(plot_file)
         layers = True
@@ -394,7 +365,8 @@ def _run_parity(net, weights, backends, skipped, *, train, all_legs, device, dty
     return report, P.format_report
 
 
-from . import cli_tools  # noqa: E402,F401  (registers resolve, diff, verify, import, diagram, inspect)
+for _command in COMMANDS:  # resolve, diff, verify, import, diagram, inspect
+    main.add_command(_command)
 
 
 if __name__ == "__main__":  # pragma: no cover

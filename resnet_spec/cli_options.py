@@ -1,6 +1,6 @@
-"""Option types, shared option groups and option parsing of the ``resnet-spec`` commands
-(:mod:`resnet_spec.cli`, :mod:`resnet_spec.cli_tools`). A bad value is a usage error (exit 2), never a
-traceback."""
+"""Option types, shared option groups, option parsing and the spec and weight loading of the
+``resnet-spec`` commands (:mod:`resnet_spec.cli`, :mod:`resnet_spec.cli_tools`). A bad value is a usage
+error (exit 2), never a traceback."""
 
 from __future__ import annotations
 
@@ -94,3 +94,45 @@ def _parse_backends(text: str, extra=()) -> list:
         if t not in out:
             out.append(t)
     return out
+
+
+# -- loading a spec and its weights, as every command does -------------------------------------------
+
+def _load_spec(spec):
+    from .diagnose import spec_warnings
+    from .spec import load as load_spec
+
+    loaded = load_spec(spec)
+    for w in spec_warnings(loaded):
+        click.echo(w, err=True)
+    return loaded
+
+
+def _load(spec, max_params=2e9, max_activation_gib=64.0):
+    from .resolve import resolve
+
+    return resolve(_load_spec(spec), _limits(max_params, max_activation_gib))
+
+
+def _weights(net, weights_file, seed, allow_nonfinite, random_bn=False, ckpt=None):
+    import warnings
+
+    from .weightfile import WeightsNote
+    from .weights import init_weights
+
+    ckpt = ckpt or {}
+    if not weights_file:
+        if any(ckpt.values()):
+            raise click.UsageError("--weights-key, --ema and --new-head need --weights")
+        return init_weights(net, seed=seed, random_bn=random_bn)
+    from .checkpoints import load_checkpoint
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        weights, notes = load_checkpoint(net, weights_file, allow_nonfinite=allow_nonfinite, seed=seed, **ckpt)
+    for n in notes:
+        click.echo(f"note: {weights_file}: {n}", err=True)
+    for n in caught:  # e.g. bf16/fp16 tensors upcast to float32; frameworks' own warnings are noise here
+        if issubclass(n.category, WeightsNote):
+            click.echo(f"note: {n.message}", err=True)
+    return weights

@@ -1,6 +1,7 @@
 """``resnet-spec`` commands about specs as text and about files: resolve, diff, verify, import, diagram,
-inspect. They register on :data:`resnet_spec.cli.main`; the option helpers and the exit-code rules are
-that module's (0 success, 1 the user's input, 2 usage).
+inspect. :data:`COMMANDS` lists them; :mod:`resnet_spec.cli` adds them to its group ``main``, whose
+exit-code rules they follow (0 success, 1 the user's input, 2 usage). The option helpers are
+:mod:`resnet_spec.cli_options`'.
 """
 
 from __future__ import annotations
@@ -10,11 +11,11 @@ import sys
 
 import click
 
-from .cli import _SEED, _ckpt, _load, _load_spec, _not_empty, _weights, checkpoint_options, limit_options, main
+from .cli_options import _SEED, _ckpt, _load, _load_spec, _not_empty, _weights, checkpoint_options, limit_options
 from .errors import ResNetSpecError
 
 
-@main.command("resolve")
+@click.command("resolve")
 @click.argument("spec")
 @click.option("-o", "--out", "out_file", type=click.Path(dir_okay=False), help="Write to this file instead of stdout.")
 @click.option("--force", is_flag=True, help="Overwrite an existing -o file.")
@@ -34,7 +35,7 @@ def resolve_cmd(spec, out_file, force):
         click.echo(text, nl=False)
 
 
-@main.command("diff")
+@click.command("diff")
 @click.argument("spec_a")
 @click.argument("spec_b")
 def diff_cmd(spec_a, spec_b):
@@ -47,7 +48,7 @@ def diff_cmd(spec_a, spec_b):
     click.echo(format_diff(spec_a, spec_b, diff(a, b), na, nb))
 
 
-@main.command("verify")
+@click.command("verify")
 @click.argument("spec")
 @click.argument("files", nargs=-1, required=True)
 @click.option("--weights", "weights_file", type=click.Path(dir_okay=False), callback=_not_empty,
@@ -70,6 +71,7 @@ def verify_cmd(spec, files, weights_file, device, batch, seed, json_file, weight
     from . import verify as V
 
     net = _load(spec, max_params, max_activation_gib)
+    V.require_reference()
     if json_file and json_file != "-":
         from .fileio import check_file_writable
 
@@ -92,7 +94,7 @@ def verify_cmd(spec, files, weights_file, device, batch, seed, json_file, weight
     sys.exit(0 if report.passed else 1)
 
 
-@main.command("import")
+@click.command("import")
 @click.argument("source")
 @click.option("-o", "--out", "out_dir", default=".", show_default=True, help="Output folder.")
 @click.option("--name", default=None, help="Spec name (default: from SOURCE).")
@@ -115,7 +117,7 @@ def import_cmd(source, out_dir, name, input_size, force, keep):
     import_to_dir(source, out_dir, name, size, force, keep, echo=click.echo)
 
 
-@main.command()
+@click.command()
 @click.argument("spec")
 @click.option("-o", "--out", "out_file", required=True, type=click.Path(dir_okay=False),
               help="The picture: .svg, .png or .pdf.")
@@ -124,9 +126,11 @@ def import_cmd(source, out_dir, name, input_size, force, keep):
 def diagram(spec, out_file, force, max_params, max_activation_gib):
     """Draw SPEC: stem, stages (block count, type, widths, strides, shortcut) and head."""
     from .diagram import figure_format, write_diagram
+    from .extras import require
     from .fileio import check_writable
     from .resolved import check_output_place
 
+    require("diagram", "matplotlib")
     figure_format(out_file)
     check_writable(out_file, force)
     check_output_place(out_file)
@@ -135,7 +139,7 @@ def diagram(spec, out_file, force, max_params, max_activation_gib):
     click.echo(f"wrote {out_file}")
 
 
-@main.command()
+@click.command()
 @click.argument("path", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def inspect(path, as_json):
@@ -144,8 +148,8 @@ def inspect(path, as_json):
     (layers, inputs/outputs, weights, embedded spec) or .tflite (operators, inputs/outputs, constants,
     embedded spec)."""
     from . import inspect_files as F
-    from .checkpoints import TORCH_SUFFIXES
     from .fileio import check_regular_file
+    from .weightfile import TORCH_SUFFIXES
 
     check_regular_file(path, 2**31 - 1)  # protobuf's own limit; larger models keep external data
 
@@ -162,3 +166,7 @@ def inspect(path, as_json):
 
         info, fmt = onnx_backend.inspect(path), onnx_backend.format_inspect
     click.echo(json.dumps(info, indent=2) if as_json else fmt(info))
+
+
+#: Added to :data:`resnet_spec.cli.main` by that module.
+COMMANDS = (resolve_cmd, diff_cmd, verify_cmd, import_cmd, diagram, inspect)

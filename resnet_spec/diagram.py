@@ -112,6 +112,9 @@ def _head_lines(net: ir.Network) -> list:
 
 def draw(net: ir.Network):
     """A matplotlib Figure of ``net``."""
+    from .extras import require
+
+    require("diagram", "matplotlib")
     from matplotlib.figure import Figure
     from matplotlib.patches import FancyBboxPatch, Rectangle
 

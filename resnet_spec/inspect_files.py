@@ -57,10 +57,10 @@ def inspect_safetensors(path: str) -> dict:
 
 
 def _matches(spec_yaml: str, shapes: dict) -> str:
-    import resnet_spec
+    from .resolve import load_network
 
     try:
-        net = resnet_spec.load(spec_yaml)
+        net = load_network(spec_yaml)
     except ResNetSpecError as exc:
         return f"no: the embedded spec does not load ({exc})"
     want = {t.name: tuple(t.shape) for t in net.tensors()}
@@ -73,7 +73,7 @@ def _matches(spec_yaml: str, shapes: dict) -> str:
 
 def inspect_checkpoint(path: str) -> dict:
     """A torch checkpoint as ``--weights`` reads it (containers unwrapped, prefixes stripped)."""
-    from .checkpoints import read_checkpoint
+    from .weightfile import read_checkpoint
 
     tensors, notes = read_checkpoint(path)
     return {"path": path, "format": "torch checkpoint", "tensors": len(tensors),
@@ -209,7 +209,7 @@ def _tflite_schema(path: str):
             from tensorflow.lite.python import schema_py_generated as fb
         except ImportError:
             raise ResNetSpecError(f"{path}: reading .tflite files needs the LiteRT package (pip install "
-                                  "ai-edge-litert) or TensorFlow") from None
+                                  "'resnet-spec[tflite]') or TensorFlow") from None
     return fb
 
 

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 def draw(report: dict):
     """A matplotlib Figure from :meth:`resnet_spec.parity.Report.to_json` (run with per-tap layers)."""
+    from .extras import require
+
+    require("parity --plot", "matplotlib")
     from matplotlib.figure import Figure
 
     pairs = [p for p in report["pairs"] if p.get("layers")]

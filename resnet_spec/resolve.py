@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from . import ir
 from .config import DEFAULTS, BlockConfig, HeadConfig, ShortcutConfig, StemConfig, opt  # noqa: F401
 from .errors import SpecError
-from .spec import Spec
+from .spec import Spec, load as load_spec
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,14 @@ def resolve(spec: Spec, limits: Limits | None = None) -> ir.Network:
     for err in _rule_errors(spec):
         raise err
     return _Resolver(spec, limits or Limits()).run()
+
+
+def load_network(source, limits: Limits | None = None) -> ir.Network:
+    """Load, validate and resolve a spec (``resnet_spec.load``). ``source``: a zoo name, a path, YAML
+    text, or an :class:`ir.Network` (returned as it is)."""
+    if isinstance(source, ir.Network):
+        return source
+    return resolve(load_spec(source), limits)
 
 
 def semantic_errors(spec: Spec, limits: Limits | None = None) -> list:

@@ -67,6 +67,13 @@ def weights_for(net: ir.Network, path: str, weights_file: str | None) -> str:
     return beside
 
 
+def require_reference() -> None:
+    """Refuse in one line when PyTorch, which computes the float64 reference, is not installed."""
+    from .extras import require
+
+    require("verify (its float64 reference)", "torch")
+
+
 def _weight_sets(net, files, weights_file, weights) -> tuple[dict, dict]:
     """``({file: label}, {label: checked weights})``: every refusal before any work.
 
@@ -148,6 +155,7 @@ def run(net: ir.Network, files, *, weights_file: str | None = None, weights=None
     each file's ``<name>.safetensors`` beside it.
     """
     say = progress or (lambda _t: None)
+    require_reference()
     kinds = [(f, file_kind(f)) for f in files]
     if device != "cpu" and any(k != "onnx" for _, k in kinds):
         raise ResNetSpecError(f"--device {device} applies to .onnx files only")

@@ -42,11 +42,10 @@ def reference(spec_yaml: str, weights: dict, x: np.ndarray) -> dict:
     """The torch backend in float64 on ``weights`` (checked by the caller): logits ('head') and every tap."""
     import torch
 
-    from . import load
     from .backends import torch_backend as tb
-    from .resolve import UNCHECKED
+    from .resolve import UNCHECKED, load_network
 
-    net = load(spec_yaml, UNCHECKED)
+    net = load_network(spec_yaml, UNCHECKED)
     model = tb.build(net, weights).double().eval()
     with torch.inference_mode():
         out = model.forward_taps(torch.from_numpy(x.astype(np.float64)))
@@ -164,7 +163,8 @@ def _tflite_interpreter(path: str):
         try:
             import tensorflow as tf
         except ImportError:
-            raise ResNetSpecError(f"{path}: no TFLite interpreter installed (pip install ai-edge-litert)") from None
+            raise ResNetSpecError(f"{path}: no TFLite interpreter installed (pip install 'resnet-spec[tflite]', "
+                                  "or TensorFlow)") from None
         Interpreter, label = tf.lite.Interpreter, f"tf.lite {tf.__version__}"
     try:
         return Interpreter(model_path=path), label

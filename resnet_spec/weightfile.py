@@ -6,6 +6,10 @@ up to no more than the file (a 2 MB zip bomb cannot declare 2 GiB), and with the
 names and shapes are checked against it and the file size against what the spec can need before a
 byte of tensor data is read. bf16/fp16/fp64 tensors are upcast/cast to float32 with a note (a
 :class:`WeightsNote` warning); integer, bool, complex, sparse or quantized tensors are refused.
+
+:func:`read_checkpoint` reads a training script's torch checkpoint (``torch.load(weights_only=True)``:
+nothing pickled is ever executed), finds the dictionary of tensors inside its containers and strips
+the wrapper prefixes; checking the result against a spec is :mod:`resnet_spec.checkpoints`'.
 """
 
 from __future__ import annotations
@@ -13,11 +17,13 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import warnings
 import zipfile
 
 import numpy as np
 
+from . import ir
 from .errors import WeightsError
 from .fileio import file_kind, os_reason
 
@@ -26,6 +32,8 @@ F32_MAX = float(np.finfo(np.float32).max)
 # safetensors dtype -> (numpy dtype to read, item size)
 ST_DTYPES = {"F32": ("<f4", 4), "F64": ("<f8", 8), "F16": ("<f2", 2), "BF16": ("<u2", 2)}
 ST_OTHER = {"I8", "I16", "I32", "I64", "U8", "U16", "U32", "U64", "BOOL", "F8_E4M3", "F8_E5M2", "C64"}
+# torch-only bookkeeping that carries no numbers a model computes with.
+IGNORED_SUFFIXES = (".num_batches_tracked",)
 
 
 class WeightsNote(UserWarning):
@@ -91,8 +99,6 @@ def read_safetensors(path: str, fh, net=None) -> dict:
     if not isinstance(header, dict):
         raise WeightsError(f"{path}: not a valid safetensors file (the header is not a JSON object)")
     header.pop("__metadata__", None)
-    from .weights import IGNORED_SUFFIXES
-
     header = {k: v for k, v in header.items() if not k.endswith(IGNORED_SUFFIXES)}
     entries = {k: _entry(path, k, v, size - 8 - n) for k, v in header.items()}
     if net is not None:
@@ -147,15 +153,37 @@ def check_f32_range(arr: np.ndarray, name: str, source: str) -> None:
                            "outside the float32 range (+-3.4e38)")
 
 
+def check_names(net: ir.Network, tensors: dict, source: str) -> tuple:
+    """Refuse missing or unexpected tensor names (naming the first of each); return
+    ``({name: expected shape}, {name: value})`` without the ignored buffers."""
+    expected = {t.name: tuple(t.shape) for t in net.tensors()}
+    given = {k: v for k, v in tensors.items() if not k.endswith(IGNORED_SUFFIXES)}
+    missing = [n for n in expected if n not in given]
+    unexpected = sorted(n for n in given if n not in expected)
+    problems = []
+    if missing:
+        problems.append(f"missing tensor {missing[0]!r} (expected shape {fmt_shape(expected[missing[0]])})"
+                        + (f" and {len(missing) - 1} more" if len(missing) > 1 else ""))
+    if unexpected:
+        problems.append(f"unexpected tensor {unexpected[0]!r}"
+                        + (f" and {len(unexpected) - 1} more" if len(unexpected) > 1 else "")
+                        + f" (not part of spec {net.name!r})")
+    if problems:
+        raise WeightsError(f"{source}: " + "; ".join(problems))
+    return expected, given
+
+
+def fmt_shape(shape) -> str:
+    return "(" + ", ".join(map(str, shape)) + ")"
+
+
 def check_declared(net, declared: dict, source: str) -> None:
     """Names and shapes a file declares, checked against the spec before its data is read."""
-    from .weights import _fmt, check_names
-
     expected, given = check_names(net, declared, source)
     for name, shape in expected.items():
         if tuple(given[name]) != shape:
-            raise WeightsError(f"{source}: tensor {name!r} has shape {_fmt(given[name])}, the spec expects "
-                               f"{_fmt(shape)}")
+            raise WeightsError(f"{source}: tensor {name!r} has shape {fmt_shape(given[name])}, the spec expects "
+                               f"{fmt_shape(shape)}")
 
 
 def check_torch_zip(path: str, fh, net=None) -> None:
@@ -191,3 +219,155 @@ def torch_tensor_problem(v) -> str | None:
     if not v.is_floating_point():
         return f"has dtype {str(v.dtype).replace('torch.', '')}; expected a float tensor"
     return None
+
+
+# -- torch checkpoints: the dictionary of tensors inside, found and unwrapped ------------------------
+
+#: Where training scripts put the model's tensors, in the order they are tried.
+CONTAINER_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "network")
+#: The exponential-moving-average copies, taken only when asked (``ema=True`` / ``--weights-key``).
+EMA_KEYS = ("model_ema", "ema", "state_dict_ema", "ema_state_dict")
+#: Wrapper prefixes: DDP/DataParallel, torch.compile, Lightning-style ``self.model``.
+PREFIXES = ("module.", "_orig_mod.", "model.")
+TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".tar")
+
+
+def read_checkpoint(path: str, key: str | None = None, ema: bool = False,
+                    net: ir.Network | None = None) -> tuple[dict, list]:
+    """``({name: float32 array}, notes)`` from a safetensors file or a torch checkpoint.
+
+    ``key`` names the entry holding the weights (dotted for nested entries, e.g. ``ema.module``);
+    ``ema=True`` prefers an EMA copy. ``notes`` says what was unwrapped or stripped (empty if nothing).
+    With ``net``, the file's size is bounded by the spec's before its data is read.
+    """
+    with open_checked(path) as fh:
+        kind = sniff(fh) if path.endswith(TORCH_SUFFIXES) else "safetensors"
+        if kind == "safetensors":  # also a safetensors file under a .pth name
+            if key:
+                raise WeightsError(f"{path}: --weights-key applies to torch checkpoints (.pth/.pt/.ckpt); a "
+                                   "safetensors file holds one flat set of tensors")
+            # Size bound now; names and shapes once prefixes are stripped and the head fitted.
+            check_size(path, os.fstat(fh.fileno()).st_size, net)
+            return _strip_prefixes(read_safetensors(path, fh), path)
+        if kind != "zip":
+            raise WeightsError(f"{path}: refused: not a zip-format PyTorch file (a bare pickle, a file saved by "
+                               "torch < 1.6, or not a weight file); save it with a current torch.save or as "
+                               "safetensors")
+        check_torch_zip(path, fh, net)
+    obj = _torch_load(path)
+    tensors, notes = unwrap(obj, path, key, ema)
+    stripped, more = _strip_prefixes(tensors, path)
+    return stripped, notes + more
+
+
+def _torch_load(path: str):
+    try:
+        import torch
+    except ImportError:
+        raise WeightsError(f"{path}: reading .pth/.pt files needs PyTorch (pip install 'resnet-spec[torch]'), "
+                           "or convert the file to safetensors") from None
+    if not os.path.isfile(path):
+        raise WeightsError(f"{path}: no such weight file")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # weights_only refusals and corrupt archives both land here
+        raise WeightsError(_load_failure(path, exc)) from None
+
+
+def _load_failure(path: str, exc: Exception) -> str:
+    text = str(exc)
+    found = re.search(r"GLOBAL ([\w.]+)", text)
+    if found:
+        cls = found.group(1)
+        what = "a whole pickled model" if "models" in cls or "nn.modules" in cls or "Module" in cls else "pickled Python objects"
+        return (f"{path}: refused: the file holds {what} ({cls}), not a dictionary of tensors; weights are "
+                "read with torch.load(weights_only=True), which never runs pickled code. Save the weights "
+                "instead: torch.save(model.state_dict(), 'weights.pth')")
+    first = next((ln.strip() for ln in text.splitlines() if ln.strip()), type(exc).__name__)
+    return f"{path}: refused: not a readable torch checkpoint ({first})"
+
+
+def unwrap(obj, path: str, key: str | None = None, ema: bool = False) -> tuple[dict, list]:
+    """The ``{name: numpy array}`` inside a loaded checkpoint ``obj``, and notes on how it was found."""
+    import torch
+
+    notes, took_ema = [], False
+    if key:
+        for part in key.split("."):
+            if not isinstance(obj, dict) or part not in obj:
+                raise WeightsError(f"{path}: no entry {key!r}; the file holds {_describe_keys(obj)}")
+            obj = obj[part]
+        notes.append(f"took the weights under {key!r}")
+    for _ in range(4):  # {"model": {"state_dict": ...}} and the like
+        if not isinstance(obj, dict) or _is_tensor_dict(obj, torch):
+            break
+        order = EMA_KEYS + CONTAINER_KEYS if ema else CONTAINER_KEYS
+        found = next((k for k in order if isinstance(obj.get(k), dict) and obj[k]), None)
+        if found is None:
+            break
+        notes.append(f"took the weights under {found!r}")
+        took_ema = took_ema or found in EMA_KEYS
+        obj = obj[found]
+    if ema and not took_ema and not key:
+        raise WeightsError(f"{path}: no EMA weights (looked for {', '.join(EMA_KEYS)}); the file holds "
+                           f"{_describe_keys(obj)}")
+    if isinstance(obj, torch.nn.Module):  # possible only through an allow-listed global
+        raise WeightsError(f"{path}: refused: a whole model, not a dictionary of tensors; save it with "
+                           "torch.save(model.state_dict(), 'weights.pth')")
+    if not isinstance(obj, dict):
+        raise WeightsError(f"{path}: refused: expected a dictionary of tensors, got {type(obj).__name__}")
+    for k, v in obj.items():
+        if not isinstance(k, str) or not isinstance(v, torch.Tensor):
+            hint = (f"; the file holds {_describe_keys(obj)}: pick the weights with --weights-key KEY"
+                    if isinstance(v, dict) or any(isinstance(x, dict) for x in obj.values()) else "")
+            raise WeightsError(f"{path}: refused: entry {k!r} is a {type(v).__name__}, not a tensor{hint}")
+    return torch_arrays(path, obj), notes
+
+
+def _is_tensor_dict(obj: dict, torch) -> bool:
+    return bool(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
+
+
+def _describe_keys(obj) -> str:
+    if not isinstance(obj, dict):
+        return f"a {type(obj).__name__}"
+    keys = [repr(k) for k in list(obj)[:12]]
+    more = f" and {len(obj) - 12} more" if len(obj) > 12 else ""
+    return "the keys " + ", ".join(keys) + more if keys else "an empty dictionary"
+
+
+def _strip_prefixes(tensors: dict, path: str) -> tuple[dict, list]:
+    """Strip wrapper prefixes shared by every name (repeatedly: ``module._orig_mod.``)."""
+    stripped = []
+    changed = True
+    while changed and tensors:
+        changed = False
+        for p in PREFIXES:
+            if all(k.startswith(p) for k in tensors):
+                tensors = {k[len(p):]: v for k, v in tensors.items()}
+                stripped.append(p)
+                changed = True
+    return tensors, ([f"stripped the prefix {''.join(stripped)!r} from every name"] if stripped else [])
+
+
+def torch_arrays(path: str, obj: dict) -> dict:
+    """``{name: array}`` of a dictionary of dense float torch tensors: float32, float64 kept as it is
+    (checked against float32's range later), bf16/fp16 upcast with a :class:`WeightsNote`."""
+    import torch
+
+    out, upcast = {}, set()
+    for k, v in obj.items():
+        if not isinstance(k, str) or not isinstance(v, torch.Tensor):
+            raise WeightsError(f"{path}: refused: entry {k!r} is a {type(v).__name__}, not a tensor")
+        if k.endswith(IGNORED_SUFFIXES):
+            continue
+        problem = torch_tensor_problem(v)
+        if problem:
+            raise WeightsError(f"{path}: tensor {k!r} {problem}")
+        if v.dtype in (torch.float16, torch.bfloat16):
+            upcast.add(str(v.dtype).replace("torch.", ""))
+        out[k] = v.detach().to(torch.float64 if v.dtype == torch.float64 else torch.float32).numpy()
+    if upcast:
+        warnings.warn(WeightsNote(f"{path}: {'/'.join(sorted(upcast))} tensors were upcast to float32"),
+                      stacklevel=2)
+    return out

@@ -3,24 +3,22 @@
 Names and shapes come from the IR (:meth:`resnet_spec.ir.Network.tensors`); convolution weights are
 ``(out, in/groups, kh, kw)`` and linear weights ``(out, in)`` as in PyTorch. Backends convert layouts
 themselves (e.g. HWIO for Keras). Stored as safetensors; torchvision/timm ``state_dict`` files are read
-with ``torch.load(weights_only=True)``, which refuses arbitrary pickled objects.
+with ``torch.load(weights_only=True)``, which refuses arbitrary pickled objects. Loading any weight file
+or import source against a spec (``load_weights``, ``load_checkpoint``) is :mod:`resnet_spec.checkpoints`'.
 """
 
 from __future__ import annotations
 
 import math
-import os
 
 import numpy as np
 
 from . import ir
 from .errors import WeightsError
 from .fileio import atomic_path
+from .weightfile import check_f32_range, check_names, fmt_shape
 
 Weights = dict  # str -> np.ndarray
-
-# torch-only bookkeeping that carries no numbers a model computes with.
-IGNORED_SUFFIXES = (".num_batches_tracked",)
 
 
 def init_weights(net: ir.Network, seed: int = 0, random_bn: bool = False) -> Weights:
@@ -104,26 +102,6 @@ def _fan_in(net, module):
     return 1
 
 
-def check_names(net: ir.Network, tensors: dict, source: str) -> tuple:
-    """Refuse missing or unexpected tensor names (naming the first of each); return
-    ``({name: expected shape}, {name: value})`` without the ignored buffers."""
-    expected = {t.name: tuple(t.shape) for t in net.tensors()}
-    given = {k: v for k, v in tensors.items() if not k.endswith(IGNORED_SUFFIXES)}
-    missing = [n for n in expected if n not in given]
-    unexpected = sorted(n for n in given if n not in expected)
-    problems = []
-    if missing:
-        problems.append(f"missing tensor {missing[0]!r} (expected shape {_fmt(expected[missing[0]])})"
-                        + (f" and {len(missing) - 1} more" if len(missing) > 1 else ""))
-    if unexpected:
-        problems.append(f"unexpected tensor {unexpected[0]!r}"
-                        + (f" and {len(unexpected) - 1} more" if len(unexpected) > 1 else "")
-                        + f" (not part of spec {net.name!r})")
-    if problems:
-        raise WeightsError(f"{source}: " + "; ".join(problems))
-    return expected, given
-
-
 def check_weights(net: ir.Network, weights, source: str = "weights", allow_nonfinite: bool = False) -> Weights:
     """Check names, shapes, dtypes and values against the IR; return float32 arrays in IR order.
 
@@ -135,8 +113,8 @@ def check_weights(net: ir.Network, weights, source: str = "weights", allow_nonfi
     for name, shape in expected.items():
         arr = np.asarray(given[name])
         if tuple(arr.shape) != tuple(shape):
-            raise WeightsError(f"{source}: tensor {name!r} has shape {_fmt(arr.shape)}, the spec expects "
-                               f"{_fmt(shape)}")
+            raise WeightsError(f"{source}: tensor {name!r} has shape {fmt_shape(arr.shape)}, the spec expects "
+                               f"{fmt_shape(shape)}")
         arr = _as_float32(arr, name, source)
         if not allow_nonfinite and not np.isfinite(arr).all():
             bad = "NaN" if np.isnan(arr).any() else "Inf"
@@ -149,18 +127,12 @@ def check_weights(net: ir.Network, weights, source: str = "weights", allow_nonfi
 def _as_float32(arr: np.ndarray, name: str, source: str) -> np.ndarray:
     """Float tensors only (an int64 or bool tensor is a mistake, not weights); float64 values must fit
     float32 (1e39 is refused by name, not silently turned into Inf)."""
-    from .weightfile import check_f32_range
-
     if arr.dtype.kind != "f":
         raise WeightsError(f"{source}: tensor {name!r} has dtype {arr.dtype}; expected a float tensor")
     if arr.dtype.itemsize > 4:
         check_f32_range(arr, name, source)
     with np.errstate(over="ignore", invalid="ignore"):
         return np.ascontiguousarray(arr, dtype=np.float32)
-
-
-def _fmt(shape) -> str:
-    return "(" + ", ".join(map(str, shape)) + ")"
 
 
 def read_safetensors(path: str, net: ir.Network | None = None) -> Weights:
@@ -175,35 +147,10 @@ def read_safetensors(path: str, net: ir.Network | None = None) -> Weights:
 def read_torch(path: str, net: ir.Network | None = None) -> Weights:
     """A torch checkpoint, read with ``torch.load(weights_only=True)`` after its archive was checked
     against ``net`` (see :mod:`resnet_spec.weightfile`); containers and wrapper prefixes are handled
-    by :mod:`resnet_spec.checkpoints`."""
-    from .checkpoints import read_checkpoint
+    by :func:`resnet_spec.weightfile.read_checkpoint`."""
+    from .weightfile import read_checkpoint
 
     return read_checkpoint(path, net=net)[0]
-
-
-def _torch_arrays(path: str, obj: dict) -> Weights:
-    import warnings
-
-    import torch
-
-    from .weightfile import WeightsNote, torch_tensor_problem
-
-    out, upcast = {}, set()
-    for k, v in obj.items():
-        if not isinstance(k, str) or not isinstance(v, torch.Tensor):
-            raise WeightsError(f"{path}: refused: entry {k!r} is a {type(v).__name__}, not a tensor")
-        if k.endswith(IGNORED_SUFFIXES):
-            continue
-        problem = torch_tensor_problem(v)
-        if problem:
-            raise WeightsError(f"{path}: tensor {k!r} {problem}")
-        if v.dtype in (torch.float16, torch.bfloat16):
-            upcast.add(str(v.dtype).replace("torch.", ""))
-        out[k] = v.detach().to(torch.float64 if v.dtype == torch.float64 else torch.float32).numpy()
-    if upcast:
-        warnings.warn(WeightsNote(f"{path}: {'/'.join(sorted(upcast))} tensors were upcast to float32"),
-                      stacklevel=2)
-    return out
 
 
 def read_weights(path: str, net: ir.Network | None = None) -> Weights:
@@ -211,28 +158,6 @@ def read_weights(path: str, net: ir.Network | None = None) -> Weights:
     if path.endswith((".pth", ".pt", ".bin", ".ckpt")):
         return read_torch(path, net)
     return read_safetensors(path, net)
-
-
-def load_weights(net: ir.Network, path: str, allow_nonfinite: bool = False) -> Weights:
-    """Read ``path`` (safetensors, or a torchvision/timm state_dict) and check it against ``net``.
-
-    Any other source ``resnet-spec import`` reads (``.onnx``, ``.keras``, ``keras:NAME[=FILE.weights.h5]``,
-    ``torchvision:NAME``, ``timm:NAME``) is imported and checked layer by layer against ``net`` first:
-    a different network is refused naming the first differing layer (see resnet_spec.importers).
-    """
-    from .importers import is_foreign_weights
-
-    if is_foreign_weights(path):
-        return check_weights(net, read_foreign(net, path), path, allow_nonfinite)
-    return check_weights(net, read_weights(path, net), path, allow_nonfinite)
-
-
-def read_foreign(net: ir.Network, path: str) -> Weights:
-    """Weights from a source only ``import`` reads, imported and checked layer by layer against ``net``."""
-    from .importers import check_source, read_source
-
-    _, h, w = net.input_shape
-    return check_source(net, read_source(path, h if h == w else [h, w]))
 
 
 def save_weights(weights: Weights, path: str, metadata: dict | None = None, force: bool = True) -> None:
@@ -243,15 +168,3 @@ def save_weights(weights: Weights, path: str, metadata: dict | None = None, forc
     with atomic_path(path, force) as tmp:
         with open(tmp, "wb") as fh:
             fh.write(data)
-
-
-def resolve_weights(net: ir.Network, weights=None, seed: int = 0, allow_nonfinite: bool = False) -> Weights:
-    """None -> fresh init; a path -> loaded and checked; a mapping -> checked."""
-    if weights is None:
-        return init_weights(net, seed=seed)
-    if isinstance(weights, (str, os.PathLike)):
-        return load_weights(net, os.fspath(weights), allow_nonfinite)
-    if not hasattr(weights, "items"):
-        raise WeightsError(f"weights: expected None, a file or source name, or a {{name: array}} mapping, got "
-                           f"{type(weights).__name__} (save a Keras model as .keras and pass its path)")
-    return check_weights(net, weights, "weights", allow_nonfinite)

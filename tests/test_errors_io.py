@@ -377,7 +377,7 @@ def test_bf16_and_f16_weights_are_upcast_with_a_note(r20):
     res = _cli("convert", "resnet20", "--to", "onnx", "--weights", bf16, "-o", str(d / "bf16"))
     assert res.exit_code == 0 and f"note: {bf16}: bf16 tensors were upcast to float32" in res.output, res.output
     from resnet_spec.weightfile import WeightsNote
-    from resnet_spec.weights import load_weights
+    from resnet_spec.checkpoints import load_weights
 
     net = resnet_spec.load("resnet20")
     with pytest.warns(WeightsNote, match="bf16 tensors were upcast to float32"):

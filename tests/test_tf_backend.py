@@ -28,7 +28,8 @@ from resnet_spec.backends import tf_backend
 from resnet_spec.backends.keras_weights import _from_keras_weights
 from resnet_spec.isolate import run_isolated
 from resnet_spec.spec import zoo_names
-from resnet_spec.weights import init_weights, load_weights
+from resnet_spec.checkpoints import load_weights
+from resnet_spec.weights import init_weights
 
 pytestmark = pytest.mark.skipif(tf_backend.available() is not None, reason=str(tf_backend.available()))
 

@@ -13,7 +13,8 @@ import resnet_spec  # noqa: E402
 from resnet_spec.backends import torch_backend as tb  # noqa: E402
 from resnet_spec.errors import WeightsError  # noqa: E402
 from resnet_spec.spec import zoo_names  # noqa: E402
-from resnet_spec.weights import init_weights, load_weights, save_weights  # noqa: E402
+from resnet_spec.checkpoints import load_weights  # noqa: E402
+from resnet_spec.weights import init_weights, save_weights  # noqa: E402
 
 from conftest import TIMM, TORCHVISION, randomize_bn, small  # noqa: E402
 from counting import torch_counts  # noqa: E402

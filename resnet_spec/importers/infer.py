@@ -16,7 +16,7 @@ from functools import lru_cache
 
 from .. import ir, yamlio
 from ..errors import ResNetSpecError
-from ..resolve import make_divisible
+from ..resolve import load_network, make_divisible
 from .source import Source, first_difference
 
 _BLOCK = re.compile(r"^layer(\d+)\.(\d+)\.(.+)$")
@@ -217,13 +217,11 @@ def _variants(d, src, stages, se, preact):
 def build_spec(src: Source, name: str, input_size=None) -> tuple:
     """(spec YAML text, resolved network, full spec dict) for ``src``; refuses naming the first layer
     that does not fit."""
-    from .. import load
-
     best = None
     for cand in candidates(src, name, input_size):
         text = yamlio.dump(_order(cand))
         try:
-            net = load(text)
+            net = load_network(text)
         except ResNetSpecError as exc:
             best = best or f"no spec expresses it ({exc})"
             continue
@@ -245,9 +243,7 @@ def _order(d: dict) -> dict:
 
 @lru_cache(maxsize=None)
 def _zoo_net(zoo: str):
-    from .. import load
-
-    return load(zoo)
+    return load_network(zoo)
 
 
 def _key(net: ir.Network):
@@ -265,7 +261,6 @@ def _same(a: ir.Network, b: ir.Network) -> bool:
 
 def _shorten(text: str, net: ir.Network, full: dict) -> str:
     """``extends: <zoo entry>`` plus what differs, when a zoo entry resolves to the same network."""
-    from .. import load
     from ..spec import zoo_names
 
     for zoo in zoo_names():
@@ -279,7 +274,7 @@ def _shorten(text: str, net: ir.Network, full: dict) -> str:
             short["head"] = {"classes": net.num_classes}
         cand = yamlio.dump(short)
         try:
-            if _same(load(cand), net):
+            if _same(load_network(cand), net):
                 return f"# {full['description']}: the zoo's {zoo} architecture.\n" + cand
         except ResNetSpecError:
             continue

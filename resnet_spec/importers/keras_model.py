@@ -108,7 +108,10 @@ def _logits(model):
 
 
 def read_keras(source: str, input_size=None) -> Source:
+    from ..extras import require
+
     label, desc = _descriptor(source, input_size)
+    require(f"reading {label}", "keras")
     return _Mapper.source(label, "keras", {"keras_source": desc}, run_isolated(_describe, desc))
 
 

@@ -86,7 +86,8 @@ def read_onnx(path: str) -> Source:
     try:
         import onnx
     except ImportError:
-        raise ImportError_(f"{path}: reading ONNX files needs the onnx package (pip install onnx)") from None
+        raise ImportError_(f"{path}: reading ONNX files needs the onnx package "
+                           "(pip install 'resnet-spec[onnx]')") from None
     try:
         model = onnx.load(path)
     except Exception as exc:

@@ -30,6 +30,9 @@ def source_runner(src, full_spec: dict) -> tuple:
                                "spec and weights with 'resnet-spec parity' instead")
         return _run_timm, (kwargs, src.weights)
     if src.kind == "onnx":
+        from ..extras import require
+
+        require(f"running {src.label}", "onnxruntime")
         return _run_onnx, (src.facts["path"],)
     if src.kind == "keras":
         from .keras_model import run_keras

@@ -20,7 +20,8 @@ ASSUMED = ("strides, stem pooling and BN epsilon are not stored in a state dict:
 
 
 def read_checkpoint(path: str) -> Source:
-    from ..weights import IGNORED_SUFFIXES, read_weights
+    from ..weightfile import IGNORED_SUFFIXES
+    from ..weights import read_weights
 
     try:
         weights = read_weights(path)
@@ -62,7 +63,9 @@ def read_library(lib: str, name: str) -> Source:
     try:
         model = library_model(lib, name)
     except ModuleNotFoundError as exc:
-        raise ImportError_(f"{lib}:{name}: {exc.name} is not installed") from None
+        from ..extras import install_hint
+
+        raise ImportError_(f"{lib}:{name}: {exc.name} is not installed ({install_hint(exc.name)})") from None
     weights = {k: v.detach().float().numpy().copy() for k, v in model.state_dict().items()
                if not k.endswith("num_batches_tracked")}
     src = Source(f"{lib}:{name}", lib, layers_from_weights(weights), weights)

@@ -32,11 +32,13 @@ def import_to_dir(source: str, out_dir: str, name: str | None = None, input_size
     Raises :class:`ParityFailed` (files kept only with ``keep``) when the generated model does not
     reproduce the source within the float32 tolerance.
     """
+    from ..extras import require
     from ..fileio import check_writable, write_text
     from ..weights import save_weights
     from . import import_source
     from .run import format_result, prove
 
+    require("import (it proves the result in PyTorch)", "torch")
     src, text, net, full, weights = import_source(source, name, input_size)
     yaml_path = os.path.join(out_dir, f"{net.name}.yaml")
     w_path = os.path.join(out_dir, f"{net.name}.safetensors")
