@@ -8,13 +8,8 @@ lower modules (``common``, ``keras_*``, ``onnx_*``) and import one another only 
 ``tf_backend``); ``tests/test_structure.py`` checks that the imports have no cycle.
 """
 
-#: What ``convert --to`` writes (and ``build`` accepts, with the Keras names of :data:`KERAS_LEGS`).
-BACKENDS = ("torch", "onnx", "tensorflow")
-
-#: Parity legs, in report order. ``tensorflow`` is accepted as an alias of ``keras-tensorflow``.
-LEGS = ("torch", "onnx", "keras-tensorflow", "keras-jax", "keras-torch")
-#: Keras leg -> Keras backend (``keras``: whichever backend the process runs).
-KERAS_LEGS = {"keras": None, "keras-tensorflow": "tensorflow", "keras-jax": "jax", "keras-torch": "torch"}
+# The names of legs and targets, their aliases and devices: backends/legs.py (the one registry).
+from .legs import BACKENDS, KERAS_LEGS, LEGS, keras_backend_of  # noqa: F401
 #: The compute dtypes a backend may be asked for (parity's tolerances are keyed by them); a backend
 #: refuses the ones it cannot honour.
 DTYPES = ("float32", "float16", "bfloat16")
@@ -75,7 +70,7 @@ def prepare(name: str, spec_yaml: str):
     reason = mod.available()
     if reason:
         raise BackendUnavailable(f"{name}: {reason}")
-    keras_backend = KERAS_LEGS.get("keras-tensorflow" if name == "tensorflow" else name)
+    keras_backend = keras_backend_of(name)
     if keras_backend:
         from .keras_backend import select
 

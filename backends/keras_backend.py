@@ -18,6 +18,7 @@ import numpy as np
 from .. import ir
 from ..errors import BackendUnavailable, ResNetSpecError
 from .keras_model import DTYPES, KERAS_BACKENDS, build, keras_module, missing, tap_model
+from .legs import parse_device
 
 
 def select(backend: str) -> None:
@@ -99,12 +100,11 @@ def _torch_scope(device: str, allow_tf32: bool):
 
 
 def _index(device: str, leg: str) -> int:
-    if not device.startswith("cuda"):
+    """The GPU index of a non-CPU ``device`` (the callers handle 'cpu' first)."""
+    index = parse_device(device, leg)
+    if index is None:
         raise BackendUnavailable(f"{leg}: unknown device {device!r}")
-    try:
-        return int(device.split(":", 1)[1]) if ":" in device else 0
-    except ValueError:
-        raise BackendUnavailable(f"{leg}: unknown device {device!r}") from None
+    return index
 
 
 def to_numpy(t) -> np.ndarray:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import BackendUnavailable, ResNetSpecError
+from .legs import parse_device
 from .onnx_graph import INPUT_NAME, OUTPUT_NAME, require
 
 try:
@@ -39,19 +40,18 @@ def make_session(model, *, device: str = "cpu", dtype: str = "float32", allow_tf
     if threads:
         opts.intra_op_num_threads = int(threads)
     opts.log_severity_level = 3
-    if device == "cpu":
+    index = parse_device(device, "onnx")
+    if index is None:
         provider, provider_opts = "CPUExecutionProvider", {}
-    elif device.startswith("cuda"):
+    else:
         provider = "CUDAExecutionProvider"
         if provider not in ort.get_available_providers():
             raise BackendUnavailable(
                 f"onnx: CUDA was requested but onnxruntime {ort.__version__} offers only "
                 f"{', '.join(ort.get_available_providers())} (install onnxruntime-gpu)")
-        provider_opts = {"device_id": device.partition(":")[2] or "0", "use_tf32": "1" if allow_tf32 else "0"}
+        provider_opts = {"device_id": str(index), "use_tf32": "1" if allow_tf32 else "0"}
         # Without this ORT quietly runs nodes CUDA cannot take on the CPU.
         opts.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
-    else:
-        raise BackendUnavailable(f"onnx: unknown device {device!r}")
     source = model if isinstance(model, (bytes, str)) else model.SerializeToString()
     sess = ort.InferenceSession(source, sess_options=opts, providers=[(provider, provider_opts)])
     got = sess.get_providers()

@@ -14,6 +14,7 @@ import numpy as np
 
 from .. import ir
 from . import DTYPES, common
+from .legs import parse_device
 from ..errors import BackendUnavailable
 
 NAME = "torch"
@@ -302,7 +303,8 @@ def device_and_dtype(device: str, dtype: str, allow_tf32: bool = False):
     _require()
     if dtype not in DTYPES:
         raise BackendUnavailable(f"torch: unsupported dtype {dtype!r}")
-    if device.startswith("cuda"):
+    index = parse_device(device, "torch")
+    if index is not None:
         if not torch.cuda.is_available():
             raise BackendUnavailable("torch: CUDA was requested but torch.cuda.is_available() is False "
                                      f"(torch {torch.__version__}, built for CUDA {torch.version.cuda})")
@@ -310,10 +312,8 @@ def device_and_dtype(device: str, dtype: str, allow_tf32: bool = False):
         torch.backends.cudnn.allow_tf32 = allow_tf32
         dev = torch.device(device)
         desc = f"{dev} ({torch.cuda.get_device_name(dev)}), TF32 {'on' if allow_tf32 else 'off'}"
-    elif device == "cpu":
-        dev, desc = torch.device("cpu"), "cpu"
     else:
-        raise BackendUnavailable(f"torch: unknown device {device!r}")
+        dev, desc = torch.device("cpu"), "cpu"
     return dev, getattr(torch, dtype), desc
 
 

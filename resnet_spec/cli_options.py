@@ -9,6 +9,7 @@ import math
 import click
 
 from .backends import BACKENDS
+from .errors import ResNetSpecError
 
 
 class _FiniteFloat(click.ParamType):
@@ -79,21 +80,13 @@ def _ckpt(weights_key, ema, new_head) -> dict:
 
 
 def _parse_backends(text: str, extra=()) -> list:
-    items = [t.strip() for t in text.split(",") if t.strip()]
-    if not items:
-        raise click.BadParameter(f"names no backend; choose from {', '.join(BACKENDS)} or all")
-    if items == ["all"]:
-        return list(BACKENDS)
-    aliases = {"tf": "tensorflow", "keras": "tensorflow", "pytorch": "torch", "litert": "tflite"}
-    known = tuple(BACKENDS) + tuple(extra)
-    out = []
-    for t in items:
-        t = aliases.get(t, t)
-        if t not in known:
-            raise click.BadParameter(f"unknown backend {t!r}; choose from {', '.join(known)} or all")
-        if t not in out:
-            out.append(t)
-    return out
+    """``convert --to`` text -> targets (``all``: every backend), through the one registry of names."""
+    from .backends.legs import parse_names
+
+    try:
+        return parse_names(text, tuple(BACKENDS) + tuple(extra), tuple(BACKENDS))[0]
+    except ResNetSpecError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 # -- loading a spec and its weights, as every command does -------------------------------------------

@@ -56,25 +56,25 @@ TRAIN_TOLERANCES = {"logits": 1e-4, "loss": 1e-4, "grads": 2e-2, "stats": 1e-4}
 #: float32's worst error on the model's gradient scale. Per compute dtype (training parity is float32 only).
 GRAD_BANDS = {"float32": {"factor": 4.0, "floor": 1e-5}}
 WORST = 5  # tensors listed per pair and quantity
-TRAIN_LEGS = ("torch", "tensorflow", "keras-tensorflow", "keras-jax", "keras-torch")
 
 
 def _train_worker(backend, spec_yaml, weights, x, g, options, mutate):
-    from .backends import KERAS_LEGS, prepare
+    from .backends import prepare
     from .backends import training
+    from .backends.legs import TRAIN_LEGS, keras_backend_of
 
     mod, net = prepare(backend, spec_yaml)
     t0 = time.perf_counter()
     if backend == "torch":
         out, device = training.torch_step(net, weights, x, g, mutate=mutate, decisions=True, **options)
-    elif backend == "tensorflow" or backend in KERAS_LEGS:
+    elif keras_backend_of(backend):
         from .backends.keras_backend import Leg
 
-        leg = Leg("tensorflow" if backend == "tensorflow" else KERAS_LEGS[backend])
+        leg = Leg(keras_backend_of(backend))
         out, device = training.keras_step(leg, net, weights, x, g, mutate=mutate, decisions=True, **options)
     else:
         raise BackendUnavailable(f"{backend}: no training step (inference graphs only); --train legs: "
-                                 f"{', '.join(TRAIN_LEGS[:1] + TRAIN_LEGS[2:])}")
+                                 f"{', '.join(TRAIN_LEGS)}")
     return out, device, time.perf_counter() - t0
 
 
