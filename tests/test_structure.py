@@ -19,9 +19,10 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
-#: Installed package name -> folder in the repository (pyproject's ``package-dir``).
-PACKAGES = {"resnet_spec": "resnet_spec", "resnet_spec.importers": "resnet_spec/importers",
-            "resnet_spec.backends": "backends", "resnet_spec.zoo": "spec", "resnet_spec.schemas": "schemas"}
+#: Installed package name -> folder in the repository (pyproject's ``package-dir``); subpackages are
+#: found below each folder (``backends/onnx/graph.py`` is ``resnet_spec.backends.onnx.graph``).
+PACKAGES = {"resnet_spec": "resnet_spec", "resnet_spec.backends": "backends", "resnet_spec.zoo": "spec",
+            "resnet_spec.schemas": "schemas"}
 
 MAX_LINES = 450
 
@@ -30,9 +31,12 @@ def _modules() -> dict:
     """``{module name: (path, is_package)}`` for every source file of the package."""
     out = {}
     for pkg, folder in PACKAGES.items():
-        for path in sorted((ROOT / folder).glob("*.py")):
-            is_pkg = path.name == "__init__.py"
-            out[pkg if is_pkg else f"{pkg}.{path.stem}"] = (path, is_pkg)
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            parts = path.relative_to(ROOT / folder).with_suffix("").parts
+            if "__pycache__" in parts or not (path.parent / "__init__.py").exists():
+                continue
+            is_pkg = parts[-1] == "__init__"
+            out[".".join((pkg,) + parts[:-1 if is_pkg else None])] = (path, is_pkg)
     return out
 
 
