@@ -110,7 +110,13 @@ def test_older_onnxruntime_and_onnxoptimizer(files, old_ort, name, tmp_path):
     assert not _failures(results, ref), name
 
 
-@pytest.mark.parametrize("name", zoo_names())
+# the whole zoo is a sweep (slow); the fast tier keeps one entry of each pooling pattern: CIFAR, the
+# zero-padded max pool (Keras v2), the ResNet-D average-pool shortcut, the Caffe ceil-mode pool
+PAD_FAST = ("resnet20", "keras_resnet50v2", "resnet50d", "resnet50_caffe")
+
+
+@pytest.mark.parametrize("name", [n if n in PAD_FAST else pytest.param(n, marks=pytest.mark.slow)
+                                  for n in zoo_names()])
 def test_no_pad_feeds_a_pool_or_conv(name):
     """The pattern the buggy rewrites fold: a Pad whose output is read by a pool or convolution."""
     net = small(name)
@@ -147,6 +153,8 @@ def _matrix(tmp_path, *args):
     return subprocess.run(cmd, capture_output=True, text=True, timeout=900)
 
 
+# slow: five runs of benchmarks/deploy_matrix.py, each in its own process with its own venvs
+@pytest.mark.slow
 def test_matrix_is_resumable(tmp_path):
     """benchmarks/deploy_matrix.py keeps every measured cell in its JSON and, run again, measures only
     the columns it lacks (--force measures them again); a JSON of another input size is refused."""
@@ -197,6 +205,7 @@ def test_matrix_doc_names_every_missing_cell(tmp_path):
     assert "each with its three outputs" not in line
 
 
+@pytest.mark.slow  # onnxruntime 1.29.0 runs in its own venv, in a child process
 def test_float16_classifier_accumulates_in_float32_in_onnxruntime_1_29(tmp_path):
     """onnxruntime 1.29.0's CPU float16 Gemm sums its products in float16: our float16 files were off by
     up to 1.3e-2 of the logit scale there (7 zoo entries over FLOAT16_TOL, docs/deployment.md), against

@@ -43,6 +43,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow  # two DDP processes (torch.multiprocessing.spawn)
 def test_torch_ddp_gradients_equal_one_process(case, tmp_path):
     import torch.multiprocessing as mp
 
@@ -61,6 +62,8 @@ def test_torch_ddp_gradients_equal_one_process(case, tmp_path):
         assert worst[1] < TOL, worst
 
 
+# slow: a Keras-on-JAX worker process
+@pytest.mark.slow
 @pytest.mark.skipif(keras_model.missing("jax") is not None, reason="JAX is not installed")
 def test_keras_jax_data_parallel_gradients_equal_one_device(case):
     net, w, x, g = case

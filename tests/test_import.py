@@ -51,7 +51,7 @@ def _randomize(model, seed=0):
     return model.eval()
 
 
-@pytest.mark.parametrize("name", ["resnet18", "resnext50_32x4d"])
+@pytest.mark.parametrize("name", ["resnet18", pytest.param("resnext50_32x4d", marks=pytest.mark.slow)])  # slow: big model
 def test_import_torchvision_by_name(tmp_path, name):
     code, out = _import([f"torchvision:{name}", "--input-size", "64"], tmp_path)
     assert code == 0, out
@@ -65,9 +65,10 @@ def test_import_torchvision_by_name(tmp_path, name):
     assert set(w) == {t.name for t in net.tensors()}
 
 
-@pytest.mark.parametrize("lib,name,suffix", [("torchvision", "wide_resnet50_2", ".pth"),
-                                             ("timm", "resnet50d", ".safetensors"),
-                                             ("timm", "seresnet50", ".pt")])
+@pytest.mark.parametrize("lib,name,suffix", [pytest.param("torchvision", "wide_resnet50_2", ".pth",
+                                                          marks=pytest.mark.slow),  # slow: big model
+                                             pytest.param("timm", "resnet50d", ".safetensors", marks=pytest.mark.slow),
+                                             pytest.param("timm", "seresnet50", ".pt", marks=pytest.mark.slow)])
 def test_import_checkpoint(tmp_path, lib, name, suffix):
     """A plain state dict: the architecture comes from names and shapes alone; the proof runs the
     checkpoint in timm's ResNet class, and here it is also compared with the library model itself."""
@@ -179,9 +180,10 @@ def _check_onnx_import(tmp_path, model, onnx_path):
     return net, out
 
 
+# slow params: 50-layer library models, exported and proven in worker processes
 @pytest.mark.parametrize("lib,name,dynamo,opset", [("torchvision", "resnet18", False, 13),
-                                                   ("timm", "seresnet50", False, 17),
-                                                   ("timm", "resnet50d", True, 18)])
+                                                   pytest.param("timm", "seresnet50", False, 17, marks=pytest.mark.slow),
+                                                   pytest.param("timm", "resnet50d", True, 18, marks=pytest.mark.slow)])
 def test_import_torch_onnx_export(tmp_path, lib, name, dynamo, opset):
     if dynamo:
         pytest.importorskip("onnxscript")
@@ -192,6 +194,9 @@ def test_import_torch_onnx_export(tmp_path, lib, name, dynamo, opset):
     assert f"extends: {name}" in text
 
 
+# slow: convert and import each run in worker processes (3 per case); test_import_zoo.py's
+# test_convert_then_import_cli[resnet20-convert] keeps convert -> import in the fast tier
+@pytest.mark.slow
 @pytest.mark.parametrize("spec,fold", [("keras_resnet50v2", True), ("keras_resnet50", False),
                                        ("preact_resnet164", True)])
 def test_import_own_onnx(tmp_path, spec, fold):
@@ -249,6 +254,8 @@ def _keras_file(tmp_path, name, weights_only, size=64):
     return path, counts
 
 
+# slow: full keras.applications models built and run in TensorFlow worker processes
+@pytest.mark.slow
 @pytest.mark.parametrize("name,zoo,weights_only", [("ResNet101", "keras_resnet101", False),
                                                    ("ResNet50V2", "keras_resnet50v2", True)])
 def test_import_keras(tmp_path, name, zoo, weights_only):
@@ -262,6 +269,8 @@ def test_import_keras(tmp_path, name, zoo, weights_only):
     assert resnet_spec.load(str(out_dir / "m.yaml")).params == counts["params"]
 
 
+# slow: full keras.applications models built and run in TensorFlow worker processes
+@pytest.mark.slow
 def test_keras_weights_into_torchvision_spec_refused(tmp_path):
     """The issue's silent 19% error: keras.applications ResNet50 weights for the torchvision resnet50
     spec. Refused, naming the first differing layer, from the CLI and from the Python API."""

@@ -49,6 +49,7 @@ def leg(request, setup):
     return request.param, run_isolated(keras_checks.leg_suite, request.param, nets, weights, xs, files)
 
 
+@pytest.mark.slow  # a TensorFlow worker writes the files, then one Keras worker per leg
 def test_every_tap_matches_torch(leg, setup):
     backend, res = leg
     nets, _, _, _, refs = setup
@@ -61,6 +62,7 @@ def test_every_tap_matches_torch(leg, setup):
         assert res["nets"][key]["device"].startswith(f"cpu, {backend} ")
 
 
+@pytest.mark.slow  # a TensorFlow worker writes the files, then one Keras worker per leg
 def test_names_are_valid_on_every_backend_and_reversible(leg, setup):
     _, res = leg
     from resnet_spec.backends.keras_names import canonical_name, layer_name
@@ -74,6 +76,7 @@ def test_names_are_valid_on_every_backend_and_reversible(leg, setup):
         assert all("/" in p for p in res["nets"][key]["variable_paths"])
 
 
+@pytest.mark.slow  # a TensorFlow worker writes the files, then one Keras worker per leg
 def test_keras_file_written_under_tensorflow_loads_here(leg, setup):
     _, res = leg
     nets, _, _, written, refs = setup
@@ -83,6 +86,7 @@ def test_keras_file_written_under_tensorflow_loads_here(leg, setup):
         assert rel_err(got, tf_out) < TOL and rel_err(got, refs[key]["head"]) < TOL
 
 
+@pytest.mark.slow  # a TensorFlow worker writes the files, then one Keras worker per leg
 def test_tensorflow_only_requests_say_so_and_tensorflow_is_never_imported(leg):
     backend, res = leg
     e = res["errors"]

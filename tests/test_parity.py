@@ -49,6 +49,8 @@ def test_compare_metrics():
     assert P.compare(a, a[:, ::-1])["top1"] == 0.0
 
 
+# slow: every installed leg (Keras on TensorFlow, JAX and PyTorch included), each in its own worker
+@pytest.mark.slow
 def test_cli_parity_json(tmp_path):
     out = tmp_path / "r.json"
     res = CliRunner().invoke(main, ["parity", "resnet20", "--batch", "3", "--json", str(out)])
@@ -64,6 +66,8 @@ def test_cli_parity_json(tmp_path):
         assert p["max_rel"] <= P.TOLERANCES["float32"] and p["top1"] == 1.0
 
 
+# slow: every installed leg (Keras on TensorFlow, JAX and PyTorch included), each in its own worker
+@pytest.mark.slow
 def test_cli_reduced_precision_and_a_backend_that_cannot_run(tmp_path):
     """bfloat16 runs in torch and Keras within its tolerance; the ONNX backend builds float32 graphs
     only, so naming it with --dtype float16 reports why, still compares the others, and exits 1."""

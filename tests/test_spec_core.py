@@ -85,6 +85,8 @@ def test_counts_match_timm(name):
     assert {t.name: t.shape for t in net.tensors()} == ref_names
 
 
+# slow: builds all six full-size keras.applications models in a TensorFlow worker (a zoo sweep)
+@pytest.mark.slow
 def test_counts_match_keras_applications():
     from ref_keras import keras_trainable_counts
 

@@ -177,6 +177,7 @@ def unit():
     return {"res": res, "cases": {c[0]: c for c in cases}, "nets": nets, "weights": weights, "refs": refs}
 
 
+@pytest.mark.slow  # the `unit` fixture runs the suite in a TensorFlow worker process
 def test_single_ops_match_torch(unit):
     """Every pooling configuration (max -inf / zero padding, ceil mode, avg with and without
     count_include_pad), grouped/dilated/strided convs, BN eps 1e-6, SE, subsample, channel pad."""
@@ -188,6 +189,7 @@ def test_single_ops_match_torch(unit):
     assert not bad, bad
 
 
+@pytest.mark.slow  # the `unit` fixture runs the suite in a TensorFlow worker process
 def test_bn_epsilon_and_momentum_are_the_specs(unit):
     """Keras gets the IR's epsilon unchanged (no clamping to 1.001e-5) and momentum converted from
     PyTorch's convention (weight of the new batch) to Keras's (weight of the running average)."""
@@ -199,6 +201,7 @@ def test_bn_epsilon_and_momentum_are_the_specs(unit):
     assert unit["res"]["nets"]["tiny_a"]["bn"] == [(1e-6, 0.97)]
 
 
+@pytest.mark.slow  # the `unit` fixture runs the suite in a TensorFlow worker process
 def test_max_pool_padding_never_wins_on_negative_inputs(unit):
     # With all inputs below -5, -inf padding gives only negative outputs; zero padding (Keras style)
     # puts zeros on the border windows -- both must match their PyTorch definition exactly.
@@ -213,6 +216,7 @@ def test_max_pool_padding_never_wins_on_negative_inputs(unit):
     np.testing.assert_array_equal(out["max_zero_k3s2p1_ceil_8"], unit["cases"]["max_zero_k3s2p1_ceil_8"][4])
 
 
+@pytest.mark.slow  # the `unit` fixture runs the suite in a TensorFlow worker process
 def test_avg_pool_divisors(unit):
     """count_include_pad and ceil-mode windows: a wrong divisor would be off by >= 1/9 somewhere."""
     out, cases = unit["res"]["ops"], unit["cases"]
@@ -249,6 +253,7 @@ def test_ir_pool_divisors_are_torchs(k, s, p):
                 assert np.array_equal(np.outer(rows, cols), (cells / avg)[0, 0].round().numpy()), (hw, ceil, cip)
 
 
+@pytest.mark.slow  # the `unit` fixture runs the suite in a TensorFlow worker process
 def test_bn_epsilon_is_not_clamped(unit):
     case = unit["cases"]["bn_eps_1e-6"]
     w, x, ref = case[2], case[3], case[4]
@@ -259,6 +264,7 @@ def test_bn_epsilon_is_not_clamped(unit):
     assert rel_err(ref, clamped) > 0.5  # what TensorFlow's fused-BN clamp would have produced
 
 
+@pytest.mark.slow  # the `unit` fixture runs the suite in a TensorFlow worker process
 @pytest.mark.parametrize("key", sorted(TINY))
 def test_tiny_nets_match_torch_taps(unit, key):
     got, ref = unit["res"]["nets"][key]["taps"], unit["refs"][key]
@@ -270,24 +276,28 @@ def test_tiny_nets_match_torch_taps(unit, key):
         assert rel_err(ref[tap], got[tap]) < TOL, tap
 
 
+@pytest.mark.slow  # the `unit` fixture runs the suite in a TensorFlow worker process
 @pytest.mark.parametrize("key", sorted(TINY))
 def test_channels_first_equals_channels_last(unit, key):
     r = unit["res"]["nets"][key]
     np.testing.assert_allclose(r["head_cf"], r["taps"]["head"], rtol=0, atol=1e-6 * np.abs(r["taps"]["head"]).max())
 
 
+@pytest.mark.slow  # the `unit` fixture runs the suite in a TensorFlow worker process
 @pytest.mark.parametrize("key", sorted(TINY))
 def test_planted_fault_changes_output(unit, key):
     r = unit["res"]["nets"][key]
     assert rel_err(r["taps"]["head"], r["fault"]) > 1e-3
 
 
+@pytest.mark.slow  # the `unit` fixture runs the suite in a TensorFlow worker process
 @pytest.mark.parametrize("key", sorted(TINY))
 def test_weight_round_trip_through_model(unit, key):
     r = unit["res"]["nets"][key]
     assert r["roundtrip_keys_equal"] and r["roundtrip_max_abs"] == 0.0
 
 
+@pytest.mark.slow  # the `unit` fixture runs the suite in a TensorFlow worker process
 def test_layer_names_are_canonical(unit):
     """Every parameter layer carries its op's canonical name in the documented Keras spelling ('.' -> '-',
     valid on every Keras backend), and the mapping is reversible."""
@@ -309,6 +319,7 @@ def test_layer_names_are_canonical(unit):
     assert r["device"].startswith("cpu, tensorflow ") and "/ keras 3." in r["device"]
 
 
+@pytest.mark.slow  # the `unit` fixture runs the suite in a TensorFlow worker process
 def test_drop_path_is_training_only(unit):
     r = unit["res"]["nets"]["tiny_a"]
     rates = {op.rate for b in unit["nets"]["tiny_a"].blocks for op in b.main if isinstance(op, ir.DropPath)}
@@ -321,6 +332,7 @@ def test_drop_path_is_training_only(unit):
     assert 16 <= dp["kept"] <= 48
 
 
+@pytest.mark.slow  # the `unit` fixture runs the suite in a TensorFlow worker process
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 def test_reduced_precision(unit, dtype):
     r = unit["res"]["nets"]["tiny_a"]
@@ -332,6 +344,7 @@ def test_reduced_precision(unit, dtype):
     assert rel_err(r["taps"]["head"], got) < (2e-2 if dtype == "float16" else 1e-1)
 
 
+@pytest.mark.slow  # the `unit` fixture runs the suite in a TensorFlow worker process
 def test_refusals(unit):
     e = unit["res"]["errors"]
     assert e["cuda"][0] == "BackendUnavailable" and "no GPU" in e["cuda"][1]
@@ -408,6 +421,8 @@ def _keras_apps(cases, tmp_path):
     return res
 
 
+# slow: the real 224 px keras.applications models, in a TensorFlow worker
+@pytest.mark.slow
 def test_keras_applications_resnet50_both_ways(tmp_path):
     _keras_apps([("keras_resnet50", "ResNet50", 224), ("keras_resnet50v2", "ResNet50V2", 224)], tmp_path)
 
@@ -420,6 +435,8 @@ def test_keras_applications_deeper_both_ways(tmp_path):
 
 # --- files -----------------------------------------------------------------------------------------
 
+# slow: three TensorFlow worker processes (convert, convert_suite, reload_suite)
+@pytest.mark.slow
 def test_convert_cli_and_reload(tmp_path):
     from click.testing import CliRunner
 

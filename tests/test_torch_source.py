@@ -72,6 +72,7 @@ def _emitted_error(net, source, model, x) -> float:
         return rel_err(model.eval()(x).numpy(), emitted.eval()(x).numpy())
 
 
+@pytest.mark.slow  # a property sweep: 60 random specs, each built, emitted and run
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(doc=specs())
 def test_standalone_source_matches_random_specs(doc):

@@ -47,6 +47,7 @@ def _runs(path):
         return json.load(fh)
 
 
+@pytest.mark.slow  # verify/convert: a worker process per runtime, TensorFlow and LiteRT included
 def test_every_converted_file_passes(out, tmp_path):
     a = out / "all"
     files = [a / f"{SPEC}{s}" for s in (".onnx", ".tflite", ".keras", "_savedmodel", ".pt2", ".py")]
@@ -61,6 +62,7 @@ def test_every_converted_file_passes(out, tmp_path):
     assert any(r["runtime"].startswith(("LiteRT", "tf.lite")) for r in report["runs"])
 
 
+@pytest.mark.slow  # verify/convert: a worker process per runtime, TensorFlow and LiteRT included
 def test_float16_onnx_is_checked_at_its_tolerance(out, tmp_path):
     import onnx
 
@@ -75,6 +77,7 @@ def test_float16_onnx_is_checked_at_its_tolerance(out, tmp_path):
     assert all(r["tolerance_rel"] == 1e-2 and 1e-5 < r["max_rel"] < 1e-2 for r in runs), runs
 
 
+@pytest.mark.slow  # verify/convert: a worker process per runtime, TensorFlow and LiteRT included
 def test_wrong_file_fails_and_names_the_first_diverging_tap(out, tmp_path):
     import onnx
     from onnx import numpy_helper
@@ -100,6 +103,7 @@ def _one_error(res, *words):
     assert all(w in lines[0] for w in words), lines[0]
 
 
+@pytest.mark.slow  # verify/convert: a worker process per runtime, TensorFlow and LiteRT included
 def test_bad_inputs_are_one_line(out, tmp_path):
     a = out / "all"
     w = str(a / f"{SPEC}.safetensors")
@@ -121,6 +125,7 @@ def test_bad_inputs_are_one_line(out, tmp_path):
     _one_error(_verify(SPEC, str(alone)), "no weights")
 
 
+@pytest.mark.slow  # verify/convert: a worker process per runtime, TensorFlow and LiteRT included
 def test_cuda_without_a_cuda_provider_is_one_line(out):
     import onnxruntime as ort
 
@@ -153,6 +158,7 @@ def test_float16_refuses_values_beyond_its_range():
     ob.build(net, w)  # float32 holds it
 
 
+@pytest.mark.slow  # verify/convert: a worker process per runtime, TensorFlow and LiteRT included
 def test_savedmodel_holds_each_variable_once(out):
     """The variables file is the weights once (it held every variable twice: 2.1 MB for 1.1 MB); the
     folder still loads and matches (test_every_converted_file_passes verifies it)."""
@@ -164,6 +170,7 @@ def test_savedmodel_holds_each_variable_once(out):
     assert weights <= stored <= 1.1 * weights, (stored, weights)
 
 
+@pytest.mark.slow  # verify/convert: a worker process per runtime, TensorFlow and LiteRT included
 @pytest.mark.parametrize("suffix", [".keras", ".tflite"])
 def test_inspect_keras_and_tflite(out, suffix):
     """What inspect shows for the other formats: counts, parameters, input/output, the embedded spec."""

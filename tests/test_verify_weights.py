@@ -63,6 +63,7 @@ def _one_error(res, *words):
     return lines[0]
 
 
+@pytest.mark.slow  # the r18 fixture converts in torch, ONNX and TensorFlow workers; verify spawns more
 def test_torch_checkpoints_with_key_ema_and_prefixes(r18, tmp_path):
     spec, pt2 = r18 / "r18.yaml", _alone(r18 / "out" / "r18.pt2", tmp_path)
     w = {k: torch.from_numpy(v) for k, v in read_safetensors(str(r18 / "out" / "r18.safetensors")).items()}
@@ -83,6 +84,7 @@ def test_torch_checkpoints_with_key_ema_and_prefixes(r18, tmp_path):
     _one_error(_cli("verify", spec, pt2, "--weights", tmp_path / "small.pth"), "small.pth", "layer4")
 
 
+@pytest.mark.slow  # the r18 fixture converts in torch, ONNX and TensorFlow workers; verify spawns more
 def test_new_head(r18, tmp_path):
     spec = r18 / "r18.yaml"
     w = {k: torch.from_numpy(v) for k, v in read_safetensors(str(r18 / "out" / "r18.safetensors")).items()}
@@ -99,6 +101,7 @@ def test_new_head(r18, tmp_path):
     _verify(spec, pt2, "--weights", ckpt, "--new-head", "--seed", "8", code=1)  # another fresh head
 
 
+@pytest.mark.slow  # the r18 fixture converts in torch, ONNX and TensorFlow workers; verify spawns more
 @pytest.mark.parametrize("kind", [".onnx", ".keras"])
 def test_onnx_and_keras_files_as_weights(r18, tmp_path, kind):
     spec, src = r18 / "r18.yaml", r18 / "out" / f"r18{kind}"
@@ -109,6 +112,7 @@ def test_onnx_and_keras_files_as_weights(r18, tmp_path, kind):
     _verify(spec, _alone(tmp_path / "s4" / "r18.pt2", tmp_path), "--weights", src, code=1)
 
 
+@pytest.mark.slow  # the r18 fixture converts in torch, ONNX and TensorFlow workers; verify spawns more
 @pytest.mark.parametrize("source", ["torchvision:resnet18", "timm:resnet18"])
 def test_library_models_as_weights(r18, tmp_path, source):
     pytest.importorskip(source.split(":")[0])
@@ -141,6 +145,7 @@ def test_keras_applications_weights_h5(tmp_path):
     _one_error(_cli("verify", tmp_path / "r50.yaml", pt2, "--weights", source), "conv1_conv", "bias")
 
 
+@pytest.mark.slow  # the r18 fixture converts in torch, ONNX and TensorFlow workers; verify spawns more
 def test_safetensors_still_default_beside_and_explicit(r18, tmp_path):
     out = r18 / "out"
     _verify(r18 / "r18.yaml", out / "r18.pt2")  # <name>.safetensors beside it

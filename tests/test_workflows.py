@@ -204,6 +204,7 @@ def test_a_whole_pickled_model_is_refused_with_the_fix(tv18, tmp_path):
     assert "torch.save(model.state_dict(), 'weights.pth')" in msg and "\n" not in msg
 
 
+@pytest.mark.slow  # parity: a torch and an ONNX worker process
 def test_parity_with_new_head(tv18, tmp_path):
     path = _save({"model": _prefixed(dict(tv18.state_dict()), "module.")}, tmp_path / "ckpt.pth")
     spec = tmp_path / "r18_10.yaml"
@@ -395,6 +396,7 @@ def test_diagram_png_and_bad_outputs(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["afile", "r50.png"]
 
 
+@pytest.mark.slow  # parity: a torch and an ONNX worker process
 def test_parity_plot_marks_the_first_divergence(tmp_path):
     import matplotlib
 
@@ -413,6 +415,7 @@ def test_parity_plot_marks_the_first_divergence(tmp_path):
     assert "first divergence: layer3.1" in svg and "tolerance 1e-04 (float32)" in svg and "FAIL" in svg
 
 
+@pytest.mark.slow  # parity: a torch and an ONNX worker process
 def test_parity_plot_on_the_command_line(tmp_path):
     out = tmp_path / "p.png"
     res = CliRunner().invoke(main, ["parity", "resnet20", "--backends", "torch,onnx", "--plot", str(out)])
@@ -454,12 +457,19 @@ def test_readme_python_example_does_its_work_under_the_main_guard():
 
 # -- inspect ----------------------------------------------------------------------------------------
 
-def test_inspect_safetensors_pt2_and_checkpoints(tv18, tmp_path):
-    import json
-
-    out = tmp_path / "o"
+@pytest.fixture(scope="module")
+def r20_torch(tmp_path_factory):
+    """``convert resnet20 --to torch`` once for the tests below (it runs in a worker process)."""
+    out = tmp_path_factory.mktemp("r20") / "o"
     res = CliRunner().invoke(main, ["convert", "resnet20", "--to", "torch", "-o", str(out)])
     assert res.exit_code == 0, res.output
+    return out
+
+
+def test_inspect_safetensors_pt2_and_checkpoints(tv18, tmp_path, r20_torch):
+    import json
+
+    out = r20_torch
     net = resnet_spec.load("resnet20")
     res = CliRunner().invoke(main, ["inspect", "--json", str(out / "resnet20.safetensors")])
     info = json.loads(res.output)
@@ -506,11 +516,9 @@ def test_output_folders_get_the_usual_mode(tmp_path):
     assert (os.stat(tmp_path / "saved").st_mode & 0o777) == 0o755  # mkdtemp alone gives 0700
 
 
-def test_convert_embeds_the_spec_in_the_pt2_program(tmp_path):
+def test_convert_embeds_the_spec_in_the_pt2_program(r20_torch):
     """The .pt2 carries the spec (torch.export extra files); inspect reads it back, identical."""
-    out = tmp_path / "o"
-    res = CliRunner().invoke(main, ["convert", "resnet20", "--to", "torch", "-o", str(out)])
-    assert res.exit_code == 0, res.output
+    out = r20_torch
     res = CliRunner().invoke(main, ["inspect", str(out / "resnet20.pt2"), "--json"])
     assert res.exit_code == 0, res.output
     import json
