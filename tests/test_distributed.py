@@ -9,7 +9,13 @@
   with the whole batch.
 
 Tolerance: gradients agree to float32 summation-order noise on resnet20 (32x32, well conditioned):
-1e-5 of each tensor's scale, floored at 1e-3 of the model's largest gradient.
+1e-5 of each tensor's scale, floored at 1e-3 of the model's largest gradient. That holds only while no ReLU
+input is within rounding of zero: one there may take the other branch in the sharded step, and the gradients
+then differ discretely (at seed 0 one input sits at 5.7e-8 of its channel's scale, below one float32
+rounding, and flipping it moves layer1.1.bn1.bias's gradient by 2.7e-2 of its scale). So the case uses seed 3,
+whose nearest ReLU input is 2.5e-6 of its channel's scale in PyTorch's float64 step (about 40 float32
+roundings, where the two steps differ by a few), and the JAX test checks that margin first, in float64. (The
+DDP test compares identical half-batch forwards, so its ReLU decisions match whatever the seed.)
 """
 
 from __future__ import annotations
@@ -34,7 +40,20 @@ TOL = 1e-5
 @pytest.fixture(scope="module")
 def case():
     net = resnet_spec.load("resnet20")
-    return net, init_weights(net, seed=0, random_bn=True), make_input(net, 4, 0), make_loss_weights(net, 4, 0)
+    return net, init_weights(net, seed=3, random_bn=True), make_input(net, 4, 3), make_loss_weights(net, 4, 3)
+
+
+def _nearest_relu_input(net, w, x, g) -> float:
+    """The smallest nonzero |ReLU input| over its channel's largest, in PyTorch's float64 step."""
+    from resnet_spec.backends import training
+
+    seen = []
+    training.torch_step(net, w, x, g, dtype="float64", mutate=lambda m: training.record_relu_inputs(m, seen))
+    out = 1.0
+    for a in (s.abs().numpy() for s in seen):
+        r = a / np.maximum(a.max(axis=(0, 2, 3), keepdims=True), 1e-300)
+        out = min(out, float(r[r > 0].min()))
+    return out
 
 
 def _free_port() -> int:
@@ -67,6 +86,7 @@ def test_torch_ddp_gradients_equal_one_process(case, tmp_path):
 @pytest.mark.skipif(keras_model.missing("jax") is not None, reason="JAX is not installed")
 def test_keras_jax_data_parallel_gradients_equal_one_device(case):
     net, w, x, g = case
+    assert _nearest_relu_input(net, w, x, g) > 1e-6  # no ReLU decision within float32's reach (docstring)
     r = run_isolated(dist_checks.jax_data_parallel, net.spec_yaml, w, x, g)
     assert r["devices"] == 2 and r["input_devices"] == 2  # the batch really was split over two devices
     assert sorted(r["parallel"]) == sorted(r["single"])

@@ -470,7 +470,10 @@ def test_convert_cli_and_reload(tmp_path):
         for key in ("keras", "saved"):
             assert r[key].shape == (5, net.num_classes)
             assert rel_err(ref, r[key]) < TOL, key
-        np.testing.assert_allclose(r["saved_1"], r["saved"][:1], rtol=0, atol=1e-6 * np.abs(r["saved"]).max())
+        # batch 1 vs batch 5 of one SavedModel: measured 0.0 (AMD EPYC AVX-512), but the kernels chosen may depend
+        # on the batch and the ISA; TOL (27x the cross-framework error) holds on any CPU and still catches a wrong
+        # signature
+        np.testing.assert_allclose(r["saved_1"], r["saved"][:1], rtol=0, atol=TOL * np.abs(r["saved"]).max())
         assert "None" in r["signature"] and "input" in r["signature"]
     # every BN is TorchBatchNorm (PyTorch's unbiased running variance in training; stock at inference)
     assert res[0]["custom"] == ["ConstantPad2D", "ExactAvgPool2D", "TorchBatchNorm"]

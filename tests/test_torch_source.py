@@ -33,7 +33,8 @@ def _import_file(path, name):
 @pytest.mark.parametrize("name", ["resnet20", "resnet50d", "seresnet50", "resnet50_caffe", "keras_resnet50v2",
                                   "preact_resnet164", "resnext50_32x4d"])
 def test_standalone_source_is_exact(name, tmp_path):
-    """The emitted .py needs no resnet_spec and reproduces the backend bit for bit."""
+    """The emitted .py needs no resnet_spec and reproduces the backend (the same ops: normally bit for bit;
+    held to SOURCE_TOL)."""
     net = small(name)
     w = init_weights(net, seed=0, random_bn=True)
     path = tmp_path / f"m_{name}.py"
@@ -46,7 +47,7 @@ def test_standalone_source_is_exact(name, tmp_path):
     ours = tb.build(net, w).eval()
     x = torch.randn(2, *net.input_shape)
     with torch.no_grad():
-        assert torch.equal(model(x), ours(x))
+        assert rel_err(ours(x).numpy(), model(x).numpy()) <= SOURCE_TOL  # not torch.equal: see SOURCE_TOL
 
 
 #: max |emitted - backend| / max |backend| accepted where the emitted source runs in this process: the
@@ -152,10 +153,11 @@ def test_standalone_source_blocks_differ_within_a_stage(text, tmp_path):
     x = torch.randn(2, *net.input_shape, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         emitted, backend = model(x), tb.build(net, w).eval()(x)
-    assert torch.equal(emitted, backend)
+    same = rel_err(backend.numpy(), emitted.numpy())
+    assert same <= SOURCE_TOL  # normally 0 (the same ops); not torch.equal: see SOURCE_TOL
     onnx = onnx_backend.infer(net, w, x.numpy())[0]["head"]
     err = rel_err(onnx, emitted.numpy())
-    print(f"{net.name}: .py vs torch backend: equal; .py vs ONNX Runtime: max rel {err:.3g}")
+    print(f"{net.name}: .py vs torch backend: max rel {same:.3g}; .py vs ONNX Runtime: max rel {err:.3g}")
     assert err <= 1e-4
 
 

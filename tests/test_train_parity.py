@@ -133,6 +133,7 @@ def test_small_gradient_fault_fails_against_float64(runner):
     assert "not enforced" in T.report_text(lax) and "layer3.2.conv2.weight" in T.report_text(lax)
 
 
+@pytest.mark.slow  # two 50-layer nets (the fast tier has resnet20 on every leg, under two kernel settings)
 @pytest.mark.parametrize("name", ["seresnet50", "resnet50d"])
 def test_se_and_avgpool_shortcut_nets_agree_small(machine_runner, name):
     """SE gates and ResNet-D average-pool shortcuts (gradient through exact divisors), 48x48 input; every
