@@ -3,9 +3,9 @@
 Backends share one shape -- ``build(net, weights, **options)`` plus ``tap_names``/``run`` helpers --
 and are imported lazily so that ``resnet_spec`` itself needs no framework. They build on shared,
 lower modules (``common``, ``keras_*``, ``onnx_*``) and import one another only downwards:
-``tf_backend`` re-exports the ``keras_*`` modules and ``tflite_backend`` converts through
-``tf_backend``, but no lower module imports a higher one (``keras_backend`` never imports
-``tf_backend``); ``tests/test_structure.py`` checks that the imports have no cycle.
+``backends.keras.tf`` re-exports the ``keras_*`` modules and ``backends.keras.tflite`` converts through
+``backends.keras.tf``, but no lower module imports a higher one (``keras_backend`` never imports
+``backends.keras.tf``); ``tests/test_structure.py`` checks that the imports have no cycle.
 """
 
 # The names of legs and targets, their aliases and devices: backends/legs.py (the one registry).
@@ -40,17 +40,17 @@ def output_paths(backend: str, name: str, out_dir: str) -> list:
 
 def get(name: str):
     """The backend for ``name``: a module for torch/onnx/tensorflow (= keras-tensorflow), a
-    :class:`.keras_backend.Leg` for ``keras`` (the active Keras backend), ``keras-jax``, ``keras-torch``."""
+    :class:`.keras.backend.Leg` for ``keras`` (the active Keras backend), ``keras-jax``, ``keras-torch``."""
     from importlib import import_module
 
     from ..errors import ResNetSpecError
 
-    modules = {"torch": "torch_backend", "onnx": "onnx_backend", "tensorflow": "tf_backend",
-               "keras-tensorflow": "tf_backend", "tflite": "tflite_backend"}
+    modules = {"torch": "torch.backend", "onnx": "onnx.backend", "tensorflow": "keras.tf",
+               "keras-tensorflow": "keras.tf", "tflite": "keras.tflite"}
     if name in modules:
         return import_module(f"{__name__}.{modules[name]}")
     if name in KERAS_LEGS:
-        from .keras_backend import Leg
+        from .keras.backend import Leg
 
         return Leg(KERAS_LEGS[name])
     raise ResNetSpecError(f"unknown backend {name!r}; choose from {', '.join(BACKENDS + tuple(KERAS_LEGS))}")
@@ -72,7 +72,7 @@ def prepare(name: str, spec_yaml: str):
         raise BackendUnavailable(f"{name}: {reason}")
     keras_backend = keras_backend_of(name)
     if keras_backend:
-        from .keras_backend import select
+        from .keras.backend import select
 
         select(keras_backend)
     return mod, load_network(spec_yaml, UNCHECKED)

@@ -113,7 +113,7 @@ def reference(net, weights, x, g, decisions: dict, *, device: str = "cpu") -> di
     "float64": {"grads"} with its decisions}, "legs": {leg: {"grads", "decisions"} or {"error"}}}``."""
     import torch
 
-    from . import torch_backend
+    from .torch import backend as torch_backend
 
     step32, _ = torch_step(net, weights, x, g, device=device, decisions=True)
     dev, _, _ = torch_backend.device_and_dtype(device, "float32", False)

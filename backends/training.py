@@ -29,7 +29,7 @@ def torch_model(net: ir.Network, weights, *, dtype="float32", mutate=None):
     drop-path off, ``mutate`` applied, train mode, on the CPU (move it with ``.to``)."""
     import torch
 
-    from . import torch_backend
+    from .torch import backend as torch_backend
 
     model = torch_backend.build(net, weights)
     for m in model.modules():
@@ -68,7 +68,7 @@ def torch_step(net: ir.Network, weights, x, g, *, device="cpu", dtype="float32",
     decisions (``out["relu"]``, :func:`pack_decisions`) for the float64 reference."""
     import torch
 
-    from . import torch_backend
+    from .torch import backend as torch_backend
 
     if dtype not in ("float32", "float64"):
         raise BackendUnavailable(f"torch: --train runs in float32 only, not {dtype}")
@@ -96,8 +96,8 @@ def keras_step(leg, net: ir.Network, weights, x, g, *, device="cpu", dtype="floa
     """The training step of the Keras model on ``leg``'s Keras backend (tf.GradientTape, jax.grad of
     the stateless call, or torch autograd). ``decisions``: also return every ReLU layer's decisions in
     the PyTorch model's call order (``out["relu"]``), taken from the inputs of this very step."""
-    from .keras_backend import check_input, to_numpy
-    from .keras_model import build, keras_module, relu_layer_names
+    from .keras.backend import check_input, to_numpy
+    from .keras.model import build, keras_module, relu_layer_names
 
     keras = keras_module(leg.backend)
     if dtype != "float32":
@@ -176,8 +176,8 @@ def _jax_grads(keras, model, feed, g):
 
 def _canonical_grads(net: ir.Network, model, grads: dict) -> dict:
     """``{variable path: gradient}`` -> canonical names and PyTorch layouts (BN: weight, bias only)."""
-    from .keras_names import canonical_name
-    from .keras_weights import from_arrays, getter
+    from .keras.names import canonical_name
+    from .keras.weights import from_arrays, getter
 
     arrays = {canonical_name(layer.name): [grads.get(w.path, np.zeros(w.shape, np.float32)) for w in layer.weights]
               for layer in model.layers if layer.weights}
@@ -186,6 +186,6 @@ def _canonical_grads(net: ir.Network, model, grads: dict) -> dict:
 
 
 def _canonical_stats(net: ir.Network, model) -> dict:
-    from .keras_weights import _from_keras_weights
+    from .keras.weights import _from_keras_weights
 
     return {k: v for k, v in _from_keras_weights(net, model).items() if k.endswith(STAT_SUFFIXES)}

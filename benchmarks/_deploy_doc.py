@@ -23,7 +23,7 @@ FINDINGS = (
     "running the float16 files of resnet20 and keras_resnet50v2 with every node's output exposed in 1.28.0 and "
     "1.29.0: every node gives bit-identical outputs in both except the final `Gemm`, and 1.29.0's `Gemm` output "
     "is bit-identical to a sequential float16 multiply-add over the K inputs (numpy simulation), while 1.28.0's "
-    "is the float16 rounding of the exact product. Fix (backends/onnx_fp16.py): the float16 file computes the "
+    "is the float16 rounding of the exact product. Fix (backends/onnx/fp16.py): the float16 file computes the "
     "classifier in float32 (Casts up; with float32 I/O the `Gemm` writes the float32 logits directly). The "
     "float16 cells of this table were measured with the first version of that fix (logits still rounded to "
     "float16, hence figures up to 9.7e-4, identical in every release); the final version, spot-checked in "

@@ -1,4 +1,4 @@
-"""Run jobs in one runtime venv (self-contained: numpy + the runtime, plus resnet_spec/onnx_probe.py by path).
+"""Run jobs in one runtime venv (self-contained: numpy + the runtime, plus backends/onnx/probe.py by path).
 
     python _deploy_runner.py JOBS.tsv
 
@@ -15,8 +15,11 @@ import sys
 
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "resnet_spec"))
-import onnx_probe  # noqa: E402
+import importlib.util  # noqa: E402
+
+_spec = importlib.util.spec_from_file_location("onnx_probe", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "backends", "onnx", "probe.py"))
+onnx_probe = importlib.util.module_from_spec(_spec)  # by path: its folder must not go on sys.path
+_spec.loader.exec_module(onnx_probe)
 
 
 def _ort_levels(model, x, prefix, levels=onnx_probe.LEVELS) -> dict:

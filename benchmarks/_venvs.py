@@ -55,9 +55,9 @@ def ensure(name: str, requirements: list, timeout: float = 1800) -> str:
 
 def run_probe(python: str, model: str, x_path: str, out_path: str, *, levels, optimizer=False,
               outputs=None, timeout: float = 600) -> None:
-    """Run resnet_spec/onnx_probe.py (self-contained) under ``python``; raises on failure."""
+    """Run backends/onnx/probe.py (self-contained) under ``python``; raises on failure."""
     here = os.path.dirname(os.path.abspath(__file__))
-    script = os.path.join(os.path.dirname(here), "resnet_spec", "onnx_probe.py")
+    script = os.path.join(os.path.dirname(here), "backends", "onnx", "probe.py")
     cmd = [python, script, model, x_path, out_path, "--levels", ",".join(levels)]
     if optimizer:
         cmd.append("--onnxoptimizer")

@@ -38,7 +38,7 @@ _STATE = {}  # in each worker: the leg's compiled call and its input
 def _torch_fn(net, w, x):
     import torch
 
-    from resnet_spec.backends import torch_backend
+    from resnet_spec.backends.torch import backend as torch_backend
 
     model = torch_backend.build(net, w).eval()
     t = torch.from_numpy(x)
@@ -54,7 +54,7 @@ def _keras_fn(leg, net, w, x):
 
     backend = leg.split("-")[1]
     prepare(f"keras-{backend}", net.spec_yaml)
-    from resnet_spec.backends.keras_backend import Leg, to_numpy
+    from resnet_spec.backends.keras.backend import Leg, to_numpy
 
     k = Leg(backend)
     if backend == "tensorflow":  # thread pools are fixed when TensorFlow's runtime starts

@@ -3,7 +3,7 @@
 For each model (default resnet50 and resnet152, at the spec's 224x224 input):
 
 1. Time to produce the ``.onnx`` file from a model already in memory: resnet-spec's
-   ``onnx_backend.convert`` (weights checked, BN folded, graph built with onnx.helper, onnx.checker
+   ``backends.onnx.backend.convert`` (weights checked, BN folded, graph built with onnx.helper, onnx.checker
    on the graph, weights streamed into an atomically renamed file)
    against ``torch.onnx.export`` of the torchvision model with the same weights, with the dynamo
    exporter (``dynamo=True``) and the legacy TorchScript one (``dynamo=False``). All three write one
@@ -72,7 +72,7 @@ def produce(name: str, workdir: str, warm: bool, repeats: int) -> dict:
     import torchvision
 
     import resnet_spec
-    from resnet_spec.backends import onnx_backend as ob
+    from resnet_spec.backends.onnx import backend as ob
     from resnet_spec.weights import init_weights
 
     net = resnet_spec.load(name)

@@ -1,10 +1,10 @@
-"""Why onnx_io streams the weights: time to write one model's ``.onnx`` three ways.
+"""Why backends.onnx.io streams the weights: time to write one model's ``.onnx`` three ways.
 
-1. ``onnx_backend.convert`` (the weights streamed from numpy arrays around the serialised graph);
-2. ``onnx_backend.build`` + ``SerializeToString`` + one write (what onnx's own single-file save does);
-3. ``onnx_backend.build`` + ``onnx.save_model(..., save_as_external_data=True)`` (onnx's external data).
+1. ``backends.onnx.backend.convert`` (the weights streamed from numpy arrays around the serialised graph);
+2. ``backends.onnx.backend.build`` + ``SerializeToString`` + one write (what onnx's own single-file save does);
+3. ``backends.onnx.backend.build`` + ``onnx.save_model(..., save_as_external_data=True)`` (onnx's external data).
 
-Best of ``--repeats``, interleaved. The result is quoted in ``backends/onnx_io.py``.
+Best of ``--repeats``, interleaved. The result is quoted in ``backends/onnx/io.py``.
 
 Usage:  python benchmarks/bench_onnx_write.py [--model wide_resnet101_2] [--repeats 3]
 """
@@ -26,7 +26,7 @@ def main() -> None:
     import onnx
 
     import resnet_spec
-    from resnet_spec.backends import onnx_backend as ob
+    from resnet_spec.backends.onnx import backend as ob
     from resnet_spec.weights import init_weights
 
     net = resnet_spec.load(args.model)

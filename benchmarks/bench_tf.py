@@ -1,6 +1,6 @@
 """Benchmark of the TensorFlow/Keras backend.
 
-1. Build time: IR + canonical weights -> Keras model (``tf_backend.build``) for zoo models.
+1. Build time: IR + canonical weights -> Keras model (``backends.keras.tf.build``) for zoo models.
 2. Inference throughput of the generated ``keras_resnet50`` (and ``keras_resnet50v2``) against
    keras.applications.ResNet50 (ResNet50V2) carrying the same weights, in the same process: same batch,
    both called as ``tf.function(model(x, training=False))``, warm-up calls, then repeats that alternate
@@ -104,7 +104,7 @@ def main(argv=None):
     if args.onednn != "default":
         os.environ["TF_ENABLE_ONEDNN_OPTS"] = args.onednn
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from resnet_spec.backends import tf_backend as T
+    from resnet_spec.backends.keras import tf as T
     from resnet_spec.spec import zoo_names
 
     t_import = time.perf_counter()

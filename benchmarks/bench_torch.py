@@ -24,7 +24,7 @@ from _machine import cpu_model  # noqa: E402  (benchmarks/ is sys.path[0])
 
 def build_times(names, repeats: int = 1):
     import resnet_spec
-    from resnet_spec.backends import torch_backend as tb
+    from resnet_spec.backends.torch import backend as tb
     from resnet_spec.weights import init_weights
 
     rows = []
@@ -49,7 +49,7 @@ def throughput(name, args):
     import torchvision
 
     import resnet_spec
-    from resnet_spec.backends import torch_backend as tb
+    from resnet_spec.backends.torch import backend as tb
 
     dev = torch.device(args.device)
     dtype = getattr(torch, args.dtype)

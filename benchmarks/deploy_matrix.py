@@ -54,7 +54,7 @@ def venv_specs(ort_versions, f16_versions=F16_ORT) -> list:
 
 def _tflite_bytes(spec_yaml, weights):
     from resnet_spec import load
-    from resnet_spec.backends import tflite_backend
+    from resnet_spec.backends.keras import tflite as tflite_backend
     from resnet_spec.resolve import UNCHECKED
 
     return tflite_backend.to_bytes(load(spec_yaml, UNCHECKED), weights)
@@ -67,8 +67,8 @@ def make_entry(name, size, d, outputs, tf_worker) -> dict:
     import torch
 
     import resnet_spec
-    from resnet_spec.backends import onnx_backend as ob
-    from resnet_spec.backends import torch_backend as tb
+    from resnet_spec.backends.onnx import backend as ob
+    from resnet_spec.backends.torch import backend as tb
     from resnet_spec.weights import init_weights
 
     net = resnet_spec.load(name)

@@ -22,7 +22,7 @@ LEVELS = ("disable", "basic", "extended", "all")
 def _files(net, d):
     """``<name>.onnx`` (float32) and ``<name>_f16.onnx`` (float16 weights/compute, float32 I/O)."""
     import resnet_spec
-    from resnet_spec.backends import onnx_backend
+    from resnet_spec.backends.onnx import backend as onnx_backend
     from resnet_spec.weights import init_weights
 
     w = init_weights(net, seed=0, random_bn=True)

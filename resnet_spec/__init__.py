@@ -53,7 +53,7 @@ def build(spec, backend: str = "torch", weights=None, **options):
 def load_keras(path: str):
     """Load a ``.keras`` file written by ``convert --to tensorflow`` on the active Keras backend
     (TensorFlow, JAX or PyTorch); the custom layers are registered first."""
-    from .backends.keras_backend import load_keras as _load
+    from .backends.keras.backend import load_keras as _load
 
     return _load(path)
 

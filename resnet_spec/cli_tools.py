@@ -162,7 +162,7 @@ def inspect(path, as_json):
         raise ResNetSpecError(f"{path}: inspect reads .onnx, .safetensors, .pt2, .keras, .tflite and torch "
                               "checkpoints (.pth/.pt/.ckpt)")
     else:
-        from .backends import onnx_backend
+        from .backends.onnx import backend as onnx_backend
 
         info, fmt = onnx_backend.inspect(path), onnx_backend.format_inspect
     click.echo(json.dumps(info, indent=2) if as_json else fmt(info))

@@ -68,7 +68,7 @@ def _train_worker(backend, spec_yaml, weights, x, g, options, mutate):
     if backend == "torch":
         out, device = training.torch_step(net, weights, x, g, mutate=mutate, decisions=True, **options)
     elif keras_backend_of(backend):
-        from .backends.keras_backend import Leg
+        from .backends.keras.backend import Leg
 
         leg = Leg(keras_backend_of(backend))
         out, device = training.keras_step(leg, net, weights, x, g, mutate=mutate, decisions=True, **options)

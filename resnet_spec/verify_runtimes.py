@@ -42,7 +42,7 @@ def reference(spec_yaml: str, weights: dict, x: np.ndarray) -> dict:
     """The torch backend in float64 on ``weights`` (checked by the caller): logits ('head') and every tap."""
     import torch
 
-    from .backends import torch_backend as tb
+    from .backends.torch import backend as tb
     from .resolve import UNCHECKED, load_network
 
     net = load_network(spec_yaml, UNCHECKED)
@@ -84,7 +84,7 @@ def onnx_runs(path: str, x: np.ndarray, shape, device: str = "cpu") -> list:
         from onnx.reference import ReferenceEvaluator
     except ImportError as exc:
         raise ResNetSpecError(f"{path}: needs onnx and onnxruntime ({exc}; pip install 'resnet-spec[onnx]')") from None
-    from . import onnx_probe
+    from .backends.onnx import probe as onnx_probe
 
     model = _load_onnx(path)
     inp = next(i for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer})
@@ -116,7 +116,7 @@ def onnx_taps(path: str, x: np.ndarray, level: str, tap_names, device: str = "cp
     """The values named like the spec's taps (``stem``, ``layer1.0``...), run at ``level``."""
     import onnx
 
-    from . import onnx_probe
+    from .backends.onnx import probe as onnx_probe
 
     model = onnx.shape_inference.infer_shapes(_load_onnx(path))
     types = {v.name: v.type.tensor_type.elem_type for v in list(model.graph.value_info) + list(model.graph.output)}

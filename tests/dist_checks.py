@@ -29,7 +29,7 @@ def ddp_rank(rank, world, port, spec_yaml, weights, x, g, out_dir):
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     from resnet_spec import load
-    from resnet_spec.backends import torch_backend
+    from resnet_spec.backends.torch import backend as torch_backend
     from resnet_spec.resolve import UNCHECKED
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -56,8 +56,8 @@ def jax_data_parallel(spec_yaml, weights, x, g):
 
     from resnet_spec import load
     from resnet_spec.backends import training
-    from resnet_spec.backends.keras_backend import Leg
-    from resnet_spec.backends.keras_model import build
+    from resnet_spec.backends.keras.backend import Leg
+    from resnet_spec.backends.keras.model import build
     from resnet_spec.resolve import UNCHECKED
 
     net = load(spec_yaml, UNCHECKED)

@@ -33,7 +33,7 @@ def onnx_shift_padding_layer2_0(model):
 
 def tf_scale_layer1_1(model):
     """A wrong weight in layer1.1 of the Keras model."""
-    from resnet_spec.backends import tf_backend
+    from resnet_spec.backends.keras import tf as tf_backend
 
     layer = model.get_layer(tf_backend.layer_name("layer1.1.conv1"))
     kernel, *rest = layer.get_weights()

@@ -22,7 +22,7 @@ def _err(fn):
 def write_keras(nets, weights, xs, out_dir):
     """On TensorFlow: ``convert`` each net (.keras + SavedModel) and run the reloaded .keras file."""
     import resnet_spec
-    from resnet_spec.backends import tf_backend
+    from resnet_spec.backends.keras import tf as tf_backend
 
     out = {}
     for key, net in nets.items():
@@ -36,7 +36,8 @@ def leg_suite(backend, nets, weights, xs, keras_files):
     """On Keras backend ``backend``: infer every net with taps, reload the TensorFlow-written .keras
     files, and record what a TensorFlow-only request says; finally whether TensorFlow got imported."""
     import resnet_spec
-    from resnet_spec.backends import get, keras_backend, tf_backend
+    from resnet_spec.backends import get
+    from resnet_spec.backends.keras import backend as keras_backend, tf as tf_backend
 
     keras_backend.select(backend)
     leg = get(f"keras-{backend}")

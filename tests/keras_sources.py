@@ -37,7 +37,7 @@ def sweep(names: list, size: int, folder: str, x) -> list:
     TensorFlow process for the whole sweep. Returns [(source, description, logits, params)]."""
     import os
 
-    from resnet_spec.importers.keras_model import _describe, run_keras
+    from resnet_spec.backends.keras.reader import _describe, run_keras
 
     out = []
     for i, name in enumerate(names):

@@ -12,7 +12,7 @@ float64, under
   cannot be made, e.g. no registry).
 
 Plus graph-level guards: no Pad feeds a pool or convolution in any zoo graph, and the rewrite-proof
-pool forms of backends/onnx_pool.py match PyTorch on the corner cases (ceil mode, counted padding).
+pool forms of backends/onnx/pool.py match PyTorch on the corner cases (ceil mode, counted padding).
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ torch = pytest.importorskip("torch")
 
 from conftest import small  # noqa: E402
 
-from resnet_spec import onnx_probe  # noqa: E402
-from resnet_spec.backends import onnx_backend as ob  # noqa: E402
-from resnet_spec.backends import torch_backend as tb  # noqa: E402
+from resnet_spec.backends.onnx import probe as onnx_probe  # noqa: E402
+from resnet_spec.backends.onnx import backend as ob  # noqa: E402
+from resnet_spec.backends.torch import backend as tb  # noqa: E402
 from resnet_spec.spec import zoo_names  # noqa: E402
 from resnet_spec.weights import init_weights  # noqa: E402
 

@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 
 import resnet_spec
-from resnet_spec.backends import keras_model
+from resnet_spec.backends.keras import model as keras_model
 from resnet_spec.isolate import run_isolated
 from resnet_spec.parity import make_input
 from resnet_spec.train_parity import _per_tensor, make_loss_weights
@@ -66,7 +66,7 @@ def _free_port() -> int:
 def test_torch_ddp_gradients_equal_one_process(case, tmp_path):
     import torch.multiprocessing as mp
 
-    from resnet_spec.backends import torch_backend
+    from resnet_spec.backends.torch import backend as torch_backend
 
     net, w, x, g = case
     mp.spawn(dist_checks.ddp_rank, args=(2, _free_port(), net.spec_yaml, w, x, g, str(tmp_path)), nprocs=2)

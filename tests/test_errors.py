@@ -378,7 +378,7 @@ _BASE_AST = None
        name=st.from_regex(r"[A-Za-z_][A-Za-z0-9_.\-]{0,20}", fullmatch=True))
 def test_spec_text_cannot_inject_code(desc, name):
     """Whatever the name and description, the emitted .py parses to the same code (only docstrings differ)."""
-    from resnet_spec.backends.torch_source import to_source
+    from resnet_spec.backends.torch.source import to_source
 
     global _BASE_AST
     doc = {"extends": "resnet20", "name": name, "description": desc}
@@ -390,7 +390,7 @@ def test_spec_text_cannot_inject_code(desc, name):
             {"extends": "resnet20", "name": "plain", "description": "plain"})))))
     ref = _BASE_AST
     # the class name is derived from the model name; normalise it before comparing
-    from resnet_spec.backends.torch_source import class_name
+    from resnet_spec.backends.torch.source import class_name
 
     got = _strip_docstrings(tree).replace(f"'{class_name(name)}'", "'Plain'")
     got = got.replace(repr(f"{name}.safetensors"), "'plain.safetensors'")
@@ -403,7 +403,7 @@ def test_spec_text_cannot_inject_code(desc, name):
 
 def test_same_spec_and_seed_give_identical_files(tmp_path):
     pytest.importorskip("onnx")
-    from resnet_spec.backends import onnx_backend
+    from resnet_spec.backends.onnx import backend as onnx_backend
 
     net = resnet_spec.load("resnet50d")
     blobs = []

@@ -336,7 +336,7 @@ def test_sweep_torch_onnx_exporters(tmp_path):
     file imported and proven against ONNX Runtime running it, with the library model's parameter count."""
     import onnxruntime as ort
 
-    from resnet_spec.importers.onnx_graph import read_onnx
+    from resnet_spec.backends.onnx.reader import read_onnx
 
     x = np.random.default_rng(0).standard_normal((1, 3, 64, 64)).astype(np.float32)
     try:
@@ -358,7 +358,7 @@ def test_sweep_torch_onnx_exporters(tmp_path):
 def test_sweep_keras_applications(tmp_path):
     """keras.applications ResNet50/101/152 and V2 x {.keras, .weights.h5}: each imported and proven
     against Keras running it (one TensorFlow worker for the whole sweep)."""
-    from resnet_spec.importers.keras_model import _Mapper
+    from resnet_spec.backends.keras.reader import _Mapper
     from resnet_spec.importers.source import Source
     from resnet_spec.isolate import run_isolated
 

@@ -50,7 +50,7 @@ def _onnx_file(tmp_path, text: str, how: str):
     weights = resnet_spec.init_weights(net, seed=0, random_bn=True)
     if how in ("torchscript", "dynamo"):
         return net, _torch_export(net, weights, tmp_path / f"{how}.onnx", how == "dynamo")
-    from resnet_spec.backends import onnx_backend
+    from resnet_spec.backends.onnx import backend as onnx_backend
 
     (path,) = onnx_backend.convert(net, weights, str(tmp_path / how), fold_bn=how == "fold")[:1]
     return net, path

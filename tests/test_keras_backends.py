@@ -23,7 +23,8 @@ from conftest import rel_err
 from test_tf_backend import TINY_A, TINY_B
 
 import resnet_spec
-from resnet_spec.backends import keras_model, torch_backend
+from resnet_spec.backends.keras import model as keras_model
+from resnet_spec.backends.torch import backend as torch_backend
 from resnet_spec.isolate import run_isolated
 from resnet_spec.weights import init_weights
 
@@ -65,7 +66,7 @@ def test_every_tap_matches_torch(leg, setup):
 @pytest.mark.slow  # a TensorFlow worker writes the files, then one Keras worker per leg
 def test_names_are_valid_on_every_backend_and_reversible(leg, setup):
     _, res = leg
-    from resnet_spec.backends.keras_names import canonical_name, layer_name
+    from resnet_spec.backends.keras.names import canonical_name, layer_name
 
     for key, net in setup[0].items():
         names = res["nets"][key]["layer_names"]

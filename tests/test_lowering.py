@@ -14,7 +14,7 @@ from resnet_spec.backends import BACKENDS, common, get
 
 
 #: Lowerings that are not backends of their own: the standalone .py emitter (part of 'torch').
-EMITTERS = ("torch_source",)
+EMITTERS = ("torch.source",)
 
 
 def _table(backend: str):

@@ -30,8 +30,8 @@ torch = pytest.importorskip("torch")
 
 import resnet_spec  # noqa: E402
 from resnet_spec import ir  # noqa: E402
-from resnet_spec.backends import onnx_backend as ob, onnx_graph  # noqa: E402
-from resnet_spec.backends import torch_backend as tb  # noqa: E402
+from resnet_spec.backends.onnx import backend as ob, graph as onnx_graph  # noqa: E402
+from resnet_spec.backends.torch import backend as tb  # noqa: E402
 from resnet_spec.errors import BackendUnavailable, ResNetSpecError  # noqa: E402
 from resnet_spec.spec import zoo_names  # noqa: E402
 from resnet_spec.weights import init_weights  # noqa: E402

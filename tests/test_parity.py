@@ -166,7 +166,7 @@ IMPORT_ORDERS = {
                            "tf.keras.layers.Dense(2)(tf.zeros((1, 3)))\n",
     "ort-tf-torch": "import onnxruntime\nimport tensorflow as tf\ntf.zeros(1)\nimport torch\n",
     "tf-ran-then-torchvision-in-parent": "import tensorflow as tf\ntf.keras.layers.Dense(2)(tf.zeros((1, 3)))\n"
-                                         "import sys\nimport resnet_spec.backends.torch_backend\n",
+                                         "import sys\nimport resnet_spec.backends.torch.backend\n",
 }
 
 

@@ -123,7 +123,7 @@ def test_the_graph_sees_every_kind_of_import():
     assert "resnet_spec.backends" in graph["resnet_spec"]  # inside a function (build)
     assert "resnet_spec.importers" in graph["resnet_spec"]  # inside a function (import_model)
     assert "resnet_spec.ir" in graph["resnet_spec"]  # `from . import ir`: the submodule
-    assert "resnet_spec.errors" in graph["resnet_spec.backends.torch_backend"]  # `from ..errors import ...`
+    assert "resnet_spec.errors" in graph["resnet_spec.backends.torch.backend"]  # `from ..errors import ...`
 
 
 def test_find_cycle_reports_the_path():

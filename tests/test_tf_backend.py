@@ -24,8 +24,8 @@ from conftest import rel_err, small
 
 import resnet_spec
 from resnet_spec import ir
-from resnet_spec.backends import tf_backend
-from resnet_spec.backends.keras_weights import _from_keras_weights
+from resnet_spec.backends.keras import tf as tf_backend
+from resnet_spec.backends.keras.weights import _from_keras_weights
 from resnet_spec.isolate import run_isolated
 from resnet_spec.spec import zoo_names
 from resnet_spec.checkpoints import load_weights
@@ -35,7 +35,7 @@ pytestmark = pytest.mark.skipif(tf_backend.available() is not None, reason=str(t
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
-from resnet_spec.backends import torch_backend  # noqa: E402
+from resnet_spec.backends.torch import backend as torch_backend  # noqa: E402
 
 TOL = 2e-5
 

@@ -10,7 +10,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import resnet_spec  # noqa: E402
-from resnet_spec.backends import torch_backend as tb  # noqa: E402
+from resnet_spec.backends.torch import backend as tb  # noqa: E402
 from resnet_spec.errors import WeightsError  # noqa: E402
 from resnet_spec.spec import zoo_names  # noqa: E402
 from resnet_spec.checkpoints import load_weights  # noqa: E402

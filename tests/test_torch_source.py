@@ -1,4 +1,4 @@
-"""The standalone PyTorch source (``<name>.py``, backends/torch_source.py): it needs only torch and
+"""The standalone PyTorch source (``<name>.py``, backends/torch/source.py): it needs only torch and
 safetensors, loads the canonical weights, and computes what the torch backend computes -- for every
 zoo entry (in a fresh process), for random specs across the schema, and for stages whose blocks differ."""
 
@@ -13,8 +13,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import resnet_spec  # noqa: E402
-from resnet_spec.backends import torch_backend as tb  # noqa: E402
-from resnet_spec.backends.torch_source import to_source  # noqa: E402
+from resnet_spec.backends.torch import backend as tb  # noqa: E402
+from resnet_spec.backends.torch.source import to_source  # noqa: E402
 from resnet_spec.spec import zoo_names  # noqa: E402
 from resnet_spec.weights import init_weights, save_weights  # noqa: E402
 
@@ -64,7 +64,7 @@ def _emitted_error(net, source, model, x) -> float:
     mod = types.ModuleType("emitted")
     mod.__file__ = "<emitted>"
     exec(compile(source, f"<emitted {net.name}.py>", "exec"), mod.__dict__)  # noqa: S102 (our own output)
-    from resnet_spec.backends.torch_source import class_name
+    from resnet_spec.backends.torch.source import class_name
 
     emitted = getattr(mod, class_name(net.name))()
     missing, unexpected = emitted.load_state_dict(model.state_dict(), strict=False)
@@ -134,7 +134,7 @@ def test_standalone_source_blocks_differ_within_a_stage(text, tmp_path):
     carries the stage's stride on its last block, per-block drop-path rates; dilated_stage: the first
     block's dilation differs from the rest): the .py reads each block from the IR and computes what the
     torch backend and ONNX Runtime compute on the same weights."""
-    onnx_backend = pytest.importorskip("resnet_spec.backends.onnx_backend")
+    onnx_backend = pytest.importorskip("resnet_spec.backends.onnx.backend")
     pytest.importorskip("onnxruntime")
     net = resnet_spec.load(text)
     stages = {}

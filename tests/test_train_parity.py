@@ -18,7 +18,7 @@ from click.testing import CliRunner
 import resnet_spec
 from resnet_spec import parity as P
 from resnet_spec import train_parity as T
-from resnet_spec.backends import keras_model
+from resnet_spec.backends.keras import model as keras_model
 from resnet_spec.cli import main
 from resnet_spec.weights import init_weights
 
@@ -167,7 +167,7 @@ def test_cli_train_json():
 
 def test_all_lists_uninstalled_legs_and_unknown_legs_are_refused(monkeypatch):
     """'all' = every installed leg; an uninstalled one is listed as not installed, never a failure."""
-    from resnet_spec.backends import keras_backend
+    from resnet_spec.backends.keras import backend as keras_backend
 
     real = keras_backend.missing
     monkeypatch.setattr(keras_backend, "missing", lambda b: "jax is not installed (pip install 'resnet-spec[jax]')"

@@ -145,7 +145,7 @@ def test_float16_is_a_usage_error_elsewhere(tmp_path):
 
 def test_float16_refuses_values_beyond_its_range():
     import resnet_spec
-    from resnet_spec.backends import onnx_backend as ob
+    from resnet_spec.backends.onnx import backend as ob
     from resnet_spec.errors import ResNetSpecError
     from resnet_spec.weights import init_weights
 

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from resnet_spec.backends.keras_applications import _from_keras_applications
-from resnet_spec.backends.keras_weights import _from_keras_weights
+from resnet_spec.backends.keras.applications import _from_keras_applications
+from resnet_spec.backends.keras.weights import _from_keras_weights
 
 
 def _backend():
-    from resnet_spec.backends import tf_backend
+    from resnet_spec.backends.keras import tf as tf_backend
 
     tf_backend._tf()
     return tf_backend

@@ -40,10 +40,10 @@ def read_source(source: str, input_size=None) -> Source:
     lib = _library(source)
     if lib is not None:
         if lib[0] == "keras":
-            from .keras_model import read_keras
+            from ..backends.keras.reader import read_keras
 
             return read_keras(source, input_size)
-        from .torch_checkpoint import read_library
+        from ..backends.torch.reader import read_library
 
         return read_library(*lib)
     if not os.path.exists(source):
@@ -51,15 +51,15 @@ def read_source(source: str, input_size=None) -> Source:
     if not os.path.isfile(source):
         raise ImportError_(f"{source}: not a file")
     if source.endswith(".onnx"):
-        from .onnx_graph import read_onnx
+        from ..backends.onnx.reader import read_onnx
 
         return read_onnx(source)
     if source.endswith((".keras", ".h5")):
-        from .keras_model import read_keras
+        from ..backends.keras.reader import read_keras
 
         return read_keras(source, input_size)
     if source.endswith(TORCH_SUFFIXES):
-        from .torch_checkpoint import read_checkpoint
+        from ..backends.torch.reader import read_checkpoint
 
         return read_checkpoint(source)
     raise ImportError_(f"{source}: unknown model format; import reads .onnx, .keras, .weights.h5 (with "

@@ -21,7 +21,7 @@ def source_runner(src, full_spec: dict) -> tuple:
         lib, name = src.label.split(":", 1)
         return _run_library, (lib, name, src.weights)
     if src.kind == "torch":
-        from .torch_checkpoint import timm_equivalent
+        from ..backends.torch.reader import timm_equivalent
 
         kwargs = timm_equivalent(full_spec)
         if kwargs is None:
@@ -35,7 +35,7 @@ def source_runner(src, full_spec: dict) -> tuple:
         require(f"running {src.label}", "onnxruntime")
         return _run_onnx, (src.facts["path"],)
     if src.kind == "keras":
-        from .keras_model import run_keras
+        from ..backends.keras.reader import run_keras
 
         return run_keras, (src.facts["keras_source"],)
     raise ResNetSpecError(f"{src.label}: no runtime for a {src.kind} source")
@@ -61,7 +61,7 @@ def _load_state(model, weights):
 
 
 def _run_library(lib, name, weights, x):
-    from .torch_checkpoint import library_model
+    from ..backends.torch.reader import library_model
 
     return _torch_run(_load_state(library_model(lib, name), weights), x), f"{lib} ({name})"
 
@@ -69,7 +69,7 @@ def _run_library(lib, name, weights, x):
 def _run_timm(kwargs, weights, x):
     import timm
 
-    from .torch_checkpoint import build_timm
+    from ..backends.torch.reader import build_timm
 
     return _torch_run(_load_state(build_timm(kwargs), weights), x), f"timm {timm.__version__} ResNet class"
 

@@ -17,7 +17,7 @@ import dataclasses
 
 import numpy as np
 
-from .. import ir
+from ... import ir
 
 
 def fold_batchnorm(net: ir.Network, weights, dtype=np.float32) -> tuple:
@@ -29,7 +29,7 @@ def fold_batchnorm(net: ir.Network, weights, dtype=np.float32) -> tuple:
         b' = (b - running_mean) * s + beta      (b = 0 for a conv without bias)
 
     so ``conv'(x) = bn(conv(x))`` exactly in real arithmetic. The arithmetic is done in float64 and
-    cast to ``dtype`` once (float32; float64 for onnx_fp16, which rounds to float16 itself). The folded Conv keeps its canonical name and gets ``bias=True``
+    cast to ``dtype`` once (float32; float64 for backends.onnx.fp16, which rounds to float16 itself). The folded Conv keeps its canonical name and gets ``bias=True``
     (``<conv>.weight``/``<conv>.bias``); the BN op and its four tensors are removed. A BN that follows
     anything else (a block's pre-activation, the head's ``bn_final``) is left in place. The returned
     network is a new IR; ``net`` and ``weights`` are not modified.

@@ -1,16 +1,16 @@
 """The Keras model on TensorFlow (leg ``keras-tensorflow``, alias ``tensorflow``), and the outputs only
-TensorFlow can write: the SavedModel of ``convert`` (TFLite is ``tflite_backend``).
+TensorFlow can write: the SavedModel of ``convert`` (TFLite is ``backends.keras.tflite``).
 
 The Keras model itself lives in the backend-neutral modules, split by concern:
 
-* :mod:`.keras_layers` -- the custom layers (``keras.ops`` only);
-* :mod:`.keras_model` -- how IR ops and residual blocks become Keras layers, ``build``, ``tap_model``;
-* :mod:`.keras_names` -- Keras layer names <-> canonical names (``layer1.0.conv1`` <-> ``layer1-0-conv1``);
-* :mod:`.keras_weights` -- canonical weights <-> Keras layouts;
-* :mod:`.keras_applications` -- keras.applications ResNet/ResNetV2 name maps and weight transfer;
-* :mod:`.keras_backend` -- a parity leg on any Keras backend (devices, ``infer``, ``load_keras``).
+* :mod:`.layers` -- the custom layers (``keras.ops`` only);
+* :mod:`.model` -- how IR ops and residual blocks become Keras layers, ``build``, ``tap_model``;
+* :mod:`.names` -- Keras layer names <-> canonical names (``layer1.0.conv1`` <-> ``layer1-0-conv1``);
+* :mod:`.weights` -- canonical weights <-> Keras layouts;
+* :mod:`.applications` -- keras.applications ResNet/ResNetV2 name maps and weight transfer;
+* :mod:`.backend` -- a parity leg on any Keras backend (devices, ``infer``, ``load_keras``).
 
-This module re-exports their public names, so ``tf_backend.build`` etc. keep working. Keras weights
+This module re-exports their public names, so ``backends.keras.tf.build`` etc. keep working. Keras weights
 come *in* only through the checked path (``--weights``/``import``/``resnet_spec.import_model``, which
 compare source and spec layer by layer); the unchecked readers are private to the backend. TensorFlow is
 imported lazily: importing this module never loads TensorFlow (see :mod:`resnet_spec.isolate`).
@@ -21,15 +21,15 @@ from __future__ import annotations
 import os
 import sys
 
-from .. import ir
-from ..errors import BackendUnavailable
-from .keras_applications import keras_applications_names, to_keras_applications  # noqa: F401
-from .keras_backend import Leg, load_keras as _load_keras_any, tf_device_scope
-from .keras_layers import avg_pool_counts  # noqa: F401
-from .keras_model import (DATA_FORMATS, OPS, _MODULES, custom_objects, deep_recursion, depth, keras_module,  # noqa: F401
+from ... import ir
+from ...errors import BackendUnavailable
+from .applications import keras_applications_names, to_keras_applications  # noqa: F401
+from .backend import Leg, load_keras as _load_keras_any, tf_device_scope
+from .layers import avg_pool_counts  # noqa: F401
+from .model import (DATA_FORMATS, OPS, _MODULES, custom_objects, deep_recursion, depth, keras_module,  # noqa: F401
                           missing, op_layers, tap_model)
-from .keras_names import Namer as _Namer, canonical_name, layer_name, tap_layer_names  # noqa: F401
-from .keras_weights import op_to_keras as _op_to_keras, set_keras_weights, to_keras_weights  # noqa: F401
+from .names import Namer as _Namer, canonical_name, layer_name, tap_layer_names  # noqa: F401
+from .weights import op_to_keras as _op_to_keras, set_keras_weights, to_keras_weights  # noqa: F401
 
 NAME = "tensorflow"
 _LEG = Leg("tensorflow")
@@ -63,13 +63,13 @@ def versions() -> str:
 
 
 def build(net: ir.Network, weights=None, *, data_format: str = "channels_last", dtype: str = "float32"):
-    """The Keras model for ``net`` on TensorFlow (see :func:`.keras_model.build`)."""
+    """The Keras model for ``net`` on TensorFlow (see :func:`.model.build`)."""
     _tf()
     return _LEG.build(net, weights, data_format=data_format, dtype=dtype)
 
 
 def infer(net: ir.Network, weights, x, **options):
-    """Run the Keras model on TensorFlow in inference mode (see :meth:`.keras_backend.Leg.infer`)."""
+    """Run the Keras model on TensorFlow in inference mode (see :meth:`.backend.Leg.infer`)."""
     _tf()
     return _LEG.infer(net, weights, x, **options)
 
@@ -94,10 +94,10 @@ def convert(net: ir.Network, weights, out_dir: str, *, force: bool = False,
     ``data_format`` layout) and returns ``{'logits': ...}``. Both are written atomically; an existing
     output is replaced only with ``force``.
     """
-    from ..fileio import atomic_path, check_writable
-    from ..inspect_files import embed_keras_spec
+    from ...fileio import atomic_path, check_writable
+    from ...inspect_files import embed_keras_spec
 
-    from . import output_paths
+    from .. import output_paths
 
     paths = dict(zip(("keras", "savedmodel"), output_paths("tensorflow", net.name, out_dir)))
     for p in paths.values():  # before importing TensorFlow: a refusal should be instant

@@ -1,4 +1,4 @@
-"""Keras models -> :class:`~.source.Source`: ``.keras`` files, ``keras:NAME`` (keras.applications
+"""Keras models -> :class:`~...importers.source.Source`: ``.keras`` files, ``keras:NAME`` (keras.applications
 ResNet/ResNetV2, fresh weights) and ``keras:NAME=FILE.weights.h5``.
 
 TensorFlow runs only in a worker process (:mod:`resnet_spec.isolate`): the worker returns the layer
@@ -16,8 +16,8 @@ import re
 
 import numpy as np
 
-from ..isolate import run_isolated
-from .source import ImportError_, Layer, Recogniser, Source
+from ...isolate import run_isolated
+from ...importers.source import ImportError_, Layer, Recogniser, Source
 
 _KEEP = ("strides", "padding", "use_bias", "epsilon", "momentum", "pool_size", "activation", "groups",
          "kernel_size", "pads", "value", "data_format", "kernel", "stride", "count_include_pad", "scale",
@@ -45,7 +45,7 @@ def _load(desc: dict):
     import keras
 
     if "path" in desc:
-        from ..backends import tf_backend  # the custom layers of this project's own .keras files
+        from . import tf as tf_backend  # the custom layers of this project's own .keras files
 
         try:
             return tf_backend.load_keras(desc["path"])
@@ -108,7 +108,7 @@ def _logits(model):
 
 
 def read_keras(source: str, input_size=None) -> Source:
-    from ..extras import require
+    from ...extras import require
 
     label, desc = _descriptor(source, input_size)
     require(f"reading {label}", "keras")
@@ -126,8 +126,8 @@ class _Mapper(Recogniser):
         if name in fixed:
             return fixed[name]
         m = _APP.match(name)
-        if m is None:  # this project's own Keras layers: canonical names with '.' spelled as keras_names.SEP
-            from ..backends.keras_names import canonical_name
+        if m is None:  # this project's own Keras layers: canonical names with '.' spelled as backends.keras.names.SEP
+            from .names import canonical_name
 
             return canonical_name(name)
         s, b, k, t = int(m.group(1)), int(m.group(2)), m.group(3), m.group(4)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import math
 
-from ..errors import ResNetSpecError
-from .onnx_graph import META_NAME, META_SPEC, META_VERSION, require
+from ...errors import ResNetSpecError
+from .graph import META_NAME, META_SPEC, META_VERSION, require
 
 try:
     import onnx

@@ -4,18 +4,18 @@
 A bottleneck block becomes: its main branch's Conv (+ folded BN) / Relu nodes, its shortcut's nodes
 (a projection Conv, an AveragePool, or Slice + Pad for option A; none for the identity), one ``Add``
 named ``<block>.add`` whose output value is renamed to the block's name (its tap), then the post
-``Relu``. See ``onnx_backend``'s docstring for the file's interface.
+``Relu``. See ``backends.onnx.backend``'s docstring for the file's interface.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from .. import ir
-from .onnx_pool import pool_to_nodes as pool_nodes  # rewrite-proof pooling: see onnx_pool
-from ..errors import BackendUnavailable, ResNetSpecError
-from ..naming import UniqueNames
-from . import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, common
+from ... import ir
+from .pool import pool_to_nodes as pool_nodes  # rewrite-proof pooling: see backends.onnx.pool
+from ...errors import BackendUnavailable, ResNetSpecError
+from ...naming import UniqueNames
+from .. import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, common
 
 try:
     import onnx
@@ -74,7 +74,7 @@ class Graph:
     def weight(self, name: str) -> str:
         if name not in self.arrays:
             if name not in self.weights:
-                from ..errors import WeightsError
+                from ...errors import WeightsError
 
                 raise WeightsError(f"weights: missing tensor {name!r}")
             self._initializer(name, np.asarray(self.weights[name], dtype=np.float32))
@@ -209,11 +209,11 @@ def _check_options(opset, batch) -> None:
 
 def skeleton(net: ir.Network, weights, *, fold_bn: bool = True, batch: int | None = None,
              opset: int = DEFAULT_OPSET, taps: bool = False):
-    """The model of ``onnx_backend.build`` with data-less initializers, and ``{initializer name: array}``
+    """The model of ``backends.onnx.backend.build`` with data-less initializers, and ``{initializer name: array}``
     (the data, kept out of the message until it is copied in or streamed to a file)."""
     _check_options(opset, batch)
-    from ..weights import check_weights
-    from .onnx_fold import fold_batchnorm
+    from ...weights import check_weights
+    from .fold import fold_batchnorm
 
     weights = check_weights(net, weights, "weights", allow_nonfinite=True)
     if fold_bn:
@@ -240,6 +240,6 @@ def skeleton(net: ir.Network, weights, *, fold_bn: bool = True, batch: int | Non
 
 
 def _version() -> str:
-    from .. import __version__
+    from ... import __version__
 
     return __version__

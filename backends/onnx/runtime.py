@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import BackendUnavailable, ResNetSpecError
-from .legs import parse_device
-from .onnx_graph import INPUT_NAME, OUTPUT_NAME, require
+from ...errors import BackendUnavailable, ResNetSpecError
+from ..legs import parse_device
+from .graph import INPUT_NAME, OUTPUT_NAME, require
 
 try:
     import onnxruntime as ort

@@ -4,7 +4,7 @@ Self-contained on purpose: it imports only numpy, onnxruntime and (for ``--onnxo
 onnxoptimizer, never resnet_spec, so that it can run as a script in a throw-away venv holding an
 older onnxruntime (tests/test_deploy.py, benchmarks/deploy_matrix.py) as well as in a verify worker::
 
-    python onnx_probe.py MODEL.onnx X.npy OUT.npz [--levels disable,basic,extended,all]
+    python backends/onnx/probe.py MODEL.onnx X.npy OUT.npz [--levels disable,basic,extended,all]
                          [--onnxoptimizer] [--outputs logits,stem,...]
 
 ``OUT.npz`` holds one array per run and output, keyed ``<run>/<output>``: runs are ``ort-<level>``
@@ -15,7 +15,11 @@ fuse-and-elimination passes, then run in ORT). A run that fails stores its messa
 
 from __future__ import annotations
 
+import os
 import sys
+
+if __name__ == "__main__":  # run by path: inspect.py/io.py beside it must not shadow the stdlib
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
 
 import numpy as np
 

@@ -1,4 +1,4 @@
-"""TFLite backend: ``<name>.tflite`` (float32) converted from the Keras model of :mod:`tf_backend`.
+"""TFLite backend: ``<name>.tflite`` (float32) converted from the Keras model of :mod:`backends.keras.tf`.
 
 The Keras model (same IR, same canonical weights, ``data_format`` layout, channels_last by default;
 dynamic batch) is converted with TensorFlow's ``tf.lite.TFLiteConverter.from_keras_model`` using
@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import os
 
-from .. import ir
+from ... import ir
 
 NAME = "tflite"
 
 
 def available() -> str | None:
-    from . import tf_backend
+    from . import tf as tf_backend
 
     reason = tf_backend.available()
     return f"converting to TFLite needs TensorFlow: {reason}" if reason else None
@@ -28,7 +28,7 @@ def available() -> str | None:
 
 def to_bytes(net: ir.Network, weights, *, data_format: str = "channels_last") -> bytes:
     """The .tflite flatbuffer for ``net`` with ``weights``."""
-    from . import tf_backend as tfb
+    from . import tf as tfb
 
     tf, _ = tfb._tf()
     with tfb.deep_recursion(tfb.depth(net)):
@@ -41,7 +41,7 @@ def to_bytes(net: ir.Network, weights, *, data_format: str = "channels_last") ->
         data = converter.convert()
     from tensorflow.lite.python import schema_py_generated
 
-    from ..inspect_files import tflite_with_spec
+    from ...inspect_files import tflite_with_spec
 
     return tflite_with_spec(data, net, schema_py_generated)  # the spec in the metadata table
 
@@ -49,8 +49,8 @@ def to_bytes(net: ir.Network, weights, *, data_format: str = "channels_last") ->
 def convert(net: ir.Network, weights, out_dir: str, *, force: bool = False,
             data_format: str = "channels_last") -> list:
     """Write ``<out_dir>/<name>.tflite`` atomically; nothing is overwritten without ``force``."""
-    from ..fileio import atomic_path, check_writable
-    from . import output_paths
+    from ...fileio import atomic_path, check_writable
+    from .. import output_paths
 
     (path,) = output_paths(NAME, net.name, out_dir)
     check_writable(path, force)

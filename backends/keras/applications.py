@@ -6,9 +6,9 @@ keyed by canonical op names (``layer2.0.downsample.0``), not by our Keras layer 
 
 from __future__ import annotations
 
-from .. import ir
-from ..errors import ResNetSpecError, WeightsError
-from .keras_weights import from_arrays, getter, set_keras_weights, to_keras_weights
+from ... import ir
+from ...errors import ResNetSpecError, WeightsError
+from .weights import from_arrays, getter, set_keras_weights, to_keras_weights
 
 
 def keras_applications_names(net: ir.Network) -> dict:
@@ -67,7 +67,7 @@ def _from_keras_applications(net: ir.Network, keras_model) -> dict:
     without the tensors ``net`` has no place for. The public way checks source and spec layer by layer
     first: ``--weights keras:NAME[=FILE.weights.h5]``, ``resnet-spec import`` or
     ``resnet_spec.import_model``."""
-    from ..weights import check_weights
+    from ...weights import check_weights
 
     names = keras_applications_names(net)
     unmapped = [layer.name for layer in keras_model.layers if layer.weights and layer.name not in names.values()]
@@ -80,7 +80,7 @@ def _from_keras_applications(net: ir.Network, keras_model) -> dict:
 
 def to_keras_applications(net: ir.Network, weights, keras_model):
     """Load canonical ``weights`` of ``net`` into a keras.applications ResNet/ResNetV2 model."""
-    from ..weights import check_weights
+    from ...weights import check_weights
 
     names = keras_applications_names(net)
     arrays = to_keras_weights(net, check_weights(net, weights, "weights"))

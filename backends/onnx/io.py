@@ -1,7 +1,7 @@
 """Writing an ONNX model to disk: one file, or ``<name>.onnx`` + ``<name>.onnx.data`` (external data).
 
 Why a hand-written protobuf streamer rather than ``onnx.save_model``: the weights live in numpy arrays
-(``onnx_graph.skeleton``) and are streamed into the file around the serialised graph, so that they are
+(``backends.onnx.graph.skeleton``) and are streamed into the file around the serialised graph, so that they are
 never copied into the message and serialised again. ``benchmarks/bench_onnx_write.py`` measures it:
 for wide_resnet101_2 (500 MB) the single-file write takes about 2.7 s this way against 5-7 s for
 ``build()`` + ``SerializeToString()``; onnx's own external-data saving is on a par (2.6 s) but only
@@ -16,7 +16,7 @@ import os
 
 import numpy as np
 
-from ..errors import ResNetSpecError
+from ...errors import ResNetSpecError
 
 try:
     import onnx
@@ -136,7 +136,7 @@ def detach(model) -> dict:
 def write_model(path: str, model, arrays, external: bool, force: bool) -> list:
     """Write ``model`` (data-less initializers + ``arrays``) atomically: one file, or with external
     data ``path + '.data'`` first. Returns the paths written."""
-    from ..fileio import atomic_path, check_writable
+    from ...fileio import atomic_path, check_writable
 
     data_path = path + ".data"
     if external:

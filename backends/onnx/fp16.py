@@ -2,14 +2,14 @@
 
 How the file is made (``convert --to onnx --dtype float16 [--io-dtype float16]``):
 
-1. BN is folded into the convolutions in float64 (:func:`onnx_fold.fold_batchnorm` with
+1. BN is folded into the convolutions in float64 (:func:`backends.onnx.fold.fold_batchnorm` with
    ``dtype=float64``), so the folded weights ``W * s`` and biases ``(b - mean) * s + beta`` are rounded
    once, straight to float16 -- never float64 -> float32 -> float16.
 2. Every tensor is checked before the cast: finite (a zero or negative ``running_var + eps`` makes
    ``s = gamma / sqrt(var + eps)`` NaN or Inf) and within float16's range (|x| <= 65504). A tensor
    that fails is named in one error; nothing is written.
 3. The graph is built as usual from those float16-exact values, then :func:`to_float16` retypes the
-   finished ModelProto: float initializers (weights and the pooling constants of onnx_pool, whose 0,
+   finished ModelProto: float initializers (weights and the pooling constants of backends.onnx.pool, whose 0,
    -inf and small ratios are exact or within one float16 rounding) become FLOAT16; with float32 I/O a
    ``Cast`` after ``input`` and one before ``logits`` keep the interface of the float32 file; tap
    outputs (``taps=True``) are float16.
@@ -37,9 +37,9 @@ DTYPES = ("float32", "float16")
 def half_weights(net, weights, fold_bn: bool):
     """``(net, weights)`` with BN folded in float64 (when ``fold_bn``) and every value rounded once to
     float16 (held in float32 arrays, which represent float16 values exactly)."""
-    from ..errors import ResNetSpecError
-    from ..weights import check_weights
-    from .onnx_fold import fold_batchnorm
+    from ...errors import ResNetSpecError
+    from ...weights import check_weights
+    from .fold import fold_batchnorm
 
     weights = check_weights(net, weights, "weights", allow_nonfinite=True)
     if fold_bn:
@@ -117,9 +117,9 @@ def _gemm_in_float32(graph, float32_output=None) -> bool:
 
 
 def skeleton(net, weights, *, io_dtype: str = "float32", fold_bn: bool = True, **options):
-    """:func:`onnx_graph.skeleton` for a float16 file: ``(model, arrays)``."""
-    from ..errors import ResNetSpecError
-    from .onnx_graph import skeleton as float_skeleton
+    """:func:`backends.onnx.graph.skeleton` for a float16 file: ``(model, arrays)``."""
+    from ...errors import ResNetSpecError
+    from .graph import skeleton as float_skeleton
 
     if io_dtype not in DTYPES:
         raise ResNetSpecError(f"onnx: io dtype {io_dtype!r} is not supported; choose from {', '.join(DTYPES)}")

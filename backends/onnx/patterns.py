@@ -1,4 +1,4 @@
-"""Small ONNX patterns the graph importer (:mod:`.onnx_graph`) recognises, node by node.
+"""Small ONNX patterns the graph importer (:mod:`.reader`) recognises, node by node.
 
 * constant subgraphs folded to constants (the TorchScript exporter computes ``Pad`` amounts with
   ConstantOfShape/Concat/Reshape/Slice/Transpose/Cast chains);
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .source import ImportError_
+from ...importers.source import ImportError_
 
 # Pure functions of their inputs: evaluated once at import when every input is a constant.
 FOLDABLE = frozenset(("Cast", "Concat", "ConstantOfShape", "Reshape", "Slice", "Transpose", "Unsqueeze",
@@ -105,7 +105,7 @@ def slice_steps(g, node, ins) -> dict:
 
 def border_mask(g, node, ins) -> bool:
     """``MaxPool -> Max(M)`` with a constant ``M`` of 0 and -inf: zero-padded max pooling as
-    resnet-spec writes it (backends/onnx_pool.py: 0 where a window reaches the zero border)."""
+    resnet-spec writes it (backends/onnx/pool.py: 0 where a window reaches the zero border)."""
     if node.op_type != "Max" or len(ins) != 2:
         return False
     try:

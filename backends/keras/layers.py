@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import ir
+from ... import ir
 
 PACKAGE = "resnet_spec"  # registration package of the custom layers: "resnet_spec>ConstantPad2D"
 

@@ -1,11 +1,11 @@
-"""ONNX graph -> :class:`~.source.Source`: recognise the residual structure of a ResNet graph.
+"""ONNX graph -> :class:`~...importers.source.Source`: recognise the residual structure of a ResNet graph.
 
 Read from ``torch.onnx.export`` (TorchScript and dynamo exporters), from this project's ``convert``, and
 from any producer that writes the same ops: Conv, BatchNormalization, Relu, Add, MaxPool/AveragePool,
 Pad (zero, spatial; zero channels in an option-A shortcut), Slice (strided identity),
 GlobalAveragePool/ReduceMean, Flatten/Reshape, Gemm or MatMul+Add, and
 GlobalAveragePool/ReduceMean-Conv-Relu-Conv-Sigmoid-Mul for squeeze-excite. Constant subgraphs are
-folded first; the node patterns are in :mod:`.onnx_patterns`.
+folded first; the node patterns are in :mod:`.patterns`.
 
 Every residual ``Add`` (two computed inputs) closes one block; walking back from its two inputs to the
 previous block's output gives the shared pre-activation, the residual branch (the one with the most
@@ -23,9 +23,9 @@ from collections import defaultdict
 
 import numpy as np
 
-from .onnx_patterns import attrs as _attrs, border_mask, channel_pad, fold, pool_facts, shortcut_reshapes, \
+from .patterns import attrs as _attrs, border_mask, channel_pad, fold, pool_facts, shortcut_reshapes, \
     slice_steps, spatial_pad
-from .source import ImportError_, Layer, Recogniser, Source
+from ...importers.source import ImportError_, Layer, Recogniser, Source
 
 PASS_THROUGH = ("Identity", "Dropout")
 EPS = 1e-5

@@ -2,17 +2,17 @@
 
 The emitter is a lowering like the other backends: :func:`common.walk` visits every IR op and
 :data:`OPS` turns each one into the constructor of the module that computes it -- the module, with the
-settings, that ``torch_backend`` builds for it. Nothing is inferred: every block's modules, and the
+settings, that ``backends.torch.backend`` builds for it. Nothing is inferred: every block's modules, and the
 order its ``forward`` applies them in, are read off that block's IR (``pre``, ``main``, ``shortcut``,
 ``post``, ``shortcut_from``), so blocks may differ in any way within a stage. Blocks whose ``forward``
 is the same share one class (``Bottleneck``, ``BottleneckProjection``, ...); consecutive blocks built
 from the same modules are written once, as a list comprehension. Helper modules (``SqueezeExcite``,
-``PaddedMaxPool``, ...) are copied from ``torch_backend``'s source, so both compute the same numbers.
+``PaddedMaxPool``, ...) are copied from ``backends.torch.backend``'s source, so both compute the same numbers.
 
 Names: modules sit at their canonical names (``layer2.0.conv1``); ops named ``<attr>.<k>``
 (``downsample.1``, a deep stem's ``conv1.3``) become item ``k`` of an ``nn.Sequential`` at ``<attr>``,
 which also takes the parameter-free ops between two of its items (the deep stem's ReLUs) and an
-``nn.Identity()`` in any slot nothing fills. Parameter-free helpers are named as in ``torch_backend``
+``nn.Identity()`` in any slot nothing fills. Parameter-free helpers are named as in ``backends.torch.backend``
 (``relu``, one per block, shared; ``shortcut_subsample``).
 
 The file needs torch (and safetensors for its ``load_model``); its ``state_dict`` names are the
@@ -31,10 +31,10 @@ import re
 import textwrap
 from dataclasses import dataclass
 
-from .. import __version__, ir
-from . import common
+from ... import __version__, ir
+from .. import common
 
-#: The helper modules an emitted file may need, copied from torch_backend.py's source.
+#: The helper modules an emitted file may need, copied from backends/torch/backend.py's source.
 HELPER_CLASSES = ("Subsample", "ChannelPad", "PaddedMaxPool", "SqueezeExcite", "DropPath", "GlobalAvgPool")
 _KINDS = {"bottleneck": "Bottleneck", "basic": "BasicBlock"}
 #: ir.Block.shortcut_kind -> (block class name suffix, words for its docstring)
@@ -73,7 +73,7 @@ def _doc_text(text: str) -> str:
     return "".join(c if (c.isprintable() or c == "\n") else "?" for c in text)
 
 
-# -- the op table: IR op -> the constructor expression of its module (torch_backend.OPS's modules) --
+# -- the op table: IR op -> the constructor expression of its module (backends.torch.backend.OPS's modules) --
 
 
 def _conv(op: ir.Conv, lw) -> str:
@@ -132,7 +132,7 @@ class _Step:
 class _Emitter(common.Lowering):
     """Walks the network, collecting each section's steps: the stem, every block, the head."""
 
-    table, backend, shortcut_prefix = OPS, "torch source", "shortcut_"  # names as torch_backend's
+    table, backend, shortcut_prefix = OPS, "torch source", "shortcut_"  # names as backends.torch.backend's
 
     def __init__(self, net: ir.Network):
         bn = next((op for op in net.all_ops() if isinstance(op, ir.BatchNorm)), None)
@@ -212,7 +212,7 @@ class _Section:
 
     def _register(self, step: _Step) -> str:
         """The attribute for ``step``: shared with an identical parameter-free helper of the same name
-        (one ReLU per block, as in torchvision), else a fresh name (``relu1``, as torch_backend names)."""
+        (one ReLU per block, as in torchvision), else a fresh name (``relu1``, as backends.torch.backend names)."""
         names = dict(self.modules)
         attr, i = step.attr, 1
         while attr in names:
@@ -313,11 +313,11 @@ def _net_class(net: ir.Network, cls: str, top: _Section, stem_modules: int, bloc
 
 
 def _helpers(text: str) -> str:
-    """The helper classes ``text`` constructs, as torch_backend.py defines them."""
+    """The helper classes ``text`` constructs, as backends/torch/backend.py defines them."""
     wanted = [name for name in HELPER_CLASSES if re.search(rf"\b{name}\(", text)]
     if not wanted:
         return ""
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "torch_backend.py")
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "backend.py")
     with open(path, encoding="utf-8") as f:
         source = f.read()
     found = {node.name: node for node in ast.walk(ast.parse(source)) if isinstance(node, ast.ClassDef)}

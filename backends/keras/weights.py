@@ -2,7 +2,7 @@
 
 Dictionaries of Keras arrays are keyed by canonical op names (``layer1.0.conv2``, ``layer1.0.se.fc1``);
 :func:`set_keras_weights` and :func:`getter` translate to a model's layer names
-(:func:`.keras_names.layer_name`) when they touch a model.
+(:func:`.names.layer_name`) when they touch a model.
 
 Layouts: Conv kernels (O, I/g, kh, kw) -> (kh, kw, I/g, O) (grouped ones too) plus the bias; BN ->
 [gamma, beta, moving_mean, moving_variance] = [weight, bias, running_mean, running_var]; Dense kernel =
@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import ir
-from ..errors import WeightsError
-from .keras_names import layer_name
+from ... import ir
+from ...errors import WeightsError
+from .names import layer_name
 
 BN_KEYS = ("weight", "bias", "running_mean", "running_var")
 

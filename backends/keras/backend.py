@@ -15,10 +15,10 @@ import sys
 
 import numpy as np
 
-from .. import ir
-from ..errors import BackendUnavailable, ResNetSpecError
-from .keras_model import DTYPES, KERAS_BACKENDS, build, keras_module, missing, tap_model
-from .legs import parse_device
+from ... import ir
+from ...errors import BackendUnavailable, ResNetSpecError
+from .model import DTYPES, KERAS_BACKENDS, build, keras_module, missing, tap_model
+from ..legs import parse_device
 
 
 def select(backend: str) -> None:
@@ -208,7 +208,7 @@ def load_keras(path: str):
     import json
     import zipfile
 
-    from .keras_model import custom_objects, deep_recursion
+    from .model import custom_objects, deep_recursion
 
     keras = keras_module()
     try:

@@ -51,7 +51,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import ir
+from ... import ir
 
 
 def _touches_zero_border(size: int, out: int, kernel: int, stride: int, pad: int) -> np.ndarray:

@@ -2,7 +2,7 @@
 ``torchvision:NAME`` / ``timm:NAME`` models built by the installed library without downloading weights.
 
 A state dict holds names and shapes only: the architecture is inferred from them
-(:mod:`.infer`); strides, stem pooling and BN epsilon follow torchvision's conventions, and the
+(:mod:`...importers.infer`); strides, stem pooling and BN epsilon follow torchvision's conventions, and the
 import says so. Container unwrapping (``{"model": ...}``, ``module.`` prefixes) is not done here: the
 file must be a plain state dict with torchvision/timm names.
 """
@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import WeightsError
-from .source import ImportError_, Source, layers_from_weights
+from ...errors import WeightsError
+from ...importers.source import ImportError_, Source, layers_from_weights
 
 ASSUMED = ("strides, stem pooling and BN epsilon are not stored in a state dict: torchvision's "
            "conventions were assumed (stride on the 3x3 conv of each stage's first block, 3x3/2 max-pool "
@@ -20,8 +20,8 @@ ASSUMED = ("strides, stem pooling and BN epsilon are not stored in a state dict:
 
 
 def read_checkpoint(path: str) -> Source:
-    from ..weightfile import IGNORED_SUFFIXES
-    from ..weights import read_weights
+    from ...weightfile import IGNORED_SUFFIXES
+    from ...weights import read_weights
 
     try:
         weights = read_weights(path)
@@ -63,7 +63,7 @@ def read_library(lib: str, name: str) -> Source:
     try:
         model = library_model(lib, name)
     except ModuleNotFoundError as exc:
-        from ..extras import install_hint
+        from ...extras import install_hint
 
         raise ImportError_(f"{lib}:{name}: {exc.name} is not installed ({install_hint(exc.name)})") from None
     weights = {k: v.detach().float().numpy().copy() for k, v in model.state_dict().items()

@@ -11,16 +11,16 @@ e.g. ``layer2.0.downsample.1`` <-> ``layer2-0-downsample-1``, ``layer1.0.se.fc1`
 It is reversible because canonical names never contain '-' (nor '/', which Keras forbids); both are
 refused with a clear error. Helper layers are named after their owner (``layer1-0-conv2-pad``,
 ``layer1-0-add``), and the layer producing a block's output is ``<block>-out`` (keras.applications'
-``_out``). Weight dictionaries (:mod:`.keras_weights`) stay keyed by canonical op names; only a model's
+``_out``). Weight dictionaries (:mod:`.weights`) stay keyed by canonical op names; only a model's
 layers carry the Keras spelling.
 """
 
 from __future__ import annotations
 
-from .. import ir
-from ..errors import ResNetSpecError
-from ..naming import UniqueNames
-from .common import HELPER_NAMES
+from ... import ir
+from ...errors import ResNetSpecError
+from ...naming import UniqueNames
+from ..common import HELPER_NAMES
 
 SEP = "-"  # the Keras spelling of the canonical '.'
 
@@ -40,7 +40,7 @@ def canonical_name(keras_layer_name: str) -> str:
 
 def tap_layer_names(net: ir.Network) -> dict:
     """Tap name -> name of the Keras layer whose output is that tap ('stem' with no stem: None, the
-    input, or ``to_channels_last`` in a channels_first model -- see ``keras_model.tap_model``)."""
+    input, or ``to_channels_last`` in a channels_first model -- see ``backends.keras.model.tap_model``)."""
     last = net.stem[-1] if net.stem else None
     if last is None:
         stem = None

@@ -12,10 +12,10 @@ import os
 
 import numpy as np
 
-from .. import ir
-from . import DTYPES, common
-from .legs import parse_device
-from ..errors import BackendUnavailable
+from ... import ir
+from .. import DTYPES, common
+from ..legs import parse_device
+from ...errors import BackendUnavailable
 
 NAME = "torch"
 
@@ -284,7 +284,7 @@ def load_weights(model, weights, strict: bool = True):
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [m for m in missing if not m.endswith("num_batches_tracked")]
     if strict and (missing or unexpected):
-        from ..errors import WeightsError
+        from ...errors import WeightsError
 
         raise WeightsError(f"weights do not match the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
     return model
@@ -334,11 +334,11 @@ def infer(net: ir.Network, weights, x: np.ndarray, *, device: str = "cpu", dtype
 def convert(net: ir.Network, weights, out_dir: str, *, force: bool = False, batch: int = 2) -> list:
     """Write ``<name>.pt2`` (torch.export), ``<name>.py`` (standalone source) and its safetensors."""
     _require()
-    from ..fileio import atomic_path, check_writable, write_text
-    from ..weights import save_weights
-    from .torch_source import to_source
+    from ...fileio import atomic_path, check_writable, write_text
+    from ...weights import save_weights
+    from .source import to_source
 
-    from . import output_paths
+    from .. import output_paths
 
     paths = dict(zip(("pt2", "py", "st"), output_paths("torch", net.name, out_dir)))
     for p in paths.values():

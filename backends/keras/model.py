@@ -7,10 +7,10 @@ layer) into the same NHWC body.
 
 Exactness. Padding is never Keras' ``'same'``: every padded conv or pool is an explicit padding layer
 followed by a ``'valid'`` one, with the IR's numbers. Max-pool padding that must never win is -inf;
-average pooling divides by PyTorch's exact window counts (see :mod:`.keras_layers`). BatchNormalization
+average pooling divides by PyTorch's exact window counts (see :mod:`.layers`). BatchNormalization
 gets the IR's epsilon unchanged (Keras 3 computes ``rsqrt(var + eps)`` with no lower bound on epsilon),
 Keras' momentum ``1 - m`` for the IR's (PyTorch's) ``m``, and PyTorch's unbiased running variance in
-training (:class:`TorchBatchNorm`). Names: :mod:`.keras_names`. Keras is imported on first use only.
+training (:class:`TorchBatchNorm`). Names: :mod:`.names`. Keras is imported on first use only.
 
 Structure. The network is lowered by the shared walk of ``backends/common.py`` (stem; per block pre,
 main, shortcut, ``Add``, post; head). :data:`OPS` gives each IR op's layers and :class:`_Lowering` names
@@ -25,12 +25,12 @@ import contextlib
 import importlib.util
 import sys
 
-from .. import ir
-from ..errors import BackendUnavailable, ResNetSpecError
-from . import common
-from .keras_layers import define
-from .keras_names import Namer, canonical_name, layer_name, tap_layer_names
-from .keras_weights import set_keras_weights, to_keras_weights
+from ... import ir
+from ...errors import BackendUnavailable, ResNetSpecError
+from .. import common
+from .layers import define
+from .names import Namer, canonical_name, layer_name, tap_layer_names
+from .weights import set_keras_weights, to_keras_weights
 
 DATA_FORMATS = ("channels_last", "channels_first")
 DTYPES = ("float32", "float16", "bfloat16")
@@ -235,7 +235,7 @@ def build(net: ir.Network, weights=None, *, data_format: str = "channels_last", 
     if dtype not in DTYPES:
         raise BackendUnavailable(f"keras: unsupported dtype {dtype!r} (choose from {', '.join(DTYPES)})")
     if weights is not None:
-        from ..weights import check_weights
+        from ...weights import check_weights
 
         weights = check_weights(net, weights, "weights")
     previous = keras.config.dtype_policy()

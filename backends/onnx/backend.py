@@ -1,6 +1,6 @@
 """ONNX backend: IR + canonical weights -> ``onnx.ModelProto``, built node by node with ``onnx.helper``.
 
-No tracing or exporting is involved: every node comes from one IR op (``onnx_graph.OPS``, driven by
+No tracing or exporting is involved: every node comes from one IR op (``backends.onnx.graph.OPS``, driven by
 the shared walk of ``backends/common.py``), so the graph has exactly the ops the spec describes and nothing else.
 
 The file's interface
@@ -34,9 +34,9 @@ Dropout and DropPath are identities at inference and produce no nodes.
 ``CUDAExecutionProvider`` is installed; never a silent fallback), float32 only, with ORT's default
 graph optimisation (``ORT_ENABLE_ALL``) and intra-op thread count (one per physical core) unless the
 
-This module is the backend's interface; the work is split by concern: ``onnx_graph`` (IR -> nodes),
-``onnx_fold`` (BatchNorm folding, a pass over the IR), ``onnx_io`` (writing files),
-``onnx_runtime`` (ONNX Runtime sessions) and ``onnx_inspect`` (reading a file back).
+This module is the backend's interface; the work is split by concern: ``backends.onnx.graph`` (IR -> nodes),
+``backends.onnx.fold`` (BatchNorm folding, a pass over the IR), ``backends.onnx.io`` (writing files),
+``backends.onnx.runtime`` (ONNX Runtime sessions) and ``backends.onnx.inspect`` (reading a file back).
 """
 
 from __future__ import annotations
@@ -45,14 +45,14 @@ import os
 
 import numpy as np
 
-from .. import ir
-from . import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET  # noqa: F401  (framework-free facts, shared with the CLI)
-from .onnx_fold import fold_batchnorm  # noqa: F401
-from .onnx_graph import (BATCH_DIM, INPUT_NAME, META_NAME, META_SPEC, META_VERSION, OPS, OUTPUT_NAME,  # noqa: F401
+from ... import ir
+from .. import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET  # noqa: F401  (framework-free facts, shared with the CLI)
+from .fold import fold_batchnorm  # noqa: F401
+from .graph import (BATCH_DIM, INPUT_NAME, META_NAME, META_SPEC, META_VERSION, OPS, OUTPUT_NAME,  # noqa: F401
                          PRODUCER, available, op_to_nodes, require, skeleton)
-from .onnx_inspect import format_inspect, inspect  # noqa: F401
-from .onnx_io import EXTERNAL_DATA_THRESHOLD, initializer_bytes  # noqa: F401
-from .onnx_runtime import make_session, run_session  # noqa: F401
+from .inspect import format_inspect, inspect  # noqa: F401
+from .io import EXTERNAL_DATA_THRESHOLD, initializer_bytes  # noqa: F401
+from .runtime import make_session, run_session  # noqa: F401
 
 NAME = "onnx"
 
@@ -63,7 +63,7 @@ def build(net: ir.Network, weights, *, fold_bn: bool = True, batch: int | None =
 
     ``fold_bn``: fold BN into the preceding conv (:func:`fold_batchnorm`); ``batch``: a fixed batch
     size instead of the symbolic ``batch``; ``taps``: also output ``stem`` and every block's output;
-    ``dtype``/``io_dtype``: 'float16' for a float16 file (:mod:`onnx_fp16`).
+    ``dtype``/``io_dtype``: 'float16' for a float16 file (:mod:`backends.onnx.fp16`).
     """
     require()
     model, arrays = _typed_skeleton(net, weights, dtype, io_dtype, fold_bn=fold_bn, batch=batch, opset=opset,
@@ -74,13 +74,13 @@ def build(net: ir.Network, weights, *, fold_bn: bool = True, batch: int | None =
 
 
 def _typed_skeleton(net, weights, dtype: str, io_dtype: str, **options):
-    """:func:`onnx_graph.skeleton` for ``dtype`` 'float32', or the float16 file of :mod:`onnx_fp16`."""
+    """:func:`backends.onnx.graph.skeleton` for ``dtype`` 'float32', or the float16 file of :mod:`backends.onnx.fp16`."""
     if dtype == "float16":
-        from .onnx_fp16 import skeleton as half_skeleton
+        from .fp16 import skeleton as half_skeleton
 
         return half_skeleton(net, weights, io_dtype=io_dtype, **options)
     if dtype != "float32" or io_dtype != "float32":
-        from ..errors import ResNetSpecError
+        from ...errors import ResNetSpecError
 
         raise ResNetSpecError(f"onnx: dtype {dtype!r} with io dtype {io_dtype!r} is not supported; "
                               "use float32, or float16 with float32 or float16 I/O")
@@ -96,9 +96,9 @@ def convert(net: ir.Network, weights, out_dir: str, *, force: bool = False, fold
     ``force``. The file's bytes are those of ``build(...).SerializeToString()``, written atomically
     (resnet_spec.fileio) with the weights streamed from memory rather than copied into a message."""
     require()
-    from ..fileio import check_writable
-    from . import output_paths
-    from .onnx_io import check_structure, write_model
+    from ...fileio import check_writable
+    from .. import output_paths
+    from .io import check_structure, write_model
 
     (path,) = output_paths("onnx", net.name, out_dir)
     check_writable(path, force)
@@ -126,7 +126,7 @@ def infer(net: ir.Network, weights, x: np.ndarray, *, device: str = "cpu", dtype
     if initializer_bytes(model) > EXTERNAL_DATA_THRESHOLD:  # too big for one protobuf message
         import tempfile
 
-        from .onnx_io import detach, write_model
+        from .io import detach, write_model
 
         with tempfile.TemporaryDirectory() as tmp:
             path = os.path.join(tmp, "model.onnx")
