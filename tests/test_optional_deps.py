@@ -99,37 +99,36 @@ def test_import_without_torch(hide_dir, tmp_path):
                          "(pip install 'resnet-spec[torch]')")
 
 
-def test_import_keras_without_keras(hide_dir, tmp_path):
-    (tmp_path / "m.keras").write_bytes(b"not read")
-    res = _cli(hide_dir, tmp_path, "keras,tensorflow", "import", "m.keras")
-    _one_error_line(res, "error: reading m.keras needs keras (pip install 'resnet-spec[tensorflow]')")
-
-
-def test_import_onnx_without_onnx(hide_dir, tmp_path):
-    (tmp_path / "m.onnx").write_bytes(b"not read")
-    res = _cli(hide_dir, tmp_path, "onnx", "import", "m.onnx")
-    _one_error_line(res, "error: m.onnx: reading ONNX files needs the onnx package (pip install 'resnet-spec[onnx]')")
-
-
-def test_torch_checkpoint_without_torch(hide_dir, tmp_path):
-    with zipfile.ZipFile(tmp_path / "w.pth", "w", zipfile.ZIP_STORED) as z:  # torch.save's container
+def _pth(path):
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:  # torch.save's container
         z.writestr("archive/data.pkl", b"\x80\x02}q\x00.")
-    res = _cli(hide_dir, tmp_path, "torch", "inspect", "w.pth")
-    _one_error_line(res, "error: w.pth: reading .pth/.pt files needs PyTorch (pip install 'resnet-spec[torch]'), "
-                         "or convert the file to safetensors")
 
 
-def test_inspect_onnx_without_onnx(hide_dir, tmp_path):
-    (tmp_path / "m.onnx").write_bytes(b"not read")
-    res = _cli(hide_dir, tmp_path, "onnx,onnxruntime", "inspect", "m.onnx")
-    _one_error_line(res, "error: onnx is not installed (pip install 'resnet-spec[onnx]')")
+#: (file, its bytes or a writer, hidden libraries, command, the one error line)
+FILE_CASES = {
+    "import .keras": ("m.keras", b"not read", "keras,tensorflow", "import",
+                      "error: reading m.keras needs keras (pip install 'resnet-spec[tensorflow]')"),
+    "import .onnx": ("m.onnx", b"not read", "onnx", "import",
+                     "error: m.onnx: reading ONNX files needs the onnx package (pip install 'resnet-spec[onnx]')"),
+    "inspect .pth": ("w.pth", _pth, "torch", "inspect",
+                     "error: w.pth: reading .pth/.pt files needs PyTorch (pip install 'resnet-spec[torch]'), "
+                     "or convert the file to safetensors"),
+    "inspect .onnx": ("m.onnx", b"not read", "onnx,onnxruntime", "inspect",
+                      "error: onnx is not installed (pip install 'resnet-spec[onnx]')"),
+    "inspect .tflite": ("m.tflite", b"\x1c\x00\x00\x00TFL3" + bytes(64), "ai_edge_litert,tensorflow", "inspect",
+                        "error: m.tflite: reading .tflite files needs the LiteRT package "
+                        "(pip install 'resnet-spec[tflite]') or TensorFlow"),
+}
 
 
-def test_inspect_tflite_without_a_tflite_reader(hide_dir, tmp_path):
-    (tmp_path / "m.tflite").write_bytes(b"\x1c\x00\x00\x00TFL3" + bytes(64))  # the identifier only
-    res = _cli(hide_dir, tmp_path, "ai_edge_litert,tensorflow", "inspect", "m.tflite")
-    _one_error_line(res, "error: m.tflite: reading .tflite files needs the LiteRT package "
-                         "(pip install 'resnet-spec[tflite]') or TensorFlow")
+@pytest.mark.parametrize("case", list(FILE_CASES))
+def test_reading_a_file_without_its_library(hide_dir, tmp_path, case):
+    name, content, hidden, command, expected = FILE_CASES[case]
+    if callable(content):
+        content(tmp_path / name)
+    else:
+        (tmp_path / name).write_bytes(content)  # for a .tflite: the identifier only
+    _one_error_line(_cli(hide_dir, tmp_path, hidden, command, name), expected)
 
 
 @pytest.mark.parametrize("target, hidden, expected", [
