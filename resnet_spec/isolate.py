@@ -56,8 +56,13 @@ def _die_with_parent():
 
 
 def _kill_pool(pool) -> None:
-    """Stop a pool's workers now (SIGKILL) and reap them; used when the parent is interrupted."""
+    """Stop a pool's workers now (SIGKILL) and reap them; used when the parent is interrupted (Ctrl-C,
+    SIGTERM), when every worker of this process is to stop. A worker that was being started when the
+    signal came is not in the pool's table yet (the pool registers it after ``start`` returns) but is a
+    child all the same, so every live multiprocessing child is killed too: one left running would keep
+    ``shutdown`` waiting for its work."""
     procs = list((getattr(pool, "_processes", None) or {}).values())
+    procs += [p for p in multiprocessing.active_children() if p not in procs]
     for p in procs:
         if p.is_alive():
             p.kill()

@@ -52,7 +52,11 @@ def ready_worker_init():
     from resnet_spec import isolate
 
     isolate._worker_init()  # in the worker, the module is freshly imported: the real initializer
-    with open(os.environ["RESNET_SPEC_TEST_READY"], "w") as fh:
+    try:  # non-blocking: a later worker (the test reads only the first pid) must not wait for a reader
+        fd = os.open(os.environ["RESNET_SPEC_TEST_READY"], os.O_WRONLY | os.O_NONBLOCK)
+    except OSError:  # ENXIO: the test no longer reads the FIFO
+        return
+    with os.fdopen(fd, "w") as fh:
         fh.write(f"{os.getpid()}\n")
 
 

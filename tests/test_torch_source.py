@@ -47,7 +47,8 @@ def test_standalone_source_is_exact(name, tmp_path):
     ours = tb.build(net, w).eval()
     x = torch.randn(2, *net.input_shape)
     with torch.no_grad():
-        assert rel_err(ours(x).numpy(), model(x).numpy()) <= SOURCE_TOL  # not torch.equal: see SOURCE_TOL
+        a, b = ours(x).numpy(), model(x).numpy()  # a deep net with random BN may overflow: nan in both
+        assert np.array_equal(a, b, equal_nan=True) or rel_err(a, b) <= SOURCE_TOL  # not torch.equal: SOURCE_TOL
 
 
 #: max |emitted - backend| / max |backend| accepted where the emitted source runs in this process: the
@@ -153,7 +154,8 @@ def test_standalone_source_blocks_differ_within_a_stage(text, tmp_path):
     x = torch.randn(2, *net.input_shape, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         emitted, backend = model(x), tb.build(net, w).eval()(x)
-    same = rel_err(backend.numpy(), emitted.numpy())
+    same = 0.0 if np.array_equal(backend.numpy(), emitted.numpy(), equal_nan=True) else rel_err(backend.numpy(),
+                                                                                                  emitted.numpy())
     assert same <= SOURCE_TOL  # normally 0 (the same ops); not torch.equal: see SOURCE_TOL
     onnx = onnx_backend.infer(net, w, x.numpy())[0]["head"]
     err = rel_err(onnx, emitted.numpy())
