@@ -9,10 +9,7 @@ lower modules (``common``, ``keras_*``, ``onnx_*``) and import one another only 
 """
 
 # The names of legs and targets, their aliases and devices: backends/legs.py (the one registry).
-from .legs import BACKENDS, KERAS_LEGS, LEGS, keras_backend_of  # noqa: F401
-#: The compute dtypes a backend may be asked for (parity's tolerances are keyed by them); a backend
-#: refuses the ones it cannot honour.
-DTYPES = ("float32", "float16", "bfloat16")
+from .legs import BACKENDS, DTYPES, KERAS_LEGS, LEGS, keras_backend_of  # noqa: F401
 
 # What ``convert`` writes, per backend: ``<out_dir>/<model name><suffix>``. Kept here, free of any
 # framework import, so that the CLI can refuse an existing output before any backend runs.

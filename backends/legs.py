@@ -23,6 +23,9 @@ LEGS = ("torch", "onnx", "keras-tensorflow", "keras-jax", "keras-torch")
 KERAS_LEGS = {"keras": None, "keras-tensorflow": "tensorflow", "keras-jax": "jax", "keras-torch": "torch"}
 #: The legs with a training step (``parity --train``), in report order.
 TRAIN_LEGS = ("torch", "keras-tensorflow", "keras-jax", "keras-torch")
+#: The compute dtypes a backend may be asked for (parity's tolerances are keyed by them); a backend
+#: refuses the ones it cannot honour.
+DTYPES = ("float32", "float16", "bfloat16")
 #: Command-line spellings -> the canonical name.
 ALIASES = {"tf": "tensorflow", "keras": "tensorflow", "pytorch": "torch", "litert": "tflite"}
 

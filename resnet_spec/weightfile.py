@@ -82,7 +82,7 @@ def sniff(fh) -> str:
     return "unknown"
 
 
-def read_safetensors(path: str, fh, net=None) -> dict:
+def parse_safetensors(path: str, fh, net=None) -> dict:
     """Parse and check the header, then read each tensor (as float32) from its declared slice."""
     size = os.fstat(fh.fileno()).st_size
     check_size(path, size, net)
@@ -248,7 +248,7 @@ def read_checkpoint(path: str, key: str | None = None, ema: bool = False,
                                    "safetensors file holds one flat set of tensors")
             # Size bound now; names and shapes once prefixes are stripped and the head fitted.
             check_size(path, os.fstat(fh.fileno()).st_size, net)
-            return _strip_prefixes(read_safetensors(path, fh), path)
+            return _strip_prefixes(parse_safetensors(path, fh), path)
         if kind != "zip":
             raise WeightsError(f"{path}: refused: not a zip-format PyTorch file (a bare pickle, a file saved by "
                                "torch < 1.6, or not a weight file); save it with a current torch.save or as "

@@ -141,7 +141,7 @@ def read_safetensors(path: str, net: ir.Network | None = None) -> Weights:
     from . import weightfile
 
     with weightfile.open_checked(path) as fh:
-        return weightfile.read_safetensors(path, fh, net)
+        return weightfile.parse_safetensors(path, fh, net)
 
 
 def read_torch(path: str, net: ir.Network | None = None) -> Weights:

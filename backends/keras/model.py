@@ -28,12 +28,12 @@ import sys
 from ... import ir
 from ...errors import BackendUnavailable, ResNetSpecError
 from .. import common
+from ..legs import DTYPES
 from .layers import define
 from .names import Namer, canonical_name, layer_name, tap_layer_names
 from .weights import set_keras_weights, to_keras_weights
 
 DATA_FORMATS = ("channels_last", "channels_first")
-DTYPES = ("float32", "float16", "bfloat16")
 #: Keras backend -> the package it needs.
 KERAS_BACKENDS = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}
 

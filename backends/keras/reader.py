@@ -17,7 +17,7 @@ import re
 import numpy as np
 
 from ...isolate import run_isolated
-from ...importers.source import ImportError_, Layer, Recogniser, Source
+from ...importers.source import ImportRefused, Layer, Recogniser, Source
 
 _KEEP = ("strides", "padding", "use_bias", "epsilon", "momentum", "pool_size", "activation", "groups",
          "kernel_size", "pads", "value", "data_format", "kernel", "stride", "count_include_pad", "scale",
@@ -30,12 +30,12 @@ def _descriptor(source: str, input_size) -> tuple:
     if source.startswith("keras:"):
         name, _, h5 = source[len("keras:"):].partition("=")
         if h5 and not os.path.isfile(h5):
-            raise ImportError_(f"{h5}: no such weights file")
+            raise ImportRefused(f"{h5}: no such weights file")
         size = input_size or 224
         hw = [size, size] if isinstance(size, int) else list(size)
         return source, {"app": name, "h5": h5 or None, "size": hw}
     if source.endswith(".h5"):
-        raise ImportError_(f"{source}: a .weights.h5 file holds no architecture; give it with its model, "
+        raise ImportRefused(f"{source}: a .weights.h5 file holds no architecture; give it with its model, "
                            "e.g. keras:ResNet50=" + source)
     return source, {"path": os.path.abspath(source)}
 
@@ -49,21 +49,21 @@ def _load(desc: dict):
 
         try:
             return tf_backend.load_keras(desc["path"])
-        except ImportError_:
+        except ImportRefused:
             raise
         except Exception as exc:
-            raise ImportError_(f"{desc['path']}: not a loadable .keras model ({_first_line(exc)})") from None
+            raise ImportRefused(f"{desc['path']}: not a loadable .keras model ({_first_line(exc)})") from None
     name = desc["app"]
     fn = getattr(keras.applications, name, None)
     if fn is None or not name.startswith("ResNet"):
-        raise ImportError_(f"keras:{name}: keras.applications has no ResNet/ResNetV2 model {name!r}")
+        raise ImportRefused(f"keras:{name}: keras.applications has no ResNet/ResNetV2 model {name!r}")
     keras.utils.set_random_seed(0)
     model = fn(weights=None, input_shape=(*desc["size"], 3), classifier_activation=None)
     if desc["h5"]:
         try:
             model.load_weights(desc["h5"])
         except Exception as exc:
-            raise ImportError_(f"{desc['h5']}: cannot load into keras.applications.{name}: "
+            raise ImportRefused(f"{desc['h5']}: cannot load into keras.applications.{name}: "
                                f"{_first_line(exc)}") from None
     return model
 
@@ -139,7 +139,7 @@ class _Mapper(Recogniser):
         return f"{blk}.conv{k}" if t == "conv" else f"{blk}.bn{int(k) + 1 if self.preact else k}"
 
     def refuse(self, layer, why):
-        return ImportError_(f"{self.src.label}: layer {layer['name']!r} ({layer['cls']}): {why}")
+        return ImportRefused(f"{self.src.label}: layer {layer['name']!r} ({layer['cls']}): {why}")
 
     def run(self):
         for layer in self.info["layers"]:

@@ -33,6 +33,7 @@ Dropout and DropPath are identities at inference and produce no nodes.
 :func:`infer` runs the model in ONNX Runtime on exactly the provider asked for (CPU, or CUDA when
 ``CUDAExecutionProvider`` is installed; never a silent fallback), float32 only, with ORT's default
 graph optimisation (``ORT_ENABLE_ALL``) and intra-op thread count (one per physical core) unless the
+caller asks for another level or thread count (``optimization=``, ``threads=``).
 
 This module is the backend's interface; the work is split by concern: ``backends.onnx.graph`` (IR -> nodes),
 ``backends.onnx.fold`` (BatchNorm folding, a pass over the IR), ``backends.onnx.io`` (writing files),

@@ -31,7 +31,7 @@ from __future__ import annotations
 import numpy as np
 
 FLOAT16_MAX = 65504.0
-DTYPES = ("float32", "float16")
+IO_DTYPES = ("float32", "float16")  # the float16 file's input/output dtype
 
 
 def half_weights(net, weights, fold_bn: bool):
@@ -121,8 +121,8 @@ def skeleton(net, weights, *, io_dtype: str = "float32", fold_bn: bool = True, *
     from ...errors import ResNetSpecError
     from .graph import skeleton as float_skeleton
 
-    if io_dtype not in DTYPES:
-        raise ResNetSpecError(f"onnx: io dtype {io_dtype!r} is not supported; choose from {', '.join(DTYPES)}")
+    if io_dtype not in IO_DTYPES:
+        raise ResNetSpecError(f"onnx: io dtype {io_dtype!r} is not supported; choose from {', '.join(IO_DTYPES)}")
     net, weights = half_weights(net, weights, fold_bn)
     model, arrays = float_skeleton(net, weights, fold_bn=False, **options)
     return to_float16(model, arrays, io_dtype)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ...importers.source import ImportError_
+from ...importers.source import ImportRefused
 
 # Pure functions of their inputs: evaluated once at import when every input is a constant.
 FOLDABLE = frozenset(("Cast", "Concat", "ConstantOfShape", "Reshape", "Slice", "Transpose", "Unsqueeze",
@@ -110,7 +110,7 @@ def border_mask(g, node, ins) -> bool:
         return False
     try:
         m = np.asarray(g.const(node, ins[1]), np.float64)
-    except ImportError_:
+    except ImportRefused:
         return False
     return bool(m.size) and bool(np.all((m == 0) | np.isneginf(m))) and bool((m == 0).any())
 

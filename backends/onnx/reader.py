@@ -25,7 +25,7 @@ import numpy as np
 
 from .patterns import attrs as _attrs, border_mask, channel_pad, fold, pool_facts, shortcut_reshapes, \
     slice_steps, spatial_pad
-from ...importers.source import ImportError_, Layer, Recogniser, Source
+from ...importers.source import ImportRefused, Layer, Recogniser, Source
 
 PASS_THROUGH = ("Identity", "Dropout")
 EPS = 1e-5
@@ -42,7 +42,7 @@ class _Graph:
             try:
                 self.consts[t.name] = np.array(numpy_helper.to_array(t))  # writable copy
             except Exception as exc:  # external data missing, corrupt tensor
-                raise ImportError_(f"{path}: initializer {t.name!r} cannot be read ({exc})") from None
+                raise ImportRefused(f"{path}: initializer {t.name!r} cannot be read ({exc})") from None
         alias = {}
         opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)
         self.nodes, self.producer, self.consumers = [], {}, defaultdict(list)
@@ -66,12 +66,12 @@ class _Graph:
                     self.consumers[i].append(n)
         inputs = [i for i in g.input if i.name not in self.consts]
         if len(inputs) != 1:
-            raise ImportError_(f"{path}: expected one image input, found {len(inputs)}")
+            raise ImportRefused(f"{path}: expected one image input, found {len(inputs)}")
         self.input = inputs[0]
         self.output = alias.get(g.output[0].name, g.output[0].name) if g.output else None
 
-    def refuse(self, node, why: str) -> ImportError_:
-        return ImportError_(f"{self.path}: node {node.name or node.output[0]!r} ({node.op_type}): {why}")
+    def refuse(self, node, why: str) -> ImportRefused:
+        return ImportRefused(f"{self.path}: node {node.name or node.output[0]!r} ({node.op_type}): {why}")
 
     def data(self, ins):
         return [i for i in ins if i and i not in self.consts]
@@ -86,15 +86,15 @@ def read_onnx(path: str) -> Source:
     try:
         import onnx
     except ImportError:
-        raise ImportError_(f"{path}: reading ONNX files needs the onnx package "
+        raise ImportRefused(f"{path}: reading ONNX files needs the onnx package "
                            "(pip install 'resnet-spec[onnx]')") from None
     try:
         model = onnx.load(path)
     except Exception as exc:
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ImportError_(f"{path}: not a readable ONNX model ({msg}); it may be truncated or corrupt") from None
+        raise ImportRefused(f"{path}: not a readable ONNX model ({msg}); it may be truncated or corrupt") from None
     if not model.graph.node:
-        raise ImportError_(f"{path}: the ONNX graph has no nodes")
+        raise ImportRefused(f"{path}: the ONNX graph has no nodes")
     return _Walker.source(path, "onnx", {"path": path}, _Graph(model, path))
 
 
@@ -140,7 +140,7 @@ class _Walker(Recogniser):
     def residual_adds(self):
         adds = [(n, ins) for n, ins in self.g.nodes if n.op_type == "Add" and len(self.g.data(ins)) == 2]
         if not adds:
-            raise ImportError_(f"{self.g.path}: no residual connection (no Add of two computed tensors): "
+            raise ImportRefused(f"{self.g.path}: no residual connection (no Add of two computed tensors): "
                                "not a ResNet")
         return adds
 
@@ -282,7 +282,7 @@ class _Walker(Recogniser):
     def stem(self, ops, preact):
         convs = sum(1 for _, n, _ in ops if n.op_type == "Conv")
         if convs == 0:
-            raise ImportError_(f"{self.g.path}: no stem convolution before the first residual block")
+            raise ImportRefused(f"{self.g.path}: no stem convolution before the first residual block")
         names = ["conv1"] if convs == 1 else [f"conv1.{3 * i}" for i in range(convs)]
         bns = ["bn1"] if convs == 1 else [f"conv1.{3 * i + 1}" for i in range(convs - 1)] + ["bn1"]
         left = self.sequence(ops, names, bns, v1=not preact)
@@ -393,24 +393,24 @@ class _Walker(Recogniser):
         g = self.g
         ops = self.back(g.output, x) if g.output else None
         if ops is None:
-            raise ImportError_(f"{g.path}: the graph output is not computed from the last residual block")
+            raise ImportRefused(f"{g.path}: the graph output is not computed from the last residual block")
         kinds = [n.op_type for _, n, _ in ops]
         seq = [(n, ins) for _, n, ins in ops]
         if seq and seq[0][0].op_type == "BatchNormalization":
             self.bn("bn_final", *seq[0])
             seq = seq[1:]
             if not seq or seq[0][0].op_type != "Relu":
-                raise ImportError_(f"{g.path}: head BatchNormalization without its ReLU")
+                raise ImportRefused(f"{g.path}: head BatchNormalization without its ReLU")
             seq = seq[1:]
         if not seq or seq[0][0].op_type not in ("GlobalAveragePool", "ReduceMean"):
-            raise ImportError_(f"{g.path}: head {kinds} does not start with a global average pool")
+            raise ImportRefused(f"{g.path}: head {kinds} does not start with a global average pool")
         rest = [(n, ins) for n, ins in seq[1:] if n.op_type not in ("Flatten", "Reshape", "Squeeze")]
         if len(rest) == 1 and rest[0][0].op_type == "Gemm":
             self.gemm(*rest[0])
         elif len(rest) == 2 and [n.op_type for n, _ in rest] == ["MatMul", "Add"]:
             self.matmul(rest[0], rest[1])
         else:
-            raise ImportError_(f"{g.path}: head {kinds}: expected pool, flatten and one fully connected layer")
+            raise ImportRefused(f"{g.path}: head {kinds}: expected pool, flatten and one fully connected layer")
 
     def gemm(self, node, ins):
         a = _attrs(node)

@@ -275,11 +275,11 @@ def build(net: ir.Network, weights=None, *, strict: bool = True):
     _require()
     model = ResNet(net)
     if weights is not None:
-        load_weights(model, weights, strict=strict)
+        set_torch_weights(model, weights, strict=strict)
     return model.eval()
 
 
-def load_weights(model, weights, strict: bool = True):
+def set_torch_weights(model, weights, strict: bool = True):
     state = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in weights.items()}
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [m for m in missing if not m.endswith("num_batches_tracked")]

@@ -12,27 +12,27 @@ from __future__ import annotations
 import numpy as np
 
 from ...errors import WeightsError
-from ...importers.source import ImportError_, Source, layers_from_weights
+from ...importers.source import ImportRefused, Source, layers_from_weights
 
 ASSUMED = ("strides, stem pooling and BN epsilon are not stored in a state dict: torchvision's "
            "conventions were assumed (stride on the 3x3 conv of each stage's first block, 3x3/2 max-pool "
            "after a 7x7/2 stem, none after a 3x3/1 stem, eps 1e-5)")
 
 
-def read_checkpoint(path: str) -> Source:
+def read_torch_source(path: str) -> Source:
     from ...weightfile import IGNORED_SUFFIXES
     from ...weights import read_weights
 
     try:
         weights = read_weights(path)
     except WeightsError as exc:
-        raise ImportError_(str(exc)) from None
+        raise ImportRefused(str(exc)) from None
     weights = {k: v for k, v in weights.items() if not k.endswith(IGNORED_SUFFIXES)}
     if not weights:
-        raise ImportError_(f"{path}: no tensors in the file")
+        raise ImportRefused(f"{path}: no tensors in the file")
     for k, v in weights.items():
         if np.asarray(v).dtype.kind != "f":
-            raise ImportError_(f"{path}: tensor {k!r} has dtype {np.asarray(v).dtype}, not a float tensor")
+            raise ImportRefused(f"{path}: tensor {k!r} has dtype {np.asarray(v).dtype}, not a float tensor")
     weights = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in weights.items()}
     return Source(path, "torch", layers_from_weights(weights), weights, notes=[ASSUMED])
 
@@ -48,13 +48,13 @@ def library_model(lib: str, name: str):
         try:
             model = torchvision.models.get_model(name, weights=None)
         except ValueError:
-            raise ImportError_(f"torchvision:{name}: torchvision {torchvision.__version__} has no model "
+            raise ImportRefused(f"torchvision:{name}: torchvision {torchvision.__version__} has no model "
                                f"{name!r}") from None
     else:
         import timm
 
         if not timm.is_model(name):
-            raise ImportError_(f"timm:{name}: timm {timm.__version__} has no model {name!r}")
+            raise ImportRefused(f"timm:{name}: timm {timm.__version__} has no model {name!r}")
         model = timm.create_model(name, pretrained=False)
     return model.eval()
 
@@ -65,7 +65,7 @@ def read_library(lib: str, name: str) -> Source:
     except ModuleNotFoundError as exc:
         from ...extras import install_hint
 
-        raise ImportError_(f"{lib}:{name}: {exc.name} is not installed ({install_hint(exc.name)})") from None
+        raise ImportRefused(f"{lib}:{name}: {exc.name} is not installed ({install_hint(exc.name)})") from None
     weights = {k: v.detach().float().numpy().copy() for k, v in model.state_dict().items()
                if not k.endswith("num_batches_tracked")}
     src = Source(f"{lib}:{name}", lib, layers_from_weights(weights), weights)

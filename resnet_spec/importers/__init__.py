@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import os
 
-from .source import ImportError_, Source, check_source, sanitize_name
+from .source import ImportRefused, Source, check_source, sanitize_name
 
 LIBRARIES = ("torchvision", "timm", "keras")
-TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".safetensors")
+STATE_DICT_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".safetensors")
 
-__all__ = ["read_source", "import_source", "ImportError_", "Source", "check_source", "is_foreign_weights"]
+__all__ = ["read_source", "import_source", "ImportRefused", "Source", "check_source", "is_foreign_weights"]
 
 
 def _library(source: str):
@@ -47,9 +47,9 @@ def read_source(source: str, input_size=None) -> Source:
 
         return read_library(*lib)
     if not os.path.exists(source):
-        raise ImportError_(f"{source}: no such file (and not torchvision:NAME, timm:NAME or keras:NAME)")
+        raise ImportRefused(f"{source}: no such file (and not torchvision:NAME, timm:NAME or keras:NAME)")
     if not os.path.isfile(source):
-        raise ImportError_(f"{source}: not a file")
+        raise ImportRefused(f"{source}: not a file")
     if source.endswith(".onnx"):
         from ..backends.onnx.reader import read_onnx
 
@@ -58,11 +58,11 @@ def read_source(source: str, input_size=None) -> Source:
         from ..backends.keras.reader import read_keras
 
         return read_keras(source, input_size)
-    if source.endswith(TORCH_SUFFIXES):
-        from ..backends.torch.reader import read_checkpoint
+    if source.endswith(STATE_DICT_SUFFIXES):
+        from ..backends.torch.reader import read_torch_source
 
-        return read_checkpoint(source)
-    raise ImportError_(f"{source}: unknown model format; import reads .onnx, .keras, .weights.h5 (with "
+        return read_torch_source(source)
+    raise ImportRefused(f"{source}: unknown model format; import reads .onnx, .keras, .weights.h5 (with "
                        "keras:NAME=FILE), .pth/.pt/.bin/.safetensors state dicts, torchvision:NAME, "
                        "timm:NAME and keras:NAME")
 
@@ -72,7 +72,7 @@ def default_name(source: str) -> str:
     if lib is not None:
         return sanitize_name(lib[1].split("=")[0].lower())
     base = os.path.basename(source)
-    for suffix in (".weights.h5",) + TORCH_SUFFIXES + (".onnx", ".keras", ".h5"):
+    for suffix in (".weights.h5",) + STATE_DICT_SUFFIXES + (".onnx", ".keras", ".h5"):
         if base.endswith(suffix):
             base = base[: -len(suffix)]
             break

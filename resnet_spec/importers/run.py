@@ -12,7 +12,7 @@ import numpy as np
 
 from ..errors import ResNetSpecError
 from ..isolate import run_isolated
-from .source import ImportError_
+from .source import ImportRefused
 
 
 def source_runner(src, full_spec: dict) -> tuple:
@@ -25,7 +25,7 @@ def source_runner(src, full_spec: dict) -> tuple:
 
         kwargs = timm_equivalent(full_spec)
         if kwargs is None:
-            raise ImportError_(f"{src.label}: the checkpoint's architecture has no timm/torchvision "
+            raise ImportRefused(f"{src.label}: the checkpoint's architecture has no timm/torchvision "
                                "equivalent to run it in, so the import cannot be proven equal; use the "
                                "spec and weights with 'resnet-spec parity' instead")
         return _run_timm, (kwargs, src.weights)
@@ -113,7 +113,7 @@ def prove(src, net, full_spec: dict, weights: dict, batch: int = 2, seed: int = 
         raise
     except Exception as exc:  # a runtime's own error: one line, never a traceback
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ImportError_(f"{src.label}: running the source or the generated model failed: "
+        raise ImportRefused(f"{src.label}: running the source or the generated model failed: "
                            f"{type(exc).__name__}: {msg}") from None
     cmp = compare(ref, got)
     cmp.update(source=ref_desc, generated=f"resnet-spec torch model ({got_desc})",

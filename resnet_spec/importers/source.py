@@ -22,7 +22,7 @@ from .. import ir
 from ..errors import ResNetSpecError
 
 
-class ImportError_(ResNetSpecError):
+class ImportRefused(ResNetSpecError):
     """A source that cannot be imported: the message names the file and the first node/layer/tensor."""
 
 
@@ -48,8 +48,8 @@ class Source:
     facts: dict = field(default_factory=dict)  # stem_pool, shortcut_pool, eps, momentum, input_size...
     notes: list = field(default_factory=list)  # what the import assumed or changed, for the user
 
-    def refuse(self, what: str, message: str) -> ImportError_:
-        return ImportError_(f"{self.label}: {what}: {message}")
+    def refuse(self, what: str, message: str) -> ImportRefused:
+        return ImportRefused(f"{self.label}: {what}: {message}")
 
 
 class Recogniser:
@@ -157,7 +157,7 @@ def check_source(net: ir.Network, src: Source) -> dict:
 
     diff = first_difference(net, src)
     if diff:
-        raise ImportError_(f"{src.label} does not match spec {net.name!r}: first differing {diff}")
+        raise ImportRefused(f"{src.label} does not match spec {net.name!r}: first differing {diff}")
     return check_weights(net, src.weights, src.label)
 
 
