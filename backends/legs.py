@@ -1,6 +1,8 @@
 """The one registry of legs, targets and devices: what a name on the command line or in the Python API
-means. ``parity``, ``parity --train``, ``convert --to``, ``verify`` and :func:`resnet_spec.build` parse
-through it; no other module knows an alias or how ``cuda:1`` is spelled. Framework-free.
+means. ``parity`` and ``parity --train`` (``--backends``) and ``convert --to`` parse their names here, the
+torch, ONNX Runtime and Keras device code parses ``cpu`` / ``cuda:N`` here, and
+:func:`resnet_spec.backends.get` (behind :func:`resnet_spec.build`) reads :data:`KERAS_LEGS` and
+:data:`BACKENDS` from here. Framework-free.
 
 Names. A *leg* is one framework running the IR (``torch``, ``onnx``, ``keras-tensorflow``,
 ``keras-jax``, ``keras-torch``); ``tensorflow`` is Keras on TensorFlow as ``convert`` writes it (the

@@ -97,7 +97,7 @@ def keras_step(leg, net: ir.Network, weights, x, g, *, device="cpu", dtype="floa
     the stateless call, or torch autograd). ``decisions``: also return every ReLU layer's decisions in
     the PyTorch model's call order (``out["relu"]``), taken from the inputs of this very step."""
     from .keras.backend import check_input, to_numpy
-    from .keras.model import build, keras_module, relu_layer_names
+    from .keras.model import build, deep_recursion, depth, keras_module, relu_layer_names
 
     keras = keras_module(leg.backend)
     if dtype != "float32":
@@ -112,9 +112,11 @@ def keras_step(leg, net: ir.Network, weights, x, g, *, device="cpu", dtype="floa
         if mutate is not None:
             model = mutate(model) or model
         feed = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
-        sites = [model.get_layer(n) for n in relu_layer_names(net)] if decisions else []
-        # one model whose outputs are the logits and every ReLU's input: the values this step computes
-        stepped = keras.Model(model.inputs, [model.outputs[0]] + [layer.input for layer in sites])
+        stepped = model
+        if decisions:  # one model whose outputs are the logits and every ReLU's input: this step's values
+            sites = [model.get_layer(n).input for n in relu_layer_names(net)]
+            with deep_recursion(depth(net)):  # Keras walks the graph recursively (1000-layer nets)
+                stepped = keras.Model(model.inputs, [model.outputs[0]] + sites)
         step = {"tensorflow": _tf_grads, "jax": _jax_grads, "torch": _torch_grads}[leg.active()]
         outs, loss, grads = step(keras, stepped, feed, g)
         grads = {v.path: (np.zeros(v.shape, np.float32) if gr is None else to_numpy(gr))
