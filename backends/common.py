@@ -130,4 +130,4 @@ def walk(lw: Lowering, net: ir.Network, x, *, head: bool = True):
 
 def missing_lowerings(table) -> list:
     """The IR op types that ``table`` has no lowering for (the conformance test's check)."""
-    return [t.__name__ for t in ir.OP_TYPES if t not in table]
+    return ir.missing_op_types(table)

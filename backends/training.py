@@ -188,6 +188,6 @@ def _canonical_grads(net: ir.Network, model, grads: dict) -> dict:
 
 
 def _canonical_stats(net: ir.Network, model) -> dict:
-    from .keras.weights import _from_keras_weights
+    from .keras.weights import from_keras_model
 
-    return {k: v for k, v in _from_keras_weights(net, model).items() if k.endswith(STAT_SUFFIXES)}
+    return {k: v for k, v in from_keras_model(net, model).items() if k.endswith(STAT_SUFFIXES)}

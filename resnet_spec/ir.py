@@ -226,10 +226,27 @@ class Linear:
         return self.in_features * self.out_features
 
 
-#: Every IR op type. Each backend lowers every one of them (``backends/common.py``; the conformance
-#: test ``tests/test_lowering.py`` checks each backend's ``OPS`` table against this tuple).
+#: Every IR op type. Each backend lowers every one of them (``backends/common.py``), and every table of
+#: per-op facts has an entry for each (:func:`missing_op_types`; the conformance test
+#: ``tests/test_lowering.py`` checks each backend's ``OPS`` table and every other per-op table against this tuple).
 OP_TYPES = (Conv, BatchNorm, ReLU, Pool, Subsample, ChannelPad, SqueezeExcite, DropPath, GlobalAvgPool, Dropout,
             Linear)
+
+
+def missing_op_types(table) -> list:
+    """The names of the IR op types that ``table`` (a dict keyed by op type) has no entry for. Every
+    per-op table -- each backend's ``OPS``, weight initialisation, Keras layouts, import facts -- is
+    checked with it by ``tests/test_lowering.py``, so a new op type cannot be forgotten in one."""
+    return [t.__name__ for t in OP_TYPES if t not in table]
+
+
+def entry_for(table, op, what: str):
+    """``table[type(op)]``, or a TypeError naming ``what`` (the table's purpose) and the op type when
+    ``table`` has no entry for it (never a KeyError that a caller could take for a missing tensor)."""
+    try:
+        return table[type(op)]
+    except KeyError:
+        raise TypeError(f"{what}: no entry for IR op {type(op).__name__}") from None
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ or import source against a spec (``load_weights``, ``load_checkpoint``) is :mod:
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -33,45 +34,62 @@ def init_weights(net: ir.Network, seed: int = 0, random_bn: bool = False) -> Wei
     mean ~ N(0, 0.1), var ~ U(0.5, 2) and biases are non-zero, so that every tensor matters. Each block's
     last BN gamma is divided by sqrt(number of blocks) so that very deep nets (ResNet-1202) keep finite,
     comparable activations in eval mode; ``zero_init_last_bn`` is ignored then.
+
+    Each op's tensors come from its entry in :data:`INIT`, op by op in network order; one random stream
+    is drawn from in :meth:`~resnet_spec.ir.Network.tensors` order, so a seed always gives the same weights.
     """
-    rng = np.random.default_rng(seed)
+    init = _Init(np.random.default_rng(seed), random_bn, frozenset(net.last_bn_of_blocks()),
+                 net.zero_init_last_bn, 1.0 / math.sqrt(max(1, len(net.blocks))))
     out: Weights = {}
-    last_bns = set(net.last_bn_of_blocks())
-    depth_scale = 1.0 / math.sqrt(max(1, len(net.blocks)))
-    for t in net.tensors():
-        name, shape = t.name, t.shape
-        module, leaf = name.rsplit(".", 1)
-        if len(shape) == 4:  # conv (including SE fc1/fc2)
-            if ".se." in name:
-                bound = 1 / math.sqrt(shape[1])
-                arr = rng.uniform(-bound, bound, shape)
-            else:
-                std = math.sqrt(2.0 / (shape[0] * shape[2] * shape[3]))
-                arr = rng.normal(0.0, std, shape)
-        elif len(shape) == 2:  # linear
-            bound = 1 / math.sqrt(shape[1])
-            arr = rng.uniform(-bound, bound, shape)
-        elif leaf in ir.BN_LEAVES and _is_bn(net, module):
-            arr = _bn_tensor(rng, leaf, shape, random_bn, module in last_bns, net.zero_init_last_bn, depth_scale)
-        else:  # conv / linear / SE bias
-            if ".se." in name or module == "fc":
-                fan_in = _fan_in(net, module)
-                bound = 1 / math.sqrt(fan_in)
-                arr = rng.uniform(-bound, bound, shape)
-            else:
-                arr = rng.normal(0.0, 0.05, shape) if random_bn else np.zeros(shape)
-        out[name] = np.ascontiguousarray(arr, dtype=np.float32)
+    for op in net.all_ops():
+        arrays = ir.entry_for(INIT, op, "init_weights")(op, init)
+        names = [name for name, _, _ in op.tensors()] if hasattr(op, "tensors") else []
+        if list(arrays) != names:
+            raise RuntimeError(f"init_weights: the {type(op).__name__} initialiser gave {list(arrays)}, the IR "
+                               f"op has {names}")
+        out.update((name, np.ascontiguousarray(arr, dtype=np.float32)) for name, arr in arrays.items())
     return out
 
 
-def _bn_tensor(rng, leaf, shape, random_bn, is_last, zero_init, depth_scale):
-    if not random_bn:
+@dataclass(frozen=True)
+class _Init:
+    """What every initialiser of :data:`INIT` may use: the one random stream, and the network's settings."""
+
+    rng: np.random.Generator
+    random_bn: bool
+    last_bns: frozenset  # each block's last BN on the residual branch
+    zero_init_last_bn: bool
+    depth_scale: float  # 1 / sqrt(number of blocks)
+
+    def uniform_fan_in(self, fan_in: int, shape):
+        """U(-1/sqrt(fan_in), 1/sqrt(fan_in)), PyTorch's default for Linear (and for the SE convs)."""
+        bound = 1 / math.sqrt(fan_in)
+        return self.rng.uniform(-bound, bound, shape)
+
+
+def _init_conv(op: ir.Conv, init: _Init) -> dict:
+    """He normal (fan-out) weight; a bias is 0, or N(0, 0.05) with ``random_bn``."""
+    (weight, shape, _), *bias = op.tensors()
+    out = {weight: init.rng.normal(0.0, math.sqrt(2.0 / (op.out_channels * op.kernel * op.kernel)), shape)}
+    for name, shape, _ in bias:
+        out[name] = init.rng.normal(0.0, 0.05, shape) if init.random_bn else np.zeros(shape)
+    return out
+
+
+def _init_batchnorm(op: ir.BatchNorm, init: _Init) -> dict:
+    is_last = op.name in init.last_bns
+    return {name: _bn_tensor(init, leaf, shape, is_last) for (name, shape, _), leaf in zip(op.tensors(), ir.BN_LEAVES)}
+
+
+def _bn_tensor(init: _Init, leaf: str, shape, is_last: bool):
+    rng = init.rng
+    if not init.random_bn:
         if leaf == "weight":
-            return np.zeros(shape) if (is_last and zero_init) else np.ones(shape)
+            return np.zeros(shape) if (is_last and init.zero_init_last_bn) else np.ones(shape)
         return np.ones(shape) if leaf == "running_var" else np.zeros(shape)
     if leaf == "weight":
         g = rng.uniform(0.5, 1.5, shape)
-        return g * depth_scale if is_last else g
+        return g * init.depth_scale if is_last else g
     if leaf == "bias":
         return rng.normal(0.0, 0.1, shape)
     if leaf == "running_mean":
@@ -79,27 +97,40 @@ def _bn_tensor(rng, leaf, shape, random_bn, is_last, zero_init, depth_scale):
     return rng.uniform(0.5, 2.0, shape)
 
 
-def _bn_names(net):
-    cache = getattr(_bn_names, "_cache", {})
-    key = id(net)
-    if key not in cache:
-        cache.clear()
-        cache[key] = {op.name for op in net.all_ops() if isinstance(op, ir.BatchNorm)}
-        _bn_names._cache = cache
-    return cache[key]
+def _init_squeeze_excite(op: ir.SqueezeExcite, init: _Init) -> dict:
+    """fc1 and fc2 (1x1 convs with bias): weight and bias U(+-1/sqrt(fan_in)), fan_in = their inputs."""
+    shapes = {name: shape for name, shape, _ in op.tensors()}
+    out = {}
+    for fc, fan_in in (("fc1", op.channels), ("fc2", op.reduced)):
+        for leaf in ("weight", "bias"):
+            name = f"{op.name}.{fc}.{leaf}"
+            out[name] = init.uniform_fan_in(fan_in, shapes[name])
+    return out
 
 
-def _is_bn(net, module):
-    return module in _bn_names(net)
+def _init_linear(op: ir.Linear, init: _Init) -> dict:
+    return {name: init.uniform_fan_in(op.in_features, shape) for name, shape, _ in op.tensors()}
 
 
-def _fan_in(net, module):
-    for op in net.all_ops():
-        if isinstance(op, ir.Linear) and op.name == module:
-            return op.in_features
-        if isinstance(op, ir.SqueezeExcite) and module.startswith(op.name + "."):
-            return op.channels if module.endswith("fc1") else op.reduced
-    return 1
+def _no_tensors(op, init: _Init) -> dict:
+    return {}
+
+
+#: IR op type -> its initialiser ``(op, _Init) -> {canonical name: array}``, in the op's ``tensors()``
+#: order (every type of ``ir.OP_TYPES``; a parameter-free op has none: :func:`_no_tensors`).
+INIT = {
+    ir.Conv: _init_conv,
+    ir.BatchNorm: _init_batchnorm,
+    ir.ReLU: _no_tensors,
+    ir.Pool: _no_tensors,
+    ir.Subsample: _no_tensors,
+    ir.ChannelPad: _no_tensors,
+    ir.SqueezeExcite: _init_squeeze_excite,
+    ir.DropPath: _no_tensors,
+    ir.GlobalAvgPool: _no_tensors,
+    ir.Dropout: _no_tensors,
+    ir.Linear: _init_linear,
+}
 
 
 def check_weights(net: ir.Network, weights, source: str = "weights", allow_nonfinite: bool = False) -> Weights:

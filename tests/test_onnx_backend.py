@@ -402,7 +402,7 @@ def _single_op_outputs(op, x, in_shape):
     from onnx import TensorProto, helper
 
     g = onnx_graph.Graph({})
-    y = ob.op_to_nodes(g, op, "x", "t")
+    y = onnx_graph.OPS[type(op)](g, op, "x", "t")  # the op's lowering, as the graph's walk applies it
     graph = g.graph
     graph.name = "t"
     for t in graph.initializer:

@@ -25,7 +25,7 @@ from conftest import rel_err, small
 import resnet_spec
 from resnet_spec import ir
 from resnet_spec.backends.keras import tf as tf_backend
-from resnet_spec.backends.keras.weights import _from_keras_weights
+from resnet_spec.backends.keras.weights import from_keras_model
 from resnet_spec.isolate import run_isolated
 from resnet_spec.spec import zoo_names
 from resnet_spec.checkpoints import load_weights
@@ -371,7 +371,7 @@ def test_weight_layouts():
     assert [a is w[f"layer1.0.bn1.{n}"] or np.array_equal(a, w[f"layer1.0.bn1.{n}"])
             for a, n in zip(k["layer1.0.bn1"], ("weight", "bias", "running_mean", "running_var"))] == [True] * 4
     assert k["layer1.0.se.fc1"][0].shape == (1, 1, 64, 16)
-    back = _from_keras_weights(net, k)
+    back = from_keras_model(net, k)
     assert sorted(back) == sorted(w)
     for name in w:
         np.testing.assert_array_equal(back[name], w[name])

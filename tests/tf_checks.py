@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from resnet_spec.backends.keras.applications import _from_keras_applications
-from resnet_spec.backends.keras.weights import _from_keras_weights
+from resnet_spec.backends.keras.applications import keras_applications_names
+from resnet_spec.backends.keras.weights import from_arrays, from_keras_model, getter, op_to_keras
 
 
 def _backend():
@@ -18,6 +18,12 @@ def _backend():
 
     tf_backend._tf()
     return tf_backend
+
+
+def op_layers(T, op, x, name: str, namer):
+    """The Keras layer(s) of one IR op applied to the NHWC tensor ``x``, its main layer named ``name``:
+    the op's entry in the backend's ``OPS`` table (the one the model's lowering uses)."""
+    return T.OPS[type(op)](op, x, name, namer)
 
 
 def run_ops(cases):
@@ -29,8 +35,8 @@ def run_ops(cases):
         namer = T._Namer()
         c, h, w = op.in_shape
         inp = keras.Input((h, w, c))
-        model = keras.Model(inp, T.op_layers(op, inp, namer.for_op(op, "op"), namer))
-        arrays = T._op_to_keras(op, weights)
+        model = keras.Model(inp, op_layers(T, op, inp, namer.for_op(op, "op"), namer))
+        arrays = op_to_keras(op, weights)
         if arrays:
             T.set_keras_weights(model, arrays)
         y = np.asarray(model(np.ascontiguousarray(x.transpose(0, 2, 3, 1)), training=False))
@@ -53,7 +59,7 @@ def _drop_path_check(T, keras):
     op = ir.DropPath(0.5, (3, 4, 4), (3, 4, 4))
     namer = T._Namer()
     inp = keras.Input((4, 4, 3))
-    model = keras.Model(inp, T.op_layers(op, inp, "drop_path", namer))
+    model = keras.Model(inp, op_layers(T, op, inp, "drop_path", namer))
     ones = np.ones((64, 4, 4, 3), np.float32)
     train = np.asarray(model(ones, training=True))
     per_sample = {tuple(np.unique(s)) for s in train}
@@ -79,7 +85,7 @@ def unit_suite(nets, x_by_net, weights_by_net, op_cases):
         r["head_cf"] = T.infer(net, w, x, data_format="channels_first")[0]["head"]
         r["fault"] = T.infer(net, w, x, mutate=_zero_first_bn)[0]["head"]
         model = T.build(net, w)
-        back = _from_keras_weights(net, model)
+        back = from_keras_model(net, model)
         r["roundtrip_keys_equal"] = sorted(back) == sorted(w)
         r["roundtrip_max_abs"] = max(float(np.abs(back[k] - w[k]).max()) for k in w)
         r["layer_names"] = [layer.name for layer in model.layers]
@@ -142,10 +148,27 @@ def _keras():
     return _backend()._MODULES["keras"]
 
 
+def from_keras_applications(net, keras_model) -> dict:
+    """Weights of a keras.applications ResNet/ResNetV2 model -> canonical weights for ``net`` (e.g.
+    ``keras_resnet50`` for ``ResNet50``), through ``keras_applications_names``: the 'from' direction of
+    the name map. Unchecked beyond names and shapes; the package's way in for such a model is the import
+    (``keras:NAME``), which checks source and spec layer by layer."""
+    from resnet_spec.errors import WeightsError
+    from resnet_spec.weights import check_weights
+
+    names = keras_applications_names(net)
+    unmapped = [layer.name for layer in keras_model.layers if layer.weights and layer.name not in names.values()]
+    if unmapped:
+        raise WeightsError(f"{keras_model.name}: layer(s) {unmapped[:3]} have no counterpart in {net.name!r}; "
+                           "is it the matching keras.applications model?")
+    out = from_arrays(net, getter(keras_model, rename=lambda n: names.get(n, n)))
+    return check_weights(net, out, keras_model.name)
+
+
 def keras_apps_suite(cases, x_by_size, out_dir):
     """For each (spec name, keras.applications class name, input size):
 
-    * 'from': random keras.applications weights -> _from_keras_applications -> our model; outputs of both
+    * 'from': random keras.applications weights -> from_keras_applications -> our model; outputs of both
       (the canonical weights go to ``out_dir/<spec>_<size>.safetensors`` for the PyTorch comparison);
     * 'to': init_weights(random_bn=True) -> to_keras_applications -> the keras.applications model;
       outputs of both.
@@ -162,7 +185,7 @@ def keras_apps_suite(cases, x_by_size, out_dir):
         xl = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
         app = getattr(keras.applications, cls)(weights=None, classifier_activation=None, input_shape=(size, size, 3))
         _randomize(app, seed=1)
-        w_from = _from_keras_applications(net, app)
+        w_from = from_keras_applications(net, app)
         ours = T.build(net, w_from)
         r = {"from_ref": np.asarray(app(xl, training=False)), "from_ours": np.asarray(ours(xl, training=False))}
         path = f"{out_dir}/{spec}_{size}.safetensors"
@@ -175,9 +198,9 @@ def keras_apps_suite(cases, x_by_size, out_dir):
         r["to_ours"] = np.asarray(ours(xl, training=False))
         r["bn_ours"], r["bn_ref"] = _bn_settings(ours, keras), _bn_settings(app, keras)
         r["roundtrip_max_abs"] = max(float(np.abs(v - w_to[k]).max())
-                                     for k, v in _from_keras_applications(net, app).items())
+                                     for k, v in from_keras_applications(net, app).items())
         try:  # a mismatched model is refused with a named layer
-            _from_keras_applications(resnet_spec.load("resnet20"), app)
+            from_keras_applications(resnet_spec.load("resnet20"), app)
             r["mismatch"] = None
         except Exception as exc:
             r["mismatch"] = f"{type(exc).__name__}: {exc}"

@@ -1,14 +1,39 @@
-"""keras.applications ResNet / ResNetV2 layer names <-> our canonical names, and weight transfer.
+"""keras.applications ResNet / ResNetV2 layer names from our canonical names, and our weights loaded into
+such a model (:func:`to_keras_applications`). The way in, a keras.applications model's weights for a
+spec, is the import (``keras:NAME``, ``backends/keras/reader.py``), which checks the model layer by layer.
 
-This is the one place that knows keras.applications' naming (``conv3_block1_0_conv``...). The maps are
-keyed by canonical op names (``layer2.0.downsample.0``), not by our Keras layer spelling.
+The names follow keras.applications' scheme (``conv3_block1_0_conv``...); the maps are keyed by
+canonical op names (``layer2.0.downsample.0``), not by our Keras layer spelling.
 """
 
 from __future__ import annotations
 
 from ... import ir
-from ...errors import ResNetSpecError, WeightsError
-from .weights import from_arrays, getter, set_keras_weights, to_keras_weights
+from ...errors import ResNetSpecError
+from .weights import set_keras_weights, to_keras_weights
+
+
+def _no_se(op, place):
+    raise ResNetSpecError("keras.applications ResNets have no squeeze-excite")
+
+
+#: IR op type -> its keras.applications layer name from its place in the network (``conv1`` in the stem,
+#: ``conv3_block1_2`` for the BN after a block's second conv, ``post`` in the head; see
+#: :func:`keras_applications_names`), or None for a parameter-free op (no layer of its own to map). Every
+#: type of ``ir.OP_TYPES``; a squeeze-excite is refused: keras.applications has none.
+APPLICATIONS_NAMES = {
+    ir.Conv: lambda op, place: f"{place}_conv",
+    ir.BatchNorm: lambda op, place: f"{place}_bn",
+    ir.ReLU: None,
+    ir.Pool: None,
+    ir.Subsample: None,
+    ir.ChannelPad: None,
+    ir.SqueezeExcite: _no_se,
+    ir.DropPath: None,
+    ir.GlobalAvgPool: None,
+    ir.Dropout: None,
+    ir.Linear: lambda op, place: "predictions",
+}
 
 
 def keras_applications_names(net: ir.Network) -> dict:
@@ -17,65 +42,36 @@ def keras_applications_names(net: ir.Network) -> dict:
     Stem conv1/bn1 -> conv1_conv/conv1_bn; block ``layer{s+1}.{i}`` -> ``conv{s+2}_block{i+1}``; its
     k-th residual conv -> ``_k_conv``, the shortcut conv/BN -> ``_0_conv``/``_0_bn``. A v1 block's BN
     after conv k is ``_k_bn``; a pre-activation block's ``pre`` BN is ``_preact_bn`` and the BN before
-    conv k is ``_{k-1}_bn``. Head BN -> ``post_bn``, classifier -> ``predictions``.
+    conv k is ``_{k-1}_bn``. Head BN -> ``post_bn``, classifier -> ``predictions``. Each op's name is
+    its :data:`APPLICATIONS_NAMES` entry at its place.
     """
-    names = {}
-    for op in net.stem:
-        if isinstance(op, ir.Conv):
-            names[op.name] = "conv1_conv"
-        elif isinstance(op, ir.BatchNorm):
-            names[op.name] = "conv1_bn"
+    places = [(op, "conv1") for op in net.stem]
     for b in net.blocks:
-        names.update(_block_names(net, b))
-    for op in net.head:
-        if isinstance(op, ir.BatchNorm):
-            names[op.name] = "post_bn"
-        elif isinstance(op, ir.Linear):
-            names[op.name] = "predictions"
+        places.extend(_block_places(b))
+    places.extend((op, "post") for op in net.head)
+    names = {}
+    for op, place in places:
+        name_of = ir.entry_for(APPLICATIONS_NAMES, op, "keras.applications names")
+        if name_of is None:
+            continue
+        try:
+            names[op.name] = name_of(op, place)
+        except ResNetSpecError as exc:
+            raise ResNetSpecError(f"{net.name}: {exc}") from None
     return names
 
 
-def _block_names(net: ir.Network, b: ir.Block) -> dict:
+def _block_places(b: ir.Block) -> list:
+    """``(op, place)`` for each op of block ``b``: the place of a residual-branch op is numbered by the
+    convs seen so far (keras.applications numbers a block's layers by its convs, the shortcut's 0)."""
     prefix = f"conv{b.stage + 2}_block{b.index + 1}"
-    names = {}
-    for op in b.pre:
-        if isinstance(op, ir.BatchNorm):
-            names[op.name] = f"{prefix}_preact_bn"
+    places = [(op, f"{prefix}_preact") for op in b.pre]
     k = 0
     for op in b.main:
-        if isinstance(op, ir.Conv):
-            k += 1
-            names[op.name] = f"{prefix}_{k}_conv"
-        elif isinstance(op, ir.BatchNorm):
-            names[op.name] = f"{prefix}_{k}_bn"  # k = convs seen so far
-        elif isinstance(op, ir.SqueezeExcite):
-            raise ResNetSpecError(f"{net.name}: keras.applications ResNets have no squeeze-excite")
-    for op in b.shortcut:
-        if isinstance(op, ir.Conv):
-            names[op.name] = f"{prefix}_0_conv"
-        elif isinstance(op, ir.BatchNorm):
-            names[op.name] = f"{prefix}_0_bn"
-    return names
-
-
-def _from_keras_applications(net: ir.Network, keras_model) -> dict:
-    """Weights of a keras.applications ResNet/ResNetV2 model -> canonical weights for ``net``
-    (e.g. ``keras_resnet50`` for ``ResNet50``).
-
-    Private and unchecked: it maps by layer names and shapes only, so a model of another family (a
-    keras.applications ResNet50 for the torchvision ``resnet50`` spec: conv biases) would come back
-    without the tensors ``net`` has no place for. The public way checks source and spec layer by layer
-    first: ``--weights keras:NAME[=FILE.weights.h5]``, ``resnet-spec import`` or
-    ``resnet_spec.import_model``."""
-    from ...weights import check_weights
-
-    names = keras_applications_names(net)
-    unmapped = [layer.name for layer in keras_model.layers if layer.weights and layer.name not in names.values()]
-    if unmapped:
-        raise WeightsError(f"{keras_model.name}: layer(s) {unmapped[:3]} have no counterpart in {net.name!r}; "
-                           "is it the matching keras.applications model?")
-    out = from_arrays(net, getter(keras_model, rename=lambda n: names.get(n, n)))
-    return check_weights(net, out, keras_model.name)
+        k += type(op) is ir.Conv
+        places.append((op, f"{prefix}_{k}"))
+    places.extend((op, f"{prefix}_0") for op in b.shortcut)
+    return places
 
 
 def to_keras_applications(net: ir.Network, weights, keras_model):

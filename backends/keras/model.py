@@ -99,12 +99,6 @@ def depth(net: ir.Network) -> int:
 
 # --- IR -> Keras layers ----------------------------------------------------------------------------
 
-def op_layers(op, x, name: str, namer: Namer):
-    """Apply the Keras layer(s) for one IR op to the NHWC tensor ``x``; the op's main layer is ``name``
-    (a Keras layer name). Dispatches on :data:`OPS`, the table tests/test_lowering.py checks."""
-    return _Lowering(namer).lower(op, x, name)
-
-
 def _L():
     return keras_module().layers
 

@@ -12,7 +12,8 @@ The Keras model itself lives in the backend-neutral modules, split by concern:
 
 This module re-exports their public names, so ``backends.keras.tf.build`` etc. keep working. Keras weights
 come *in* only through the checked path (``--weights``/``import``/``resnet_spec.import_model``, which
-compare source and spec layer by layer); the unchecked readers are private to the backend. TensorFlow is
+compare source and spec layer by layer); the unchecked reader for models this project built itself
+(``backends.keras.weights.from_keras_model``, for the training step) is not re-exported here. TensorFlow is
 imported lazily: importing this module never loads TensorFlow (see :mod:`resnet_spec.isolate`).
 """
 
@@ -27,9 +28,9 @@ from .applications import keras_applications_names, to_keras_applications  # noq
 from .backend import Leg, load_keras as _load_keras_any, tf_device_scope
 from .layers import avg_pool_counts  # noqa: F401
 from .model import (DATA_FORMATS, OPS, _MODULES, custom_objects, deep_recursion, depth, keras_module,  # noqa: F401
-                          missing, op_layers, tap_model)
+                          missing, tap_model)
 from .names import Namer as _Namer, canonical_name, layer_name, tap_layer_names  # noqa: F401
-from .weights import op_to_keras as _op_to_keras, set_keras_weights, to_keras_weights  # noqa: F401
+from .weights import set_keras_weights, to_keras_weights  # noqa: F401
 
 NAME = "tensorflow"
 _LEG = Leg("tensorflow")

@@ -29,46 +29,82 @@ def conv_from_keras(k):
     return np.ascontiguousarray(np.transpose(k, (3, 2, 0, 1)))
 
 
+def _conv_to_keras(op: ir.Conv, weights) -> dict:
+    return {op.name: [conv_to_keras(weights[f"{op.name}.weight"])] + ([weights[f"{op.name}.bias"]] if op.bias else [])}
+
+
+def _conv_from_keras(op: ir.Conv, get) -> dict:
+    arrs = get(op.name)
+    out = {f"{op.name}.weight": conv_from_keras(arrs[0])}
+    if op.bias:
+        out[f"{op.name}.bias"] = arrs[1]
+    return out
+
+
+def _bn_to_keras(op: ir.BatchNorm, weights) -> dict:
+    return {op.name: [weights[f"{op.name}.{k}"] for k in BN_KEYS]}
+
+
+def _bn_from_keras(op: ir.BatchNorm, get) -> dict:
+    return dict(zip((f"{op.name}.{k}" for k in BN_KEYS), get(op.name)))
+
+
+def _se_to_keras(op: ir.SqueezeExcite, weights) -> dict:
+    return {f"{op.name}.{fc}": [conv_to_keras(weights[f"{op.name}.{fc}.weight"]), weights[f"{op.name}.{fc}.bias"]]
+            for fc in ("fc1", "fc2")}
+
+
+def _se_from_keras(op: ir.SqueezeExcite, get) -> dict:
+    out = {}
+    for fc in ("fc1", "fc2"):
+        arrs = get(f"{op.name}.{fc}")
+        out[f"{op.name}.{fc}.weight"] = conv_from_keras(arrs[0])
+        out[f"{op.name}.{fc}.bias"] = arrs[1]
+    return out
+
+
+def _linear_to_keras(op: ir.Linear, weights) -> dict:
+    kernel = np.ascontiguousarray(weights[f"{op.name}.weight"].T)
+    return {op.name: [kernel] + ([weights[f"{op.name}.bias"]] if op.bias else [])}
+
+
+def _linear_from_keras(op: ir.Linear, get) -> dict:
+    arrs = get(op.name)
+    out = {f"{op.name}.weight": np.ascontiguousarray(arrs[0].T)}
+    if op.bias:
+        out[f"{op.name}.bias"] = arrs[1]
+    return out
+
+
+#: The entry of a parameter-free op: no Keras weights either way.
+NO_WEIGHTS = (lambda op, weights: {}, lambda op, get: {})
+
+#: IR op type -> ``(to_keras, from_keras)``: ``to_keras(op, canonical weights) -> {canonical layer name:
+#: [arrays in the Keras layer's weight order]}`` and its inverse ``from_keras(op, get) -> {canonical tensor
+#: name: array}``, ``get(canonical layer name)`` returning that layer's arrays (every type of ``ir.OP_TYPES``).
+LAYOUTS = {
+    ir.Conv: (_conv_to_keras, _conv_from_keras),
+    ir.BatchNorm: (_bn_to_keras, _bn_from_keras),
+    ir.ReLU: NO_WEIGHTS,
+    ir.Pool: NO_WEIGHTS,
+    ir.Subsample: NO_WEIGHTS,
+    ir.ChannelPad: NO_WEIGHTS,
+    ir.SqueezeExcite: (_se_to_keras, _se_from_keras),
+    ir.DropPath: NO_WEIGHTS,
+    ir.GlobalAvgPool: NO_WEIGHTS,
+    ir.Dropout: NO_WEIGHTS,
+    ir.Linear: (_linear_to_keras, _linear_from_keras),
+}
+
+
 def op_to_keras(op, weights) -> dict:
     """Canonical tensors of one op -> {canonical layer name: [arrays in the Keras layer's weight order]}."""
-    if isinstance(op, ir.Conv):
-        arrs = [conv_to_keras(weights[f"{op.name}.weight"])]
-        if op.bias:
-            arrs.append(weights[f"{op.name}.bias"])
-        return {op.name: arrs}
-    if isinstance(op, ir.BatchNorm):
-        return {op.name: [weights[f"{op.name}.{k}"] for k in BN_KEYS]}
-    if isinstance(op, ir.SqueezeExcite):
-        return {f"{op.name}.{fc}": [conv_to_keras(weights[f"{op.name}.{fc}.weight"]), weights[f"{op.name}.{fc}.bias"]]
-                for fc in ("fc1", "fc2")}
-    if isinstance(op, ir.Linear):
-        arrs = [np.ascontiguousarray(weights[f"{op.name}.weight"].T)]
-        if op.bias:
-            arrs.append(weights[f"{op.name}.bias"])
-        return {op.name: arrs}
-    return {}
+    return ir.entry_for(LAYOUTS, op, "Keras weight layout")[0](op, weights)
 
 
 def op_from_keras(op, get) -> dict:
     """Inverse of :func:`op_to_keras`; ``get(canonical layer name)`` returns that layer's arrays."""
-    out = {}
-    if isinstance(op, ir.Conv):
-        arrs = get(op.name)
-        out[f"{op.name}.weight"] = conv_from_keras(arrs[0])
-        if op.bias:
-            out[f"{op.name}.bias"] = arrs[1]
-    elif isinstance(op, ir.BatchNorm):
-        out.update(zip((f"{op.name}.{k}" for k in BN_KEYS), get(op.name)))
-    elif isinstance(op, ir.SqueezeExcite):
-        for fc in ("fc1", "fc2"):
-            arrs = get(f"{op.name}.{fc}")
-            out[f"{op.name}.{fc}.weight"] = conv_from_keras(arrs[0])
-            out[f"{op.name}.{fc}.bias"] = arrs[1]
-    elif isinstance(op, ir.Linear):
-        arrs = get(op.name)
-        out[f"{op.name}.weight"] = np.ascontiguousarray(arrs[0].T)
-        if op.bias:
-            out[f"{op.name}.bias"] = arrs[1]
+    out = ir.entry_for(LAYOUTS, op, "Keras weight layout")[1](op, get)
     return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in out.items()}
 
 
@@ -91,11 +127,12 @@ def from_arrays(net: ir.Network, get) -> dict:
     return out
 
 
-def _from_keras_weights(net: ir.Network, model_or_arrays) -> dict:
+def from_keras_model(net: ir.Network, model_or_arrays) -> dict:
     """A Keras model built by ``build`` (or a ``{canonical layer name: [arrays]}`` dict) -> canonical weights.
 
-    Private and unchecked (it trusts that the model is ``net``'s); for a Keras model from elsewhere use
-    ``--weights FILE.keras``, ``resnet-spec import`` or ``resnet_spec.import_model``, which check it."""
+    Unchecked: it trusts that the model is ``net``'s (the training step and the tests read back models
+    they built themselves). For a Keras model from elsewhere use ``--weights FILE.keras``,
+    ``resnet-spec import`` or ``resnet_spec.import_model``, which check it layer by layer."""
     return from_arrays(net, getter(model_or_arrays))
 
 

@@ -50,7 +50,7 @@ from ... import ir
 from .. import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET  # noqa: F401  (framework-free facts, shared with the CLI)
 from .fold import fold_batchnorm  # noqa: F401
 from .graph import (BATCH_DIM, INPUT_NAME, META_NAME, META_SPEC, META_VERSION, OPS, OUTPUT_NAME,  # noqa: F401
-                         PRODUCER, available, op_to_nodes, require, skeleton)
+                         PRODUCER, available, require, skeleton)
 from .inspect import format_inspect, inspect  # noqa: F401
 from .io import EXTERNAL_DATA_THRESHOLD, initializer_bytes  # noqa: F401
 from .runtime import make_session, run_session  # noqa: F401

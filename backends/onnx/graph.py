@@ -187,11 +187,6 @@ class _Lowering(common.Lowering):
         return self.g.rename_output(x, OUTPUT_NAME if name == common.HEAD else name)
 
 
-def op_to_nodes(g: Graph, op, x: str, name: str) -> str:
-    """Append the nodes for one IR op reading value ``x``, named ``name``; return its output value."""
-    return _Lowering(g, True).op(op, x, name, None)
-
-
 def _value_info(name: str, shape: tuple, batch):
     return helper.make_tensor_value_info(name, TensorProto.FLOAT, [batch if batch else BATCH_DIM, *shape])
 

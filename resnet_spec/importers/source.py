@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
@@ -90,19 +91,55 @@ def layers_from_weights(weights: dict, origin=None) -> dict:
     return layers
 
 
+class SpecLayer(NamedTuple):
+    """What the spec states about one parametrised layer: the facts a source's :class:`Layer` is
+    checked against (None: not a fact of this kind of layer)."""
+
+    name: str
+    kind: str
+    shape: tuple
+    bias: bool
+    stride: int | None = None
+    padding: int | None = None
+    dilation: int | None = None
+    eps: float | None = None
+
+
+def _conv_layers(op: ir.Conv) -> tuple:
+    shape = (op.out_channels, op.in_channels // op.groups, op.kernel, op.kernel)
+    return (SpecLayer(op.name, "conv", shape, op.bias, op.stride, op.padding, op.dilation),)
+
+
+def _se_layers(op: ir.SqueezeExcite) -> tuple:
+    return tuple(SpecLayer(f"{op.name}.{fc}", "conv", (o, i, 1, 1), True, 1, 0, 1)
+                 for fc, (o, i) in (("fc1", (op.reduced, op.channels)), ("fc2", (op.channels, op.reduced))))
+
+
+def _no_layers(op) -> tuple:
+    return ()
+
+
+#: IR op type -> ``fn(op) -> (SpecLayer, ...)``: the layers a source must have for the op, in order (every
+#: type of ``ir.OP_TYPES``; a parameter-free op has none, as an importer recognises no layer for it).
+SPEC_LAYERS = {
+    ir.Conv: _conv_layers,
+    ir.BatchNorm: lambda op: (SpecLayer(op.name, "bn", (op.channels,), True, eps=op.eps),),
+    ir.ReLU: _no_layers,
+    ir.Pool: _no_layers,
+    ir.Subsample: _no_layers,
+    ir.ChannelPad: _no_layers,
+    ir.SqueezeExcite: _se_layers,
+    ir.DropPath: _no_layers,
+    ir.GlobalAvgPool: _no_layers,
+    ir.Dropout: _no_layers,
+    ir.Linear: lambda op: (SpecLayer(op.name, "linear", (op.out_features, op.in_features), op.bias),),
+}
+
+
 def _spec_layers(net: ir.Network):
-    """(canonical name, kind, weight shape, bias, stride, padding, dilation, eps) in network order."""
+    """The :class:`SpecLayer` of every parametrised layer of ``net``, in network order."""
     for op in net.all_ops():
-        if isinstance(op, ir.Conv):
-            yield op.name, "conv", (op.out_channels, op.in_channels // op.groups, op.kernel, op.kernel), \
-                op.bias, op.stride, op.padding, op.dilation, None
-        elif isinstance(op, ir.BatchNorm):
-            yield op.name, "bn", (op.channels,), True, None, None, None, op.eps
-        elif isinstance(op, ir.SqueezeExcite):
-            for fc, (o, i) in (("fc1", (op.reduced, op.channels)), ("fc2", (op.channels, op.reduced))):
-                yield f"{op.name}.{fc}", "conv", (o, i, 1, 1), True, 1, 0, 1, None
-        elif isinstance(op, ir.Linear):
-            yield op.name, "linear", (op.out_features, op.in_features), op.bias, None, None, None, None
+        yield from ir.entry_for(SPEC_LAYERS, op, "import facts")(op)
 
 
 def _shape(s) -> str:
