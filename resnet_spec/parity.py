@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -61,7 +61,7 @@ def rel_error(a, b) -> float:
     return compare(a, b)["max_rel"]
 
 
-def _infer_worker(backend: str, spec_yaml: str, weights: dict, x: np.ndarray, options: dict, mutate):
+def infer_worker(backend: str, spec_yaml: str, weights: dict, x: np.ndarray, options: dict, mutate):
     """Runs in a worker process: build ``backend``'s model and run it (see each backend's ``infer``)."""
     from .backends import prepare
 
@@ -150,7 +150,7 @@ class Runner:
         self._workers = {}  # one per leg, started on first use
 
     def infer(self, backend, net, weights, x, options, mutate=None):
-        return self.call(backend, _infer_worker, backend, net.spec_yaml, weights, x, options, mutate)
+        return self.call(backend, infer_worker, backend, net.spec_yaml, weights, x, options, mutate)
 
     def call(self, backend, fn, *args, **kwargs):
         """Run any module-level ``fn`` in ``backend``'s worker process (for tools and tests)."""
@@ -183,19 +183,45 @@ def make_input(net: ir.Network, batch: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((batch, *net.input_shape), dtype=np.float32)
 
 
-def run(net: ir.Network, weights: dict, *, backends=BACKENDS, device: str = "cpu", dtype: str = "float32",
-        batch: int = 2, seed: int = 0, layers: bool = False, allow_tf32: bool = False,
-        weights_label: str = "", mutate: dict | None = None, runner: Runner | None = None,
-        progress=None, skipped: dict | None = None) -> Report:
+@dataclass(frozen=True, kw_only=True)
+class LegOptions:
+    """What a parity run (inference, or :mod:`resnet_spec.train_parity`'s training step) runs and labels:
+    the legs, where, on what input (``batch`` images from ``seed``), and the report's labels
+    (``weights_label``, ``skipped``: ``{leg: why}`` for legs asked for as ``all`` and not installed)."""
+
+    backends: tuple = BACKENDS
+    device: str = "cpu"
+    batch: int = 2
+    seed: int = 0
+    allow_tf32: bool = False
+    weights_label: str = ""
+    skipped: dict | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunOptions(LegOptions):
+    """The options of :func:`run`: every :class:`LegOptions` field, the compute ``dtype`` (its
+    tolerance is :data:`TOLERANCES`) and ``layers`` (compare every tap, not only the logits)."""
+
+    dtype: str = "float32"
+    layers: bool = False
+
+
+def run(net: ir.Network, weights: dict, options: RunOptions | None = None, *, mutate: dict | None = None,
+        runner: Runner | None = None, progress=None, **settings) -> Report:
     """Run ``backends`` on the same weights and input and compare every pair.
 
+    The options are ``options`` (:class:`RunOptions`), with any of its fields given as keywords
+    (``backends=``, ``device=``, ``dtype=``, ``batch=``, ``seed=``, ``layers=``, ``allow_tf32=``,
+    ``weights_label=``, ``skipped=``) replacing it: ``run(net, w, backends=("torch", "onnx"))``.
     ``mutate`` maps a backend name to a picklable ``fn(model) -> model`` applied to that backend's
     built model (for planted-fault tests). ``progress(text)`` receives one line per step. When a
     pair fails, or ``layers`` is set, every tap is compared and the first divergent one is named.
     """
-    if dtype not in TOLERANCES:
-        raise ResNetSpecError(f"unsupported dtype {dtype!r}; choose from {', '.join(DTYPES)}")
-    if batch < 1:
+    opts = replace(options or RunOptions(), **settings)
+    if opts.dtype not in TOLERANCES:
+        raise ResNetSpecError(f"unsupported dtype {opts.dtype!r}; choose from {', '.join(DTYPES)}")
+    if opts.batch < 1:
         raise ResNetSpecError("--batch must be at least 1")
     from .weights import check_weights
 
@@ -205,11 +231,12 @@ def run(net: ir.Network, weights: dict, *, backends=BACKENDS, device: str = "cpu
     say = progress or (lambda _text: None)
     own = runner is None
     runner = runner or Runner()
-    x = make_input(net, batch, seed)
-    tol = TOLERANCES[dtype]
-    options = {"device": device, "dtype": dtype, "allow_tf32": allow_tf32}
+    x = make_input(net, opts.batch, opts.seed)
+    tol = TOLERANCES[opts.dtype]
+    options = {"device": opts.device, "dtype": opts.dtype, "allow_tf32": opts.allow_tf32}
     runs: dict[str, BackendRun] = {}
     order = tuple(net.tap_names())
+    backends = opts.backends
 
     def run_all(names, taps):
         for b in names:
@@ -220,18 +247,19 @@ def run(net: ir.Network, weights: dict, *, backends=BACKENDS, device: str = "cpu
                 if runs[a].error is None and runs[b].error is None]
 
     try:
-        run_all(backends, layers)
-        pairs = compare_all(layers)
-        if not layers and any(not p["passed"] for p in pairs):
+        run_all(backends, opts.layers)
+        pairs = compare_all(opts.layers)
+        if not opts.layers and any(not p["passed"] for p in pairs):
             say("a pair failed: re-running with every tap to find where they diverge")
             run_all([b for b in backends if runs[b].error is None], True)
             pairs = compare_all(True)
     finally:
         if own:
             runner.close()
-    return Report(spec=net.name, dtype=dtype, device=device, batch=batch, seed=seed,
-                  weights=weights_label or "given", tolerance=tol, allow_tf32=allow_tf32, runs=runs,
-                  pairs=pairs, layers=layers or any(not p["passed"] for p in pairs), skipped=dict(skipped or {}))
+    return Report(spec=net.name, dtype=opts.dtype, device=opts.device, batch=opts.batch, seed=opts.seed,
+                  weights=opts.weights_label or "given", tolerance=tol, allow_tf32=opts.allow_tf32, runs=runs,
+                  pairs=pairs, layers=opts.layers or any(not p["passed"] for p in pairs),
+                  skipped=dict(opts.skipped or {}))
 
 
 def _run_one(runner, backend, net, weights, x, options, mutate, say) -> BackendRun:

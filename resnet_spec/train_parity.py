@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -46,7 +46,7 @@ from . import ir
 from .errors import BackendUnavailable, ResNetSpecError
 from .isolate import WorkerCrashed
 from .backends.train_reference import ADOPT_TOL
-from .parity import BackendRun, RunOutcome, Runner, _e, compare, make_input
+from .parity import BackendRun, LegOptions, RunOutcome, Runner, _e, compare, make_input
 
 #: max relative error per quantity (float32), see the module docstring and docs/parity.md.
 TRAIN_TOLERANCES = {"logits": 1e-4, "loss": 1e-4, "grads": 2e-2, "stats": 1e-4}
@@ -58,7 +58,7 @@ GRAD_BANDS = {"float32": {"factor": 4.0, "floor": 1e-5}}
 WORST = 5  # tensors listed per pair and quantity
 
 
-def _train_worker(backend, spec_yaml, weights, x, g, options, mutate):
+def train_worker(backend, spec_yaml, weights, x, g, options, mutate):
     from .backends import prepare
     from .backends import training
     from .backends.legs import TRAIN_LEGS, keras_backend_of
@@ -200,47 +200,67 @@ def compare_steps(a: dict, b: dict, g: np.ndarray) -> dict:
     return out
 
 
-def run_train(net: ir.Network, weights: dict, *, backends=("torch", "keras-tensorflow"), device: str = "cpu",
-              batch: int = 2, seed: int = 0, weights_label: str = "", mutate: dict | None = None,
-              runner: Runner | None = None, progress=None, skipped: dict | None = None,
-              allow_tf32: bool = False, strict_grads: bool = True) -> TrainReport:
+@dataclass(frozen=True, kw_only=True)
+class TrainOptions(LegOptions):
+    """The options of :func:`run_train`: every :class:`resnet_spec.parity.LegOptions` field (the legs
+    default to torch and keras-tensorflow) and ``strict_grads`` (whether the float64 check decides)."""
+
+    backends: tuple = ("torch", "keras-tensorflow")
+    strict_grads: bool = True
+
+
+@dataclass(frozen=True)
+class _Step:
+    """One training step's inputs, the same in every leg: the network, the checked weights, the batch
+    ``x``, the loss weights ``g`` and the legs' keyword options (device, TF32)."""
+
+    net: ir.Network
+    weights: dict
+    x: np.ndarray
+    g: np.ndarray
+    options: dict
+
+
+def run_train(net: ir.Network, weights: dict, options: TrainOptions | None = None, *, mutate: dict | None = None,
+              runner: Runner | None = None, progress=None, **settings) -> TrainReport:
     """One training step in every leg of ``backends`` from ``weights`` and one batch; compare every pair.
     Every leg's gradients are also measured against PyTorch's float64 step; a leg outside float32's band
-    around it fails its pairs (``strict_grads=False``: that check is reported, not enforced)."""
+    around it fails its pairs (``strict_grads=False``: that check is reported, not enforced). The options
+    are ``options`` (:class:`TrainOptions`), with any of its fields given as keywords replacing it, as
+    :func:`resnet_spec.parity.run`'s."""
     from .weights import check_weights
 
-    if batch < 2:
+    opts = replace(options or TrainOptions(), **settings)
+    if opts.batch < 2:
         raise ResNetSpecError("--train needs --batch of at least 2 (BatchNorm's batch variance of one sample is 0)")
     check_trainable(net)
-    weights = check_weights(net, weights, allow_nonfinite=True)
     say = progress or (lambda _text: None)
     own = runner is None
     runner = runner or Runner()
-    x, g = make_input(net, batch, seed), make_loss_weights(net, batch, seed)
-    options = {"device": device, "allow_tf32": allow_tf32}
+    step = _Step(net, check_weights(net, weights, allow_nonfinite=True), make_input(net, opts.batch, opts.seed),
+                 make_loss_weights(net, opts.batch, opts.seed), {"device": opts.device, "allow_tf32": opts.allow_tf32})
     runs = {}
     try:
-        for b in backends:
-            runs[b] = _run_one(runner, b, net, weights, x, g, options, (mutate or {}).get(b), say)
-        ran = [b for b in backends if runs[b].error is None]
-        reference, note = _reference(runner, net, weights, x, g, options, {b: runs[b].outputs for b in ran},
-                                     say) if len(ran) > 1 else ({}, "")
+        for b in opts.backends:
+            runs[b] = _run_one(runner, b, step, (mutate or {}).get(b), say)
+        ran = [b for b in opts.backends if runs[b].error is None]
+        reference, note = _reference(runner, step, {b: runs[b].outputs for b in ran}, say) if len(ran) > 1 else ({}, "")
     finally:
         if own:
             runner.close()
     pairs = []
     for a, b in itertools.combinations(ran, 2):
-        p = {"a": a, "b": b, **compare_steps(runs[a].outputs, runs[b].outputs, g)}
-        if reference and strict_grads:  # also each leg within float32's band of the float64 step
+        p = {"a": a, "b": b, **compare_steps(runs[a].outputs, runs[b].outputs, step.g)}
+        if reference and opts.strict_grads:  # also each leg within float32's band of the float64 step
             p["checks"]["grads"] = p["checks"]["grads"] and reference[a]["passed"] and reference[b]["passed"]
             p["passed"] = all(p["checks"].values())
         pairs.append(p)
-    return TrainReport(spec=net.name, device=device, batch=batch, seed=seed, weights=weights_label or "given",
-                       runs=runs, pairs=pairs, skipped=dict(skipped or {}), reference=reference,
-                       strict_grads=strict_grads, reference_note=note)
+    return TrainReport(spec=net.name, device=opts.device, batch=opts.batch, seed=opts.seed,
+                       weights=opts.weights_label or "given", runs=runs, pairs=pairs, skipped=dict(opts.skipped or {}),
+                       reference=reference, strict_grads=opts.strict_grads, reference_note=note)
 
 
-def _reference_worker(spec_yaml, weights, x, g, options, decisions):
+def reference_worker(spec_yaml, weights, x, g, options, decisions):
     """In the torch worker: PyTorch's float64 step with each leg's ReLU decisions, and its float32 step
     (backends/train_reference.py)."""
     from .backends import prepare
@@ -250,7 +270,7 @@ def _reference_worker(spec_yaml, weights, x, g, options, decisions):
     return train_reference.reference(net, weights, x, g, decisions, device=options["device"])
 
 
-def _reference(runner, net, weights, x, g, options, outputs: dict, say) -> tuple:
+def _reference(runner, step: _Step, outputs: dict, say) -> tuple:
     """``({leg: against_reference(...)}, "")`` from PyTorch's float64 step taking each leg's ReLU decisions
     (torch worker). Without torch there is no reference: ``({}, why)``, and the legs are compared pairwise
     only; when the reference worker fails, every leg's gradients fail with the reason (they were not
@@ -258,7 +278,8 @@ def _reference(runner, net, weights, x, g, options, outputs: dict, say) -> tuple
     say("reference: PyTorch float64 step with each leg's ReLU decisions ...")
     decisions = {leg: out.pop("relu") for leg, out in outputs.items()}
     try:
-        ref = runner.call("torch", _reference_worker, net.spec_yaml, weights, x, g, options, decisions)
+        ref = runner.call("torch", reference_worker, step.net.spec_yaml, step.weights, step.x, step.g, step.options,
+                          decisions)
     except BackendUnavailable as exc:
         say(f"reference: not run: {exc}")
         return {}, (f"the float64 gradient check needs torch, which could not run here ({exc}); the legs' "
@@ -278,12 +299,12 @@ def _reference(runner, net, weights, x, g, options, outputs: dict, say) -> tuple
     return out, ""
 
 
-def _run_one(runner, backend, net, weights, x, g, options, mutate, say) -> TrainRun:
+def _run_one(runner, backend, step: _Step, mutate, say) -> TrainRun:
     say(f"{backend}: one training step ...")
     t0 = time.perf_counter()
     try:
-        out, device, seconds = runner.call(backend, _train_worker, backend, net.spec_yaml, weights, x, g, options,
-                                           mutate)
+        out, device, seconds = runner.call(backend, train_worker, backend, step.net.spec_yaml, step.weights, step.x,
+                                           step.g, step.options, mutate)
     except (BackendUnavailable, WorkerCrashed) as exc:
         say(f"{backend}: not run: {exc}")
         return TrainRun(backend, error=str(exc), seconds=time.perf_counter() - t0)

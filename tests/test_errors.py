@@ -152,7 +152,7 @@ def test_workers_keep_the_callers_limits(monkeypatch, tmp_path):
 
     from resnet_spec import parity as P
     from resnet_spec import resolve as R
-    from resnet_spec.cli import _convert_worker
+    from resnet_spec.cli.convert import convert_worker
 
     net = resnet_spec.load("resnet20")
     w = init_weights(net, seed=0)
@@ -162,9 +162,9 @@ def test_workers_keep_the_callers_limits(monkeypatch, tmp_path):
     with pytest.raises(resnet_spec.SpecError, match="exceed the limit of 1"):
         resnet_spec.load(net.spec_yaml)
     x = P.make_input(net, 1, 0)
-    out, _, _ = P._infer_worker("torch", net.spec_yaml, w, x, {"device": "cpu", "dtype": "float32"}, None)
+    out, _, _ = P.infer_worker("torch", net.spec_yaml, w, x, {"device": "cpu", "dtype": "float32"}, None)
     assert out["head"].shape == (1, 10)
-    paths = _convert_worker("onnx", net.spec_yaml, w, str(tmp_path), {})
+    paths = convert_worker("onnx", net.spec_yaml, w, str(tmp_path), {})
     assert os.path.exists(paths[0])
 
 

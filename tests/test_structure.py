@@ -1,4 +1,5 @@
-"""The package's structure: no import cycles among its modules, no source file over the size limit.
+"""The package's structure: no import cycles among its modules, no source file or function over the size
+limit, no function with more parameters than an options object would take.
 
 The import graph is read from the source (``ast``), not from ``sys.modules``: every ``import`` and
 ``from ... import`` counts, at module level and inside functions alike (a deferred import is still a
@@ -152,3 +153,72 @@ def _long_files() -> list:
 def test_no_source_file_over_the_limit():
     long = _long_files()
     assert not long, f"source files over {MAX_LINES} lines (split them by concern):\n  " + "\n  ".join(long)
+
+
+# -- functions: length and parameters ----------------------------------------------------------------
+
+MAX_FUNCTION_LINES = 60
+MAX_PARAMS = 8  # beyond this, group the values into an options object (a frozen dataclass)
+
+#: Functions allowed more than MAX_PARAMS parameters, and why. Nothing new belongs here.
+MANY_PARAMS = {
+    # the backend interface: parity passes its options dict as keywords (mod.infer(net, w, x, **options))
+    "backends/onnx/backend.py:infer": "backend interface: infer(net, weights, x, *, device, dtype, ...)",
+    "backends/onnx/backend.py:convert": "backend interface: convert(net, weights, out_dir, *, opset, ...)",
+    "backends/keras/backend.py:Leg.infer": "backend interface, as onnx's infer",
+    "backends/training.py:torch_step": "the training-step interface, as the backends' infer",
+    "backends/training.py:keras_step": "the training-step interface, as the backends' infer",
+    # the resolver's op constructors take one argument per field of the IR op they make
+    "resnet_spec/resolve.py:_Resolver.conv": "one argument per ir.Conv field",
+    "resnet_spec/resolve.py:_Resolver.block": "one argument per fact of the block being resolved",
+}
+
+
+def _functions():
+    """``(where, node)`` for every function and method of the package; ``where`` is
+    ``path:Class.function``."""
+    out = []
+    for path, _ in MODULES.values():
+        tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+
+        def visit(node, prefix):
+            for child in ast.iter_child_nodes(node):
+                if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    name = f"{prefix}{child.name}"
+                    out.append((f"{path.relative_to(ROOT)}:{name}", child))
+                    visit(child, f"{name}.")
+                elif isinstance(child, ast.ClassDef):
+                    visit(child, f"{prefix}{child.name}.")
+                else:
+                    visit(child, prefix)
+
+        visit(tree, "")
+    return out
+
+
+def _param_count(fn) -> int:
+    """Parameters a caller passes (``self``/``cls`` not counted; ``*args`` and ``**kwargs`` one each)."""
+    a = fn.args
+    names = [p.arg for p in a.posonlyargs + a.args]
+    n = len(names) + len(a.kwonlyargs) + (a.vararg is not None) + (a.kwarg is not None)
+    return n - 1 if names and names[0] in ("self", "cls") else n
+
+
+def test_param_count_reads_every_kind_of_parameter():
+    fn = ast.parse("def f(self, a, /, b, *args, c, d=1, **kw): pass").body[0]
+    assert _param_count(fn) == 6
+
+
+def test_no_function_over_the_length_limit():
+    long = [f"{where}: {fn.end_lineno - fn.lineno + 1} lines" for where, fn in _functions()
+            if fn.end_lineno - fn.lineno + 1 > MAX_FUNCTION_LINES]
+    assert not long, f"functions over {MAX_FUNCTION_LINES} lines (split them):\n  " + "\n  ".join(long)
+
+
+def test_no_function_with_too_many_parameters():
+    found = {where: _param_count(fn) for where, fn in _functions()}
+    many = [f"{where}: {n} parameters" for where, n in found.items() if n > MAX_PARAMS and where not in MANY_PARAMS]
+    assert not many, (f"functions with more than {MAX_PARAMS} parameters (take an options object, a frozen "
+                      "dataclass, instead):\n  " + "\n  ".join(many))
+    stale = [w for w in MANY_PARAMS if found.get(w, 0) <= MAX_PARAMS]
+    assert not stale, f"MANY_PARAMS entries no longer needed (remove them): {stale}"

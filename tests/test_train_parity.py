@@ -311,7 +311,7 @@ class _ReferenceFails:
         self.runner, self.exc = runner, exc
 
     def call(self, backend, fn, *args, **kwargs):
-        if fn is T._reference_worker:
+        if fn is T.reference_worker:
             raise self.exc
         return self.runner.call(backend, fn, *args, **kwargs)
 
