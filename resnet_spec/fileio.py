@@ -36,17 +36,44 @@ def os_reason(exc: OSError) -> str:
     return words.get(exc.errno, (exc.strerror or str(exc)).lower())
 
 
-def check_regular_file(path: str, max_bytes: int) -> None:
-    """Refuse, before reading, anything but a regular file of at most ``max_bytes`` (a FIFO would hang
-    a reader, /dev/zero never ends)."""
+def not_regular(path: str, mode: int, why: str = "") -> str | None:
+    """The refusal of anything but a regular file (``None`` for one): ``path: is a FIFO (named pipe),
+    not a regular file`` plus ``why``. The one wording of the one rule every reader follows."""
+    if stat.S_ISREG(mode):
+        return None
+    return f"{path}: is {file_kind(mode)}, not a regular file{why}"
+
+
+def check_regular_file(path: str, max_bytes: int | None = None, *, error=ResNetSpecError,
+                       missing: str = "no such file", why: str = "") -> os.stat_result:
+    """Refuse, before it is opened, anything but a regular file (of at most ``max_bytes``): a FIFO would
+    hang a reader, /dev/zero never ends, a socket or device is no model. Symbolic links are followed, so
+    a link to one of them is refused too. Every reader of a file someone else made runs this first
+    (``yamlio.read_text`` and ``weightfile.open_checked`` test the descriptor they opened); the error is
+    ``error(message)``, ``missing`` the words for a path that is not there."""
     try:
         st = os.stat(path)
     except OSError as exc:
-        raise ResNetSpecError(describe_os_error(exc, path)) from None
-    if not stat.S_ISREG(st.st_mode):
-        raise ResNetSpecError(f"{path}: is {file_kind(st.st_mode)}, not a regular file")
-    if st.st_size > max_bytes:
-        raise ResNetSpecError(f"{path}: file is {st.st_size:,} bytes; the limit is {max_bytes:,}")
+        reason = missing if exc.errno == errno.ENOENT else os_reason(exc)
+        raise error(f"{path}: {reason}") from None
+    refusal = not_regular(path, st.st_mode, why)
+    if refusal:
+        raise error(refusal)
+    if max_bytes is not None and st.st_size > max_bytes:
+        raise error(f"{path}: file is {st.st_size:,} bytes; the limit is {max_bytes:,}")
+    return st
+
+
+def check_regular_tree(folder: str, max_entries: int = 10_000) -> None:
+    """:func:`check_regular_file` on every file below ``folder`` (a SavedModel: its runtime reads them
+    all), refusing a folder of more than ``max_entries`` entries."""
+    count = 0
+    for root, dirs, files in os.walk(folder):
+        count += len(dirs) + len(files)
+        if count > max_entries:
+            raise ResNetSpecError(f"{folder}: more than {max_entries:,} files; not a model folder")
+        for name in files:
+            check_regular_file(os.path.join(root, name))
 
 
 def describe_os_error(exc: OSError, path: str | None = None) -> str:

@@ -26,6 +26,7 @@ import struct
 import zipfile
 
 from .errors import ResNetSpecError
+from .fileio import check_regular_file
 
 META_NAME, META_SPEC = "resnet_spec.name", "resnet_spec.spec"
 BUFFER_SUFFIXES = (".running_mean", ".running_var", ".num_batches_tracked")
@@ -39,6 +40,7 @@ def weights_metadata(net) -> dict:
 def inspect_safetensors(path: str) -> dict:
     from safetensors import safe_open
 
+    check_regular_file(path)
     try:
         with safe_open(path, framework="numpy") as fh:
             meta = dict(fh.metadata() or {})
@@ -52,17 +54,38 @@ def inspect_safetensors(path: str) -> dict:
             "dtypes": dtypes, "spec_name": meta.get(META_NAME) or meta.get("spec"),
             "spec_yaml": meta.get(META_SPEC), "metadata": {k: v for k, v in meta.items() if k != META_SPEC}}
     if info["spec_yaml"]:
-        info["matches_spec"] = _matches(info["spec_yaml"], shapes)
+        info["matches_spec"] = _matches(path, info["spec_yaml"], shapes)
     return info
 
 
-def _matches(spec_yaml: str, shapes: dict) -> str:
-    from .resolve import load_network
+def embedded_spec(path: str, spec_yaml):
+    """The spec embedded in ``path`` (``resnet_spec.spec``), loaded by :func:`resnet_spec.spec.load_embedded`:
+    YAML text only, ``extends`` a zoo entry only. An ``extends`` naming a path (or anything but a zoo
+    entry) is refused, naming the file, before anything is read; a spec that is wrong in another way is
+    returned as its error (a :class:`SpecError`), for the caller to show. None when there is no spec."""
+    from .spec import ExtendsRefused, load_embedded
 
+    if spec_yaml is None:
+        return None
     try:
-        net = load_network(spec_yaml)
+        return load_embedded(spec_yaml, f"{path} (embedded spec)")
+    except ExtendsRefused as exc:
+        raise ResNetSpecError(f"{path}: the embedded spec is refused: {exc.message}") from None
     except ResNetSpecError as exc:
-        return f"no: the embedded spec does not load ({exc})"
+        return exc
+
+
+def _matches(path: str, spec_yaml: str, shapes: dict) -> str:
+    from .resolve import resolve
+
+    spec = embedded_spec(path, spec_yaml)  # a path in its extends: refused here
+    if not isinstance(spec, ResNetSpecError):
+        try:
+            net = resolve(spec)
+        except ResNetSpecError as exc:
+            spec = exc
+    if isinstance(spec, ResNetSpecError):
+        return f"no: the embedded spec does not load ({spec})"
     want = {t.name: tuple(t.shape) for t in net.tensors()}
     got = {k: v for k, v in shapes.items() if not k.endswith(".num_batches_tracked")}
     if want == got:
@@ -84,16 +107,18 @@ def inspect_checkpoint(path: str) -> dict:
 
 
 def inspect_pt2(path: str) -> dict:
+    check_regular_file(path)
     try:
         with zipfile.ZipFile(path) as z:
             names = z.namelist()
             extra = {n.split("/extra/", 1)[1]: n for n in names if "/extra/" in n}
-            spec_yaml = z.read(extra[META_SPEC]).decode("utf-8") if META_SPEC in extra else None
-            name = z.read(extra[META_NAME]).decode("utf-8") if META_NAME in extra else None
-    except (zipfile.BadZipFile, OSError, UnicodeDecodeError) as exc:
+            spec_yaml = _member(z, extra[META_SPEC]).decode("utf-8") if META_SPEC in extra else None
+            name = _member(z, extra[META_NAME]).decode("utf-8") if META_NAME in extra else None
+    except (zipfile.BadZipFile, OSError, UnicodeDecodeError, ValueError) as exc:
         raise ResNetSpecError(f"{path}: not a torch.export archive ({exc})") from None
     if not any("/models/" in n or n.endswith(".json") for n in names):
         raise ResNetSpecError(f"{path}: a zip archive, but not a torch.export program")
+    embedded_spec(path, spec_yaml)
     return {"path": path, "format": "torch.export (.pt2)", "entries": len(names), "spec_name": name,
             "spec_yaml": spec_yaml, "extra_files": sorted(extra)}
 
@@ -152,30 +177,113 @@ def embed_keras_spec(path: str, net) -> None:
 
 
 def inspect_keras(path: str) -> dict:
-    try:
-        with zipfile.ZipFile(path) as z:
-            names = z.namelist()
-            cfg = json.loads(z.read("config.json"))
-            meta = json.loads(z.read(KERAS_META)) if KERAS_META in names else {}
-            h5 = z.read("model.weights.h5") if "model.weights.h5" in names else None
-        layers = cfg["config"]["layers"]
-    except (zipfile.BadZipFile, OSError, KeyError, TypeError, ValueError) as exc:
-        raise ResNetSpecError(f"{path}: not a Keras .keras archive ({type(exc).__name__}: {exc})") from None
-    conf = {layer.get("name"): layer for layer in layers}
-    ends = {k: [n for n, *_ in (v if v and isinstance(v[0], list) else [v])]  # one [name, 0, 0] or a list of them
-            for k, v in ((k, cfg["config"].get(f"{k}_layers") or []) for k in ("input", "output"))}
-    inputs = [{"name": n, "shape": conf.get(n, {}).get("config", {}).get("batch_shape"),
-               "dtype": conf.get(n, {}).get("config", {}).get("dtype")} for n in ends["input"]]
-    outputs = [{"name": n, "layer": conf.get(n, {}).get("class_name"),
-                "units": conf.get(n, {}).get("config", {}).get("units")} for n in ends["output"]]
-    info = {"path": path, "format": f"Keras {meta.get('keras_version', '?')} (.keras)",
-            "model": cfg["config"].get("name"),
-            "layers": len(layers), "layer_classes": dict(collections.Counter(x["class_name"] for x in layers)),
-            "inputs": inputs, "outputs": outputs, "spec_name": meta.get(META_NAME), "spec_yaml": meta.get(META_SPEC),
-            "metadata": {k: v for k, v in meta.items() if k != META_SPEC}}
+    cfg, meta, h5 = _keras_archive(path)
+    model, layers = _keras_layers(path, cfg)
+    conf = {layer["name"]: layer.get("config") if isinstance(layer.get("config"), dict) else {} for layer in layers}
+    classes = {layer["name"]: layer["class_name"] for layer in layers}
+    ends = {k: _keras_ends(path, model.get(f"{k}_layers"), k) for k in ("input", "output")}
+    inputs = [{"name": n, "shape": _plain(conf.get(n, {}).get("batch_shape"), list),
+               "dtype": _keras_dtype(conf.get(n, {}).get("dtype"))} for n in ends["input"]]
+    outputs = [{"name": n, "layer": classes.get(n), "units": _plain(conf.get(n, {}).get("units"), int)}
+               for n in ends["output"]]
+    info = {"path": path, "format": f"Keras {_plain(meta.get('keras_version'), str) or '?'} (.keras)",
+            "model": _plain(model.get("name"), str), "layers": len(layers),
+            "layer_classes": dict(collections.Counter(x["class_name"] for x in layers)),
+            "inputs": inputs, "outputs": outputs, "spec_name": _meta_text(path, meta, META_NAME),
+            "spec_yaml": _meta_text(path, meta, META_SPEC),  # nested values are not shown
+            "metadata": {k: v for k, v in meta.items() if k != META_SPEC and _plain(v, (str, int, float, bool)) is not None}}
+    embedded_spec(path, info["spec_yaml"])
     if h5 is not None:
         info.update(_keras_weights(path, h5))
     return info
+
+
+def _member(z: zipfile.ZipFile, name: str, cap: int = 8 << 20) -> bytes:
+    """Archive member ``name``, read only when it expands to at most ``cap`` bytes (a zip bomb's
+    declared size is refused, and never more than ``cap`` + 1 bytes are inflated whatever it declares)."""
+    size = z.getinfo(name).file_size
+    if size > cap:
+        raise ValueError(f"{name} expands to {size:,} bytes; the limit is {cap:,}")
+    with z.open(name) as fh:
+        data = fh.read(cap + 1)
+    if len(data) > cap:
+        raise ValueError(f"{name} expands to more than {cap:,} bytes")
+    return data
+
+
+def _keras_archive(path: str) -> tuple:
+    """(config.json, metadata.json, model.weights.h5 bytes or None) of a ``.keras`` file, each bounded
+    (the weights to 100 times their compressed size, 64 MiB at least: deflate does not shrink float
+    weights that far, a zip bomb does)."""
+    check_regular_file(path)
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+            cfg = json.loads(_member(z, "config.json", 64 << 20))
+            meta = json.loads(_member(z, KERAS_META)) if KERAS_META in names else {}
+            h5 = None
+            if "model.weights.h5" in names:
+                packed = z.getinfo("model.weights.h5").compress_size
+                h5 = _member(z, "model.weights.h5", min(2**31 - 1, max(64 << 20, 100 * packed)))
+    except RecursionError:  # json's decoder, on [[[[...]]]]
+        raise ResNetSpecError(f"{path}: not a Keras .keras archive (its JSON is nested too deeply)") from None
+    except (zipfile.BadZipFile, OSError, KeyError, ValueError, NotImplementedError) as exc:
+        raise ResNetSpecError(f"{path}: not a Keras .keras archive ({type(exc).__name__}: {exc})") from None
+    if not isinstance(meta, dict):
+        raise ResNetSpecError(f"{path}: not a Keras .keras archive ({KERAS_META} is not a JSON object)")
+    return cfg, meta, h5
+
+
+def _keras_layers(path: str, cfg) -> tuple:
+    """(the model's config, its layer list), every layer a mapping with a string name and class_name."""
+    def refuse(why):
+        return ResNetSpecError(f"{path}: not a Keras .keras archive (config.json: {why})")
+
+    model = cfg.get("config") if isinstance(cfg, dict) else None
+    if not isinstance(model, dict) or not isinstance(model.get("layers"), list):
+        raise refuse("no config.layers list")
+    for i, layer in enumerate(model["layers"]):
+        if not isinstance(layer, dict):
+            what = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list"}
+            raise refuse(f"layer {i} is {what.get(type(layer), 'null')}, not a mapping")
+        for key in ("name", "class_name"):
+            if not isinstance(layer.get(key), str):
+                raise refuse(f"layer {i} has no {key} string")
+    return model, model["layers"]
+
+
+def _keras_ends(path: str, value, kind: str) -> list:
+    """The layer names of ``input_layers``/``output_layers``: one ``[name, 0, 0]`` or a list of them."""
+    if not value:
+        return []
+    entries = value if isinstance(value, list) and isinstance(value[0], list) else [value]
+    if not all(isinstance(e, list) and e and isinstance(e[0], str) for e in entries):
+        raise ResNetSpecError(f"{path}: not a Keras .keras archive (config.json: {kind}_layers is not "
+                              "[name, 0, 0] or a list of them)")
+    return [e[0] for e in entries]
+
+
+def _plain(value, kind):
+    """``value`` when it is a ``kind`` (a shape: a list of integers and nulls), else None."""
+    if kind is list:
+        ok = isinstance(value, list) and all(d is None or (isinstance(d, int) and not isinstance(d, bool))
+                                             for d in value)
+        return value if ok else None
+    return value if isinstance(value, kind) else None
+
+
+def _keras_dtype(value):
+    """A layer's dtype: a string, or Keras 3's DTypePolicy mapping ({'config': {'name': 'float32'}})."""
+    if isinstance(value, dict):
+        value = value.get("config", {}).get("name") if isinstance(value.get("config"), dict) else None
+    return _plain(value, str)
+
+
+def _meta_text(path: str, meta: dict, key: str):
+    value = meta.get(key)
+    if value is not None and not isinstance(value, str):
+        raise ResNetSpecError(f"{path}: {KERAS_META}: {key} is {type(value).__name__}, not text")
+    return value
 
 
 def _keras_weights(path: str, data: bytes) -> dict:
@@ -190,8 +298,8 @@ def _keras_weights(path: str, data: bytes) -> dict:
     try:
         with h5py.File(io.BytesIO(data), "r") as h:
             h.visititems(lambda k, v: shapes.__setitem__(k, v.shape) if isinstance(v, h5py.Dataset) else None)
-    except OSError as exc:
-        raise ResNetSpecError(f"{path}: model.weights.h5 is not readable HDF5 ({exc})") from None
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:  # h5py's errors on damaged files
+        raise ResNetSpecError(f"{path}: model.weights.h5 is not readable HDF5 ({type(exc).__name__}: {exc})") from None
     # Keras names a BN layer's store group after its class (batch_normalization, torch_batch_norm);
     # vars 2 and 3 are its moving mean and variance.
     buffer = [k for k in shapes if "batch_norm" in k.split("/vars/")[0] and k.endswith(("/vars/2", "/vars/3"))]
@@ -236,15 +344,18 @@ def tflite_with_spec(data: bytes, net, fb) -> bytes:
 
 
 def inspect_tflite(path: str) -> dict:
+    check_regular_file(path, 2**31 - 1)
     with open(path, "rb") as fh:
         data = fh.read()
     if len(data) < 8 or data[4:8] != b"TFL3":
         raise ResNetSpecError(f"{path}: not a TFLite flatbuffer (no 'TFL3' identifier)")
     fb = _tflite_schema(path)
     try:
-        return _read_tflite(path, data, fb)
+        info = _read_tflite(path, data, fb)
     except (IndexError, ValueError, TypeError, UnicodeDecodeError, struct.error) as exc:
         raise ResNetSpecError(f"{path}: a damaged TFLite flatbuffer ({type(exc).__name__}: {exc})") from None
+    embedded_spec(path, info["spec_yaml"])
+    return info
 
 
 def _read_tflite(path: str, data: bytes, fb) -> dict:

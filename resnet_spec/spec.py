@@ -98,6 +98,30 @@ def load(source: str, *, _seen: tuple = ()) -> Spec:
     return _from_document(doc, base_dir, _seen)
 
 
+class ExtendsRefused(SpecError):
+    """An embedded spec whose ``extends`` names anything but a zoo entry (see :func:`load_embedded`)."""
+
+
+def load_embedded(text: str, where: str) -> Spec:
+    """A spec stored inside a model or weight file (``resnet_spec.spec`` metadata), loaded as :func:`load`
+    loads YAML text, but never taken for a path or a zoo name, and with an ``extends`` that may name only
+    a zoo entry: a file someone else made must not make us read a path of its choosing (``extends:
+    /etc/passwd``); that is :class:`ExtendsRefused`, raised before anything else is read. ``where``
+    names the spec in errors (``model.onnx (embedded spec)``). ``convert`` embeds :meth:`Spec.text`,
+    the merged spec, which has no ``extends`` at all."""
+    if not isinstance(text, str):
+        raise SpecError(f"the embedded spec is {_type_name(text)}, not YAML text", where)
+    doc = yamlio.parse(text, where)
+    if isinstance(doc.data, dict) and "extends" in doc.data:
+        base = doc.data["extends"]
+        if not (isinstance(base, str) and base in zoo_names()):
+            shown = repr(base) if len(repr(base)) <= 300 else repr(base)[:297] + "..."
+            raise ExtendsRefused(f"extends: {shown} is not a zoo entry; a spec embedded in a file may "
+                                 "extend only a zoo entry, never a path", where, *doc.where(("extends",)),
+                                 ("extends",))
+    return _from_document(doc, os.devnull, ())  # a zoo base is found by name: base_dir is never used
+
+
 def _unknown_source_message(source: str) -> str:
     names = zoo_names()
     close = difflib.get_close_matches(source, names, n=1)

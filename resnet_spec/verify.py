@@ -31,8 +31,8 @@ import numpy as np
 
 from . import ir, verify_runtimes as R
 from .errors import ResNetSpecError
-from .isolate import Worker, WorkerCrashed
-from .parity import TOLERANCES, compare
+from .isolate import WorkerCrashed
+from .parity import TOLERANCES, Runner, compare
 
 #: float16 ONNX (weights and compute in float16) against the float64 reference. Measured on CPU:
 #: 2.9e-4 to 7.8e-4 of the logit scale in ONNX Runtime, 1.4e-3 in onnx's ReferenceEvaluator
@@ -44,12 +44,16 @@ KINDS = {".onnx": "onnx", ".tflite": "tflite", ".keras": "keras", ".pt2": "pt2",
 
 
 def file_kind(path: str) -> str:
+    """The runtime family of ``path``; anything but a regular file (a FIFO, a device, a socket, a link
+    to one) or a SavedModel folder is refused here, before any runtime opens it."""
+    from .fileio import check_regular_file, check_regular_tree
+
     if os.path.isdir(path):
         if os.path.exists(os.path.join(path, "saved_model.pb")):
+            check_regular_tree(path)
             return "savedmodel"
         raise ResNetSpecError(f"{path}: a folder without saved_model.pb is not a SavedModel")
-    if not os.path.exists(path):
-        raise ResNetSpecError(f"{path}: no such file")
+    check_regular_file(path)
     kind = KINDS.get(os.path.splitext(path)[1].lower())
     if kind is None:
         raise ResNetSpecError(f"{path}: not a deployable model file (expected .onnx, .tflite, .keras, .pt2, .py "
@@ -128,23 +132,15 @@ class Report:
                 "runs": [r.to_json() for r in self.rows], "notes": self.notes, "passed": self.passed}
 
 
-class _Workers:
-    """One worker process per runtime family, started on first use."""
-
-    def __init__(self):
-        self._w = {}
+class _Workers(Runner):
+    """One worker process per runtime family, started on first use (parity's :class:`Runner`); a worker
+    that crashes is an error prefixed with the call's first argument (the file it was running)."""
 
     def call(self, family, fn, *args):
-        if family not in self._w:
-            self._w[family] = Worker(family)
         try:
-            return self._w[family].call(fn, *args)
-        except WorkerCrashed as exc:
+            return super().call(family, fn, *args)
+        except WorkerCrashed as exc:  # kept: the prefix names the file whose runtime crashed
             raise ResNetSpecError(f"{args[0] if args else family}: {exc}") from None
-
-    def close(self):
-        for w in self._w.values():
-            w.close()
 
 
 def run(net: ir.Network, files, *, weights_file: str | None = None, weights=None, batch: int = 2, seed: int = 0,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import ResNetSpecError
+from .fileio import check_regular_file
 
 
 def _first_line(exc) -> str:
@@ -58,6 +59,7 @@ def reference(spec_yaml: str, weights: dict, x: np.ndarray) -> dict:
 def _load_onnx(path: str):
     import onnx
 
+    check_regular_file(path)  # again in the worker: what verify checked may have been swapped since
     try:
         model = onnx.load(path)
     except Exception as exc:  # noqa: BLE001 - DecodeError, truncated external data, ...
@@ -166,6 +168,7 @@ def _tflite_interpreter(path: str):
             raise ResNetSpecError(f"{path}: no TFLite interpreter installed (pip install 'resnet-spec[tflite]', "
                                   "or TensorFlow)") from None
         Interpreter, label = tf.lite.Interpreter, f"tf.lite {tf.__version__}"
+    check_regular_file(path)
     try:
         return Interpreter(model_path=path), label
     except Exception as exc:  # noqa: BLE001
@@ -226,6 +229,7 @@ def torch_file_run(path: str, x: np.ndarray, shape, kind: str, weights_path: str
 
     import torch
 
+    check_regular_file(path)
     try:
         if kind == "pt2":
             model = torch.export.load(path).module()

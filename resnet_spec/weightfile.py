@@ -25,7 +25,7 @@ import numpy as np
 
 from . import ir
 from .errors import WeightsError
-from .fileio import file_kind, os_reason
+from .fileio import not_regular, os_reason
 
 MAX_HEADER = 16 << 20  # a safetensors header for a ResNet is a few tens of KB
 F32_MAX = float(np.finfo(np.float32).max)
@@ -47,10 +47,10 @@ def open_checked(path: str):
     except OSError as exc:
         raise WeightsError(f"{path}: " + ("no such weight file" if exc.errno == 2 else os_reason(exc))) from None
     st = os.fstat(fd)
-    kind = file_kind(st.st_mode)
-    if kind != "a regular file":
+    refusal = not_regular(path, st.st_mode, "; weights are read from regular files only")
+    if refusal:
         os.close(fd)
-        raise WeightsError(f"{path}: is {kind}, not a regular file; weights are read from regular files only")
+        raise WeightsError(refusal)
     if st.st_size == 0:
         os.close(fd)
         raise WeightsError(f"{path}: empty weight file")

@@ -208,13 +208,15 @@ def load_keras(path: str):
     import json
     import zipfile
 
+    from ...fileio import check_regular_file
     from .model import custom_objects, deep_recursion
 
+    check_regular_file(path)  # a FIFO or a link to /dev/zero is refused before Keras opens it
     keras = keras_module()
     try:
         with zipfile.ZipFile(path) as zf:
             layers = len(json.loads(zf.read("config.json"))["config"]["layers"])
-    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
-        raise ResNetSpecError(f"{path}: not a .keras model file ({exc})") from None
+    except (OSError, KeyError, TypeError, ValueError, RecursionError, zipfile.BadZipFile) as exc:
+        raise ResNetSpecError(f"{path}: not a .keras model file ({type(exc).__name__}: {exc})") from None
     with deep_recursion(layers):  # plain keras.saving.load_model fails on ResNet-1202 without this
         return keras.saving.load_model(path, custom_objects=custom_objects())

@@ -16,6 +16,7 @@ import re
 
 import numpy as np
 
+from ...fileio import check_regular_file
 from ...isolate import run_isolated
 from ...importers.source import ImportRefused, Layer, Recogniser, Source
 
@@ -29,14 +30,15 @@ def _descriptor(source: str, input_size) -> tuple:
     """(label, {how the worker gets the model})."""
     if source.startswith("keras:"):
         name, _, h5 = source[len("keras:"):].partition("=")
-        if h5 and not os.path.isfile(h5):
-            raise ImportRefused(f"{h5}: no such weights file")
+        if h5:  # a FIFO or /dev/zero is said to be one, before Keras opens it
+            check_regular_file(h5, error=ImportRefused, missing="no such weights file")
         size = input_size or 224
         hw = [size, size] if isinstance(size, int) else list(size)
         return source, {"app": name, "h5": h5 or None, "size": hw}
     if source.endswith(".h5"):
         raise ImportRefused(f"{source}: a .weights.h5 file holds no architecture; give it with its model, "
                            "e.g. keras:ResNet50=" + source)
+    check_regular_file(source, error=ImportRefused)
     return source, {"path": os.path.abspath(source)}
 
 

@@ -32,6 +32,10 @@ def inspect(path: str, *, require_metadata: bool = True) -> dict:
     require()
     from google.protobuf.message import DecodeError
 
+    from ...fileio import check_regular_file
+    from ...inspect_files import embedded_spec
+
+    check_regular_file(path, 2**31 - 1)  # a FIFO or a link to /dev/zero: refused before onnx opens it
     try:
         model = onnx.load(path, load_external_data=False)
     except (DecodeError, ValueError, RuntimeError, OSError) as exc:
@@ -60,6 +64,7 @@ def inspect(path: str, *, require_metadata: bool = True) -> dict:
                           if t.data_type in float_types and not t.name.startswith("const.")),
         "external_data": any(t.data_location == TensorProto.EXTERNAL for t in model.graph.initializer),
     }
+    embedded_spec(path, info["spec_yaml"])  # its extends may name a zoo entry, never a path
     if require_metadata and META_SPEC not in meta:
         raise ResNetSpecError(f"{path}: not written by resnet-spec (no {META_SPEC!r} metadata); it contains:\n"
                               + format_inspect(info))

@@ -12,6 +12,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ...importers.source import ImportRefused
@@ -21,6 +23,7 @@ FOLDABLE = frozenset(("Cast", "Concat", "ConstantOfShape", "Reshape", "Slice", "
                       "Squeeze", "Gather", "Range", "Expand", "Add", "Sub", "Mul", "Div", "Neg", "Where",
                       "Equal", "Flatten"))
 BIG = 2**31 - 1  # a Slice end at least this large means "to the end"
+MAX_FOLD = 1 << 24  # elements a folded value may hold; exporters fold shape vectors and pad amounts
 
 
 def attrs(node) -> dict:
@@ -33,6 +36,8 @@ def fold(node, ins, consts: dict, opset: int) -> bool:
     """Evaluate ``node`` into ``consts`` when it is foldable and every input is a constant."""
     if node.op_type not in FOLDABLE or not ins or not all(i in consts for i in ins if i):
         return False
+    if fold_size(node, [np.asarray(consts[i]) if i else None for i in ins]) > MAX_FOLD:
+        return False  # a few bytes of shape asking for gigabytes: left in the graph, refused by the walk
     from onnx import helper
     from onnx.reference import ReferenceEvaluator
 
@@ -45,6 +50,70 @@ def fold(node, ins, consts: dict, opset: int) -> bool:
         return False
     consts.update(zip(node.output, (np.asarray(o) for o in outs)))
     return True
+
+
+def read_constant(g, node) -> bool:
+    """A ``Constant`` node's ``value`` into ``g.consts`` (False for its other forms, left in the graph);
+    a value that cannot be read (dims that disagree with its data, an unknown type) is refused."""
+    from onnx import numpy_helper
+
+    try:
+        a = attrs(node)
+        if "value" not in a or len(node.output) != 1:
+            return False
+        g.consts[node.output[0]] = numpy_helper.to_array(a["value"])
+    except Exception as exc:  # onnx raises ValueError, TypeError, its own errors
+        raise g.refuse(node, f"its value cannot be read ({type(exc).__name__}: {exc})") from None
+    return True
+
+
+def check_wiring(g) -> None:
+    """Refuse a node without outputs, and a cycle (a node whose output feeds, directly or through others,
+    its own input): walking back from an ``Add`` would never end. Iterative depth-first search over
+    ``g.nodes`` (``(node, data inputs)``, ``g.producer``: value -> the pair that computes it)."""
+    index = {id(n): k for k, (n, _) in enumerate(g.nodes)}
+    for n, _ in g.nodes:
+        if not n.output:
+            raise g.refuse(n, "a node without outputs")
+    deps = [[index[id(g.producer[i][0])] for i in ins if i in g.producer] for _, ins in g.nodes]
+    state = [0] * len(g.nodes)  # 0 unseen, 1 on the current path, 2 done
+    for root in range(len(g.nodes)):
+        stack = [] if state[root] else [(root, iter(deps[root]))]
+        state[root] = state[root] or 1
+        while stack:
+            k, rest = stack[-1]
+            nxt = next(rest, None)
+            if nxt is None:
+                state[k] = 2
+                stack.pop()
+            elif state[nxt] == 1:
+                raise g.refuse(g.nodes[nxt][0], "its output feeds back into its own input (a cycle in the "
+                                                "graph); an ONNX graph is acyclic")
+            elif state[nxt] == 0:
+                state[nxt] = 1
+                stack.append((nxt, iter(deps[nxt])))
+
+
+def fold_size(node, values) -> int:
+    """An upper bound on the elements a foldable node's outputs hold, from its constant inputs (None for
+    an omitted optional input), before anything is evaluated."""
+    given = [v for v in values if v is not None]
+    total = sum(v.size for v in given)
+    try:
+        if node.op_type == "ConstantOfShape":
+            return math.prod(int(d) for d in given[0].reshape(-1))
+        if node.op_type == "Expand":
+            return math.prod(np.broadcast_shapes(given[0].shape, tuple(int(d) for d in given[1].reshape(-1))))
+        if node.op_type == "Range":
+            start, limit, delta = (float(v.reshape(-1)[0]) for v in given[:3])
+            return max(0, math.ceil((limit - start) / delta)) if delta else MAX_FOLD + 1
+        if node.op_type == "Gather":
+            return total * max(1, given[1].size)
+        if node.op_type in ("Add", "Sub", "Mul", "Div", "Where", "Equal"):
+            return math.prod(np.broadcast_shapes(*(v.shape for v in given)))
+    except (ValueError, TypeError, IndexError, OverflowError):  # bad shapes: evaluating would fail too
+        return MAX_FOLD + 1
+    return total  # the rest rearrange, cast or join their inputs
 
 
 def pad_amounts(g, node, ins) -> list:

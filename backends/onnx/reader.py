@@ -23,8 +23,9 @@ from collections import defaultdict
 
 import numpy as np
 
-from .patterns import attrs as _attrs, border_mask, channel_pad, fold, pool_facts, shortcut_reshapes, \
-    slice_steps, spatial_pad
+from .patterns import attrs as _attrs, border_mask, channel_pad, check_wiring, fold, pool_facts, \
+    read_constant, shortcut_reshapes, slice_steps, spatial_pad
+from ...fileio import check_regular_file
 from ...importers.source import ImportRefused, Layer, Recogniser, Source
 
 PASS_THROUGH = ("Identity", "Dropout")
@@ -47,11 +48,8 @@ class _Graph:
         opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)
         self.nodes, self.producer, self.consumers = [], {}, defaultdict(list)
         for n in g.node:
-            if n.op_type == "Constant":
-                a = _attrs(n)
-                if "value" in a:
-                    self.consts[n.output[0]] = numpy_helper.to_array(a["value"])
-                    continue
+            if n.op_type == "Constant" and read_constant(self, n):
+                continue
             if n.op_type in PASS_THROUGH and n.input:
                 alias[n.output[0]] = alias.get(n.input[0], n.input[0])
                 continue
@@ -69,9 +67,11 @@ class _Graph:
             raise ImportRefused(f"{path}: expected one image input, found {len(inputs)}")
         self.input = inputs[0]
         self.output = alias.get(g.output[0].name, g.output[0].name) if g.output else None
+        check_wiring(self)  # a cycle: the walks back from each Add would never end
 
     def refuse(self, node, why: str) -> ImportRefused:
-        return ImportRefused(f"{self.path}: node {node.name or node.output[0]!r} ({node.op_type}): {why}")
+        name = node.name or (node.output[0] if node.output else "")
+        return ImportRefused(f"{self.path}: node {name!r} ({node.op_type}): {why}")
 
     def data(self, ins):
         return [i for i in ins if i and i not in self.consts]
@@ -79,7 +79,11 @@ class _Graph:
     def const(self, node, name):
         if name not in self.consts:
             raise self.refuse(node, f"input {name!r} is computed in the graph; expected a constant")
-        return np.asarray(self.consts[name])
+        value = np.asarray(self.consts[name])
+        if value.dtype.kind not in "biuf":  # a string or complex tensor where numbers go
+            what = "complex" if value.dtype.kind == "c" else "string"
+            raise self.refuse(node, f"input {name!r} holds {what} data; expected numbers")
+        return value
 
 
 def read_onnx(path: str) -> Source:
@@ -88,6 +92,7 @@ def read_onnx(path: str) -> Source:
     except ImportError:
         raise ImportRefused(f"{path}: reading ONNX files needs the onnx package "
                            "(pip install 'resnet-spec[onnx]')") from None
+    check_regular_file(path, error=ImportRefused)  # a FIFO or a link to /dev/zero: refused before onnx opens it
     try:
         model = onnx.load(path)
     except Exception as exc:
@@ -95,7 +100,13 @@ def read_onnx(path: str) -> Source:
         raise ImportRefused(f"{path}: not a readable ONNX model ({msg}); it may be truncated or corrupt") from None
     if not model.graph.node:
         raise ImportRefused(f"{path}: the ONNX graph has no nodes")
-    return _Walker.source(path, "onnx", {"path": path}, _Graph(model, path))
+    try:
+        return _Walker.source(path, "onnx", {"path": path}, _Graph(model, path))
+    except ImportRefused:
+        raise
+    except (ArithmeticError, AttributeError, IndexError, KeyError, TypeError, ValueError, RecursionError) as exc:
+        # a graph malformed in a way no check above names (a node missing an input or attribute)
+        raise ImportRefused(f"{path}: a malformed graph ({type(exc).__name__}: {exc})") from None
 
 
 class _Walker(Recogniser):

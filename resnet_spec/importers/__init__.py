@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 
+from ..fileio import check_regular_file
 from .source import ImportRefused, Source, check_source, sanitize_name
 
 LIBRARIES = ("torchvision", "timm", "keras")
@@ -46,10 +47,8 @@ def read_source(source: str, input_size=None) -> Source:
         from ..backends.torch.reader import read_library
 
         return read_library(*lib)
-    if not os.path.exists(source):
-        raise ImportRefused(f"{source}: no such file (and not torchvision:NAME, timm:NAME or keras:NAME)")
-    if not os.path.isfile(source):
-        raise ImportRefused(f"{source}: not a file")
+    check_regular_file(source, error=ImportRefused,  # a FIFO, a device, a folder: refused before opening
+                       missing="no such file (and not torchvision:NAME, timm:NAME or keras:NAME)")
     if source.endswith(".onnx"):
         from ..backends.onnx.reader import read_onnx
 
