@@ -59,8 +59,61 @@ def small(name: str, size: int | None = None):
     return resnet_spec.load(f"extends: {name}\ninput: {{size: {size}}}\n")
 
 
+def tiny(name: str, blocks: int = 2, size: int | None = None):
+    """:func:`tiny_text` loaded."""
+    import resnet_spec
+
+    return resnet_spec.load(tiny_text(name, blocks, size))
+
+
+def tiny_text(name: str, blocks: int = 2, size: int | None = None) -> str:
+    """Zoo entry ``name`` with every stage cut to at most ``blocks`` blocks, at the small size of
+    :func:`small`: the same stem, block, shortcut and head definitions, widths and strides (so every
+    op and every wiring the entry uses), a fraction of the layers. For tests about a family's ops and
+    wiring, not about depth."""
+    import yaml
+
+    import resnet_spec
+
+    net = resnet_spec.load(name)
+    spec = yaml.safe_load(net.spec_yaml)
+    per_stage: dict = {}
+    for block in net.blocks:
+        stage = block.name.split(".")[0]
+        per_stage[stage] = per_stage.get(stage, 0) + 1
+    spec.pop("depth", None)
+    for stage, n in zip(spec["stages"], per_stage.values()):
+        stage["blocks"] = min(n, blocks)
+    spec.setdefault("input", {})["size"] = size or (32 if net.input_shape[1] <= 32 else 64)
+    return yaml.safe_dump(spec, sort_keys=False)
+
+
 TORCHVISION = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d",
                "resnext101_32x8d", "wide_resnet50_2", "wide_resnet101_2"]
 TIMM = ["resnet50d", "seresnet50"]
 KERAS = {"keras_resnet50": "ResNet50", "keras_resnet101": "ResNet101", "keras_resnet152": "ResNet152",
          "keras_resnet50v2": "ResNet50V2", "keras_resnet101v2": "ResNet101V2", "keras_resnet152v2": "ResNet152V2"}
+
+
+# -- one worker per expensive shared fixture ---------------------------------------------------------
+# A module-scoped fixture (a TensorFlow worker over the zoo, a set of converted files, a pool of
+# worker processes) is built once per xdist worker that runs a test needing it. With ``--dist
+# loadgroup`` (what ``make test`` passes) the tests of a module that share such a fixture form one
+# group and run on one worker, so the fixture is built once per run, not once per worker.
+
+def _shared_fixture_group(item) -> str | None:
+    info = getattr(item, "_fixtureinfo", None)
+    if info is None:
+        return None
+    for name in info.names_closure:
+        for fixture in info.name2fixturedefs.get(name, ()):
+            if fixture.scope in ("module", "session") and getattr(fixture, "baseid", "").startswith("tests/"):
+                return item.module.__name__
+    return None
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        group = _shared_fixture_group(item)
+        if group and not item.get_closest_marker("xdist_group"):
+            item.add_marker(pytest.mark.xdist_group(name=group))

@@ -31,7 +31,7 @@ def save_application(name: str, size: int, path: str, weights_only: bool, seed: 
     return {"params": sum(math.prod(w.shape) for w in model.trainable_weights)}
 
 
-def sweep(names: list, size: int, folder: str, x) -> list:
+def sweep(names: list, size: int, folder: str, x, first_seed: int = 0) -> list:
     """For each keras.applications NAME: save .keras and .weights.h5 (random weights and BN
     statistics), read both back as the importer's worker does, and run the source on ``x``. One
     TensorFlow process for the whole sweep. Returns [(source, description, logits, params)]."""
@@ -43,7 +43,7 @@ def sweep(names: list, size: int, folder: str, x) -> list:
     for i, name in enumerate(names):
         for weights_only in (False, True):
             path = os.path.join(folder, f"{name}.weights.h5" if weights_only else f"{name}.keras")
-            counts = save_application(name, size, path, weights_only, seed=i)
+            counts = save_application(name, size, path, weights_only, seed=first_seed + i)
             desc = ({"app": name, "h5": path, "size": [size, size]} if weights_only
                     else {"path": path})
             source = f"keras:{name}={path}" if weights_only else path

@@ -256,7 +256,8 @@ def _keras_file(tmp_path, name, weights_only, size=64):
 
 # slow: full keras.applications models built and run in TensorFlow worker processes
 @pytest.mark.slow
-@pytest.mark.parametrize("name,zoo,weights_only", [("ResNet101", "keras_resnet101", False),
+# (ResNet101/152 are imported in-process by test_sweep_keras_applications; here the CLI path, once per format)
+@pytest.mark.parametrize("name,zoo,weights_only", [("ResNet50", "keras_resnet50", False),
                                                    ("ResNet50V2", "keras_resnet50v2", True)])
 def test_import_keras(tmp_path, name, zoo, weights_only):
     path, counts = _keras_file(tmp_path, name, weights_only)
@@ -330,8 +331,10 @@ def _proved(src, x, ref, params, zoo=None):
     assert np.abs(ref - got).max() <= 1e-4 * np.abs(ref).max(), src.label
 
 
+# one test per model, so that the sweep spreads over the test workers
 @pytest.mark.slow
-def test_sweep_torch_onnx_exporters(tmp_path):
+@pytest.mark.parametrize("lib,name", SWEEP_TORCH, ids=[f"{lib}:{name}" for lib, name in SWEEP_TORCH])
+def test_sweep_torch_onnx_exporters(tmp_path, lib, name):
     """torchvision/timm models x {TorchScript exporter opset 13, dynamo exporter opset 20}: each ONNX
     file imported and proven against ONNX Runtime running it, with the library model's parameter count."""
     import onnxruntime as ort
@@ -344,20 +347,21 @@ def test_sweep_torch_onnx_exporters(tmp_path):
         exporters = ((False, 13), (True, 20))
     except ImportError:
         exporters = ((False, 13),)
-    for lib, name in SWEEP_TORCH:
-        model = _library(lib, name)
-        for dynamo, opset in exporters:
-            path = _export(model, tmp_path / f"{name}_{int(dynamo)}.onnx", dynamo, opset)
-            sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-            ref = sess.run(None, {sess.get_inputs()[0].name: x})[0]
-            _proved(read_onnx(str(path)), x, ref, _torch_params(model), zoo=name)
-            path.unlink()
+    model = _library(lib, name)
+    for dynamo, opset in exporters:
+        path = _export(model, tmp_path / f"{name}_{int(dynamo)}.onnx", dynamo, opset)
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        ref = sess.run(None, {sess.get_inputs()[0].name: x})[0]
+        _proved(read_onnx(str(path)), x, ref, _torch_params(model), zoo=name)
+        path.unlink()
 
 
+# one test per model (each in its own TensorFlow worker), so that the sweep spreads over the test workers
 @pytest.mark.slow
-def test_sweep_keras_applications(tmp_path):
+@pytest.mark.parametrize("app", SWEEP_KERAS)
+def test_sweep_keras_applications(tmp_path, app):
     """keras.applications ResNet50/101/152 and V2 x {.keras, .weights.h5}: each imported and proven
-    against Keras running it (one TensorFlow worker for the whole sweep)."""
+    against Keras running it."""
     from resnet_spec.backends.keras.reader import _Mapper
     from resnet_spec.importers.source import Source
     from resnet_spec.isolate import run_isolated
@@ -365,7 +369,8 @@ def test_sweep_keras_applications(tmp_path):
     import keras_sources
 
     x = np.random.default_rng(0).standard_normal((1, 3, 64, 64)).astype(np.float32)
-    for source, desc, info, ref, params in run_isolated(keras_sources.sweep, SWEEP_KERAS, 64, str(tmp_path), x):
+    for source, desc, info, ref, params in run_isolated(keras_sources.sweep, [app], 64, str(tmp_path), x,
+                                                        SWEEP_KERAS.index(app)):
         src = Source(source, "keras", {}, {}, facts={"keras_source": desc})
         _Mapper(src, info).run()
         name = os.path.basename(source.split("=")[0].split(":")[-1]).replace(".keras", "")

@@ -18,6 +18,7 @@ from click.testing import CliRunner
 import resnet_spec
 from resnet_spec.cli import main
 from resnet_spec.spec import zoo_names
+from conftest import tiny_text
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
@@ -156,13 +157,13 @@ def _import_and_prove(path, net) -> tuple:
     return got, float(np.abs(ref - out).max() / np.abs(ref).max()), spec_text
 
 
-# one entry per family for the dynamo exporter (about a minute an entry on two shared cores)
+# one entry per family for the dynamo exporter
 DYNAMO = ["resnet20", "preact_resnet164", "resnet18", "resnet50d", "seresnet50", "keras_resnet50v2",
           "keras_resnet50"]
 
 
-def _round_trip(tmp_path, name, hows):
-    text = _spec(name)
+def _round_trip(tmp_path, name, hows, text=None):
+    text = text or _spec(name)
     for how in hows:
         net, path = _onnx_file(tmp_path, text, how)
         got, rel, _ = _import_and_prove(path, net)
@@ -178,12 +179,24 @@ def test_zoo_onnx_round_trip(tmp_path, name):
     """Every zoo entry x {convert BN folded, convert --no-fold-bn, TorchScript exporter}: imported,
     the generated model equal to ONNX Runtime within float32 rounding, and the same network as the
     entry (BN-folded files of specs with a conv bias before a BN excepted: folding merges that bias
-    into the BN's, so only the parameter count differs)."""
-    _round_trip(tmp_path, name, ("fold", "nofold", "torchscript"))
+    into the BN's, so only the parameter count differs). Each entry's stem, blocks, shortcuts and head
+    with its stages cut to two blocks (:func:`conftest.tiny_text`); depth is the next test's."""
+    _round_trip(tmp_path, name, ("fold", "nofold", "torchscript"), tiny_text(name))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["resnet1202", "preact_resnet1001", "resnext101_32x8d"])
+def test_deep_onnx_round_trip(tmp_path, name):
+    """Whole entries at full depth (the deepest of each block type, and the largest grouped one) come
+    back from the file ``convert`` writes: hundreds of blocks read back in order."""
+    _round_trip(tmp_path, name, ("fold",))
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", DYNAMO)
 def test_zoo_dynamo_export_round_trip(tmp_path, name):
+    """The dynamo exporter's file of each family's ops and wiring imports back. Stages are cut to two
+    blocks (:func:`conftest.tiny_text`): the exporter's time grows with the graph (a minute for a full
+    preact_resnet164), and depth is what the TorchScript sweep above covers."""
     pytest.importorskip("onnxscript")
-    _round_trip(tmp_path, name, ("dynamo",))
+    _round_trip(tmp_path, name, ("dynamo",), tiny_text(name))
