@@ -37,16 +37,15 @@ def build(spec, backend: str = "torch", weights=None, **options):
     With a path, ``new_head=True``, ``weights_key=...`` and ``ema=True`` work as in :func:`load_weights`.
     """
     from .backends import get
-    from .checkpoints import apply_head, resolve_weights
+    from .weights.loader import LoadOptions, load as load_source
 
     net = load(spec)
     ckpt = {k: options.pop(k) for k in ("new_head", "weights_key", "ema") if k in options}
     if isinstance(weights, (str, os.PathLike)):
         ws = load_weights(net, weights, **ckpt)
-    else:
-        if ckpt.get("new_head") and weights is not None:
-            weights, _ = apply_head(net, dict(weights), "weights", True)
-        ws = resolve_weights(net, weights)
+    else:  # fresh weights, or a mapping (of which only new_head applies)
+        new_head = bool(ckpt.get("new_head")) and weights is not None
+        ws, _ = load_source(net, weights, LoadOptions(new_head=new_head))
     return get(backend).build(net, ws, **options)
 
 
@@ -60,7 +59,7 @@ def load_keras(path: str):
 
 def init_weights(spec, seed: int = 0, random_bn: bool = False):
     """A fresh canonical weight set (``{name: np.ndarray}``); see :mod:`resnet_spec.weights`."""
-    from .weights import init_weights as _init
+    from .weights.init import init_weights as _init
 
     return _init(load(spec), seed=seed, random_bn=random_bn)
 
@@ -73,16 +72,15 @@ def load_weights(spec, path: str, new_head: bool = False, weights_key: str | Non
     ``new_head=True`` keeps every tensor but a classifier of another shape, which is initialised afresh
     (seed ``seed``); ``weights_key`` names the checkpoint entry to use; ``ema=True`` takes the EMA copy.
     """
-    from .checkpoints import load_checkpoint
+    from .weights.loader import LoadOptions, load as load_source
 
-    weights, _ = load_checkpoint(load(spec), path, key=weights_key, ema=ema, new_head=new_head, seed=seed,
-                                 allow_nonfinite=allow_nonfinite)
-    return weights
+    options = LoadOptions(key=weights_key, ema=ema, new_head=new_head, seed=seed, allow_nonfinite=allow_nonfinite)
+    return load_source(load(spec), os.fspath(path), options)[0]
 
 
 def save_weights(weights, path: str, **kwargs):
     """Save a canonical weight set as safetensors, atomically."""
-    from .weights import save_weights as _save
+    from .weights.files import save_weights as _save
 
     return _save(weights, path, **kwargs)
 

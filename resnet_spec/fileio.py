@@ -36,12 +36,20 @@ def os_reason(exc: OSError) -> str:
     return words.get(exc.errno, (exc.strerror or str(exc)).lower())
 
 
+def shown(name) -> str:
+    """A file or model name as every message shows it: unchanged when all its characters are printable,
+    else quoted and escaped as ``repr`` does (``'a\\nerror: b'``), so a name someone else chose can never
+    break a message into a second line or hide its characters."""
+    text = os.fsdecode(name) if isinstance(name, (bytes, os.PathLike)) else str(name)
+    return text if text.isprintable() else repr(text)
+
+
 def not_regular(path: str, mode: int, why: str = "") -> str | None:
     """The refusal of anything but a regular file (``None`` for one): ``path: is a FIFO (named pipe),
     not a regular file`` plus ``why``. The one wording of the one rule every reader follows."""
     if stat.S_ISREG(mode):
         return None
-    return f"{path}: is {file_kind(mode)}, not a regular file{why}"
+    return f"{shown(path)}: is {file_kind(mode)}, not a regular file{why}"
 
 
 def check_regular_file(path: str, max_bytes: int | None = None, *, error=ResNetSpecError,
@@ -49,18 +57,18 @@ def check_regular_file(path: str, max_bytes: int | None = None, *, error=ResNetS
     """Refuse, before it is opened, anything but a regular file (of at most ``max_bytes``): a FIFO would
     hang a reader, /dev/zero never ends, a socket or device is no model. Symbolic links are followed, so
     a link to one of them is refused too. Every reader of a file someone else made runs this first
-    (``yamlio.read_text`` and ``weightfile.open_checked`` test the descriptor they opened); the error is
+    (``yamlio.read_text`` and ``weights.files.open_checked`` test the descriptor they opened); the error is
     ``error(message)``, ``missing`` the words for a path that is not there."""
     try:
         st = os.stat(path)
     except OSError as exc:
         reason = missing if exc.errno == errno.ENOENT else os_reason(exc)
-        raise error(f"{path}: {reason}") from None
+        raise error(f"{shown(path)}: {reason}") from None
     refusal = not_regular(path, st.st_mode, why)
     if refusal:
         raise error(refusal)
     if max_bytes is not None and st.st_size > max_bytes:
-        raise error(f"{path}: file is {st.st_size:,} bytes; the limit is {max_bytes:,}")
+        raise error(f"{shown(path)}: file is {st.st_size:,} bytes; the limit is {max_bytes:,}")
     return st
 
 
@@ -78,7 +86,7 @@ def check_regular_tree(folder: str, max_entries: int = 10_000) -> None:
 
 def describe_os_error(exc: OSError, path: str | None = None) -> str:
     """``path: cause`` for an OS error, naming ``path`` (or the error's own file name)."""
-    return f"{path or exc.filename or '?'}: {os_reason(exc)}"
+    return f"{shown(path or exc.filename or '?')}: {os_reason(exc)}"
 
 
 def check_writable(path: str, force: bool) -> None:

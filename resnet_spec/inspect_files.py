@@ -25,6 +25,7 @@ import math
 import struct
 import zipfile
 
+from .archive import KERAS_META, keras_layers, read_keras_archive, read_member
 from .errors import ResNetSpecError
 from .fileio import check_regular_file
 
@@ -96,7 +97,7 @@ def _matches(path: str, spec_yaml: str, shapes: dict) -> str:
 
 def inspect_checkpoint(path: str) -> dict:
     """A torch checkpoint as ``--weights`` reads it (containers unwrapped, prefixes stripped)."""
-    from .weightfile import read_checkpoint
+    from .weights.files import read_checkpoint
 
     tensors, notes = read_checkpoint(path)
     return {"path": path, "format": "torch checkpoint", "tensors": len(tensors),
@@ -112,8 +113,8 @@ def inspect_pt2(path: str) -> dict:
         with zipfile.ZipFile(path) as z:
             names = z.namelist()
             extra = {n.split("/extra/", 1)[1]: n for n in names if "/extra/" in n}
-            spec_yaml = _member(z, extra[META_SPEC]).decode("utf-8") if META_SPEC in extra else None
-            name = _member(z, extra[META_NAME]).decode("utf-8") if META_NAME in extra else None
+            spec_yaml = read_member(z, extra[META_SPEC]).decode("utf-8") if META_SPEC in extra else None
+            name = read_member(z, extra[META_NAME]).decode("utf-8") if META_NAME in extra else None
     except (zipfile.BadZipFile, OSError, UnicodeDecodeError, ValueError) as exc:
         raise ResNetSpecError(f"{path}: not a torch.export archive ({exc})") from None
     if not any("/models/" in n or n.endswith(".json") for n in names):
@@ -158,7 +159,6 @@ def format_info(info: dict) -> str:
 
 # -- .keras -----------------------------------------------------------------------------------------
 
-KERAS_META = "metadata.json"
 _KERAS_BN = ("BatchNormalization", "TorchBatchNorm")
 
 
@@ -177,8 +177,8 @@ def embed_keras_spec(path: str, net) -> None:
 
 
 def inspect_keras(path: str) -> dict:
-    cfg, meta, h5 = _keras_archive(path)
-    model, layers = _keras_layers(path, cfg)
+    cfg, meta, h5 = read_keras_archive(path)
+    model, layers = keras_layers(path, cfg)
     conf = {layer["name"]: layer.get("config") if isinstance(layer.get("config"), dict) else {} for layer in layers}
     classes = {layer["name"]: layer["class_name"] for layer in layers}
     ends = {k: _keras_ends(path, model.get(f"{k}_layers"), k) for k in ("input", "output")}
@@ -196,60 +196,6 @@ def inspect_keras(path: str) -> dict:
     if h5 is not None:
         info.update(_keras_weights(path, h5))
     return info
-
-
-def _member(z: zipfile.ZipFile, name: str, cap: int = 8 << 20) -> bytes:
-    """Archive member ``name``, read only when it expands to at most ``cap`` bytes (a zip bomb's
-    declared size is refused, and never more than ``cap`` + 1 bytes are inflated whatever it declares)."""
-    size = z.getinfo(name).file_size
-    if size > cap:
-        raise ValueError(f"{name} expands to {size:,} bytes; the limit is {cap:,}")
-    with z.open(name) as fh:
-        data = fh.read(cap + 1)
-    if len(data) > cap:
-        raise ValueError(f"{name} expands to more than {cap:,} bytes")
-    return data
-
-
-def _keras_archive(path: str) -> tuple:
-    """(config.json, metadata.json, model.weights.h5 bytes or None) of a ``.keras`` file, each bounded
-    (the weights to 100 times their compressed size, 64 MiB at least: deflate does not shrink float
-    weights that far, a zip bomb does)."""
-    check_regular_file(path)
-    try:
-        with zipfile.ZipFile(path) as z:
-            names = z.namelist()
-            cfg = json.loads(_member(z, "config.json", 64 << 20))
-            meta = json.loads(_member(z, KERAS_META)) if KERAS_META in names else {}
-            h5 = None
-            if "model.weights.h5" in names:
-                packed = z.getinfo("model.weights.h5").compress_size
-                h5 = _member(z, "model.weights.h5", min(2**31 - 1, max(64 << 20, 100 * packed)))
-    except RecursionError:  # json's decoder, on [[[[...]]]]
-        raise ResNetSpecError(f"{path}: not a Keras .keras archive (its JSON is nested too deeply)") from None
-    except (zipfile.BadZipFile, OSError, KeyError, ValueError, NotImplementedError) as exc:
-        raise ResNetSpecError(f"{path}: not a Keras .keras archive ({type(exc).__name__}: {exc})") from None
-    if not isinstance(meta, dict):
-        raise ResNetSpecError(f"{path}: not a Keras .keras archive ({KERAS_META} is not a JSON object)")
-    return cfg, meta, h5
-
-
-def _keras_layers(path: str, cfg) -> tuple:
-    """(the model's config, its layer list), every layer a mapping with a string name and class_name."""
-    def refuse(why):
-        return ResNetSpecError(f"{path}: not a Keras .keras archive (config.json: {why})")
-
-    model = cfg.get("config") if isinstance(cfg, dict) else None
-    if not isinstance(model, dict) or not isinstance(model.get("layers"), list):
-        raise refuse("no config.layers list")
-    for i, layer in enumerate(model["layers"]):
-        if not isinstance(layer, dict):
-            what = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list"}
-            raise refuse(f"layer {i} is {what.get(type(layer), 'null')}, not a mapping")
-        for key in ("name", "class_name"):
-            if not isinstance(layer.get(key), str):
-                raise refuse(f"layer {i} has no {key} string")
-    return model, model["layers"]
 
 
 def _keras_ends(path: str, value, kind: str) -> list:

@@ -223,7 +223,7 @@ def run(net: ir.Network, weights: dict, options: RunOptions | None = None, *, mu
         raise ResNetSpecError(f"unsupported dtype {opts.dtype!r}; choose from {', '.join(DTYPES)}")
     if opts.batch < 1:
         raise ResNetSpecError("--batch must be at least 1")
-    from .weights import check_weights
+    from .weights.check import check_weights
 
     # names, shapes and dtypes are checked here, once, so that a bad weight set is one WeightsError
     # naming the tensor rather than three backends' own errors; NaN/Inf are the caller's choice

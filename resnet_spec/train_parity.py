@@ -228,7 +228,7 @@ def run_train(net: ir.Network, weights: dict, options: TrainOptions | None = Non
     around it fails its pairs (``strict_grads=False``: that check is reported, not enforced). The options
     are ``options`` (:class:`TrainOptions`), with any of its fields given as keywords replacing it, as
     :func:`resnet_spec.parity.run`'s."""
-    from .weights import check_weights
+    from .weights.check import check_weights
 
     opts = replace(options or TrainOptions(), **settings)
     if opts.batch < 2:

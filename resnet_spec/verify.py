@@ -12,6 +12,11 @@ enters the caller's process):
 ``.pt2``       ``torch.export.load``; ``.py``: the standalone source's ``load_model(weights)``
 =============  =========================================================================================
 
+No code from an input file runs unless the caller passes ``trust_code`` (``--trust-code``): a ``.py``
+is refused, a ``.pt2`` and a SavedModel are checked against allow-lists and loaded from a checked copy,
+a ``.tflite`` with a custom operator is refused (:mod:`resnet_spec.trust`); a refusal is one line
+naming the flag, made before any file runs.
+
 Metrics and tolerances are :mod:`resnet_spec.parity`'s (max error relative to the reference's
 scale); a float16 ONNX file is held to :data:`FLOAT16_TOL`. When an ONNX run fails, the run is
 repeated with the file's tap values (``stem``, every block) added as outputs, and the first one that
@@ -41,6 +46,9 @@ from .parity import TOLERANCES, Runner, compare
 #: figures are not measured here.
 FLOAT16_TOL = 1e-2
 KINDS = {".onnx": "onnx", ".tflite": "tflite", ".keras": "keras", ".pt2": "pt2", ".py": "py"}
+#: kind -> (worker, check): what is checked in a runtime's worker before any file runs, unless the code
+#: is trusted (a SavedModel's ops, a .tflite's custom operators); the runs check again what they load
+PRECHECKS = {"savedmodel": ("tensorflow", R.savedmodel_check), "tflite": ("litert", R.tflite_check)}
 
 
 def file_kind(path: str) -> str:
@@ -58,6 +66,28 @@ def file_kind(path: str) -> str:
     if kind is None:
         raise ResNetSpecError(f"{path}: not a deployable model file (expected .onnx, .tflite, .keras, .pt2, .py "
                               "or a SavedModel folder)")
+    return kind
+
+
+def pt2_budget(net: ir.Network) -> int:
+    """The most bytes a ``.pt2`` of ``net`` may expand to: every tensor in float64, twice over, plus
+    64 MiB (the weight files' rule)."""
+    import math
+
+    return 16 * sum(math.prod(t.shape) for t in net.tensors()) + (64 << 20)
+
+
+def check_file(net: ir.Network, path: str, trust_code: bool = False) -> str:
+    """:func:`file_kind`, then what can be checked before any worker starts: a ``.py`` is refused and a
+    ``.pt2`` checked unless ``trust_code`` (:mod:`resnet_spec.trust`); a ``.pt2``'s sizes always."""
+    from .trust import PY_REFUSAL, refuse
+    from .trust_pt2 import check_pt2, check_structure
+
+    kind = file_kind(path)
+    if kind == "py" and not trust_code:
+        raise refuse(path, PY_REFUSAL)
+    if kind == "pt2":
+        (check_structure if trust_code else check_pt2)(path, pt2_budget(net))
     return kind
 
 
@@ -86,14 +116,14 @@ def _weight_sets(net, files, weights_file, weights) -> tuple[dict, dict]:
     ``convert``/``parity``) applies to every file; else ``weights_file`` (any source those accept) is
     loaded here; else each file's ``<name>.safetensors`` beside it.
     """
-    from .checkpoints import load_checkpoint
+    from .weights.loader import LoadOptions, load
 
     labels = {f: weights_for(net, f, weights_file) for f in files}
     if weights is not None:
         return labels, {labels[f]: weights for f in files}
     sets = {}
     for label in dict.fromkeys(labels.values()):
-        sets[label], _ = load_checkpoint(net, label, allow_nonfinite=True)
+        sets[label], _ = load(net, label, LoadOptions(allow_nonfinite=True))
     return labels, sets
 
 
@@ -141,19 +171,39 @@ class _Workers(Runner):
             return super().call(family, fn, *args)
         except WorkerCrashed as exc:  # kept: the prefix names the file whose runtime crashed
             raise ResNetSpecError(f"{args[0] if args else family}: {exc}") from None
+        except SystemExit as exc:  # raised in the worker (by a file's code): an error, never verify's exit
+            raise ResNetSpecError(f"{args[0] if args else family}: the worker exited (SystemExit({exc.code!r})); "
+                                  "no result") from None
 
 
-def run(net: ir.Network, files, *, weights_file: str | None = None, weights=None, batch: int = 2, seed: int = 0,
-        device: str = "cpu", progress=None) -> Report:
+@dataclass(frozen=True)
+class RunSettings:
+    """How :func:`run` runs the files: the input's ``batch`` and ``seed``, the ``device`` of ``.onnx``
+    files, and ``trust_code`` (run code the files carry: a ``.py``, an unchecked ``.pt2`` or SavedModel;
+    see :mod:`resnet_spec.trust`)."""
+
+    batch: int = 2
+    seed: int = 0
+    device: str = "cpu"
+    trust_code: bool = False
+
+
+def run(net: ir.Network, files, settings: RunSettings | None = None, *, weights_file: str | None = None,
+        weights=None, progress=None, **fields) -> Report:
     """Verify every file of ``files`` against ``net``'s torch float64 reference.
 
     Weights: ``weights`` (a mapping already checked against ``net``; ``weights_file`` then only labels
     it), else ``weights_file`` (safetensors, a torch checkpoint or any source ``import`` reads), else
-    each file's ``<name>.safetensors`` beside it.
+    each file's ``<name>.safetensors`` beside it. ``settings`` (:class:`RunSettings`), any of its fields
+    given as keywords replacing it: ``run(net, files, batch=1, trust_code=True)``.
     """
+    from dataclasses import replace
+
+    opts = replace(settings or RunSettings(), **fields)
+    batch, seed, device, trust_code = opts.batch, opts.seed, opts.device, opts.trust_code
     say = progress or (lambda _t: None)
     require_reference()
-    kinds = [(f, file_kind(f)) for f in files]
+    kinds = [(f, check_file(net, f, trust_code)) for f in files]
     if device != "cpu" and any(k != "onnx" for _, k in kinds):
         raise ResNetSpecError(f"--device {device} applies to .onnx files only")
     labels, sets = _weight_sets(net, files, weights_file, weights)
@@ -162,6 +212,9 @@ def run(net: ir.Network, files, *, weights_file: str | None = None, weights=None
     refs, rows, notes = {}, [], []
     with tempfile.TemporaryDirectory(prefix="resnet-spec-verify-") as tmp:
         try:
+            for path, kind in kinds:  # checks that read a framework's schema: in its worker, before any run
+                if kind in PRECHECKS and not trust_code:
+                    workers.call(PRECHECKS[kind][0], PRECHECKS[kind][1], path)
             for path, kind in kinds:
                 label = labels[path]
                 if label not in refs:
@@ -169,7 +222,7 @@ def run(net: ir.Network, files, *, weights_file: str | None = None, weights=None
                     refs[label] = workers.call("torch", R.reference, net.spec_yaml, sets[label], x)
                 say(f"{path}: {kind} ...")
                 wpath = _safetensors_for(net, list(sets).index(label), sets[label], tmp) if kind == "py" else None
-                for run_ in _runs(workers, net, path, kind, x, wpath, device, notes):
+                for run_ in _runs(workers, net, (path, kind, trust_code), x, wpath, device, notes):
                     rows.append(_row(net, path, run_, refs[label], workers, x, device))
         finally:
             workers.close()
@@ -179,7 +232,7 @@ def run(net: ir.Network, files, *, weights_file: str | None = None, weights=None
 def _safetensors_for(net, index: int, weights: dict, tmp: str) -> str:
     """The checked weights as a safetensors file in ``tmp``, for a standalone ``.py``'s ``load_model``
     (the source may be a checkpoint, an import source or a file whose names were unwrapped)."""
-    from .weights import save_weights
+    from .weights.files import save_weights
 
     path = os.path.join(tmp, f"{net.name}-{index}.safetensors")
     if not os.path.exists(path):
@@ -187,7 +240,9 @@ def _safetensors_for(net, index: int, weights: dict, tmp: str) -> str:
     return path
 
 
-def _runs(workers, net, path, kind, x, wpath, device, notes) -> list:
+def _runs(workers, net, file, x, wpath, device, notes) -> list:
+    """The runs of ``file`` = (path, kind, whether its code is trusted)."""
+    path, kind, trusted = file
     shape = net.input_shape
     if kind == "onnx":
         runs = workers.call("onnx", R.onnx_runs, path, x, shape, device)
@@ -196,10 +251,10 @@ def _runs(workers, net, path, kind, x, wpath, device, notes) -> list:
             notes.append(f"{path}: OpenVINO not installed, not run")
         return runs + ([ov] if ov else [])
     if kind == "tflite":
-        return [workers.call("litert", R.tflite_run, path, x, shape)]
+        return [workers.call("litert", R.tflite_run, path, x, shape, trusted)]
     if kind in ("keras", "savedmodel"):
-        return [workers.call("tensorflow", R.keras_run, path, x, shape, kind)]
-    return [workers.call("torch", R.torch_file_run, path, x, shape, kind, wpath)]
+        return [workers.call("tensorflow", R.keras_run, path, x, shape, kind, trusted)]
+    return [workers.call("torch", R.torch_file_run, path, x, shape, kind, wpath, trusted, pt2_budget(net))]
 
 
 def _row(net, path, run_, ref, workers, x, device) -> Row:

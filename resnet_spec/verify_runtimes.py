@@ -154,7 +154,7 @@ def openvino_run(path: str, x: np.ndarray, shape):
 # -- TFLite, Keras, SavedModel ------------------------------------------------------------------------
 
 
-def _tflite_interpreter(path: str):
+def _tflite_interpreter(path: str, data: bytes | None = None):
     try:
         from ai_edge_litert.interpreter import Interpreter
 
@@ -170,13 +170,43 @@ def _tflite_interpreter(path: str):
         Interpreter, label = tf.lite.Interpreter, f"tf.lite {tf.__version__}"
     check_regular_file(path)
     try:
-        return Interpreter(model_path=path), label
+        return (Interpreter(model_content=data) if data is not None else Interpreter(model_path=path)), label
     except Exception as exc:  # noqa: BLE001
         raise ResNetSpecError(f"{path}: not a readable .tflite model ({_first_line(exc)})") from None
 
 
-def tflite_run(path: str, x: np.ndarray, shape) -> dict:
-    interp, label = _tflite_interpreter(path)
+def _tflite_checked(path: str) -> bytes:
+    """Refuse custom operators: a Select-TF (``Flex...``) op runs a TensorFlow op (``FlexWriteFile``
+    writes a file) in ``tf.lite.Interpreter``, and any other custom op is code registered elsewhere.
+    Our files (and TFLite's builtin ops) have none. Returns the bytes checked."""
+    from .inspect_files import _tflite_schema
+    from .trust import refuse
+
+    check_regular_file(path, 2**31 - 1)
+    with open(path, "rb") as fh:
+        data = fh.read()
+    fb = _tflite_schema(path)
+    try:
+        m = fb.Model.GetRootAs(data, 0)
+        codes = [m.OperatorCodes(i) for i in range(m.OperatorCodesLength())]
+        custom = [(c.CustomCode() or b"?").decode("utf-8", "replace") for c in codes
+                  if max(c.BuiltinCode(), c.DeprecatedBuiltinCode()) == fb.BuiltinOperator.CUSTOM]
+    except Exception as exc:  # noqa: BLE001 - a damaged flatbuffer raises anything
+        raise ResNetSpecError(f"{path}: not a readable .tflite model ({_first_line(exc)})") from None
+    if custom:
+        raise refuse(path, f"it uses the custom operator {custom[0][:60]!r}, which runs TensorFlow ops or code "
+                           "registered outside the file (verify runs builtin operators only)")
+    return data
+
+
+def tflite_check(path: str) -> None:
+    """:func:`_tflite_checked`, before any file runs (a refusal is then the only line)."""
+    _tflite_checked(path)
+
+
+def tflite_run(path: str, x: np.ndarray, shape, trusted: bool = False) -> dict:
+    """The LiteRT interpreter (else tf.lite's); unless ``trusted``, builtin operators only."""
+    interp, label = _tflite_interpreter(path, None if trusted else _tflite_checked(path))
     inp = interp.get_input_details()[0]
     layout = _layout(path, [None, *inp["shape"][1:]], shape, prefer=("nhwc", "nchw"))
     xin = _feed(x, layout)
@@ -191,30 +221,75 @@ def tflite_run(path: str, x: np.ndarray, shape) -> dict:
     return {"runtime": label, "level": "-", "outputs": {"logits": np.asarray(out, np.float32)}}
 
 
-def keras_run(path: str, x: np.ndarray, shape, kind: str) -> dict:
+def _require_tensorflow(path: str):
     from .backends import get
 
     tfb = get("tensorflow")
     reason = tfb.available()
     if reason:
         raise ResNetSpecError(f"{path}: {reason}")
+    return tfb
+
+
+def savedmodel_check(path: str) -> None:
+    """:func:`resnet_spec.trust_savedmodel.check_savedmodel`, run before any file runs (so that a refusal
+    is the only line); the run checks again what it loads."""
+    _require_tensorflow(path)
+    from .trust_savedmodel import check_savedmodel
+
+    check_savedmodel(path)
+
+
+def _serving_input(path: str, fn) -> str:
+    """The name of the serving signature's one input (``input`` in ours, ``args_0`` or a layer name in
+    nobuco's and other converters'); a signature of several inputs is no image classifier."""
+    names = list(fn.structured_input_signature[1])
+    if len(names) != 1:
+        raise ResNetSpecError(f"{path}: serving_default takes {len(names)} inputs ({', '.join(names[:5])}); "
+                              "verify runs models with one image input")
+    return names[0]
+
+
+def _load_keras_or_savedmodel(tfb, path: str, kind: str, trusted: bool, tmp: str):
+    """(the model or serving function, its input dims, the signature's input name or None). Unless
+    ``trusted``, a SavedModel is checked first and loaded from the checked copy
+    (:mod:`resnet_spec.trust_savedmodel`)."""
+    if kind == "keras":
+        model = tfb.load_keras(path)
+        return model, list(model.inputs[0].shape), None
+    load = path
+    if not trusted:
+        from .trust_savedmodel import checked_copy
+
+        load = checked_copy(path, tmp)
+    fn = tfb.load_savedmodel(load)
+    name = _serving_input(path, fn)
+    return fn, fn.structured_input_signature[1][name].shape.as_list(), name
+
+
+def keras_run(path: str, x: np.ndarray, shape, kind: str, trusted: bool = False) -> dict:
+    """A ``.keras`` file, or a SavedModel's ``serving_default`` called by its input's own name."""
+    import tempfile
+
+    tfb = _require_tensorflow(path)
+    with tempfile.TemporaryDirectory(prefix="resnet-spec-savedmodel-") as tmp:
+        try:
+            model, dims, name = _load_keras_or_savedmodel(tfb, path, kind, trusted, tmp)
+        except ResNetSpecError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            raise ResNetSpecError(f"{path}: not a loadable {kind} model ({_first_line(exc)})") from None
+    xin = _feed(x, _layout(path, dims, shape, prefer=("nhwc", "nchw")))
+    if isinstance(dims[0], int) and dims[0] > 0 and dims[0] != len(x):  # nobuco writes a fixed batch
+        raise ResNetSpecError(f"{path}: its input takes a batch of exactly {dims[0]}; pass --batch {dims[0]}")
     try:
         if kind == "keras":
-            model = tfb.load_keras(path)
-            dims = list(model.inputs[0].shape)
+            out = model(xin, training=False)
         else:
-            model = tfb.load_savedmodel(path)
-            dims = list(model.structured_input_signature[1].values())[0].shape.as_list()
-    except ResNetSpecError:
-        raise
+            res = model(**{name: xin})
+            out = res["logits"] if "logits" in res else next(iter(res.values()))
     except Exception as exc:  # noqa: BLE001
-        raise ResNetSpecError(f"{path}: not a loadable {kind} model ({_first_line(exc)})") from None
-    xin = _feed(x, _layout(path, dims, shape, prefer=("nhwc", "nchw")))
-    if kind == "keras":
-        out = model(xin, training=False)
-    else:
-        res = model(input=xin) if "input" in model.structured_input_signature[1] else model(xin)
-        out = res["logits"] if "logits" in res else next(iter(res.values()))
+        raise ResNetSpecError(f"{path}: cannot run on input {tuple(xin.shape)}: {_first_line(exc)}") from None
     label = f"keras {tfb.versions().split('keras ')[-1]}" if kind == "keras" else tfb.versions().split(" /")[0]
     return {"runtime": label, "level": "-", "outputs": {"logits": np.asarray(out, np.float32)}}
 
@@ -222,32 +297,63 @@ def keras_run(path: str, x: np.ndarray, shape, kind: str) -> dict:
 # -- PyTorch files ---------------------------------------------------------------------------------
 
 
-def torch_file_run(path: str, x: np.ndarray, shape, kind: str, weights_path: str) -> dict:
-    """A ``.pt2`` program (weights inside) or a standalone ``.py`` (weights from ``weights_path``)."""
+def _load_torch_file(path: str, kind: str, weights_path: str, trusted: bool, max_bytes: int):
+    """A ``.pt2`` program's module (unless ``trusted``, loaded from the checked copy
+    :func:`resnet_spec.trust_pt2.clean_copy` writes) or a standalone ``.py``'s ``load_model``."""
     import importlib.util
+    import os
+    import tempfile
     import uuid
 
     import torch
 
+    if kind == "pt2":
+        if trusted:
+            return torch.export.load(path).module()
+        from .trust_pt2 import clean_copy
+
+        with tempfile.TemporaryDirectory(prefix="resnet-spec-pt2-") as tmp:
+            return torch.export.load(clean_copy(path, max_bytes, os.path.join(tmp, "checked.pt2"))).module()
+    spec = importlib.util.spec_from_file_location(f"_verify_{uuid.uuid4().hex}", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    if not hasattr(mod, "load_model"):
+        raise ResNetSpecError(f"{path}: no load_model() in it; not a source file written by convert")
+    return mod.load_model(weights=weights_path)
+
+
+def _stopped(path: str, exc: BaseException, when: str) -> ResNetSpecError:
+    """A SystemExit (or another exception that is no error) raised by the file's own code: an error
+    naming the file. In the worker, which ignores Ctrl-C, nothing else raises one."""
+    what = f"exited (SystemExit({exc.code!r}))" if isinstance(exc, SystemExit) else f"raised {type(exc).__name__}"
+    return ResNetSpecError(f"{path}: its code {what} while {when}; no result")
+
+
+def torch_file_run(path: str, x: np.ndarray, shape, kind: str, weights_path: str, trusted: bool = False,
+                   max_bytes: int = 1 << 62) -> dict:
+    """A ``.pt2`` program (weights inside) or a standalone ``.py`` (weights from ``weights_path``; run
+    only when ``trusted``: verify refuses it before this otherwise)."""
+    import torch
+
     check_regular_file(path)
+    if kind == "py" and not trusted:
+        from .trust import PY_REFUSAL, refuse
+
+        raise refuse(path, PY_REFUSAL)
     try:
-        if kind == "pt2":
-            model = torch.export.load(path).module()
-        else:
-            spec = importlib.util.spec_from_file_location(f"_verify_{uuid.uuid4().hex}", path)
-            mod = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(mod)
-            if not hasattr(mod, "load_model"):
-                raise ResNetSpecError(f"{path}: no load_model() in it; not a source file written by convert")
-            model = mod.load_model(weights=weights_path)
+        model = _load_torch_file(path, kind, weights_path, trusted, max_bytes)
     except ResNetSpecError:
         raise
     except Exception as exc:  # noqa: BLE001 - a broken archive or source raises anything
         raise ResNetSpecError(f"{path}: not a loadable {kind} model ({_first_line(exc)})") from None
+    except BaseException as exc:  # noqa: BLE001 - SystemExit from the source: an error, never an exit
+        raise _stopped(path, exc, "loading") from None
     try:
         with torch.inference_mode():
             out = model(torch.from_numpy(np.ascontiguousarray(x)))
     except Exception as exc:  # noqa: BLE001
         raise ResNetSpecError(f"{path}: cannot run on input {tuple(x.shape)}: {_first_line(exc)}; "
                               "is it a model of another spec?") from None
+    except BaseException as exc:  # noqa: BLE001
+        raise _stopped(path, exc, "running") from None
     return {"runtime": f"torch {torch.__version__}", "level": kind, "outputs": {"logits": out.float().numpy()}}

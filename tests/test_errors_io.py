@@ -376,15 +376,14 @@ def test_bf16_and_f16_weights_are_upcast_with_a_note(r20):
     f16 = _safetensors(d / "f16.safetensors", {k: ("F16", v.shape, v.astype("<f2").tobytes()) for k, v in w.items()})
     res = _cli("convert", "resnet20", "--to", "onnx", "--weights", bf16, "-o", str(d / "bf16"))
     assert res.exit_code == 0 and f"note: {bf16}: bf16 tensors were upcast to float32" in res.output, res.output
-    from resnet_spec.weightfile import WeightsNote
-    from resnet_spec.checkpoints import load_weights
+    from resnet_spec.weights import WeightsNote
 
     net = resnet_spec.load("resnet20")
     with pytest.warns(WeightsNote, match="bf16 tensors were upcast to float32"):
-        got = load_weights(net, bf16)["conv1.weight"]
+        got = resnet_spec.load_weights(net, bf16)["conv1.weight"]
     assert np.allclose(got, w["conv1.weight"], rtol=2 ** -7)  # bf16 keeps 8 bits of mantissa
     with pytest.warns(WeightsNote, match=r": f16 tensors were upcast to float32"):
-        got = load_weights(net, f16)["conv1.weight"]
+        got = resnet_spec.load_weights(net, f16)["conv1.weight"]
     assert np.allclose(got, w["conv1.weight"], rtol=2 ** -10, atol=1e-7)
 
 

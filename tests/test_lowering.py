@@ -44,7 +44,7 @@ def test_every_ir_op_has_a_lowering(backend):
 #: op" (keras.applications names: a parameter-free op has no layer to name); a weightless op's entry in the
 #: other tables is a function giving nothing, so every table is complete.
 OP_TABLES = {
-    "resnet_spec.weights": "INIT",
+    "resnet_spec.weights.init": "INIT",
     "resnet_spec.importers.source": "SPEC_LAYERS",
     "resnet_spec.backends.keras.weights": "LAYOUTS",
     "resnet_spec.backends.keras.applications": "APPLICATIONS_NAMES",

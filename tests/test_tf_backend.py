@@ -28,7 +28,6 @@ from resnet_spec.backends.keras import tf as tf_backend
 from resnet_spec.backends.keras.weights import from_keras_model
 from resnet_spec.isolate import run_isolated
 from resnet_spec.spec import zoo_names
-from resnet_spec.checkpoints import load_weights
 from resnet_spec.weights import init_weights
 
 pytestmark = pytest.mark.skipif(tf_backend.available() is not None, reason=str(tf_backend.available()))
@@ -416,7 +415,7 @@ def _keras_apps(cases, tmp_path):
         assert r["mismatch"] and r["mismatch"].startswith("WeightsError")
         # Third corner: the same canonical weights in PyTorch.
         net = resnet_spec.load(spec) if size == 224 else small(spec, size)
-        ref = torch_backend.infer(net, load_weights(net, r["weights_path"]), xs[size])[0]["head"]
+        ref = torch_backend.infer(net, resnet_spec.load_weights(net, r["weights_path"]), xs[size])[0]["head"]
         assert rel_err(ref, r["from_ours"]) < TOL, (spec, "torch")
     return res
 
@@ -451,7 +450,7 @@ def test_convert_cli_and_reload(tmp_path):
     assert kpath.is_file() and (spath / "saved_model.pb").is_file()
     assert not [p for p in os.listdir(out) if p.startswith(".")]  # no temporaries left behind
     net_a = resnet_spec.load(TINY_A)
-    w_a = load_weights(net_a, str(out / "tiny_a.safetensors"))
+    w_a = resnet_spec.load_weights(net_a, str(out / "tiny_a.safetensors"))
     mtime = kpath.stat().st_mtime_ns
     r = CliRunner().invoke(main, ["convert", str(spec), "--to", "tensorflow", "-o", str(out), "--seed", "3"])
     assert r.exit_code == 1 and "already exists" in r.output and kpath.stat().st_mtime_ns == mtime

@@ -13,7 +13,6 @@ import resnet_spec  # noqa: E402
 from resnet_spec.backends.torch import backend as tb  # noqa: E402
 from resnet_spec.errors import WeightsError  # noqa: E402
 from resnet_spec.spec import zoo_names  # noqa: E402
-from resnet_spec.checkpoints import load_weights  # noqa: E402
 from resnet_spec.weights import init_weights, save_weights  # noqa: E402
 
 from conftest import TIMM, TORCHVISION, randomize_bn, small  # noqa: E402
@@ -252,10 +251,10 @@ def test_weights_roundtrip_and_torchvision_file(tmp_path):
     ref = torchvision.models.resnet18(weights=None)
     torch.save(ref.state_dict(), tmp_path / "r18.pth")
     net = resnet_spec.load("resnet18")
-    w = load_weights(net, str(tmp_path / "r18.pth"))
+    w = resnet_spec.load_weights(net, str(tmp_path / "r18.pth"))
     assert np.array_equal(w["layer2.0.downsample.0.weight"], ref.state_dict()["layer2.0.downsample.0.weight"].numpy())
     save_weights(w, str(tmp_path / "r18.safetensors"))
-    w2 = load_weights(net, str(tmp_path / "r18.safetensors"))
+    w2 = resnet_spec.load_weights(net, str(tmp_path / "r18.safetensors"))
     assert w.keys() == w2.keys() and all(np.array_equal(w[k], w2[k]) for k in w)
 
 
@@ -276,7 +275,7 @@ def test_weight_errors_name_the_tensor(tmp_path):
     bad["layer9.weight"] = np.zeros(3, np.float32)
     save_weights(bad, str(tmp_path / "bad.safetensors"))
     with pytest.raises(WeightsError) as e:
-        load_weights(net, str(tmp_path / "bad.safetensors"))
+        resnet_spec.load_weights(net, str(tmp_path / "bad.safetensors"))
     msg = str(e.value)
     assert "missing tensor 'layer1.0.bn1.running_var' (expected shape (64))" in msg
     assert "unexpected tensor 'layer9.weight'" in msg
@@ -301,12 +300,12 @@ def test_pickle_that_is_not_a_tensor_dict_is_refused(tmp_path):
     with open(tmp_path / "evil.pth", "wb") as f:
         pickle.dump({"conv1.weight": Evil()}, f)
     with pytest.raises(WeightsError, match="refused"):
-        load_weights(resnet_spec.load("resnet18"), str(tmp_path / "evil.pth"))
+        resnet_spec.load_weights(resnet_spec.load("resnet18"), str(tmp_path / "evil.pth"))
     assert not (tmp_path / "pwned").exists()
     # a {"model": ...} container is unwrapped now (tests/test_workflows.py); a value that is no tensor is not
     torch.save({"conv1.weight": [torchvision_like_nested()]}, tmp_path / "nested.pth")
     with pytest.raises(WeightsError, match="not a tensor"):
-        load_weights(resnet_spec.load("resnet18"), str(tmp_path / "nested.pth"))
+        resnet_spec.load_weights(resnet_spec.load("resnet18"), str(tmp_path / "nested.pth"))
 
 
 def torchvision_like_nested():

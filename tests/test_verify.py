@@ -50,7 +50,7 @@ def _runs(path):
 @pytest.mark.slow  # verify/convert: a worker process per runtime, TensorFlow and LiteRT included
 def test_every_converted_file_passes(out, tmp_path):
     a = out / "all"
-    files = [a / f"{SPEC}{s}" for s in (".onnx", ".tflite", ".keras", "_savedmodel", ".pt2", ".py")]
+    files = [a / f"{SPEC}{s}" for s in (".onnx", ".tflite", ".keras", "_savedmodel", ".pt2")]  # .py: below
     res = _verify(SPEC, *map(str, files), "--json", str(tmp_path / "r.json"))
     assert res.exit_code == 0, res.output
     report = _runs(tmp_path / "r.json")
@@ -60,6 +60,16 @@ def test_every_converted_file_passes(out, tmp_path):
     assert kinds == {os.path.basename(str(f)) for f in files}
     assert all(r["passed"] and r["max_rel"] < 1e-5 for r in report["runs"]), report
     assert any(r["runtime"].startswith(("LiteRT", "tf.lite")) for r in report["runs"])
+
+
+@pytest.mark.slow  # verify/convert: a worker process per runtime
+def test_a_converted_py_needs_trust_code(out):
+    """A .py runs its own code when loaded: refused in one line without --trust-code (the .pt2 and
+    SavedModel above pass without it: tests/test_trust_code.py), run with it."""
+    py = str(out / "all" / f"{SPEC}.py")
+    _one_error(_verify(SPEC, py), f"{SPEC}.py", "pass --trust-code to run it anyway")
+    res = _verify(SPEC, py, "--trust-code")
+    assert res.exit_code == 0 and "PASS: 1/1" in res.output, res.output
 
 
 @pytest.mark.slow  # verify/convert: a worker process per runtime, TensorFlow and LiteRT included

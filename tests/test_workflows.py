@@ -125,11 +125,11 @@ def _prefixed(sd, prefix):
     (lambda sd: {"state_dict": _prefixed(sd, "model.")}, "prefix 'model.'"),
 ])
 def test_checkpoint_layouts(tv18, tmp_path, layout, note):
-    from resnet_spec.checkpoints import load_checkpoint
+    from resnet_spec.weights import load
 
     sd = tv18.state_dict()
     path = _save(layout(dict(sd)), tmp_path / "ckpt.pth")
-    w, notes = load_checkpoint(resnet_spec.load(R18_64), path)
+    w, notes = load(resnet_spec.load(R18_64), path)
     assert any(note in n for n in notes), notes
     for k, v in w.items():
         np.testing.assert_array_equal(v, sd[k].numpy())
@@ -137,7 +137,7 @@ def test_checkpoint_layouts(tv18, tmp_path, layout, note):
 
 def test_real_wrappers_state_dicts(tv18, tmp_path):
     """The prefixes as torch itself makes them: DataParallel (as DDP) and torch.compile's wrapper."""
-    from resnet_spec.checkpoints import load_checkpoint
+    from resnet_spec.weights import load
 
     net = resnet_spec.load(R18_64)
     for wrapped, prefix in [(torch.nn.DataParallel(tv18), "module."), (torch.compile(tv18), "_orig_mod."),
@@ -145,38 +145,38 @@ def test_real_wrappers_state_dicts(tv18, tmp_path):
         sd = wrapped.state_dict()
         assert next(iter(sd)).startswith(prefix)
         path = _save({"epoch": 1, "model_state_dict": sd}, tmp_path / "w.pth")
-        w, notes = load_checkpoint(net, path)
+        w, notes = load(net, path)
         assert notes == ["took the weights under 'model_state_dict'",
                          f"stripped the prefix {prefix!r} from every name"]
         np.testing.assert_array_equal(w["layer4.1.bn2.running_var"], tv18.layer4[1].bn2.running_var.numpy())
 
 
 def test_a_plain_state_dict_gives_no_note(tv18, tmp_path):
-    from resnet_spec.checkpoints import load_checkpoint
+    from resnet_spec.weights import load
 
     path = _save(tv18.state_dict(), tmp_path / "plain.pth")
-    assert load_checkpoint(resnet_spec.load(R18_64), path)[1] == []
+    assert load(resnet_spec.load(R18_64), path)[1] == []
 
 
 def test_ema_and_weights_key(tv18, tmp_path):
-    from resnet_spec.checkpoints import load_checkpoint
+    from resnet_spec.weights import LoadOptions, load
 
     sd = tv18.state_dict()
     ema = {k: v + 1 if v.is_floating_point() else v for k, v in sd.items()}
     path = _save({"model": dict(sd), "model_ema": _prefixed(ema, "module.")}, tmp_path / "ckpt.pth")
     net = resnet_spec.load(R18_64)
-    plain, _ = load_checkpoint(net, path)
+    plain, _ = load(net, path)
     np.testing.assert_array_equal(plain["conv1.weight"], sd["conv1.weight"].numpy())
-    got, notes = load_checkpoint(net, path, ema=True)
+    got, notes = load(net, path, LoadOptions(ema=True))
     np.testing.assert_array_equal(got["conv1.weight"], ema["conv1.weight"].numpy())
     assert any("model_ema" in n for n in notes)
-    got, _ = load_checkpoint(net, path, key="model_ema")
+    got, _ = load(net, path, LoadOptions(key="model_ema"))
     np.testing.assert_array_equal(got["conv1.weight"], ema["conv1.weight"].numpy())
     with pytest.raises(WeightsError, match=r"no entry 'nope'; the file holds the keys 'model', 'model_ema'"):
-        load_checkpoint(net, path, key="nope")
+        load(net, path, LoadOptions(key="nope"))
     only = _save({"model": dict(sd)}, tmp_path / "noema.pth")
     with pytest.raises(WeightsError, match="no EMA weights"):
-        load_checkpoint(net, only, ema=True)
+        load(net, only, LoadOptions(ema=True))
 
 
 def test_weights_key_on_the_command_line(tv18, tmp_path):

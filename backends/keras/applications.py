@@ -76,7 +76,7 @@ def _block_places(b: ir.Block) -> list:
 
 def to_keras_applications(net: ir.Network, weights, keras_model):
     """Load canonical ``weights`` of ``net`` into a keras.applications ResNet/ResNetV2 model."""
-    from ...weights import check_weights
+    from ...weights.check import check_weights
 
     names = keras_applications_names(net)
     arrays = to_keras_weights(net, check_weights(net, weights, "weights"))

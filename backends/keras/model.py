@@ -229,7 +229,7 @@ def build(net: ir.Network, weights=None, *, data_format: str = "channels_last", 
     if dtype not in DTYPES:
         raise BackendUnavailable(f"keras: unsupported dtype {dtype!r} (choose from {', '.join(DTYPES)})")
     if weights is not None:
-        from ...weights import check_weights
+        from ...weights.check import check_weights
 
         weights = check_weights(net, weights, "weights")
     previous = keras.config.dtype_policy()

@@ -16,7 +16,8 @@ import re
 
 import numpy as np
 
-from ...fileio import check_regular_file
+from ...archive import check_h5, check_keras_model
+from ...fileio import check_regular_file, shown
 from ...isolate import run_isolated
 from ...importers.source import ImportRefused, Layer, Recogniser, Source
 
@@ -27,19 +28,20 @@ _APP = re.compile(r"^conv(\d+)_block(\d+)_(\d+|preact)_(conv|bn)$")
 
 
 def _descriptor(source: str, input_size) -> tuple:
-    """(label, {how the worker gets the model})."""
+    """(label, {how the worker gets the model}), after the checks a file gets before Keras opens it."""
     if source.startswith("keras:"):
         name, _, h5 = source[len("keras:"):].partition("=")
-        if h5:  # a FIFO or /dev/zero is said to be one, before Keras opens it
-            check_regular_file(h5, error=ImportRefused, missing="no such weights file")
+        if h5:  # a FIFO or /dev/zero is said to be one, and HDF5 bombs refused, before Keras opens it
+            stored = check_regular_file(h5, error=ImportRefused, missing="no such weights file").st_size
+            check_h5(shown(h5), h5, stored, ImportRefused)
         size = input_size or 224
         hw = [size, size] if isinstance(size, int) else list(size)
-        return source, {"app": name, "h5": h5 or None, "size": hw}
+        return shown(source), {"app": name, "h5": h5 or None, "size": hw}
     if source.endswith(".h5"):
-        raise ImportRefused(f"{source}: a .weights.h5 file holds no architecture; give it with its model, "
-                           "e.g. keras:ResNet50=" + source)
-    check_regular_file(source, error=ImportRefused)
-    return source, {"path": os.path.abspath(source)}
+        raise ImportRefused(f"{shown(source)}: a .weights.h5 file holds no architecture; give it with its model, "
+                           "e.g. " + shown("keras:ResNet50=" + source))
+    check_keras_model(source, ImportRefused)  # archive bombs, layer count, declared input size
+    return shown(source), {"path": os.path.abspath(source)}
 
 
 def _load(desc: dict):
@@ -54,18 +56,18 @@ def _load(desc: dict):
         except ImportRefused:
             raise
         except Exception as exc:
-            raise ImportRefused(f"{desc['path']}: not a loadable .keras model ({_first_line(exc)})") from None
+            raise ImportRefused(f"{shown(desc['path'])}: not a loadable .keras model ({_first_line(exc)})") from None
     name = desc["app"]
     fn = getattr(keras.applications, name, None)
     if fn is None or not name.startswith("ResNet"):
-        raise ImportRefused(f"keras:{name}: keras.applications has no ResNet/ResNetV2 model {name!r}")
+        raise ImportRefused(f"{shown('keras:' + name)}: keras.applications has no ResNet/ResNetV2 model {name!r}")
     keras.utils.set_random_seed(0)
     model = fn(weights=None, input_shape=(*desc["size"], 3), classifier_activation=None)
     if desc["h5"]:
         try:
             model.load_weights(desc["h5"])
         except Exception as exc:
-            raise ImportRefused(f"{desc['h5']}: cannot load into keras.applications.{name}: "
+            raise ImportRefused(f"{shown(desc['h5'])}: cannot load into keras.applications.{name}: "
                                f"{_first_line(exc)}") from None
     return model
 
@@ -112,8 +114,8 @@ def _logits(model):
 def read_keras(source: str, input_size=None) -> Source:
     from ...extras import require
 
-    label, desc = _descriptor(source, input_size)
-    require(f"reading {label}", "keras")
+    require(f"reading {shown(source)}", "keras")
+    label, desc = _descriptor(source, input_size)  # the file's checks: in this process, before the worker
     return _Mapper.source(label, "keras", {"keras_source": desc}, run_isolated(_describe, desc))
 
 

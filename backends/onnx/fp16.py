@@ -38,7 +38,7 @@ def half_weights(net, weights, fold_bn: bool):
     """``(net, weights)`` with BN folded in float64 (when ``fold_bn``) and every value rounded once to
     float16 (held in float32 arrays, which represent float16 values exactly)."""
     from ...errors import ResNetSpecError
-    from ...weights import check_weights
+    from ...weights.check import check_weights
     from .fold import fold_batchnorm
 
     weights = check_weights(net, weights, "weights", allow_nonfinite=True)

@@ -207,7 +207,7 @@ def skeleton(net: ir.Network, weights, *, fold_bn: bool = True, batch: int | Non
     """The model of ``backends.onnx.backend.build`` with data-less initializers, and ``{initializer name: array}``
     (the data, kept out of the message until it is copied in or streamed to a file)."""
     _check_options(opset, batch)
-    from ...weights import check_weights
+    from ...weights.check import check_weights
     from .fold import fold_batchnorm
 
     weights = check_weights(net, weights, "weights", allow_nonfinite=True)

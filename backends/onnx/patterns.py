@@ -32,12 +32,15 @@ def attrs(node) -> dict:
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 
-def fold(node, ins, consts: dict, opset: int) -> bool:
-    """Evaluate ``node`` into ``consts`` when it is foldable and every input is a constant."""
+def fold(node, ins, consts: dict, opset: int, left: int = MAX_FOLD) -> int:
+    """Evaluate ``node`` into ``consts`` when it is foldable, every input is a constant and its outputs
+    hold at most ``left`` elements (the graph's budget still unspent) and :data:`MAX_FOLD`; the
+    elements it was charged (0: not folded)."""
     if node.op_type not in FOLDABLE or not ins or not all(i in consts for i in ins if i):
-        return False
-    if fold_size(node, [np.asarray(consts[i]) if i else None for i in ins]) > MAX_FOLD:
-        return False  # a few bytes of shape asking for gigabytes: left in the graph, refused by the walk
+        return 0
+    size = fold_size(node, [np.asarray(consts[i]) if i else None for i in ins])
+    if size > min(MAX_FOLD, left):
+        return 0  # a few bytes of shape asking for gigabytes: left in the graph, refused by the walk
     from onnx import helper
     from onnx.reference import ReferenceEvaluator
 
@@ -47,9 +50,9 @@ def fold(node, ins, consts: dict, opset: int) -> bool:
     try:
         outs = ReferenceEvaluator(model).run(None, {i: consts[i] for i in ins if i})
     except Exception:  # leave it in the graph; the walk names it if it is in the way
-        return False
+        return 0
     consts.update(zip(node.output, (np.asarray(o) for o in outs)))
-    return True
+    return max(1, size)
 
 
 def read_constant(g, node) -> bool:

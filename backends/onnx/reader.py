@@ -25,7 +25,9 @@ import numpy as np
 
 from .patterns import attrs as _attrs, border_mask, channel_pad, check_wiring, fold, pool_facts, \
     read_constant, shortcut_reshapes, slice_steps, spatial_pad
-from ...fileio import check_regular_file
+from .checked import declared_input, load_checked
+from ...budgets import ONNX_MAX_FOLD_TOTAL
+from ...fileio import shown
 from ...importers.source import ImportRefused, Layer, Recogniser, Source
 
 PASS_THROUGH = ("Identity", "Dropout")
@@ -33,20 +35,21 @@ EPS = 1e-5
 
 
 class _Graph:
-    def __init__(self, model, path: str):
+    def __init__(self, model, label: str):
         from onnx import numpy_helper
 
-        self.path = path
+        self.path = label  # the file as messages name it
         g = model.graph
         self.consts = {}
         for t in g.initializer:
             try:
                 self.consts[t.name] = np.array(numpy_helper.to_array(t))  # writable copy
             except Exception as exc:  # external data missing, corrupt tensor
-                raise ImportRefused(f"{path}: initializer {t.name!r} cannot be read ({exc})") from None
+                raise ImportRefused(f"{label}: initializer {t.name!r} cannot be read ({exc})") from None
         alias = {}
         opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)
         self.nodes, self.producer, self.consumers = [], {}, defaultdict(list)
+        fold_left = ONNX_MAX_FOLD_TOTAL  # all folded values together: many small bombs are one big one
         for n in g.node:
             if n.op_type == "Constant" and read_constant(self, n):
                 continue
@@ -54,7 +57,9 @@ class _Graph:
                 alias[n.output[0]] = alias.get(n.input[0], n.input[0])
                 continue
             ins = [alias.get(i, i) for i in n.input]
-            if fold(n, ins, self.consts, opset):
+            folded = fold(n, ins, self.consts, opset, fold_left)
+            if folded:
+                fold_left -= folded
                 continue
             self.nodes.append((n, ins))
             for o in n.output:
@@ -64,7 +69,7 @@ class _Graph:
                     self.consumers[i].append(n)
         inputs = [i for i in g.input if i.name not in self.consts]
         if len(inputs) != 1:
-            raise ImportRefused(f"{path}: expected one image input, found {len(inputs)}")
+            raise ImportRefused(f"{label}: expected one image input, found {len(inputs)}")
         self.input = inputs[0]
         self.output = alias.get(g.output[0].name, g.output[0].name) if g.output else None
         check_wiring(self)  # a cycle: the walks back from each Add would never end
@@ -87,26 +92,22 @@ class _Graph:
 
 
 def read_onnx(path: str) -> Source:
+    label = shown(path)
     try:
-        import onnx
+        import onnx  # noqa: F401
     except ImportError:
-        raise ImportRefused(f"{path}: reading ONNX files needs the onnx package "
+        raise ImportRefused(f"{label}: reading ONNX files needs the onnx package "
                            "(pip install 'resnet-spec[onnx]')") from None
-    check_regular_file(path, error=ImportRefused)  # a FIFO or a link to /dev/zero: refused before onnx opens it
-    try:
-        model = onnx.load(path)
-    except Exception as exc:
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ImportRefused(f"{path}: not a readable ONNX model ({msg}); it may be truncated or corrupt") from None
+    model = load_checked(path)  # special files, node and tensor budgets: before any tensor is read
     if not model.graph.node:
-        raise ImportRefused(f"{path}: the ONNX graph has no nodes")
+        raise ImportRefused(f"{label}: the ONNX graph has no nodes")
     try:
-        return _Walker.source(path, "onnx", {"path": path}, _Graph(model, path))
+        return _Walker.source(label, "onnx", {"path": path}, _Graph(model, label))
     except ImportRefused:
         raise
     except (ArithmeticError, AttributeError, IndexError, KeyError, TypeError, ValueError, RecursionError) as exc:
         # a graph malformed in a way no check above names (a node missing an input or attribute)
-        raise ImportRefused(f"{path}: a malformed graph ({type(exc).__name__}: {exc})") from None
+        raise ImportRefused(f"{label}: a malformed graph ({type(exc).__name__}: {exc})") from None
 
 
 class _Walker(Recogniser):
@@ -308,11 +309,9 @@ class _Walker(Recogniser):
         self.src.facts["stem_pool"] = pool_facts(*pools[0]) if pools else None
         if masked:
             self.src.facts["stem_pool"]["pad_value"] = "zero"
-        shape = [d.dim_value for d in self.g.input.type.tensor_type.shape.dim]
-        if len(shape) == 4 and shape[0] > 0:
-            self.src.facts["batch"] = shape[0]  # a graph exported with a fixed batch size
-        if len(shape) == 4 and shape[2] > 0 and shape[3] > 0:
-            self.src.facts["input_size"] = shape[2] if shape[2] == shape[3] else [shape[2], shape[3]]
+        facts, notes = declared_input(self.g.input)  # the proof runs its own batch, never the file's
+        self.src.facts.update(facts)
+        self.src.notes += notes
 
     def blocks(self, blocks):
         stage, index = 0, -1

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from ...errors import WeightsError
+from ...fileio import shown
 from ...importers.source import ImportRefused, Source, layers_from_weights
 
 ASSUMED = ("strides, stem pooling and BN epsilon are not stored in a state dict: torchvision's "
@@ -20,21 +21,22 @@ ASSUMED = ("strides, stem pooling and BN epsilon are not stored in a state dict:
 
 
 def read_torch_source(path: str) -> Source:
-    from ...weightfile import IGNORED_SUFFIXES
-    from ...weights import read_weights
+    from ...weights.check import IGNORED_SUFFIXES
+    from ...weights.files import read_weights
 
+    label = shown(path)
     try:
         weights = read_weights(path)
-    except WeightsError as exc:
-        raise ImportRefused(str(exc)) from None
+    except WeightsError as exc:  # its messages name the path as given: shown as every import message shows it
+        raise ImportRefused(str(exc).replace(path, label) if label != path else str(exc)) from None
     weights = {k: v for k, v in weights.items() if not k.endswith(IGNORED_SUFFIXES)}
     if not weights:
-        raise ImportRefused(f"{path}: no tensors in the file")
+        raise ImportRefused(f"{label}: no tensors in the file")
     for k, v in weights.items():
         if np.asarray(v).dtype.kind != "f":
-            raise ImportRefused(f"{path}: tensor {k!r} has dtype {np.asarray(v).dtype}, not a float tensor")
+            raise ImportRefused(f"{label}: tensor {k!r} has dtype {np.asarray(v).dtype}, not a float tensor")
     weights = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in weights.items()}
-    return Source(path, "torch", layers_from_weights(weights), weights, notes=[ASSUMED])
+    return Source(label, "torch", layers_from_weights(weights), weights, notes=[ASSUMED])
 
 
 def library_model(lib: str, name: str):
@@ -48,13 +50,13 @@ def library_model(lib: str, name: str):
         try:
             model = torchvision.models.get_model(name, weights=None)
         except ValueError:
-            raise ImportRefused(f"torchvision:{name}: torchvision {torchvision.__version__} has no model "
+            raise ImportRefused(f"{shown('torchvision:' + name)}: torchvision {torchvision.__version__} has no model "
                                f"{name!r}") from None
     else:
         import timm
 
         if not timm.is_model(name):
-            raise ImportRefused(f"timm:{name}: timm {timm.__version__} has no model {name!r}")
+            raise ImportRefused(f"{shown('timm:' + name)}: timm {timm.__version__} has no model {name!r}")
         model = timm.create_model(name, pretrained=False)
     return model.eval()
 
@@ -65,10 +67,11 @@ def read_library(lib: str, name: str) -> Source:
     except ModuleNotFoundError as exc:
         from ...extras import install_hint
 
-        raise ImportRefused(f"{lib}:{name}: {exc.name} is not installed ({install_hint(exc.name)})") from None
+        raise ImportRefused(f"{shown(f'{lib}:{name}')}: {exc.name} is not installed "
+                           f"({install_hint(exc.name)})") from None
     weights = {k: v.detach().float().numpy().copy() for k, v in model.state_dict().items()
                if not k.endswith("num_batches_tracked")}
-    src = Source(f"{lib}:{name}", lib, layers_from_weights(weights), weights)
+    src = Source(shown(f"{lib}:{name}"), lib, layers_from_weights(weights), weights, facts={"library": (lib, name)})
     _add_facts(src, model)
     return src
 

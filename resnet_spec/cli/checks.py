@@ -134,24 +134,29 @@ def _emit(report, fmt, json_file) -> None:
               help="Seed of the input, and of a --new-head classifier (as convert's --seed).")
 @click.option("--json", "json_file", type=click.Path(dir_okay=False), callback=not_empty,
               help="Also write the report as JSON to this file ('-' for stdout).")
+@click.option("--trust-code", is_flag=True,
+              help="Run code the FILES carry: a .py source, and a .pt2 or SavedModel as its framework loads "
+                   "it, unchecked (pickled objects, graph ops with side effects). Without it a .py is refused "
+                   "and a .pt2 or SavedModel must pass verify's allow-lists (README: Security).")
 @checkpoint_options
 @limit_options
 def verify_cmd(**args):
     """Run deployable FILES (.onnx, .tflite, .keras, SavedModel, .pt2, .py) in their runtimes; compare
     with SPEC's torch reference (float64) on the same weights. Exit 0 when every run is within
-    tolerance, 1 otherwise."""
+    tolerance, 1 otherwise. No code from a file runs without --trust-code."""
     from .. import verify as V
 
+    trust_code = args.pop("trust_code")
     opts = VerifyOptions.from_args(args)
     net = load_network(opts.spec, opts.limits)
     V.require_reference()
     _check_json_place(opts.json_file)
-    for f in opts.files:  # a missing or unknown file is refused before any weights are read
-        V.file_kind(f)
+    for f in opts.files:  # a missing, unknown or untrusted file is refused before any weights are read
+        V.check_file(net, f, trust_code)
     # --weights goes through convert's and parity's loader (checkpoints, import sources, --new-head)
     weights = opts.weights.load(net) if opts.weights.file or opts.weights.checkpoint_flags else None
     report = V.run(net, opts.files, weights_file=opts.weights.file, weights=weights, batch=opts.batch,
-                   seed=opts.seed, device=opts.device, progress=_say)
+                   seed=opts.seed, device=opts.device, progress=_say, trust_code=trust_code)
     _emit(report, V.format_report, opts.json_file)
     sys.exit(0 if report.passed else 1)
 

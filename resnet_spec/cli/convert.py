@@ -70,7 +70,7 @@ def _convert_all(net, weights, opts: ConvertOptions, out_dir: str, finals: list)
     from ..errors import ResNetSpecError
     from ..inspect_files import weights_metadata
     from ..outputs import OutputSet, diagnose_write_failure
-    from ..weights import save_weights
+    from ..weights.files import save_weights
 
     needed = 4 * sum(int(a.nbytes) for a in weights.values()) + (64 << 20)
     with OutputSet(out_dir, finals, opts.force) as out:

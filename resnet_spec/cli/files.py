@@ -30,6 +30,8 @@ def import_cmd(source, out_dir, name, input_size, force, keep):
         size = parse_input_size(input_size)
     except ValueError as exc:  # a usage error (exit 2), not an input error
         raise click.BadParameter(str(exc), param_hint="--input-size") from None
+    if name is not None and not name.strip():  # never a silent fall-back to the default name
+        raise click.BadParameter("an empty name; leave --name out for the name from SOURCE", param_hint="--name")
     import_to_dir(source, out_dir, name, size, force, keep, echo=click.echo)
 
 
@@ -43,7 +45,7 @@ def inspect(path, as_json):
     embedded spec)."""
     from .. import inspect_files as F
     from ..fileio import check_regular_file
-    from ..weightfile import TORCH_SUFFIXES
+    from ..weights.files import TORCH_SUFFIXES
 
     check_regular_file(path, 2**31 - 1)  # protobuf's own limit; larger models keep external data
 

@@ -145,19 +145,18 @@ class WeightSource:
         fresh ones from ``seed``."""
         import warnings
 
-        from ..weightfile import WeightsNote
-        from ..weights import init_weights
+        from ..weights.files import WeightsNote
+        from ..weights.loader import LoadOptions, load
 
+        options = LoadOptions(key=self.key, ema=self.ema, new_head=self.new_head, seed=self.seed,
+                              allow_nonfinite=self.allow_nonfinite, random_bn=random_bn)
         if not self.file:
             if self.checkpoint_flags:
                 raise click.UsageError("--weights-key, --ema and --new-head need --weights")
-            return init_weights(net, seed=self.seed, random_bn=random_bn)
-        from ..checkpoints import load_checkpoint
-
+            return load(net, None, options)[0]
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            weights, notes = load_checkpoint(net, self.file, key=self.key, ema=self.ema, new_head=self.new_head,
-                                             seed=self.seed, allow_nonfinite=self.allow_nonfinite)
+            weights, notes = load(net, self.file, options)
         for n in notes:
             click.echo(f"note: {self.file}: {n}", err=True)
         for n in caught:  # e.g. bf16/fp16 tensors upcast to float32; frameworks' own warnings are noise here

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import os
 
-from ..fileio import check_regular_file
+from ..fileio import check_regular_file, shown
+from ..weights.files import STATE_DICT_SUFFIXES
 from .source import ImportRefused, Source, check_source, sanitize_name
 
 LIBRARIES = ("torchvision", "timm", "keras")
-STATE_DICT_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".safetensors")
 
 __all__ = ["read_source", "import_source", "ImportRefused", "Source", "check_source", "is_foreign_weights"]
 
@@ -61,7 +61,7 @@ def read_source(source: str, input_size=None) -> Source:
         from ..backends.torch.reader import read_torch_source
 
         return read_torch_source(source)
-    raise ImportRefused(f"{source}: unknown model format; import reads .onnx, .keras, .weights.h5 (with "
+    raise ImportRefused(f"{shown(source)}: unknown model format; import reads .onnx, .keras, .weights.h5 (with "
                        "keras:NAME=FILE), .pth/.pt/.bin/.safetensors state dicts, torchvision:NAME, "
                        "timm:NAME and keras:NAME")
 
@@ -83,6 +83,6 @@ def import_source(source: str, name: str | None = None, input_size=None) -> tupl
     from .infer import build_spec
 
     src = read_source(source, input_size)
-    text, net, full = build_spec(src, name or default_name(source), input_size)
+    text, net, full = build_spec(src, default_name(source) if name is None else name, input_size)
     weights = check_source(net, src)
     return src, text, net, full, weights

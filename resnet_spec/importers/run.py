@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..budgets import PROOF_BATCH, proof_batch, proof_refusal
 from ..errors import ResNetSpecError
 from ..isolate import run_isolated
 from .source import ImportRefused
@@ -18,7 +19,7 @@ from .source import ImportRefused
 def source_runner(src, full_spec: dict) -> tuple:
     """(worker function, its arguments before the input) that runs ``src`` in its own runtime."""
     if src.kind in ("torchvision", "timm"):
-        lib, name = src.label.split(":", 1)
+        lib, name = src.facts["library"]
         return _run_library, (lib, name, src.weights)
     if src.kind == "torch":
         from ..backends.torch.reader import timm_equivalent
@@ -30,10 +31,11 @@ def source_runner(src, full_spec: dict) -> tuple:
                                "spec and weights with 'resnet-spec parity' instead")
         return _run_timm, (kwargs, src.weights)
     if src.kind == "onnx":
+        from ..backends.onnx.checked import run_source
         from ..extras import require
 
         require(f"running {src.label}", "onnxruntime")
-        return _run_onnx, (src.facts["path"],)
+        return run_source, (src.facts["path"],)
     if src.kind == "keras":
         from ..backends.keras.reader import run_keras
 
@@ -74,16 +76,6 @@ def _run_timm(kwargs, weights, x):
     return _torch_run(_load_state(build_timm(kwargs), weights), x), f"timm {timm.__version__} ResNet class"
 
 
-def _run_onnx(path, x):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
-    name = sess.get_inputs()[0].name
-    return np.asarray(sess.run(None, {name: x})[0], np.float32), f"onnxruntime {ort.__version__}"
-
-
 def _run_generated(spec_yaml, weights, x):
     from ..backends import prepare
 
@@ -96,12 +88,17 @@ def _run_pair(fn, args, spec_yaml, weights, x):
     return fn(*args, x), _run_generated(spec_yaml, weights, x)
 
 
-def prove(src, net, full_spec: dict, weights: dict, batch: int = 2, seed: int = 0) -> dict:
-    """Run source and generated model on one seeded input; the comparison and whether it passed."""
+def prove(src, net, full_spec: dict, weights: dict, batch: int = PROOF_BATCH, seed: int = 0) -> dict:
+    """Run source and generated model on one seeded input of the import's own batch (a file's fixed
+    batch only when smaller) at the spec's size; the comparison and whether it passed. Refused, before
+    any worker starts, when that input would cost more than the proof's budget."""
     from ..parity import TOLERANCES, compare
 
+    why = proof_refusal(net)
+    if why:
+        raise ImportRefused(f"{src.label}: {why}")
     fn, args = source_runner(src, full_spec)
-    batch = src.facts.get("batch") or batch
+    batch = proof_batch(src.facts.get("batch"), batch)
     x = np.random.default_rng(seed).standard_normal((batch, *net.input_shape)).astype(np.float32)
     try:
         if src.kind in ("torch", "torchvision", "timm"):  # one PyTorch worker runs both

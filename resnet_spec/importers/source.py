@@ -190,7 +190,7 @@ def _described(layer: Layer) -> str:
 
 def check_source(net: ir.Network, src: Source) -> dict:
     """Refuse unless ``src`` describes the network ``net`` layer for layer; return checked weights."""
-    from ..weights import check_weights
+    from ..weights.check import check_weights
 
     diff = first_difference(net, src)
     if diff:

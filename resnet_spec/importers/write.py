@@ -34,7 +34,7 @@ def import_to_dir(source: str, out_dir: str, name: str | None = None, input_size
     """
     from ..extras import require
     from ..fileio import check_writable, write_text
-    from ..weights import save_weights
+    from ..weights.files import save_weights
     from . import import_source
     from .run import format_result, prove
 

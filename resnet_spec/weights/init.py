@@ -1,10 +1,7 @@
-"""The framework-neutral weight set: ``{canonical name: numpy.float32 array}``.
+"""Fresh, seeded weights: one initialiser per IR op type (:data:`INIT`), drawn from one random stream.
 
 Names and shapes come from the IR (:meth:`resnet_spec.ir.Network.tensors`); convolution weights are
-``(out, in/groups, kh, kw)`` and linear weights ``(out, in)`` as in PyTorch. Backends convert layouts
-themselves (e.g. HWIO for Keras). Stored as safetensors; torchvision/timm ``state_dict`` files are read
-with ``torch.load(weights_only=True)``, which refuses arbitrary pickled objects. Loading any weight file
-or import source against a spec (``load_weights``, ``load_checkpoint``) is :mod:`resnet_spec.checkpoints`'.
+``(out, in/groups, kh, kw)`` and linear weights ``(out, in)`` as in PyTorch.
 """
 
 from __future__ import annotations
@@ -14,12 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import ir
-from .errors import WeightsError
-from .fileio import atomic_path
-from .weightfile import check_f32_range, check_names, fmt_shape
-
-Weights = dict  # str -> np.ndarray
+from .. import ir
+from .check import Weights
 
 
 def init_weights(net: ir.Network, seed: int = 0, random_bn: bool = False) -> Weights:
@@ -131,71 +124,3 @@ INIT = {
     ir.Dropout: _no_tensors,
     ir.Linear: _init_linear,
 }
-
-
-def check_weights(net: ir.Network, weights, source: str = "weights", allow_nonfinite: bool = False) -> Weights:
-    """Check names, shapes, dtypes and values against the IR; return float32 arrays in IR order.
-
-    Every problem names the tensor: a missing one, an unexpected one, a wrong shape (with the shape the
-    spec expects), a non-float dtype, NaN or Inf values (unless ``allow_nonfinite``).
-    """
-    expected, given = check_names(net, weights, source)
-    out: Weights = {}
-    for name, shape in expected.items():
-        arr = np.asarray(given[name])
-        if tuple(arr.shape) != tuple(shape):
-            raise WeightsError(f"{source}: tensor {name!r} has shape {fmt_shape(arr.shape)}, the spec expects "
-                               f"{fmt_shape(shape)}")
-        arr = _as_float32(arr, name, source)
-        if not allow_nonfinite and not np.isfinite(arr).all():
-            bad = "NaN" if np.isnan(arr).any() else "Inf"
-            raise WeightsError(f"{source}: tensor {name!r} contains {bad} values (pass --allow-nonfinite "
-                               "to accept them)")
-        out[name] = arr
-    return out
-
-
-def _as_float32(arr: np.ndarray, name: str, source: str) -> np.ndarray:
-    """Float tensors only (an int64 or bool tensor is a mistake, not weights); float64 values must fit
-    float32 (1e39 is refused by name, not silently turned into Inf)."""
-    if arr.dtype.kind != "f":
-        raise WeightsError(f"{source}: tensor {name!r} has dtype {arr.dtype}; expected a float tensor")
-    if arr.dtype.itemsize > 4:
-        check_f32_range(arr, name, source)
-    with np.errstate(over="ignore", invalid="ignore"):
-        return np.ascontiguousarray(arr, dtype=np.float32)
-
-
-def read_safetensors(path: str, net: ir.Network | None = None) -> Weights:
-    """A safetensors file as float32 arrays; its header (and, with ``net``, the names, shapes and file
-    size) is checked before any tensor data is read (see :mod:`resnet_spec.weightfile`)."""
-    from . import weightfile
-
-    with weightfile.open_checked(path) as fh:
-        return weightfile.parse_safetensors(path, fh, net)
-
-
-def read_torch(path: str, net: ir.Network | None = None) -> Weights:
-    """A torch checkpoint, read with ``torch.load(weights_only=True)`` after its archive was checked
-    against ``net`` (see :mod:`resnet_spec.weightfile`); containers and wrapper prefixes are handled
-    by :func:`resnet_spec.weightfile.read_checkpoint`."""
-    from .weightfile import read_checkpoint
-
-    return read_checkpoint(path, net=net)[0]
-
-
-def read_weights(path: str, net: ir.Network | None = None) -> Weights:
-    """Read a weight file; with ``net``, its declared names, shapes and size are checked first."""
-    if path.endswith((".pth", ".pt", ".bin", ".ckpt")):
-        return read_torch(path, net)
-    return read_safetensors(path, net)
-
-
-def save_weights(weights: Weights, path: str, metadata: dict | None = None, force: bool = True) -> None:
-    """Write safetensors atomically; tensors are stored in sorted-name order (deterministic bytes)."""
-    from safetensors.numpy import save
-
-    data = save({k: np.ascontiguousarray(weights[k]) for k in sorted(weights)}, metadata=metadata)
-    with atomic_path(path, force) as tmp:
-        with open(tmp, "wb") as fh:
-            fh.write(data)

@@ -1,4 +1,5 @@
-"""Weight files read with bounded time and memory: the header is checked before any data is read.
+"""Weight files, read with bounded time and memory (the header is checked before any data is read), and
+written as safetensors.
 
 A weight file is only trusted as far as its own size: a safetensors header must describe tensors
 that lie inside the file, a PyTorch zip must hold only uncompressed entries whose declared sizes add
@@ -9,7 +10,8 @@ byte of tensor data is read. bf16/fp16/fp64 tensors are upcast/cast to float32 w
 
 :func:`read_checkpoint` reads a training script's torch checkpoint (``torch.load(weights_only=True)``:
 nothing pickled is ever executed), finds the dictionary of tensors inside its containers and strips
-the wrapper prefixes; checking the result against a spec is :mod:`resnet_spec.checkpoints`'.
+the wrapper prefixes; checking the result against a spec is :mod:`.loader`'s. :func:`read_weights` reads
+either kind of file, :func:`save_weights` writes the canonical safetensors file.
 """
 
 from __future__ import annotations
@@ -23,17 +25,20 @@ import zipfile
 
 import numpy as np
 
-from . import ir
-from .errors import WeightsError
-from .fileio import not_regular, os_reason
+from .. import ir
+from ..errors import WeightsError
+from ..fileio import atomic_path, not_regular, os_reason
+from .check import IGNORED_SUFFIXES, Weights, check_declared, check_f32_range
 
 MAX_HEADER = 16 << 20  # a safetensors header for a ResNet is a few tens of KB
-F32_MAX = float(np.finfo(np.float32).max)
 # safetensors dtype -> (numpy dtype to read, item size)
 ST_DTYPES = {"F32": ("<f4", 4), "F64": ("<f8", 8), "F16": ("<f2", 2), "BF16": ("<u2", 2)}
 ST_OTHER = {"I8", "I16", "I32", "I64", "U8", "U16", "U32", "U64", "BOOL", "F8_E4M3", "F8_E5M2", "C64"}
-# torch-only bookkeeping that carries no numbers a model computes with.
-IGNORED_SUFFIXES = (".num_batches_tracked",)
+#: The file names read as torch checkpoints (``torch.save`` zips; a safetensors file under such a name is
+#: read as what it is). The one list: ``--weights``, ``read_weights``, ``inspect`` and ``import`` use it.
+TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".tar")
+#: The state-dict files ``import`` reads: torch checkpoints and safetensors.
+STATE_DICT_SUFFIXES = TORCH_SUFFIXES + (".safetensors",)
 
 
 class WeightsNote(UserWarning):
@@ -146,46 +151,6 @@ def to_float32(arr: np.ndarray, dtype: str, name: str, source: str) -> np.ndarra
     return arr.astype(np.float32)
 
 
-def check_f32_range(arr: np.ndarray, name: str, source: str) -> None:
-    big = np.isfinite(arr) & (np.abs(arr) > F32_MAX)
-    if big.any():
-        raise WeightsError(f"{source}: tensor {name!r} holds {float(arr[big].flat[0]):g}, a finite value "
-                           "outside the float32 range (+-3.4e38)")
-
-
-def check_names(net: ir.Network, tensors: dict, source: str) -> tuple:
-    """Refuse missing or unexpected tensor names (naming the first of each); return
-    ``({name: expected shape}, {name: value})`` without the ignored buffers."""
-    expected = {t.name: tuple(t.shape) for t in net.tensors()}
-    given = {k: v for k, v in tensors.items() if not k.endswith(IGNORED_SUFFIXES)}
-    missing = [n for n in expected if n not in given]
-    unexpected = sorted(n for n in given if n not in expected)
-    problems = []
-    if missing:
-        problems.append(f"missing tensor {missing[0]!r} (expected shape {fmt_shape(expected[missing[0]])})"
-                        + (f" and {len(missing) - 1} more" if len(missing) > 1 else ""))
-    if unexpected:
-        problems.append(f"unexpected tensor {unexpected[0]!r}"
-                        + (f" and {len(unexpected) - 1} more" if len(unexpected) > 1 else "")
-                        + f" (not part of spec {net.name!r})")
-    if problems:
-        raise WeightsError(f"{source}: " + "; ".join(problems))
-    return expected, given
-
-
-def fmt_shape(shape) -> str:
-    return "(" + ", ".join(map(str, shape)) + ")"
-
-
-def check_declared(net, declared: dict, source: str) -> None:
-    """Names and shapes a file declares, checked against the spec before its data is read."""
-    expected, given = check_names(net, declared, source)
-    for name, shape in expected.items():
-        if tuple(given[name]) != shape:
-            raise WeightsError(f"{source}: tensor {name!r} has shape {fmt_shape(given[name])}, the spec expects "
-                               f"{fmt_shape(shape)}")
-
-
 def check_torch_zip(path: str, fh, net=None) -> None:
     """Refuse a PyTorch zip whose entries could expand beyond the file: torch.save stores every entry
     uncompressed, so a compressed entry, or declared sizes that add up to more than the file, is a
@@ -229,7 +194,6 @@ CONTAINER_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "n
 EMA_KEYS = ("model_ema", "ema", "state_dict_ema", "ema_state_dict")
 #: Wrapper prefixes: DDP/DataParallel, torch.compile, Lightning-style ``self.model``.
 PREFIXES = ("module.", "_orig_mod.", "model.")
-TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".tar")
 
 
 def read_checkpoint(path: str, key: str | None = None, ema: bool = False,
@@ -371,3 +335,35 @@ def torch_arrays(path: str, obj: dict) -> dict:
         warnings.warn(WeightsNote(f"{path}: {'/'.join(sorted(upcast))} tensors were upcast to float32"),
                       stacklevel=2)
     return out
+
+
+# -- the canonical weight set as a file --------------------------------------------------------------
+
+def read_safetensors(path: str, net: ir.Network | None = None) -> Weights:
+    """A safetensors file as float32 arrays; its header (and, with ``net``, the names, shapes and file
+    size) is checked before any tensor data is read."""
+    with open_checked(path) as fh:
+        return parse_safetensors(path, fh, net)
+
+
+def read_torch(path: str, net: ir.Network | None = None) -> Weights:
+    """A torch checkpoint, read with ``torch.load(weights_only=True)`` after its archive was checked
+    against ``net``; containers and wrapper prefixes are handled by :func:`read_checkpoint`."""
+    return read_checkpoint(path, net=net)[0]
+
+
+def read_weights(path: str, net: ir.Network | None = None) -> Weights:
+    """Read a weight file; with ``net``, its declared names, shapes and size are checked first."""
+    if path.endswith(TORCH_SUFFIXES):
+        return read_torch(path, net)
+    return read_safetensors(path, net)
+
+
+def save_weights(weights: Weights, path: str, metadata: dict | None = None, force: bool = True) -> None:
+    """Write safetensors atomically; tensors are stored in sorted-name order (deterministic bytes)."""
+    from safetensors.numpy import save
+
+    data = save({k: np.ascontiguousarray(weights[k]) for k in sorted(weights)}, metadata=metadata)
+    with atomic_path(path, force) as tmp:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
