@@ -48,7 +48,7 @@ def read_member(z: zipfile.ZipFile, name: str, cap: int = 8 << 20) -> bytes:
     return data
 
 
-def _end_record(path: str):
+def end_record(path: str):
     """(entries, directory bytes) of the zip's end-of-central-directory record, or None when there is
     none (zipfile then says what is wrong). A zip64 archive's record holds 0xFFFF / 0xFFFFFFFF."""
     size = os.path.getsize(path)
@@ -66,7 +66,7 @@ def check_archive(path: str, error=ResNetSpecError) -> None:
     """Refuse a ``.keras`` archive whose directory or members declare more than their budgets, before
     zipfile parses the directory or anything is inflated."""
     label = shown(path)
-    end = _end_record(path)
+    end = end_record(path)
     if end is not None and (end[0] > B.KERAS_MAX_ENTRIES or end[1] > B.KERAS_MAX_DIRECTORY_BYTES):
         raise error(f"{label}: the archive declares {end[0]:,} entries in a {end[1]:,}-byte directory; a .keras "
                     f"file has at most {B.KERAS_MAX_ENTRIES:,} entries and a {B.KERAS_MAX_DIRECTORY_BYTES:,}-byte "

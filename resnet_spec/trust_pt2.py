@@ -26,9 +26,9 @@ from __future__ import annotations
 import json
 import os
 import re
-import struct
 import zipfile
 
+from .archive import end_record
 from .errors import ResNetSpecError
 from .fileio import check_regular_file, shown
 from .trust import refuse
@@ -192,19 +192,6 @@ def check_expr(text) -> str | None:
 # -- the archive -------------------------------------------------------------------------------------------
 
 
-def _end_record(path: str):
-    """(entries, directory bytes) from the end-of-central-directory record, or None (zipfile says why)."""
-    size = os.path.getsize(path)
-    with open(path, "rb") as fh:
-        fh.seek(max(0, size - 22 - 0xFFFF))
-        tail = fh.read()
-    at = tail.rfind(b"PK\x05\x06")
-    if at < 0 or len(tail) - at < 22:
-        return None
-    _, _, _, _, entries, directory, _, _ = struct.unpack("<4s4H2LH", tail[at:at + 22])
-    return entries, directory
-
-
 def _cap(rel: str, info: zipfile.ZipInfo) -> int:
     if rel.endswith(".json"):
         return MAX_JSON_BYTES
@@ -225,7 +212,7 @@ def check_structure(path: str, max_bytes: int) -> dict:
     (see the module docstring); ResNetSpecError otherwise, before anything is inflated."""
     check_regular_file(path)
     label = shown(path)
-    end = _end_record(path)
+    end = end_record(path)
     if end is not None and (end[0] > MAX_ENTRIES or end[1] > MAX_DIRECTORY_BYTES):
         raise ResNetSpecError(f"{label}: the archive declares {end[0]:,} entries in a {end[1]:,}-byte directory; "
                               f"the limit is {MAX_ENTRIES:,} entries")
