@@ -36,6 +36,7 @@ import numpy as np
 
 from . import ir, verify_runtimes as R
 from .errors import ResNetSpecError
+from .fileio import shown
 from .isolate import WorkerCrashed
 from .parity import TOLERANCES, Runner, compare
 
@@ -170,10 +171,19 @@ class _Workers(Runner):
         try:
             return super().call(family, fn, *args)
         except WorkerCrashed as exc:  # kept: the prefix names the file whose runtime crashed
-            raise ResNetSpecError(f"{args[0] if args else family}: {exc}") from None
+            raise ResNetSpecError(f"{_who(family, args)}: {exc}") from None
         except SystemExit as exc:  # raised in the worker (by a file's code): an error, never verify's exit
-            raise ResNetSpecError(f"{args[0] if args else family}: the worker exited (SystemExit({exc.code!r})); "
+            raise ResNetSpecError(f"{_who(family, args)}: the worker exited (SystemExit({exc.code!r})); "
                                   "no result") from None
+
+
+def _who(family: str, args) -> str:
+    """What a worker call was running: its file (the first argument), else the worker (the reference
+    call's first argument is the spec's YAML text, which is no name)."""
+    first = args[0] if args else None
+    if isinstance(first, str) and "\n" not in first:
+        return shown(first)
+    return f"the {family} worker"
 
 
 @dataclass(frozen=True)

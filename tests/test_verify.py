@@ -261,3 +261,22 @@ def test_openvino_runs_in_f32_and_catches_a_wrong_file(out, openvino_site, monke
     assert res.exit_code == 1, res.output
     ov = [r for r in _runs(tmp_path / "bad.json")["runs"] if r["runtime"].startswith("openvino")]
     assert len(ov) == 1 and not ov[0]["passed"] and ov[0]["max_rel"] > 1e-3, ov
+
+
+def test_a_crashed_worker_is_named_by_its_file_never_by_the_spec_text():
+    """A worker that dies is one line naming the file it ran; the float64 reference's call, whose first
+    argument is the spec's YAML text, names the worker instead of printing the spec."""
+    import faults
+
+    from resnet_spec.errors import ResNetSpecError
+    from resnet_spec.verify import _Workers
+
+    workers = _Workers()
+    try:
+        with pytest.raises(ResNetSpecError) as exc:
+            workers.call("torch", faults.crash, "name: s\nstages: []\n")
+        assert str(exc.value).startswith("the torch worker: ") and "\n" not in str(exc.value)
+        with pytest.raises(ResNetSpecError, match=r"^m\.onnx: the torch worker process crashed"):
+            workers.call("torch", faults.crash, "m.onnx")
+    finally:
+        workers.close()
