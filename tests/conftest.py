@@ -95,25 +95,37 @@ KERAS = {"keras_resnet50": "ResNet50", "keras_resnet101": "ResNet101", "keras_re
          "keras_resnet50v2": "ResNet50V2", "keras_resnet101v2": "ResNet101V2", "keras_resnet152v2": "ResNet152V2"}
 
 
+
 # -- one worker per expensive shared fixture ---------------------------------------------------------
 # A module-scoped fixture (a TensorFlow worker over the zoo, a set of converted files, a pool of
-# worker processes) is built once per xdist worker that runs a test needing it. With ``--dist
-# loadgroup`` (what ``make test`` passes) the tests of a module that share such a fixture form one
-# group and run on one worker, so the fixture is built once per run, not once per worker.
+# worker processes) is built once per xdist worker that runs a test needing it. Under ``--dist
+# loadgroup`` (pyproject's addopts) the tests of a module that share such a fixture form one group and
+# run on one worker, so the fixture is built once per run.
 
 def _shared_fixture_group(item) -> str | None:
     info = getattr(item, "_fixtureinfo", None)
-    if info is None:
-        return None
-    for name in info.names_closure:
+    for name in info.names_closure if info else ():
         for fixture in info.name2fixturedefs.get(name, ()):
             if fixture.scope in ("module", "session") and getattr(fixture, "baseid", "").startswith("tests/"):
                 return item.module.__name__
     return None
 
 
+@pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config, items):
+    """xdist's scheduler reads a test's group from an ``@group`` suffix of its id. pytest-xdist 3.8
+    adds it by assigning ``item._nodeid``, which pytest 9.2 no longer reads (the id is ``item._id``),
+    so the suffix is set here (in each xdist worker, where ``config.option.loadgroup`` is set)."""
+    if not getattr(config.option, "loadgroup", False):
+        return
+    try:
+        from _pytest.nodes import coerce_node_id
+    except ImportError:  # pytest before 9.2: xdist's own assignment works
+        coerce_node_id = None
     for item in items:
         group = _shared_fixture_group(item)
-        if group and not item.get_closest_marker("xdist_group"):
-            item.add_marker(pytest.mark.xdist_group(name=group))
+        if group and "@" not in item.nodeid:
+            if coerce_node_id is None:
+                item._nodeid = f"{item.nodeid}@{group}"
+            else:
+                item._id = coerce_node_id(f"{item.nodeid}@{group}")
