@@ -31,10 +31,16 @@ def init_weights(net: ir.Network, seed: int = 0, random_bn: bool = False) -> Wei
     Each op's tensors come from its entry in :data:`INIT`, op by op in network order; one random stream
     is drawn from in :meth:`~resnet_spec.ir.Network.tensors` order, so a seed always gives the same weights.
     """
+    return init_ops(net, net.all_ops(), seed, random_bn)
+
+
+def init_ops(net: ir.Network, ops, seed: int = 0, random_bn: bool = False) -> Weights:
+    """The tensors of ``ops`` (ops of ``net``) as :func:`init_weights` makes them, drawn in order from
+    one stream seeded with ``seed`` (a new classifier: ``init_ops(net, [fc], seed)``)."""
     init = _Init(np.random.default_rng(seed), random_bn, frozenset(net.last_bn_of_blocks()),
                  net.zero_init_last_bn, 1.0 / math.sqrt(max(1, len(net.blocks))))
     out: Weights = {}
-    for op in net.all_ops():
+    for op in ops:
         arrays = ir.entry_for(INIT, op, "init_weights")(op, init)
         names = [name for name, _, _ in op.tensors()] if hasattr(op, "tensors") else []
         if list(arrays) != names:

@@ -20,7 +20,6 @@ ImageNet weights into a 10-class spec); the result is checked against the spec (
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 
@@ -30,7 +29,7 @@ from .. import ir
 from ..errors import WeightsError
 from .check import IGNORED_SUFFIXES, Weights, check_weights, fmt_shape as _fmt
 from .files import read_checkpoint
-from .init import init_weights
+from .init import init_ops, init_weights
 
 
 @dataclass(frozen=True)
@@ -93,21 +92,18 @@ def read_foreign(net: ir.Network, path: str) -> Weights:
 
 # -- a classifier that differs from the spec's ---------------------------------------------------------
 
+def _classifier(net: ir.Network) -> ir.Linear:
+    return next(op for op in net.head if isinstance(op, ir.Linear))
+
+
 def head_tensors(net: ir.Network) -> dict:
     """The classifier's canonical tensors: ``{name: shape}``."""
-    fc = next(op for op in net.head if isinstance(op, ir.Linear))
-    return dict((n, s) for n, s, _ in fc.tensors())
+    return dict((n, s) for n, s, _ in _classifier(net).tensors())
 
 
 def new_head(net: ir.Network, seed: int = 0) -> dict:
-    """A fresh classifier as :func:`.init.init_weights` makes it: U(+-1/sqrt(fan_in))."""
-    rng = np.random.default_rng(seed)
-    out = {}
-    for name, shape in head_tensors(net).items():
-        fan_in = shape[1] if len(shape) == 2 else next(iter(head_tensors(net).values()))[1]
-        bound = 1 / math.sqrt(fan_in)
-        out[name] = rng.uniform(-bound, bound, shape).astype(np.float32)
-    return out
+    """A fresh classifier as :func:`.init.init_weights` makes it (its ``INIT`` entry): U(+-1/sqrt(fan_in))."""
+    return init_ops(net, [_classifier(net)], seed)
 
 
 def apply_head(net: ir.Network, given: dict, source: str, replace: bool, seed: int = 0) -> tuple[dict, list]:
