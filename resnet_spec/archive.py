@@ -62,20 +62,29 @@ def end_record(path: str):
     return entries, directory
 
 
+def directory(path: str, max_entries: int, max_bytes: int, limit: str, what: str,
+              error=ResNetSpecError) -> list:
+    """The members (``ZipInfo``) of zip ``path``, read only after its end record declares at most
+    ``max_entries`` entries in a directory of at most ``max_bytes`` (``limit`` words the refusal; ``what``
+    names the format in 'not a ...')."""
+    end = end_record(path)
+    if end is not None and (end[0] > max_entries or end[1] > max_bytes):
+        raise error(f"{shown(path)}: the archive declares {end[0]:,} entries in a {end[1]:,}-byte directory; "
+                    f"{limit}")
+    try:
+        with zipfile.ZipFile(path) as z:
+            return z.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError) as exc:
+        raise error(f"{shown(path)}: not {what} ({type(exc).__name__}: {exc})") from None
+
+
 def check_archive(path: str, error=ResNetSpecError) -> None:
     """Refuse a ``.keras`` archive whose directory or members declare more than their budgets, before
     zipfile parses the directory or anything is inflated."""
     label = shown(path)
-    end = end_record(path)
-    if end is not None and (end[0] > B.KERAS_MAX_ENTRIES or end[1] > B.KERAS_MAX_DIRECTORY_BYTES):
-        raise error(f"{label}: the archive declares {end[0]:,} entries in a {end[1]:,}-byte directory; a .keras "
-                    f"file has at most {B.KERAS_MAX_ENTRIES:,} entries and a {B.KERAS_MAX_DIRECTORY_BYTES:,}-byte "
-                    "directory")
-    try:
-        with zipfile.ZipFile(path) as z:
-            infos = z.infolist()
-    except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError) as exc:
-        raise error(f"{label}: not a Keras .keras archive ({type(exc).__name__}: {exc})") from None
+    infos = directory(path, B.KERAS_MAX_ENTRIES, B.KERAS_MAX_DIRECTORY_BYTES,
+                      f"a .keras file has at most {B.KERAS_MAX_ENTRIES:,} entries and a "
+                      f"{B.KERAS_MAX_DIRECTORY_BYTES:,}-byte directory", "a Keras .keras archive", error)
     total = 0
     for info in infos:
         cap = _FIXED_CAPS.get(info.filename) or B.member_cap(info.compress_size)

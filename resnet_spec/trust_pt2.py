@@ -28,7 +28,7 @@ import os
 import re
 import zipfile
 
-from .archive import end_record
+from .archive import directory
 from .errors import ResNetSpecError
 from .fileio import check_regular_file, shown
 from .trust import refuse
@@ -212,15 +212,8 @@ def check_structure(path: str, max_bytes: int) -> dict:
     (see the module docstring); ResNetSpecError otherwise, before anything is inflated."""
     check_regular_file(path)
     label = shown(path)
-    end = end_record(path)
-    if end is not None and (end[0] > MAX_ENTRIES or end[1] > MAX_DIRECTORY_BYTES):
-        raise ResNetSpecError(f"{label}: the archive declares {end[0]:,} entries in a {end[1]:,}-byte directory; "
-                              f"the limit is {MAX_ENTRIES:,} entries")
-    try:
-        with zipfile.ZipFile(path) as z:
-            infos = z.infolist()
-    except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError) as exc:
-        raise ResNetSpecError(f"{label}: not a torch.export archive ({type(exc).__name__}: {exc})") from None
+    infos = directory(path, MAX_ENTRIES, MAX_DIRECTORY_BYTES, f"the limit is {MAX_ENTRIES:,} entries",
+                      "a torch.export archive")
     members, total = {}, 0
     for info in infos:
         if info.filename in members or info.flag_bits & 1 or \
