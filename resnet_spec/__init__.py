@@ -51,7 +51,9 @@ def build(spec, backend: str = "torch", weights=None, **options):
 
 def load_keras(path: str):
     """Load a ``.keras`` file written by ``convert --to tensorflow`` on the active Keras backend
-    (TensorFlow, JAX or PyTorch); the custom layers are registered first."""
+    (TensorFlow, JAX or PyTorch); the custom layers are registered first. The file is checked before
+    Keras sees it (archive budgets, the allow-list of classes, the variables its config declares:
+    README, Security and Limits); a refusal is a :class:`ResNetSpecError`."""
     from .backends.keras.backend import load_keras as _load
 
     return _load(path)

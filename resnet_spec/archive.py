@@ -2,7 +2,9 @@
 before a member is inflated or the file is handed to Keras, and the bounded reading of its members.
 
 A ``.keras`` file is a zip of ``config.json`` (the layers), ``metadata.json`` and ``model.weights.h5``.
-Before anything reads it (``inspect``; ``import`` and ``--weights`` before the Keras worker loads it):
+It is opened once (:func:`~.fileio.open_regular`) and every check reads that open file, never the path
+again. Before anything reads it (``inspect``; ``import`` and ``--weights`` before the Keras worker loads
+it; the worker, and ``verify``'s, again before Keras loads it):
 
 * the end-of-directory record is read first: at most :data:`~.budgets.KERAS_MAX_ENTRIES` entries, so
   parsing the directory is cheap;
@@ -15,21 +17,24 @@ Before anything reads it (``inspect``; ``import`` and ``--weights`` before the K
 * the weights' HDF5 file (the member, or ``keras:NAME=FILE.weights.h5``) is opened for its metadata
   only (h5py): its datasets may declare at most what the same ratio allows for the bytes the file
   stores (a dataset left unwritten reads as its fill value, a compressed one inflates; Keras reads each
-  whole before it compares shapes), and keep their data in the file (no external or virtual storage).
+  whole before it compares shapes), and keep their data in the file (no external or virtual storage);
+* what Keras would deserialize and build is checked last (:mod:`resnet_spec.trust_keras`): the classes
+  config.json names (an allow-list) and the variables its layers declare (a budget, and no more than
+  the weights file declares).
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
-import os
 import struct
 import zipfile
 
 from . import budgets as B
 from .errors import ResNetSpecError
-from .fileio import check_regular_file, shown
+from .fileio import open_regular, shown
 
 KERAS_CONFIG, KERAS_META, KERAS_WEIGHTS = "config.json", "metadata.json", "model.weights.h5"
 _FIXED_CAPS = {KERAS_CONFIG: B.KERAS_CONFIG_BYTES, KERAS_META: B.KERAS_META_BYTES}
@@ -48,11 +53,18 @@ def read_member(z: zipfile.ZipFile, name: str, cap: int = 8 << 20) -> bytes:
     return data
 
 
-def end_record(path: str):
+def _opened(source):
+    """``source`` as an open binary file: a file already open (used as it is, left open), or a path
+    (opened here, closed at the end)."""
+    return contextlib.nullcontext(source) if hasattr(source, "read") else open(source, "rb")
+
+
+def end_record(source):
     """(entries, directory bytes) of the zip's end-of-central-directory record, or None when there is
-    none (zipfile then says what is wrong). A zip64 archive's record holds 0xFFFF / 0xFFFFFFFF."""
-    size = os.path.getsize(path)
-    with open(path, "rb") as fh:
+    none (zipfile then says what is wrong). A zip64 archive's record holds 0xFFFF / 0xFFFFFFFF.
+    ``source``: a path or an open binary file."""
+    with _opened(source) as fh:
+        size = fh.seek(0, 2)
         fh.seek(max(0, size - 22 - 0xFFFF))  # the record, after at most a 64 KiB comment
         tail = fh.read()
     at = tail.rfind(b"PK\x05\x06")
@@ -63,28 +75,29 @@ def end_record(path: str):
 
 
 def directory(path: str, max_entries: int, max_bytes: int, limit: str, what: str,
-              error=ResNetSpecError) -> list:
-    """The members (``ZipInfo``) of zip ``path``, read only after its end record declares at most
-    ``max_entries`` entries in a directory of at most ``max_bytes`` (``limit`` words the refusal; ``what``
-    names the format in 'not a ...')."""
-    end = end_record(path)
+              error=ResNetSpecError, fh=None) -> list:
+    """The members (``ZipInfo``) of zip ``path`` (read from ``fh`` when given), read only after its end
+    record declares at most ``max_entries`` entries in a directory of at most ``max_bytes`` (``limit``
+    words the refusal; ``what`` names the format in 'not a ...')."""
+    source = path if fh is None else fh
+    end = end_record(source)
     if end is not None and (end[0] > max_entries or end[1] > max_bytes):
         raise error(f"{shown(path)}: the archive declares {end[0]:,} entries in a {end[1]:,}-byte directory; "
                     f"{limit}")
     try:
-        with zipfile.ZipFile(path) as z:
+        with zipfile.ZipFile(source) as z:
             return z.infolist()
     except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError) as exc:
         raise error(f"{shown(path)}: not {what} ({type(exc).__name__}: {exc})") from None
 
 
-def check_archive(path: str, error=ResNetSpecError) -> None:
-    """Refuse a ``.keras`` archive whose directory or members declare more than their budgets, before
-    zipfile parses the directory or anything is inflated."""
+def check_archive(path: str, error=ResNetSpecError, fh=None) -> None:
+    """Refuse a ``.keras`` archive (read from ``fh`` when given) whose directory or members declare more
+    than their budgets, before zipfile parses the directory or anything is inflated."""
     label = shown(path)
     infos = directory(path, B.KERAS_MAX_ENTRIES, B.KERAS_MAX_DIRECTORY_BYTES,
                       f"a .keras file has at most {B.KERAS_MAX_ENTRIES:,} entries and a "
-                      f"{B.KERAS_MAX_DIRECTORY_BYTES:,}-byte directory", "a Keras .keras archive", error)
+                      f"{B.KERAS_MAX_DIRECTORY_BYTES:,}-byte directory", "a Keras .keras archive", error, fh)
     total = 0
     for info in infos:
         cap = _FIXED_CAPS.get(info.filename) or B.member_cap(info.compress_size)
@@ -99,14 +112,17 @@ def check_archive(path: str, error=ResNetSpecError) -> None:
                     f"{B.KERAS_MAX_EXPANDED_BYTES:,}")
 
 
-def read_keras_archive(path: str, error=ResNetSpecError, weights: bool = True) -> tuple:
+def read_keras_archive(path: str, error=ResNetSpecError, weights: bool = True, fh=None) -> tuple:
     """(config.json, metadata.json, model.weights.h5 bytes or None) of a ``.keras`` file, after
-    :func:`check_archive`; the weights only when asked for (``inspect`` reads their shapes)."""
-    check_regular_file(path, error=error)
-    check_archive(path, error)
+    :func:`check_archive`; the weights only when asked for (``inspect`` reads their shapes). The file
+    is opened once (:func:`~.fileio.open_regular`), unless ``fh`` is the file already opened so."""
+    if fh is None:
+        with open_regular(path, error=error) as fh:
+            return read_keras_archive(path, error, weights, fh)
+    check_archive(path, error, fh)
     label = shown(path)
     try:
-        with zipfile.ZipFile(path) as z:
+        with zipfile.ZipFile(fh) as z:
             names = z.namelist()
             cfg = json.loads(read_member(z, KERAS_CONFIG, B.KERAS_CONFIG_BYTES))
             meta = json.loads(read_member(z, KERAS_META, B.KERAS_META_BYTES)) if KERAS_META in names else {}
@@ -152,13 +168,30 @@ def _walk_layers(layers):
                     stack.append(inner["layers"])
 
 
-def check_keras_model(path: str, error=ResNetSpecError) -> None:
-    """What ``import`` and ``--weights`` check of a ``.keras`` file before Keras loads it: the archive
-    (:func:`read_keras_archive`), the weights' HDF5 metadata (:func:`check_h5`), its layer list, the
-    layer count and the declared input sides."""
-    cfg, _, _ = read_keras_archive(path, error, weights=False)
-    _check_weights_member(path, error)
+def check_keras_model(path: str, error=ResNetSpecError, fh=None) -> int:
+    """What is checked of a ``.keras`` file before Keras loads it (``import`` and ``--weights`` in the
+    command's process; :func:`~.backends.keras.backend.load_keras`, which ``verify`` and the import's
+    worker load with, again on the file it hands Keras): the archive (:func:`read_keras_archive`), the
+    weights' HDF5 metadata (:func:`check_h5`), the layer list, the layer count and the declared input
+    sides, then the classes the config names and the variables it declares
+    (:func:`~.trust_keras.check_config`). The file is opened once, unless ``fh`` is that file opened by
+    the caller. Returns the number of layers in the model's own list."""
+    if fh is None:
+        with open_regular(path, error=error) as fh:
+            return check_keras_model(path, error, fh)
+    from .trust_keras import check_config
+
+    cfg, _, _ = read_keras_archive(path, error, weights=False, fh=fh)
+    held = _check_weights_member(path, error, fh)
     _, layers = keras_layers(path, cfg, error)
+    _check_layer_count(path, layers, error)
+    check_config(path, cfg, held, error)
+    return len(layers)
+
+
+def _check_layer_count(path: str, layers: list, error) -> None:
+    """At most :data:`~.budgets.KERAS_MAX_LAYERS` layers (nested models counted), inputs declared at
+    most :data:`~.budgets.MAX_DECLARED_SIDE` a side."""
     count, label = 0, shown(path)
     for layer in _walk_layers(layers):
         count += 1
@@ -203,20 +236,22 @@ class _Window(io.RawIOBase):
         return len(data)
 
 
-def check_h5(label: str, fileobj, stored: int, error=ResNetSpecError) -> None:
+def check_h5(label: str, fileobj, stored: int, error=ResNetSpecError) -> int | None:
     """Refuse a weights HDF5 file whose datasets declare more than :func:`~.budgets.member_cap` of the
-    ``stored`` bytes, or keep data outside it; metadata is read, never a dataset."""
+    ``stored`` bytes, or keep data outside it; metadata is read, never a dataset. Returns the number of
+    values its datasets declare together (None without h5py)."""
     try:
         import h5py
     except ImportError:  # Keras needs h5py to read the file at all
-        return
-    cap, total = B.member_cap(stored), 0
+        return None
+    cap, total, values = B.member_cap(stored), 0, 0
 
     def visit(name, obj):
-        nonlocal total
+        nonlocal total, values
         if isinstance(obj, h5py.Dataset):
             if obj.external or obj.is_virtual:
                 return f"dataset {shown(name)} keeps its data outside the file"
+            values += math.prod(obj.shape or ())
             total += math.prod(obj.shape or ()) * obj.dtype.itemsize
             if total > cap:
                 return (f"its datasets declare more than {cap:,} bytes (at {shown(name)}) in {stored:,} stored; the "
@@ -231,15 +266,17 @@ def check_h5(label: str, fileobj, stored: int, error=ResNetSpecError) -> None:
         raise error(f"{label}: not readable HDF5 ({type(exc).__name__}: {exc})") from None
     if why:
         raise error(f"{label}: {why}")
+    return values
 
 
-def _check_weights_member(path: str, error) -> None:
-    """:func:`check_h5` on ``model.weights.h5`` of a checked archive: read in place when stored (as
-    Keras writes it), inflated into memory when compressed (at most :data:`~.budgets.KERAS_MAX_INFLATED_H5`).
-    Any other member is refused: Keras would extract an archive of more than three to disk, and read
-    ``model.weights.npz`` (a zip of its own) in place of the HDF5 file; a ResNet's archive has neither."""
+def _check_weights_member(path: str, error, fh) -> int | None:
+    """:func:`check_h5` on ``model.weights.h5`` of a checked archive (open as ``fh``): read in place when
+    stored (as Keras writes it), inflated into memory when compressed (at most
+    :data:`~.budgets.KERAS_MAX_INFLATED_H5`); returns the values its datasets declare. Any other member is
+    refused: Keras would extract an archive of more than three to disk, and read ``model.weights.npz`` (a
+    zip of its own) in place of the HDF5 file; a ResNet's archive has neither."""
     label = f"{shown(path)}: {KERAS_WEIGHTS}"
-    with zipfile.ZipFile(path) as z:
+    with zipfile.ZipFile(fh) as z:
         other = [n for n in z.namelist() if n not in (KERAS_CONFIG, KERAS_META, KERAS_WEIGHTS)]
         if other or KERAS_WEIGHTS not in z.namelist():
             what = f"it holds {shown(other[0])}" if other else f"it has no {KERAS_WEIGHTS}"
@@ -252,11 +289,10 @@ def _check_weights_member(path: str, error) -> None:
                             f"compressed one is {B.KERAS_MAX_INFLATED_H5:,} (Keras stores it uncompressed)")
             return check_h5(label, io.BytesIO(read_member(z, KERAS_WEIGHTS, B.KERAS_MAX_INFLATED_H5)),
                             info.compress_size, error)
-    with open(path, "rb") as fh:
-        fh.seek(info.header_offset)
-        head = fh.read(30)
-        if len(head) < 30:
-            raise error(f"{label}: truncated archive")
-        name_len, extra_len = struct.unpack("<HH", head[26:30])
-        check_h5(label, _Window(fh, info.header_offset + 30 + name_len + extra_len, info.file_size),
-                 info.file_size, error)
+    fh.seek(info.header_offset)
+    head = fh.read(30)
+    if len(head) < 30:
+        raise error(f"{label}: truncated archive")
+    name_len, extra_len = struct.unpack("<HH", head[26:30])
+    return check_h5(label, _Window(fh, info.header_offset + 30 + name_len + extra_len, info.file_size),
+                    info.file_size, error)

@@ -42,6 +42,12 @@ KERAS_MAX_EXPANDED_BYTES = 2**31 - 1
 KERAS_MAX_INFLATED_H5 = 512 << 20
 #: layers in config.json (nested models counted), checked before Keras builds one
 KERAS_MAX_LAYERS = 10_000
+#: the values a .keras config.json may declare, estimated from it before Keras builds a layer
+#: (resnet_spec/trust_keras.py): every variable of every layer together (Keras allocates them when it
+#: builds the model, before a weight is read; 1 GiB of float32; the zoo's largest, wide_resnet101_2,
+#: has 127 M), and one image's largest activation by the config's shapes (sides it leaves open count 1)
+KERAS_MAX_PARAMS = 1 << 28
+KERAS_MAX_ACTIVATION = 1 << 28
 
 
 def member_cap(compressed: int) -> int:

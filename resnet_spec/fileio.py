@@ -72,6 +72,31 @@ def check_regular_file(path: str, max_bytes: int | None = None, *, error=ResNetS
     return st
 
 
+def open_regular(path: str, max_bytes: int | None = None, *, error=ResNetSpecError,
+                 missing: str = "no such file", why: str = ""):
+    """``path`` opened once for reading (a binary file), after the test of :func:`check_regular_file` made
+    on the descriptor opened (``fstat``), not on the path: what is checked is what is read, even if the
+    path is replaced in between. The open is non-blocking (a FIFO never blocks it) and follows links, as
+    :func:`check_regular_file` does; the caller reads the returned file, never the path again."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as exc:  # a socket cannot be opened at all (ENXIO): say what it is, as the stat does
+        check_regular_file(path, error=error, missing=missing, why=why)
+        raise error(describe_os_error(exc, path)) from None
+    try:
+        st = os.fstat(fd)
+        refusal = not_regular(path, st.st_mode, why)
+        if refusal:
+            raise error(refusal)
+        if max_bytes is not None and st.st_size > max_bytes:
+            raise error(f"{shown(path)}: file is {st.st_size:,} bytes; the limit is {max_bytes:,}")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def check_regular_tree(folder: str, max_entries: int = 10_000) -> None:
     """:func:`check_regular_file` on every file below ``folder`` (a SavedModel: its runtime reads them
     all), refusing a folder of more than ``max_entries`` entries."""

@@ -23,8 +23,10 @@ SavedModel      its graph runs whatever ops it holds (``WriteFile``, ``PyFunc``,
                 flag a file with any custom operator is refused (ours use builtin operators only).
 ==============  ========================================================================================
 
-``.onnx`` runs in ONNX Runtime with no custom-op library registered; ``.keras`` loads with Keras's
-``safe_mode`` (Lambda bytecode refused; its layer classes are not otherwise checked). A refusal is one line
+``.onnx`` runs in ONNX Runtime with no custom-op library registered; a ``.keras`` file's classes are
+checked against an allow-list in the worker that loads it, flag or not (:mod:`resnet_spec.trust_keras`,
+through :func:`resnet_spec.backends.keras.backend.load_keras`), and it loads with Keras's
+``safe_mode``; that refusal names no flag, as the flag does not lift it. A refusal is one line
 naming the file, the reason and the flag: ``FILE: <why>; pass --trust-code to run it anyway``.
 ``--trust-code`` loads the file as its framework does, unchecked; the size checks that guard against
 bombs (:func:`resnet_spec.trust_pt2.check_structure`) still apply, as they concern memory, not code.

@@ -204,19 +204,33 @@ def _outputs(net: ir.Network, outs, taps: bool) -> dict:
 
 
 def load_keras(path: str):
-    """Load a ``.keras`` file written by ``convert`` on the active Keras backend (any of the three)."""
-    import json
-    import zipfile
-
-    from ...fileio import check_regular_file
+    """Load a ``.keras`` file (``verify``'s, the import's) on the active Keras backend (any of the three),
+    after the checks of :func:`resnet_spec.archive.check_keras_model` (archive budgets, the allow-list of
+    classes, the variables its config declares) made on the file opened once here; Keras then reads that
+    same open file (:func:`same_file`), and never compiles it (``compile_config`` is not deserialized)."""
+    from ...archive import check_keras_model
+    from ...fileio import open_regular
     from .model import custom_objects, deep_recursion
 
-    check_regular_file(path)  # a FIFO or a link to /dev/zero is refused before Keras opens it
-    keras = keras_module()
-    try:
-        with zipfile.ZipFile(path) as zf:
-            layers = len(json.loads(zf.read("config.json"))["config"]["layers"])
-    except (OSError, KeyError, TypeError, ValueError, RecursionError, zipfile.BadZipFile) as exc:
-        raise ResNetSpecError(f"{path}: not a .keras model file ({type(exc).__name__}: {exc})") from None
-    with deep_recursion(layers):  # plain keras.saving.load_model fails on ResNet-1202 without this
-        return keras.saving.load_model(path, custom_objects=custom_objects())
+    with open_regular(path) as fh:  # a FIFO or a link to /dev/zero is refused before Keras opens it
+        layers = check_keras_model(path, fh=fh)
+        keras = keras_module()
+        with same_file(path, fh) as checked, deep_recursion(layers):  # ResNet-1202 needs the recursion
+            return keras.saving.load_model(checked, custom_objects=custom_objects(), compile=False)
+
+
+@contextlib.contextmanager
+def same_file(path: str, fh, name: str = "model.keras"):
+    """A path that opens the file open as ``fh``: on Linux a link ``name`` (Keras goes by the suffix:
+    ``.keras``, ``.weights.h5``) to ``/proc/self/fd/N`` in a private folder, so Keras reads what was
+    checked even if ``path`` is replaced meanwhile; elsewhere ``path`` itself."""
+    import tempfile
+
+    fd_path = f"/proc/self/fd/{fh.fileno()}"
+    if not os.path.exists(fd_path):
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="resnet-spec-keras-") as tmp:
+        link = os.path.join(tmp, name)
+        os.symlink(fd_path, link)
+        yield link

@@ -17,7 +17,7 @@ import re
 import numpy as np
 
 from ...archive import check_h5, check_keras_model
-from ...fileio import check_regular_file, shown
+from ...fileio import open_regular, shown
 from ...isolate import run_isolated
 from ...importers.source import ImportRefused, Layer, Recogniser, Source
 
@@ -32,8 +32,8 @@ def _descriptor(source: str, input_size) -> tuple:
     if source.startswith("keras:"):
         name, _, h5 = source[len("keras:"):].partition("=")
         if h5:  # a FIFO or /dev/zero is said to be one, and HDF5 bombs refused, before Keras opens it
-            stored = check_regular_file(h5, error=ImportRefused, missing="no such weights file").st_size
-            check_h5(shown(h5), h5, stored, ImportRefused)
+            with open_regular(h5, error=ImportRefused, missing="no such weights file") as fh:
+                check_h5(shown(h5), fh, os.fstat(fh.fileno()).st_size, ImportRefused)
         size = input_size or 224
         hw = [size, size] if isinstance(size, int) else list(size)
         return shown(source), {"app": name, "h5": h5 or None, "size": hw}
@@ -64,11 +64,16 @@ def _load(desc: dict):
     keras.utils.set_random_seed(0)
     model = fn(weights=None, input_shape=(*desc["size"], 3), classifier_activation=None)
     if desc["h5"]:
-        try:
-            model.load_weights(desc["h5"])
-        except Exception as exc:
-            raise ImportRefused(f"{shown(desc['h5'])}: cannot load into keras.applications.{name}: "
-                               f"{_first_line(exc)}") from None
+        from .backend import same_file
+
+        with open_regular(desc["h5"], error=ImportRefused) as fh:  # checked again, on the file Keras reads
+            check_h5(shown(desc["h5"]), fh, os.fstat(fh.fileno()).st_size, ImportRefused)
+            with same_file(desc["h5"], fh, "model.weights.h5") as checked:
+                try:
+                    model.load_weights(checked)
+                except Exception as exc:
+                    raise ImportRefused(f"{shown(desc['h5'])}: cannot load into keras.applications.{name}: "
+                                       f"{_first_line(exc)}") from None
     return model
 
 
