@@ -17,8 +17,10 @@ OUTPUT_SUFFIXES = {"torch": (".pt2", ".py", ".safetensors"), "onnx": (".onnx",),
                    "tensorflow": (".keras", "_savedmodel"), "tflite": (".tflite",)}
 # Targets ``convert`` writes beyond BACKENDS (files for a runtime, not a backend parity runs).
 CONVERT_ONLY = ("tflite",)
-# ``convert --dtype float16``: the backends that write float16 models.
-FLOAT16_BACKENDS = ("onnx",)
+# ``convert --dtype float16``: the backends that write float16 models (ONNX: float16 weights and compute;
+# TFLite: float16 weights dequantized at run time). ``--io-dtype float16`` (float16 input and logits): ONNX only.
+FLOAT16_BACKENDS = ("onnx", "tflite")
+FLOAT16_IO_BACKENDS = ("onnx",)
 
 # ONNX opsets. Lowest: Pad/Slice take their arguments as inputs and every op we use has its current
 # semantics from 13 on. Highest: the newest opset of onnx 1.23 (checker) that ONNX Runtime 1.32 also

@@ -38,31 +38,42 @@ def keras_backend_of(name: str) -> str | None:
     return KERAS_LEGS.get("keras-tensorflow" if name == "tensorflow" else name)
 
 
+def _leg(name: str) -> str:
+    """The leg a name runs: ``tensorflow`` and ``keras-tensorflow`` are one (repeats of it are dropped)."""
+    return "keras-tensorflow" if name == "tensorflow" else name
+
+
+def named(text: str) -> list:
+    """The names ``text`` gives (aliases resolved, ``all`` kept as it is, not expanded), in order."""
+    return [ALIASES.get(t, t) for t in (t.strip() for t in text.split(",")) if t]
+
+
 def parse_names(text: str, known: tuple, everything: tuple | None = None, missing=None) -> tuple:
     """``--backends`` / ``--to`` text -> ``(names, {name: why not installed})``.
 
-    Comma-separated names from ``known`` (aliases allowed, repeats dropped, order kept), or ``all``:
-    every name of ``everything`` (default ``known``), less those for which ``missing(name)`` gives a
-    reason, which are returned beside them (not run, and failing nothing). Unknown names and an empty
-    list are a :class:`ResNetSpecError` naming the choices.
+    Comma-separated names from ``known`` (aliases allowed) and ``all``: every name of ``everything``
+    (default ``known``), combined with the others (``all,tflite``), in the order given, repeats dropped
+    (``tensorflow`` and ``keras-tensorflow`` are one). A name of ``all`` for which ``missing(name)`` gives
+    a reason is left out and returned beside them (not run, and failing nothing), unless it is also named
+    explicitly: a name given explicitly always runs. Unknown names and an empty list are a
+    :class:`ResNetSpecError` naming the choices.
     """
-    items = [t.strip() for t in text.split(",") if t.strip()]
+    items = named(text)
     if not items:
         raise ResNetSpecError(f"names no backend; choose from {', '.join(known)} or all")
-    if items == ["all"]:
-        names, skipped = [], {}
-        for name in everything or known:
-            reason = missing(name) if missing else None
-            (skipped.__setitem__(name, reason) if reason else names.append(name))
-        return names, skipped
-    out = []
     for t in items:
-        t = ALIASES.get(t, t)
-        if t not in known:
+        if t != "all" and t not in known:
             raise ResNetSpecError(f"unknown backend {t!r}; choose from {', '.join(known)} or all")
-        if t not in out:
-            out.append(t)
-    return out, {}
+    explicit = {_leg(t) for t in items if t != "all"}
+    out, skipped = [], {}
+    for t in items:
+        for name in (everything or known) if t == "all" else (t,):
+            reason = missing(name) if missing and t == "all" and _leg(name) not in explicit else None
+            if reason:
+                skipped[name] = reason
+            elif _leg(name) not in map(_leg, out):
+                out.append(name)
+    return out, skipped
 
 
 def parse_legs(text: str, missing) -> tuple:

@@ -6,8 +6,9 @@ import os
 import platform
 import time
 
-OUTPUTS = ("onnx", "onnx-f16", "tflite")
-TOL = {"onnx": 1e-4, "onnx-f16": 1e-2, "tflite": 1e-4}  # resnet_spec.parity / resnet_spec.verify
+OUTPUTS = ("onnx", "onnx-f16", "tflite", "tflite-f16")
+TOL = {"onnx": 1e-4, "onnx-f16": 1e-2, "tflite": 1e-4, "tflite-f16": 1e-2}  # resnet_spec.parity / resnet_spec.verify
+_COUNT = {2: "two", 3: "three", 4: "four", 5: "five"}
 
 BEFORE = ("Before the fix (graph with `Pad(0) -> MaxPool` in the V2 stem; tests/test_deploy.py on that graph, "
           "keras_resnet50v2 at 64 px, 4 images): onnxruntime 1.31.1 at basic, extended and all, and onnxoptimizer's "
@@ -94,7 +95,7 @@ def _coverage(results, rows) -> str:
     if gaps:
         text += f"; cells not measured yet: {'; '.join(gaps)}"
     if set(zoo) <= set(names) and not gaps and len(outs) == len(OUTPUTS):
-        return text + ", each with its three outputs."
+        return text + f", each with its {_COUNT.get(len(OUTPUTS), len(OUTPUTS))} outputs."
     return text + again + "."
 
 
@@ -122,11 +123,12 @@ def _header(results, size, f16_note) -> list:
             f"({results.get('_date', time.strftime('%Y-%m-%d'))}). Each cell: max |y - ref| / max |ref| of the "
             "logits, where ref is the torch backend in float64 on the same seeded random weights (non-trivial BN "
             f"statistics) and the same input (batch 2). ImageNet entries at **{size} px** (reduced from 224: the "
-            "run shares a 2-core machine), CIFAR entries at 32 px. Tolerances: float32 files 1e-4, float16 ONNX "
+            "run shares a 2-core machine), CIFAR entries at 32 px. Tolerances: float32 files 1e-4, float16 files "
             "1e-2 (as `verify`); a cell above it says **FAIL**. `—`: not run (a runtime that does not take that "
             f"output{f16_note}). Outputs: `onnx` (float32), `onnx-f16` (`--dtype float16`, float32 I/O), "
-            "`tflite` (float32, from the Keras model). The `worst` rows at the end give each column's largest "
-            "figure.", "",
+            "`tflite` (float32, from the Keras model), `tflite-f16` (`--dtype float16`: TFLite's float16 "
+            "post-training quantization, float16 weights dequantized to float32 at run time, float32 I/O). The "
+            "`worst` rows at the end give each column's largest figure.", "",
             f"Machine: {results.get('_machine') or machine()}. Files and reference made with "
             f"{results.get('_env') or environment()}.", ""]
 

@@ -5,7 +5,8 @@
 
 For each zoo entry (seeded random weights with non-trivial BN statistics, ``--size`` px for ImageNet
 entries, CIFAR entries at their own 32 px) it writes the float32 ONNX file, the float16 ONNX file
-(``--dtype float16``, float32 I/O) and the ``.tflite`` file, and runs them, each runtime in its own
+(``--dtype float16``, float32 I/O) and the ``.tflite`` files (float32, and ``--dtype float16``: float16
+weights), and runs them, each runtime in its own
 small venv made from the registry and cached (benchmarks/_venvs.py): onnxruntime releases (every
 graph optimisation level), onnxoptimizer's fuse-and-elimination passes, onnxsim, OpenVINO (CPU, f32
 inference precision) and LiteRT. Every cell is max |y - ref| / max |ref| against the torch backend
@@ -48,16 +49,16 @@ def venv_specs(ort_versions, f16_versions=F16_ORT) -> list:
             ("onnxsim 0.4.36", "onnxsim-0.4.36", ["onnxsim==0.4.36", "onnx", f"onnxruntime=={newest}", "numpy"],
              "onnxsim", ("onnx", "onnx-f16")),
             ("openvino 2026.4.1", "openvino-2026.4.1", ["openvino==2026.4.1", "numpy"], "openvino", ("onnx", "onnx-f16")),
-            ("LiteRT 2.3.0", "litert-2.3.0", ["ai-edge-litert==2.3.0", "numpy"], "tflite", ("tflite",))]
+            ("LiteRT 2.3.0", "litert-2.3.0", ["ai-edge-litert==2.3.0", "numpy"], "tflite", ("tflite", "tflite-f16"))]
     return out
 
 
-def _tflite_bytes(spec_yaml, weights):
+def _tflite_bytes(spec_yaml, weights, dtype="float32"):
     from resnet_spec import load
     from resnet_spec.backends.keras import tflite as tflite_backend
     from resnet_spec.resolve import UNCHECKED
 
-    return tflite_backend.to_bytes(load(spec_yaml, UNCHECKED), weights)
+    return tflite_backend.to_bytes(load(spec_yaml, UNCHECKED), weights, dtype=dtype)
 
 
 def make_entry(name, size, d, outputs, tf_worker) -> dict:
@@ -82,9 +83,10 @@ def make_entry(name, size, d, outputs, tf_worker) -> dict:
     np.save(os.path.join(d, "ref.npy"), ref)
     files = {}
     for out in outputs:
-        files[out] = os.path.join(d, {"onnx": "m.onnx", "onnx-f16": "m16.onnx", "tflite": "m.tflite"}[out])
-        if out == "tflite":
-            data = tf_worker().call(_tflite_bytes, net.spec_yaml, w)
+        files[out] = os.path.join(d, {"onnx": "m.onnx", "onnx-f16": "m16.onnx", "tflite": "m.tflite",
+                                      "tflite-f16": "m16.tflite"}[out])
+        if out.startswith("tflite"):
+            data = tf_worker().call(_tflite_bytes, net.spec_yaml, w, "float16" if out == "tflite-f16" else "float32")
         else:
             data = ob.build(net, w, dtype="float16" if out == "onnx-f16" else "float32").SerializeToString()
         with open(files[out], "wb") as fh:
@@ -158,8 +160,8 @@ def run_entry(name, specs, args, results, tf_worker, say) -> bool:
     todo = [(sp, outs) for sp, outs in todo if outs]
     if not todo:
         return False
-    for sp, _ in todo:  # --force: drop the old cells of the columns measured again
-        for out in sp[4]:
+    for sp, outs in todo:  # --force: drop the old cells of the outputs measured again (only those: measuring
+        for out in outs:    # a column's new output must keep its other outputs' cells)
             row = results.get(f"{name} | {out}", {})
             for col in [c for c in row if c.startswith(f"{sp[0]} / ")]:
                 del row[col]

@@ -12,9 +12,10 @@ A ``.keras`` file is a zip archive too: ``config.json`` (the layers), ``metadata
 spec name and YAML to ``metadata.json`` (:func:`embed_keras_spec`); inspect reads the layer list from
 the config and the weights' shapes from the HDF5 file (h5py, which Keras needs anyway), never
 deserialising a layer. A ``.tflite`` file is a flatbuffer whose ``Model`` has a ``metadata`` table
-(name -> buffer); ``convert`` stores the spec there under the same keys (:func:`tflite_with_spec`),
-next to the converter's own entries. Inspect reads it with the generated schema of the LiteRT package
-(``ai-edge-litert``), else TensorFlow's.
+(name -> buffer); ``convert`` stores the spec there under the same keys, and the dtype under
+``resnet_spec.dtype`` (:func:`tflite_with_spec`), next to the converter's own entries. Inspect reads it
+with the generated schema of the LiteRT package (``ai-edge-litert``), else TensorFlow's, and tells a
+float16 file (float16 weights feeding DEQUANTIZE ops, :func:`tflite_float16_weights`) from its tensors.
 """
 
 from __future__ import annotations
@@ -27,9 +28,11 @@ import zipfile
 
 from .archive import KERAS_META, keras_layers, read_keras_archive, read_member
 from .errors import ResNetSpecError
-from .fileio import check_regular_file
+from .fileio import check_regular_file, shown
 
 META_NAME, META_SPEC = "resnet_spec.name", "resnet_spec.spec"
+#: the dtype ``convert`` records in a ``.tflite`` file's metadata (``float32``, or ``float16`` weights)
+META_DTYPE = "resnet_spec.dtype"
 BUFFER_SUFFIXES = (".running_mean", ".running_var", ".num_batches_tracked")
 
 
@@ -138,6 +141,8 @@ def format_info(info: dict) -> str:
             what = (f"shape {t['shape']}, {t['dtype']}" if "shape" in t
                     else f"{t['layer']}" + (f", {t['units']} units" if t.get("units") else ""))
             lines.append(f"{key[:-1] + ':':<11} {t['name']} ({what})")
+    if "float16_weights" in info:  # TFLite: float16 weights + DEQUANTIZE (float16 post-training quantisation)
+        lines.append(f"dtype:      {_tflite_dtype_text(info)}")
     if "tensors" in info and "operators" in info:  # TFLite: BN folded, equal constants stored once
         lines.append(f"weights:    {info['tensors']} constant tensors ({', '.join(info['dtypes'])}), "
                      f"{info['parameters']:,} float values (BN folded into the convolutions)")
@@ -155,6 +160,15 @@ def format_info(info: dict) -> str:
     elif info["format"].startswith(("torch.export", "Keras", "TFLite")):
         lines.append("(no spec embedded: not written by resnet-spec convert, or by an older version)")
     return "\n".join(lines)
+
+
+def _tflite_dtype_text(info: dict) -> str:
+    """What a TFLite file computes with, from its tensors, and what its metadata records."""
+    what = "float32"
+    if info["dtype"] == "float16":
+        what = f"float16 weights ({info['float16_weights']} tensors, dequantized to float32 at run time)"
+    recorded = info.get("dtype_recorded")
+    return what + (f"; metadata: {recorded}" if recorded else "")
 
 
 # -- .keras -----------------------------------------------------------------------------------------
@@ -262,15 +276,15 @@ def _tflite_schema(path: str):
         try:
             from tensorflow.lite.python import schema_py_generated as fb
         except ImportError:
-            raise ResNetSpecError(f"{path}: reading .tflite files needs the LiteRT package (pip install "
+            raise ResNetSpecError(f"{shown(path)}: reading .tflite files needs the LiteRT package (pip install "
                                   "'resnet-spec[tflite]') or TensorFlow") from None
     return fb
 
 
-def tflite_with_spec(data: bytes, net, fb) -> bytes:
-    """The flatbuffer ``data`` with the spec name and YAML added to its metadata table (``fb``: the
-    generated TFLite schema module). Files with buffers outside the flatbuffer (> 2 GB) are returned as
-    they are."""
+def tflite_with_spec(data: bytes, net, fb, dtype: str = "float32") -> bytes:
+    """The flatbuffer ``data`` with the spec name, YAML and ``dtype`` added to its metadata table (``fb``:
+    the generated TFLite schema module). Files with buffers outside the flatbuffer (> 2 GB) are returned
+    as they are."""
     import flatbuffers
     import numpy as np
 
@@ -278,7 +292,7 @@ def tflite_with_spec(data: bytes, net, fb) -> bytes:
     if any(getattr(b, "offset", 0) for b in model.buffers or []):
         return data
     model.buffers, model.metadata = list(model.buffers or []), list(model.metadata or [])
-    for key, text in ((META_NAME, net.name), (META_SPEC, net.spec_yaml)):
+    for key, text in ((META_NAME, net.name), (META_SPEC, net.spec_yaml), (META_DTYPE, dtype)):
         buf, meta = fb.BufferT(), fb.MetadataT()
         buf.data = np.frombuffer(text.encode("utf-8"), np.uint8)
         meta.name, meta.buffer = key, len(model.buffers)
@@ -287,6 +301,33 @@ def tflite_with_spec(data: bytes, net, fb) -> bytes:
     builder = flatbuffers.Builder(len(data) + 4096)
     builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
     return bytes(builder.Output())
+
+
+def tflite_float16_weights(data: bytes, fb) -> list:
+    """``[(tensor name, float16 values or None)]``: the float16 constant tensors that feed a DEQUANTIZE
+    operator, which is how TFLite's float16 post-training quantisation stores weights (computed in
+    float32 after the DEQUANTIZE). A float16 file from any converter is recognised from these, with or
+    without our metadata. Values are None for a buffer outside the flatbuffer."""
+    import numpy as np
+
+    m = fb.Model.GetRootAs(data, 0)
+    dequantize = {i for i in range(m.OperatorCodesLength())
+                  if max(m.OperatorCodes(i).BuiltinCode(), m.OperatorCodes(i).DeprecatedBuiltinCode())
+                  == fb.BuiltinOperator.DEQUANTIZE}
+    out = []
+    for g in range(m.SubgraphsLength()):
+        sg = m.Subgraphs(g)
+        for i in range(sg.OperatorsLength()):
+            op = sg.Operators(i)
+            if op.OpcodeIndex() not in dequantize or not op.InputsLength():
+                continue
+            t = sg.Tensors(int(op.Inputs(0)))
+            if t.Type() != fb.TensorType.FLOAT16 or not t.Buffer():
+                continue
+            raw = m.Buffers(t.Buffer()).DataAsNumpy()
+            values = raw.view(np.float16) if hasattr(raw, "view") and raw.size else None
+            out.append((t.Name().decode("utf-8", "replace"), values))
+    return out
 
 
 def inspect_tflite(path: str) -> dict:
@@ -326,7 +367,9 @@ def _read_tflite(path: str, data: bytes, fb) -> dict:
     codes = [m.OperatorCodes(sg.Operators(i).OpcodeIndex()) for i in range(sg.OperatorsLength())]
     ops = collections.Counter(ops_by_code.get(max(c.BuiltinCode(), c.DeprecatedBuiltinCode()), "?") for c in codes)
     text = lambda k: meta[k].decode("utf-8") if k in meta else None  # noqa: E731
-    return {"path": path, "format": f"TFLite flatbuffer (schema v{m.Version()})", "operators": sg.OperatorsLength(),
+    f16 = tflite_float16_weights(data, fb)
+    return {"path": path, "format": f"TFLite flatbuffer (schema v{m.Version()})", "dtype": "float16" if f16 else "float32",
+            "float16_weights": len(f16), "dtype_recorded": text(META_DTYPE), "operators": sg.OperatorsLength(),
             "op_types": dict(ops), "inputs": [tensor(i) for i in sg.InputsAsNumpy()],
             "outputs": [tensor(i) for i in sg.OutputsAsNumpy()], "tensors": len(consts),
             "parameters": sum(int(math.prod(t.ShapeAsNumpy())) for t in consts  # BN folded: convs, fc

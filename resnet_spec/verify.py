@@ -18,9 +18,13 @@ a ``.tflite`` with a custom operator is refused (:mod:`resnet_spec.trust`); a re
 naming the flag, made before any file runs.
 
 Metrics and tolerances are :mod:`resnet_spec.parity`'s (max error relative to the reference's
-scale); a float16 ONNX file is held to :data:`FLOAT16_TOL`. When an ONNX run fails, the run is
-repeated with the file's tap values (``stem``, every block) added as outputs, and the first one that
-diverges is named (files made elsewhere have no such values; then none is named).
+scale); a float16 file is held to :data:`FLOAT16_TOL`, recognised from the file itself whoever made
+it: an ONNX file with float16 initializers, a TFLite file with float16 weights feeding DEQUANTIZE ops
+(TFLite's float16 post-training quantisation). A file made elsewhere is fed the input as it declares
+it: NCHW or NHWC, its fixed batch, its input's name and dtype (:mod:`resnet_spec.verify_inputs`).
+When an ONNX run fails, the run is repeated with the file's tap values (``stem``, every block) added as
+outputs, and the first one that diverges is named (files made elsewhere have no such values; then none
+is named).
 
 A file that cannot be read, does not fit the spec (input shape, classes), or whose runtime is not
 installed raises :class:`ResNetSpecError` with one line naming the file.
@@ -39,12 +43,14 @@ from .errors import ResNetSpecError
 from .fileio import shown
 from .isolate import WorkerCrashed
 from .parity import TOLERANCES, Runner, compare
+from .verify_inputs import LAYOUTS
 
-#: float16 ONNX (weights and compute in float16) against the float64 reference. Measured on CPU:
-#: 2.9e-4 to 7.8e-4 of the logit scale in ONNX Runtime, 1.4e-3 in onnx's ReferenceEvaluator
-#: (keras_resnet50v2 at 64 px; docs/deployment.md has the matrix); float16's own step is 2**-11 = 4.9e-4.
-#: Margins: 10x over ONNX Runtime's worst (9.7e-4, docs/deployment.md), 7x over ReferenceEvaluator. GPU float16
-#: figures are not measured here.
+#: float16 files against the float64 reference: ONNX (weights and compute in float16) and TFLite (float16
+#: weights, float32 compute). Measured on CPU: 2.9e-4 to 7.8e-4 of the logit scale in ONNX Runtime, 1.4e-3
+#: in onnx's ReferenceEvaluator (keras_resnet50v2 at 64 px; docs/deployment.md has the matrix); float16's
+#: own step is 2**-11 = 4.9e-4. Margins: 10x over ONNX Runtime's worst (9.7e-4, docs/deployment.md), 7x over
+#: ReferenceEvaluator. float16 TFLite in LiteRT 2.3.0: 1.4e-4 to 6.1e-4 over the zoo (docs/deployment.md,
+#: tflite-f16), 16x under this tolerance. GPU float16 figures are not measured here.
 FLOAT16_TOL = 1e-2
 KINDS = {".onnx": "onnx", ".tflite": "tflite", ".keras": "keras", ".pt2": "pt2", ".py": "py"}
 #: kind -> (worker, check): what is checked in a runtime's worker before any file runs, unless the code
@@ -61,11 +67,11 @@ def file_kind(path: str) -> str:
         if os.path.exists(os.path.join(path, "saved_model.pb")):
             check_regular_tree(path)
             return "savedmodel"
-        raise ResNetSpecError(f"{path}: a folder without saved_model.pb is not a SavedModel")
+        raise ResNetSpecError(f"{shown(path)}: a folder without saved_model.pb is not a SavedModel")
     check_regular_file(path)
     kind = KINDS.get(os.path.splitext(path)[1].lower())
     if kind is None:
-        raise ResNetSpecError(f"{path}: not a deployable model file (expected .onnx, .tflite, .keras, .pt2, .py "
+        raise ResNetSpecError(f"{shown(path)}: not a deployable model file (expected .onnx, .tflite, .keras, .pt2, .py "
                               "or a SavedModel folder)")
     return kind
 
@@ -98,7 +104,7 @@ def weights_for(net: ir.Network, path: str, weights_file: str | None) -> str:
         return weights_file
     beside = os.path.join(os.path.dirname(os.path.abspath(path.rstrip("/"))), f"{net.name}.safetensors")
     if not os.path.exists(beside):
-        raise ResNetSpecError(f"{path}: no weights to compare with: pass --weights, or keep {net.name}.safetensors "
+        raise ResNetSpecError(f"{shown(path)}: no weights to compare with: pass --weights, or keep {net.name}.safetensors "
                               "beside the file (convert writes it there)")
     return beside
 
@@ -189,13 +195,15 @@ def _who(family: str, args) -> str:
 @dataclass(frozen=True)
 class RunSettings:
     """How :func:`run` runs the files: the input's ``batch`` and ``seed``, the ``device`` of ``.onnx``
-    files, and ``trust_code`` (run code the files carry: a ``.py``, an unchecked ``.pt2`` or SavedModel;
-    see :mod:`resnet_spec.trust`)."""
+    files, ``trust_code`` (run code the files carry: a ``.py``, an unchecked ``.pt2`` or SavedModel;
+    see :mod:`resnet_spec.trust`) and the input ``layout`` of files made elsewhere (``auto``: from each
+    file's input shape; :mod:`resnet_spec.verify_inputs`)."""
 
     batch: int = 2
     seed: int = 0
     device: str = "cpu"
     trust_code: bool = False
+    layout: str = "auto"
 
 
 def run(net: ir.Network, files, settings: RunSettings | None = None, *, weights_file: str | None = None,
@@ -216,6 +224,8 @@ def run(net: ir.Network, files, settings: RunSettings | None = None, *, weights_
     kinds = [(f, check_file(net, f, trust_code)) for f in files]
     if device != "cpu" and any(k != "onnx" for _, k in kinds):
         raise ResNetSpecError(f"--device {device} applies to .onnx files only")
+    if opts.layout not in LAYOUTS:
+        raise ResNetSpecError(f"layout {opts.layout!r}: choose from {', '.join(LAYOUTS)}")
     labels, sets = _weight_sets(net, files, weights_file, weights)
     x = np.random.default_rng(seed).standard_normal((batch, *net.input_shape), dtype=np.float32)
     workers = _Workers()
@@ -230,9 +240,9 @@ def run(net: ir.Network, files, settings: RunSettings | None = None, *, weights_
                 if label not in refs:
                     say(f"reference: torch float64 on {label} ...")
                     refs[label] = workers.call("torch", R.reference, net.spec_yaml, sets[label], x)
-                say(f"{path}: {kind} ...")
+                say(f"{shown(path)}: {kind} ...")
                 wpath = _safetensors_for(net, list(sets).index(label), sets[label], tmp) if kind == "py" else None
-                for run_ in _runs(workers, net, (path, kind, trust_code), x, wpath, device, notes):
+                for run_ in _runs(workers, net, (path, kind, trust_code), x, wpath, opts, notes):
                     rows.append(_row(net, path, run_, refs[label], workers, x, device))
         finally:
             workers.close()
@@ -250,20 +260,20 @@ def _safetensors_for(net, index: int, weights: dict, tmp: str) -> str:
     return path
 
 
-def _runs(workers, net, file, x, wpath, device, notes) -> list:
+def _runs(workers, net, file, x, wpath, opts: RunSettings, notes) -> list:
     """The runs of ``file`` = (path, kind, whether its code is trusted)."""
     path, kind, trusted = file
-    shape = net.input_shape
+    shape, layout = net.input_shape, opts.layout
     if kind == "onnx":
-        runs = workers.call("onnx", R.onnx_runs, path, x, shape, device)
-        ov = workers.call("openvino", R.openvino_run, path, x, shape)
+        runs = workers.call("onnx", R.onnx_runs, path, x, shape, opts.device, layout)
+        ov = workers.call("openvino", R.openvino_run, path, x, runs[0]["feed"])
         if ov is None:
-            notes.append(f"{path}: OpenVINO not installed, not run")
+            notes.append(f"{shown(path)}: OpenVINO not installed, not run")
         return runs + ([ov] if ov else [])
     if kind == "tflite":
-        return [workers.call("litert", R.tflite_run, path, x, shape, trusted)]
+        return [workers.call("litert", R.tflite_run, path, x, shape, trusted, layout)]
     if kind in ("keras", "savedmodel"):
-        return [workers.call("tensorflow", R.keras_run, path, x, shape, kind, trusted)]
+        return [workers.call("tensorflow", R.keras_run, path, x, shape, kind, trusted, layout)]
     return [workers.call("torch", R.torch_file_run, path, x, shape, kind, wpath, trusted, pt2_budget(net))]
 
 
@@ -272,12 +282,12 @@ def _row(net, path, run_, ref, workers, x, device) -> Row:
     tol = FLOAT16_TOL if run_.get("float16") else TOLERANCES["float32"]
     want = (len(head) if run_["level"] == "reference" else x.shape[0], net.num_classes)
     if tuple(head.shape) != want:
-        raise ResNetSpecError(f"{path}: output shape {tuple(head.shape)} does not fit spec {net.name} "
+        raise ResNetSpecError(f"{shown(path)}: output shape {tuple(head.shape)} does not fit spec {net.name} "
                               f"(expected {want}); is it a model of another spec?")
     m = compare(ref["head"][: len(head)], head)
     row = Row(path, run_["runtime"], run_["level"], tol, m, m["max_rel"] <= tol)
     if not row.passed and run_.get("taps_level"):
-        taps = workers.call("onnx", R.onnx_taps, path, x, run_["taps_level"], net.tap_names(), device)
+        taps = workers.call("onnx", R.onnx_taps, path, x, run_["feed"], run_["taps_level"], net.tap_names(), device)
         for name in net.tap_names():
             if name in taps and name in ref and taps[name].shape == ref[name].shape:
                 c = compare(ref[name], taps[name])
@@ -294,13 +304,14 @@ def format_report(r: Report) -> str:
     """The terminal table, in parity's style."""
     lines = [f"verify {r.spec}: batch {r.batch}, input seed {r.seed}, device {r.device}, "
              "reference: torch backend, float64", ""]
-    wf = max(len(os.path.basename(x.file)) for x in r.rows)
+    name = {x.file: shown(os.path.basename(x.file)) for x in r.rows}  # a newline in a name: quoted
+    wf = max(len(n) for n in name.values())
     wr = max(len(x.runtime) for x in r.rows)
     lines.append(f"  {'file':<{wf}}  {'runtime':<{wr}}  {'level':<9}  {'max abs':>9}  {'max rel':>9}  "
                  f"{'top-1':>6}  {'tol rel':>8}  result")
     for x in r.rows:
         top1 = "-" if x.metrics.get("top1") is None else f"{x.metrics['top1'] * 100:.0f}%"
-        lines.append(f"  {os.path.basename(x.file):<{wf}}  {x.runtime:<{wr}}  {x.level:<9}  "
+        lines.append(f"  {name[x.file]:<{wf}}  {x.runtime:<{wr}}  {x.level:<9}  "
                      f"{_e(x.metrics['max_abs']):>9}  {_e(x.metrics['max_rel']):>9}  {top1:>6}  "
                      f"{x.tolerance:>8.0e}  {'PASS' if x.passed else 'FAIL'}")
     for x in r.rows:
@@ -308,7 +319,7 @@ def format_report(r: Report) -> str:
             err = dict(x.layers).get(x.first_divergence)
             where = (f"first divergence: {x.first_divergence} (max rel {_e(err)})" if x.first_divergence
                      else "every tap agrees; only the head differs")
-            lines.append(f"  {os.path.basename(x.file)}, {x.runtime} {x.level}: {where}")
+            lines.append(f"  {name[x.file]}, {x.runtime} {x.level}: {where}")
     lines += [""] + [f"  note: {n}" for n in r.notes] + ([""] if r.notes else [])
     bad = sum(1 for x in r.rows if not x.passed)
     lines.append(f"{'PASS' if r.passed else 'FAIL'}: {len(r.rows) - bad}/{len(r.rows)} runs within tolerance")

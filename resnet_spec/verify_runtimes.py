@@ -1,8 +1,10 @@
 """Worker-side functions of :mod:`resnet_spec.verify`: each runs in one runtime's worker process.
 
-Every function takes a file path and the NCHW float32 input ``x`` and returns plain numpy data. A
-file that is not a model, does not take the spec's input, or needs a runtime that is not installed
-raises :class:`ResNetSpecError` with one line naming the file; nothing here prints.
+Every function takes a file path and the NCHW float32 input ``x`` and returns plain numpy data. The
+input is fed as the file declares it: layout, fixed batch, name and dtype
+(:mod:`resnet_spec.verify_inputs`). A file that is not a model, does not take the spec's input, or needs
+a runtime that is not installed raises :class:`ResNetSpecError` with one line naming the file (quoted
+by :func:`resnet_spec.fileio.shown` when its name has control characters); nothing here prints.
 """
 
 from __future__ import annotations
@@ -10,33 +12,13 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import ResNetSpecError
-from .fileio import check_regular_file
+from .fileio import check_regular_file, shown
+from .verify_inputs import Feed, feed_of
 
 
 def _first_line(exc) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0][:300] if text else ''}"
-
-
-def _layout(path: str, dims, shape, prefer=("nchw", "nhwc")) -> str:
-    """'nchw' or 'nhwc': how the file's input ``dims`` (batch first; None/str/-1 for dynamic) holds
-    the spec's ``shape`` (C, H, W); anything else is a model of another spec."""
-    c, h, w = shape
-    tail = list(dims)[1:]
-    forms = {"nchw": [c, h, w], "nhwc": [h, w, c]}
-
-    def fits(want):
-        return len(tail) == 3 and all(not isinstance(d, int) or d in (-1, v) for d, v in zip(tail, want))
-
-    for name in prefer:
-        if fits(forms[name]):
-            return name
-    raise ResNetSpecError(f"{path}: input shape {tuple(dims)} does not fit spec input (C, H, W) = {tuple(shape)}; "
-                          "is it a model of another spec?")
-
-
-def _feed(x: np.ndarray, layout: str) -> np.ndarray:
-    return np.ascontiguousarray(x.transpose(0, 2, 3, 1) if layout == "nhwc" else x)
 
 
 def reference(spec_yaml: str, weights: dict, x: np.ndarray) -> dict:
@@ -55,6 +37,9 @@ def reference(spec_yaml: str, weights: dict, x: np.ndarray) -> dict:
 
 # -- ONNX ------------------------------------------------------------------------------------------
 
+#: ONNX element types verify feeds (TensorProto.FLOAT, FLOAT16)
+_ONNX_DTYPES = {1: "float32", 10: "float16"}
+
 
 def _load_onnx(path: str):
     import onnx
@@ -63,9 +48,9 @@ def _load_onnx(path: str):
     try:
         model = onnx.load(path)
     except Exception as exc:  # noqa: BLE001 - DecodeError, truncated external data, ...
-        raise ResNetSpecError(f"{path}: not a readable ONNX model ({_first_line(exc)})") from None
+        raise ResNetSpecError(f"{shown(path)}: not a readable ONNX model ({_first_line(exc)})") from None
     if not model.graph.node or not model.graph.input or not model.graph.output:
-        raise ResNetSpecError(f"{path}: not an ONNX model (no graph in it)")
+        raise ResNetSpecError(f"{shown(path)}: not an ONNX model (no graph in it)")
     return model
 
 
@@ -79,34 +64,47 @@ def _onnx_dims(vi) -> list:
     return [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]
 
 
-def onnx_runs(path: str, x: np.ndarray, shape, device: str = "cpu") -> list:
-    """ONNX Runtime at every optimisation level, then onnx's ReferenceEvaluator on ``x[:1]``."""
+def _onnx_feed(path: str, model, shape, layout: str) -> Feed:
+    """How the file's first input (not an initializer) takes the spec's input: its name, layout, fixed
+    batch and element type, from its declaration."""
+    inits = {t.name for t in model.graph.initializer}
+    inp = next((i for i in model.graph.input if i.name not in inits), None)
+    if inp is None:
+        raise ResNetSpecError(f"{shown(path)}: the graph has no input (every input is an initializer)")
+    elem = inp.type.tensor_type.elem_type
+    return feed_of(path, _onnx_dims(inp), shape, layout, inp.name, _ONNX_DTYPES.get(elem, f"ONNX type {elem}"))
+
+
+def onnx_runs(path: str, x: np.ndarray, shape, device: str = "cpu", layout: str = "auto") -> list:
+    """ONNX Runtime at every optimisation level, then onnx's ReferenceEvaluator on the smallest batch the
+    file takes; the input fed as the file declares it (:class:`Feed`, kept in each run as ``feed``)."""
     try:
         import onnxruntime as ort
         from onnx.reference import ReferenceEvaluator
     except ImportError as exc:
-        raise ResNetSpecError(f"{path}: needs onnx and onnxruntime ({exc}; pip install 'resnet-spec[onnx]')") from None
+        raise ResNetSpecError(f"{shown(path)}: needs onnx and onnxruntime ({exc}; pip install "
+                              "'resnet-spec[onnx]')") from None
     from .backends.onnx import probe as onnx_probe
 
     model = _load_onnx(path)
-    inp = next(i for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer})
-    _layout(path, _onnx_dims(inp), shape, prefer=("nchw",))
-    fp16 = _is_float16(model)
+    feed = _onnx_feed(path, model, shape, layout)
+    feed.chunks(path, x)  # a batch the file cannot take: refused before any run
+    fp16, output = _is_float16(model), model.graph.output[0].name
     where = "CUDA" if device.startswith("cuda") else "CPU"
     runs = []
     for level in onnx_probe.LEVELS:
         try:
-            out = onnx_probe.run_ort(path, x, level, outputs=[model.graph.output[0].name], device=device)
+            sess = onnx_probe.session(path, level, device=device)
+            logits = feed.run(path, x, lambda xin: sess.run([output], {feed.name: xin})[0])
         except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
-            raise ResNetSpecError(f"{path}: onnxruntime {ort.__version__} ({where}) cannot run it at level "
+            raise ResNetSpecError(f"{shown(path)}: onnxruntime {ort.__version__} ({where}) cannot run it at level "
                                   f"{level}: {_first_line(exc)}") from None
         runs.append({"runtime": f"onnxruntime {ort.__version__} {where}", "level": level, "float16": fp16,
-                     "outputs": {"logits": next(iter(out.values())).astype(np.float32)}, "taps_level": level})
-    feed = x[:1].astype(np.float16 if inp.type.tensor_type.elem_type == 10 else np.float32)
+                     "outputs": {"logits": logits.astype(np.float32)}, "taps_level": level, "feed": feed})
     try:
-        ref = ReferenceEvaluator(model).run([model.graph.output[0].name], {inp.name: feed})[0]
+        ref = ReferenceEvaluator(model).run([output], {feed.name: feed.first(path, x)})[0]
     except Exception as exc:  # noqa: BLE001
-        raise ResNetSpecError(f"{path}: onnx's ReferenceEvaluator cannot run it: {_first_line(exc)}") from None
+        raise ResNetSpecError(f"{shown(path)}: onnx's ReferenceEvaluator cannot run it: {_first_line(exc)}") from None
     import onnx
 
     runs.append({"runtime": f"onnx {onnx.__version__} ReferenceEvaluator", "level": "reference",
@@ -114,8 +112,9 @@ def onnx_runs(path: str, x: np.ndarray, shape, device: str = "cpu") -> list:
     return runs
 
 
-def onnx_taps(path: str, x: np.ndarray, level: str, tap_names, device: str = "cpu") -> dict:
-    """The values named like the spec's taps (``stem``, ``layer1.0``...), run at ``level``."""
+def onnx_taps(path: str, x: np.ndarray, feed: Feed, level: str, tap_names, device: str = "cpu") -> dict:
+    """The values named like the spec's taps (``stem``, ``layer1.0``...), run at ``level`` on the input
+    as ``feed`` (from :func:`onnx_runs`) says."""
     import onnx
 
     from .backends.onnx import probe as onnx_probe
@@ -130,12 +129,14 @@ def onnx_taps(path: str, x: np.ndarray, level: str, tap_names, device: str = "cp
             model.graph.output.append(onnx.helper.make_tensor_value_info(t, types[t], None))
     if not names:
         return {}
-    got = onnx_probe.run_ort(model.SerializeToString(), x, level, outputs=names, device=device)
-    return {k: v.astype(np.float32) for k, v in got.items()}
+    sess = onnx_probe.session(model.SerializeToString(), level, device=device)
+    pieces = [sess.run(names, {feed.name: xin}) for xin in feed.chunks(path, x)]
+    return {n: np.concatenate([p[i] for p in pieces]).astype(np.float32) for i, n in enumerate(names)}
 
 
-def openvino_run(path: str, x: np.ndarray, shape):
-    """OpenVINO on the CPU with f32 inference precision; None when OpenVINO is not installed."""
+def openvino_run(path: str, x: np.ndarray, feed: Feed):
+    """OpenVINO on the CPU with f32 inference precision, on the input as ``feed`` says; None when
+    OpenVINO is not installed."""
     try:
         import openvino as ov
     except ImportError:
@@ -145,16 +146,17 @@ def openvino_run(path: str, x: np.ndarray, shape):
         # The CPU plugin's default precision is bf16 where the CPU has it (1.5e-3 to 4.3e-3 on the zoo).
         compiled = core.compile_model(path, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
         precision = compiled.get_property("INFERENCE_PRECISION_HINT").to_string()  # what the plugin took: the level
-        out = compiled(x)[compiled.output(0)]
+        out = feed.run(path, x, lambda xin: compiled(xin)[compiled.output(0)])
     except Exception as exc:  # noqa: BLE001
-        raise ResNetSpecError(f"{path}: OpenVINO {ov.__version__} cannot run it: {_first_line(exc)}") from None
+        raise ResNetSpecError(f"{shown(path)}: OpenVINO {ov.__version__} cannot run it: {_first_line(exc)}") from None
     return {"runtime": f"openvino {ov.__version__} CPU", "level": precision, "outputs": {"logits": np.asarray(out)}}
 
 
 # -- TFLite, Keras, SavedModel ------------------------------------------------------------------------
 
 
-def _tflite_interpreter(path: str, data: bytes | None = None):
+def _tflite_interpreter(path: str, data: bytes):
+    """A TFLite interpreter on ``data`` (the bytes read from ``path``), and its label."""
     try:
         from ai_edge_litert.interpreter import Interpreter
 
@@ -165,14 +167,19 @@ def _tflite_interpreter(path: str, data: bytes | None = None):
         try:
             import tensorflow as tf
         except ImportError:
-            raise ResNetSpecError(f"{path}: no TFLite interpreter installed (pip install 'resnet-spec[tflite]', "
+            raise ResNetSpecError(f"{shown(path)}: no TFLite interpreter installed (pip install 'resnet-spec[tflite]', "
                                   "or TensorFlow)") from None
         Interpreter, label = tf.lite.Interpreter, f"tf.lite {tf.__version__}"
-    check_regular_file(path)
     try:
-        return (Interpreter(model_content=data) if data is not None else Interpreter(model_path=path)), label
+        return Interpreter(model_content=data), label
     except Exception as exc:  # noqa: BLE001
-        raise ResNetSpecError(f"{path}: not a readable .tflite model ({_first_line(exc)})") from None
+        raise ResNetSpecError(f"{shown(path)}: not a readable .tflite model ({_first_line(exc)})") from None
+
+
+def _tflite_read(path: str) -> bytes:
+    check_regular_file(path, 2**31 - 1)
+    with open(path, "rb") as fh:
+        return fh.read()
 
 
 def _tflite_checked(path: str) -> bytes:
@@ -182,9 +189,7 @@ def _tflite_checked(path: str) -> bytes:
     from .inspect_files import _tflite_schema
     from .trust import refuse
 
-    check_regular_file(path, 2**31 - 1)
-    with open(path, "rb") as fh:
-        data = fh.read()
+    data = _tflite_read(path)
     fb = _tflite_schema(path)
     try:
         m = fb.Model.GetRootAs(data, 0)
@@ -192,7 +197,7 @@ def _tflite_checked(path: str) -> bytes:
         custom = [(c.CustomCode() or b"?").decode("utf-8", "replace") for c in codes
                   if max(c.BuiltinCode(), c.DeprecatedBuiltinCode()) == fb.BuiltinOperator.CUSTOM]
     except Exception as exc:  # noqa: BLE001 - a damaged flatbuffer raises anything
-        raise ResNetSpecError(f"{path}: not a readable .tflite model ({_first_line(exc)})") from None
+        raise ResNetSpecError(f"{shown(path)}: not a readable .tflite model ({_first_line(exc)})") from None
     if custom:
         raise refuse(path, f"it uses the custom operator {custom[0][:60]!r}, which runs TensorFlow ops or code "
                            "registered outside the file (verify runs builtin operators only)")
@@ -204,21 +209,45 @@ def tflite_check(path: str) -> None:
     _tflite_checked(path)
 
 
-def tflite_run(path: str, x: np.ndarray, shape, trusted: bool = False) -> dict:
-    """The LiteRT interpreter (else tf.lite's); unless ``trusted``, builtin operators only."""
-    interp, label = _tflite_interpreter(path, None if trusted else _tflite_checked(path))
-    inp = interp.get_input_details()[0]
-    layout = _layout(path, [None, *inp["shape"][1:]], shape, prefer=("nhwc", "nchw"))
-    xin = _feed(x, layout)
+def _tflite_float16(path: str, data: bytes) -> bool:
+    """Whether the file holds float16 weights feeding DEQUANTIZE ops (TFLite's float16 quantisation, from
+    any converter: :func:`resnet_spec.inspect_files.tflite_float16_weights`)."""
+    from .inspect_files import _tflite_schema, tflite_float16_weights
+
+    fb = _tflite_schema(path)
     try:
-        interp.resize_tensor_input(inp["index"], list(xin.shape))
-        interp.allocate_tensors()
-        interp.set_tensor(inp["index"], xin.astype(inp["dtype"]))
+        return bool(tflite_float16_weights(data, fb))
+    except Exception as exc:  # noqa: BLE001 - a damaged flatbuffer raises anything
+        raise ResNetSpecError(f"{shown(path)}: not a readable .tflite model ({_first_line(exc)})") from None
+
+
+def tflite_run(path: str, x: np.ndarray, shape, trusted: bool = False, layout: str = "auto") -> dict:
+    """The LiteRT interpreter (else tf.lite's); unless ``trusted``, builtin operators only. The input is
+    fed as the file declares it (:class:`Feed`): a dynamic one resized to the batch, a fixed one never
+    resized (a batch of 1 gets the images one at a time). ``float16``: the file has float16 weights."""
+    data = _tflite_read(path) if trusted else _tflite_checked(path)
+    fp16 = _tflite_float16(path, data)
+    interp, label = _tflite_interpreter(path, data)
+    inp = interp.get_input_details()[0]
+    sig = inp.get("shape_signature")
+    dims = [int(d) for d in (sig if sig is not None and len(sig) else inp["shape"])]
+    feed = feed_of(path, dims, shape, layout, inp["name"], np.dtype(inp["dtype"]).name)
+    pieces = feed.chunks(path, x)
+    out_index = interp.get_output_details()[0]["index"]
+
+    def one(xin):
+        interp.set_tensor(inp["index"], xin)
         interp.invoke()
-        out = interp.get_tensor(interp.get_output_details()[0]["index"])
+        return np.array(interp.get_tensor(out_index))
+
+    try:
+        if any(d < 0 for d in dims):  # a dynamic dimension: sized to the pieces fed
+            interp.resize_tensor_input(inp["index"], list(pieces[0].shape))
+        interp.allocate_tensors()
+        out = feed.run(path, x, one)
     except Exception as exc:  # noqa: BLE001
-        raise ResNetSpecError(f"{path}: {label} cannot run it: {_first_line(exc)}") from None
-    return {"runtime": label, "level": "-", "outputs": {"logits": np.asarray(out, np.float32)}}
+        raise ResNetSpecError(f"{shown(path)}: {label} cannot run it: {_first_line(exc)}") from None
+    return {"runtime": label, "level": "-", "float16": fp16, "outputs": {"logits": np.asarray(out, np.float32)}}
 
 
 def _require_tensorflow(path: str):
@@ -227,7 +256,7 @@ def _require_tensorflow(path: str):
     tfb = get("tensorflow")
     reason = tfb.available()
     if reason:
-        raise ResNetSpecError(f"{path}: {reason}")
+        raise ResNetSpecError(f"{shown(path)}: {reason}")
     return tfb
 
 
@@ -245,18 +274,18 @@ def _serving_input(path: str, fn) -> str:
     nobuco's and other converters'); a signature of several inputs is no image classifier."""
     names = list(fn.structured_input_signature[1])
     if len(names) != 1:
-        raise ResNetSpecError(f"{path}: serving_default takes {len(names)} inputs ({', '.join(names[:5])}); "
+        raise ResNetSpecError(f"{shown(path)}: serving_default takes {len(names)} inputs ({', '.join(names[:5])}); "
                               "verify runs models with one image input")
     return names[0]
 
 
 def _load_keras_or_savedmodel(tfb, path: str, kind: str, trusted: bool, tmp: str):
-    """(the model or serving function, its input dims, the signature's input name or None). Unless
-    ``trusted``, a SavedModel is checked first and loaded from the checked copy
+    """(the model or serving function, its input dims, the signature's input name or None, the input's
+    dtype). Unless ``trusted``, a SavedModel is checked first and loaded from the checked copy
     (:mod:`resnet_spec.trust_savedmodel`)."""
     if kind == "keras":
         model = tfb.load_keras(path)
-        return model, list(model.inputs[0].shape), None
+        return model, list(model.inputs[0].shape), None, str(getattr(model.inputs[0], "dtype", "float32"))
     load = path
     if not trusted:
         from .trust_savedmodel import checked_copy
@@ -264,32 +293,37 @@ def _load_keras_or_savedmodel(tfb, path: str, kind: str, trusted: bool, tmp: str
         load = checked_copy(path, tmp)
     fn = tfb.load_savedmodel(load)
     name = _serving_input(path, fn)
-    return fn, fn.structured_input_signature[1][name].shape.as_list(), name
+    spec = fn.structured_input_signature[1][name]
+    return fn, spec.shape.as_list(), name, spec.dtype.name
 
 
-def keras_run(path: str, x: np.ndarray, shape, kind: str, trusted: bool = False) -> dict:
-    """A ``.keras`` file, or a SavedModel's ``serving_default`` called by its input's own name."""
+def keras_run(path: str, x: np.ndarray, shape, kind: str, trusted: bool = False, layout: str = "auto") -> dict:
+    """A ``.keras`` file, or a SavedModel's ``serving_default`` called by its input's own name; the input
+    fed as the file declares it (:class:`Feed`: nobuco writes a fixed batch of 1)."""
     import tempfile
 
     tfb = _require_tensorflow(path)
     with tempfile.TemporaryDirectory(prefix="resnet-spec-savedmodel-") as tmp:
         try:
-            model, dims, name = _load_keras_or_savedmodel(tfb, path, kind, trusted, tmp)
+            model, dims, name, dtype = _load_keras_or_savedmodel(tfb, path, kind, trusted, tmp)
         except ResNetSpecError:
             raise
         except Exception as exc:  # noqa: BLE001
-            raise ResNetSpecError(f"{path}: not a loadable {kind} model ({_first_line(exc)})") from None
-    xin = _feed(x, _layout(path, dims, shape, prefer=("nhwc", "nchw")))
-    if isinstance(dims[0], int) and dims[0] > 0 and dims[0] != len(x):  # nobuco writes a fixed batch
-        raise ResNetSpecError(f"{path}: its input takes a batch of exactly {dims[0]}; pass --batch {dims[0]}")
-    try:
+            raise ResNetSpecError(f"{shown(path)}: not a loadable {kind} model ({_first_line(exc)})") from None
+    feed = feed_of(path, dims, shape, layout, name, dtype)
+    pieces = feed.chunks(path, x)
+
+    def one(xin):
         if kind == "keras":
-            out = model(xin, training=False)
-        else:
-            res = model(**{name: xin})
-            out = res["logits"] if "logits" in res else next(iter(res.values()))
+            return np.asarray(model(xin, training=False))
+        res = model(**{name: xin})
+        return np.asarray(res["logits"] if "logits" in res else next(iter(res.values())))
+
+    try:
+        out = feed.run(path, x, one)
     except Exception as exc:  # noqa: BLE001
-        raise ResNetSpecError(f"{path}: cannot run on input {tuple(xin.shape)}: {_first_line(exc)}") from None
+        raise ResNetSpecError(f"{shown(path)}: cannot run on input {tuple(pieces[0].shape)}: "
+                              f"{_first_line(exc)}") from None
     label = f"keras {tfb.versions().split('keras ')[-1]}" if kind == "keras" else tfb.versions().split(" /")[0]
     return {"runtime": label, "level": "-", "outputs": {"logits": np.asarray(out, np.float32)}}
 
@@ -318,7 +352,7 @@ def _load_torch_file(path: str, kind: str, weights_path: str, trusted: bool, max
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     if not hasattr(mod, "load_model"):
-        raise ResNetSpecError(f"{path}: no load_model() in it; not a source file written by convert")
+        raise ResNetSpecError(f"{shown(path)}: no load_model() in it; not a source file written by convert")
     return mod.load_model(weights=weights_path)
 
 
@@ -326,7 +360,7 @@ def _stopped(path: str, exc: BaseException, when: str) -> ResNetSpecError:
     """A SystemExit (or another exception that is no error) raised by the file's own code: an error
     naming the file. In the worker, which ignores Ctrl-C, nothing else raises one."""
     what = f"exited (SystemExit({exc.code!r}))" if isinstance(exc, SystemExit) else f"raised {type(exc).__name__}"
-    return ResNetSpecError(f"{path}: its code {what} while {when}; no result")
+    return ResNetSpecError(f"{shown(path)}: its code {what} while {when}; no result")
 
 
 def torch_file_run(path: str, x: np.ndarray, shape, kind: str, weights_path: str, trusted: bool = False,
@@ -345,14 +379,14 @@ def torch_file_run(path: str, x: np.ndarray, shape, kind: str, weights_path: str
     except ResNetSpecError:
         raise
     except Exception as exc:  # noqa: BLE001 - a broken archive or source raises anything
-        raise ResNetSpecError(f"{path}: not a loadable {kind} model ({_first_line(exc)})") from None
+        raise ResNetSpecError(f"{shown(path)}: not a loadable {kind} model ({_first_line(exc)})") from None
     except BaseException as exc:  # noqa: BLE001 - SystemExit from the source: an error, never an exit
         raise _stopped(path, exc, "loading") from None
     try:
         with torch.inference_mode():
             out = model(torch.from_numpy(np.ascontiguousarray(x)))
     except Exception as exc:  # noqa: BLE001
-        raise ResNetSpecError(f"{path}: cannot run on input {tuple(x.shape)}: {_first_line(exc)}; "
+        raise ResNetSpecError(f"{shown(path)}: cannot run on input {tuple(x.shape)}: {_first_line(exc)}; "
                               "is it a model of another spec?") from None
     except BaseException as exc:  # noqa: BLE001
         raise _stopped(path, exc, "running") from None

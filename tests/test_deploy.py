@@ -203,13 +203,37 @@ def test_matrix_doc_names_every_missing_cell(tmp_path):
     assert "outputs not measured: onnx-f16" in (tmp_path / "d.md").read_text()
     results.update({f"{n} | onnx-f16": {"onnxruntime 1.32.0 / all": cell} for n in zoo_names()})
     _deploy_doc.write_doc(results, tmp_path / "d.md", 40)
-    whole = f"Entries: the whole zoo ({len(zoo_names())}), each with its three outputs."
+    assert "outputs not measured: tflite-f16" in (tmp_path / "d.md").read_text()
+    results.update({f"{n} | tflite-f16": {"LiteRT 2.3.0 / litert": cell} for n in zoo_names()})
+    _deploy_doc.write_doc(results, tmp_path / "d.md", 40)
+    whole = f"Entries: the whole zoo ({len(zoo_names())}), each with its four outputs."
     assert whole in (tmp_path / "d.md").read_text()
     del results["resnet1202 | onnx"]["openvino 2026.4.1 / f32"], results["resnet1202 | tflite"]
     _deploy_doc.write_doc(results, tmp_path / "d.md", 40)
     line = next(t for t in (tmp_path / "d.md").read_text().splitlines() if t.startswith("Entries:"))
     assert "resnet1202 onnx: openvino 2026.4.1 / f32; resnet1202 tflite: LiteRT 2.3.0 / litert" in line, line
-    assert "each with its three outputs" not in line
+    assert "each with its four outputs" not in line
+
+
+def test_measuring_a_new_output_keeps_the_columns_other_cells(monkeypatch):
+    """A runtime column that gains an output (LiteRT: tflite-f16 beside tflite) measures only the new
+    output's cells and keeps the others (run_entry dropped every cell of the column: the whole LiteRT
+    float32 column was lost once while the float16 one was measured)."""
+    import argparse
+
+    import deploy_matrix
+
+    spec = next(sp for sp in deploy_matrix.venv_specs(["1.32.0"]) if sp[0].startswith("LiteRT"))
+    assert spec[4] == ("tflite", "tflite-f16")
+    old = {"rel": 2e-7, "top1": 1.0}
+    results = {"resnet20 | tflite": {f"{spec[0]} / litert": old}}
+    ran = []
+    monkeypatch.setattr(deploy_matrix, "make_entry", lambda name, size, d, outputs, tf: {"files": outputs, "shape": [3, 32, 32]})
+    monkeypatch.setattr(deploy_matrix, "run_column", lambda sp, name, info, res, say: ran.append(sp[4]))
+    monkeypatch.setattr(deploy_matrix, "_save", lambda res, path: None)
+    args = argparse.Namespace(force=False, size=40, json="unused.json")
+    assert deploy_matrix.run_entry("resnet20", [spec], args, results, None, lambda t: None)
+    assert ran == [("tflite-f16",)] and results["resnet20 | tflite"] == {f"{spec[0]} / litert": old}
 
 
 @pytest.mark.slow  # onnxruntime 1.29.0 runs in its own venv, in a child process

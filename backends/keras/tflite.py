@@ -1,13 +1,17 @@
-"""TFLite backend: ``<name>.tflite`` (float32) converted from the Keras model of :mod:`backends.keras.tf`.
+"""TFLite backend: ``<name>.tflite`` converted from the Keras model of :mod:`backends.keras.tf`.
 
 The Keras model (same IR, same canonical weights, ``data_format`` layout, channels_last by default;
 dynamic batch) is converted with TensorFlow's ``tf.lite.TFLiteConverter.from_keras_model`` using
-only TFLite's builtin ops, no quantisation or other optimisation,
+only TFLite's builtin ops. ``dtype="float32"`` (the default): no quantisation or other optimisation,
 so the file computes the spec's function in float32 (the custom Keras layers lower to PAD,
-MAX_POOL_2D, AVERAGE_POOL_2D, MEAN and MUL). Converting needs TensorFlow; running the file needs only
-a TFLite interpreter: ``verify`` uses the LiteRT package (``ai-edge-litert``) when it is installed,
-else ``tf.lite.Interpreter``. The spec's name and YAML are stored in the flatbuffer's metadata table
-(``resnet_spec.name``, ``resnet_spec.spec``; see :func:`resnet_spec.inspect_files.tflite_with_spec`).
+MAX_POOL_2D, AVERAGE_POOL_2D, MEAN and MUL). ``dtype="float16"``: TFLite's standard float16
+post-training quantisation (``Optimize.DEFAULT`` with ``supported_types=[tf.float16]``): the weights
+(BN folded by the converter) are stored in float16 and each feeds a DEQUANTIZE op, so the file computes
+in float32 on float16-rounded weights, with float32 input and output. Converting needs TensorFlow;
+running the file needs only a TFLite interpreter: ``verify`` uses the LiteRT package (``ai-edge-litert``)
+when it is installed, else ``tf.lite.Interpreter``. The spec's name, YAML and the dtype are stored in
+the flatbuffer's metadata table (``resnet_spec.name``, ``resnet_spec.spec``, ``resnet_spec.dtype``; see
+:func:`resnet_spec.inspect_files.tflite_with_spec`).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import os
 from ... import ir
 
 NAME = "tflite"
+DTYPES = ("float32", "float16")
 
 
 def available() -> str | None:
@@ -26,10 +31,13 @@ def available() -> str | None:
     return f"converting to TFLite needs TensorFlow: {reason}" if reason else None
 
 
-def to_bytes(net: ir.Network, weights, *, data_format: str = "channels_last") -> bytes:
-    """The .tflite flatbuffer for ``net`` with ``weights``."""
+def to_bytes(net: ir.Network, weights, *, data_format: str = "channels_last", dtype: str = "float32") -> bytes:
+    """The .tflite flatbuffer for ``net`` with ``weights``, in ``dtype`` (float32, or float16 weights)."""
+    from ...errors import ResNetSpecError
     from . import tf as tfb
 
+    if dtype not in DTYPES:
+        raise ResNetSpecError(f"tflite: dtype {dtype!r} is not supported (choose from {', '.join(DTYPES)})")
     tf, _ = tfb._tf()
     with tfb.deep_recursion(tfb.depth(net)):
         model = tfb.build(net, weights, data_format=data_format)
@@ -38,23 +46,41 @@ def to_bytes(net: ir.Network, weights, *, data_format: str = "channels_last") ->
         # resources in the interpreter: NaN logits. verify catches that.)
         converter = tf.lite.TFLiteConverter.from_keras_model(model)
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+        if dtype == "float16":  # float16 weights + DEQUANTIZE; the ops compute in float32
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            converter.target_spec.supported_types = [tf.float16]
         data = converter.convert()
     from tensorflow.lite.python import schema_py_generated
 
-    from ...inspect_files import tflite_with_spec
+    from ...inspect_files import tflite_float16_weights, tflite_with_spec
 
-    return tflite_with_spec(data, net, schema_py_generated)  # the spec in the metadata table
+    if dtype == "float16":
+        _check_float16_range(net, data, schema_py_generated, tflite_float16_weights)
+    return tflite_with_spec(data, net, schema_py_generated, dtype=dtype)  # the spec in the metadata table
+
+
+def _check_float16_range(net: ir.Network, data: bytes, fb, float16_weights) -> None:
+    """Refuse a float16 file whose weights (BN folded by the converter) left float16's range (rounded to
+    inf): the refusal of a float16 ONNX file (:mod:`backends.onnx.fp16`), on the values the file holds."""
+    import numpy as np
+
+    from ...errors import ResNetSpecError
+
+    for name, values in float16_weights(data, fb):
+        if values is not None and not np.isfinite(values).all():
+            raise ResNetSpecError(f"tflite float16: tensor {name!r} has NaN or Inf values or values beyond "
+                                  "float16's range (+-65504); keep this model in float32")
 
 
 def convert(net: ir.Network, weights, out_dir: str, *, force: bool = False,
-            data_format: str = "channels_last") -> list:
+            data_format: str = "channels_last", dtype: str = "float32") -> list:
     """Write ``<out_dir>/<name>.tflite`` atomically; nothing is overwritten without ``force``."""
     from ...fileio import atomic_path, check_writable
     from .. import output_paths
 
     (path,) = output_paths(NAME, net.name, out_dir)
     check_writable(path, force)
-    data = to_bytes(net, weights, data_format=data_format)
+    data = to_bytes(net, weights, data_format=data_format, dtype=dtype)
     os.makedirs(out_dir, exist_ok=True)
     with atomic_path(path, force) as tmp:
         with open(tmp, "wb") as fh:

@@ -25,7 +25,8 @@ def _say(text):
                    "seeded random with non-trivial BN statistics.")
 @click.option("--backends", "targets", default="all", show_default=True,
               help="Comma-separated legs to compare (torch, onnx, keras-tensorflow (alias tensorflow), keras-jax, "
-                   "keras-torch) or 'all' (every installed leg).")
+                   "keras-torch) and 'all' (every installed leg), alone or with others (all,keras-jax: a leg "
+                   "named explicitly runs, and fails when it cannot).")
 @click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]),
               help="Where every backend runs; one that cannot is reported and the others still run.")
 @click.option("--dtype", default="float32", show_default=True,
@@ -129,11 +130,16 @@ def _emit(report, fmt, json_file) -> None:
                    "any source 'import' reads), checked against SPEC. Default: <name>.safetensors beside each file.")
 @click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]),
               help="ONNX Runtime's provider for .onnx files (cuda: CUDAExecutionProvider, TF32 off).")
-@click.option("--batch", type=click.IntRange(1, 256), default=2, show_default=True)
+@click.option("--batch", type=click.IntRange(1, 256), default=2, show_default=True,
+              help="Images in the input (1 to 256); a file with a fixed batch is fed pieces of its size, so this "
+                   "must be a multiple of it.")
 @click.option("--seed", type=SEED, default=0, show_default=True,
               help="Seed of the input, and of a --new-head classifier (as convert's --seed).")
 @click.option("--json", "json_file", type=click.Path(dir_okay=False), callback=not_empty,
               help="Also write the report as JSON to this file ('-' for stdout).")
+@click.option("--layout", type=click.Choice(["auto", "nchw", "nhwc"]), default="auto", show_default=True,
+              help="Input layout of FILES made elsewhere: auto decides from each file's input shape (where the "
+                   "channels are); nchw or nhwc for a file whose shape does not tell (every dimension dynamic).")
 @click.option("--trust-code", is_flag=True,
               help="Run code the FILES carry: a .py source, and a .pt2 or SavedModel as its framework loads "
                    "it, unchecked (pickled objects, graph ops with side effects). Without it a .py is refused "
@@ -142,8 +148,10 @@ def _emit(report, fmt, json_file) -> None:
 @limit_options
 def verify_cmd(**args):
     """Run deployable FILES (.onnx, .tflite, .keras, SavedModel, .pt2, .py) in their runtimes; compare
-    with SPEC's torch reference (float64) on the same weights. Exit 0 when every run is within
-    tolerance, 1 otherwise. No code from a file runs without --trust-code."""
+    with SPEC's torch reference (float64) on the same weights. Each file gets the input as it declares
+    it (NCHW or NHWC, its fixed batch, its input's name and dtype); float16 files (float16 ONNX, float16
+    TFLite weights) are held to the float16 tolerance. Exit 0 when every run is within tolerance, 1
+    otherwise. No code from a file runs without --trust-code."""
     from .. import verify as V
 
     trust_code = args.pop("trust_code")
@@ -156,7 +164,7 @@ def verify_cmd(**args):
     # --weights goes through convert's and parity's loader (checkpoints, import sources, --new-head)
     weights = opts.weights.load(net) if opts.weights.file or opts.weights.checkpoint_flags else None
     report = V.run(net, opts.files, weights_file=opts.weights.file, weights=weights, batch=opts.batch,
-                   seed=opts.seed, device=opts.device, progress=_say, trust_code=trust_code)
+                   seed=opts.seed, device=opts.device, progress=_say, trust_code=trust_code, layout=opts.layout)
     _emit(report, V.format_report, opts.json_file)
     sys.exit(0 if report.passed else 1)
 

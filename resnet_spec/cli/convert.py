@@ -14,7 +14,8 @@ from .options import SEED, ConvertOptions, checkpoint_options, limit_options, lo
 @click.command()
 @click.argument("spec")
 @click.option("--to", "targets", default="all", show_default=True,
-              help="Comma-separated: torch, onnx, tensorflow, tflite, or 'all' (the first three).")
+              help="Comma-separated: torch, onnx, tensorflow, tflite; 'all' is the first three, alone or with "
+                   "others (all,tflite).")
 @click.option("--weights", "weights_file", type=click.Path(dir_okay=False), callback=not_empty,
               help="safetensors file, a torchvision/timm state_dict (.pth/.pt), or any source 'import' reads "
                    "(.onnx, .keras, keras:NAME[=FILE.weights.h5], torchvision:NAME, timm:NAME), checked "
@@ -29,7 +30,9 @@ from .options import SEED, ConvertOptions, checkpoint_options, limit_options, lo
 @click.option("--data-format", type=click.Choice(["channels_last", "channels_first"]), default="channels_last",
               show_default=True, help="TensorFlow: input layout.")
 @click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
-              help="ONNX: weights and compute dtype (float16: BN folded in float64, then cast).")
+              help="ONNX: weights and compute dtype (float16: BN folded in float64, then cast). TFLite: "
+                   "float16 weights, dequantized at run time (TFLite's float16 post-training quantization; "
+                   "float32 input and output).")
 @click.option("--io-dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
               help="ONNX with --dtype float16: dtype of the input and the logits.")
 @click.option("--force", is_flag=True, help="Overwrite existing outputs.")

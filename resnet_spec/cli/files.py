@@ -41,8 +41,8 @@ def import_cmd(source, out_dir, name, input_size, force, keep):
 def inspect(path, as_json):
     """Show what a file written by resnet-spec holds: .onnx (spec, opset, inputs/outputs, node counts),
     .safetensors and torch checkpoints (tensors, parameters, embedded spec), .pt2 (embedded spec), .keras
-    (layers, inputs/outputs, weights, embedded spec) or .tflite (operators, inputs/outputs, constants,
-    embedded spec)."""
+    (layers, inputs/outputs, weights, embedded spec) or .tflite (operators, inputs/outputs, constants, dtype:
+    float32 or float16 weights, embedded spec)."""
     from .. import inspect_files as F
     from ..fileio import check_regular_file
     from ..weights.files import TORCH_SUFFIXES

@@ -88,7 +88,8 @@ checkpoint_options = _option_group([
 
 
 def parse_targets(text: str, extra=()) -> tuple:
-    """``convert --to`` text -> targets (``all``: every backend), through the one registry of names."""
+    """``convert --to`` text -> targets (``all``: every backend, combined with ``extra`` ones named beside
+    it: ``all,tflite``), through the one registry of names."""
     from ..backends.legs import parse_names
 
     try:
@@ -198,25 +199,32 @@ class ConvertOptions:
         if backend == "onnx":
             opts = {"fold_bn": self.fold_bn, "batch": self.batch, "opset": self.opset}
             return {**opts, "dtype": self.dtype, "io_dtype": self.io_dtype} if self.dtype != "float32" else opts
-        if backend in ("tensorflow", "tflite"):
+        if backend == "tflite":
+            return {"data_format": self.data_format, "dtype": self.dtype}
+        if backend == "tensorflow":
             return {"data_format": self.data_format}
         return {}
 
 
 def _check_dtype_targets(targets, dtype, io_dtype) -> None:
-    from ..backends import FLOAT16_BACKENDS
+    from ..backends import FLOAT16_BACKENDS, FLOAT16_IO_BACKENDS
 
     if dtype != "float32" and any(b not in FLOAT16_BACKENDS for b in targets):
         raise click.UsageError(f"--dtype {dtype} is supported by: {', '.join(FLOAT16_BACKENDS)} "
-                               f"(asked for: {', '.join(targets)}); pass --to {','.join(FLOAT16_BACKENDS)}")
+                               f"(asked for: {', '.join(targets)}); pass --to "
+                               f"{','.join(b for b in targets if b in FLOAT16_BACKENDS) or ','.join(FLOAT16_BACKENDS)}")
     if io_dtype != "float32" and dtype == "float32":
         raise click.UsageError("--io-dtype float16 needs --dtype float16")
+    if io_dtype != "float32" and any(b not in FLOAT16_IO_BACKENDS for b in targets):
+        raise click.UsageError(f"--io-dtype {io_dtype} is supported by: {', '.join(FLOAT16_IO_BACKENDS)} (a float16 "
+                               "TFLite file keeps float32 input and output)")
 
 
 @dataclass(frozen=True)
 class ParityOptions:
     """``resnet-spec parity``'s options; ``--backends`` parsed into the legs to run and ``skipped`` (the
-    legs of ``all`` that are not installed); ``--plot`` implies ``layers``."""
+    legs of ``all`` that are not installed); ``all_legs``: onnx came in through ``all`` (``--train`` drops
+    it then); ``--plot`` implies ``layers``."""
 
     spec: str
     limits: object  # resolve.Limits
@@ -236,6 +244,7 @@ class ParityOptions:
 
     @classmethod
     def from_args(cls, args: dict) -> ParityOptions:
+        from ..backends.legs import named
         from ..parity import parse_legs
 
         try:
@@ -244,8 +253,9 @@ class ParityOptions:
             raise click.BadParameter(str(exc), param_hint="--backends") from None
         if len(backends) < 2:
             raise click.BadParameter("name at least two backends to compare", param_hint="--backends")
+        given = named(args["targets"])
         return cls(spec=args["spec"], limits=limits_of(args), weights=WeightSource.from_args(args),
-                   backends=tuple(backends), skipped=skipped, all_legs=args["targets"] == "all",
+                   backends=tuple(backends), skipped=skipped, all_legs="all" in given and "onnx" not in given,
                    device=args["device"], dtype=args["dtype"], batch=args["batch"],
                    layers=args["layers"] or bool(args["plot_file"]), allow_tf32=args["allow_tf32"],
                    train=args["train"], strict_grads=args["strict_grads"], json_file=args["json_file"],
@@ -283,12 +293,13 @@ class VerifyOptions:
     device: str
     batch: int
     json_file: str | None
+    layout: str = "auto"
 
     @classmethod
     def from_args(cls, args: dict) -> VerifyOptions:
         return cls(spec=args["spec"], files=tuple(args["files"]), limits=limits_of(args),
                    weights=WeightSource.from_args(args, allow_nonfinite=True), device=args["device"],
-                   batch=args["batch"], json_file=args["json_file"])
+                   batch=args["batch"], json_file=args["json_file"], layout=args.get("layout", "auto"))
 
     @property
     def seed(self) -> int:
