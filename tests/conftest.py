@@ -88,6 +88,32 @@ def tiny_text(name: str, blocks: int = 2, size: int | None = None) -> str:
     return yaml.safe_dump(spec, sort_keys=False)
 
 
+# Two small nets that between them contain every IR op and every exact-semantics corner: deep stem,
+# ceil-mode max-pool (-inf extension), grouped convs with bias, SE, DropPath, ResNet-D average-pool
+# shortcuts over odd sizes (partial windows), head dropout, BN eps 1e-6 (tiny_a); zero-padded max-pool
+# on negative inputs, pre-activation, option-A subsample + channel padding, dilation (tiny_b).
+TINY_A = """\
+name: tiny_a
+input: {channels: 3, size: 39}
+conv_bias: true
+norm: {eps: 1.0e-6, momentum: 0.03}
+stem: {type: deep, channels: [8, 8, 16], kernel: 3, stride: 2,
+       pool: {kernel: 3, stride: 2, padding: 1, ceil_mode: true}}
+block: {type: bottleneck, groups: 4, width_per_group: 8, se: {reduction: 4, divisor: 4}, drop_path_rate: 0.1}
+shortcut: {type: B, projection: avgpool_conv}
+stages: [{blocks: 2, channels: 16}, {blocks: 2, channels: 32, stride: 2}, {blocks: 1, channels: 32, stride: 2}]
+head: {classes: 7, dropout: 0.2}
+"""
+TINY_B = """\
+name: tiny_b
+input: {channels: 3, size: 33}
+stem: {channels: 8, kernel: 5, stride: 2, pool: {kernel: 3, stride: 2, padding: 1, pad_value: zero}}
+block: {type: basic, preact: true}
+shortcut: {type: A}
+stages: [{blocks: 2, channels: 8}, {blocks: 2, channels: 16, stride: 2}, {blocks: 2, channels: 32, stride: 2, dilate: true}]
+head: {classes: 5}
+"""
+
 TORCHVISION = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d",
                "resnext101_32x8d", "wide_resnet50_2", "wide_resnet101_2"]
 TIMM = ["resnet50d", "seresnet50"]

@@ -2,7 +2,7 @@
 
 Every Keras backend runs in its own worker process (KERAS_BACKEND is read once, at Keras import);
 the PyTorch reference runs here. Checked per backend: every tap of two small nets that between them hold
-every IR op and exact-semantics corner (tests/test_tf_backend.py's TINY_A, TINY_B) against PyTorch; layer
+every IR op and exact-semantics corner (conftest's TINY_A, TINY_B) against PyTorch; layer
 names valid everywhere (no '.'); a ``.keras`` file written by ``convert`` under TensorFlow loads under
 JAX and PyTorch with ``resnet_spec.load_keras`` and gives the same outputs; TensorFlow-only requests
 say so plainly; and on JAX and PyTorch TensorFlow is never imported.
@@ -19,8 +19,7 @@ import os
 import keras_checks
 import numpy as np
 import pytest
-from conftest import rel_err
-from test_tf_backend import TINY_A, TINY_B
+from conftest import TINY_A, TINY_B, rel_err
 
 import resnet_spec
 from resnet_spec.backends.keras import model as keras_model

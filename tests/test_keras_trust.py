@@ -31,6 +31,7 @@ from click.testing import CliRunner
 from resnet_spec import budgets as B
 from resnet_spec.cli import main
 from resnet_spec.errors import ResNetSpecError
+from conftest import TINY_A, TINY_B
 from test_budgets import GIB, _bounded, _import, _keras, _refused, _weights
 
 TINY = "extends: resnet20\nname: tiny\ninput: {size: 32}\ndepth: 8\n"
@@ -237,30 +238,9 @@ def _estimate(path) -> int:
     return trust_keras.check_config(path, cfg, None)
 
 
-#: beside zoo entries, two specs using every op the Keras backend writes (from tests/test_tf_backend.py):
+#: beside zoo entries, two specs using every op the Keras backend writes (conftest.TINY_A, TINY_B):
 #: grouped convolutions, SE, drop path and dropout (Dropout), conv biases, ceil-mode pools (ConstantPad2D),
 #: an average-pool shortcut with partial windows (ExactAvgPool2D); pre-activation, option A (ChannelPad)
-TINY_A = """\
-name: tiny_a
-input: {channels: 3, size: 39}
-conv_bias: true
-norm: {eps: 1.0e-6, momentum: 0.03}
-stem: {type: deep, channels: [8, 8, 16], kernel: 3, stride: 2,
-       pool: {kernel: 3, stride: 2, padding: 1, ceil_mode: true}}
-block: {type: bottleneck, groups: 4, width_per_group: 8, se: {reduction: 4, divisor: 4}, drop_path_rate: 0.1}
-shortcut: {type: B, projection: avgpool_conv}
-stages: [{blocks: 2, channels: 16}, {blocks: 2, channels: 32, stride: 2}, {blocks: 1, channels: 32, stride: 2}]
-head: {classes: 7, dropout: 0.2}
-"""
-TINY_B = """\
-name: tiny_b
-input: {channels: 3, size: 33}
-stem: {channels: 8, kernel: 5, stride: 2, pool: {kernel: 3, stride: 2, padding: 1, pad_value: zero}}
-block: {type: basic, preact: true}
-shortcut: {type: A}
-stages: [{blocks: 2, channels: 8}, {blocks: 2, channels: 16, stride: 2}, {blocks: 2, channels: 32, stride: 2, dilate: true}]
-head: {classes: 5}
-"""
 LEGIT_SPECS = [("resnet18", None, "channels_last", "float32"), ("preact_resnet164", None, "channels_first", "float16"),
                ("seresnet50", None, "channels_last", "float32"), (TINY_A, None, "channels_last", "float32"),
                (TINY_B, None, "channels_last", "bfloat16")]

@@ -20,7 +20,7 @@ import os
 import numpy as np
 import pytest
 import tf_checks
-from conftest import rel_err, small
+from conftest import TINY_A, TINY_B, rel_err, small, tiny_text
 
 import resnet_spec
 from resnet_spec import ir
@@ -38,31 +38,6 @@ from resnet_spec.backends.torch import backend as torch_backend  # noqa: E402
 
 TOL = 2e-5
 
-# Two small nets that between them contain every IR op and every exact-semantics corner: deep stem,
-# ceil-mode max-pool (-inf extension), grouped convs with bias, SE, DropPath, ResNet-D average-pool
-# shortcuts over odd sizes (partial windows), head dropout, BN eps 1e-6 (tiny_a); zero-padded max-pool
-# on negative inputs, pre-activation, option-A subsample + channel padding, dilation (tiny_b).
-TINY_A = """\
-name: tiny_a
-input: {channels: 3, size: 39}
-conv_bias: true
-norm: {eps: 1.0e-6, momentum: 0.03}
-stem: {type: deep, channels: [8, 8, 16], kernel: 3, stride: 2,
-       pool: {kernel: 3, stride: 2, padding: 1, ceil_mode: true}}
-block: {type: bottleneck, groups: 4, width_per_group: 8, se: {reduction: 4, divisor: 4}, drop_path_rate: 0.1}
-shortcut: {type: B, projection: avgpool_conv}
-stages: [{blocks: 2, channels: 16}, {blocks: 2, channels: 32, stride: 2}, {blocks: 1, channels: 32, stride: 2}]
-head: {classes: 7, dropout: 0.2}
-"""
-TINY_B = """\
-name: tiny_b
-input: {channels: 3, size: 33}
-stem: {channels: 8, kernel: 5, stride: 2, pool: {kernel: 3, stride: 2, padding: 1, pad_value: zero}}
-block: {type: basic, preact: true}
-shortcut: {type: A}
-stages: [{blocks: 2, channels: 8}, {blocks: 2, channels: 16, stride: 2}, {blocks: 2, channels: 32, stride: 2, dilate: true}]
-head: {classes: 5}
-"""
 TINY = {"tiny_a": TINY_A, "tiny_b": TINY_B}
 
 
@@ -481,14 +456,23 @@ def test_convert_cli_and_reload(tmp_path):
 
 # --- whole zoo -------------------------------------------------------------------------------------
 
+# Every entry's stem, blocks, shortcuts and head at two blocks per stage (conftest.tiny_text); depth in
+# Keras is covered by two whole CIFAR entries here (110 and 164 layers, basic and pre-activation
+# bottleneck) and by the keras.applications tests (101 and 152 layers); the 1000-layer entries' depth by
+# the ONNX and torch sweeps.
+DEEP = ("resnet110", "preact_resnet164")
+ZOO_CASES = zoo_names() + [f"{n}:full" for n in DEEP]
+
+
 @pytest.fixture(scope="module")
 def zoo():
     from concurrent.futures import ThreadPoolExecutor
 
     items = []
-    for name in zoo_names():
-        net = small(name)
-        items.append((name, f"extends: {name}\ninput: {{size: {net.input_shape[1]}}}\n", _x(net.input_shape, seed=11)))
+    for key in ZOO_CASES:
+        name, full = key.removesuffix(":full"), key.endswith(":full")
+        text = f"extends: {name}\ninput: {{size: {small(name).input_shape[1]}}}\n" if full else tiny_text(name)
+        items.append((key, text, _x(resnet_spec.load(text).input_shape, seed=11)))
     # The TensorFlow worker runs while this process computes the PyTorch references.
     with ThreadPoolExecutor(1) as pool:
         tf_future = pool.submit(run_isolated, tf_checks.zoo_suite, items, 0)
@@ -500,7 +484,7 @@ def zoo():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", zoo_names())
+@pytest.mark.parametrize("name", ZOO_CASES)
 def test_zoo_matches_torch(zoo, name):
     refs, got = zoo
     head = rel_err(refs[name]["head"], got[name]["head"])

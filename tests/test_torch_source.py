@@ -18,7 +18,7 @@ from resnet_spec.backends.torch.source import to_source  # noqa: E402
 from resnet_spec.spec import zoo_names  # noqa: E402
 from resnet_spec.weights import init_weights, save_weights  # noqa: E402
 
-from conftest import rel_err, small  # noqa: E402
+from conftest import rel_err, small, tiny  # noqa: E402
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from strategies import specs  # noqa: E402
 
@@ -205,8 +205,12 @@ def _emitted_vs_backend(nets: dict, tmp_path, edits=None) -> dict:
 @pytest.mark.slow
 def test_standalone_source_whole_zoo(tmp_path):
     """Every zoo entry's .py, loaded in a fresh process with the weights file beside it, computes the
-    torch backend's logits (the guard that convert once ran on each file it wrote)."""
-    errors = _emitted_vs_backend({n: small(n) for n in zoo_names()}, tmp_path)
+    torch backend's logits (the guard that convert once ran on each file it wrote). Each entry's ops and
+    wiring at two blocks per stage (conftest.tiny); two whole entries (basic and pre-activation
+    bottleneck, 110 and 164 layers) for the stage loops at depth."""
+    nets = {n: tiny(n) for n in zoo_names()}
+    errors = _emitted_vs_backend({**nets, **{f"{n}_full": small(n) for n in ("resnet110", "preact_resnet164")}},
+                                 tmp_path)
     for name, err in errors.items():
         print(f"{name}: .py vs torch backend max rel {err:.3g}")
     assert max(errors.values()) <= SOURCE_TOL
