@@ -114,6 +114,18 @@ stages: [{blocks: 2, channels: 8}, {blocks: 2, channels: 16, stride: 2}, {blocks
 head: {classes: 5}
 """
 
+def one_line_error(code, output, *needles) -> str:
+    """The one ``error:`` line of a CLI run that must fail with exit 1 and no traceback, containing each
+    of ``needles``."""
+    assert code == 1, output
+    assert "Traceback" not in output
+    err = [ln for ln in output.splitlines() if ln.startswith("error:")]
+    assert len(err) == 1, output
+    for n in needles:
+        assert n in err[0], err[0]
+    return err[0]
+
+
 TORCHVISION = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d",
                "resnext101_32x8d", "wide_resnet50_2", "wide_resnet101_2"]
 TIMM = ["resnet50d", "seresnet50"]

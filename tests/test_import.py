@@ -11,6 +11,7 @@ import os
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import one_line_error as _one_line_error
 
 import resnet_spec
 from resnet_spec.cli import main
@@ -22,16 +23,6 @@ torchvision = pytest.importorskip("torchvision")
 def _import(args, out):
     res = CliRunner().invoke(main, ["import", *args, "-o", str(out)])
     return res.exit_code, res.output
-
-
-def _one_line_error(code, output, *needles):
-    assert code == 1, output
-    assert "Traceback" not in output
-    err = [ln for ln in output.splitlines() if ln.startswith("error:")]
-    assert len(err) == 1, output
-    for n in needles:
-        assert n in err[0], err[0]
-    return err[0]
 
 
 def _torch_params(model) -> int:

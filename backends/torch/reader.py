@@ -9,11 +9,14 @@ file must be a plain state dict with torchvision/timm names.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 from ...errors import WeightsError
 from ...fileio import shown
 from ...importers.source import ImportRefused, Source, layers_from_weights
+from . import blocks, names
 
 ASSUMED = ("strides, stem pooling and BN epsilon are not stored in a state dict: torchvision's "
            "conventions were assumed (stride on the 3x3 conv of each stage's first block, 3x3/2 max-pool "
@@ -35,8 +38,27 @@ def read_torch_source(path: str) -> Source:
     for k, v in weights.items():
         if np.asarray(v).dtype.kind != "f":
             raise ImportRefused(f"{label}: tensor {k!r} has dtype {np.asarray(v).dtype}, not a float tensor")
+    return state_dict_source(label, weights)
+
+
+def state_dict_source(label: str, weights: dict) -> Source:
+    """The :class:`Source` of a plain state dict of float arrays (``label``: how messages name it)."""
+    blocks.check_state_dict(label, {k: np.shape(v) for k, v in weights.items()})
     weights = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in weights.items()}
-    return Source(label, "torch", layers_from_weights(weights), weights, notes=[ASSUMED])
+    layout = names.layout_of(weights)
+    notes = [ASSUMED]
+    avg_down = layout is not None and layout.name == "timm ResNetV2" and "stem.conv1.weight" in weights
+    if layout is not None:
+        notes.append(f"names of {layout.name} read as torchvision's" + (
+            " (a deep stem: timm's average-pool projection shortcut assumed, as every such timm ResNetV2 has)"
+            if avg_down else ""))
+    weights, source_names = names.canonical_weights(weights, layout, avg_down)
+    return Source(label, "torch", layers_from_weights(weights, _origin(source_names)), weights,
+                  facts={"source_names": source_names}, notes=notes)
+
+
+def _origin(source_names: dict):
+    return lambda n: source_names.get(n, n)
 
 
 def library_model(lib: str, name: str):
@@ -69,18 +91,27 @@ def read_library(lib: str, name: str) -> Source:
 
         raise ImportRefused(f"{shown(f'{lib}:{name}')}: {exc.name} is not installed "
                            f"({install_hint(exc.name)})") from None
+    label = shown(f"{lib}:{name}")
+    blocks.check_model(label, model)
     weights = {k: v.detach().float().numpy().copy() for k, v in model.state_dict().items()
                if not k.endswith("num_batches_tracked")}
-    src = Source(shown(f"{lib}:{name}"), lib, layers_from_weights(weights), weights, facts={"library": (lib, name)})
-    _add_facts(src, model)
+    layout = names.layout_of(weights)
+    avg_down = any(type(m).__name__ == "DownsampleAvg" for m in model.modules())
+    weights, source_names = names.canonical_weights(weights, layout, avg_down)
+    src = Source(label, lib, layers_from_weights(weights, _origin(source_names)), weights,
+                 facts={"library": (lib, name), "source_names": source_names})
+    _add_facts(src, {names.canonical(k, layout, avg_down): m for k, m in model.named_modules()})
     return src
 
 
-def _add_facts(src: Source, model) -> None:
-    """Strides, paddings, epsilons and pools read from the library's own modules."""
+_SHORTCUT_POOL = re.compile(r"^layer(\d+)\.\d+\.downsample\.0$")
+
+
+def _add_facts(src: Source, mods: dict) -> None:
+    """Strides, paddings, epsilons and pools read from the library's own modules (``mods``: canonical
+    module name -> module)."""
     import torch.nn as nn
 
-    mods = dict(model.named_modules())
     for name, layer in src.layers.items():
         m = mods.get(name)
         if isinstance(m, nn.Conv2d):
@@ -99,10 +130,11 @@ def _add_facts(src: Source, model) -> None:
         src.facts["stem_pool"] = None
     strides = {}
     for name, m in mods.items():
-        if name.endswith("downsample.0") and isinstance(m, nn.AvgPool2d):
+        at = _SHORTCUT_POOL.match(name)
+        if at and isinstance(m, nn.AvgPool2d):
             src.facts["shortcut_pool"] = {"ceil_mode": bool(m.ceil_mode),
                                           "count_include_pad": bool(m.count_include_pad)}
-            strides[int(name.split(".")[0][5:]) - 1] = _one(m.stride)
+            strides[int(at.group(1)) - 1] = _one(m.stride)
     src.facts["shortcut_pool_strides"] = strides
 
 
@@ -112,10 +144,13 @@ def _one(v):
 
 def timm_equivalent(spec: dict):
     """timm.models.resnet.ResNet keyword arguments for a full spec dict its ResNet class expresses,
-    or None (pre-activation, stride on the 1x1, CIFAR stems, conv biases, per-stage widths...)."""
+    or None (stride on the 1x1, CIFAR stems, conv biases, per-stage widths...); a pre-activation spec gets
+    timm.models.resnetv2.ResNetV2 arguments (``v2``) where that class expresses it."""
     block, stem, sc = spec["block"], spec["stem"], spec.get("shortcut", {})
     deep = stem.get("type") == "deep"
-    if block.get("preact") or block.get("stride_on", "3x3") != "3x3" or "stride_block" in block \
+    if block.get("preact"):
+        return _resnetv2_equivalent(spec)
+    if block.get("stride_on", "3x3") != "3x3" or "stride_block" in block \
             or stem.get("stride") != 2 or stem.get("kernel") != (3 if deep else 7) or "pool" in stem \
             or "padding" in stem or "bias" in stem or any("width" in s for s in spec["stages"]) \
             or sc.get("type") != "B" or "conv_bias" in spec or set(spec["head"]) != {"classes"} \
@@ -136,15 +171,49 @@ def timm_equivalent(spec: dict):
             return None
         kwargs.update(stem_type="deep", stem_width=stem["channels"][0])
     if sc.get("projection") == "avgpool_conv":
-        if sc.get("pool", {"ceil_mode": True, "count_include_pad": False}) != {"ceil_mode": True,
-                                                                             "count_include_pad": False}:
+        if sc.get("pool", _TIMM_POOL) != _TIMM_POOL:
             return None
         kwargs["avg_down"] = True
     return kwargs
 
 
+_TIMM_POOL = {"ceil_mode": True, "count_include_pad": False}
+
+
+def _resnetv2_equivalent(spec: dict):
+    """timm.models.resnetv2.ResNetV2 keyword arguments (BatchNorm, plain convs) for a full pre-activation
+    spec dict it expresses, or None."""
+    block, stem, sc = spec["block"], spec["stem"], spec.get("shortcut", {})
+    if set(block) - {"type", "preact", "stride_on"} or block.get("stride_on", "3x3") != "3x3" \
+            or set(stem) - {"type", "channels", "kernel", "stride"} or stem.get("stride") != 2 \
+            or set(sc) - {"type", "projection", "pool"} or sc.get("type") != "B" \
+            or sc.get("pool", _TIMM_POOL) != _TIMM_POOL or "conv_bias" in spec or set(spec["head"]) != {"classes"} \
+            or [s["stride"] for s in spec["stages"]] != [1] + [2] * (len(spec["stages"]) - 1) \
+            or any(set(s) - {"blocks", "channels", "stride"} for s in spec["stages"]) \
+            or spec["norm"] != {"eps": 1e-5, "momentum": 0.1}:
+        return None
+    deep = stem.get("type") == "deep"
+    w = stem["channels"][-1] if deep else stem["channels"]
+    stem_type = {(w // 2, w // 2, w): "deep", (3 * w // 8, w // 2, w): "tiered"}.get(
+        tuple(stem["channels"]), None) if deep else ""
+    if stem_type is None or stem.get("kernel") != (3 if deep else 7):
+        return None
+    basic = block["type"] == "basic"
+    return {"v2": True, "layers": [s["blocks"] for s in spec["stages"]], "num_classes": spec["head"]["classes"],
+            "in_chans": spec["input"]["channels"], "stem_chs": w, "stem_type": stem_type,
+            "channels": [s["channels"] * (1 if basic else 4) for s in spec["stages"]], "basic": basic,
+            "bottle_ratio": 1.0 if basic else 0.25, "avg_down": sc.get("projection") == "avgpool_conv"}
+
+
 def build_timm(kwargs: dict):
-    """The timm ResNet of :func:`timm_equivalent`'s arguments (the runtime a checkpoint came from)."""
+    """The timm ResNet (or ResNetV2) of :func:`timm_equivalent`'s arguments (the runtime a checkpoint came
+    from)."""
+    if kwargs.get("v2"):
+        from timm.layers import BatchNormAct2d, create_conv2d
+        from timm.models import resnetv2
+
+        kw = {k: v for k, v in kwargs.items() if k != "v2"}
+        return resnetv2.ResNetV2(**kw, conv_layer=create_conv2d, norm_layer=BatchNormAct2d).eval()
     from timm.models import resnet
 
     kw = dict(kwargs)

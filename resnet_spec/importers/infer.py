@@ -21,12 +21,28 @@ from .source import Source, first_difference
 
 _BLOCK = re.compile(r"^layer(\d+)\.(\d+)\.(.+)$")
 _TOP = ("conv1", "bn1", "fc", "bn_final")
+#: canonical layer name pattern -> the kinds of layer it may be (a 4-D weight is a conv, 2-D a linear layer)
+_KINDS = ((re.compile(r"^(conv1(\.[036])?|layer\d+\.\d+\.(conv\d|se\.fc\d))$"), ("conv",)),
+          (re.compile(r"^(bn1|bn_final|conv1\.[14]|layer\d+\.\d+\.bn\d)$"), ("bn",)),
+          (re.compile(r"^layer\d+\.\d+\.downsample\.\d$"), ("conv", "bn")),
+          (re.compile(r"^fc$"), ("linear",)))
+
+
+def _check_kind(src: Source, name: str, layer) -> None:
+    """Refuse a layer whose weight has the wrong number of dimensions for its name, or an empty one."""
+    kinds = next((k for pattern, k in _KINDS if pattern.match(name)), None)
+    if kinds is not None and layer.kind not in kinds:
+        raise src.refuse(repr(layer.origin), f"a {layer.kind} weight of shape {tuple(layer.shape)} where a "
+                         f"ResNet has a {kinds[0]} layer")
+    if 0 in layer.shape or (layer.kind == "conv" and layer.shape[2] != layer.shape[3]):
+        raise src.refuse(repr(layer.origin), f"weight shape {tuple(layer.shape)} is empty or not square")
 
 
 def _blocks(src: Source) -> list:
     """[[{leaf: Layer}] per block] per stage, refusing names outside torchvision/timm ResNets."""
     stages: dict = {}
     for name, layer in src.layers.items():
+        _check_kind(src, name, layer)
         m = _BLOCK.match(name)
         if m:
             s, b, leaf = int(m.group(1)), int(m.group(2)), m.group(3)
@@ -84,6 +100,9 @@ def _stage(src, si, blocks, bottleneck, preact, facts_stride):
         if out_ch % 4:
             raise src.refuse(f"{name}.conv3", f"{out_ch} output channels are not 4 x the block's channels")
         planes, c2 = out_ch // 4, _need(src, name, first, "conv2")
+        if c2.shape[0] % c2.shape[1]:
+            raise src.refuse(f"{name}.conv2", f"weight shape {tuple(c2.shape)}: its output channels are not a "
+                             "multiple of its input channels per group")
         width, groups = c2.shape[0], c2.shape[0] // c2.shape[1]
     else:
         planes, width, groups = _need(src, name, first, "conv2").shape[0], None, 1
@@ -112,7 +131,8 @@ def candidates(src: Source, name: str, input_size) -> list:
     bottleneck = "conv3" in stages[0][0]
     first = stages[0][0]
     bn1 = first.get("bn1")
-    preact = "bn_final" in L or (bn1 is not None and bn1.shape[0] != first["conv1"].shape[0])
+    conv1 = _need(src, "layer1.0", first, "conv1")
+    preact = "bn_final" in L or (bn1 is not None and bn1.shape[0] != conv1.shape[0])
     facts_stride = any(layer.stride is not None for layer in L.values())
     stem = _stem(src, preact)
     in_ch = (L.get("conv1") or L.get("conv1.0")).shape[1]
@@ -218,7 +238,15 @@ def build_spec(src: Source, name: str, input_size=None) -> tuple:
     """(spec YAML text, resolved network, full spec dict) for ``src``; refuses naming the first layer
     that does not fit."""
     best = None
-    for cand in candidates(src, name, input_size):
+    try:
+        cands = candidates(src, name, input_size)
+    except ResNetSpecError:
+        raise
+    except (ArithmeticError, LookupError, TypeError, ValueError, AttributeError) as exc:
+        # names and shapes no check above foresaw: one line naming the source, never a traceback
+        raise src.refuse("structure", f"its layer names and shapes do not fit a ResNet ({type(exc).__name__}: "
+                         f"{exc})") from None
+    for cand in cands:
         text = yamlio.dump(_order(cand))
         try:
             net = load_network(text)

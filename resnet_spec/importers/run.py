@@ -2,8 +2,8 @@
 
 Each runs in its own worker process (:mod:`resnet_spec.isolate`): TensorFlow, ONNX Runtime and
 PyTorch never share one. The source runs as what it is -- the ONNX file in ONNX Runtime, the Keras
-model in Keras, the torchvision/timm model in its library, a state dict in the timm ResNet class its
-names come from -- so the comparison is against the producer, never the generated model against itself.
+model in Keras, the torchvision/timm model in its library, a state dict in the timm ResNet (or ResNetV2)
+class its names come from -- so the comparison is against the producer, never the generated model against itself.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ def source_runner(src, full_spec: dict) -> tuple:
     """(worker function, its arguments before the input) that runs ``src`` in its own runtime."""
     if src.kind in ("torchvision", "timm"):
         lib, name = src.facts["library"]
-        return _run_library, (lib, name, src.weights)
+        return _run_library, (lib, name, src.weights, src.facts.get("source_names", {}))
     if src.kind == "torch":
         from ..backends.torch.reader import timm_equivalent
 
@@ -29,7 +29,7 @@ def source_runner(src, full_spec: dict) -> tuple:
             raise ImportRefused(f"{src.label}: the checkpoint's architecture has no timm/torchvision "
                                "equivalent to run it in, so the import cannot be proven equal; use the "
                                "spec and weights with 'resnet-spec parity' instead")
-        return _run_timm, (kwargs, src.weights)
+        return _run_timm, (kwargs, src.weights, src.facts.get("source_names", {}))
     if src.kind == "onnx":
         from ..backends.onnx.checked import run_source
         from ..extras import require
@@ -50,9 +50,15 @@ def _torch_run(model, x):
         return model(torch.from_numpy(x)).float().numpy()
 
 
-def _load_state(model, weights):
+def _load_state(model, weights, source_names=None):
+    """``model`` with the canonical ``weights`` loaded, under its own names (``source_names``: canonical
+    -> the model's name, for layouts :mod:`...backends.torch.names` reads) and shapes."""
     import torch
 
+    from ..backends.torch.names import source_state
+
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    weights = source_state(weights, source_names or {}, shapes)
     state = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in weights.items()}
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [m for m in missing if not m.endswith("num_batches_tracked")]
@@ -62,18 +68,20 @@ def _load_state(model, weights):
     return model
 
 
-def _run_library(lib, name, weights, x):
+def _run_library(lib, name, weights, source_names, x):
     from ..backends.torch.reader import library_model
 
-    return _torch_run(_load_state(library_model(lib, name), weights), x), f"{lib} ({name})"
+    return _torch_run(_load_state(library_model(lib, name), weights, source_names), x), f"{lib} ({name})"
 
 
-def _run_timm(kwargs, weights, x):
+def _run_timm(kwargs, weights, source_names, x):
     import timm
 
     from ..backends.torch.reader import build_timm
 
-    return _torch_run(_load_state(build_timm(kwargs), weights), x), f"timm {timm.__version__} ResNet class"
+    model = build_timm(kwargs)
+    desc = f"timm {timm.__version__} {type(model).__name__} class"
+    return _torch_run(_load_state(model, weights, source_names), x), desc
 
 
 def _run_generated(spec_yaml, weights, x):
@@ -88,10 +96,17 @@ def _run_pair(fn, args, spec_yaml, weights, x):
     return fn(*args, x), _run_generated(spec_yaml, weights, x)
 
 
-def prove(src, net, full_spec: dict, weights: dict, batch: int = PROOF_BATCH, seed: int = 0) -> dict:
+def _run_here(fn, *args):
+    return fn(*args)
+
+
+def prove(src, net, full_spec: dict, weights: dict, batch: int = PROOF_BATCH, seed: int = 0,
+          isolated: bool = True) -> dict:
     """Run source and generated model on one seeded input of the import's own batch (a file's fixed
     batch only when smaller) at the spec's size; the comparison and whether it passed. Refused, before
-    any worker starts, when that input would cost more than the proof's budget."""
+    any worker starts, when that input would cost more than the proof's budget. ``isolated=False`` runs
+    a PyTorch source and the generated model in this process (a caller that is itself a dedicated
+    worker process: benchmarks/family_coverage.py); other sources always run in workers."""
     from ..parity import TOLERANCES, compare
 
     why = proof_refusal(net)
@@ -102,7 +117,8 @@ def prove(src, net, full_spec: dict, weights: dict, batch: int = PROOF_BATCH, se
     x = np.random.default_rng(seed).standard_normal((batch, *net.input_shape)).astype(np.float32)
     try:
         if src.kind in ("torch", "torchvision", "timm"):  # one PyTorch worker runs both
-            (ref, ref_desc), (got, got_desc) = run_isolated(_run_pair, fn, args, net.spec_yaml, weights, x)
+            run = run_isolated if isolated else _run_here
+            (ref, ref_desc), (got, got_desc) = run(_run_pair, fn, args, net.spec_yaml, weights, x)
         else:
             ref, ref_desc = run_isolated(fn, *args, x)
             got, got_desc = run_isolated(_run_generated, net.spec_yaml, weights, x)

@@ -1,0 +1,179 @@
+"""The building blocks of PyTorch ResNet relatives that the spec language cannot express yet, and how an
+import recognises each: :data:`UNSUPPORTED`, one table (building block -> how it is recognised -> the
+name the user reads).
+
+A ``torchvision:``/``timm:`` model is recognised from its module types (``EcaModule``, ``GroupNorm``,
+``BlurPool2d``, an ``AvgPool2d`` at a block's ``aa``, ...), a bare state dict from tensor names and
+shapes where they are reliable (a Conv1d weight in an attention module is ECA; a norm with ``tau`` is
+FRN; a norm without running statistics is no BatchNorm). The import is refused in one line naming the
+block and where it first occurs (``timm:ecaresnet50d uses ECA channel attention (layer1.0.se), which
+resnet-spec cannot express yet``) instead of at the first tensor that does not fit.
+
+Nothing here imports torch: module types are compared by class name, so a timm release that moves a
+class keeps matching, and a model from any library is read the same way.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from typing import Callable, NamedTuple
+
+from ...importers.source import ImportRefused
+
+
+class Block(NamedTuple):
+    """One row of :data:`UNSUPPORTED`: a building block and how it is recognised.
+
+    ``modules``: class-name patterns (``fnmatch``) of a module that is this block; ``at``: a regex its
+    qualified name must match (``re.search``; None: anywhere); ``when``: a further test
+    ``when(module, modules)`` on it. ``tensors``: a regex on state-dict tensor names that is this block
+    in a bare state dict (None: names and shapes cannot tell it reliably); ``tensor_when``: a further
+    test ``tensor_when(name, shape, shapes)``. ``name`` is what the refusal calls it; ``{cls}`` is the
+    matched module's class name."""
+
+    name: str
+    modules: tuple = ()
+    at: str | None = None
+    when: Callable | None = None
+    tensors: str | None = None
+    tensor_when: Callable | None = None
+
+
+def _cls(m) -> str:
+    return type(m).__name__
+
+
+def _kernel_over_1(m, _mods) -> bool:
+    k = getattr(m, "kernel_size", (1, 1))
+    return tuple(k if isinstance(k, (tuple, list)) else (k, k)) != (1, 1)
+
+
+def _unequal_widths(m, _mods) -> bool:
+    """A bottleneck whose 1x1 and 3x3 convs have different widths (timm's block_reduce_first, pruning)."""
+    c1, c2 = getattr(m, "conv1", None), getattr(m, "conv2", None)
+    return hasattr(m, "conv3") and hasattr(c1, "out_channels") and hasattr(c2, "out_channels") \
+        and c1.out_channels != c2.out_channels
+
+
+def _mixed_blocks(_m, mods) -> bool:
+    return any(_cls(x) == "BasicBlock" for x in mods.values())
+
+
+def _tensor_unequal_widths(name, shape, shapes) -> bool:
+    c2, c3 = shapes.get(name.replace(".conv1.weight", ".conv2.weight")), \
+        shapes.get(name.replace(".conv1.weight", ".conv3.weight"))
+    return c2 is not None and c3 is not None and len(shape) == len(c2) == 4 and shape[0] != c2[0]
+
+
+def _no_running_stats(name, shape, shapes) -> bool:
+    mod = name[: -len(".weight")]
+    return len(shape) == 1 and f"{mod}.bias" in shapes and f"{mod}.running_mean" not in shapes
+
+
+_NOT_RELU = ("LeakyReLU", "SiLU", "Swish", "GELU", "GELUTanh", "Mish", "Hardswish", "HardSwish", "ELU", "PReLU",
+             "CELU", "SELU", "Tanh", "Softplus")
+_NORM_AT = r"(^|\.)(bn\d*|norm\d*|downsample\.\d|conv1\.\d)\.weight$"
+
+#: Building block -> how it is recognised -> its name for the user, in order of precedence (each module
+#: or tensor is claimed by the first row it matches; a refusal names every block found, in network order).
+UNSUPPORTED = (
+    Block("ECA channel attention", ("EcaModule", "CecaModule"),
+          tensors=r"\.conv\.weight$", tensor_when=lambda n, s, _: len(s) == 3 and tuple(s[:2]) == (1, 1)),
+    Block("CBAM attention", ("CbamModule", "LightCbamModule"), tensors=r"\.spatial\.conv\.(conv\.)?weight$"),
+    Block("gather-excite attention", ("GatherExcite",)),
+    Block("global-context attention", ("GlobalContext",), tensors=r"\.conv_attn\.weight$"),
+    Block("effective squeeze-excite", ("EffectiveSEModule",)),
+    Block("SKNet selective-kernel convolutions", ("SelectiveKernel*",), tensors=r"\.paths\.\d+\.conv\.weight$"),
+    Block("ResNeSt split attention", ("SplitAttn",), tensors=r"\.conv2\.fc1\.weight$"),
+    Block("self-attention in place of the 3x3 conv", ("BottleneckAttn", "HaloAttn", "LambdaLayer")),
+    Block("a TResNet space-to-depth stem", ("SpaceToDepth*",), tensors=r"^body\.conv1\.conv\.weight$",
+          tensor_when=lambda n, s, _: len(s) == 4 and s[1] == 48),
+    Block("Filter Response Normalization", ("FilterResponseNorm*",), tensors=r"\.tau$"),
+    Block("EvoNorm", ("EvoNorm*",), tensors=r"\.v$", tensor_when=lambda n, s, _: len(s) in (1, 4)),
+    Block("GroupNorm", ("GroupNorm", "GroupNormAct", "GroupNorm1", "GroupNorm1Act")),
+    Block("GroupNorm or another normalization without running statistics",
+          tensors=_NORM_AT, tensor_when=_no_running_stats),
+    Block("LayerNorm", ("LayerNorm*",)),
+    Block("{cls} weight-standardized convolutions", ("StdConv2d", "StdConv2dSame", "ScaledStdConv2d*"),
+          tensors=r"\.gain$"),
+    Block("{cls} 'SAME' padding computed from the input size",
+          ("Conv2dSame", "Conv2dSameExport", "MaxPool2dSame", "AvgPool2dSame")),
+    Block("BlurPool2d anti-aliasing", ("BlurPool2d",)),
+    Block("anti-aliasing average pools after stride-1 convs", ("AvgPool2d",),
+          at=r"(^|\.)aa$"),
+    Block("an average pool in place of the stem's max-pool", ("AvgPool2d",), at=r"^maxpool(\.\d+)?$"),
+    Block("a strided conv in place of the stem's max-pool", ("Conv2d",),
+          at=r"^maxpool\.\d+$", tensors=r"^maxpool\.\d+\.weight$", tensor_when=lambda n, s, _: len(s) == 4),
+    Block("a projection shortcut with a larger-than-1x1 conv", ("Conv2d",), at=r"(^|\.)downsample\.\d+$",
+          when=_kernel_over_1, tensors=r"(^|\.)downsample\.\d+\.weight$",
+          tensor_when=lambda n, s, _: len(s) == 4 and s[-1] > 1),
+    Block("bottlenecks whose 1x1 and 3x3 convs differ in width",
+          ("Bottleneck", "SE*Bottleneck"), when=_unequal_widths, tensors=r"^layer\d+\.\d+\.conv1\.weight$",
+          tensor_when=_tensor_unequal_widths),
+    Block("basic and bottleneck blocks mixed in one network", ("Bottleneck",), when=_mixed_blocks),
+    Block("squeeze-excite after a basic block's second ReLU",
+          ("SEResNetBlock",), tensors=r"^layer\d+\.\d+\.se_module\.fc1\.weight$",
+          tensor_when=lambda n, s, shapes: n.replace("se_module.fc1", "conv3") not in shapes),
+    Block("{cls} activations", _NOT_RELU),
+)
+
+
+def _claims(row: Block, name: str, m, mods) -> bool:
+    if not any(fnmatch.fnmatchcase(_cls(m), p) for p in row.modules):
+        return False
+    if row.at is not None and not re.search(row.at, name):
+        return False
+    return row.when is None or bool(row.when(m, mods))
+
+
+def recognise_modules(model) -> list:
+    """``[(block name, where)]``: the unsupported blocks of a torch module, each at its first module."""
+    mods = dict(model.named_modules())
+    found = {}
+    for name, m in mods.items():
+        row = next((r for r in UNSUPPORTED if r.modules and _claims(r, name, m, mods)), None)
+        if row is not None:
+            found.setdefault(row.name.replace("{cls}", _cls(m)), name or "the model")
+    return list(found.items())
+
+
+def recognise_tensors(shapes: dict) -> list:
+    """``[(block name, where)]`` for a bare state dict (``{tensor name: shape}``), from the rows with a
+    tensor pattern."""
+    modules: dict = {}  # module -> its tensors, in state-dict order: a row claims a whole module
+    for name in shapes:
+        modules.setdefault(name.rpartition(".")[0], []).append(name)
+    found = {}
+    for tensors in modules.values():
+        hit = next(((row, n) for row in UNSUPPORTED if row.tensors for n in tensors
+                    if re.search(row.tensors, n) and (row.tensor_when is None or
+                                                      row.tensor_when(n, tuple(shapes[n]), shapes))), None)
+        if hit is not None:
+            found.setdefault(hit[0].name.replace("{cls} ", ""), f"tensor {hit[1]!r}")
+    return list(found.items())
+
+
+def unsupported_refusal(label: str, found: list) -> ImportRefused | None:
+    """One line naming every unsupported block found (the first three, then a count), or None."""
+    if not found:
+        return None
+    parts = [f"{what} ({where})" for what, where in found[:3]]
+    if len(found) > 3:
+        parts.append(f"{len(found) - 3} more")
+    listed = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+    return ImportRefused(f"{label} uses {listed}, which resnet-spec cannot express yet")
+
+
+def check_model(label: str, model) -> None:
+    """Refuse a torch model built of a block :data:`UNSUPPORTED` lists."""
+    exc = unsupported_refusal(label, recognise_modules(model))
+    if exc is not None:
+        raise exc
+
+
+def check_state_dict(label: str, shapes: dict) -> None:
+    """Refuse a bare state dict whose names and shapes show a block :data:`UNSUPPORTED` lists."""
+    exc = unsupported_refusal(label, recognise_tensors(shapes))
+    if exc is not None:
+        raise exc
