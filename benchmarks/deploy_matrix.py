@@ -176,6 +176,23 @@ def run_entry(name, specs, args, results, tf_worker, say) -> bool:
     return True
 
 
+KINDS = ("ort", "onnxoptimizer", "onnxsim", "openvino", "tflite")
+
+
+def _provenance(results: dict, args) -> dict:
+    """``_date`` and ``_machine`` of the JSON after this run: a run of the whole matrix replaces them; a run
+    of some entries or kinds beside cells measured earlier on another day or machine appends to them
+    ("2026-11-26; resnetv2_50 2026-12-06"), so the doc never dates old cells by the last partial run."""
+    today, here = time.strftime("%Y-%m-%d"), machine()
+    partial = bool(args.models) or args.kinds != ",".join(KINDS)
+    if not partial or not results.get("_date"):
+        return {"_date": today, "_machine": here}
+    what = ",".join(m for m in args.models.split(",") if m) or args.kinds
+    date, mach = results["_date"], results.get("_machine") or here
+    return {"_date": date if today in date else f"{date}; {what} {today}",
+            "_machine": mach if here.split(", Python")[0] in mach else f"{mach}; {what}: {here}"}
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default="", help="comma-separated zoo names (default: the whole zoo)")
@@ -184,7 +201,7 @@ def main(argv=None):
     p.add_argument("--size", type=int, default=40, help="input size of the ImageNet entries")
     p.add_argument("--json", default="benchmarks/deploy_matrix.json")
     p.add_argument("--doc", default="docs/deployment.md")
-    p.add_argument("--kinds", default="ort,onnxoptimizer,onnxsim,openvino,tflite", help="runtime kinds to run")
+    p.add_argument("--kinds", default=",".join(KINDS), help="runtime kinds to run")
     p.add_argument("--force", action="store_true", help="measure again the cells already in --json")
     p.add_argument("--report-only", action="store_true")
     args = p.parse_args(argv)
@@ -206,7 +223,7 @@ def main(argv=None):
                 "pass --force to measure again, or another --json")
     if args.force and not args.models:
         results = {}
-    results.update(_size=args.size, _machine=machine(), _env=environment(), _date=time.strftime("%Y-%m-%d"))
+    results.update(_provenance(results, args), _size=args.size, _env=environment())
     from contextlib import ExitStack
 
     from resnet_spec.isolate import Worker

@@ -190,6 +190,24 @@ def test_matrix_is_resumable(tmp_path):
     assert other.returncode == 2 and "--size 48" in other.stderr.strip().splitlines()[-1], other.stderr
 
 
+def test_a_partial_run_keeps_the_earlier_cells_dates():
+    """A run of some entries beside cells measured earlier appends its date and machine; a whole run
+    replaces them (a one-entry run once re-dated the whole table)."""
+    import argparse
+
+    import deploy_matrix
+
+    today, here = __import__("time").strftime("%Y-%m-%d"), deploy_matrix.machine()
+    old = {"_date": "2020-01-01", "_machine": "Other CPU, Python 3.0"}
+    args = argparse.Namespace(models="resnetv2_50", kinds=",".join(deploy_matrix.KINDS))
+    got = deploy_matrix._provenance(dict(old), args)
+    assert got["_date"] == f"2020-01-01; resnetv2_50 {today}"
+    assert got["_machine"].startswith("Other CPU, Python 3.0; resnetv2_50: ") and here in got["_machine"]
+    assert deploy_matrix._provenance(dict(got), args) == got  # the same day and machine again: unchanged
+    whole = argparse.Namespace(models="", kinds=",".join(deploy_matrix.KINDS))
+    assert deploy_matrix._provenance(dict(old), whole) == {"_date": today, "_machine": here}
+
+
 def test_matrix_doc_names_every_missing_cell(tmp_path):
     """The deployment doc's coverage line names an entry's cells that other entries of the same output have
     (resnet1202 once lacked its OpenVINO and LiteRT cells while the doc said the zoo was complete)."""
