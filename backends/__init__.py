@@ -21,6 +21,9 @@ CONVERT_ONLY = ("tflite",)
 # TFLite: float16 weights dequantized at run time). ``--io-dtype float16`` (float16 input and logits): ONNX only.
 FLOAT16_BACKENDS = ("onnx", "tflite")
 FLOAT16_IO_BACKENDS = ("onnx",)
+# ``convert --dtype int8`` (calibrated static quantization, float32 input and output; --calibration):
+# ONNX (QDQ, ONNX Runtime's quantizer), TFLite (full-integer, TensorFlow's converter).
+INT8_BACKENDS = ("onnx", "tflite")
 
 # ONNX opsets. Lowest: Pad/Slice take their arguments as inputs and every op we use has its current
 # semantics from 13 on. Highest: the newest opset of onnx 1.23 (checker) that ONNX Runtime 1.32 also

@@ -168,5 +168,23 @@ def write_doc(results, path, size) -> None:
     errors = [(r, c, v["error"]) for r in rows for c, v in results[r].items() if "error" in v]
     if errors:
         lines += ["", "Errors:", ""] + [f"- {r}, {c}: {e}" for r, c, e in errors[:40]]
+    kept = _kept(path)  # read before the file is truncated
     with open(path, "w") as fh:
-        fh.write("\n".join(lines) + "\n")
+        fh.write("\n".join(lines) + "\n" + kept)
+
+
+#: the sections below this line in docs/deployment.md come from other benchmarks (benchmarks/int8.py)
+#: and survive a regeneration of the matrix
+KEPT = "<!-- kept: sections below are written by hand from other benchmarks; deploy_matrix.py keeps them -->"
+
+
+def _kept(path) -> str:
+    """What follows :data:`KEPT` in the existing file (with the marker), else nothing."""
+    import os
+
+    if not os.path.exists(path):
+        return ""
+    with open(path) as fh:
+        text = fh.read()
+    at = text.find(KEPT)
+    return "" if at < 0 else "\n" + text[at:]

@@ -31,7 +31,7 @@ from .errors import ResNetSpecError
 from .fileio import check_regular_file, shown
 
 META_NAME, META_SPEC = "resnet_spec.name", "resnet_spec.spec"
-#: the dtype ``convert`` records in a ``.tflite`` file's metadata (``float32``, or ``float16`` weights)
+#: the dtype ``convert`` records in a ``.tflite`` file's metadata (``float32``, ``float16`` weights, ``int8``)
 META_DTYPE = "resnet_spec.dtype"
 BUFFER_SUFFIXES = (".running_mean", ".running_var", ".num_batches_tracked")
 
@@ -165,7 +165,9 @@ def format_info(info: dict) -> str:
 def _tflite_dtype_text(info: dict) -> str:
     """What a TFLite file computes with, from its tensors, and what its metadata records."""
     what = "float32"
-    if info["dtype"] == "float16":
+    if info["dtype"] == "int8":
+        what = f"int8 ({info['int8_tensors']} int8 tensors: integer quantization)"
+    elif info["dtype"] == "float16":
         what = f"float16 weights ({info['float16_weights']} tensors, dequantized to float32 at run time)"
     recorded = info.get("dtype_recorded")
     return what + (f"; metadata: {recorded}" if recorded else "")
@@ -330,6 +332,15 @@ def tflite_float16_weights(data: bytes, fb) -> list:
     return out
 
 
+def tflite_int8_tensors(data: bytes, fb) -> int:
+    """How many tensors of the first subgraph are int8 or uint8 (TFLite's integer quantization, from any
+    converter: full-integer files compute on them; a file without any is float)."""
+    m = fb.Model.GetRootAs(data, 0)
+    sg = m.Subgraphs(0)
+    ints = (fb.TensorType.INT8, fb.TensorType.UINT8)
+    return sum(1 for i in range(sg.TensorsLength()) if sg.Tensors(i).Type() in ints)
+
+
 def inspect_tflite(path: str) -> dict:
     check_regular_file(path, 2**31 - 1)
     with open(path, "rb") as fh:
@@ -367,9 +378,9 @@ def _read_tflite(path: str, data: bytes, fb) -> dict:
     codes = [m.OperatorCodes(sg.Operators(i).OpcodeIndex()) for i in range(sg.OperatorsLength())]
     ops = collections.Counter(ops_by_code.get(max(c.BuiltinCode(), c.DeprecatedBuiltinCode()), "?") for c in codes)
     text = lambda k: meta[k].decode("utf-8") if k in meta else None  # noqa: E731
-    f16 = tflite_float16_weights(data, fb)
-    return {"path": path, "format": f"TFLite flatbuffer (schema v{m.Version()})", "dtype": "float16" if f16 else "float32",
-            "float16_weights": len(f16), "dtype_recorded": text(META_DTYPE), "operators": sg.OperatorsLength(),
+    f16, i8 = tflite_float16_weights(data, fb), tflite_int8_tensors(data, fb)
+    return {"path": path, "format": f"TFLite flatbuffer (schema v{m.Version()})",
+            "dtype": "int8" if i8 else "float16" if f16 else "float32", "float16_weights": len(f16), "int8_tensors": i8, "dtype_recorded": text(META_DTYPE), "operators": sg.OperatorsLength(),
             "op_types": dict(ops), "inputs": [tensor(i) for i in sg.InputsAsNumpy()],
             "outputs": [tensor(i) for i in sg.OutputsAsNumpy()], "tensors": len(consts),
             "parameters": sum(int(math.prod(t.ShapeAsNumpy())) for t in consts  # BN folded: convs, fc

@@ -89,7 +89,9 @@ def onnx_runs(path: str, x: np.ndarray, shape, device: str = "cpu", layout: str 
     model = _load_onnx(path)
     feed = _onnx_feed(path, model, shape, layout)
     feed.chunks(path, x)  # a batch the file cannot take: refused before any run
-    fp16, output = _is_float16(model), model.graph.output[0].name
+    from .backends.onnx.int8 import is_int8
+
+    fp16, int8, output = _is_float16(model), is_int8(model), model.graph.output[0].name
     where = "CUDA" if device.startswith("cuda") else "CPU"
     runs = []
     for level in onnx_probe.LEVELS:
@@ -99,8 +101,10 @@ def onnx_runs(path: str, x: np.ndarray, shape, device: str = "cpu", layout: str 
         except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
             raise ResNetSpecError(f"{shown(path)}: onnxruntime {ort.__version__} ({where}) cannot run it at level "
                                   f"{level}: {_first_line(exc)}") from None
-        runs.append({"runtime": f"onnxruntime {ort.__version__} {where}", "level": level, "float16": fp16,
+        runs.append({"runtime": f"onnxruntime {ort.__version__} {where}", "level": level, "float16": fp16, "int8": int8,
                      "outputs": {"logits": logits.astype(np.float32)}, "taps_level": level, "feed": feed})
+    if int8:  # onnx 1.23's ReferenceEvaluator has DequantizeLinear from opset 19 only; verify.py notes it
+        return runs
     try:
         ref = ReferenceEvaluator(model).run([output], {feed.name: feed.first(path, x)})[0]
     except Exception as exc:  # noqa: BLE001
@@ -108,7 +112,7 @@ def onnx_runs(path: str, x: np.ndarray, shape, device: str = "cpu", layout: str 
     import onnx
 
     runs.append({"runtime": f"onnx {onnx.__version__} ReferenceEvaluator", "level": "reference",
-                 "float16": fp16, "outputs": {"logits": np.asarray(ref, np.float32)}})
+                 "float16": fp16, "int8": int8, "outputs": {"logits": np.asarray(ref, np.float32)}})
     return runs
 
 
@@ -209,14 +213,15 @@ def tflite_check(path: str) -> None:
     _tflite_checked(path)
 
 
-def _tflite_float16(path: str, data: bytes) -> bool:
-    """Whether the file holds float16 weights feeding DEQUANTIZE ops (TFLite's float16 quantisation, from
-    any converter: :func:`resnet_spec.inspect_files.tflite_float16_weights`)."""
-    from .inspect_files import _tflite_schema, tflite_float16_weights
+def _tflite_dtypes(path: str, data: bytes) -> tuple:
+    """``(float16, int8)``: whether the file holds float16 weights feeding DEQUANTIZE ops (TFLite's float16
+    quantisation), and int8 tensors (integer quantization), from any converter
+    (:func:`resnet_spec.inspect_files.tflite_float16_weights`, ``tflite_int8_tensors``)."""
+    from .inspect_files import _tflite_schema, tflite_float16_weights, tflite_int8_tensors
 
     fb = _tflite_schema(path)
     try:
-        return bool(tflite_float16_weights(data, fb))
+        return bool(tflite_float16_weights(data, fb)), bool(tflite_int8_tensors(data, fb))
     except Exception as exc:  # noqa: BLE001 - a damaged flatbuffer raises anything
         raise ResNetSpecError(f"{shown(path)}: not a readable .tflite model ({_first_line(exc)})") from None
 
@@ -226,7 +231,7 @@ def tflite_run(path: str, x: np.ndarray, shape, trusted: bool = False, layout: s
     fed as the file declares it (:class:`Feed`): a dynamic one resized to the batch, a fixed one never
     resized (a batch of 1 gets the images one at a time). ``float16``: the file has float16 weights."""
     data = _tflite_read(path) if trusted else _tflite_checked(path)
-    fp16 = _tflite_float16(path, data)
+    fp16, int8 = _tflite_dtypes(path, data)
     interp, label = _tflite_interpreter(path, data)
     inp = interp.get_input_details()[0]
     sig = inp.get("shape_signature")
@@ -247,7 +252,8 @@ def tflite_run(path: str, x: np.ndarray, shape, trusted: bool = False, layout: s
         out = feed.run(path, x, one)
     except Exception as exc:  # noqa: BLE001
         raise ResNetSpecError(f"{shown(path)}: {label} cannot run it: {_first_line(exc)}") from None
-    return {"runtime": label, "level": "-", "float16": fp16, "outputs": {"logits": np.asarray(out, np.float32)}}
+    return {"runtime": label, "level": "-", "float16": fp16, "int8": int8,
+            "outputs": {"logits": np.asarray(out, np.float32)}}
 
 
 def _require_tensorflow(path: str):

@@ -208,6 +208,21 @@ def test_a_partial_run_keeps_the_earlier_cells_dates():
     assert deploy_matrix._provenance(dict(old), whole) == {"_date": today, "_machine": here}
 
 
+def test_matrix_doc_keeps_the_hand_written_sections(tmp_path):
+    """docs/deployment.md's int8 section (benchmarks/int8.py) survives a regeneration of the matrix."""
+    import _deploy_doc
+
+    cell = {"rel": 1e-7, "top1": 1.0}
+    results = {f"{n} | onnx": {"onnxruntime 1.32.0 / all": cell} for n in zoo_names()}
+    tail = f"{_deploy_doc.KEPT}\n\n## int8\n\nmeasured by hand\n"
+    (tmp_path / "d.md").write_text("old matrix\n\n" + tail)
+    _deploy_doc.write_doc(results, tmp_path / "d.md", 40)
+    text = (tmp_path / "d.md").read_text()
+    assert "old matrix" not in text and "| resnet20 | onnx |" in text and text.endswith("\n" + tail)
+    _deploy_doc.write_doc(results, tmp_path / "d.md", 40)
+    assert (tmp_path / "d.md").read_text() == text
+
+
 def test_matrix_doc_names_every_missing_cell(tmp_path):
     """The deployment doc's coverage line names an entry's cells that other entries of the same output have
     (resnet1202 once lacked its OpenVINO and LiteRT cells while the doc said the zoo was complete)."""

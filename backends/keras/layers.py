@@ -46,6 +46,20 @@ def _pad_hw(ops, x, pads, fill=0.0):
     return ops.pad(x, [[0, 0], [t, b], [l, r], [0, 0]], constant_values=fill)
 
 
+def _edge_pad_hw(ops, x, pads):
+    """Pad H and W by repeating the edge rows and columns: a max-pool window never gains a value from
+    it (every window that reaches into the padding also holds the edge it copies: padding is at most
+    half the kernel, and the last window starts inside the input), so it pools exactly as -inf padding
+    does, with values in the tensor's own range: what an int8 file needs (an -inf constant would
+    stretch the tensor's quantization range to infinity)."""
+    t, l, b, r = pads
+    if t or b:
+        x = ops.concatenate([x[:, :1]] * t + [x] + [x[:, -1:]] * b, axis=1)
+    if l or r:
+        x = ops.concatenate([x[:, :, :1]] * l + [x] + [x[:, :, -1:]] * r, axis=2)
+    return x
+
+
 def define(keras) -> dict:
     """Define and register the custom layers; returns ``{registered name: class}``."""
     classes = (_constant_pad(keras), _exact_avg_pool(keras), _channel_pad(keras), _torch_batch_norm(keras))
@@ -68,6 +82,8 @@ def _constant_pad(keras):
             self.pads, self.value = tuple(int(p) for p in pads), value
 
         def call(self, x):
+            if self.value == "edge":  # set by backends.keras.tflite for int8 files only (see _edge_pad_hw)
+                return _edge_pad_hw(ops, x, self.pads)
             return _pad_hw(ops, x, self.pads, float("-inf") if self.value == "neg_inf" else 0.0)
 
         def compute_output_shape(self, shape):

@@ -47,6 +47,7 @@ import os
 import numpy as np
 
 from ... import ir
+from ...errors import ResNetSpecError
 from .. import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET  # noqa: F401  (framework-free facts, shared with the CLI)
 from .fold import fold_batchnorm  # noqa: F401
 from .graph import (BATCH_DIM, INPUT_NAME, META_NAME, META_SPEC, META_VERSION, OPS, OUTPUT_NAME,  # noqa: F401
@@ -81,8 +82,6 @@ def _typed_skeleton(net, weights, dtype: str, io_dtype: str, **options):
 
         return half_skeleton(net, weights, io_dtype=io_dtype, **options)
     if dtype != "float32" or io_dtype != "float32":
-        from ...errors import ResNetSpecError
-
         raise ResNetSpecError(f"onnx: dtype {dtype!r} with io dtype {io_dtype!r} is not supported; "
                               "use float32, or float16 with float32 or float16 I/O")
     return skeleton(net, weights, **options)
@@ -91,11 +90,13 @@ def _typed_skeleton(net, weights, dtype: str, io_dtype: str, **options):
 def convert(net: ir.Network, weights, out_dir: str, *, force: bool = False, fold_bn: bool = True,
             batch: int | None = None, opset: int = DEFAULT_OPSET,
             external_data_threshold: int = EXTERNAL_DATA_THRESHOLD, dtype: str = "float32",
-            io_dtype: str = "float32") -> list:
+            io_dtype: str = "float32", calibration=None) -> list:
     """Write ``<out_dir>/<name>.onnx`` (plus ``<name>.onnx.data`` when the initializers exceed
     ``external_data_threshold`` bytes); return the paths written. Nothing is overwritten without
     ``force``. The file's bytes are those of ``build(...).SerializeToString()``, written atomically
-    (resnet_spec.fileio) with the weights streamed from memory rather than copied into a message."""
+    (resnet_spec.fileio) with the weights streamed from memory rather than copied into a message.
+    ``dtype='int8'``: the float32 file quantized (QDQ) on ``calibration`` (NCHW float32 images;
+    :mod:`backends.onnx.int8`)."""
     require()
     from ...fileio import check_writable
     from .. import output_paths
@@ -103,6 +104,14 @@ def convert(net: ir.Network, weights, out_dir: str, *, force: bool = False, fold
 
     (path,) = output_paths("onnx", net.name, out_dir)
     check_writable(path, force)
+    if dtype == "int8":
+        from .int8 import convert as int8_convert
+
+        if calibration is None:
+            raise ResNetSpecError("onnx int8: calibration images are needed")
+        model, arrays = skeleton(net, weights, fold_bn=fold_bn, batch=batch, opset=opset)
+        os.makedirs(out_dir, exist_ok=True)
+        return int8_convert(path, model, arrays, calibration, force)
     model, arrays = _typed_skeleton(net, weights, dtype, io_dtype, fold_bn=fold_bn, batch=batch, opset=opset)
     check_structure(model)
     external = sum(a.nbytes for a in arrays.values()) > external_data_threshold

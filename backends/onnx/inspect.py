@@ -63,6 +63,8 @@ def inspect(path: str, *, require_metadata: bool = True) -> dict:
         "parameters": sum(math.prod(t.dims) for t in model.graph.initializer  # const.*: pool masks, ratios
                           if t.data_type in float_types and not t.name.startswith("const.")),
         "external_data": any(t.data_location == TensorProto.EXTERNAL for t in model.graph.initializer),
+        "dtype": _dtype(model),  # from the graph, whoever made the file
+        "dtype_recorded": meta.get("resnet_spec.dtype"),  # what convert recorded (int8 files)
     }
     embedded_spec(path, info["spec_yaml"])  # its extends may name a zoo entry, never a path
     if require_metadata and META_SPEC not in meta:
@@ -87,6 +89,22 @@ def format_inspect(info: dict) -> str:
             lines.append(f"{kind[:-1] + ':':<11} {v['name']} {shape(v['shape'])}")
     lines.append(f"nodes:      {info['nodes']} (" + ", ".join(f"{k} {v}" for k, v in info["node_counts"].items()) + ")")
     lines.append(f"weights:    {info['initializers']} initializers, {info['parameters']:,} parameters")
+    if info.get("dtype"):
+        recorded = info.get("dtype_recorded")
+        qdq = ", ".join(f"{info['node_counts'][op]} {op}" for op in ("QuantizeLinear", "DequantizeLinear")
+                        if op in info["node_counts"])
+        lines.append(f"dtype:      {info['dtype']}" + (f" (QDQ: {qdq})" if qdq else "")
+                     + (f"; metadata: {recorded}" if recorded else ""))
     if info.get("spec_yaml"):
         lines += ["", "spec YAML:", info["spec_yaml"].rstrip()]
     return "\n".join(lines)
+
+
+def _dtype(model) -> str:
+    """What the file computes with: int8 (QuantizeLinear/DequantizeLinear or integer ops: quantized by
+    ``convert --dtype int8`` or anyone else), float16 (float16 initializers), else float32."""
+    from .int8 import is_int8
+
+    if is_int8(model):
+        return "int8"
+    return "float16" if any(t.data_type == TensorProto.FLOAT16 for t in model.graph.initializer) else "float32"

@@ -29,10 +29,14 @@ from .options import SEED, ConvertOptions, checkpoint_options, limit_options, lo
 @click.option("--batch", type=click.IntRange(1), default=None, help="ONNX: fixed batch size (default: dynamic 'batch').")
 @click.option("--data-format", type=click.Choice(["channels_last", "channels_first"]), default="channels_last",
               show_default=True, help="TensorFlow: input layout.")
-@click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
+@click.option("--dtype", type=click.Choice(["float32", "float16", "int8"]), default="float32", show_default=True,
               help="ONNX: weights and compute dtype (float16: BN folded in float64, then cast). TFLite: "
                    "float16 weights, dequantized at run time (TFLite's float16 post-training quantization; "
-                   "float32 input and output).")
+                   "float32 input and output). int8 (ONNX, TFLite): static quantization calibrated on "
+                   "--calibration images (int8 weights and activations; float32 input and output).")
+@click.option("--calibration", type=click.Path(dir_okay=False), callback=not_empty, default=None,
+              help="With --dtype int8: a float32 .npy of N images, (N, C, H, W) or (N, H, W, C). Default: "
+                   "32 synthetic standard-normal images (real accuracy needs real images).")
 @click.option("--io-dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
               help="ONNX with --dtype float16: dtype of the input and the logits.")
 @click.option("--force", is_flag=True, help="Overwrite existing outputs.")
@@ -46,6 +50,15 @@ def convert(**args):
 
     opts = ConvertOptions.from_args(args)
     net = load_network(opts.spec, opts.limits)
+    if opts.dtype == "int8":  # the calibration file is checked before the weights load or anything runs
+        from dataclasses import replace
+
+        from ..calibration import images
+
+        calib, notes = images(opts.calibration, net.input_shape)
+        for n in notes:
+            click.echo(f"note: {n}", err=True)
+        opts = replace(opts, images=calib)
     weights = opts.weights.load(net)
     out_dir = opts.out_dir if opts.out_dir is not None else os.path.join("out", net.name)
     # The canonical weights go beside the models as <name>.safetensors (the torch backend writes that

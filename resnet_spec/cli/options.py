@@ -184,36 +184,42 @@ class ConvertOptions:
     dtype: str
     io_dtype: str
     data_format: str
+    calibration: str | None = None  # --calibration FILE.npy (int8)
+    images: object = None  # the int8 calibration images, NCHW float32 (with_images)
 
     @classmethod
     def from_args(cls, args: dict) -> ConvertOptions:
         targets = parse_targets(args["targets"], extra=CONVERT_ONLY)
         _check_dtype_targets(targets, args["dtype"], args["io_dtype"])
-        return cls(spec=args["spec"], targets=targets, weights=WeightSource.from_args(args), out_dir=args["out_dir"],
+        if args.get("calibration") is not None and args["dtype"] != "int8":
+            raise click.UsageError("--calibration needs --dtype int8")
+        return cls(calibration=args.get("calibration"), spec=args["spec"], targets=targets, weights=WeightSource.from_args(args), out_dir=args["out_dir"],
                    force=args["force"], limits=limits_of(args), opset=args["opset"], fold_bn=not args["no_fold_bn"],
                    batch=args["batch"], dtype=args["dtype"], io_dtype=args["io_dtype"],
                    data_format=args["data_format"])
 
     def backend_options(self, backend: str) -> dict:
         """The keyword options of ``backend``'s ``convert``."""
+        int8 = {"calibration": self.images} if self.dtype == "int8" else {}
         if backend == "onnx":
             opts = {"fold_bn": self.fold_bn, "batch": self.batch, "opset": self.opset}
-            return {**opts, "dtype": self.dtype, "io_dtype": self.io_dtype} if self.dtype != "float32" else opts
+            return {**opts, "dtype": self.dtype, "io_dtype": self.io_dtype, **int8} if self.dtype != "float32" else opts
         if backend == "tflite":
-            return {"data_format": self.data_format, "dtype": self.dtype}
+            return {"data_format": self.data_format, "dtype": self.dtype, **int8}
         if backend == "tensorflow":
             return {"data_format": self.data_format}
         return {}
 
 
 def _check_dtype_targets(targets, dtype, io_dtype) -> None:
-    from ..backends import FLOAT16_BACKENDS, FLOAT16_IO_BACKENDS
+    from ..backends import FLOAT16_BACKENDS, FLOAT16_IO_BACKENDS, INT8_BACKENDS
 
-    if dtype != "float32" and any(b not in FLOAT16_BACKENDS for b in targets):
-        raise click.UsageError(f"--dtype {dtype} is supported by: {', '.join(FLOAT16_BACKENDS)} "
+    able = INT8_BACKENDS if dtype == "int8" else FLOAT16_BACKENDS
+    if dtype != "float32" and any(b not in able for b in targets):
+        raise click.UsageError(f"--dtype {dtype} is supported by: {', '.join(able)} "
                                f"(asked for: {', '.join(targets)}); pass --to "
-                               f"{','.join(b for b in targets if b in FLOAT16_BACKENDS) or ','.join(FLOAT16_BACKENDS)}")
-    if io_dtype != "float32" and dtype == "float32":
+                               f"{','.join(b for b in targets if b in able) or ','.join(able)}")
+    if io_dtype != "float32" and dtype != "float16":
         raise click.UsageError("--io-dtype float16 needs --dtype float16")
     if io_dtype != "float32" and any(b not in FLOAT16_IO_BACKENDS for b in targets):
         raise click.UsageError(f"--io-dtype {io_dtype} is supported by: {', '.join(FLOAT16_IO_BACKENDS)} (a float16 "
