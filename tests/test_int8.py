@@ -152,6 +152,26 @@ def test_int8_usage_errors(tmp_path):
     assert res.exit_code == 2 and "--calibration needs --dtype int8" in res.output, res.output
     res = _cli("convert", SPEC, "--to", "onnx", "--dtype", "int8", "--io-dtype", "float16", "-o", tmp_path)
     assert res.exit_code == 2 and "--io-dtype float16 needs --dtype float16" in res.output, res.output
+    for args in (("--to", "onnx"), ("--to", "tflite", "--dtype", "int8")):
+        res = _cli("convert", SPEC, *args, "--int8-activations", "uint8", "-o", tmp_path)
+        assert res.exit_code == 2 and "--int8-activations needs --dtype int8 and the onnx target" in res.output
+
+
+def test_uint8_activations_make_a_u8s8_file_that_verifies(files, tmp_path):
+    """--int8-activations uint8: activations quantized to uint8 (U8S8), weights still int8; verified."""
+    import onnx
+
+    res = _cli("convert", files / "spec.yaml", "--to", "onnx", "--dtype", "int8", "--int8-activations", "uint8",
+               "--calibration", files / "calib.npy", "--weights", files / "w.safetensors", "-o", tmp_path / "u8")
+    assert res.exit_code == 0, res.output
+    path = tmp_path / "u8" / f"{SPEC}.onnx"
+    model = onnx.load(str(path))
+    zero_points = {t.data_type for t in model.graph.initializer if t.name.endswith("zero_point") and not t.dims}
+    assert onnx.TensorProto.UINT8 in zero_points  # activations (per tensor, scalar zero points) are uint8
+    weights = [t for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 4]
+    assert len(weights) >= 10
+    res = _verify(files, path)
+    assert res.exit_code == 0, res.output
 
 
 @pytest.mark.slow  # TensorFlow converts in a worker; LiteRT and the reference in theirs

@@ -90,13 +90,13 @@ def _typed_skeleton(net, weights, dtype: str, io_dtype: str, **options):
 def convert(net: ir.Network, weights, out_dir: str, *, force: bool = False, fold_bn: bool = True,
             batch: int | None = None, opset: int = DEFAULT_OPSET,
             external_data_threshold: int = EXTERNAL_DATA_THRESHOLD, dtype: str = "float32",
-            io_dtype: str = "float32", calibration=None) -> list:
+            io_dtype: str = "float32", calibration=None, activations: str = "int8") -> list:
     """Write ``<out_dir>/<name>.onnx`` (plus ``<name>.onnx.data`` when the initializers exceed
     ``external_data_threshold`` bytes); return the paths written. Nothing is overwritten without
     ``force``. The file's bytes are those of ``build(...).SerializeToString()``, written atomically
     (resnet_spec.fileio) with the weights streamed from memory rather than copied into a message.
     ``dtype='int8'``: the float32 file quantized (QDQ) on ``calibration`` (NCHW float32 images;
-    :mod:`backends.onnx.int8`)."""
+    :mod:`backends.onnx.int8`), with ``activations`` 'int8' (S8S8) or 'uint8' (U8S8)."""
     require()
     from ...fileio import check_writable
     from .. import output_paths
@@ -111,7 +111,7 @@ def convert(net: ir.Network, weights, out_dir: str, *, force: bool = False, fold
             raise ResNetSpecError("onnx int8: calibration images are needed")
         model, arrays = skeleton(net, weights, fold_bn=fold_bn, batch=batch, opset=opset)
         os.makedirs(out_dir, exist_ok=True)
-        return int8_convert(path, model, arrays, calibration, force)
+        return int8_convert(path, model, arrays, calibration, force, activations)
     model, arrays = _typed_skeleton(net, weights, dtype, io_dtype, fold_bn=fold_bn, batch=batch, opset=opset)
     check_structure(model)
     external = sum(a.nbytes for a in arrays.values()) > external_data_threshold

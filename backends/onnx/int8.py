@@ -69,7 +69,7 @@ def quantize(float_path: str, out_path: str, images: np.ndarray, input_name: str
     onnx.save(model, out_path)
 
 
-def convert(path: str, model, arrays: dict, images: np.ndarray, force: bool) -> list:
+def convert(path: str, model, arrays: dict, images: np.ndarray, force: bool, activations: str = "int8") -> list:
     """Write the int8 file of the float32 ``model``/``arrays`` (a skeleton of :mod:`.graph`) to ``path``."""
     from ...errors import ResNetSpecError
     from ...fileio import atomic_path
@@ -81,7 +81,7 @@ def convert(path: str, model, arrays: dict, images: np.ndarray, force: bool) -> 
         write_model(float_path, model, arrays, sum(a.nbytes for a in arrays.values()) > (1 << 30), True)
         quant_path = os.path.join(tmp, "int8.onnx")
         try:
-            quantize(float_path, quant_path, images, INPUT_NAME)
+            quantize(float_path, quant_path, images, INPUT_NAME, activations)
         except Exception as exc:  # noqa: BLE001 - the quantizer raises anything
             raise ResNetSpecError(f"onnx int8: ONNX Runtime's quantizer failed: {type(exc).__name__}: "
                                   f"{str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}") from None

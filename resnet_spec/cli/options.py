@@ -186,6 +186,7 @@ class ConvertOptions:
     data_format: str
     calibration: str | None = None  # --calibration FILE.npy (int8)
     images: object = None  # the int8 calibration images, NCHW float32 (with_images)
+    int8_activations: str = "int8"  # --int8-activations (ONNX int8: S8S8 or U8S8)
 
     @classmethod
     def from_args(cls, args: dict) -> ConvertOptions:
@@ -193,7 +194,11 @@ class ConvertOptions:
         _check_dtype_targets(targets, args["dtype"], args["io_dtype"])
         if args.get("calibration") is not None and args["dtype"] != "int8":
             raise click.UsageError("--calibration needs --dtype int8")
-        return cls(calibration=args.get("calibration"), spec=args["spec"], targets=targets, weights=WeightSource.from_args(args), out_dir=args["out_dir"],
+        acts = args.get("int8_activations") or "int8"
+        if acts != "int8" and (args["dtype"] != "int8" or "onnx" not in targets):
+            raise click.UsageError("--int8-activations needs --dtype int8 and the onnx target")
+        return cls(calibration=args.get("calibration"), int8_activations=acts, spec=args["spec"], targets=targets,
+                   weights=WeightSource.from_args(args), out_dir=args["out_dir"],
                    force=args["force"], limits=limits_of(args), opset=args["opset"], fold_bn=not args["no_fold_bn"],
                    batch=args["batch"], dtype=args["dtype"], io_dtype=args["io_dtype"],
                    data_format=args["data_format"])
@@ -203,6 +208,8 @@ class ConvertOptions:
         int8 = {"calibration": self.images} if self.dtype == "int8" else {}
         if backend == "onnx":
             opts = {"fold_bn": self.fold_bn, "batch": self.batch, "opset": self.opset}
+            if self.dtype == "int8":
+                int8["activations"] = self.int8_activations
             return {**opts, "dtype": self.dtype, "io_dtype": self.io_dtype, **int8} if self.dtype != "float32" else opts
         if backend == "tflite":
             return {"data_format": self.data_format, "dtype": self.dtype, **int8}
