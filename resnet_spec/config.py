@@ -17,15 +17,23 @@ DEFAULTS = {
     "norm": {"eps": 1e-5, "momentum": 0.1},
     "stem": {"type": "conv", "channels": 64, "kernel": 7, "stride": 2,
              "pool": {"type": "max", "kernel": 3, "stride": 2, "padding": 1}},
-    "stem.pool": {"type": "max", "kernel": 3, "stride": 2, "padding": 1, "ceil_mode": False, "pad_value": "neg_inf"},
+    "stem.pool": {"type": "max", "kernel": 3, "stride": 2, "padding": 1, "ceil_mode": False, "pad_value": "neg_inf",
+                  "count_include_pad": True},
     "block": {"preact": False, "stride_on": "3x3", "stride_block": "first", "groups": 1,
-              "width_per_group": 64, "se": None, "drop_path_rate": 0.0},
+              "width_per_group": 64, "se": None, "anti_alias": None, "drop_path_rate": 0.0},
     "block.se": {"reduction": 16, "divisor": 8},
     "shortcut": {"type": "B", "projection": "conv", "strided_identity": False, "zero_pad": "split"},
     "shortcut.pool": {"ceil_mode": True, "count_include_pad": False},
     "head": {"classes": 1000, "dropout": 0.0, "bias": True},
     "init": {"zero_init_last_bn": False},
 }
+
+#: stem.pool type -> the stem.pool keys that apply to it (the others are refused when given, and the
+#: resolved spec shows only these): a max-pool, an average pool, or timm's strided conv + BN + ReLU
+#: (ResNet-RS ``replace_stem_pool``).
+STEM_POOL_KEYS = {"max": ("type", "kernel", "stride", "padding", "ceil_mode", "pad_value"),
+                  "avg": ("type", "kernel", "stride", "padding", "ceil_mode", "count_include_pad"),
+                  "conv": ("type", "kernel", "stride", "padding")}
 
 
 def opt(section: dict | None, key: str, defaults_key: str):
@@ -71,6 +79,7 @@ class BlockConfig:
     expansion: int
     se: dict | None  # reduction, divisor
     drop_path_rate: float
+    anti_alias: str | None = None  # "avgpool": a strided block's stride moves to an average pool after its ReLU
 
     @classmethod
     def of(cls, d: dict) -> BlockConfig:
@@ -80,7 +89,8 @@ class BlockConfig:
         return cls(kind, bool(opt(blk, "preact", "block")), opt(blk, "stride_on", "block") == "1x1",
                    opt(blk, "stride_block", "block") == "last", opt(blk, "groups", "block"),
                    opt(blk, "width_per_group", "block"), blk.get("expansion", 4 if kind == "bottleneck" else 1),
-                   None if se is None else {**DEFAULTS["block.se"], **se}, float(opt(blk, "drop_path_rate", "block")))
+                   None if se is None else {**DEFAULTS["block.se"], **se}, float(opt(blk, "drop_path_rate", "block")),
+                   opt(blk, "anti_alias", "block"))
 
 
 @dataclass(frozen=True)

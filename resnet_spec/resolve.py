@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from . import ir
 from .config import DEFAULTS, BlockConfig, HeadConfig, ShortcutConfig, StemConfig, opt  # noqa: F401
 from .errors import SpecError
+from .rules import RULES, blocks_per_stage, rule_errors  # noqa: F401  (RULES: the semantic rules)
 from .spec import Spec, load as load_spec
 
 
@@ -39,7 +40,7 @@ def make_divisible(v: float, divisor: int) -> int:
 def resolve(spec: Spec, limits: Limits | None = None) -> ir.Network:
     """Turn a merged spec into an :class:`ir.Network`, enforcing the semantic rules; raises the first
     :class:`SpecError` (see :func:`semantic_errors` for all of them)."""
-    for err in _rule_errors(spec):
+    for err in rule_errors(spec):
         raise err
     return _Resolver(spec, limits or Limits()).run()
 
@@ -60,7 +61,7 @@ def semantic_errors(spec: Spec, limits: Limits | None = None) -> list:
     shrinks to nothing, a shortcut that does not fit) are reported only when every rule passes, and
     then the first one, since building cannot go on past it.
     """
-    errors = list(_rule_errors(spec))
+    errors = list(rule_errors(spec))
     if not errors:
         try:
             _Resolver(spec, limits or Limits()).run()
@@ -68,103 +69,6 @@ def semantic_errors(spec: Spec, limits: Limits | None = None) -> list:
             errors.append(exc)
     user_file = spec.chain[0] if spec.chain else None
     return sorted(errors, key=lambda e: (e.file != user_file, e.file or "", e.line or 0, e.col or 0))
-
-
-# -- semantic rules: each reads the merged spec and yields its errors (as jsonschema does per keyword) --
-
-
-def _rule_required(spec: Spec):
-    d = spec.data
-    for key in ("block", "stages"):
-        if key not in d:
-            yield spec.error(f"missing required field {key!r} (directly or through 'extends')")
-    if "block" in d and "type" not in d["block"]:
-        yield spec.error("missing required field 'type' (basic or bottleneck)", ("block",))
-
-
-def _rule_bottleneck_only(spec: Spec):
-    blk = spec.data["block"]
-    if blk["type"] != "basic":
-        return
-    for key in ("stride_on", "groups", "width_per_group"):
-        if key in blk and blk[key] != DEFAULTS["block"][key]:
-            yield spec.error(f"'{key}' applies to bottleneck blocks only", ("block", key))
-    for i, s in enumerate(spec.data["stages"]):
-        if "width" in s:
-            yield spec.error("'width' applies to bottleneck blocks only", ("stages", i, "width"))
-
-
-def _rule_stem(spec: Spec):
-    st = StemConfig.of(spec.data, bool(opt(spec.data["block"], "preact", "block")))
-    if st.kind == "conv" and isinstance(st.channels, list):
-        yield spec.error("a 'conv' stem takes one integer of channels; lists are for type 'deep'", ("stem", "channels"))
-    if st.kind == "deep" and not isinstance(st.channels, list):
-        yield spec.error("a 'deep' stem takes a list of channels, one per conv, e.g. [32, 32, 64]",
-                         ("stem", "channels"))
-    if st.pool is not None and st.pool["padding"] * 2 > st.pool["kernel"]:
-        yield spec.error(f"pool padding {st.pool['padding']} is more than half the kernel {st.pool['kernel']}",
-                         ("stem", "pool", "padding"))
-
-
-def _rule_shortcut(spec: Spec):
-    sc = spec.data.get("shortcut") or {}
-    if "pool" in sc and opt(sc, "projection", "shortcut") != "avgpool_conv":
-        yield spec.error("'pool' applies to projection 'avgpool_conv' only", ("shortcut", "pool"))
-    if opt(sc, "type", "shortcut") == "A" and "projection" in sc:
-        yield spec.error("type A shortcuts never project; remove 'projection' or use type B/C", ("shortcut", "projection"))
-
-
-def _rule_depth(spec: Spec):
-    try:
-        blocks_per_stage(spec)
-    except SpecError as exc:
-        yield exc
-
-
-def _rule_dilate(spec: Spec):
-    blk = BlockConfig.of(spec.data)
-    projection = opt(spec.data.get("shortcut"), "projection", "shortcut")
-    for si, stage in enumerate(spec.data["stages"]):
-        if not stage.get("dilate", False):
-            continue
-        if blk.stride_last:
-            yield spec.error("'dilate' is not supported with block.stride_block: last", ("stages", si, "dilate"))
-        elif projection == "avgpool_conv":
-            yield spec.error("'dilate' is not supported with avgpool_conv projections", ("stages", si, "dilate"))
-
-
-#: The semantic rules that need nothing but the required fields, in the order resolve() checks them.
-RULES = (_rule_bottleneck_only, _rule_shortcut, _rule_stem, _rule_depth, _rule_dilate)
-
-
-def _rule_errors(spec: Spec):
-    required = list(_rule_required(spec))
-    if required:
-        yield from required
-        return
-    for rule in RULES:
-        yield from rule(spec)
-
-
-def blocks_per_stage(spec: Spec) -> list:
-    """Blocks in each stage: the stages' ``blocks``, or what the top-level ``depth`` gives."""
-    stages, depth, kind = spec.data["stages"], spec.data.get("depth"), spec.data["block"]["type"]
-    if depth is None:
-        missing = [i for i, s in enumerate(stages) if "blocks" not in s]
-        if missing:
-            raise spec.error("missing 'blocks' (or give a top-level 'depth')", ("stages", missing[0]))
-        return [s["blocks"] for s in stages]
-    given = [i for i, s in enumerate(stages) if "blocks" in s]
-    if given:
-        raise spec.error("give either the top-level 'depth' or per-stage 'blocks', not both",
-                         ("stages", given[0], "blocks"))
-    per_block, n_stages = (2 if kind == "basic" else 3), len(stages)
-    step = per_block * n_stages
-    if (depth - 2) % step or depth <= 2:
-        near = [step * n + 2 for n in (max(1, (depth - 2) // step), (depth - 2) // step + 1)]
-        raise spec.error(f"depth {depth} is not of the form {step}n+2 for {n_stages} stages of {kind} blocks "
-                         f"(nearest: {near[0]} or {near[1]})", ("depth",))
-    return [(depth - 2) // step] * n_stages
 
 
 class _Resolver:
@@ -232,16 +136,27 @@ class _Resolver:
         if st.norm:
             ops += [self.bn("bn1", shape), self.relu(shape)]
         if st.pool is not None:
-            p = st.pool
-            c, h, w = shape
-            oh = ir.pool_out(h, p["kernel"], p["stride"], p["padding"], p["ceil_mode"])
-            ow = ir.pool_out(w, p["kernel"], p["stride"], p["padding"], p["ceil_mode"])
-            if oh < 1 or ow < 1:
-                raise self.err(f"the stem pool shrinks a {h}x{w} feature map to nothing", ("stem", "pool"))
-            ops.append(ir.Pool("maxpool", "max", p["kernel"], p["stride"], p["padding"], p["ceil_mode"],
-                               False, p["pad_value"], shape, (c, oh, ow)))
-            shape = ops[-1].out_shape
+            pool_ops = self.stem_pool(st.pool, shape)
+            ops += pool_ops
+            shape = pool_ops[-1].out_shape
         return tuple(ops), shape
+
+    def stem_pool(self, p: dict, shape) -> list:
+        """The stem's pool: a max or average ``maxpool``, or ResNet-RS's ``maxpool.0`` conv,
+        ``maxpool.1`` BN and a ReLU (timm keeps the name ``maxpool`` for weight compatibility)."""
+        if p["type"] == "conv":
+            conv = self.conv("maxpool.0", shape, shape[0], p["kernel"], p["stride"], p["padding"], 1, 1,
+                             self.bias_for(True), ("stem", "pool"))
+            return [conv, self.bn("maxpool.1", conv.out_shape), self.relu(conv.out_shape)]
+        c, h, w = shape
+        oh = ir.pool_out(h, p["kernel"], p["stride"], p["padding"], p["ceil_mode"])
+        ow = ir.pool_out(w, p["kernel"], p["stride"], p["padding"], p["ceil_mode"])
+        if oh < 1 or ow < 1:
+            raise self.err(f"the stem pool shrinks a {h}x{w} feature map to nothing", ("stem", "pool"))
+        avg = p["type"] == "avg"
+        return [ir.Pool("maxpool", p["type"], p["kernel"], p["stride"], p["padding"], p["ceil_mode"],
+                        bool(p["count_include_pad"]) if avg else False, "zero" if avg else p["pad_value"],
+                        shape, (c, oh, ow))]
 
     # -- network ---------------------------------------------------------------------------------
     def run(self) -> ir.Network:
@@ -338,19 +253,34 @@ class _Resolver:
             if self.preact and i > 1:
                 main += [self.bn(f"{name}.bn{i}", shape), self.relu(shape)]
             followed_by_bn = not (self.preact and last)
-            conv = self.conv(f"{name}.conv{i}", shape, oc, k, s, p, dl, g, self.bias_for(followed_by_bn), spath)
+            aa = blk.anti_alias is not None and s > 1  # the rules keep it to v1 blocks' strided 3x3 convs
+            conv = self.conv(f"{name}.conv{i}", shape, oc, k, 1 if aa else s, p, dl, g, self.bias_for(followed_by_bn),
+                             spath)
             main.append(conv)
             shape = conv.out_shape
             if not self.preact:
                 main.append(self.bn(f"{name}.bn{i}", shape))
                 if not last:
                     main.append(self.relu(shape))
+            if aa:
+                main.append(self.anti_alias(f"{name}.aa", shape, s, spath))
+                shape = main[-1].out_shape
         if blk.se is not None:
             reduced = make_divisible(out_ch / blk.se["reduction"], blk.se["divisor"])
             main.append(ir.SqueezeExcite(f"{name}.se", out_ch, reduced, shape, shape))
         if rate > 0:
             main.append(ir.DropPath(rate, shape, shape))
         return pre, tuple(main), shape
+
+    def anti_alias(self, name, shape, stride, spath) -> ir.Pool:
+        """timm's ``aa_layer=nn.AvgPool2d``: ``AvgPool2d(stride)`` -- window = stride, no padding, floor
+        (padding 0: count_include_pad decides nothing; PyTorch's default is kept)."""
+        c, h, w = shape
+        oh, ow = ir.pool_out(h, stride, stride, 0, False), ir.pool_out(w, stride, stride, 0, False)
+        if oh < 1 or ow < 1:
+            raise self.err(f"the anti-aliasing pool of {name} shrinks a {h}x{w} feature map to nothing; use a "
+                           "larger input.size", spath)
+        return ir.Pool(name, "avg", stride, stride, 0, False, True, "zero", shape, (c, oh, ow))
 
     def shortcut(self, name, in_shape, out_ch, stride, spath) -> tuple:
         """``(ops, shortcut_from, out_shape)``: option A (subsample + zero channels), a projection

@@ -12,6 +12,7 @@ import os
 
 import yaml
 
+from .config import STEM_POOL_KEYS
 from .resolve import DEFAULTS
 from .spec import Spec, zoo_path
 
@@ -55,7 +56,10 @@ def _stem(st: dict, preact: bool, conv_bias) -> dict:
         out["bias"] = not norm  # 'auto' on a deep stem differs per conv: left to the rule
     out["norm"] = norm
     pool = st["pool"] if "pool" in st else DEFAULTS["stem"]["pool"]
-    out["pool"] = None if pool is None else {**DEFAULTS["stem.pool"], **pool}
+    if pool is not None:
+        pool = {**DEFAULTS["stem.pool"], **pool}
+        pool = {k: pool[k] for k in STEM_POOL_KEYS[pool["type"]]}  # only the keys its type takes
+    out["pool"] = pool
     return out
 
 
@@ -67,6 +71,7 @@ def _block(blk: dict, kind: str, preact: bool) -> dict:
     out["expansion"] = blk.get("expansion", 4 if kind == "bottleneck" else 1)
     se = blk.get("se")
     out["se"] = None if se is None else {**DEFAULTS["block.se"], **se}
+    out["anti_alias"] = blk.get("anti_alias", DEFAULTS["block"]["anti_alias"])
     out["drop_path_rate"] = blk.get("drop_path_rate", 0.0)
     return out
 

@@ -48,7 +48,7 @@ EXPECTED = {
     "24_zero_classes.yaml": ("2:8", "head.classes: 0 is out of range"),
     "25_missing_stages.yaml": ("1:1", "missing required field 'stages'"),
     "26_missing_block.yaml": ("1:1", "missing required field 'block'"),
-    "27_avg_stem_pool.yaml": ("2:15", "stem.pool.type: 'avg' is not one of max"),
+    "27_lp_stem_pool.yaml": ("2:15", "stem.pool.type: 'lp' is not one of max, avg, conv"),
     "28_shortcut_type_d.yaml": ("2:12", "shortcut.type: 'D' is not one of A, B, C"),
     "29_conv_bias_string.yaml": ("2:1", "conv_bias: expected boolean, got string 'yes'"),
     "30_input_size_zero.yaml": ("2:9", "input.size: 0 is out of range"),

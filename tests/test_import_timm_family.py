@@ -39,9 +39,6 @@ REFUSED = [
     ("ecaresnet26t", ["uses ECA channel attention (layer1.0.se), which resnet-spec cannot express yet"]),
     ("resnet50_gn", ["uses GroupNorm (bn1)"]),
     ("resnetblur18", ["BlurPool2d anti-aliasing (maxpool.1)"]),
-    ("resnetaa34d", ["anti-aliasing average pools after stride-1 convs (layer2.0.aa)",
-                     "average pool in place of the stem's max-pool (maxpool)"]),
-    ("resnetrs50", ["strided conv in place of the stem's max-pool (maxpool.0)"]),
     ("resnetv2_50x1_bit", ["StdConv2d weight-standardized convolutions (stem.conv)",
                            "GroupNorm (stages.0.blocks.0.norm1)"]),
     ("resnetv2_50d_frn", ["Filter Response Normalization (stem.norm1)"]),
@@ -82,7 +79,6 @@ STATE_DICTS = [
     ("ecaresnet26t", "ECA channel attention (tensor 'layer1.0.se.conv.weight')"),
     ("resnet50_gn", "GroupNorm or another normalization without running statistics (tensor 'bn1.weight')"),
     ("tresnet_m", "TResNet space-to-depth stem (tensor 'body.conv1.conv.weight')"),
-    ("resnetrs50", "strided conv in place of the stem's max-pool (tensor 'maxpool.0.weight')"),
     ("resnetv2_50d_frn", "Filter Response Normalization (tensor 'stem.norm1.tau')"),
     ("legacy_seresnet18", "squeeze-excite after a basic block's second ReLU"),
 ]

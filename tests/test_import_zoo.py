@@ -17,6 +17,7 @@ from click.testing import CliRunner
 
 import resnet_spec
 from resnet_spec.cli import main
+from resnet_spec.importers.source import ImportRefused
 from resnet_spec.spec import zoo_names
 from conftest import tiny_text
 
@@ -180,8 +181,20 @@ def test_zoo_onnx_round_trip(tmp_path, name):
     the generated model equal to ONNX Runtime within float32 rounding, and the same network as the
     entry (BN-folded files of specs with a conv bias before a BN excepted: folding merges that bias
     into the BN's, so only the parameter count differs). Each entry's stem, blocks, shortcuts and head
-    with its stages cut to two blocks (:func:`conftest.tiny_text`); depth is the next test's."""
+    with its stages cut to two blocks (:func:`conftest.tiny_text`); depth is the next test's. The ONNX
+    reader does not read back an average-pool or conv stem pool or an anti-aliasing pool yet
+    (:data:`ONNX_UNREAD`): those entries' files are refused in one line, never imported wrong."""
+    if name in ONNX_UNREAD:
+        net, path = _onnx_file(tmp_path, tiny_text(name), "fold")
+        with pytest.raises(ImportRefused, match=ONNX_UNREAD[name]):
+            _import_and_prove(path, net)
+        return
     _round_trip(tmp_path, name, ("fold", "nofold", "torchscript"), tiny_text(name))
+
+
+#: zoo entries whose ONNX files backends/onnx/reader.py does not read back yet -> the refusal's words
+ONNX_UNREAD = {"resnetaa50d": "node 'maxpool' \\(AveragePool\\): not expected in a ResNet stem",
+               "resnetrs50": "first layer that does not fit"}
 
 
 @pytest.mark.slow

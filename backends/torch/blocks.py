@@ -3,11 +3,11 @@ import recognises each: :data:`UNSUPPORTED`, one table (building block -> how it
 name the user reads).
 
 A ``torchvision:``/``timm:`` model is recognised from its module types (``EcaModule``, ``GroupNorm``,
-``BlurPool2d``, an ``AvgPool2d`` at a block's ``aa``, ...), a bare state dict from tensor names and
-shapes where they are reliable (a Conv1d weight in an attention module is ECA; a norm with ``tau`` is
-FRN; a norm without running statistics is no BatchNorm). The import is refused in one line naming the
-block and where it first occurs (``timm:ecaresnet50d uses ECA channel attention (layer1.0.se), which
-resnet-spec cannot express yet``) instead of at the first tensor that does not fit.
+``BlurPool2d``, an ``AvgPool2d`` at a block's ``aa`` other than timm's ``AvgPool2d(stride)``, ...), a bare
+state dict from tensor names and shapes where they are reliable (a Conv1d weight in an attention module
+is ECA; a norm with ``tau`` is FRN; a norm without running statistics is no BatchNorm). The import is
+refused in one line naming the block and where it first occurs (``timm:ecaresnet50d uses ECA channel
+attention (layer1.0.se), which resnet-spec cannot express yet``) instead of at the first tensor that does not fit.
 
 Nothing here imports torch: module types are compared by class name, so a timm release that moves a
 class keeps matching, and a model from any library is read the same way.
@@ -56,6 +56,23 @@ def _unequal_widths(m, _mods) -> bool:
         and c1.out_channels != c2.out_channels
 
 
+def _window_is_stride(m) -> bool:
+    """timm's ``aa_layer=nn.AvgPool2d``: ``AvgPool2d(stride)``, window = stride, no padding, floor."""
+    k, st, p = (getattr(m, a, None) for a in ("kernel_size", "stride", "padding"))
+    return k == st and p in (0, (0, 0)) and not getattr(m, "ceil_mode", True)
+
+
+def _rs_stem(pool) -> bool:
+    """ResNet-RS's stem pool (timm ``replace_stem_pool``): exactly conv, BatchNorm2d, ReLU."""
+    return pool is not None and [_cls(m) for m in pool.children()] == ["Conv2d", "BatchNorm2d", "ReLU"]
+
+
+def _rs_stem_tensors(shapes) -> bool:
+    """A bare state dict's ResNet-RS stem pool: maxpool.0 a conv, maxpool.1 a BN, nothing further."""
+    extra = [n for n in shapes if n.startswith("maxpool.") and not n.startswith(("maxpool.0.", "maxpool.1."))]
+    return len(shapes.get("maxpool.0.weight", ())) == 4 and "maxpool.1.running_mean" in shapes and not extra
+
+
 def _mixed_blocks(_m, mods) -> bool:
     return any(_cls(x) == "BasicBlock" for x in mods.values())
 
@@ -100,11 +117,14 @@ UNSUPPORTED = (
     Block("{cls} 'SAME' padding computed from the input size",
           ("Conv2dSame", "Conv2dSameExport", "MaxPool2dSame", "AvgPool2dSame")),
     Block("BlurPool2d anti-aliasing", ("BlurPool2d",)),
-    Block("anti-aliasing average pools after stride-1 convs", ("AvgPool2d",),
-          at=r"(^|\.)aa$"),
-    Block("an average pool in place of the stem's max-pool", ("AvgPool2d",), at=r"^maxpool(\.\d+)?$"),
-    Block("a strided conv in place of the stem's max-pool", ("Conv2d",),
-          at=r"^maxpool\.\d+$", tensors=r"^maxpool\.\d+\.weight$", tensor_when=lambda n, s, _: len(s) == 4),
+    Block("anti-aliasing average pools other than timm's AvgPool2d(stride)", ("AvgPool2d",),
+          at=r"(^|\.)aa$", when=lambda m, _: not _window_is_stride(m)),
+    Block("an average pool beside other layers in place of the stem's max-pool", ("AvgPool2d",),
+          at=r"^maxpool\.\d+$"),
+    Block("a strided conv in place of the stem's max-pool other than ResNet-RS's conv, BN, ReLU", ("Conv2d",),
+          at=r"^maxpool\.\d+$", when=lambda m, mods: not _rs_stem(mods.get("maxpool")),
+          tensors=r"^maxpool\.\d+\.weight$",
+          tensor_when=lambda n, s, shapes: len(s) == 4 and not _rs_stem_tensors(shapes)),
     Block("a projection shortcut with a larger-than-1x1 conv", ("Conv2d",), at=r"(^|\.)downsample\.\d+$",
           when=_kernel_over_1, tensors=r"(^|\.)downsample\.\d+\.weight$",
           tensor_when=lambda n, s, _: len(s) == 4 and s[-1] > 1),

@@ -20,7 +20,8 @@ from . import blocks, names
 
 ASSUMED = ("strides, stem pooling and BN epsilon are not stored in a state dict: torchvision's "
            "conventions were assumed (stride on the 3x3 conv of each stage's first block, 3x3/2 max-pool "
-           "after a 7x7/2 stem, none after a 3x3/1 stem, eps 1e-5)")
+           "after a 7x7/2 stem, none after a 3x3/1 stem, a 3x3/2 conv for a ResNet-RS stem pool (maxpool.0), "
+           "eps 1e-5); anti-aliasing average pools (timm's resnetaa models) hold no tensors, so none were assumed")
 
 
 def read_torch_source(path: str) -> Source:
@@ -105,6 +106,7 @@ def read_library(lib: str, name: str) -> Source:
 
 
 _SHORTCUT_POOL = re.compile(r"^layer(\d+)\.\d+\.downsample\.0$")
+_ANTI_ALIAS = re.compile(r"^layer\d+\.\d+\.aa$")
 
 
 def _add_facts(src: Source, mods: dict) -> None:
@@ -122,20 +124,41 @@ def _add_facts(src: Source, mods: dict) -> None:
             layer.eps = m.eps
             src.facts["eps"] = m.eps
             src.facts["momentum"] = m.momentum if m.momentum is not None else 0.1
-    pool = mods.get("maxpool")
-    if isinstance(pool, nn.MaxPool2d):
-        src.facts["stem_pool"] = {"kernel": _one(pool.kernel_size), "stride": _one(pool.stride),
-                                  "padding": _one(pool.padding), **({"ceil_mode": True} if pool.ceil_mode else {})}
-    elif pool is None or isinstance(pool, nn.Identity):
-        src.facts["stem_pool"] = None
+    src.facts["stem_pool"] = _stem_pool(src, mods.get("maxpool"))
+    if src.facts["stem_pool"] == "unknown":
+        del src.facts["stem_pool"]
     strides = {}
     for name, m in mods.items():
+        if _ANTI_ALIAS.match(name) and isinstance(m, nn.AvgPool2d):
+            src.facts["anti_alias"] = "avgpool"  # blocks.py refused any but timm's AvgPool2d(stride)
         at = _SHORTCUT_POOL.match(name)
         if at and isinstance(m, nn.AvgPool2d):
             src.facts["shortcut_pool"] = {"ceil_mode": bool(m.ceil_mode),
                                           "count_include_pad": bool(m.count_include_pad)}
             strides[int(at.group(1)) - 1] = _one(m.stride)
     src.facts["shortcut_pool_strides"] = strides
+
+
+def _stem_pool(src: Source, pool):
+    """The spec's stem.pool for the library's ``maxpool`` module: a max or average pool, ResNet-RS's conv
+    (its facts are those of layer ``maxpool.0``), None for none, 'unknown' for anything else."""
+    import torch.nn as nn
+
+    if isinstance(pool, (nn.MaxPool2d, nn.AvgPool2d)):
+        avg = isinstance(pool, nn.AvgPool2d)
+        out = {"type": "avg"} if avg else {}
+        out.update(kernel=_one(pool.kernel_size), stride=_one(pool.stride), padding=_one(pool.padding))
+        if pool.ceil_mode:
+            out["ceil_mode"] = True
+        if avg and not pool.count_include_pad:
+            out["count_include_pad"] = False
+        return out
+    if pool is None or isinstance(pool, nn.Identity):
+        return None
+    conv = src.layers.get("maxpool.0")
+    if isinstance(pool, nn.Sequential) and conv is not None:
+        return {"type": "conv", "kernel": conv.shape[2], "stride": conv.stride, "padding": conv.padding}
+    return "unknown"
 
 
 def _one(v):
@@ -151,20 +174,20 @@ def timm_equivalent(spec: dict):
     if block.get("preact"):
         return _resnetv2_equivalent(spec)
     if block.get("stride_on", "3x3") != "3x3" or "stride_block" in block \
-            or stem.get("stride") != 2 or stem.get("kernel") != (3 if deep else 7) or "pool" in stem \
+            or stem.get("stride") != 2 or stem.get("kernel") != (3 if deep else 7) \
             or "padding" in stem or "bias" in stem or any("width" in s for s in spec["stages"]) \
             or sc.get("type") != "B" or "conv_bias" in spec or set(spec["head"]) != {"classes"} \
             or [s["stride"] for s in spec["stages"]] != [1] + [2] * (len(spec["stages"]) - 1) \
             or spec["norm"] != {"eps": 1e-5, "momentum": 0.1}:
         return None
-    se = block.get("se")
-    if se is not None and se != {"reduction": 16, "divisor": 8}:
+    se, pool_kwargs = block.get("se"), _timm_stem_pool(stem.get("pool", "max"), block.get("anti_alias"))
+    if (se is not None and se not in _TIMM_SE) or pool_kwargs is None:
         return None
     kwargs = {"layers": [s["blocks"] for s in spec["stages"]], "num_classes": spec["head"]["classes"],
               "in_chans": spec["input"]["channels"], "cardinality": block.get("groups", 1),
               "base_width": block.get("width_per_group", 64),
               "channels": [s["channels"] for s in spec["stages"]], "bottleneck": block["type"] == "bottleneck",
-              "se": se is not None, "zero_init_last": False}
+              "se": None if se is None else _TIMM_SE.index(se), "zero_init_last": False, **pool_kwargs}
     if deep:
         w = stem["channels"][0]
         if stem["channels"] != [w, w, 2 * w]:  # timm's deep stem: stem_width, stem_width, 2 x stem_width
@@ -178,6 +201,25 @@ def timm_equivalent(spec: dict):
 
 
 _TIMM_POOL = {"ceil_mode": True, "count_include_pad": False}
+#: the SE settings timm's ResNet uses: SEModule's default (rd_ratio 1/16), ResNet-RS's rd_ratio 1/4
+_TIMM_SE = ({"reduction": 16, "divisor": 8}, {"reduction": 4, "divisor": 8})
+
+
+def _timm_stem_pool(pool, anti_alias):
+    """timm ResNet keyword arguments for a spec's stem.pool and block.anti_alias (timm ties them: its
+    ``aa_layer=nn.AvgPool2d`` also makes the stem pool ``AvgPool2d(2)``), or None."""
+    from ...config import DEFAULTS, STEM_POOL_KEYS
+
+    if pool == "max" or pool is None:
+        return None if anti_alias or pool is None else {}
+    full = {**DEFAULTS["stem.pool"], **pool}
+    full = {k: full[k] for k in STEM_POOL_KEYS[full["type"]]}
+    if full == {"type": "conv", "kernel": 3, "stride": 2, "padding": 1} and not anti_alias:
+        return {"replace_stem_pool": True}
+    if full == {**DEFAULTS["stem.pool"], "type": "max"} and not anti_alias:
+        return {}
+    avg2 = {"type": "avg", "kernel": 2, "stride": 2, "padding": 0, "ceil_mode": False, "count_include_pad": True}
+    return {"aa_layer": "avgpool"} if full == avg2 and anti_alias == "avgpool" else None
 
 
 def _resnetv2_equivalent(spec: dict):
@@ -214,10 +256,16 @@ def build_timm(kwargs: dict):
 
         kw = {k: v for k, v in kwargs.items() if k != "v2"}
         return resnetv2.ResNetV2(**kw, conv_layer=create_conv2d, norm_layer=BatchNormAct2d).eval()
+    from functools import partial
+
+    import torch.nn as nn
     from timm.models import resnet
 
     kw = dict(kwargs)
     kw["block"] = resnet.Bottleneck if kw.pop("bottleneck") else resnet.BasicBlock
-    if kw.pop("se"):
-        kw["block_args"] = {"attn_layer": "se"}
+    se = kw.pop("se")
+    if se is not None:
+        kw["block_args"] = {"attn_layer": partial(resnet.get_attn("se"), rd_ratio=0.25) if se else "se"}
+    if kw.get("aa_layer") == "avgpool":
+        kw["aa_layer"] = nn.AvgPool2d
     return resnet.ResNet(**kw).eval()

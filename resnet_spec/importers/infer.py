@@ -1,9 +1,10 @@
 """Recognised structure -> a spec: infer the architecture from canonical layer names and shapes.
 
 Depth (blocks per stage), block type, pre-activation, groups and width, stem type, downsample type,
-squeeze-excite and classes come from the names and shapes; strides, paddings, pools and BN epsilon
-from the source's facts where it states them (ONNX, Keras) and from torchvision's conventions where it
-cannot (a state dict). Every candidate spec is resolved and checked against the source layer by layer
+squeeze-excite, a ResNet-RS stem pool (``maxpool.0``) and classes come from the names and shapes; strides,
+paddings, pools (the stem pool's type, anti-aliasing pools) and BN epsilon from the source's facts where it
+states them (ONNX, Keras, a library's modules) and from torchvision's conventions where it cannot (a state
+dict, which holds no trace of an average pool). Every candidate spec is resolved and checked against the source layer by layer
 (:func:`source.first_difference`); the first one that matches is kept, written as ``extends`` of a zoo
 entry when one resolves to the same network.
 """
@@ -22,8 +23,8 @@ from .source import Source, first_difference
 _BLOCK = re.compile(r"^layer(\d+)\.(\d+)\.(.+)$")
 _TOP = ("conv1", "bn1", "fc", "bn_final")
 #: canonical layer name pattern -> the kinds of layer it may be (a 4-D weight is a conv, 2-D a linear layer)
-_KINDS = ((re.compile(r"^(conv1(\.[036])?|layer\d+\.\d+\.(conv\d|se\.fc\d))$"), ("conv",)),
-          (re.compile(r"^(bn1|bn_final|conv1\.[14]|layer\d+\.\d+\.bn\d)$"), ("bn",)),
+_KINDS = ((re.compile(r"^(conv1(\.[036])?|maxpool\.0|layer\d+\.\d+\.(conv\d|se\.fc\d))$"), ("conv",)),
+          (re.compile(r"^(bn1|bn_final|conv1\.[14]|maxpool\.1|layer\d+\.\d+\.bn\d)$"), ("bn",)),
           (re.compile(r"^layer\d+\.\d+\.downsample\.\d$"), ("conv", "bn")),
           (re.compile(r"^fc$"), ("linear",)))
 
@@ -47,7 +48,7 @@ def _blocks(src: Source) -> list:
         if m:
             s, b, leaf = int(m.group(1)), int(m.group(2)), m.group(3)
             stages.setdefault(s, {}).setdefault(b, {})[leaf] = layer
-        elif not (name in _TOP or re.match(r"^conv1\.\d+$", name)):
+        elif not (name in _TOP or re.match(r"^(conv1\.\d+|maxpool\.[01])$", name)):
             raise src.refuse(repr(layer.origin), "does not fit a ResNet (expected torchvision/timm names: "
                              "conv1, bn1, layer<stage>.<block>.*, fc)")
     if not stages:
@@ -87,6 +88,9 @@ def _stem(src: Source, preact: bool) -> dict:
         st["norm"] = norm
     if "stem_pool" in f:
         st["pool"] = f["stem_pool"]
+    elif "maxpool.0" in L:  # ResNet-RS's strided conv in place of the max-pool (a state dict: 3x3/2 assumed)
+        k = L["maxpool.0"].shape[2]
+        st["pool"] = {"type": "conv", "kernel": k, "stride": 2, "padding": k // 2}
     elif st["stride"] == 1:
         st["pool"] = None  # CIFAR-style stem: no pooling (torchvision's convention pools after a /2 stem)
     return st
@@ -146,6 +150,8 @@ def candidates(src: Source, name: str, input_size) -> list:
     block = {"type": "bottleneck" if bottleneck else "basic"}
     if preact:
         block["preact"] = True
+    if src.facts.get("anti_alias"):
+        block["anti_alias"] = src.facts["anti_alias"]
     d["block"] = block
     d["stages"], widths, wheres, ats = [], [], set(), set()
     for si, blocks in enumerate(stages):
@@ -216,8 +222,9 @@ def _variants(d, src, stages, se, preact):
     se_opts = [None]
     if se is not None:
         ch, red = se.shape[1], se.shape[0]
-        se_opts = [{"reduction": 16, "divisor": 8}] + [{"reduction": r, "divisor": 1} for r in range(1, 65)
-                                                        if make_divisible(ch / r, 1) == red]
+        se_opts = [{"reduction": 16, "divisor": 8}] + [{"reduction": 4, "divisor": 8}] * (  # ResNet-RS: rd_ratio 1/4
+            make_divisible(ch / 4, 8) == red) + [{"reduction": r, "divisor": 1} for r in range(1, 65)
+                                                 if make_divisible(ch / r, 1) == red]
     strided = [False, True] if src.facts.get("strided_identity") is None else [src.facts["strided_identity"]]
     for t, s, bias, stem_bias, si in itertools.product(types, se_opts, (False, "auto", True),
                                                        (None, True, False), strided):

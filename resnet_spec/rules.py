@@ -1,0 +1,125 @@
+"""The semantic rules: what a valid spec is beyond the schema. Each rule reads the merged spec and yields
+its errors, located at the field (as jsonschema does per keyword); :data:`RULES` lists them in the order
+:func:`resnet_spec.resolve.resolve` checks them, :func:`rule_errors` runs them all.
+"""
+
+from __future__ import annotations
+
+from .config import DEFAULTS, STEM_POOL_KEYS, BlockConfig, StemConfig, opt
+from .errors import SpecError
+from .spec import Spec
+
+
+# -- semantic rules: each reads the merged spec and yields its errors (as jsonschema does per keyword) --
+
+
+def _rule_required(spec: Spec):
+    d = spec.data
+    for key in ("block", "stages"):
+        if key not in d:
+            yield spec.error(f"missing required field {key!r} (directly or through 'extends')")
+    if "block" in d and "type" not in d["block"]:
+        yield spec.error("missing required field 'type' (basic or bottleneck)", ("block",))
+
+
+def _rule_bottleneck_only(spec: Spec):
+    blk = spec.data["block"]
+    if blk["type"] != "basic":
+        return
+    for key in ("stride_on", "groups", "width_per_group"):
+        if key in blk and blk[key] != DEFAULTS["block"][key]:
+            yield spec.error(f"'{key}' applies to bottleneck blocks only", ("block", key))
+    for i, s in enumerate(spec.data["stages"]):
+        if "width" in s:
+            yield spec.error("'width' applies to bottleneck blocks only", ("stages", i, "width"))
+
+
+def _rule_stem(spec: Spec):
+    st = StemConfig.of(spec.data, bool(opt(spec.data["block"], "preact", "block")))
+    if st.kind == "conv" and isinstance(st.channels, list):
+        yield spec.error("a 'conv' stem takes one integer of channels; lists are for type 'deep'", ("stem", "channels"))
+    if st.kind == "deep" and not isinstance(st.channels, list):
+        yield spec.error("a 'deep' stem takes a list of channels, one per conv, e.g. [32, 32, 64]",
+                         ("stem", "channels"))
+    if st.pool is not None and st.pool["padding"] * 2 > st.pool["kernel"]:
+        yield spec.error(f"pool padding {st.pool['padding']} is more than half the kernel {st.pool['kernel']}",
+                         ("stem", "pool", "padding"))
+    pool = (spec.data.get("stem") or {}).get("pool") or {}
+    kind = pool.get("type", DEFAULTS["stem.pool"]["type"])
+    for key in pool:
+        if key not in STEM_POOL_KEYS[kind]:
+            takes = [k for k, keys in STEM_POOL_KEYS.items() if key in keys]
+            yield spec.error(f"'{key}' applies to {' and '.join(takes)} stem pools only, not to type {kind!r}",
+                             ("stem", "pool", key))
+
+
+def _rule_anti_alias(spec: Spec):
+    blk = BlockConfig.of(spec.data)
+    if blk.anti_alias is None:
+        return
+    if blk.preact:
+        yield spec.error("'anti_alias' is not supported with pre-activation blocks", ("block", "anti_alias"))
+    elif blk.kind == "bottleneck" and blk.stride_on_1x1:
+        yield spec.error("'anti_alias' moves the stride of the 3x3 conv; it needs stride_on: 3x3",
+                         ("block", "anti_alias"))
+
+
+def _rule_shortcut(spec: Spec):
+    sc = spec.data.get("shortcut") or {}
+    if "pool" in sc and opt(sc, "projection", "shortcut") != "avgpool_conv":
+        yield spec.error("'pool' applies to projection 'avgpool_conv' only", ("shortcut", "pool"))
+    if opt(sc, "type", "shortcut") == "A" and "projection" in sc:
+        yield spec.error("type A shortcuts never project; remove 'projection' or use type B/C", ("shortcut", "projection"))
+
+
+def _rule_depth(spec: Spec):
+    try:
+        blocks_per_stage(spec)
+    except SpecError as exc:
+        yield exc
+
+
+def _rule_dilate(spec: Spec):
+    blk = BlockConfig.of(spec.data)
+    projection = opt(spec.data.get("shortcut"), "projection", "shortcut")
+    for si, stage in enumerate(spec.data["stages"]):
+        if not stage.get("dilate", False):
+            continue
+        if blk.stride_last:
+            yield spec.error("'dilate' is not supported with block.stride_block: last", ("stages", si, "dilate"))
+        elif projection == "avgpool_conv":
+            yield spec.error("'dilate' is not supported with avgpool_conv projections", ("stages", si, "dilate"))
+
+
+#: The semantic rules that need nothing but the required fields, in the order resolve() checks them.
+RULES = (_rule_bottleneck_only, _rule_shortcut, _rule_stem, _rule_anti_alias, _rule_depth, _rule_dilate)
+
+
+def rule_errors(spec: Spec):
+    required = list(_rule_required(spec))
+    if required:
+        yield from required
+        return
+    for rule in RULES:
+        yield from rule(spec)
+
+
+def blocks_per_stage(spec: Spec) -> list:
+    """Blocks in each stage: the stages' ``blocks``, or what the top-level ``depth`` gives."""
+    stages, depth, kind = spec.data["stages"], spec.data.get("depth"), spec.data["block"]["type"]
+    if depth is None:
+        missing = [i for i, s in enumerate(stages) if "blocks" not in s]
+        if missing:
+            raise spec.error("missing 'blocks' (or give a top-level 'depth')", ("stages", missing[0]))
+        return [s["blocks"] for s in stages]
+    given = [i for i, s in enumerate(stages) if "blocks" in s]
+    if given:
+        raise spec.error("give either the top-level 'depth' or per-stage 'blocks', not both",
+                         ("stages", given[0], "blocks"))
+    per_block, n_stages = (2 if kind == "basic" else 3), len(stages)
+    step = per_block * n_stages
+    if (depth - 2) % step or depth <= 2:
+        near = [step * n + 2 for n in (max(1, (depth - 2) // step), (depth - 2) // step + 1)]
+        raise spec.error(f"depth {depth} is not of the form {step}n+2 for {n_stages} stages of {kind} blocks "
+                         f"(nearest: {near[0]} or {near[1]})", ("depth",))
+    return [(depth - 2) // step] * n_stages
