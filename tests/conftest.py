@@ -126,6 +126,26 @@ def one_line_error(code, output, *needles) -> str:
     return err[0]
 
 
+def cli(*args):
+    """``resnet-spec ARGS`` in this process (click's runner), every argument as a string; never a traceback."""
+    from click.testing import CliRunner
+
+    from resnet_spec.cli import main
+
+    res = CliRunner().invoke(main, [str(a) for a in args])
+    assert "Traceback" not in res.output, res.output
+    return res
+
+
+def last_line_error(res, *words) -> None:
+    """``res`` (of :func:`cli`) failed with exit 1 and its last line is its only ``error:`` line, containing
+    each of ``words``."""
+    assert res.exit_code == 1, res.output
+    lines = [ln for ln in res.output.strip().splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and res.output.strip().splitlines()[-1] == lines[0], res.output
+    assert all(w in lines[0] for w in words), lines[0]
+
+
 TORCHVISION = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d",
                "resnext101_32x8d", "wide_resnet50_2", "wide_resnet101_2"]
 TIMM = ["resnet50d", "seresnet50"]

@@ -10,27 +10,14 @@ import json
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
+from conftest import cli as _cli
+from conftest import last_line_error as _one_error
 from conftest import tiny, tiny_text
 
-from resnet_spec.cli import main
 from resnet_spec.verify import INT8_TOL, INT8_TOP1, _judge, int8_metrics
 
 SPEC = "resnet20"
-
-
-def _cli(*args):
-    res = CliRunner().invoke(main, [str(a) for a in args])
-    assert "Traceback" not in res.output, res.output
-    return res
-
-
-def _one_error(res, *words):
-    assert res.exit_code == 1, res.output
-    lines = [ln for ln in res.output.strip().splitlines() if ln.startswith("error:")]
-    assert len(lines) == 1 and res.output.strip().splitlines()[-1] == lines[0], res.output
-    assert all(w in lines[0] for w in words), lines[0]
 
 
 @pytest.fixture(scope="module")
