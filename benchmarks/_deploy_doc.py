@@ -87,9 +87,13 @@ def _coverage(results, rows) -> str:
             if lack:
                 gaps.append(f"{n} {o}: {', '.join(lack)}")
     again = " (running the same command again measures only the missing cells)"
+    unrunnable = results.get("_unrunnable", {})
+    waiting = [n for n in zoo if n not in names and n not in unrunnable]
     text = (f"Entries: the whole zoo ({len(zoo)})" if set(zoo) <= set(names) else
-            f"Entries: {len(names)} of the zoo's {len(zoo)}; not measured yet: "
-            f"{', '.join(n for n in zoo if n not in names)}")
+            f"Entries: {len(names)} of the zoo's {len(zoo)}" + (f"; not measured yet: {', '.join(waiting)}"
+                                                               if waiting else ""))
+    if unrunnable:
+        text += "; not runnable at this size: " + "; ".join(f"{n} ({why})" for n, why in unrunnable.items())
     if len(outs) < len(OUTPUTS):
         text += f"; outputs not measured: {', '.join(o for o in OUTPUTS if o not in outs)}"
     if gaps:

@@ -223,6 +223,19 @@ def test_matrix_doc_keeps_the_hand_written_sections(tmp_path):
     assert (tmp_path / "d.md").read_text() == text
 
 
+def test_matrix_doc_names_an_entry_that_cannot_run_at_its_size(tmp_path):
+    """An entry the matrix's input size cannot carry (resnetaa50d at 40 px: its anti-aliasing pool floors an
+    odd map that its avg-down shortcut ceils) is named with the reason, not dropped silently."""
+    import _deploy_doc
+
+    cell = {"rel": 1e-7, "top1": 1.0}
+    results = {f"{n} | onnx": {"onnxruntime 1.32.0 / all": cell} for n in zoo_names() if n != "resnetaa50d"}
+    results["_unrunnable"] = {"resnetaa50d": "block layer3.0: shortcut gives 1024x3x3 but ..."}
+    _deploy_doc.write_doc(results, tmp_path / "d.md", 40)
+    line = next(t for t in (tmp_path / "d.md").read_text().splitlines() if t.startswith("Entries:"))
+    assert "not runnable at this size: resnetaa50d (block layer3.0: shortcut gives 1024x3x3" in line, line
+
+
 def test_matrix_doc_names_every_missing_cell(tmp_path):
     """The deployment doc's coverage line names an entry's cells that other entries of the same output have
     (resnet1202 once lacked its OpenVINO and LiteRT cells while the doc said the zoo was complete)."""
