@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import ResNetSpecError
-from .fileio import check_regular_file, shown
+from .fileio import open_regular, shown
 
 #: the most bytes and images a calibration file may hold (1 GiB of float32; 100,000 images)
 MAX_BYTES = 1 << 30
@@ -44,11 +44,18 @@ def _header(path: str, fh):
 
 def load(path: str, input_shape) -> np.ndarray:
     """The NCHW float32 images of ``path`` (checked as the module says), memory-mapped."""
+    with open_regular(path) as fh:  # one open: the header checked is the data mapped
+        shape, fortran, dtype = _header(path, fh)
+        data = _checked(path, fh, shape, fortran, dtype, input_shape)
+    if not np.isfinite(data).all():
+        raise ResNetSpecError(f"--calibration {shown(path)}: has NaN or Inf values")
+    return data
+
+
+def _checked(path: str, fh, shape, fortran: bool, dtype, input_shape) -> np.ndarray:
+    """The data after the header of the open ``fh``, memory-mapped once its declaration passed."""
     import math
 
-    check_regular_file(path)
-    with open(path, "rb") as fh:
-        shape, _fortran, dtype = _header(path, fh)
     c, h, w = input_shape
     where = f"--calibration {shown(path)}"
     if dtype.hasobject:
@@ -62,15 +69,11 @@ def load(path: str, input_shape) -> np.ndarray:
     if not 1 <= shape[0] <= MAX_IMAGES or 4 * math.prod(shape) > MAX_BYTES:
         raise ResNetSpecError(f"{where}: {shape[0]:,} images ({4 * math.prod(shape):,} bytes); expected 1 to "
                               f"{MAX_IMAGES:,} images and at most {MAX_BYTES:,} bytes")
-    try:
-        data = np.load(path, mmap_mode="r", allow_pickle=False)
+    try:  # np.memmap maps the open file itself (np.load would open the path again)
+        data = np.memmap(fh, dtype=dtype, mode="r", offset=fh.tell(), shape=tuple(shape), order="F" if fortran else "C")
     except (ValueError, OSError) as exc:  # truncated data
         raise ResNetSpecError(f"{where}: cannot be read ({exc})") from None
-    if tuple(data.shape[1:]) != (c, h, w):  # channels-last -> the NCHW every caller takes
-        data = data.transpose(0, 3, 1, 2)
-    if not np.isfinite(data).all():
-        raise ResNetSpecError(f"{where}: has NaN or Inf values")
-    return data
+    return data.transpose(0, 3, 1, 2) if tuple(shape[1:]) != (c, h, w) else data  # channels-last -> NCHW
 
 
 def images(path: str | None, input_shape) -> tuple[np.ndarray, list]:
