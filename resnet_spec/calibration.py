@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import ResNetSpecError
+from .errors import ResNetSpecError, first_line
 from .fileio import open_regular, shown
 
 #: the most bytes and images a calibration file may hold (1 GiB of float32; 100,000 images)
@@ -37,8 +37,7 @@ def _header(path: str, fh):
         version = npf.read_magic(fh)
         shape, fortran, dtype = (npf.read_array_header_1_0 if version == (1, 0) else npf.read_array_header_2_0)(fh)
     except Exception as exc:  # noqa: BLE001 - not an .npy: ValueError, EOFError, ...
-        raise ResNetSpecError(f"--calibration {shown(path)}: not a .npy file ({type(exc).__name__}: "
-                              f"{str(exc).splitlines()[0][:200] if str(exc) else ''})") from None
+        raise ResNetSpecError(f"--calibration {shown(path)}: not a .npy file ({first_line(exc, 200)})") from None
     return shape, fortran, dtype
 
 

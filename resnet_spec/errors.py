@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """``'Type: first line of the message'`` (at most ``limit`` characters of it): how a library's
+    exception is named inside one of our one-line errors."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:limit] if text else ''}"
+
+
 class ResNetSpecError(ValueError):
     """Any error caused by user input: a spec, a weight file, an option. Printed without traceback."""
 

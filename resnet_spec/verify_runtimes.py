@@ -11,14 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import ResNetSpecError
+from .errors import ResNetSpecError, first_line
 from .fileio import check_regular_file, shown
 from .verify_inputs import Feed, feed_of
-
-
-def _first_line(exc) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0][:300] if text else ''}"
 
 
 def reference(spec_yaml: str, weights: dict, x: np.ndarray) -> dict:
@@ -48,7 +43,7 @@ def _load_onnx(path: str):
     try:
         model = onnx.load(path)
     except Exception as exc:  # noqa: BLE001 - DecodeError, truncated external data, ...
-        raise ResNetSpecError(f"{shown(path)}: not a readable ONNX model ({_first_line(exc)})") from None
+        raise ResNetSpecError(f"{shown(path)}: not a readable ONNX model ({first_line(exc)})") from None
     if not model.graph.node or not model.graph.input or not model.graph.output:
         raise ResNetSpecError(f"{shown(path)}: not an ONNX model (no graph in it)")
     return model
@@ -100,7 +95,7 @@ def onnx_runs(path: str, x: np.ndarray, shape, device: str = "cpu", layout: str 
             logits = feed.run(path, x, lambda xin: sess.run([output], {feed.name: xin})[0])
         except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
             raise ResNetSpecError(f"{shown(path)}: onnxruntime {ort.__version__} ({where}) cannot run it at level "
-                                  f"{level}: {_first_line(exc)}") from None
+                                  f"{level}: {first_line(exc)}") from None
         runs.append({"runtime": f"onnxruntime {ort.__version__} {where}", "level": level, "float16": fp16, "int8": int8,
                      "outputs": {"logits": logits.astype(np.float32)}, "taps_level": level, "feed": feed})
     if int8:  # onnx 1.23's ReferenceEvaluator has DequantizeLinear from opset 19 only; verify.py notes it
@@ -108,7 +103,7 @@ def onnx_runs(path: str, x: np.ndarray, shape, device: str = "cpu", layout: str 
     try:
         ref = ReferenceEvaluator(model).run([output], {feed.name: feed.first(path, x)})[0]
     except Exception as exc:  # noqa: BLE001
-        raise ResNetSpecError(f"{shown(path)}: onnx's ReferenceEvaluator cannot run it: {_first_line(exc)}") from None
+        raise ResNetSpecError(f"{shown(path)}: onnx's ReferenceEvaluator cannot run it: {first_line(exc)}") from None
     import onnx
 
     runs.append({"runtime": f"onnx {onnx.__version__} ReferenceEvaluator", "level": "reference",
@@ -152,7 +147,7 @@ def openvino_run(path: str, x: np.ndarray, feed: Feed):
         precision = compiled.get_property("INFERENCE_PRECISION_HINT").to_string()  # what the plugin took: the level
         out = feed.run(path, x, lambda xin: compiled(xin)[compiled.output(0)])
     except Exception as exc:  # noqa: BLE001
-        raise ResNetSpecError(f"{shown(path)}: OpenVINO {ov.__version__} cannot run it: {_first_line(exc)}") from None
+        raise ResNetSpecError(f"{shown(path)}: OpenVINO {ov.__version__} cannot run it: {first_line(exc)}") from None
     return {"runtime": f"openvino {ov.__version__} CPU", "level": precision, "outputs": {"logits": np.asarray(out)}}
 
 
@@ -177,7 +172,7 @@ def _tflite_interpreter(path: str, data: bytes):
     try:
         return Interpreter(model_content=data), label
     except Exception as exc:  # noqa: BLE001
-        raise ResNetSpecError(f"{shown(path)}: not a readable .tflite model ({_first_line(exc)})") from None
+        raise ResNetSpecError(f"{shown(path)}: not a readable .tflite model ({first_line(exc)})") from None
 
 
 def _tflite_read(path: str) -> bytes:
@@ -201,7 +196,7 @@ def _tflite_checked(path: str) -> bytes:
         custom = [(c.CustomCode() or b"?").decode("utf-8", "replace") for c in codes
                   if max(c.BuiltinCode(), c.DeprecatedBuiltinCode()) == fb.BuiltinOperator.CUSTOM]
     except Exception as exc:  # noqa: BLE001 - a damaged flatbuffer raises anything
-        raise ResNetSpecError(f"{shown(path)}: not a readable .tflite model ({_first_line(exc)})") from None
+        raise ResNetSpecError(f"{shown(path)}: not a readable .tflite model ({first_line(exc)})") from None
     if custom:
         raise refuse(path, f"it uses the custom operator {custom[0][:60]!r}, which runs TensorFlow ops or code "
                            "registered outside the file (verify runs builtin operators only)")
@@ -223,7 +218,7 @@ def _tflite_dtypes(path: str, data: bytes) -> tuple:
     try:
         return bool(tflite_float16_weights(data, fb)), bool(tflite_int8_tensors(data, fb))
     except Exception as exc:  # noqa: BLE001 - a damaged flatbuffer raises anything
-        raise ResNetSpecError(f"{shown(path)}: not a readable .tflite model ({_first_line(exc)})") from None
+        raise ResNetSpecError(f"{shown(path)}: not a readable .tflite model ({first_line(exc)})") from None
 
 
 def tflite_run(path: str, x: np.ndarray, shape, trusted: bool = False, layout: str = "auto") -> dict:
@@ -251,7 +246,7 @@ def tflite_run(path: str, x: np.ndarray, shape, trusted: bool = False, layout: s
         interp.allocate_tensors()
         out = feed.run(path, x, one)
     except Exception as exc:  # noqa: BLE001
-        raise ResNetSpecError(f"{shown(path)}: {label} cannot run it: {_first_line(exc)}") from None
+        raise ResNetSpecError(f"{shown(path)}: {label} cannot run it: {first_line(exc)}") from None
     return {"runtime": label, "level": "-", "float16": fp16, "int8": int8,
             "outputs": {"logits": np.asarray(out, np.float32)}}
 
@@ -315,7 +310,7 @@ def keras_run(path: str, x: np.ndarray, shape, kind: str, trusted: bool = False,
         except ResNetSpecError:
             raise
         except Exception as exc:  # noqa: BLE001
-            raise ResNetSpecError(f"{shown(path)}: not a loadable {kind} model ({_first_line(exc)})") from None
+            raise ResNetSpecError(f"{shown(path)}: not a loadable {kind} model ({first_line(exc)})") from None
     feed = feed_of(path, dims, shape, layout, name, dtype)
     pieces = feed.chunks(path, x)
 
@@ -329,7 +324,7 @@ def keras_run(path: str, x: np.ndarray, shape, kind: str, trusted: bool = False,
         out = feed.run(path, x, one)
     except Exception as exc:  # noqa: BLE001
         raise ResNetSpecError(f"{shown(path)}: cannot run on input {tuple(pieces[0].shape)}: "
-                              f"{_first_line(exc)}") from None
+                              f"{first_line(exc)}") from None
     label = f"keras {tfb.versions().split('keras ')[-1]}" if kind == "keras" else tfb.versions().split(" /")[0]
     return {"runtime": label, "level": "-", "outputs": {"logits": np.asarray(out, np.float32)}}
 
@@ -385,14 +380,14 @@ def torch_file_run(path: str, x: np.ndarray, shape, kind: str, weights_path: str
     except ResNetSpecError:
         raise
     except Exception as exc:  # noqa: BLE001 - a broken archive or source raises anything
-        raise ResNetSpecError(f"{shown(path)}: not a loadable {kind} model ({_first_line(exc)})") from None
+        raise ResNetSpecError(f"{shown(path)}: not a loadable {kind} model ({first_line(exc)})") from None
     except BaseException as exc:  # noqa: BLE001 - SystemExit from the source: an error, never an exit
         raise _stopped(path, exc, "loading") from None
     try:
         with torch.inference_mode():
             out = model(torch.from_numpy(np.ascontiguousarray(x)))
     except Exception as exc:  # noqa: BLE001
-        raise ResNetSpecError(f"{shown(path)}: cannot run on input {tuple(x.shape)}: {_first_line(exc)}; "
+        raise ResNetSpecError(f"{shown(path)}: cannot run on input {tuple(x.shape)}: {first_line(exc)}; "
                               "is it a model of another spec?") from None
     except BaseException as exc:  # noqa: BLE001
         raise _stopped(path, exc, "running") from None

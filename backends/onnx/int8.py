@@ -71,7 +71,7 @@ def quantize(float_path: str, out_path: str, images: np.ndarray, input_name: str
 
 def convert(path: str, model, arrays: dict, images: np.ndarray, force: bool, activations: str = "int8") -> list:
     """Write the int8 file of the float32 ``model``/``arrays`` (a skeleton of :mod:`.graph`) to ``path``."""
-    from ...errors import ResNetSpecError
+    from ...errors import ResNetSpecError, first_line
     from ...fileio import atomic_path
     from .graph import INPUT_NAME
     from .io import write_model
@@ -83,8 +83,7 @@ def convert(path: str, model, arrays: dict, images: np.ndarray, force: bool, act
         try:
             quantize(float_path, quant_path, images, INPUT_NAME, activations)
         except Exception as exc:  # noqa: BLE001 - the quantizer raises anything
-            raise ResNetSpecError(f"onnx int8: ONNX Runtime's quantizer failed: {type(exc).__name__}: "
-                                  f"{str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}") from None
+            raise ResNetSpecError(f"onnx int8: ONNX Runtime's quantizer failed: {first_line(exc)}") from None
         with atomic_path(path, force) as out:
             os.replace(quant_path, out)
     return [path]
