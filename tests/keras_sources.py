@@ -8,9 +8,8 @@ import math
 import numpy as np
 
 
-def save_application(name: str, size: int, path: str, weights_only: bool, seed: int = 0) -> dict:
-    """keras.applications.NAME (classifier logits) with random weights and non-trivial BN statistics,
-    saved as .keras or .weights.h5; returns Keras' own parameter counts."""
+def _application(name: str, size: int, seed: int):
+    """keras.applications.NAME (classifier logits) with random weights and non-trivial BN statistics."""
     import keras
 
     keras.utils.set_random_seed(seed)
@@ -24,6 +23,12 @@ def save_application(name: str, size: int, path: str, weights_only: bool, seed: 
         elif isinstance(layer, keras.layers.Conv2D) and layer.use_bias:
             k, bias = layer.get_weights()
             layer.set_weights([k, rng.normal(0, 0.05, bias.shape)])
+    return model
+
+
+def save_application(name: str, size: int, path: str, weights_only: bool, seed: int = 0) -> dict:
+    """:func:`_application` saved as .keras or .weights.h5; returns Keras' own parameter counts."""
+    model = _application(name, size, seed)
     if weights_only:
         model.save_weights(path)
     else:
@@ -32,20 +37,24 @@ def save_application(name: str, size: int, path: str, weights_only: bool, seed: 
 
 
 def sweep(names: list, size: int, folder: str, x, first_seed: int = 0) -> list:
-    """For each keras.applications NAME: save .keras and .weights.h5 (random weights and BN
-    statistics), read both back as the importer's worker does, and run the source on ``x``. One
-    TensorFlow process for the whole sweep. Returns [(source, description, logits, params)]."""
+    """For each keras.applications NAME: one model (random weights and BN statistics) saved as .keras and
+    as .weights.h5, each read back as the importer's worker does (the source description from the file),
+    and the model's logits on ``x``, computed once from the model in memory (both files hold its weights;
+    the importer's own way of running a source, ``run_keras``, is covered by test_import_keras). One
+    TensorFlow process for the whole sweep. Returns [(source, description, info, logits, params)]."""
     import os
 
-    from resnet_spec.backends.keras.reader import _describe, run_keras
+    from resnet_spec.backends.keras.reader import _describe
 
     out = []
     for i, name in enumerate(names):
-        for weights_only in (False, True):
-            path = os.path.join(folder, f"{name}.weights.h5" if weights_only else f"{name}.keras")
-            counts = save_application(name, size, path, weights_only, seed=first_seed + i)
-            desc = ({"app": name, "h5": path, "size": [size, size]} if weights_only
-                    else {"path": path})
-            source = f"keras:{name}={path}" if weights_only else path
-            out.append((source, desc, _describe(desc), run_keras(desc, x)[0], counts["params"]))
+        model = _application(name, size, first_seed + i)
+        ref = np.asarray(model(np.ascontiguousarray(np.transpose(x, (0, 2, 3, 1))), training=False), np.float32)
+        params = sum(math.prod(w.shape) for w in model.trainable_weights)
+        keras_path, h5_path = os.path.join(folder, f"{name}.keras"), os.path.join(folder, f"{name}.weights.h5")
+        model.save(keras_path)
+        model.save_weights(h5_path)
+        for source, desc in ((keras_path, {"path": keras_path}),
+                             (f"keras:{name}={h5_path}", {"app": name, "h5": h5_path, "size": [size, size]})):
+            out.append((source, desc, _describe(desc), ref, params))
     return out

@@ -192,15 +192,17 @@ def test_bn_epsilon_and_momentum_are_the_specs():
     torch.testing.assert_close(model.bn1.running_mean, 0.97 * before + 0.03 * batch_mean, rtol=1e-5, atol=1e-6)
 
 
-# The two 1000-layer entries are traced and exported with their stages cut to two blocks (the same ops
-# and wiring): at full depth they took two minutes of the suite and test nothing the others do not.
-DEEPEST = ("resnet1202", "preact_resnet1001")
+# Tracing, channels-last and torch.export depend on the ops and their wiring, not on depth: every entry
+# runs with its stages cut to two blocks (conftest.tiny), except resnet50 at full depth (small input). At
+# full depth the sweep took about four minutes of worker time (the CIFAR 110- to 1202-layer entries and
+# resnet101/152 half of it) and tested nothing more.
+FULL_DEPTH = ("resnet50",)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", zoo_names())
 def test_trace_export_channels_last(name):
-    net = tiny(name) if name in DEEPEST else small(name)
+    net = small(name) if name in FULL_DEPTH else tiny(name)
     model = tb.build(net, init_weights(net, seed=0, random_bn=True)).eval()
     x = torch.randn(2, *net.input_shape)
     with torch.no_grad():
