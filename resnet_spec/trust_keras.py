@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from . import budgets as B
+from . import keras_rules as R
 from .backends.keras import layers as custom
 from .errors import ResNetSpecError
 from .fileio import shown
@@ -42,189 +43,6 @@ OBJECTS = {(None, "__keras_tensor__")} | \
         "Zeros", "Ones", "GlorotUniform", "GlorotNormal", "HeUniform", "HeNormal", "LecunUniform", "LecunNormal",
         "VarianceScaling", "RandomUniform", "RandomNormal", "TruncatedNormal")} | \
     {("keras.regularizers", name) for name in ("L1", "L2", "L1L2")}
-
-
-class _Bad(Exception):
-    """A layer's config that cannot be read as Keras reads it (the message: why)."""
-
-
-# -- shapes: (batch, ...) tuples of int or None; None when not known --------------------------------------
-
-
-def _int(conf: dict, key: str, default=None, low: int = 0) -> int:
-    value = conf.get(key, default)
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        raise _Bad(f"{key} is {value!r}, not an integer of at least {low}")
-    return value
-
-
-def _pair(conf: dict, key: str, default=None, low: int = 1) -> tuple:
-    value = conf.get(key, default)
-    values = value if isinstance(value, list) and len(value) == 2 else [value, value]
-    return tuple(_int({key: v}, key, low=low) for v in values)
-
-
-def _axis(conf: dict) -> int:
-    return 1 if conf.get("data_format") == "channels_first" else -1
-
-
-def _channels(conf: dict, shape, axis: int | None = None) -> int:
-    axis = _axis(conf) if axis is None else axis
-    if shape is None or not -len(shape) <= axis < len(shape) or shape[axis] is None:
-        raise _Bad("its input's channels cannot be told from config.json")
-    return shape[axis]
-
-
-def _spatial(conf: dict, shape, side: Callable):
-    """``shape`` (rank 4) with each spatial dim ``side(dim, index)`` (None stays None)."""
-    if shape is None or len(shape) != 4:
-        return None
-    first = conf.get("data_format") == "channels_first"
-    out = list(shape)
-    for i, at in enumerate((2, 3) if first else (1, 2)):
-        out[at] = None if shape[at] is None else max(0, side(shape[at], i))
-    return tuple(out)
-
-
-def _window(conf: dict, shape, kernel: tuple, strides: tuple, dilation=(1, 1)):
-    if conf.get("padding", "valid") not in ("valid", "same"):
-        raise _Bad(f"padding is {conf.get('padding')!r}")
-    if conf.get("padding") == "same":
-        return _spatial(conf, shape, lambda d, i: -(-d // strides[i]))
-    return _spatial(conf, shape, lambda d, i: (d - dilation[i] * (kernel[i] - 1) - 1) // strides[i] + 1)
-
-
-def _input(conf, inputs):
-    shape = conf.get("batch_shape", conf.get("batch_input_shape"))
-    if not isinstance(shape, list):
-        return None
-    return tuple(None if d is None else _int({"batch_shape": d}, "batch_shape") for d in shape)
-
-
-def _first(inputs):
-    return inputs[0] if inputs else None
-
-
-def _same(conf, inputs):
-    return _first(inputs)
-
-
-def _broadcast(conf, inputs):
-    if not inputs or any(s is None for s in inputs) or len({len(s) for s in inputs}) != 1:
-        return None
-    dims = zip(*inputs)
-    return tuple(None if None in d else max(d) for d in dims)
-
-
-def _conv(conf, inputs):
-    kernel, strides = _pair(conf, "kernel_size"), _pair(conf, "strides", 1)
-    out = _window(conf, _first(inputs), kernel, strides, _pair(conf, "dilation_rate", 1))
-    filters = _int(conf, "filters", low=1)
-    return None if out is None else tuple(filters if i == _axis(conf) % 4 else d for i, d in enumerate(out))
-
-
-def _dense(conf, inputs):
-    shape = _first(inputs)
-    return None if shape is None else shape[:-1] + (_int(conf, "units", low=1),)
-
-
-def _pool(conf, inputs):
-    size = _pair(conf, "pool_size", 2)
-    strides = size if conf.get("strides") is None else _pair(conf, "strides")
-    return _window(conf, _first(inputs), size, strides)
-
-
-def _global_pool(conf, inputs):
-    shape = _first(inputs)
-    if shape is None or len(shape) != 4:
-        return None
-    c = shape[_axis(conf)]
-    if not conf.get("keepdims", False):
-        return (shape[0], c)
-    return (shape[0], c, 1, 1) if _axis(conf) == 1 else (shape[0], 1, 1, c)
-
-
-def _permute(conf, inputs):
-    shape, dims = (_first(inputs)), conf.get("dims")
-    if shape is None:
-        return None
-    if not isinstance(dims, list) or sorted(dims) != list(range(1, len(shape))):
-        raise _Bad(f"dims is {dims!r}")
-    return (shape[0],) + tuple(shape[d] for d in dims)
-
-
-def _zero_pad(conf, inputs):
-    p = conf.get("padding", 1)
-    pairs = [[v, v] if not isinstance(v, list) else v for v in (p if isinstance(p, list) else [p, p])]
-    if len(pairs) != 2 or any(len(pair) != 2 for pair in pairs):
-        raise _Bad(f"padding is {p!r}")
-    pads = [[_int({"padding": v}, "padding") for v in pair] for pair in pairs]
-    return _spatial(conf, _first(inputs), lambda d, i: d + sum(pads[i]))
-
-
-def _pads(conf) -> tuple:
-    pads = conf.get("pads")
-    if not isinstance(pads, list) or len(pads) != 4:
-        raise _Bad(f"pads is {pads!r}")
-    return tuple(_int({"pads": v}, "pads") for v in pads)  # top, left, bottom, right
-
-
-def _constant_pad(conf, inputs):
-    t, left, b, r = _pads(conf)
-    return _spatial({}, _first(inputs), lambda d, i: d + (t + b, left + r)[i])
-
-
-def _exact_pool(conf, inputs):
-    k, s = _int(conf, "kernel", low=1), _int(conf, "stride", low=1)
-    return _window({}, _constant_pad(conf, inputs), (k, k), (s, s))
-
-
-def _channel_pad(conf, inputs):
-    shape = _first(inputs)
-    extra = _int(conf, "before") + _int(conf, "after")
-    return None if shape is None else shape[:-1] + (None if shape[-1] is None else shape[-1] + extra,)
-
-
-# -- values: (how many, what) a layer allocates when it is built on ``shape`` -----------------------------
-
-
-def _plain(conf: dict) -> None:
-    """Refuse the options that add variables this estimate does not count (LoRA, quantization)."""
-    for key in ("lora_rank", "quantization_config"):
-        if conf.get(key) not in (None, 0):
-            raise _Bad(f"{key} is {conf.get(key)!r}; a ResNet's layer has none")
-
-
-def _conv_values(conf, shape) -> tuple:
-    _plain(conf)
-    kh, kw = _pair(conf, "kernel_size")
-    cin, filters = _channels(conf, shape) // _int(conf, "groups", 1, low=1), _int(conf, "filters", low=1)
-    bias = filters if conf.get("use_bias", True) else 0
-    return kh * kw * cin * filters + bias, f"a {kh}x{kw}x{cin:,}x{filters:,} kernel"
-
-
-def _dense_values(conf, shape) -> tuple:
-    _plain(conf)
-    cin, units = _channels(conf, shape, -1), _int(conf, "units", low=1)
-    return cin * units + (units if conf.get("use_bias", True) else 0), f"a {cin:,}x{units:,} kernel"
-
-
-def _bn_values(conf, shape) -> tuple:
-    axis = conf.get("axis", -1)
-    if not isinstance(axis, int) or isinstance(axis, bool):
-        raise _Bad(f"axis is {axis!r}")
-    c = _channels(conf, shape, axis)
-    per = 2 + bool(conf.get("center", True)) + bool(conf.get("scale", True)) + 3 * bool(conf.get("renorm"))
-    return per * c, f"{per} vectors of {c:,}"
-
-
-def _exact_values(conf, shape) -> tuple:
-    out = _exact_pool(conf, [shape])
-    if out is None or out[1] is None or out[2] is None:
-        raise _Bad("its input's size cannot be told from config.json")
-    return out[1] * out[2], f"a {out[1]:,}x{out[2]:,} table of divisors"
 
 
 @dataclass(frozen=True)
@@ -243,17 +61,20 @@ class Layer:
 
 #: the allow-list of layer classes, with what each declares
 LAYERS = {
-    "InputLayer": Layer(STOCK, _input), "Conv2D": Layer(STOCK, _conv, _conv_values),
-    "Dense": Layer(STOCK, _dense, _dense_values), "BatchNormalization": Layer(STOCK, _same, _bn_values),
-    "Activation": Layer(STOCK, _same), "ReLU": Layer(STOCK, _same), "Dropout": Layer(STOCK, _same),
-    "Add": Layer(STOCK, _broadcast),
-    "Multiply": Layer(STOCK, _broadcast), "ZeroPadding2D": Layer(STOCK, _zero_pad),
-    "MaxPooling2D": Layer(STOCK, _pool), "AveragePooling2D": Layer(STOCK, _pool),
-    "GlobalAveragePooling2D": Layer(STOCK, _global_pool), "GlobalMaxPooling2D": Layer(STOCK, _global_pool),
-    "Permute": Layer(STOCK, _permute),
-    "ConstantPad2D": Layer(custom.__name__, _constant_pad), "ChannelPad": Layer(custom.__name__, _channel_pad),
-    "ExactAvgPool2D": Layer(custom.__name__, _exact_pool, _exact_values, variables=False),
-    "TorchBatchNorm": Layer(custom.__name__, _same, _bn_values),
+    "InputLayer": Layer(STOCK, R.input_shape), "Conv2D": Layer(STOCK, R.conv, R.conv_values),
+    "Dense": Layer(STOCK, R.dense, R.dense_values), "BatchNormalization": Layer(STOCK, R.same_shape, R.bn_values),
+    "Activation": Layer(STOCK, R.same_shape), "ReLU": Layer(STOCK, R.same_shape), "Dropout": Layer(STOCK, R.same_shape),
+    "Add": Layer(STOCK, R.broadcast),
+    "Multiply": Layer(STOCK, R.broadcast), "ZeroPadding2D": Layer(STOCK, R.zero_pad),
+    "MaxPooling2D": Layer(STOCK, R.pool), "AveragePooling2D": Layer(STOCK, R.pool),
+    "GlobalAveragePooling2D": Layer(STOCK, R.global_pool), "GlobalMaxPooling2D": Layer(STOCK, R.global_pool),
+    "Permute": Layer(STOCK, R.permute),
+    # the stock equivalents of this project's own layers (backends/keras/stock.py: files plain Keras loads)
+    "Cropping2D": Layer(STOCK, R.crop), "Concatenate": Layer(STOCK, R.concat), "Reshape": Layer(STOCK, R.reshape),
+    "ZeroPadding3D": Layer(STOCK, R.zero_pad3d),
+    "ConstantPad2D": Layer(custom.__name__, R.constant_pad), "ChannelPad": Layer(custom.__name__, R.channel_pad),
+    "ExactAvgPool2D": Layer(custom.__name__, R.exact_pool, R.exact_values, variables=False),
+    "TorchBatchNorm": Layer(custom.__name__, R.same_shape, R.bn_values),
 }
 assert set(custom.CLASSES) <= set(LAYERS)
 
@@ -387,7 +208,7 @@ class _Graph:
     def apply(self, layer: dict, fn, *args):
         try:
             return fn(layer["config"] if isinstance(layer.get("config"), dict) else {}, *args)
-        except _Bad as exc:
+        except R.Bad as exc:
             raise self.refuse(layer, f"cannot be built as config.json declares it: {exc}") from None
         except (TypeError, ValueError, IndexError, KeyError, AttributeError) as exc:
             raise self.refuse(layer, f"has a malformed config ({type(exc).__name__}: {exc})") from None
@@ -423,7 +244,7 @@ class _Graph:
         build = layer.get("build_config")
         shapes = []
         if fn is not None and isinstance(build, dict) and isinstance(build.get("input_shape"), list):
-            shapes.append(self.apply(layer, lambda conf: _input({"batch_shape": build["input_shape"]}, [])))
+            shapes.append(self.apply(layer, lambda conf: R.input_shape({"batch_shape": build["input_shape"]}, [])))
         for key in self.keys[id(layer)] if fn is not None else []:
             refs = self.nodes[key][1]
             shapes.append(self.shape(refs[0]) if refs else None)
@@ -433,6 +254,6 @@ class _Graph:
         for shape in shapes[1:]:
             try:
                 others.append(fn(layer["config"], shape))
-            except (_Bad, TypeError, ValueError, IndexError, KeyError, AttributeError):
+            except (R.Bad, TypeError, ValueError, IndexError, KeyError, AttributeError):
                 pass  # Keras builds on the first; a call on another shape fails after it
         return max([first] + others, key=lambda v: v[0])

@@ -191,14 +191,17 @@ _WRITER = textwrap.dedent("""
     import keras
     import resnet_spec
     from conftest import tiny_text
-    from resnet_spec.backends.keras import model as km
+    from resnet_spec.backends.keras import model as km, stock
 
     out, jobs = sys.argv[1], json.loads(sys.argv[2])
     counts = {}
-    for i, (spec, size, data_format, dtype) in enumerate(jobs["specs"]):
+    for i, (spec, size, data_format, dtype, *lowering) in enumerate(jobs["specs"]):
         km.keras_module()
         net = resnet_spec.load(spec if "\\n" in spec else tiny_text(spec, size=size))
-        model = km.build(net, None, data_format=data_format, dtype=dtype)
+        if lowering == ["stock"]:  # what convert writes: stock layers only (backends/keras/stock.py)
+            model = stock.build(net, None, data_format=data_format)
+        else:
+            model = km.build(net, None, data_format=data_format, dtype=dtype)
         keras.mixed_precision.set_global_policy("float32")
         path = os.path.join(out, f"{i}-{net.name}-{data_format}-{dtype}.keras")
         model.save(path)
@@ -241,10 +244,13 @@ def _estimate(path) -> int:
 
 #: beside zoo entries, two specs using every op the Keras backend writes (conftest.TINY_A, TINY_B):
 #: grouped convolutions, SE, drop path and dropout (Dropout), conv biases, ceil-mode pools (ConstantPad2D),
-#: an average-pool shortcut with partial windows (ExactAvgPool2D); pre-activation, option A (ChannelPad)
+#: an average-pool shortcut with partial windows (ExactAvgPool2D); pre-activation, option A (ChannelPad);
+#: and the same two in stock layers only, as ``convert`` writes them
 LEGIT_SPECS = [("resnet18", None, "channels_last", "float32"), ("preact_resnet164", None, "channels_first", "float16"),
                ("seresnet50", None, "channels_last", "float32"), (TINY_A, None, "channels_last", "float32"),
-               (TINY_B, None, "channels_last", "bfloat16")]
+               (TINY_B, None, "channels_last", "bfloat16"),
+               # the stock-layer files convert writes (edge-padded max pools, 'same' average pools, ZeroPadding3D)
+               (TINY_A, None, "channels_last", "float32", "stock"), (TINY_B, None, "channels_first", "float32", "stock")]
 LEGIT_APPS = [("ResNet50", {}), ("ResNet50V2", {"include_top": False, "pooling": "max"})]
 
 

@@ -215,13 +215,14 @@ class _Lowering(common.Lowering):
 
 
 def build(net: ir.Network, weights=None, *, data_format: str = "channels_last", dtype: str = "float32",
-          backend: str | None = None):
+          backend: str | None = None, lowering=None):
     """The Keras functional model for ``net`` on the active Keras backend, with ``weights`` loaded.
 
     ``weights``: a canonical weight set (checked against the IR), or None to keep Keras' initialisers.
     ``data_format``: the input layout, 'channels_last' (N, H, W, C) or 'channels_first' (N, C, H, W);
     the body is NHWC either way. ``dtype``: 'float32', or 'float16' / 'bfloat16' for Keras mixed
     precision (float32 variables, reduced-precision compute). ``backend``: refuse unless Keras runs on it.
+    ``lowering``: the :class:`_Lowering` subclass to walk with (``.stock.StockLowering``: stock layers only).
     """
     keras = keras_module(backend)
     if data_format not in DATA_FORMATS:
@@ -237,7 +238,7 @@ def build(net: ir.Network, weights=None, *, data_format: str = "channels_last", 
         keras.config.set_dtype_policy(keras.DTypePolicy(f"mixed_{dtype}"))
     try:
         with deep_recursion(depth(net)):
-            model = _graph(net, data_format, keras)
+            model = _graph(net, data_format, keras, lowering or _Lowering)
     finally:
         keras.config.set_dtype_policy(previous)
     if weights is not None:
@@ -245,7 +246,7 @@ def build(net: ir.Network, weights=None, *, data_format: str = "channels_last", 
     return model
 
 
-def _graph(net: ir.Network, data_format: str, keras):
+def _graph(net: ir.Network, data_format: str, keras, lowering):
     L = keras.layers
     c, h, w = net.input_shape
     namer = Namer()
@@ -254,7 +255,7 @@ def _graph(net: ir.Network, data_format: str, keras):
         x = L.Permute((2, 3, 1), name=namer("to_channels_last"))(inp)
     else:
         inp = x = keras.Input((h, w, c), name=namer("input"))
-    x = common.walk(_Lowering(namer), net, x)
+    x = common.walk(lowering(namer), net, x)
     return keras.Model(inp, x, name=net.name)
 
 

@@ -244,15 +244,30 @@ class _Mapper(Recogniser):
         st = c["strides"][0] if isinstance(c["strides"], list) else c["strides"]
         out = {"kernel": ps, "stride": st, "padding": 0}
         prev = self.by_name.get(layer["inbound"][0]) if layer["inbound"] else None
-        while prev is not None and prev["cls"] in ("ZeroPadding2D", "ConstantPad2D"):
+        while prev is not None and prev["cls"] in ("ZeroPadding2D", "ConstantPad2D", "Concatenate"):
+            body = None
             if prev["cls"] == "ZeroPadding2D":
                 out.update(padding=self.zero_pad(layer), pad_value="zero")
             else:
-                t, left, b, r = prev["config"]["pads"]
-                if prev["config"].get("value") == "neg_inf" and out["padding"] == 0:
+                t, b, body = self.stem_pad(prev)
+                if out["padding"] == 0 and (body or prev["config"].get("value") == "neg_inf"):
                     out["padding"] = t
                 if b > t:
                     out["ceil_mode"] = True
             layer = prev
-            prev = self.by_name.get(layer["inbound"][0]) if layer["inbound"] else None
+            prev = self.by_name.get(body or layer["inbound"][0]) if layer["inbound"] else None
         return out
+
+    def stem_pad(self, layer) -> tuple:
+        """(top, bottom, the padded layer's name or None) of a stem pool's padding layer: this
+        project's ConstantPad2D, or the stock file's edge rows (Concatenate of Cropping2D copies
+        around the tensor, ``backends/keras/stock.py``; its columns are the same numbers)."""
+        if layer["cls"] == "ConstantPad2D":
+            t, _, b, _ = layer["config"]["pads"]
+            return t, b, None
+        names = layer["inbound"]
+        crops = [self.by_name.get(n, {}).get("cls") == "Cropping2D" for n in names]
+        if crops.count(False) != 1:
+            raise self.refuse(layer, "a Concatenate before the stem pool that is not edge padding")
+        i = crops.index(False)
+        return i, len(names) - 1 - i, names[i]

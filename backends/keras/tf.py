@@ -24,6 +24,7 @@ import sys
 
 from ... import ir
 from ...errors import BackendUnavailable
+from . import stock
 from .applications import keras_applications_names, to_keras_applications  # noqa: F401
 from .backend import Leg, load_keras as _load_keras_any, tf_device_scope
 from .layers import avg_pool_counts  # noqa: F401
@@ -91,6 +92,9 @@ def convert(net: ir.Network, weights, out_dir: str, *, force: bool = False,
             data_format: str = "channels_last") -> list:
     """Write ``<name>.keras`` and the SavedModel folder ``<name>_savedmodel/``.
 
+    The model is built from stock Keras layers only (:mod:`.stock`): ``keras.saving.load_model`` loads
+    the ``.keras`` without this package, on any Keras backend.
+
     The SavedModel's ``serving_default`` signature takes ``input`` (float32, batch dimension None, in
     ``data_format`` layout) and returns ``{'logits': ...}``. Both are written atomically; an existing
     output is replaced only with ``force``.
@@ -105,7 +109,7 @@ def convert(net: ir.Network, weights, out_dir: str, *, force: bool = False,
         check_writable(p, force)
     _tf("a SavedModel (convert --to tensorflow)")
     os.makedirs(out_dir, exist_ok=True)
-    model = build(net, weights, data_format=data_format)
+    model = stock.build(net, weights, data_format=data_format, backend="tensorflow")  # plain Keras loads it
     with deep_recursion(depth(net)):  # saving walks the graph recursively too
         with atomic_path(paths["keras"], force) as tmp:
             # Keras insists on the .keras suffix: save beside the temporary name, then move into place.
