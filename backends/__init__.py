@@ -25,6 +25,11 @@ FLOAT16_IO_BACKENDS = ("onnx",)
 # ONNX (QDQ, ONNX Runtime's quantizer), TFLite (full-integer, TensorFlow's converter).
 INT8_BACKENDS = ("onnx", "tflite")
 
+# ``convert --layout``: the input layout each target's files take by default (what they took before the
+# option existed): PyTorch and ONNX NCHW, Keras-made files NHWC. Any target takes either (one transpose
+# at the graph's entry: backends/common.py ``entry_permutation``).
+DEFAULT_LAYOUTS = {"torch": "nchw", "onnx": "nchw", "tensorflow": "nhwc", "tflite": "nhwc"}
+
 # ONNX opsets. Lowest: Pad/Slice take their arguments as inputs and every op we use has its current
 # semantics from 13 on. Highest: the newest opset of onnx 1.23 (checker) that ONNX Runtime 1.32 also
 # runs with all its Conv fusions (tested for every opset in between).

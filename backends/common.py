@@ -34,6 +34,14 @@ has none; :meth:`Lowering.name` gives it ``<owner>.<what>`` (``layer1.0.relu``;
 walk passes the branch ('pre', 'main', 'shortcut', 'post'; 'stem', 'head') so that a backend may
 set shortcut helpers apart. Repeated names are made unique by the backend with
 :class:`resnet_spec.naming.UniqueNames` (deterministic: first come, first named).
+
+Input layout
+------------
+Every framework computes in its own layout (torch and ONNX: NCHW; Keras: NHWC) and a file may take
+its input in either (``convert --layout``). The difference is one transpose at the graph's entry,
+before the walk: :func:`entry_permutation` gives its axes (ONNX: a ``Transpose`` node named
+:data:`ENTRY_NAMES`; torch: ``x.permute``; Keras: a ``Permute`` layer), so the body never changes.
+The layout a file takes is recorded in its metadata under :data:`META_LAYOUT`.
 """
 
 from __future__ import annotations
@@ -46,6 +54,45 @@ HELPER_NAMES = {ir.ReLU: "relu", ir.Pool: "pool", ir.Subsample: "subsample", ir.
 
 #: The taps: the stem's output, each block's output (named after the block) and the head's.
 STEM, HEAD = "stem", "head"
+
+#: The input layouts a file may take (``convert --layout``); the metadata key that records it.
+LAYOUTS = ("nchw", "nhwc")
+META_LAYOUT = "resnet_spec.layout"
+#: The name of the entry transpose (ONNX node, Keras layer), by the compute layout it goes to.
+ENTRY_NAMES = {"nchw": "to_channels_first", "nhwc": "to_channels_last"}
+_AXES = {"nchw": "NCHW", "nhwc": "NHWC"}
+
+
+def check_layout(layout: str, who: str = "layout") -> str:
+    """``layout`` when it is one of :data:`LAYOUTS`, else a :class:`ResNetSpecError` naming them."""
+    if layout not in LAYOUTS:
+        from ..errors import ResNetSpecError
+
+        raise ResNetSpecError(f"{who}: input layout {layout!r} is not supported; choose {' or '.join(LAYOUTS)}")
+    return layout
+
+
+def layout_text(layout: str) -> str:
+    """How ``inspect`` shows the input layout a file records under :data:`META_LAYOUT`."""
+    known = {"nchw": "NCHW (batch, channels, height, width)", "nhwc": "NHWC (batch, height, width, channels)"}
+    return f"{known.get(layout, repr(layout)[:40])}, recorded in the metadata"
+
+
+def entry_permutation(layout: str, compute: str):
+    """The axes (batch first) of the transpose that turns an input in ``layout`` into the framework's
+    ``compute`` layout, e.g. ``(0, 3, 1, 2)`` for an NHWC file of an NCHW framework; None when the two
+    are the same (no transpose)."""
+    check_layout(layout)
+    check_layout(compute, "compute")
+    if layout == compute:
+        return None
+    return tuple(_AXES[layout].index(axis) for axis in _AXES[compute])
+
+
+def input_dims(shape, layout: str) -> tuple:
+    """The spec's input ``shape`` (C, H, W) in ``layout``, without the batch: (C, H, W) or (H, W, C)."""
+    c, h, w = shape
+    return (c, h, w) if check_layout(layout) == "nchw" else (h, w, c)
 
 
 def join(owner: str, leaf: str) -> str:

@@ -13,7 +13,8 @@ spec name and YAML to ``metadata.json`` (:func:`embed_keras_spec`); inspect read
 the config and the weights' shapes from the HDF5 file (h5py, which Keras needs anyway), never
 deserialising a layer. A ``.tflite`` file is a flatbuffer whose ``Model`` has a ``metadata`` table
 (name -> buffer); ``convert`` stores the spec there under the same keys, and the dtype under
-``resnet_spec.dtype`` (:func:`tflite_with_spec`), next to the converter's own entries. Inspect reads it
+``resnet_spec.dtype`` and the input layout under ``resnet_spec.layout`` (:func:`tflite_with_spec`), next to
+the converter's own entries. Inspect reads it
 with the generated schema of the LiteRT package (``ai-edge-litert``), else TensorFlow's, and tells a
 float16 file (float16 weights feeding DEQUANTIZE ops, :func:`tflite_float16_weights`) from its tensors.
 """
@@ -27,6 +28,7 @@ import struct
 import zipfile
 
 from .archive import KERAS_META, keras_layers, read_keras_archive, read_member
+from .backends.common import META_LAYOUT, layout_text
 from .errors import ResNetSpecError
 from .fileio import check_regular_file, shown
 
@@ -116,15 +118,15 @@ def inspect_pt2(path: str) -> dict:
         with zipfile.ZipFile(path) as z:
             names = z.namelist()
             extra = {n.split("/extra/", 1)[1]: n for n in names if "/extra/" in n}
-            spec_yaml = read_member(z, extra[META_SPEC]).decode("utf-8") if META_SPEC in extra else None
-            name = read_member(z, extra[META_NAME]).decode("utf-8") if META_NAME in extra else None
+            spec_yaml, name, layout = (read_member(z, extra[k]).decode("utf-8") if k in extra else None
+                                       for k in (META_SPEC, META_NAME, META_LAYOUT))
     except (zipfile.BadZipFile, OSError, UnicodeDecodeError, ValueError) as exc:
         raise ResNetSpecError(f"{path}: not a torch.export archive ({exc})") from None
     if not any("/models/" in n or n.endswith(".json") for n in names):
         raise ResNetSpecError(f"{path}: a zip archive, but not a torch.export program")
     embedded_spec(path, spec_yaml)
     return {"path": path, "format": "torch.export (.pt2)", "entries": len(names), "spec_name": name,
-            "spec_yaml": spec_yaml, "extra_files": sorted(extra)}
+            "spec_yaml": spec_yaml, "extra_files": sorted(extra), "layout": layout}
 
 
 def format_info(info: dict) -> str:
@@ -141,6 +143,8 @@ def format_info(info: dict) -> str:
             what = (f"shape {t['shape']}, {t['dtype']}" if "shape" in t
                     else f"{t['layer']}" + (f", {t['units']} units" if t.get("units") else ""))
             lines.append(f"{key[:-1] + ':':<11} {t['name']} ({what})")
+    if info.get("layout"):
+        lines.append(f"layout:     {layout_text(info['layout'])}")
     if "float16_weights" in info:  # TFLite: float16 weights + DEQUANTIZE (float16 post-training quantisation)
         lines.append(f"dtype:      {_tflite_dtype_text(info)}")
     if "tensors" in info and "operators" in info:  # TFLite: BN folded, equal constants stored once
@@ -178,16 +182,16 @@ def _tflite_dtype_text(info: dict) -> str:
 _KERAS_BN = ("BatchNormalization", "TorchBatchNorm")
 
 
-def embed_keras_spec(path: str, net) -> None:
-    """Rewrite the ``.keras`` archive at ``path`` with the spec name and YAML in ``metadata.json``
-    (members, order and compression otherwise unchanged)."""
+def embed_keras_spec(path: str, net, layout: str = "nhwc") -> None:
+    """Rewrite the ``.keras`` archive at ``path`` with the spec name and YAML and the input ``layout`` in
+    ``metadata.json`` (members, order and compression otherwise unchanged)."""
     with zipfile.ZipFile(path) as z:
         members = [(i, z.read(i.filename)) for i in z.infolist()]
     with zipfile.ZipFile(path, "w") as z:
         for info, data in members:
             if info.filename == KERAS_META:
                 meta = json.loads(data)
-                meta.update({META_NAME: net.name, META_SPEC: net.spec_yaml})
+                meta.update({META_NAME: net.name, META_SPEC: net.spec_yaml, META_LAYOUT: layout})
                 data = json.dumps(meta).encode("utf-8")
             z.writestr(info, data)
 
@@ -206,7 +210,7 @@ def inspect_keras(path: str) -> dict:
             "model": _plain(model.get("name"), str), "layers": len(layers),
             "layer_classes": dict(collections.Counter(x["class_name"] for x in layers)),
             "inputs": inputs, "outputs": outputs, "spec_name": _meta_text(path, meta, META_NAME),
-            "spec_yaml": _meta_text(path, meta, META_SPEC),  # nested values are not shown
+            "spec_yaml": _meta_text(path, meta, META_SPEC), "layout": _meta_text(path, meta, META_LAYOUT),
             "metadata": {k: v for k, v in meta.items() if k != META_SPEC and _plain(v, (str, int, float, bool)) is not None}}
     embedded_spec(path, info["spec_yaml"])
     if h5 is not None:
@@ -283,8 +287,9 @@ def _tflite_schema(path: str):
     return fb
 
 
-def tflite_with_spec(data: bytes, net, fb, dtype: str = "float32") -> bytes:
-    """The flatbuffer ``data`` with the spec name, YAML and ``dtype`` added to its metadata table (``fb``:
+def tflite_with_spec(data: bytes, net, fb, dtype: str = "float32", layout: str = "nhwc") -> bytes:
+    """The flatbuffer ``data`` with the spec name, YAML, ``dtype`` and input ``layout`` added to its metadata
+    table (``fb``:
     the generated TFLite schema module). Files with buffers outside the flatbuffer (> 2 GB) are returned
     as they are."""
     import flatbuffers
@@ -294,7 +299,7 @@ def tflite_with_spec(data: bytes, net, fb, dtype: str = "float32") -> bytes:
     if any(getattr(b, "offset", 0) for b in model.buffers or []):
         return data
     model.buffers, model.metadata = list(model.buffers or []), list(model.metadata or [])
-    for key, text in ((META_NAME, net.name), (META_SPEC, net.spec_yaml), (META_DTYPE, dtype)):
+    for key, text in ((META_NAME, net.name), (META_SPEC, net.spec_yaml), (META_DTYPE, dtype), (META_LAYOUT, layout)):
         buf, meta = fb.BufferT(), fb.MetadataT()
         buf.data = np.frombuffer(text.encode("utf-8"), np.uint8)
         meta.name, meta.buffer = key, len(model.buffers)
@@ -356,13 +361,20 @@ def inspect_tflite(path: str) -> dict:
     return info
 
 
-def _read_tflite(path: str, data: bytes, fb) -> dict:
+def tflite_metadata(data: bytes, fb) -> dict:
+    """The flatbuffer's metadata table: ``{name: bytes}`` (empty bytes for a buffer outside it)."""
     m = fb.Model.GetRootAs(data, 0)
     meta = {}
     for i in range(m.MetadataLength()):
         md = m.Metadata(i)
         raw = m.Buffers(md.Buffer()).DataAsNumpy()
         meta[md.Name().decode()] = raw.tobytes() if hasattr(raw, "tobytes") else b""
+    return meta
+
+
+def _read_tflite(path: str, data: bytes, fb) -> dict:
+    m = fb.Model.GetRootAs(data, 0)
+    meta = tflite_metadata(data, fb)
     ops_by_code = {v: k for k, v in vars(fb.BuiltinOperator).items() if not k.startswith("_")}
     types = {v: k.lower() for k, v in vars(fb.TensorType).items() if not k.startswith("_")}
     sg = m.Subgraphs(0)
@@ -386,4 +398,4 @@ def _read_tflite(path: str, data: bytes, fb) -> dict:
             "parameters": sum(int(math.prod(t.ShapeAsNumpy())) for t in consts  # BN folded: convs, fc
                               if t.ShapeLength() and types.get(t.Type(), "").startswith("float")), "buffers": 0,
             "dtypes": sorted({types.get(t.Type(), "?") for t in consts}), "spec_name": text(META_NAME),
-            "spec_yaml": text(META_SPEC), "metadata": sorted(meta)}
+            "spec_yaml": text(META_SPEC), "metadata": sorted(meta), "layout": text(META_LAYOUT)}

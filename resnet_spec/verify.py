@@ -291,7 +291,7 @@ def _runs(workers, net, file, x, wpath, opts: RunSettings, notes) -> list:
         return [workers.call("litert", R.tflite_run, path, x, shape, trusted, layout)]
     if kind in ("keras", "savedmodel"):
         return [workers.call("tensorflow", R.keras_run, path, x, shape, kind, trusted, layout)]
-    return [workers.call("torch", R.torch_file_run, path, x, shape, kind, wpath, trusted, pt2_budget(net))]
+    return [workers.call("torch", R.torch_file_run, path, x, shape, kind, wpath, trusted, pt2_budget(net), layout)]
 
 
 def int8_metrics(ref: np.ndarray, got: np.ndarray) -> dict:

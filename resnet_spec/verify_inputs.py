@@ -5,8 +5,10 @@ want it otherwise, and says so in its input's declaration:
 
 * **layout**: NCHW or NHWC, decided from the declared shape: the spec's (C, H, W) in positions 1-3, or
   (H, W, C) (tf2onnx's ONNX files and TFLite files are NHWC; litert-torch's TFLite and torch's ONNX are
-  NCHW). A shape that fits both (every dimension dynamic) is refused in one line naming ``--layout``;
-  ``layout`` other than ``auto`` takes that layout, and refuses a shape that does not fit it.
+  NCHW). A shape that fits both (every dimension dynamic, or a spec whose channels equal its sides)
+  takes the layout the file records (``resnet_spec.layout``, written by ``convert --layout``), else
+  is refused in one line naming ``--layout``; ``layout`` other than ``auto`` takes that layout, and
+  refuses a shape that does not fit it.
 * **batch**: a fixed batch (litert-torch and nobuco write 1; ``convert --batch N``) is fed in chunks of
   its own size, without resizing the input; ``--batch`` must then be a multiple of it.
 * **name** and **dtype**: the input's own name and element type (float32 or float16).
@@ -29,9 +31,10 @@ LAYOUTS = ("auto", "nchw", "nhwc")
 FLOAT_DTYPES = ("float32", "float16")
 
 
-def decide_layout(path: str, dims, shape, layout: str = "auto") -> str:
+def decide_layout(path: str, dims, shape, layout: str = "auto", recorded: str | None = None) -> str:
     """'nchw' or 'nhwc': how the file's input ``dims`` (batch first; None/str/-1 for dynamic) holds the
-    spec's ``shape`` (C, H, W); ``layout`` (``auto``, ``nchw``, ``nhwc``) as :data:`LAYOUTS` says."""
+    spec's ``shape`` (C, H, W); ``layout`` (``auto``, ``nchw``, ``nhwc``) as :data:`LAYOUTS` says;
+    ``recorded``: the layout the file's metadata records, which ``auto`` takes when the shape fits it."""
     c, h, w = shape
     dims = _dims(dims)
     tail = list(dims)[1:]
@@ -46,6 +49,8 @@ def decide_layout(path: str, dims, shape, layout: str = "auto") -> str:
             raise ResNetSpecError(f"{shown(path)}: input shape {dims} is not {layout.upper()} of spec input "
                                   f"(C, H, W) = {tuple(shape)}")
         return layout
+    if recorded in fitting:
+        return recorded
     if len(fitting) == 2:
         raise ResNetSpecError(f"{shown(path)}: input shape {dims} fits both NCHW and NHWC of spec input "
                               f"(C, H, W) = {tuple(shape)}; pass --layout nchw or --layout nhwc")
@@ -91,12 +96,13 @@ class Feed:
         return outs[0] if len(outs) == 1 else np.concatenate(outs)
 
 
-def feed_of(path: str, dims, shape, layout: str = "auto", name: str | None = None, dtype: str = "float32") -> Feed:
-    """The :class:`Feed` of a file whose input declares ``dims`` (batch first), ``name`` and ``dtype``,
-    for a spec of input ``shape`` (C, H, W)."""
+def feed_of(path: str, dims, shape, layout: str = "auto", name: str | None = None, dtype: str = "float32",
+            recorded: str | None = None) -> Feed:
+    """The :class:`Feed` of a file whose input declares ``dims`` (batch first), ``name`` and ``dtype``
+    (and whose metadata records the layout ``recorded``), for a spec of input ``shape`` (C, H, W)."""
     if dtype not in FLOAT_DTYPES:
         raise ResNetSpecError(f"{shown(path)}: its input is {dtype} (a quantized model?); verify feeds float32 or "
                               "float16 inputs")
     dims = _dims(dims)
     batch = dims[0] if dims and dims[0] else None
-    return Feed(decide_layout(path, dims, shape, layout), batch, name, dtype)
+    return Feed(decide_layout(path, dims, shape, layout, recorded), batch, name, dtype)

@@ -13,6 +13,7 @@ import numpy as np
 
 from .errors import ResNetSpecError, first_line
 from .fileio import check_regular_file, shown
+from .backends.common import META_LAYOUT
 from .verify_inputs import Feed, feed_of
 
 
@@ -67,7 +68,9 @@ def _onnx_feed(path: str, model, shape, layout: str) -> Feed:
     if inp is None:
         raise ResNetSpecError(f"{shown(path)}: the graph has no input (every input is an initializer)")
     elem = inp.type.tensor_type.elem_type
-    return feed_of(path, _onnx_dims(inp), shape, layout, inp.name, _ONNX_DTYPES.get(elem, f"ONNX type {elem}"))
+    recorded = next((p.value for p in model.metadata_props if p.key == META_LAYOUT), None)
+    return feed_of(path, _onnx_dims(inp), shape, layout, inp.name, _ONNX_DTYPES.get(elem, f"ONNX type {elem}"),
+                   recorded)
 
 
 def onnx_runs(path: str, x: np.ndarray, shape, device: str = "cpu", layout: str = "auto") -> list:
@@ -209,14 +212,16 @@ def tflite_check(path: str) -> None:
 
 
 def _tflite_dtypes(path: str, data: bytes) -> tuple:
-    """``(float16, int8)``: whether the file holds float16 weights feeding DEQUANTIZE ops (TFLite's float16
-    quantisation), and int8 tensors (integer quantization), from any converter
-    (:func:`resnet_spec.inspect_files.tflite_float16_weights`, ``tflite_int8_tensors``)."""
-    from .inspect_files import _tflite_schema, tflite_float16_weights, tflite_int8_tensors
+    """``(float16, int8, layout)``: whether the file holds float16 weights feeding DEQUANTIZE ops (TFLite's
+    float16 quantisation), and int8 tensors (integer quantization), from any converter
+    (:func:`resnet_spec.inspect_files.tflite_float16_weights`, ``tflite_int8_tensors``), and the input
+    layout its metadata records (None without one)."""
+    from .inspect_files import _tflite_schema, tflite_float16_weights, tflite_int8_tensors, tflite_metadata
 
     fb = _tflite_schema(path)
     try:
-        return bool(tflite_float16_weights(data, fb)), bool(tflite_int8_tensors(data, fb))
+        layout = tflite_metadata(data, fb).get(META_LAYOUT, b"").decode("utf-8", "replace") or None
+        return bool(tflite_float16_weights(data, fb)), bool(tflite_int8_tensors(data, fb)), layout
     except Exception as exc:  # noqa: BLE001 - a damaged flatbuffer raises anything
         raise ResNetSpecError(f"{shown(path)}: not a readable .tflite model ({first_line(exc)})") from None
 
@@ -226,12 +231,12 @@ def tflite_run(path: str, x: np.ndarray, shape, trusted: bool = False, layout: s
     fed as the file declares it (:class:`Feed`): a dynamic one resized to the batch, a fixed one never
     resized (a batch of 1 gets the images one at a time). ``float16``: the file has float16 weights."""
     data = _tflite_read(path) if trusted else _tflite_checked(path)
-    fp16, int8 = _tflite_dtypes(path, data)
+    fp16, int8, recorded = _tflite_dtypes(path, data)
     interp, label = _tflite_interpreter(path, data)
     inp = interp.get_input_details()[0]
     sig = inp.get("shape_signature")
     dims = [int(d) for d in (sig if sig is not None and len(sig) else inp["shape"])]
-    feed = feed_of(path, dims, shape, layout, inp["name"], np.dtype(inp["dtype"]).name)
+    feed = feed_of(path, dims, shape, layout, inp["name"], np.dtype(inp["dtype"]).name, recorded)
     pieces = feed.chunks(path, x)
     out_index = interp.get_output_details()[0]["index"]
 
@@ -333,8 +338,10 @@ def keras_run(path: str, x: np.ndarray, shape, kind: str, trusted: bool = False,
 
 
 def _load_torch_file(path: str, kind: str, weights_path: str, trusted: bool, max_bytes: int):
-    """A ``.pt2`` program's module (unless ``trusted``, loaded from the checked copy
-    :func:`resnet_spec.trust_pt2.clean_copy` writes) or a standalone ``.py``'s ``load_model``."""
+    """``(module, input dims or None, recorded layout or None)``: a ``.pt2`` program's module (unless
+    ``trusted``, loaded from the checked copy :func:`resnet_spec.trust_pt2.clean_copy` writes), its input's
+    declared dims and the layout its extra files record; or a standalone ``.py``'s ``load_model()`` and its
+    ``INPUT_LAYOUT`` (NCHW when it has none)."""
     import importlib.util
     import os
     import tempfile
@@ -343,18 +350,28 @@ def _load_torch_file(path: str, kind: str, weights_path: str, trusted: bool, max
     import torch
 
     if kind == "pt2":
-        if trusted:
-            return torch.export.load(path).module()
         from .trust_pt2 import clean_copy
 
+        extra = {META_LAYOUT: ""}
         with tempfile.TemporaryDirectory(prefix="resnet-spec-pt2-") as tmp:
-            return torch.export.load(clean_copy(path, max_bytes, os.path.join(tmp, "checked.pt2"))).module()
+            load = path if trusted else clean_copy(path, max_bytes, os.path.join(tmp, "checked.pt2"))
+            program = torch.export.load(load, extra_files=extra)
+        return program.module(), _pt2_dims(path, program), extra[META_LAYOUT] or None
     spec = importlib.util.spec_from_file_location(f"_verify_{uuid.uuid4().hex}", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     if not hasattr(mod, "load_model"):
         raise ResNetSpecError(f"{shown(path)}: no load_model() in it; not a source file written by convert")
-    return mod.load_model(weights=weights_path)
+    return mod.load_model(weights=weights_path), None, getattr(mod, "INPUT_LAYOUT", "nchw")
+
+
+def _pt2_dims(path: str, program) -> list:
+    """The declared dims of a program's first user input (None for a symbolic one, the dynamic batch)."""
+    names = list(program.graph_signature.user_inputs)
+    for node in program.graph.nodes:
+        if node.op == "placeholder" and names and node.name == names[0] and hasattr(node.meta.get("val"), "shape"):
+            return [d if isinstance(d, int) else None for d in node.meta["val"].shape]
+    raise ResNetSpecError(f"{shown(path)}: the program declares no tensor input")
 
 
 def _stopped(path: str, exc: BaseException, when: str) -> ResNetSpecError:
@@ -365,9 +382,10 @@ def _stopped(path: str, exc: BaseException, when: str) -> ResNetSpecError:
 
 
 def torch_file_run(path: str, x: np.ndarray, shape, kind: str, weights_path: str, trusted: bool = False,
-                   max_bytes: int = 1 << 62) -> dict:
+                   max_bytes: int = 1 << 62, layout: str = "auto") -> dict:
     """A ``.pt2`` program (weights inside) or a standalone ``.py`` (weights from ``weights_path``; run
-    only when ``trusted``: verify refuses it before this otherwise)."""
+    only when ``trusted``: verify refuses it before this otherwise); the input fed in the file's layout
+    (a ``.pt2``: from its declared input, :class:`Feed`; a ``.py``: its ``INPUT_LAYOUT``)."""
     import torch
 
     check_regular_file(path)
@@ -376,19 +394,23 @@ def torch_file_run(path: str, x: np.ndarray, shape, kind: str, weights_path: str
 
         raise refuse(path, PY_REFUSAL)
     try:
-        model = _load_torch_file(path, kind, weights_path, trusted, max_bytes)
+        model, dims, recorded = _load_torch_file(path, kind, weights_path, trusted, max_bytes)
     except ResNetSpecError:
         raise
     except Exception as exc:  # noqa: BLE001 - a broken archive or source raises anything
         raise ResNetSpecError(f"{shown(path)}: not a loadable {kind} model ({first_line(exc)})") from None
     except BaseException as exc:  # noqa: BLE001 - SystemExit from the source: an error, never an exit
         raise _stopped(path, exc, "loading") from None
+    # a .py says its layout (INPUT_LAYOUT) and declares no shape; a .pt2 declares its input's
+    feed = Feed(recorded if recorded == "nhwc" else "nchw") if dims is None else feed_of(
+        path, dims, shape, layout, recorded=recorded)
+    piece = feed.first(path, x)
     try:
         with torch.inference_mode():
-            out = model(torch.from_numpy(np.ascontiguousarray(x)))
+            out = feed.run(path, x, lambda xin: model(torch.from_numpy(xin)).float().numpy())
     except Exception as exc:  # noqa: BLE001
-        raise ResNetSpecError(f"{shown(path)}: cannot run on input {tuple(x.shape)}: {first_line(exc)}; "
+        raise ResNetSpecError(f"{shown(path)}: cannot run on input {tuple(piece.shape)}: {first_line(exc)}; "
                               "is it a model of another spec?") from None
     except BaseException as exc:  # noqa: BLE001
         raise _stopped(path, exc, "running") from None
-    return {"runtime": f"torch {torch.__version__}", "level": kind, "outputs": {"logits": out.float().numpy()}}
+    return {"runtime": f"torch {torch.__version__}", "level": kind, "outputs": {"logits": out}}

@@ -17,7 +17,7 @@ def nhwc_onnx(model):
     import onnx
     from onnx import helper
 
-    model = onnx.ModelProto.FromString(model.SerializeToString())
+    model = _foreign(onnx.ModelProto.FromString(model.SerializeToString()))
     g = model.graph
     old = g.input[0]
     n, c, h, w = old.type.tensor_type.shape.dim
@@ -35,10 +35,18 @@ def dynamic_onnx(model):
     """``model`` with every dimension of its input symbolic (``batch``, ``d1``, ``d2``, ``d3``)."""
     import onnx
 
-    model = onnx.ModelProto.FromString(model.SerializeToString())
+    model = _foreign(onnx.ModelProto.FromString(model.SerializeToString()))
     for i, d in enumerate(model.graph.input[0].type.tensor_type.shape.dim):
         d.Clear()
         d.dim_param = "batch" if i == 0 else f"d{i}"
+    return model
+
+
+def _foreign(model):
+    """``model`` without the input layout our convert records (another producer writes none)."""
+    kept = [p for p in model.metadata_props if p.key != "resnet_spec.layout"]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
     return model
 
 

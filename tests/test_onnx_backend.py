@@ -144,7 +144,7 @@ def test_names_and_interface(r50):
     assert {a.name: a.i for a in gemm.attribute} == {"transB": 1}
     meta = {p.key: p.value for p in model.metadata_props}
     assert meta == {"resnet_spec.name": "resnet50", "resnet_spec.spec": net.spec_yaml,
-                    "resnet_spec.version": resnet_spec.__version__}
+                    "resnet_spec.version": resnet_spec.__version__, "resnet_spec.layout": "nchw"}
     assert model.producer_name == "resnet-spec"
     assert model.opset_import[0].version == ob.DEFAULT_OPSET == 17
     fixed = ob.build(net, w, batch=4).graph

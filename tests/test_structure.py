@@ -165,6 +165,8 @@ MANY_PARAMS = {
     # the backend interface: parity passes its options dict as keywords (mod.infer(net, w, x, **options))
     "backends/onnx/backend.py:infer": "backend interface: infer(net, weights, x, *, device, dtype, ...)",
     "backends/onnx/backend.py:convert": "backend interface: convert(net, weights, out_dir, *, opset, ...)",
+    "backends/onnx/backend.py:build": "backend interface: build(net, weights, *, fold_bn, ..., layout), which "
+                                      "resnet_spec.build passes its keywords to",
     "backends/keras/backend.py:Leg.infer": "backend interface, as onnx's infer",
     "backends/training.py:torch_step": "the training-step interface, as the backends' infer",
     "backends/training.py:keras_step": "the training-step interface, as the backends' infer",

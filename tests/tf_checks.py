@@ -258,3 +258,51 @@ def reload_suite(items):
                                if type(layer).__module__.startswith("resnet_spec")})}
         out.append(r)
     return out
+
+
+def _tflite_logits(data: bytes, x: np.ndarray) -> np.ndarray:
+    """A .tflite flatbuffer run in tf.lite's interpreter on ``x`` (in the file's own layout)."""
+    import tensorflow as tf
+
+    interp = tf.lite.Interpreter(model_content=data)
+    inp = interp.get_input_details()[0]
+    interp.resize_tensor_input(inp["index"], list(x.shape))
+    interp.allocate_tensors()
+    interp.set_tensor(inp["index"], np.ascontiguousarray(x, np.float32))
+    interp.invoke()
+    return np.array(interp.get_tensor(interp.get_output_details()[0]["index"]))
+
+
+def layout_outputs(net, weights, out_dir: str, x: np.ndarray, calibration: np.ndarray) -> dict:
+    """tests/test_layout.py, in one TensorFlow worker: writes the NCHW files of the Keras-made targets into
+    ``out_dir`` (``convert``'s ``tensorflow`` and ``tflite`` backends with ``layout="nchw"``: .keras,
+    SavedModel, TFLite float32, float16 and int8) and returns ``{label: logits}`` of each fed NCHW ``x``,
+    of the default (NHWC) Keras model and TFLite files fed ``x`` transposed (``<label> default``), each NCHW
+    TFLite file's input signature (``signatures``) and the paths written (``files``)."""
+    import os
+
+    import tensorflow as tf
+
+    from resnet_spec.backends.keras import tflite
+
+    T = _backend()
+    xh = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+    keras_file, saved = T.convert(net, weights, out_dir, layout="nchw")
+    files = {"keras": keras_file, "savedmodel": saved}
+    out = {"keras default": np.asarray(T.build(net, weights)(xh, training=False)), "signatures": {}}
+    for dtype in ("float32", "float16", "int8"):
+        calib = calibration if dtype == "int8" else None
+        default = tflite.to_bytes(net, weights, dtype=dtype, calibration=calib)
+        out[f"tflite {dtype} default"] = _tflite_logits(default, xh)
+        sub = os.path.join(out_dir, dtype)
+        (files[f"tflite {dtype}"],) = tflite.convert(net, weights, sub, dtype=dtype, calibration=calib, layout="nchw")
+    out["keras"] = np.asarray(T.load_keras(keras_file)(x, training=False))
+    out["savedmodel"] = np.asarray(T.load_savedmodel(saved)(input=x)["logits"])
+    for label in [k for k in files if k.startswith("tflite")]:
+        with open(files[label], "rb") as fh:
+            data = fh.read()
+        out[label] = _tflite_logits(data, x)
+        out["signatures"][label] = [int(d) for d in tf.lite.Interpreter(model_content=data).get_input_details()[0]
+                                    ["shape_signature"]]
+    out["files"] = files
+    return out

@@ -215,18 +215,18 @@ class _Lowering(common.Lowering):
 
 
 def build(net: ir.Network, weights=None, *, data_format: str = "channels_last", dtype: str = "float32",
-          backend: str | None = None, lowering=None):
+          backend: str | None = None, layout: str | None = None, lowering=None):
     """The Keras functional model for ``net`` on the active Keras backend, with ``weights`` loaded.
 
     ``weights``: a canonical weight set (checked against the IR), or None to keep Keras' initialisers.
     ``data_format``: the input layout, 'channels_last' (N, H, W, C) or 'channels_first' (N, C, H, W);
-    the body is NHWC either way. ``dtype``: 'float32', or 'float16' / 'bfloat16' for Keras mixed
+    the body is NHWC either way. ``layout`` ('nhwc' or 'nchw', the spelling of ``convert --layout``)
+    says the same and wins when given. ``dtype``: 'float32', or 'float16' / 'bfloat16' for Keras mixed
     precision (float32 variables, reduced-precision compute). ``backend``: refuse unless Keras runs on it.
     ``lowering``: the :class:`_Lowering` subclass to walk with (``.stock.StockLowering``: stock layers only).
     """
     keras = keras_module(backend)
-    if data_format not in DATA_FORMATS:
-        raise ResNetSpecError(f"keras: data_format must be one of {', '.join(DATA_FORMATS)}, not {data_format!r}")
+    layout = common.check_layout(layout, "keras") if layout is not None else layout_of(data_format)
     if dtype not in DTYPES:
         raise BackendUnavailable(f"keras: unsupported dtype {dtype!r} (choose from {', '.join(DTYPES)})")
     if weights is not None:
@@ -238,7 +238,7 @@ def build(net: ir.Network, weights=None, *, data_format: str = "channels_last", 
         keras.config.set_dtype_policy(keras.DTypePolicy(f"mixed_{dtype}"))
     try:
         with deep_recursion(depth(net)):
-            model = _graph(net, data_format, keras, lowering or _Lowering)
+            model = _graph(net, layout, keras, lowering or _Lowering)
     finally:
         keras.config.set_dtype_policy(previous)
     if weights is not None:
@@ -246,15 +246,21 @@ def build(net: ir.Network, weights=None, *, data_format: str = "channels_last", 
     return model
 
 
-def _graph(net: ir.Network, data_format: str, keras, lowering):
-    L = keras.layers
-    c, h, w = net.input_shape
+def layout_of(data_format: str) -> str:
+    """Keras' ``data_format`` as an input layout: 'channels_last' is 'nhwc', 'channels_first' 'nchw'."""
+    if data_format not in DATA_FORMATS:
+        raise ResNetSpecError(f"keras: data_format must be one of {', '.join(DATA_FORMATS)}, not {data_format!r}")
+    return "nchw" if data_format == "channels_first" else "nhwc"
+
+
+def _graph(net: ir.Network, layout: str, keras, lowering):
+    """Input in ``layout``, one ``Permute`` into the NHWC body where it is NCHW (the shared entry
+    transpose, :func:`backends.common.entry_permutation`), then the walk."""
     namer = Namer()
-    if data_format == "channels_first":
-        inp = keras.Input((c, h, w), name=namer("input"))
-        x = L.Permute((2, 3, 1), name=namer("to_channels_last"))(inp)
-    else:
-        inp = x = keras.Input((h, w, c), name=namer("input"))
+    inp = x = keras.Input(common.input_dims(net.input_shape, layout), name=namer("input"))
+    perm = common.entry_permutation(layout, "nhwc")
+    if perm is not None:  # Keras' Permute counts axes from 1, without the batch
+        x = keras.layers.Permute(perm[1:], name=namer(common.ENTRY_NAMES["nhwc"]))(inp)
     x = common.walk(lowering(namer), net, x)
     return keras.Model(inp, x, name=net.name)
 
@@ -306,7 +312,8 @@ def tap_model(net: ir.Network, model):
     for tap in net.tap_names():
         lname = names[tap]
         if lname is None:  # no stem: the tap is the (NHWC) input
-            lname = "to_channels_last" if "to_channels_last" in have else None
+            entry = common.ENTRY_NAMES["nhwc"]
+            lname = entry if entry in have else None
         outs.append(model.get_layer(lname).output if lname else model.inputs[0])
     inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
     with deep_recursion(depth(net)):

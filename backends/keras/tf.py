@@ -28,8 +28,9 @@ from . import stock
 from .applications import keras_applications_names, to_keras_applications  # noqa: F401
 from .backend import Leg, load_keras as _load_keras_any, tf_device_scope
 from .layers import avg_pool_counts  # noqa: F401
+from .. import common
 from .model import (DATA_FORMATS, OPS, _MODULES, custom_objects, deep_recursion, depth, keras_module,  # noqa: F401
-                          missing, tap_model)
+                          layout_of, missing, tap_model)
 from .names import Namer as _Namer, canonical_name, layer_name, tap_layer_names  # noqa: F401
 from .weights import set_keras_weights, to_keras_weights  # noqa: F401
 
@@ -64,10 +65,11 @@ def versions() -> str:
     return f"tensorflow {tf.__version__} / keras {keras.__version__}"
 
 
-def build(net: ir.Network, weights=None, *, data_format: str = "channels_last", dtype: str = "float32"):
+def build(net: ir.Network, weights=None, *, data_format: str = "channels_last", dtype: str = "float32",
+          layout: str | None = None):
     """The Keras model for ``net`` on TensorFlow (see :func:`.model.build`)."""
     _tf()
-    return _LEG.build(net, weights, data_format=data_format, dtype=dtype)
+    return _LEG.build(net, weights, data_format=data_format, dtype=dtype, layout=layout)
 
 
 def infer(net: ir.Network, weights, x, **options):
@@ -89,15 +91,16 @@ def device_scope(device: str, allow_tf32: bool = False):
 
 
 def convert(net: ir.Network, weights, out_dir: str, *, force: bool = False,
-            data_format: str = "channels_last") -> list:
+            data_format: str = "channels_last", layout: str | None = None) -> list:
     """Write ``<name>.keras`` and the SavedModel folder ``<name>_savedmodel/``.
 
     The model is built from stock Keras layers only (:mod:`.stock`): ``keras.saving.load_model`` loads
     the ``.keras`` without this package, on any Keras backend.
 
     The SavedModel's ``serving_default`` signature takes ``input`` (float32, batch dimension None, in
-    ``data_format`` layout) and returns ``{'logits': ...}``. Both are written atomically; an existing
-    output is replaced only with ``force``.
+    ``layout``: 'nhwc' or 'nchw'; default: that of ``data_format``) and returns ``{'logits': ...}``.
+    The ``.keras`` file records the layout in its ``metadata.json`` (``resnet_spec.layout``). Both are
+    written atomically; an existing output is replaced only with ``force``.
     """
     from ...fileio import atomic_path, check_writable
     from ...inspect_files import embed_keras_spec
@@ -107,29 +110,29 @@ def convert(net: ir.Network, weights, out_dir: str, *, force: bool = False,
     paths = dict(zip(("keras", "savedmodel"), output_paths("tensorflow", net.name, out_dir)))
     for p in paths.values():  # before importing TensorFlow: a refusal should be instant
         check_writable(p, force)
+    layout = common.check_layout(layout, "tensorflow") if layout is not None else layout_of(data_format)
     _tf("a SavedModel (convert --to tensorflow)")
     os.makedirs(out_dir, exist_ok=True)
-    model = stock.build(net, weights, data_format=data_format, backend="tensorflow")  # plain Keras loads it
+    model = stock.build(net, weights, layout=layout, backend="tensorflow")  # plain Keras loads it
     with deep_recursion(depth(net)):  # saving walks the graph recursively too
         with atomic_path(paths["keras"], force) as tmp:
             # Keras insists on the .keras suffix: save beside the temporary name, then move into place.
             try:
                 model.save(tmp + ".keras")
-                embed_keras_spec(tmp + ".keras", net)  # name and YAML in metadata.json (inspect reads them)
+                embed_keras_spec(tmp + ".keras", net, layout)  # name, YAML, layout in metadata.json (inspect)
                 os.replace(tmp + ".keras", tmp)
             finally:
                 if os.path.exists(tmp + ".keras"):
                     os.unlink(tmp + ".keras")
         with atomic_path(paths["savedmodel"], force, is_dir=True) as tmp:
-            _export_savedmodel(net, model, tmp, data_format)
+            _export_savedmodel(net, model, tmp, layout)
     return [paths["keras"], paths["savedmodel"]]
 
 
-def _export_savedmodel(net: ir.Network, model, path: str, data_format: str) -> None:
-    """SavedModel with one serving signature: ``input`` [None, ...] float32 -> ``{'logits': ...}``."""
+def _export_savedmodel(net: ir.Network, model, path: str, layout: str) -> None:
+    """SavedModel with one serving signature: ``input`` [None, ...] float32 in ``layout`` -> ``{'logits': ...}``."""
     tf, keras = _tf()
-    c, h, w = net.input_shape
-    shape = [None, h, w, c] if data_format == "channels_last" else [None, c, h, w]
+    shape = [None, *common.input_dims(net.input_shape, layout)]
 
     def serve(x):
         return {"logits": model(x, training=False)}

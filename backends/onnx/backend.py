@@ -7,6 +7,8 @@ The file's interface
 --------------------
 * Input ``input``: float32, NCHW ``(batch, C, H, W)``. The batch dimension is symbolic, named ``batch``
   (``dim_param``), unless a fixed ``batch=N`` is asked for; C, H and W are the spec's input shape.
+  ``layout="nhwc"``: ``(batch, H, W, C)``, and one ``Transpose`` node (``to_channels_first``, perm
+  0, 3, 1, 2) takes it into the NCHW graph (``backends.common.entry_permutation``).
 * Output ``logits``: float32 ``(batch, classes)``.
 * Initializers carry the canonical tensor names (``layer1.0.conv1.weight``, ``fc.bias``). With BN
   folding (the default) a convolution followed by BatchNorm keeps its own name and gains a bias:
@@ -19,7 +21,8 @@ The file's interface
   ``stem`` and each block's output carries the block's name (``layer2.0``), which is how
   ``taps=True`` exposes them as extra graph outputs.
 * ``metadata_props``: ``resnet_spec.name`` (spec name), ``resnet_spec.spec`` (the merged, self-contained
-  spec YAML; :func:`inspect` prints it back) and ``resnet_spec.version``. ``producer_name`` is
+  spec YAML; :func:`inspect` prints it back), ``resnet_spec.version`` and ``resnet_spec.layout`` (the
+  input's layout, ``nchw`` or ``nhwc``). ``producer_name`` is
   ``resnet-spec``.
 * Opsets :data:`MIN_OPSET` (13) to :data:`MAX_OPSET` (28) are supported, default
   :data:`DEFAULT_OPSET` (17); each one is checked with ``onnx.checker`` and run in ONNX Runtime by
@@ -60,16 +63,18 @@ NAME = "onnx"
 
 
 def build(net: ir.Network, weights, *, fold_bn: bool = True, batch: int | None = None,
-          opset: int = DEFAULT_OPSET, taps: bool = False, dtype: str = "float32", io_dtype: str = "float32"):
+          opset: int = DEFAULT_OPSET, taps: bool = False, dtype: str = "float32", io_dtype: str = "float32",
+          layout: str = "nchw"):
     """The ``onnx.ModelProto`` for ``net`` with ``weights`` (a canonical weight set).
 
     ``fold_bn``: fold BN into the preceding conv (:func:`fold_batchnorm`); ``batch``: a fixed batch
     size instead of the symbolic ``batch``; ``taps``: also output ``stem`` and every block's output;
-    ``dtype``/``io_dtype``: 'float16' for a float16 file (:mod:`backends.onnx.fp16`).
+    ``dtype``/``io_dtype``: 'float16' for a float16 file (:mod:`backends.onnx.fp16`); ``layout``: the
+    input's, 'nchw' or 'nhwc'.
     """
     require()
     model, arrays = _typed_skeleton(net, weights, dtype, io_dtype, fold_bn=fold_bn, batch=batch, opset=opset,
-                                    taps=taps)
+                                    taps=taps, layout=layout)
     for t in model.graph.initializer:
         t.raw_data = arrays[t.name].tobytes()
     return model
@@ -90,13 +95,14 @@ def _typed_skeleton(net, weights, dtype: str, io_dtype: str, **options):
 def convert(net: ir.Network, weights, out_dir: str, *, force: bool = False, fold_bn: bool = True,
             batch: int | None = None, opset: int = DEFAULT_OPSET,
             external_data_threshold: int = EXTERNAL_DATA_THRESHOLD, dtype: str = "float32",
-            io_dtype: str = "float32", calibration=None, activations: str = "int8") -> list:
+            io_dtype: str = "float32", calibration=None, activations: str = "int8", layout: str = "nchw") -> list:
     """Write ``<out_dir>/<name>.onnx`` (plus ``<name>.onnx.data`` when the initializers exceed
     ``external_data_threshold`` bytes); return the paths written. Nothing is overwritten without
     ``force``. The file's bytes are those of ``build(...).SerializeToString()``, written atomically
     (resnet_spec.fileio) with the weights streamed from memory rather than copied into a message.
     ``dtype='int8'``: the float32 file quantized (QDQ) on ``calibration`` (NCHW float32 images;
-    :mod:`backends.onnx.int8`), with ``activations`` 'int8' (S8S8) or 'uint8' (U8S8)."""
+    :mod:`backends.onnx.int8`), with ``activations`` 'int8' (S8S8) or 'uint8' (U8S8). ``layout``: the
+    input's, 'nchw' or 'nhwc' (the int8 file quantizes the float32 file of that layout)."""
     require()
     from ...fileio import check_writable
     from .. import output_paths
@@ -109,10 +115,13 @@ def convert(net: ir.Network, weights, out_dir: str, *, force: bool = False, fold
 
         if calibration is None:
             raise ResNetSpecError("onnx int8: calibration images are needed")
-        model, arrays = skeleton(net, weights, fold_bn=fold_bn, batch=batch, opset=opset)
+        model, arrays = skeleton(net, weights, fold_bn=fold_bn, batch=batch, opset=opset, layout=layout)
+        if layout == "nhwc":  # the calibration images are NCHW; the file takes NHWC
+            calibration = np.ascontiguousarray(np.transpose(calibration, (0, 2, 3, 1)))
         os.makedirs(out_dir, exist_ok=True)
         return int8_convert(path, model, arrays, calibration, force, activations)
-    model, arrays = _typed_skeleton(net, weights, dtype, io_dtype, fold_bn=fold_bn, batch=batch, opset=opset)
+    model, arrays = _typed_skeleton(net, weights, dtype, io_dtype, fold_bn=fold_bn, batch=batch, opset=opset,
+                                    layout=layout)
     check_structure(model)
     external = sum(a.nbytes for a in arrays.values()) > external_data_threshold
     os.makedirs(out_dir, exist_ok=True)

@@ -187,6 +187,15 @@ class _Lowering(common.Lowering):
         return self.g.rename_output(x, OUTPUT_NAME if name == common.HEAD else name)
 
 
+def _entry(g: Graph, layout: str) -> str:
+    """The graph's input as NCHW: the input itself, or a ``Transpose`` of an NHWC input (the shared entry
+    transpose of :func:`backends.common.entry_permutation`)."""
+    perm = common.entry_permutation(layout, "nchw")
+    if perm is None:
+        return INPUT_NAME
+    return g.node("Transpose", [INPUT_NAME], common.ENTRY_NAMES["nchw"], perm=list(perm))
+
+
 def _value_info(name: str, shape: tuple, batch):
     return helper.make_tensor_value_info(name, TensorProto.FLOAT, [batch if batch else BATCH_DIM, *shape])
 
@@ -203,10 +212,12 @@ def _check_options(opset, batch) -> None:
 
 
 def skeleton(net: ir.Network, weights, *, fold_bn: bool = True, batch: int | None = None,
-             opset: int = DEFAULT_OPSET, taps: bool = False):
+             opset: int = DEFAULT_OPSET, taps: bool = False, layout: str = "nchw"):
     """The model of ``backends.onnx.backend.build`` with data-less initializers, and ``{initializer name: array}``
-    (the data, kept out of the message until it is copied in or streamed to a file)."""
+    (the data, kept out of the message until it is copied in or streamed to a file). ``layout``: the
+    input's, 'nchw' or 'nhwc' (one Transpose into the NCHW graph), recorded in the metadata."""
     _check_options(opset, batch)
+    common.check_layout(layout, "onnx")
     from ...weights.check import check_weights
     from .fold import fold_batchnorm
 
@@ -215,11 +226,11 @@ def skeleton(net: ir.Network, weights, *, fold_bn: bool = True, batch: int | Non
         net, weights = fold_batchnorm(net, weights)
     model = onnx.ModelProto()
     g = Graph(weights, model.graph)
-    common.walk(_Lowering(g, bool(net.stem)), net, INPUT_NAME)
+    common.walk(_Lowering(g, bool(net.stem)), net, _entry(g, layout))
 
     graph = model.graph
     graph.name = net.name
-    graph.input.append(_value_info(INPUT_NAME, net.input_shape, batch))
+    graph.input.append(_value_info(INPUT_NAME, common.input_dims(net.input_shape, layout), batch))
     graph.output.append(_value_info(OUTPUT_NAME, (net.num_classes,), batch))
     if taps:
         shapes = net.tap_shapes()
@@ -230,7 +241,8 @@ def skeleton(net: ir.Network, weights, *, fold_bn: bool = True, batch: int | Non
     model.producer_name = PRODUCER
     model.producer_version = _version()
     model.doc_string = net.description or net.name
-    helper.set_model_props(model, {META_NAME: net.name, META_SPEC: net.spec_yaml, META_VERSION: _version()})
+    helper.set_model_props(model, {META_NAME: net.name, META_SPEC: net.spec_yaml, META_VERSION: _version(),
+                                   common.META_LAYOUT: layout})
     return model, g.arrays
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 from ...errors import ResNetSpecError
+from ..common import META_LAYOUT, layout_text
 from .graph import META_NAME, META_SPEC, META_VERSION, require
 
 try:
@@ -65,6 +66,7 @@ def inspect(path: str, *, require_metadata: bool = True) -> dict:
         "external_data": any(t.data_location == TensorProto.EXTERNAL for t in model.graph.initializer),
         "dtype": _dtype(model),  # from the graph, whoever made the file
         "dtype_recorded": meta.get("resnet_spec.dtype"),  # what convert recorded (int8 files)
+        "layout": meta.get(META_LAYOUT),  # the input layout convert recorded (convert --layout)
     }
     embedded_spec(path, info["spec_yaml"])  # its extends may name a zoo entry, never a path
     if require_metadata and META_SPEC not in meta:
@@ -87,6 +89,8 @@ def format_inspect(info: dict) -> str:
     for kind in ("inputs", "outputs"):
         for v in info[kind]:
             lines.append(f"{kind[:-1] + ':':<11} {v['name']} {shape(v['shape'])}")
+    if info.get("layout"):
+        lines.append(f"layout:     {layout_text(info['layout'])}")
     lines.append(f"nodes:      {info['nodes']} (" + ", ".join(f"{k} {v}" for k, v in info["node_counts"].items()) + ")")
     lines.append(f"weights:    {info['initializers']} initializers, {info['parameters']:,} parameters")
     if info.get("dtype"):

@@ -239,10 +239,12 @@ if torch is not None:
         Modules sit at their canonical names (``layer1.0.conv1``); ``forward`` is the shared walk of
         backends/common.py over the IR, applying them."""
 
-        def __init__(self, net: ir.Network):
+        def __init__(self, net: ir.Network, layout: str = "nchw"):
             super().__init__()
             self.spec_name = net.name
             self._net = net
+            # an NHWC input is permuted into the NCHW body (the shared entry transpose); None: NCHW input
+            self._entry = common.entry_permutation(layout, "nchw")
             stages: dict[int, list] = {}
             for b in net.blocks:
                 stages.setdefault(b.stage, []).append(Block(b))
@@ -256,6 +258,8 @@ if torch is not None:
             self._seq = builder.seq
 
         def _run(self, x, taps=None, head=True):
+            if self._entry is not None:
+                x = x.permute(*self._entry)
             return common.walk(_Runner(self._seq, taps), self._net, x, head=head)
 
         def forward_features(self, x):
@@ -270,10 +274,11 @@ if torch is not None:
             return taps
 
 
-def build(net: ir.Network, weights=None, *, strict: bool = True):
-    """Build the model and load ``weights`` (a canonical weight set; None keeps torch's random init)."""
+def build(net: ir.Network, weights=None, *, strict: bool = True, layout: str = "nchw"):
+    """Build the model and load ``weights`` (a canonical weight set; None keeps torch's random init).
+    ``layout``: the input's, 'nchw' or 'nhwc' (permuted to NCHW first); the body is NCHW either way."""
     _require()
-    model = ResNet(net)
+    model = ResNet(net, common.check_layout(layout, "torch"))
     if weights is not None:
         set_torch_weights(model, weights, strict=strict)
     return model.eval()
@@ -331,8 +336,11 @@ def infer(net: ir.Network, weights, x: np.ndarray, *, device: str = "cpu", dtype
     return {k: v.float().cpu().numpy() for k, v in out.items()}, f"{desc}, torch {torch.__version__}"
 
 
-def convert(net: ir.Network, weights, out_dir: str, *, force: bool = False, batch: int = 2) -> list:
-    """Write ``<name>.pt2`` (torch.export), ``<name>.py`` (standalone source) and its safetensors."""
+def convert(net: ir.Network, weights, out_dir: str, *, force: bool = False, batch: int = 2,
+            layout: str = "nchw") -> list:
+    """Write ``<name>.pt2`` (torch.export), ``<name>.py`` (standalone source) and its safetensors; both
+    models take their input in ``layout`` ('nchw' or 'nhwc'), which the ``.pt2`` records as an extra file
+    (``resnet_spec.layout``) and the ``.py`` as ``INPUT_LAYOUT``."""
     _require()
     from ...fileio import atomic_path, check_writable, write_text
     from ...weights.files import save_weights
@@ -344,19 +352,20 @@ def convert(net: ir.Network, weights, out_dir: str, *, force: bool = False, batc
     for p in paths.values():
         check_writable(p, force)
     os.makedirs(out_dir, exist_ok=True)
-    model = build(net, weights)
-    example = torch.randn(batch, *net.input_shape)
+    model = build(net, weights, layout=layout)
+    example = torch.randn(batch, *common.input_dims(net.input_shape, layout))
     batch_dim = torch.export.Dim("batch", min=1, max=1 << 16)
     program = torch.export.export(model, (example,), dynamic_shapes=({0: batch_dim},))
     # no example inputs in the file: torch.save would pickle them into data/sample_inputs, and the
     # archive then holds no pickle at all (verify never reads that entry; resnet_spec.trust_pt2)
     program.example_inputs = None
-    source = to_source(net, weights_file=os.path.basename(paths["st"]))
+    source = to_source(net, weights_file=os.path.basename(paths["st"]), layout=layout)
     with atomic_path(paths["pt2"], force) as tmp:
         try:  # torch.export.save insists on the suffix: save beside the temporary name, then move
             # the spec travels inside the program, for `resnet-spec inspect` (resnet_spec.inspect_files)
             torch.export.save(program, tmp + ".pt2",
-                              extra_files={"resnet_spec.name": net.name, "resnet_spec.spec": net.spec_yaml})
+                              extra_files={"resnet_spec.name": net.name, "resnet_spec.spec": net.spec_yaml,
+                                           common.META_LAYOUT: layout})
             os.replace(tmp + ".pt2", tmp)
         finally:
             if os.path.exists(tmp + ".pt2"):

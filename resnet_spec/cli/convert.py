@@ -27,8 +27,13 @@ from .options import SEED, ConvertOptions, checkpoint_options, limit_options, lo
               help=f"ONNX opset, {MIN_OPSET} to {MAX_OPSET}.")
 @click.option("--no-fold-bn", is_flag=True, help="ONNX: keep BatchNormalization nodes.")
 @click.option("--batch", type=click.IntRange(1), default=None, help="ONNX: fixed batch size (default: dynamic 'batch').")
-@click.option("--data-format", type=click.Choice(["channels_last", "channels_first"]), default="channels_last",
-              show_default=True, help="TensorFlow: input layout.")
+@click.option("--layout", type=click.Choice(["nchw", "nhwc"]), default=None,
+              help="Input layout of every file written: nchw (N, C, H, W) or nhwc (N, H, W, C), one transpose at "
+                   "the graph's entry, recorded in the file's metadata. Default: each target's own (torch, onnx: "
+                   "nchw; tensorflow, tflite: nhwc).")
+@click.option("--data-format", type=click.Choice(["channels_last", "channels_first"]), default=None,
+              help="TensorFlow and TFLite only: their input layout in Keras' words (channels_last = nhwc, the "
+                   "default; channels_first = nchw). --layout says it for every target.")
 @click.option("--dtype", type=click.Choice(["float32", "float16", "int8"]), default="float32", show_default=True,
               help="ONNX: weights and compute dtype (float16: BN folded in float64, then cast). TFLite: "
                    "float16 weights, dequantized at run time (TFLite's float16 post-training quantization; "

@@ -183,7 +183,7 @@ class ConvertOptions:
     batch: int | None
     dtype: str
     io_dtype: str
-    data_format: str
+    layouts: dict  # target -> its input layout ('nchw', 'nhwc'): --layout, --data-format, else its default
     calibration: str | None = None  # --calibration FILE.npy (int8)
     images: object = None  # the int8 calibration images, NCHW float32 (with_images)
     int8_activations: str = "int8"  # --int8-activations (ONNX int8: S8S8 or U8S8)
@@ -201,21 +201,31 @@ class ConvertOptions:
                    weights=WeightSource.from_args(args), out_dir=args["out_dir"],
                    force=args["force"], limits=limits_of(args), opset=args["opset"], fold_bn=not args["no_fold_bn"],
                    batch=args["batch"], dtype=args["dtype"], io_dtype=args["io_dtype"],
-                   data_format=args["data_format"])
+                   layouts=_layouts(targets, args.get("layout"), args.get("data_format")))
 
     def backend_options(self, backend: str) -> dict:
         """The keyword options of ``backend``'s ``convert``."""
         int8 = {"calibration": self.images} if self.dtype == "int8" else {}
+        layout = {"layout": self.layouts[backend]}
         if backend == "onnx":
-            opts = {"fold_bn": self.fold_bn, "batch": self.batch, "opset": self.opset}
+            opts = {"fold_bn": self.fold_bn, "batch": self.batch, "opset": self.opset, **layout}
             if self.dtype == "int8":
                 int8["activations"] = self.int8_activations
             return {**opts, "dtype": self.dtype, "io_dtype": self.io_dtype, **int8} if self.dtype != "float32" else opts
         if backend == "tflite":
-            return {"data_format": self.data_format, "dtype": self.dtype, **int8}
-        if backend == "tensorflow":
-            return {"data_format": self.data_format}
-        return {}
+            return {"dtype": self.dtype, **int8, **layout}
+        return layout
+
+
+def _layouts(targets, layout: str | None, data_format: str | None) -> dict:
+    """Each target's input layout: ``--layout`` for every target; ``--data-format`` (Keras' words) for the
+    Keras-made targets; else the target's default (:data:`resnet_spec.backends.DEFAULT_LAYOUTS`)."""
+    from ..backends import DEFAULT_LAYOUTS
+
+    keras = {"channels_last": "nhwc", "channels_first": "nchw"}.get(data_format)
+    if layout is not None and keras is not None and keras != layout:
+        raise click.UsageError(f"--data-format {data_format} is --layout {keras}, not {layout}; pass --layout alone")
+    return {t: layout or (keras if t in ("tensorflow", "tflite") else None) or DEFAULT_LAYOUTS[t] for t in targets}
 
 
 def _check_dtype_targets(targets, dtype, io_dtype) -> None:
