@@ -52,7 +52,8 @@ ENTRIES = {"archive_format": "pt2", "archive_version": "0", "byteorder": None, "
 #: numbered payloads (raw tensor bytes) and extra files (text, read as strings)
 NUMBERED = re.compile(r"(data/weights/weight_|data/constants/tensor_)\d{1,9}\Z")
 EXTRA = re.compile(r"extra/[A-Za-z0-9_.\-]{1,128}\Z")
-#: graph operators: those of every zoo entry's .pt2 (convert), and the aten spellings other exporters
+#: graph operators: those of every zoo entry's .pt2 and of conftest's TINY_A/TINY_B (convert: head dropout,
+#: identity at inference), and the aten spellings other exporters
 #: (torchvision's ResNet under torch.export, decomposed programs) use for the same operations; the
 #: ``_operator`` ones are arithmetic on symbolic sizes
 TARGETS = frozenset("torch.ops.aten." + t for t in (
@@ -61,7 +62,8 @@ TARGETS = frozenset("torch.ops.aten." + t for t in (
     "pad.default", "constant_pad_nd.default", "max_pool2d.default", "max_pool2d_with_indices.default",
     "avg_pool2d.default", "adaptive_avg_pool2d.default", "mean.dim", "flatten.using_ints", "view.default",
     "reshape.default", "linear.default", "addmm.default", "t.default", "permute.default", "slice.Tensor",
-    "cat.default", "sym_size.int")) | {f"_operator.{op}" for op in ("getitem", "add", "sub", "mul", "floordiv")}
+    "cat.default", "sym_size.int", "dropout.default", "contiguous.default")) | \
+    {f"_operator.{op}" for op in ("getitem", "add", "sub", "mul", "floordiv")}
 #: argument kinds a node may pass (torch's schema); subgraphs, custom objects, operators are not among them
 ARG_KINDS = frozenset({"as_none", "as_tensor", "as_tensors", "as_optional_tensors", "as_int", "as_ints",
                        "as_float", "as_floats", "as_bool", "as_bools", "as_string", "as_expr", "as_sym_int",

@@ -33,7 +33,8 @@ from .trust import refuse
 
 MAX_PB_BYTES = 2**31 - 1  # protobuf's own limit
 
-#: ops that compute a pure function of their inputs, call the file's own (checked) functions, or read
+#: ops that compute a pure function of their inputs (SpaceToBatchND/BatchToSpaceND: TensorFlow's dilated
+#: convolution), call the file's own (checked) functions, or read
 #: and assign the model's variables
 PURE_OPS = frozenset("""
 Const Identity IdentityN NoOp Placeholder PlaceholderWithDefault StopGradient Snapshot EnsureShape
@@ -43,6 +44,7 @@ Sqrt Rsqrt Reciprocal Exp Log Abs Sign Pow Erf Tanh Sigmoid Relu Relu6 LeakyRelu
 LogSoftmax BiasAdd MatMul BatchMatMulV2 BatchMatMulV3 Conv2D DepthwiseConv2dNative FusedBatchNorm
 FusedBatchNormV3 MaxPool AvgPool Mean Sum Max Min Prod ArgMax
 Pad PadV2 MirrorPad Reshape Squeeze ExpandDims Transpose ConcatV2 Pack Unpack Slice StridedSlice Split SplitV
+SpaceToBatchND BatchToSpaceND
 Shape ShapeN Size Rank Fill ZerosLike OnesLike Cast Tile GatherV2 Range BroadcastTo Select SelectV2
 Equal NotEqual Less LessEqual Greater GreaterEqual LogicalAnd LogicalOr LogicalNot
 """.split())

@@ -62,6 +62,23 @@ def test_every_converted_file_passes(out, tmp_path):
     assert any(r["runtime"].startswith(("LiteRT", "tf.lite")) for r in report["runs"])
 
 
+@pytest.mark.slow  # verify/convert: a worker process per runtime, TensorFlow included
+def test_every_op_passes_the_allow_lists(tmp_path):
+    """The files convert writes for conftest's TINY_A and TINY_B (between them every IR op: head dropout,
+    drop path, dilated and grouped convolutions, SE, option-A and pooled shortcuts) pass verify without
+    --trust-code: the .pt2 operator and SavedModel op allow-lists hold all of them."""
+    from conftest import TINY_A, TINY_B
+
+    for name, text in (("tiny_a", TINY_A), ("tiny_b", TINY_B)):
+        (tmp_path / f"{name}.yaml").write_text(text)
+        res = _cli("convert", str(tmp_path / f"{name}.yaml"), "-o", str(tmp_path / name), "--to", "torch,tensorflow")
+        assert res.exit_code == 0, res.output
+        net = __import__("resnet_spec").load(text)
+        files = [str(tmp_path / name / f"{net.name}{s}") for s in (".pt2", "_savedmodel", ".keras")]
+        res = _verify(str(tmp_path / f"{name}.yaml"), *files)
+        assert res.exit_code == 0, res.output
+
+
 @pytest.mark.slow  # verify/convert: a worker process per runtime
 def test_a_converted_py_needs_trust_code(out):
     """A .py runs its own code when loaded: refused in one line without --trust-code (the .pt2 and
