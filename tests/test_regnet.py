@@ -255,3 +255,31 @@ def test_zoo_entry_equals_the_library_model(name):
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         assert rel_err(resnet_spec.build(net, "torch", weights=weights)(x).numpy(), ref(x).numpy()) <= 1e-6
+
+
+# -- import ----------------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+@pytest.mark.parametrize("which", ["timm", "torchvision"])
+def test_import_a_regnet_state_dict_with_parity(tmp_path, which):
+    """A state dict in timm's or torchvision's RegNet names imports as the tiny RegNetY (expansion 1, group
+    widths per stage, SE after the 3x3 conv from the block's input) and equals it on the same weights."""
+    from conftest import cli
+
+    model = _randomize(_tiny_library_models()[which == "torchvision"], seed=5)
+    path = tmp_path / f"{which}.pth"
+    torch.save(model.state_dict(), path)
+    res = cli("import", path, "--input-size", 40, "-o", tmp_path / "out")
+    assert res.exit_code == 0, res.output
+    net = resnet_spec.load(next((tmp_path / "out").glob("*.yaml")).read_text())
+    assert net.blocks == resnet_spec.load(TINY_Y).blocks
+    assert "PASS" in res.output
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("source", ["timm:regnetx_004", "torchvision:regnet_y_400mf"])
+def test_import_library_regnet(tmp_path, source):
+    from conftest import cli
+
+    res = cli("import", source, "--input-size", 64, "-o", tmp_path)
+    assert res.exit_code == 0 and "PASS: the generated model equals the source" in res.output, res.output
