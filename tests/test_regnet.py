@@ -283,3 +283,17 @@ def test_import_library_regnet(tmp_path, source):
 
     res = cli("import", source, "--input-size", 64, "-o", tmp_path)
     assert res.exit_code == 0 and "PASS: the generated model equals the source" in res.output, res.output
+
+
+@pytest.mark.parametrize("which", ["timm", "torchvision"])
+def test_weights_option_reads_library_regnet_names(tmp_path, which):
+    """``--weights`` (weights.load) takes a checkpoint in either library's RegNet names."""
+    model = _randomize(_tiny_library_models()[which == "torchvision"], seed=7)
+    path = tmp_path / f"{which}.pth"
+    torch.save(model.state_dict(), path)
+    net = resnet_spec.load(TINY_Y)
+    weights = resnet_spec.load_weights(net, str(path))
+    assert set(weights) == {t.name for t in net.tensors()}
+    x = torch.randn(1, 3, 40, 40)
+    with torch.no_grad():
+        assert rel_err(resnet_spec.build(net, "torch", weights=weights)(x).numpy(), model(x).numpy()) <= 1e-6
