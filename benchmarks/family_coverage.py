@@ -1,6 +1,6 @@
 """How much of the ResNet family people use `resnet-spec import` takes: every model of timm's resnet.py,
-resnetv2.py, senet.py and tresnet.py (from the installed timm's registry), torchvision's ResNet /
-ResNeXt / Wide ResNet list and the keras.applications ResNets, each imported and proven in a worker
+resnetv2.py, senet.py, tresnet.py and regnet.py (from the installed timm's registry), torchvision's ResNet /
+ResNeXt / Wide ResNet and RegNet lists and the keras.applications ResNets, each imported and proven in a worker
 process, and docs/family_coverage.md written: per family, how many import with parity, how many are
 refused and, for each refusal, the building block the spec language lacks.
 
@@ -55,6 +55,13 @@ def _torchvision():
     return [f"torchvision:{m}" for m in names if m.startswith(("resnet", "resnext", "wide_resnet"))]
 
 
+def _torchvision_regnet():
+    import torchvision
+
+    return [f"torchvision:{m}" for m in torchvision.models.list_models(module=torchvision.models)
+            if m.startswith("regnet_")]
+
+
 #: key -> (title, function listing the family's sources)
 FAMILIES = {
     "timm-resnet": ("timm resnet.py", _timm("resnet")),
@@ -62,6 +69,8 @@ FAMILIES = {
     "timm-senet": ("timm senet.py (legacy SENet)", _timm("senet")),
     "timm-tresnet": ("timm tresnet.py", _timm("tresnet")),
     "torchvision": ("torchvision ResNet / ResNeXt / Wide ResNet", _torchvision),
+    "timm-regnet": ("timm regnet.py", _timm("regnet")),
+    "torchvision-regnet": ("torchvision RegNet", _torchvision_regnet),
     "keras": ("keras.applications ResNet / ResNetV2", lambda: [f"keras:{m}" for m in KERAS_APPS]),
 }
 

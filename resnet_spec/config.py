@@ -21,7 +21,7 @@ DEFAULTS = {
                   "count_include_pad": True},
     "block": {"preact": False, "stride_on": "3x3", "stride_block": "first", "groups": 1,
               "width_per_group": 64, "se": None, "anti_alias": None, "drop_path_rate": 0.0},
-    "block.se": {"reduction": 16, "divisor": 8},
+    "block.se": {"reduction": 16, "divisor": 8, "reduce_from": "output", "placement": "end"},
     "shortcut": {"type": "B", "projection": "conv", "strided_identity": False, "zero_pad": "split"},
     "shortcut.pool": {"ceil_mode": True, "count_include_pad": False},
     "head": {"classes": 1000, "dropout": 0.0, "bias": True},
@@ -77,7 +77,7 @@ class BlockConfig:
     groups: int
     width_per_group: int
     expansion: int
-    se: dict | None  # reduction, divisor
+    se: dict | None  # reduction, divisor, reduce_from, placement
     drop_path_rate: float
     anti_alias: str | None = None  # "avgpool": a strided block's stride moves to an average pool after its ReLU
 

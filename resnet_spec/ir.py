@@ -176,13 +176,27 @@ ChannelPad = _op("ChannelPad", "Zero channels added ``before`` and ``after`` the
 
 @dataclass(frozen=True)
 class SqueezeExcite:
-    """x * sigmoid(fc2(relu(fc1(mean_hw(x))))), fc1/fc2 being 1x1 convs with bias (timm SEModule)."""
+    """x * sigmoid(fc2(relu(fc1(mean_hw(x))))), fc1/fc2 being 1x1 convs with bias (timm SEModule).
+
+    ``channels`` are the channels it gates, ``reduced`` fc1's outputs. The facts that decided them, kept
+    for every reader (no backend derives anything from them; the lowering reads ``channels`` and
+    ``reduced``, and the SE's position in ``Block.main``): ``placement`` -- 'end' (after the residual
+    branch's last BN, timm ResNet) or 'after_3x3' (after the 3x3 conv's BN and ReLU, before conv3:
+    RegNetY); ``reduce_from`` -- 'output' or 'input': whose channel count, ``base``, the ``reduction``
+    divided; ``divisor`` -- ``reduced`` is ``make_divisible(base / reduction, divisor)``, or Python's
+    ``round(base / reduction)`` when None (:func:`se_reduced`).
+    """
 
     name: str
     channels: int
     reduced: int
     in_shape: Shape
     out_shape: Shape
+    placement: str = "end"
+    reduce_from: str = "output"
+    base: int = 0
+    reduction: int = 0
+    divisor: int | None = 8
 
     def tensors(self):
         yield f"{self.name}.fc1.weight", (self.reduced, self.channels, 1, 1), True
@@ -193,6 +207,16 @@ class SqueezeExcite:
     @property
     def macs(self) -> int:
         return 2 * self.channels * self.reduced
+
+
+def se_reduced(base: int, reduction: int, divisor: int | None) -> int:
+    """A squeeze-excite's reduced channels: timm's ``make_divisible(base / reduction, divisor)`` (nearest
+    multiple, at least ``divisor``, no round-up), or ``int(round(base / reduction))`` (Python's round,
+    half to even: timm's and torchvision's RegNet ``se_ratio``) when ``divisor`` is None."""
+    v = base / reduction
+    if divisor is None:
+        return int(round(v))
+    return max(divisor, int(v + divisor / 2) // divisor * divisor)
 
 
 DropPath = _op("DropPath", "Stochastic depth on the residual branch: training only, identity at inference.",

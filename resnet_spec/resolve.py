@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from . import ir
 from .config import DEFAULTS, BlockConfig, HeadConfig, ShortcutConfig, StemConfig, opt  # noqa: F401
 from .errors import SpecError
+from .regnet import stage_path, stages_of
 from .rules import RULES, blocks_per_stage, rule_errors  # noqa: F401  (RULES: the semantic rules)
 from .spec import Spec, load as load_spec
 
@@ -182,25 +183,38 @@ class _Resolver:
     def stages(self, shape, counts) -> tuple:
         blk, total = self.blk, sum(counts)
         blocks, dilation, idx = [], 1, 0
-        for si, (stage, n) in enumerate(zip(self.d["stages"], counts)):
-            spath = ("stages", si)
+        for si, (stage, n) in enumerate(zip(stages_of(self.d), counts)):
+            spath = stage_path(self.d, si)
             planes = stage["channels"] * self.d.get("width_multiplier", 1)
             out_ch = planes * blk.expansion
             stride = stage.get("stride", 1 if si == 0 else 2)
             prev_dilation = dilation
             if stage.get("dilate", False):
                 dilation, stride = dilation * stride, 1
-            width = stage.get("width", int(planes * (blk.width_per_group / 64.0)) * blk.groups)
-            if blk.kind == "bottleneck" and width < 1:
-                raise self.err("bottleneck width rounds to 0; raise channels or width_per_group", spath)
+            width, groups = self.stage_width(stage, planes, out_ch, spath)
             for bi in range(n):
                 b_stride = stride if (bi == n - 1 if blk.stride_last else bi == 0) else 1
                 rate = blk.drop_path_rate * idx / (total - 1) if total > 1 and blk.drop_path_rate > 0 else 0.0
-                blocks.append(self.block(f"layer{si + 1}.{bi}", si, bi, shape, width, out_ch, b_stride,
+                blocks.append(self.block(f"layer{si + 1}.{bi}", si, bi, shape, (width, groups), out_ch, b_stride,
                                          prev_dilation if bi == 0 else dilation, rate, spath))
                 shape = blocks[-1].out_shape
                 idx += 1
         return tuple(blocks)
+
+    def stage_width(self, stage, planes, out_ch, spath) -> tuple:
+        """``(width, groups)`` of a stage's bottleneck 3x3 conv: ResNeXt's ``width_per_group`` x ``groups``,
+        or RegNet's ``group_width`` (groups = width / group_width, width defaulting to the output channels)."""
+        blk = self.blk
+        if "group_width" in stage:
+            width = stage.get("width", out_ch)
+            if width % stage["group_width"]:
+                raise self.err(f"bottleneck width {width} is not a multiple of group_width {stage['group_width']}",
+                               spath)
+            return width, width // stage["group_width"]
+        width = stage.get("width", int(planes * (blk.width_per_group / 64.0)) * blk.groups)
+        if blk.kind == "bottleneck" and width < 1:
+            raise self.err("bottleneck width rounds to 0; raise channels or width_per_group", spath)
+        return width, blk.groups
 
     def head(self, head: HeadConfig, shape) -> tuple:
         ops = [self.bn("bn_final", shape), self.relu(shape)] if head.norm else []
@@ -240,12 +254,12 @@ class _Resolver:
     def residual_branch(self, name, in_shape, width, out_ch, stride, dil, rate, spath) -> tuple:
         """``(pre, main, out_shape)``. Conv i is conv{i}; v1 puts bn{i} after it, pre-activation puts
         bn{i} before it (bn1 being the block's pre-activation), as torchvision and the preact code do."""
-        blk = self.blk
+        blk, (width, groups) = self.blk, width
         pre = (self.bn(f"{name}.bn1", in_shape), self.relu(in_shape)) if self.preact else ()
         main, shape = [], in_shape
         if blk.kind == "bottleneck":
             s1, s3 = (stride, 1) if blk.stride_on_1x1 else (1, stride)
-            plan = [(width, 1, s1, 0, 1, 1), (width, 3, s3, dil, dil, blk.groups), (out_ch, 1, 1, 0, 1, 1)]
+            plan = [(width, 1, s1, 0, 1, 1), (width, 3, s3, dil, dil, groups), (out_ch, 1, 1, 0, 1, 1)]
         else:
             plan = [(out_ch, 3, stride, dil, dil, 1), (out_ch, 3, 1, dil, dil, 1)]
         for i, (oc, k, s, p, dl, g) in enumerate(plan, start=1):
@@ -265,12 +279,20 @@ class _Resolver:
             if aa:
                 main.append(self.anti_alias(f"{name}.aa", shape, s, spath))
                 shape = main[-1].out_shape
-        if blk.se is not None:
-            reduced = make_divisible(out_ch / blk.se["reduction"], blk.se["divisor"])
-            main.append(ir.SqueezeExcite(f"{name}.se", out_ch, reduced, shape, shape))
+            if blk.se is not None and (k == 3 if blk.se["placement"] == "after_3x3" else last):
+                main.append(self.squeeze_excite(name, in_shape[0], out_ch, shape))
         if rate > 0:
             main.append(ir.DropPath(rate, shape, shape))
         return pre, tuple(main), shape
+
+    def squeeze_excite(self, name, in_ch, out_ch, shape) -> ir.SqueezeExcite:
+        """The block's SE over ``shape`` (the channels at its place): its reduced width from the block's
+        input or output channels (``reduce_from``), by ``ir.se_reduced``."""
+        se = self.blk.se
+        base = in_ch if se["reduce_from"] == "input" else out_ch
+        reduced = ir.se_reduced(base, se["reduction"], se["divisor"])
+        return ir.SqueezeExcite(f"{name}.se", shape[0], reduced, shape, shape, se["placement"], se["reduce_from"],
+                                base, se["reduction"], se["divisor"])
 
     def anti_alias(self, name, shape, stride, spath) -> ir.Pool:
         """timm's ``aa_layer=nn.AvgPool2d``: ``AvgPool2d(stride)`` -- window = stride, no padding, floor

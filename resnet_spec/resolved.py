@@ -13,6 +13,7 @@ import os
 import yaml
 
 from .config import STEM_POOL_KEYS
+from .regnet import stages_of
 from .resolve import DEFAULTS
 from .spec import Spec, zoo_path
 
@@ -90,7 +91,7 @@ def _shortcut(sc: dict, preact: bool) -> dict:
 
 
 def _stages(d: dict, kind: str, blk: dict, mult: int) -> list:
-    stages = d["stages"]
+    stages = stages_of(d)
     if d.get("depth") is not None:
         per = (d["depth"] - 2) // ((2 if kind == "basic" else 3) * len(stages))
         counts = [per] * len(stages)
@@ -100,7 +101,10 @@ def _stages(d: dict, kind: str, blk: dict, mult: int) -> list:
     for i, (s, n) in enumerate(zip(stages, counts)):
         row = {"blocks": n, "channels": s["channels"], "stride": s.get("stride", 1 if i == 0 else 2),
                "dilate": s.get("dilate", False)}
-        if kind == "bottleneck":
+        if kind == "bottleneck" and "group_width" in s:
+            row["group_width"] = s["group_width"]
+            row["width"] = s.get("width", s["channels"] * mult * blk["expansion"])
+        elif kind == "bottleneck":
             planes = s["channels"] * mult
             row["width"] = s.get("width", int(planes * (blk["width_per_group"] / 64.0)) * blk["groups"])
         out.append(row)
@@ -119,6 +123,9 @@ def to_yaml(spec: Spec) -> str:
     depth_note = None
     if spec.data.get("depth") is not None:
         depth_note = f"from depth {spec.data['depth']} ({_origin(spec, ('depth',))})"
+    if spec.data.get("regnet") is not None and "stages" not in spec.data:
+        params = ", ".join(f"{k}: {v}" for k, v in spec.data["regnet"].items())
+        lines.append(f"# stages generated from regnet {{{params}}} ({_origin(spec, ('regnet',))})")
     for key in TOP_ORDER:
         if key in data:
             _emit(lines, key, data[key], (key,), 0, spec, depth_note)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from .config import DEFAULTS, STEM_POOL_KEYS, BlockConfig, StemConfig, opt
 from .errors import SpecError
+from .regnet import params_errors, stage_path, stages_of
 from .spec import Spec
 
 
@@ -15,9 +16,10 @@ from .spec import Spec
 
 def _rule_required(spec: Spec):
     d = spec.data
-    for key in ("block", "stages"):
-        if key not in d:
-            yield spec.error(f"missing required field {key!r} (directly or through 'extends')")
+    if "block" not in d:
+        yield spec.error("missing required field 'block' (directly or through 'extends')")
+    if "stages" not in d and d.get("regnet") is None:
+        yield spec.error("missing required field 'stages' (or 'regnet'), directly or through 'extends'")
     if "block" in d and "type" not in d["block"]:
         yield spec.error("missing required field 'type' (basic or bottleneck)", ("block",))
 
@@ -29,9 +31,31 @@ def _rule_bottleneck_only(spec: Spec):
     for key in ("stride_on", "groups", "width_per_group"):
         if key in blk and blk[key] != DEFAULTS["block"][key]:
             yield spec.error(f"'{key}' applies to bottleneck blocks only", ("block", key))
-    for i, s in enumerate(spec.data["stages"]):
-        if "width" in s:
-            yield spec.error("'width' applies to bottleneck blocks only", ("stages", i, "width"))
+    for i, s in enumerate(stages_of(spec.data)):
+        for key in ("width", "group_width"):
+            if key in s:
+                yield spec.error(f"'{key}' applies to bottleneck blocks only", stage_path(spec.data, i, key))
+
+
+def _rule_regnet(spec: Spec):
+    """RegNet: its generating parameters (as the libraries assert them), the stages given once, and a
+    stage's group_width instead of (not beside) the block's groups and width_per_group."""
+    d = spec.data
+    if d.get("regnet") is not None:
+        if "stages" in d:
+            yield spec.error("give either 'regnet' (generating parameters) or 'stages', not both", ("regnet",))
+            return
+        for path, msg in params_errors(d["regnet"]):
+            yield spec.error(msg, ("regnet", *path))
+    blk = d["block"]
+    for i, st in enumerate(stages_of(d)):
+        if "group_width" not in st:
+            continue
+        for key in ("groups", "width_per_group"):
+            if key in blk and blk[key] != DEFAULTS["block"][key]:
+                yield spec.error(f"'{key}' and stages' group_width both set the 3x3 conv's groups; give one",
+                                 ("block", key))
+                return
 
 
 def _rule_stem(spec: Spec):
@@ -64,6 +88,19 @@ def _rule_anti_alias(spec: Spec):
                          ("block", "anti_alias"))
 
 
+def _rule_se(spec: Spec):
+    blk = BlockConfig.of(spec.data)
+    if blk.se is None or blk.se["placement"] != "after_3x3":
+        return
+    where = ("block", "se", "placement")
+    if blk.kind != "bottleneck":
+        yield spec.error("placement 'after_3x3' applies to bottleneck blocks only", where)
+    elif blk.preact:
+        yield spec.error("placement 'after_3x3' is not supported with pre-activation blocks", where)
+    elif blk.anti_alias is not None:
+        yield spec.error("placement 'after_3x3' is not supported with anti_alias", where)
+
+
 def _rule_shortcut(spec: Spec):
     sc = spec.data.get("shortcut") or {}
     if "pool" in sc and opt(sc, "projection", "shortcut") != "avgpool_conv":
@@ -82,7 +119,7 @@ def _rule_depth(spec: Spec):
 def _rule_dilate(spec: Spec):
     blk = BlockConfig.of(spec.data)
     projection = opt(spec.data.get("shortcut"), "projection", "shortcut")
-    for si, stage in enumerate(spec.data["stages"]):
+    for si, stage in enumerate(stages_of(spec.data)):
         if not stage.get("dilate", False):
             continue
         if blk.stride_last:
@@ -92,7 +129,8 @@ def _rule_dilate(spec: Spec):
 
 
 #: The semantic rules that need nothing but the required fields, in the order resolve() checks them.
-RULES = (_rule_bottleneck_only, _rule_shortcut, _rule_stem, _rule_anti_alias, _rule_depth, _rule_dilate)
+RULES = (_rule_bottleneck_only, _rule_regnet, _rule_se, _rule_shortcut, _rule_stem, _rule_anti_alias, _rule_depth,
+         _rule_dilate)
 
 
 def rule_errors(spec: Spec):
@@ -106,7 +144,7 @@ def rule_errors(spec: Spec):
 
 def blocks_per_stage(spec: Spec) -> list:
     """Blocks in each stage: the stages' ``blocks``, or what the top-level ``depth`` gives."""
-    stages, depth, kind = spec.data["stages"], spec.data.get("depth"), spec.data["block"]["type"]
+    stages, depth, kind = stages_of(spec.data), spec.data.get("depth"), spec.data["block"]["type"]
     if depth is None:
         missing = [i for i, s in enumerate(stages) if "blocks" not in s]
         if missing:

@@ -82,6 +82,11 @@ def tiny_text(name: str, blocks: int = 2, size: int | None = None) -> str:
         stage = block.name.split(".")[0]
         per_stage[stage] = per_stage.get(stage, 0) + 1
     spec.pop("depth", None)
+    if "stages" not in spec and spec.get("regnet") is not None:  # RegNet: the stages its parameters give
+        from resnet_spec.regnet import stages_of
+
+        spec["stages"] = stages_of(spec)
+        del spec["regnet"]
     for stage, n in zip(spec["stages"], per_stage.values()):
         stage["blocks"] = min(n, blocks)
     spec.setdefault("input", {})["size"] = size or (32 if net.input_shape[1] <= 32 else 64)

@@ -50,6 +50,35 @@ LAYOUTS = (
 )
 
 
+def _regnet_block(block_base: int):
+    """RegNet's stage N (from 1) block M (from ``block_base``) -> ``layerN.(M - block_base).``"""
+    def repl(m):
+        return f"layer{int(m.group(1))}.{int(m.group(2)) - block_base}."
+    return repl
+
+
+_TIMM_REGNET = r"^s(\d+)\.b(\d+)\."
+_TV_REGNET = r"^trunk_output\.block(\d+)\.block\d+-(\d+)\."
+
+#: RegNet's two PyTorch layouts (timm regnet.py, torchvision regnet.py): stages and blocks numbered from 1
+#: (timm ``s1.b1``) or stages from 1 and blocks from 0 (torchvision ``block1.block1-0``).
+REGNET_LAYOUTS = (
+    Layout("timm RegNet", _TIMM_REGNET, (
+        (r"^stem\.conv\.", "conv1."), (r"^stem\.bn\.", "bn1."),
+        (_TIMM_REGNET, _regnet_block(1)),
+        (r"\.conv(\d)\.conv\.", r".conv\1."), (r"\.conv(\d)\.bn\.", r".bn\1."),
+        (r"\.downsample\.conv\.", ".downsample.0."), (r"\.downsample\.bn\.", ".downsample.1."),
+        (r"^head\.fc\.", "fc."))),
+    Layout("torchvision RegNet", _TV_REGNET, (
+        (r"^stem\.0\.", "conv1."), (r"^stem\.1\.", "bn1."),
+        (_TV_REGNET, _regnet_block(0)),
+        (r"\.f\.a\.0\.", ".conv1."), (r"\.f\.a\.1\.", ".bn1."), (r"\.f\.b\.0\.", ".conv2."),
+        (r"\.f\.b\.1\.", ".bn2."), (r"\.f\.c\.0\.", ".conv3."), (r"\.f\.c\.1\.", ".bn3."),
+        (r"\.f\.se\.", ".se."), (r"\.proj\.(\d)\.", r".downsample.\1."))),
+)
+LAYOUTS = LAYOUTS + REGNET_LAYOUTS
+
+
 def layout_of(names) -> Layout | None:
     """The :data:`LAYOUTS` entry whose marker one of ``names`` matches, or None (canonical names)."""
     return next((lay for lay in LAYOUTS if any(re.search(lay.marker, n) for n in names)), None)

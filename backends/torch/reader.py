@@ -55,7 +55,15 @@ def state_dict_source(label: str, weights: dict) -> Source:
             if avg_down else ""))
     weights, source_names = names.canonical_weights(weights, layout, avg_down)
     return Source(label, "torch", layers_from_weights(weights, _origin(source_names)), weights,
-                  facts={"source_names": source_names}, notes=notes)
+                  facts={"source_names": source_names, **_layout_facts(layout)}, notes=notes)
+
+
+def _layout_facts(layout) -> dict:
+    """What a layout's names say about the structure: timm's and torchvision's RegNet blocks (expansion 1,
+    squeeze-excite after the 3x3 conv)."""
+    if layout is not None and layout in names.REGNET_LAYOUTS:
+        return {"regnet": True, "se_placement": "after_3x3"}
+    return {}
 
 
 def _origin(source_names: dict):
@@ -100,7 +108,7 @@ def read_library(lib: str, name: str) -> Source:
     avg_down = any(type(m).__name__ == "DownsampleAvg" for m in model.modules())
     weights, source_names = names.canonical_weights(weights, layout, avg_down)
     src = Source(label, lib, layers_from_weights(weights, _origin(source_names)), weights,
-                 facts={"library": (lib, name), "source_names": source_names})
+                 facts={"library": (lib, name), "source_names": source_names, **_layout_facts(layout)})
     _add_facts(src, {names.canonical(k, layout, avg_down): m for k, m in model.named_modules()})
     return src
 
@@ -171,6 +179,8 @@ def timm_equivalent(spec: dict):
     timm.models.resnetv2.ResNetV2 arguments (``v2``) where that class expresses it."""
     block, stem, sc = spec["block"], spec["stem"], spec.get("shortcut", {})
     deep = stem.get("type") == "deep"
+    if any("group_width" in s for s in spec["stages"]):
+        return _regnet_equivalent(spec)
     if block.get("preact"):
         return _resnetv2_equivalent(spec)
     if block.get("stride_on", "3x3") != "3x3" or "stride_block" in block \
@@ -247,9 +257,42 @@ def _resnetv2_equivalent(spec: dict):
             "bottle_ratio": 1.0 if basic else 0.25, "avg_down": sc.get("projection") == "avgpool_conv"}
 
 
+def _regnet_equivalent(spec: dict):
+    """torchvision RegNet arguments (explicit BlockParams) for a full RegNet spec dict it expresses, or None:
+    a 3x3/2 stem without pool, expansion-1 bottlenecks with a group width per stage, projection shortcuts,
+    no SE or RegNetY's (after the 3x3 conv, reduced from the block's input, Python's round)."""
+    block, stem, sc, stages = spec["block"], spec["stem"], spec.get("shortcut", {}), spec["stages"]
+    se = block.get("se")
+    if set(block) - {"type", "expansion", "se"} or block.get("expansion") != 1 or block["type"] != "bottleneck" \
+            or set(stem) - {"type", "channels", "kernel", "stride", "pool"} or stem.get("pool", "max") is not None \
+            or (stem.get("type"), stem.get("kernel"), stem.get("stride")) != ("conv", 3, 2) \
+            or set(sc) - {"type", "projection"} or sc.get("type") != "B" or sc.get("projection", "conv") != "conv" \
+            or "conv_bias" in spec or set(spec["head"]) != {"classes"} or any("group_width" not in s for s in stages) \
+            or any(set(s) - {"blocks", "channels", "stride", "group_width", "width"} for s in stages) \
+            or spec["norm"] != {"eps": 1e-5, "momentum": 0.1}:
+        return None
+    if se is not None and (se.get("placement"), se.get("reduce_from"), se.get("divisor", 8)) != \
+            ("after_3x3", "input", None):
+        return None
+    return {"regnet": True, "depths": [s["blocks"] for s in stages], "widths": [s["channels"] for s in stages],
+            "group_widths": [s["group_width"] for s in stages], "strides": [s.get("stride", 2) for s in stages],
+            "bottleneck_multipliers": [s.get("width", s["channels"]) / s["channels"] for s in stages],
+            "se_ratio": None if se is None else 1 / se.get("reduction", 16), "num_classes": spec["head"]["classes"],
+            "stem_width": stem["channels"], "in_chans": spec["input"]["channels"]}
+
+
 def build_timm(kwargs: dict):
     """The timm ResNet (or ResNetV2) of :func:`timm_equivalent`'s arguments (the runtime a checkpoint came
     from)."""
+    if kwargs.get("regnet"):
+        from torchvision.models import regnet
+
+        if kwargs["in_chans"] != 3:
+            raise ValueError("torchvision's RegNet takes 3 input channels")
+        kw = {k: kwargs[k] for k in ("depths", "widths", "group_widths", "bottleneck_multipliers", "strides",
+                                     "se_ratio")}
+        return regnet.RegNet(regnet.BlockParams(**kw), num_classes=kwargs["num_classes"],
+                             stem_width=kwargs["stem_width"]).eval()
     if kwargs.get("v2"):
         from timm.layers import BatchNormAct2d, create_conv2d
         from timm.models import resnetv2

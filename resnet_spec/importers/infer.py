@@ -153,6 +153,30 @@ def candidates(src: Source, name: str, input_size) -> list:
     if src.facts.get("anti_alias"):
         block["anti_alias"] = src.facts["anti_alias"]
     d["block"] = block
+    fc = L.get("fc")
+    if fc is None:
+        raise src.refuse("head", "no classifier (fc)")
+    d["head"] = {"classes": fc.shape[0]}
+    if not fc.bias:
+        d["head"]["bias"] = False
+    if ("bn_final" in L) != preact:
+        d["head"]["norm"] = "bn_final" in L
+    se = next((b for s in stages for b in s if "se.fc1" in b), None)
+    regnet = list(_regnet_variants(src, d, stages, se)) if bottleneck and not preact else []
+    try:
+        resnet = _resnet_variants(src, d, stages, se, (bottleneck, preact, facts_stride))
+    except ResNetSpecError:
+        if not regnet:
+            raise
+        resnet = []
+    return regnet + resnet if src.facts.get("regnet") else resnet + regnet
+
+
+def _resnet_variants(src, d, stages, se, kinds) -> list:
+    """The candidates of a torchvision/timm ResNet's conventions (expansion 4, one stride place)."""
+    bottleneck, preact, facts_stride = kinds
+    d = {**d, "block": dict(d["block"])}
+    block = d["block"]
     d["stages"], widths, wheres, ats = [], [], set(), set()
     for si, blocks in enumerate(stages):
         st, width, groups, where, at = _stage(src, si, blocks, bottleneck, preact, facts_stride)
@@ -171,16 +195,48 @@ def candidates(src: Source, name: str, input_size) -> list:
         block["stride_block"] = "last"
     if bottleneck:
         _widths(d, widths)
-    se = next((b["se.fc1"] for s in stages for b in s if "se.fc1" in b), None)
-    fc = L.get("fc")
-    if fc is None:
-        raise src.refuse("head", "no classifier (fc)")
-    d["head"] = {"classes": fc.shape[0]}
-    if not fc.bias:
-        d["head"]["bias"] = False
-    if ("bn_final" in L) != preact:
-        d["head"]["norm"] = "bn_final" in L
-    return list(_variants(d, src, stages, se, preact))
+    return list(_variants(d, src, stages, None if se is None else se["se.fc1"], preact))
+
+
+def _regnet_variants(src, d, stages, se_block):
+    """RegNet's candidates: bottlenecks of expansion 1, each stage's 3x3 conv grouped by a group width, a
+    3x3/2 stem without pool (a state dict cannot say: RegNet's), every stage strided (2 unless the source
+    says), squeeze-excite after the 3x3 conv reduced from the block's input (timm/torchvision RegNetY)."""
+    L, stem = src.layers, dict(d["stem"])
+    if L["conv1"].stride is None if "conv1" in L else True:
+        stem.update(stride=2, pool=None)
+    if "stem_pool" not in src.facts and "maxpool.0" not in L:
+        stem["pool"] = None
+    out = []
+    for si, blocks in enumerate(stages):
+        name, first = f"layer{si + 1}.0", blocks[0]
+        c2, c3 = _need(src, name, first, "conv2"), _need(src, name, first, "conv3")
+        width, groups = c2.shape[0], c2.shape[0] // c2.shape[1]
+        strides = [x.stride for x in (first.get("conv2"), first.get("downsample.0")) if x is not None and x.stride]
+        st = {"blocks": len(blocks), "channels": c3.shape[0], "stride": max(strides, default=2),
+              "group_width": width // groups}
+        if width != c3.shape[0]:
+            st["width"] = width
+        out.append(st)
+    base = {**d, "stem": stem, "block": {"type": "bottleneck", "expansion": 1}, "stages": out}
+    for se in _regnet_se(src, se_block):
+        v = {**base, "block": dict(base["block"]), "shortcut": {"type": "B"}}
+        if se is not None:
+            v["block"]["se"] = se
+        yield v
+
+
+def _regnet_se(src, blk):
+    """RegNet's squeeze-excite options for the first block ``blk`` that has one (None: no SE): reduced
+    from the block's input channels (RegNetY's se_ratio, Python's round) after the 3x3 conv, or as a
+    ResNet's SE at the end; the source's own placement first when it states it."""
+    if blk is None:
+        return [None]
+    red, in_ch, out_ch = blk["se.fc1"].shape[0], blk["conv1"].shape[1], blk["conv3"].shape[0]
+    opts = [{"reduction": r, "divisor": None, "reduce_from": frm, "placement": "after_3x3"}
+            for frm, ch in (("input", in_ch), ("output", out_ch)) for r in range(1, 65) if round(ch / r) == red]
+    ends = [{**o, "placement": "end"} for o in opts]
+    return ends + opts if src.facts.get("se_placement") == "end" else opts + ends
 
 
 def _widths(d, widths):

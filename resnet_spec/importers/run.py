@@ -81,6 +81,14 @@ def _run_timm(kwargs, weights, source_names, x):
 
     model = build_timm(kwargs)
     desc = f"timm {timm.__version__} {type(model).__name__} class"
+    if kwargs.get("regnet"):  # torchvision's RegNet class, under its own names whatever the file's were
+        import torchvision
+
+        from ..backends.torch import names
+
+        own = names.layout_of(model.state_dict())
+        source_names = {names.canonical(k, own): k for k in model.state_dict()}
+        desc = f"torchvision {torchvision.__version__} RegNet class"
     return _torch_run(_load_state(model, weights, source_names), x), desc
 
 

@@ -78,8 +78,22 @@ def _load_named(net: ir.Network, path: str, options: LoadOptions) -> tuple[Weigh
         tensors, notes = read_foreign(net, path), []
     else:
         tensors, notes = read_checkpoint(path, options.key, options.ema, net)
+        tensors, notes = _regnet_names(tensors, notes)
     tensors, more = apply_head(net, tensors, path, options.new_head, options.seed)
     return check_weights(net, tensors, path, options.allow_nonfinite), notes + more
+
+
+def _regnet_names(tensors: dict, notes: list) -> tuple:
+    """A checkpoint in timm's or torchvision's RegNet names, under the canonical names (the same tensors,
+    renamed by the layouts ``import`` reads: ``s1.b1.conv1.conv`` and ``trunk_output.block1.block1-0.f.a.0``
+    are ``layer1.0.conv1``); any other checkpoint as it is."""
+    from ..backends.torch import names
+
+    layout = names.layout_of(tensors)
+    if layout is None or layout not in names.REGNET_LAYOUTS:
+        return tensors, notes
+    renamed, _ = names.canonical_weights(tensors, layout)
+    return renamed, notes + [f"names of {layout.name} read as the canonical ones"]
 
 
 def read_foreign(net: ir.Network, path: str) -> Weights:
