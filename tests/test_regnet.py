@@ -297,3 +297,15 @@ def test_weights_option_reads_library_regnet_names(tmp_path, which):
     x = torch.randn(1, 3, 40, 40)
     with torch.no_grad():
         assert rel_err(resnet_spec.build(net, "torch", weights=weights)(x).numpy(), model(x).numpy()) <= 1e-6
+
+
+@pytest.mark.slow  # builds both 3.2 GF library models and tries the import's candidate specs
+@pytest.mark.parametrize("lib,name", [("timm", "regnety_032"), ("torchvision", "regnet_y_3_2gf")])
+def test_import_names_the_zoo_entry_of_its_own_library(lib, name):
+    """timm's regnety_032 and torchvision's regnet_y_3_2gf are one network: each imports as ``extends:``
+    its own library's zoo entry (the one whose reference it is), not the first entry in the zoo's order."""
+    from resnet_spec.backends.torch.reader import read_library
+    from resnet_spec.importers.infer import build_spec
+
+    text, _, _ = build_spec(read_library(lib, name), "m", input_size=64)
+    assert f"extends: {name}\n" in text, text

@@ -318,7 +318,7 @@ def build_spec(src: Source, name: str, input_size=None) -> tuple:
             continue
         diff = first_difference(net, src)
         if diff is None:
-            return _shorten(text, net, cand), net, _order(cand)
+            return _shorten(text, net, cand, src.label), net, _order(cand)
         if best is None or best.startswith("no spec"):
             best = f"first layer that does not fit: {diff}"
     raise src.refuse("structure", best or "no candidate spec")
@@ -350,11 +350,21 @@ def _same(a: ir.Network, b: ir.Network) -> bool:
     return _key(a) == _key(b)
 
 
-def _shorten(text: str, net: ir.Network, full: dict) -> str:
-    """``extends: <zoo entry>`` plus what differs, when a zoo entry resolves to the same network."""
+@lru_cache(maxsize=None)
+def _zoo_reference(zoo: str) -> str:
+    from ..spec import load as load_spec
+
+    ref = load_spec(zoo).data.get("reference") or {}
+    return f"{ref.get('library')}:{ref.get('model')}"
+
+
+def _shorten(text: str, net: ir.Network, full: dict, label: str = "") -> str:
+    """``extends: <zoo entry>`` plus what differs, when a zoo entry resolves to the same network; the
+    entry whose reference is the source (``timm:regnety_032``) first, where two entries are one network
+    (timm's regnety_032 and torchvision's regnet_y_3_2gf)."""
     from ..spec import zoo_names
 
-    for zoo in zoo_names():
+    for zoo in sorted(zoo_names(), key=lambda z: _zoo_reference(z) != label.strip("'\"")):
         base = _zoo_net(zoo)
         if len(base.blocks) != len(net.blocks) or base.params > 4 * net.params + 10**6:
             continue
