@@ -6,9 +6,12 @@ import os
 import platform
 import time
 
-OUTPUTS = ("onnx", "onnx-f16", "tflite", "tflite-f16")
-TOL = {"onnx": 1e-4, "onnx-f16": 1e-2, "tflite": 1e-4, "tflite-f16": 1e-2}  # resnet_spec.parity / resnet_spec.verify
-_COUNT = {2: "two", 3: "three", 4: "four", 5: "five"}
+OUTPUTS = ("onnx", "onnx-f16", "onnx-int8", "tflite", "tflite-f16", "tflite-int8")
+#: resnet_spec.parity / resnet_spec.verify: float32 and float16 files by max rel; int8 files also need the
+#: reference's top-1 class on at least half the inputs (verify.INT8_TOP1, INT8_TOL)
+TOL = {"onnx": 1e-4, "onnx-f16": 1e-2, "onnx-int8": 0.2, "tflite": 1e-4, "tflite-f16": 1e-2, "tflite-int8": 0.2}
+TOP1 = {"onnx-int8": 0.5, "tflite-int8": 0.5}
+_COUNT = {2: "two", 3: "three", 4: "four", 5: "five", 6: "six"}
 
 BEFORE = ("Before the fix (graph with `Pad(0) -> MaxPool` in the V2 stem; tests/test_deploy.py on that graph, "
           "keras_resnet50v2 at 64 px, 4 images): onnxruntime 1.31.1 at basic, extended and all, and onnxoptimizer's "
@@ -54,12 +57,18 @@ def environment() -> str:
     return ", ".join(out)
 
 
-def _cell(c, tol) -> str:
+def passed(c, out) -> bool:
+    """A measured cell of output ``out`` within its tolerance (int8: and the top-1 agreement)."""
+    return "error" not in c and c["rel"] <= TOL[out] and c.get("top1", 1.0) >= TOP1.get(out, 0.0)
+
+
+def _cell(c, out) -> str:
     if c is None:
         return "—"
     if "error" in c:
         return "error"
-    return f"{c['rel']:.1e}" + ("" if c["rel"] <= tol else " **FAIL**")
+    text = f"{c['rel']:.1e}" + (f" ({c['top1']:.0%})" if out in TOP1 else "")
+    return text + ("" if passed(c, out) else " **FAIL**")
 
 
 def _rows(results) -> list:
@@ -116,7 +125,7 @@ def _worst_rows(results, rows, cols) -> list:
             elif any("error" in v for v in vals):
                 cells.append("error")
             else:
-                cells.append(_cell(max(vals, key=lambda v: v["rel"]), TOL[out]))
+                cells.append(_cell(max(vals, key=lambda v: v["rel"]), out))
         lines.append(f"| **worst** | {out} | " + " | ".join(cells) + " |")
     return lines
 
@@ -128,10 +137,13 @@ def _header(results, size, f16_note) -> list:
             "logits, where ref is the torch backend in float64 on the same seeded random weights (non-trivial BN "
             f"statistics) and the same input (batch 2). ImageNet entries at **{size} px** (reduced from 224: the "
             "run shares a 2-core machine), CIFAR entries at 32 px. Tolerances: float32 files 1e-4, float16 files "
-            "1e-2 (as `verify`); a cell above it says **FAIL**. `—`: not run (a runtime that does not take that "
+            "1e-2, int8 files 0.2 and the reference's top-1 class on at least 1 of the 2 inputs (as `verify`; the "
+            "int8 cells show that agreement in brackets); a cell outside it says **FAIL**. `—`: not run (a runtime that does not take that "
             f"output{f16_note}). Outputs: `onnx` (float32), `onnx-f16` (`--dtype float16`, float32 I/O), "
             "`tflite` (float32, from the Keras model), `tflite-f16` (`--dtype float16`: TFLite's float16 "
-            "post-training quantization, float16 weights dequantized to float32 at run time, float32 I/O). The "
+            "post-training quantization, float16 weights dequantized to float32 at run time, float32 I/O), "
+            "`onnx-int8` and `tflite-int8` (`--dtype int8`: ONNX QDQ S8S8 per-channel, TFLite full-integer; both "
+            "calibrated on convert's default 32 seeded synthetic images, float32 I/O). The "
             "`worst` rows at the end give each column's largest figure.", "",
             f"Machine: {results.get('_machine') or machine()}. Files and reference made with "
             f"{results.get('_env') or environment()}.", ""]
@@ -152,8 +164,7 @@ def write_doc(results, path, size) -> None:
     f16_cols = {c.split(" / ")[0] for r in rows if r.endswith(" | onnx-f16") for c in results[r]}
     ort_f16 = sorted(g.split()[1] for g in f16_cols if g.startswith("onnxruntime "))
     f16_note = f"; float16 files ran in onnxruntime {', '.join(ort_f16)} and the tools" if ort_f16 else ""
-    fails = [(r, c) for r in rows for c, v in results[r].items()
-             if "error" in v or v["rel"] > TOL[r.split(" | ")[1]]]
+    fails = [(r, c) for r in rows for c, v in results[r].items() if not passed(v, r.split(" | ")[1])]
     lines = _header(results, size, f16_note) + [_coverage(results, rows), "", BEFORE, "",
                                                 "Runtimes (each in its own venv from the registry):", ""]
     lines += [f"- {g}: {v}" for g, v in results.get("_versions", {}).items()]
@@ -167,7 +178,7 @@ def write_doc(results, path, size) -> None:
     lines += ["", "| entry | output | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
     for r in rows:
         name, out = r.split(" | ")
-        lines.append(f"| {name} | {out} | " + " | ".join(_cell(results[r].get(c), TOL[out]) for c in cols) + " |")
+        lines.append(f"| {name} | {out} | " + " | ".join(_cell(results[r].get(c), out) for c in cols) + " |")
     lines += _worst_rows(results, rows, cols)
     errors = [(r, c, v["error"]) for r in rows for c, v in results[r].items() if "error" in v]
     if errors:

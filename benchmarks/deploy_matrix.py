@@ -5,8 +5,9 @@
 
 For each zoo entry (seeded random weights with non-trivial BN statistics, ``--size`` px for ImageNet
 entries, CIFAR entries at their own 32 px) it writes the float32 ONNX file, the float16 ONNX file
-(``--dtype float16``, float32 I/O) and the ``.tflite`` files (float32, and ``--dtype float16``: float16
-weights), and runs them, each runtime in its own
+(``--dtype float16``, float32 I/O), the int8 ONNX file (``--dtype int8``: QDQ, calibrated on the seeded
+synthetic images convert uses by default) and the ``.tflite`` files (float32, ``--dtype float16``: float16
+weights, ``--dtype int8``: full-integer), and runs them, each runtime in its own
 small venv made from the registry and cached (benchmarks/_venvs.py): onnxruntime releases (every
 graph optimisation level), onnxoptimizer's fuse-and-elimination passes, onnxsim, OpenVINO (CPU, f32
 inference precision) and LiteRT. Every cell is max |y - ref| / max |ref| against the torch backend
@@ -42,14 +43,17 @@ def venv_specs(ort_versions, f16_versions=F16_ORT) -> list:
     newest = ort_versions[-1]
     # float16 files in a spread of releases (``--f16-ort``), not all: ORT's CPU provider computes most
     # float16 operators through inserted casts, so each float16 column costs as much as a float32 one.
+    # float16 and int8 files in the same spread of releases
+    low = ("onnx", "onnx-f16", "onnx-int8")
     out = [(f"onnxruntime {v}", f"ort-{v}", [f"onnxruntime=={v}", "numpy<2" if v < "1.19" else "numpy"], "ort",
-            ("onnx", "onnx-f16") if v in f16_versions or v == newest else ("onnx",)) for v in ort_versions]
+            low if v in f16_versions or v == newest else ("onnx",)) for v in ort_versions]
     out += [("onnxoptimizer 0.4.2", "onnxoptimizer-0.4.2",
-             ["onnxoptimizer==0.4.2", "onnx", f"onnxruntime=={newest}", "numpy"], "onnxoptimizer", ("onnx", "onnx-f16")),
+             ["onnxoptimizer==0.4.2", "onnx", f"onnxruntime=={newest}", "numpy"], "onnxoptimizer", low),
             ("onnxsim 0.4.36", "onnxsim-0.4.36", ["onnxsim==0.4.36", "onnx", f"onnxruntime=={newest}", "numpy"],
-             "onnxsim", ("onnx", "onnx-f16")),
-            ("openvino 2026.4.1", "openvino-2026.4.1", ["openvino==2026.4.1", "numpy"], "openvino", ("onnx", "onnx-f16")),
-            ("LiteRT 2.3.0", "litert-2.3.0", ["ai-edge-litert==2.3.0", "numpy"], "tflite", ("tflite", "tflite-f16"))]
+             "onnxsim", low),
+            ("openvino 2026.4.1", "openvino-2026.4.1", ["openvino==2026.4.1", "numpy"], "openvino", low),
+            ("LiteRT 2.3.0", "litert-2.3.0", ["ai-edge-litert==2.3.0", "numpy"], "tflite",
+             ("tflite", "tflite-f16", "tflite-int8"))]
     return out
 
 
@@ -58,7 +62,33 @@ def _tflite_bytes(spec_yaml, weights, dtype="float32"):
     from resnet_spec.backends.keras import tflite as tflite_backend
     from resnet_spec.resolve import UNCHECKED
 
-    return tflite_backend.to_bytes(load(spec_yaml, UNCHECKED), weights, dtype=dtype)
+    net = load(spec_yaml, UNCHECKED)
+    images = _calibration(net) if dtype == "int8" else None
+    return tflite_backend.to_bytes(net, weights, dtype=dtype, calibration=images)
+
+
+def _calibration(net):
+    """What ``convert --dtype int8`` calibrates on without --calibration: seeded synthetic images."""
+    from resnet_spec.calibration import synthetic
+
+    return synthetic(net.input_shape)
+
+
+def _onnx_bytes(net, w, out: str, d: str) -> bytes:
+    """The ONNX file ``out`` ('onnx', 'onnx-f16', 'onnx-int8': the float32 file quantized as convert does)."""
+    from resnet_spec.backends.onnx import backend as ob
+
+    dtype = {"onnx": "float32", "onnx-f16": "float16", "onnx-int8": "float32"}[out]
+    data = ob.build(net, w, dtype=dtype).SerializeToString()
+    if out != "onnx-int8":
+        return data
+    from resnet_spec.backends.onnx.int8 import quantize
+
+    with open(os.path.join(d, "float.onnx"), "wb") as fh:
+        fh.write(data)
+    quantize(os.path.join(d, "float.onnx"), os.path.join(d, "q.onnx"), _calibration(net), "input")
+    with open(os.path.join(d, "q.onnx"), "rb") as fh:
+        return fh.read()
 
 
 def make_entry(name, size, d, outputs, tf_worker) -> dict:
@@ -83,12 +113,12 @@ def make_entry(name, size, d, outputs, tf_worker) -> dict:
     np.save(os.path.join(d, "ref.npy"), ref)
     files = {}
     for out in outputs:
-        files[out] = os.path.join(d, {"onnx": "m.onnx", "onnx-f16": "m16.onnx", "tflite": "m.tflite",
-                                      "tflite-f16": "m16.tflite"}[out])
-        if out.startswith("tflite"):
-            data = tf_worker().call(_tflite_bytes, net.spec_yaml, w, "float16" if out == "tflite-f16" else "float32")
+        kind, _, dtype = out.partition("-")
+        files[out] = os.path.join(d, f"m{dtype}.{kind}")
+        if kind == "tflite":
+            data = tf_worker().call(_tflite_bytes, net.spec_yaml, w, {"": "float32", "f16": "float16"}.get(dtype, dtype))
         else:
-            data = ob.build(net, w, dtype="float16" if out == "onnx-f16" else "float32").SerializeToString()
+            data = _onnx_bytes(net, w, out, d)
         with open(files[out], "wb") as fh:
             fh.write(data)
     return {"dir": d, "files": files, "shape": list(net.input_shape)}

@@ -246,19 +246,23 @@ def test_matrix_doc_names_every_missing_cell(tmp_path):
                for n in zoo_names()}
     results.update({f"{n} | tflite": {"LiteRT 2.3.0 / litert": cell} for n in zoo_names()})
     _deploy_doc.write_doc(results, tmp_path / "d.md", 40)
-    assert "outputs not measured: onnx-f16" in (tmp_path / "d.md").read_text()
+    assert "outputs not measured: onnx-f16, onnx-int8, tflite-f16, tflite-int8" in (tmp_path / "d.md").read_text()
     results.update({f"{n} | onnx-f16": {"onnxruntime 1.32.0 / all": cell} for n in zoo_names()})
     _deploy_doc.write_doc(results, tmp_path / "d.md", 40)
-    assert "outputs not measured: tflite-f16" in (tmp_path / "d.md").read_text()
+    assert "outputs not measured: onnx-int8, tflite-f16, tflite-int8" in (tmp_path / "d.md").read_text()
     results.update({f"{n} | tflite-f16": {"LiteRT 2.3.0 / litert": cell} for n in zoo_names()})
     _deploy_doc.write_doc(results, tmp_path / "d.md", 40)
-    whole = f"Entries: the whole zoo ({len(zoo_names())}), each with its four outputs."
+    assert "outputs not measured: onnx-int8, tflite-int8" in (tmp_path / "d.md").read_text()
+    results.update({f"{n} | {o}": {"onnxruntime 1.32.0 / all": cell} for n in zoo_names()
+                    for o in ("onnx-int8", "tflite-int8")})
+    _deploy_doc.write_doc(results, tmp_path / "d.md", 40)
+    whole = f"Entries: the whole zoo ({len(zoo_names())}), each with its six outputs."
     assert whole in (tmp_path / "d.md").read_text()
     del results["resnet1202 | onnx"]["openvino 2026.4.1 / f32"], results["resnet1202 | tflite"]
     _deploy_doc.write_doc(results, tmp_path / "d.md", 40)
     line = next(t for t in (tmp_path / "d.md").read_text().splitlines() if t.startswith("Entries:"))
     assert "resnet1202 onnx: openvino 2026.4.1 / f32; resnet1202 tflite: LiteRT 2.3.0 / litert" in line, line
-    assert "each with its four outputs" not in line
+    assert "each with its six outputs" not in line
 
 
 def test_measuring_a_new_output_keeps_the_columns_other_cells(monkeypatch):
@@ -270,7 +274,7 @@ def test_measuring_a_new_output_keeps_the_columns_other_cells(monkeypatch):
     import deploy_matrix
 
     spec = next(sp for sp in deploy_matrix.venv_specs(["1.32.0"]) if sp[0].startswith("LiteRT"))
-    assert spec[4] == ("tflite", "tflite-f16")
+    assert spec[4] == ("tflite", "tflite-f16", "tflite-int8")
     old = {"rel": 2e-7, "top1": 1.0}
     results = {"resnet20 | tflite": {f"{spec[0]} / litert": old}}
     ran = []
@@ -279,7 +283,7 @@ def test_measuring_a_new_output_keeps_the_columns_other_cells(monkeypatch):
     monkeypatch.setattr(deploy_matrix, "_save", lambda res, path: None)
     args = argparse.Namespace(force=False, size=40, json="unused.json")
     assert deploy_matrix.run_entry("resnet20", [spec], args, results, None, lambda t: None)
-    assert ran == [("tflite-f16",)] and results["resnet20 | tflite"] == {f"{spec[0]} / litert": old}
+    assert ran == [("tflite-f16", "tflite-int8")] and results["resnet20 | tflite"] == {f"{spec[0]} / litert": old}
 
 
 @pytest.mark.slow  # onnxruntime 1.29.0 runs in its own venv, in a child process
@@ -307,3 +311,15 @@ def test_float16_classifier_accumulates_in_float32_in_onnxruntime_1_29(tmp_path)
     # docs/deployment.md), 1.09e-2 without: the bound is 2.9x above the one and 5.5x below the other; the error is
     # float16 rounding, which float32-level kernel differences (~1e-7) move by far less than that margin
     assert len(errors) == len(onnx_probe.LEVELS) and max(errors.values()) < 2e-3, errors
+
+
+def test_int8_cells_need_the_top1_agreement_too(tmp_path):
+    """An int8 cell within its 0.2 bound but with the reference's top-1 class on no input fails, as verify
+    judges int8 files; its agreement is shown beside the figure."""
+    import _deploy_doc
+
+    results = {"resnet20 | onnx-int8": {"onnxruntime 1.32.0 / all": {"rel": 0.05, "top1": 1.0},
+                                         "openvino 2026.4.1 / f32": {"rel": 0.05, "top1": 0.0}}}
+    _deploy_doc.write_doc(results, tmp_path / "d.md", 40)
+    row = next(t for t in (tmp_path / "d.md").read_text().splitlines() if t.startswith("| resnet20 | onnx-int8"))
+    assert row.endswith("| 5.0e-02 (100%) | 5.0e-02 (0%) **FAIL** |"), row
