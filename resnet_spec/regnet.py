@@ -23,6 +23,9 @@ REQUIRED = ("w0", "wa", "wm", "depth", "group_width")
 DEFAULTS = {"bottleneck_ratio": 1.0, "quantization": 8, "group_min_ratio": 0.0}
 #: Every generated stage's stride (both libraries; timm's output_stride 32).
 STRIDE = 2
+#: the schema's bounds on an explicit ``stages`` list, which generated stages must keep too
+#: (schemas/resnet.schema.json ``stages`` maxItems and a stage's ``channels`` maximum; a test checks)
+MAX_STAGES, MAX_CHANNELS = 16, 65536
 
 
 def block_widths(w0: int, wa: float, wm: float, depth: int, quant: int) -> list:
@@ -77,6 +80,19 @@ def params_errors(params: dict) -> list:
         errs.append((("w0",), f"w0 {p['w0']} is not a multiple of the quantization {p['quantization']}"))
     if p["wm"] <= 1:
         errs.append((("wm",), f"wm {p['wm']} must be more than 1"))
+    if errs:
+        return errs
+    widths = block_widths(p["w0"], p["wa"], p["wm"], p["depth"], p["quantization"])
+    if int(min(widths) * p["bottleneck_ratio"]) < 1:
+        return [(("bottleneck_ratio",), f"bottleneck_ratio {p['bottleneck_ratio']} leaves a {min(widths)}-channel "
+                                        "stage no bottleneck channel")]
+    stages = generate(p)
+    if len(stages) > MAX_STAGES:
+        errs.append(((), f"these parameters generate {len(stages)} stages; a spec has at most {MAX_STAGES}"))
+    widest = max(s["channels"] for s in stages)
+    if widest > MAX_CHANNELS:
+        errs.append(((), f"these parameters generate a {widest:,}-channel stage; a stage has at most "
+                         f"{MAX_CHANNELS:,} channels"))
     return errs
 
 

@@ -31,7 +31,7 @@ def _rule_bottleneck_only(spec: Spec):
     for key in ("stride_on", "groups", "width_per_group"):
         if key in blk and blk[key] != DEFAULTS["block"][key]:
             yield spec.error(f"'{key}' applies to bottleneck blocks only", ("block", key))
-    for i, s in enumerate(stages_of(spec.data)):
+    for i, s in enumerate(spec.data.get("stages") or []):  # generated stages: _rule_regnet's
         for key in ("width", "group_width"):
             if key in s:
                 yield spec.error(f"'{key}' applies to bottleneck blocks only", stage_path(spec.data, i, key))
@@ -41,13 +41,18 @@ def _rule_regnet(spec: Spec):
     """RegNet: its generating parameters (as the libraries assert them), the stages given once, and a
     stage's group_width instead of (not beside) the block's groups and width_per_group."""
     d = spec.data
+    blk = d["block"]
     if d.get("regnet") is not None:
         if "stages" in d:
             yield spec.error("give either 'regnet' (generating parameters) or 'stages', not both", ("regnet",))
             return
+        if blk.get("type") != "bottleneck" or blk.get("expansion") != 1:
+            yield spec.error("'regnet' generates bottleneck blocks with expansion 1: set block type bottleneck "
+                             f"and expansion 1 (it has type {blk.get('type')!r}, expansion "
+                             f"{blk.get('expansion', 4 if blk.get('type') == 'bottleneck' else 1)})", ("regnet",))
+            return
         for path, msg in params_errors(d["regnet"]):
             yield spec.error(msg, ("regnet", *path))
-    blk = d["block"]
     for i, st in enumerate(stages_of(d)):
         if "group_width" not in st:
             continue

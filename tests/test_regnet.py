@@ -144,6 +144,17 @@ BAD = [
      "wm 1 must be more than 1", ("regnet", "wm")),
     ("block: {type: bottleneck, expansion: 1}\nregnet: {wa: 8, wm: 2, depth: 2, group_width: 8}\n",
      "missing required field 'w0'", ("regnet",)),
+    # the generated blocks are RegNet's only with expansion 1 (a bottleneck's default 4 was 4x too wide)
+    ("block: {type: bottleneck}\nregnet: {w0: 8, wa: 8, wm: 2, depth: 2, group_width: 8}\n",
+     "expansion 1 (it has type 'bottleneck', expansion 4)", ("regnet",)),
+    ("block: {type: basic}\nregnet: {w0: 8, wa: 8, wm: 2, depth: 2, group_width: 8}\n",
+     "generates bottleneck blocks with expansion 1", ("regnet",)),
+    # generated stages keep the bounds of a written stage list; no bottleneck channel is refused (was a
+    # ZeroDivisionError traceback)
+    ("block: {type: bottleneck, expansion: 1}\nregnet: {w0: 8, wa: 8, wm: 1.05, depth: 100, group_width: 8}\n",
+     "generate 53 stages; a spec has at most 16", ("regnet",)),
+    ("block: {type: bottleneck, expansion: 1}\nregnet: {w0: 8, wa: 8, wm: 2, depth: 2, group_width: 8, "
+     "bottleneck_ratio: 0.05}\n", "leaves a 8-channel stage no bottleneck channel", ("regnet", "bottleneck_ratio")),
 ]
 
 
@@ -272,8 +283,15 @@ def test_import_a_regnet_state_dict_with_parity(tmp_path, which):
     res = cli("import", path, "--input-size", 40, "-o", tmp_path / "out")
     assert res.exit_code == 0, res.output
     net = resnet_spec.load(next((tmp_path / "out").glob("*.yaml")).read_text())
-    assert net.blocks == resnet_spec.load(TINY_Y).blocks
+    want = resnet_spec.load(TINY_Y)
+    assert net.stem == want.stem and net.blocks == want.blocks and net.head == want.head
     assert "PASS" in res.output
+    # the imported spec and weights against the saved model itself (the proof of a state dict builds the
+    # library's class from the inferred spec; this one runs the model the file came from)
+    weights = resnet_spec.load_weights(net, str(tmp_path / "out" / f"{net.name}.safetensors"))
+    x = torch.randn(2, 3, 40, 40)
+    with torch.no_grad():
+        assert rel_err(resnet_spec.build(net, "torch", weights=weights)(x).numpy(), model(x).numpy()) <= 1e-6
 
 
 @pytest.mark.slow
@@ -309,3 +327,12 @@ def test_import_names_the_zoo_entry_of_its_own_library(lib, name):
 
     text, _, _ = build_spec(read_library(lib, name), "m", input_size=64)
     assert f"extends: {name}\n" in text, text
+
+
+def test_generated_stage_bounds_are_the_schemas():
+    from resnet_spec import regnet
+    from resnet_spec.spec import schema
+
+    stages = schema()["properties"]["stages"]
+    assert regnet.MAX_STAGES == stages["maxItems"]
+    assert regnet.MAX_CHANNELS == stages["items"]["properties"]["channels"]["maximum"]

@@ -162,7 +162,7 @@ def candidates(src: Source, name: str, input_size) -> list:
     if ("bn_final" in L) != preact:
         d["head"]["norm"] = "bn_final" in L
     se = next((b for s in stages for b in s if "se.fc1" in b), None)
-    regnet = list(_regnet_variants(src, d, stages, se)) if bottleneck and not preact else []
+    regnet = list(_regnet_variants(src, d, stages, se)) if _regnet_like(src, stages, bottleneck, preact) else []
     try:
         resnet = _resnet_variants(src, d, stages, se, (bottleneck, preact, facts_stride))
     except ResNetSpecError:
@@ -196,6 +196,18 @@ def _resnet_variants(src, d, stages, se, kinds) -> list:
     if bottleneck:
         _widths(d, widths)
     return list(_variants(d, src, stages, None if se is None else se["se.fc1"], preact))
+
+
+def _regnet_like(src, stages, bottleneck: bool, preact: bool) -> bool:
+    """Whether RegNet candidates are tried: a RegNet layout (timm's or torchvision's names), or
+    post-activation bottlenecks of expansion 1 in every stage. A ResNet the ResNet conventions refuse
+    (expansion 4) keeps its own refusal instead of meeting a RegNet guess."""
+    if not bottleneck or preact:
+        return False
+    if src.facts.get("regnet"):
+        return True
+    firsts = [blocks[0] for blocks in stages]
+    return all("conv2" in b and "conv3" in b and b["conv2"].shape[0] == b["conv3"].shape[0] for b in firsts)
 
 
 def _regnet_variants(src, d, stages, se_block):
