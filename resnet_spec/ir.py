@@ -209,14 +209,19 @@ class SqueezeExcite:
         return 2 * self.channels * self.reduced
 
 
+def make_divisible(v: float, divisor: int, min_ratio: float = 0.0) -> int:
+    """timm's and torchvision's ``make_divisible``: the nearest multiple of ``divisor`` (half up), at least
+    ``divisor``; one ``divisor`` more where that falls below ``min_ratio * v`` (torchvision's 0.9)."""
+    new = max(divisor, int(v + divisor / 2) // divisor * divisor)
+    return new + divisor if new < min_ratio * v else new
+
+
 def se_reduced(base: int, reduction: int, divisor: int | None) -> int:
     """A squeeze-excite's reduced channels: timm's ``make_divisible(base / reduction, divisor)`` (nearest
     multiple, at least ``divisor``, no round-up), or ``int(round(base / reduction))`` (Python's round,
     half to even: timm's and torchvision's RegNet ``se_ratio``) when ``divisor`` is None."""
     v = base / reduction
-    if divisor is None:
-        return int(round(v))
-    return max(divisor, int(v + divisor / 2) // divisor * divisor)
+    return int(round(v)) if divisor is None else make_divisible(v, divisor)
 
 
 DropPath = _op("DropPath", "Stochastic depth on the residual branch: training only, identity at inference.",

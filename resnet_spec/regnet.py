@@ -18,6 +18,8 @@ import math
 
 import numpy as np
 
+from .ir import make_divisible
+
 #: The defaults of the ``regnet`` section (the schema's ``default`` annotations say the same).
 REQUIRED = ("w0", "wa", "wm", "depth", "group_width")
 DEFAULTS = {"bottleneck_ratio": 1.0, "quantization": 8, "group_min_ratio": 0.0}
@@ -38,13 +40,6 @@ def block_widths(w0: int, wa: float, wm: float, depth: int, quant: int) -> list:
     return [int(w) for w in widths]
 
 
-def _make_divisible(v: float, divisor: int, min_ratio: float) -> int:
-    """timm/torchvision ``make_divisible``: nearest multiple (half up), at least ``divisor``, never below
-    ``min_ratio`` of ``v`` (one ``divisor`` added back)."""
-    new = max(divisor, int(v + divisor / 2) // divisor * divisor)
-    return new + divisor if new < min_ratio * v else new
-
-
 def generate(params: dict) -> list:
     """The stage entries of the ``regnet`` section ``params`` (defaults of :data:`DEFAULTS` filled in)."""
     p = {**DEFAULTS, **params}
@@ -60,7 +55,7 @@ def generate(params: dict) -> list:
         w_bot = int(w * ratio)
         group = min(p["group_width"], w_bot)
         if p["group_min_ratio"]:
-            w_bot = _make_divisible(w_bot, group, p["group_min_ratio"])
+            w_bot = make_divisible(w_bot, group, p["group_min_ratio"])
         else:
             w_bot = int(round(w_bot / group) * group)
         channels = int(w_bot / ratio)

@@ -33,11 +33,6 @@ class Limits:
 UNCHECKED = Limits(max_params=1 << 62, max_activation_bytes=1 << 62, max_blocks=1 << 62)
 
 
-def make_divisible(v: float, divisor: int) -> int:
-    """timm's make_divisible with round_limit=0: nearest multiple of ``divisor``, at least ``divisor``."""
-    return max(divisor, int(v + divisor / 2) // divisor * divisor)
-
-
 def resolve(spec: Spec, limits: Limits | None = None) -> ir.Network:
     """Turn a merged spec into an :class:`ir.Network`, enforcing the semantic rules; raises the first
     :class:`SpecError` (see :func:`semantic_errors` for all of them)."""

@@ -17,7 +17,8 @@ from functools import lru_cache
 
 from .. import ir, yamlio
 from ..errors import ResNetSpecError
-from ..resolve import load_network, make_divisible
+from ..ir import make_divisible
+from ..resolve import load_network
 from .source import Source, first_difference
 
 _BLOCK = re.compile(r"^layer(\d+)\.(\d+)\.(.+)$")
