@@ -66,6 +66,33 @@ def tiny(name: str, blocks: int = 2, size: int | None = None):
     return resnet_spec.load(tiny_text(name, blocks, size))
 
 
+def tiny_zoo() -> list:
+    """The zoo's entries at :func:`tiny_text` depth, one per distinct network: cut to two blocks per
+    stage, resnet50/101/152 are one network, as are the six CIFAR resnet20..1202, keras_resnet50/101/152,
+    regnetx_032 and torchvision's regnet_x_3_2gf, ... (18 networks of 34 entries when written). A sweep
+    of ops and wiring runs each once, named by its first entry in zoo order; depth is the business of the
+    few full-depth cases each sweep keeps."""
+    return list(_tiny_groups())
+
+
+def _tiny_groups() -> dict:
+    import dataclasses
+
+    import resnet_spec
+    from resnet_spec.spec import zoo_names
+
+    if "groups" not in _TINY_CACHE:
+        seen: dict = {}
+        for name in zoo_names():
+            net = resnet_spec.load(tiny_text(name))
+            seen.setdefault(repr(dataclasses.replace(net, name="", description="", spec_yaml="")), []).append(name)
+        _TINY_CACHE["groups"] = {names[0]: names for names in seen.values()}
+    return _TINY_CACHE["groups"]
+
+
+_TINY_CACHE: dict = {}
+
+
 def tiny_text(name: str, blocks: int = 2, size: int | None = None) -> str:
     """Zoo entry ``name`` with every stage cut to at most ``blocks`` blocks, at the small size of
     :func:`small`: the same stem, block, shortcut and head definitions, widths and strides (so every

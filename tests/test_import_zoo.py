@@ -18,8 +18,7 @@ from click.testing import CliRunner
 import resnet_spec
 from resnet_spec.cli import main
 from resnet_spec.importers.source import ImportRefused
-from resnet_spec.spec import zoo_names
-from conftest import tiny_text
+from conftest import tiny_text, tiny_zoo
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
@@ -175,13 +174,14 @@ def _round_trip(tmp_path, name, hows, text=None):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", zoo_names())
+@pytest.mark.parametrize("name", tiny_zoo())
 def test_zoo_onnx_round_trip(tmp_path, name):
     """Every zoo entry x {convert BN folded, convert --no-fold-bn, TorchScript exporter}: imported,
     the generated model equal to ONNX Runtime within float32 rounding, and the same network as the
     entry (BN-folded files of specs with a conv bias before a BN excepted: folding merges that bias
     into the BN's, so only the parameter count differs). Each entry's stem, blocks, shortcuts and head
-    with its stages cut to two blocks (:func:`conftest.tiny_text`); depth is the next test's. The ONNX
+    with its stages cut to two blocks (:func:`conftest.tiny_text`), each distinct network once
+    (:func:`conftest.tiny_zoo`); depth is the next test's. The ONNX
     reader does not read back an average-pool or conv stem pool or an anti-aliasing pool yet
     (:data:`ONNX_UNREAD`): those entries' files are refused in one line, never imported wrong."""
     if name in ONNX_UNREAD:

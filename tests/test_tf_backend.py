@@ -20,14 +20,13 @@ import os
 import numpy as np
 import pytest
 import tf_checks
-from conftest import TINY_A, TINY_B, rel_err, small, tiny_text
+from conftest import TINY_A, TINY_B, rel_err, small, tiny_text, tiny_zoo
 
 import resnet_spec
 from resnet_spec import ir
 from resnet_spec.backends.keras import tf as tf_backend
 from resnet_spec.backends.keras.weights import from_keras_model
 from resnet_spec.isolate import run_isolated
-from resnet_spec.spec import zoo_names
 from resnet_spec.weights import init_weights
 
 pytestmark = pytest.mark.skipif(tf_backend.available() is not None, reason=str(tf_backend.available()))
@@ -463,7 +462,7 @@ def test_convert_cli_and_reload(tmp_path):
 # bottleneck) and by the keras.applications tests (101 and 152 layers); the 1000-layer entries' depth by
 # the ONNX and torch sweeps.
 DEEP = ("resnet110", "preact_resnet164")
-ZOO_CASES = zoo_names() + [f"{n}:full" for n in DEEP]
+ZOO_CASES = tiny_zoo() + [f"{n}:full" for n in DEEP]  # each distinct network at tiny depth once
 
 
 @pytest.fixture(scope="module")

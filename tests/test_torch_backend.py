@@ -12,10 +12,9 @@ torch = pytest.importorskip("torch")
 import resnet_spec  # noqa: E402
 from resnet_spec.backends.torch import backend as tb  # noqa: E402
 from resnet_spec.errors import WeightsError  # noqa: E402
-from resnet_spec.spec import zoo_names  # noqa: E402
 from resnet_spec.weights import init_weights, save_weights  # noqa: E402
 
-from conftest import TIMM, TORCHVISION, randomize_bn, small, tiny  # noqa: E402
+from conftest import TIMM, TORCHVISION, randomize_bn, small, tiny, tiny_zoo  # noqa: E402
 from counting import torch_counts  # noqa: E402
 
 # Max abs difference we accept against the reference library on CPU fp32. The generated module runs
@@ -135,11 +134,17 @@ def test_cifar_option_a_matches_paper_oracle(name, n):
     assert diff <= REF_TOL
 
 
+#: the train-step sweep at full depth (small input): the main entry and the deepest (1001 layers)
+TRAIN_FULL = ("resnet50", "preact_resnet1001")
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("name", zoo_names())
-def test_train_step_and_counts(name):
-    """Training-mode forward/backward: every parameter gets a finite gradient; counts equal the IR."""
-    net = small(name)
+@pytest.mark.parametrize("name,full", [(n, False) for n in tiny_zoo()] + [(n, True) for n in TRAIN_FULL],
+                         ids=tiny_zoo() + [f"{n}-full" for n in TRAIN_FULL])
+def test_train_step_and_counts(name, full):
+    """Training-mode forward/backward: every parameter gets a finite gradient; counts equal the IR. Each
+    distinct network at tiny depth (conftest.tiny_zoo), two at full depth."""
+    net = small(name) if full else tiny(name)
     model = tb.build(net, init_weights(net, seed=0)).train()
     assert torch_counts(model) == {"params": net.params, "buffers": net.buffers}
     assert sorted(k for k in model.state_dict() if not k.endswith("num_batches_tracked")) == sorted(
@@ -192,15 +197,15 @@ def test_bn_epsilon_and_momentum_are_the_specs():
     torch.testing.assert_close(model.bn1.running_mean, 0.97 * before + 0.03 * batch_mean, rtol=1e-5, atol=1e-6)
 
 
-# Tracing, channels-last and torch.export depend on the ops and their wiring, not on depth: every entry
-# runs with its stages cut to two blocks (conftest.tiny), except resnet50 at full depth (small input). At
+# Tracing, channels-last and torch.export depend on the ops and their wiring, not on depth: each distinct
+# network runs with its stages cut to two blocks (conftest.tiny_zoo), and resnet50 at full depth (small input). At
 # full depth the sweep took about four minutes of worker time (the CIFAR 110- to 1202-layer entries and
 # resnet101/152 half of it) and tested nothing more.
 FULL_DEPTH = ("resnet50",)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", zoo_names())
+@pytest.mark.parametrize("name", tiny_zoo() + [n for n in FULL_DEPTH if n not in tiny_zoo()])
 def test_trace_export_channels_last(name):
     net = small(name) if name in FULL_DEPTH else tiny(name)
     model = tb.build(net, init_weights(net, seed=0, random_bn=True)).eval()

@@ -15,10 +15,9 @@ torch = pytest.importorskip("torch")
 import resnet_spec  # noqa: E402
 from resnet_spec.backends.torch import backend as tb  # noqa: E402
 from resnet_spec.backends.torch.source import to_source  # noqa: E402
-from resnet_spec.spec import zoo_names  # noqa: E402
 from resnet_spec.weights import init_weights, save_weights  # noqa: E402
 
-from conftest import rel_err, small, tiny  # noqa: E402
+from conftest import rel_err, small, tiny, tiny_zoo  # noqa: E402
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from strategies import specs  # noqa: E402
 
@@ -208,7 +207,7 @@ def test_standalone_source_whole_zoo(tmp_path):
     torch backend's logits (the guard that convert once ran on each file it wrote). Each entry's ops and
     wiring at two blocks per stage (conftest.tiny); two whole entries (basic and pre-activation
     bottleneck, 110 and 164 layers) for the stage loops at depth."""
-    nets = {n: tiny(n) for n in zoo_names()}
+    nets = {n: tiny(n) for n in tiny_zoo()}  # each distinct network at tiny depth once
     errors = _emitted_vs_backend({**nets, **{f"{n}_full": small(n) for n in ("resnet110", "preact_resnet164")}},
                                  tmp_path)
     for name, err in errors.items():
