@@ -213,6 +213,9 @@ def test_resnetv2_state_dict_proven_in_timm_resnetv2(tmp_path):
     with torch.inference_mode():
         ref, got = model.eval()(x), built(x)
     assert (ref - got).abs().max() <= 1e-5 * ref.abs().max()
+    # --weights reads the same file for that spec (names renamed; the average-pool projection from the spec)
+    again = resnet_spec.load_weights(net, str(path))
+    assert set(again) == set(weights) and all(np.array_equal(again[k], weights[k]) for k in weights)
 
 
 def test_legacy_senet_state_dict_proven_in_timm_resnet(tmp_path):
@@ -234,6 +237,10 @@ def test_legacy_senet_state_dict_proven_in_timm_resnet(tmp_path):
     assert src.layers["layer1.0.se.fc1"].origin == "layer1.0.se_module.fc1.weight"
     cmp = prove(src, net, full, weights, isolated=False)
     assert cmp["passed"] and "ResNet class" in cmp["source"], cmp
+    import resnet_spec
+
+    again = resnet_spec.load_weights(net, str(path))  # --weights reads the legacy names too
+    assert set(again) == set(weights) and all(np.array_equal(again[k], weights[k]) for k in weights)
 
 
 def test_coverage_report_lists_refusals():

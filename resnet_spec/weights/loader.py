@@ -78,21 +78,25 @@ def _load_named(net: ir.Network, path: str, options: LoadOptions) -> tuple[Weigh
         tensors, notes = read_foreign(net, path), []
     else:
         tensors, notes = read_checkpoint(path, options.key, options.ema, net)
-        tensors, notes = _regnet_names(tensors, notes)
+        tensors, notes = _layout_names(net, tensors, notes)
     tensors, more = apply_head(net, tensors, path, options.new_head, options.seed)
     return check_weights(net, tensors, path, options.allow_nonfinite), notes + more
 
 
-def _regnet_names(tensors: dict, notes: list) -> tuple:
-    """A checkpoint in timm's or torchvision's RegNet names, under the canonical names (the same tensors,
-    renamed by the layouts ``import`` reads: ``s1.b1.conv1.conv`` and ``trunk_output.block1.block1-0.f.a.0``
-    are ``layer1.0.conv1``); any other checkpoint as it is."""
+def _layout_names(net: ir.Network, tensors: dict, notes: list) -> tuple:
+    """A checkpoint in another library's names that ``import`` reads (backends/torch/names.py LAYOUTS:
+    timm's and torchvision's RegNet, timm's ResNetV2, legacy SENet) under the canonical names: the same
+    tensors renamed (``s1.b1.conv1.conv`` and ``trunk_output.block1.block1-0.f.a.0`` are
+    ``layer1.0.conv1``). Whether a ResNetV2 projection follows an average pool (its names cannot say) is
+    the spec's: the renaming that gives more of its tensor names. Any other checkpoint as it is."""
     from ..backends.torch import names
 
     layout = names.layout_of(tensors)
-    if layout is None or layout not in names.REGNET_LAYOUTS:
+    if layout is None:
         return tensors, notes
-    renamed, _ = names.canonical_weights(tensors, layout)
+    want = {t.name for t in net.tensors()}
+    renamed = max((names.canonical_weights(tensors, layout, avg_down)[0] for avg_down in (False, True)),
+                  key=lambda r: len(want & set(r)))
     return renamed, notes + [f"names of {layout.name} read as the canonical ones"]
 
 
