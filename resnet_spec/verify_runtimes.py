@@ -285,6 +285,26 @@ def _serving_input(path: str, fn) -> str:
     return names[0]
 
 
+def _keras_recorded(path: str) -> str | None:
+    """The input layout a ``.keras`` file's metadata.json records (``convert --layout``), or None."""
+    from .archive import read_keras_archive
+    from .backends.common import META_LAYOUT
+
+    _, meta, _ = read_keras_archive(path, weights=False)
+    value = meta.get(META_LAYOUT) if isinstance(meta, dict) else None
+    return value if value in ("nchw", "nhwc") else None
+
+
+def _py_feed(path: str, recorded, layout: str) -> Feed:
+    """A standalone ``.py`` is fed in the layout its ``INPUT_LAYOUT`` says; an unknown one, or a --layout
+    that contradicts it, is refused (its forward would see transposed images)."""
+    if recorded not in ("nchw", "nhwc"):
+        raise ResNetSpecError(f"{shown(path)}: INPUT_LAYOUT is {recorded!r}; verify feeds 'nchw' or 'nhwc'")
+    if layout not in ("auto", recorded):
+        raise ResNetSpecError(f"{shown(path)}: its INPUT_LAYOUT is {recorded!r} and --layout says {layout!r}")
+    return Feed(recorded)
+
+
 def _load_keras_or_savedmodel(tfb, path: str, kind: str, trusted: bool, tmp: str):
     """(the model or serving function, its input dims, the signature's input name or None, the input's
     dtype). Unless ``trusted``, a SavedModel is checked first and loaded from the checked copy
@@ -316,7 +336,7 @@ def keras_run(path: str, x: np.ndarray, shape, kind: str, trusted: bool = False,
             raise
         except Exception as exc:  # noqa: BLE001
             raise ResNetSpecError(f"{shown(path)}: not a loadable {kind} model ({first_line(exc)})") from None
-    feed = feed_of(path, dims, shape, layout, name, dtype)
+    feed = feed_of(path, dims, shape, layout, name, dtype, _keras_recorded(path) if kind == "keras" else None)
     pieces = feed.chunks(path, x)
 
     def one(xin):
@@ -402,8 +422,7 @@ def torch_file_run(path: str, x: np.ndarray, shape, kind: str, weights_path: str
     except BaseException as exc:  # noqa: BLE001 - SystemExit from the source: an error, never an exit
         raise _stopped(path, exc, "loading") from None
     # a .py says its layout (INPUT_LAYOUT) and declares no shape; a .pt2 declares its input's
-    feed = Feed(recorded if recorded == "nhwc" else "nchw") if dims is None else feed_of(
-        path, dims, shape, layout, recorded=recorded)
+    feed = _py_feed(path, recorded, layout) if dims is None else feed_of(path, dims, shape, layout, recorded=recorded)
     piece = feed.first(path, x)
     try:
         with torch.inference_mode():

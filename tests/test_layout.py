@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 
 import resnet_spec
-from conftest import TINY_B, cli
+from conftest import TINY_B, cli, last_line_error
 from resnet_spec.errors import ResNetSpecError
 
 F32_TOL = 1e-5
@@ -220,3 +220,20 @@ def test_verify_uses_the_recorded_layout_when_the_shape_fits_both():
         decide_layout("f", dims, (3, 8, 8))
     # a recorded layout the shape contradicts is not taken
     assert decide_layout("f", [None, 3, 8, 8], (3, 8, 8), recorded="nhwc") == "nchw"
+
+
+def test_verify_refuses_a_py_fed_against_its_input_layout(made, tmp_path):
+    """A standalone .py says its layout (INPUT_LAYOUT): a --layout that contradicts it, or a layout verify
+    does not know, is one line naming the file (its forward would see transposed images)."""
+    import shutil
+
+    d = made["dir"]
+    res = cli("verify", made["spec"], d / "nhwc" / "tiny_b.py", "--weights", d / "w.safetensors", "--trust-code",
+              "--layout", "nchw")
+    last_line_error(res, "tiny_b.py", "INPUT_LAYOUT is 'nhwc' and --layout says 'nchw'")
+    odd = tmp_path / "odd.py"
+    odd.write_text((d / "nhwc" / "tiny_b.py").read_text().replace("INPUT_LAYOUT = 'nhwc'", "INPUT_LAYOUT = 'hwcn'"))
+    assert "INPUT_LAYOUT = 'hwcn'" in odd.read_text()
+    shutil.copy(d / "w.safetensors", tmp_path / "odd.safetensors")
+    res = cli("verify", made["spec"], odd, "--weights", d / "w.safetensors", "--trust-code")
+    last_line_error(res, "odd.py", "INPUT_LAYOUT is 'hwcn'")
