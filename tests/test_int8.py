@@ -216,3 +216,30 @@ def test_edge_padding_pools_as_neg_inf_padding():
                         assert got == want, (n, k, s, p, ceil)
                         checked += 1
     assert checked > 200
+
+
+def test_channel_padding_nets_quantize_activations_symmetrically(tmp_path):
+    """An option-A shortcut pads channels with zeros (ONNX Pad). Its int8 file has every activation zero
+    point 0, so the padded zeros stay zeros in a runtime that pads the int8 tensor (OpenVINO 2026.4.1 pads
+    with 0, not the zero point: resnet20 was off by 0.57 of its logit scale there, docs/deployment.md); a
+    net without a Pad keeps ONNX Runtime's asymmetric activations (more accurate there)."""
+    import onnx
+    from onnx import numpy_helper
+
+    import resnet_spec
+    from resnet_spec.backends.onnx import backend as ob
+    from resnet_spec.calibration import synthetic
+
+    zero_points = {}
+    for name in ("resnet20", "resnet18"):
+        net = tiny(name)
+        w = resnet_spec.init_weights(net, seed=0, random_bn=True)
+        ob.convert(net, w, str(tmp_path / name), dtype="int8", calibration=synthetic(net.input_shape))
+        model = onnx.load(str(tmp_path / name / f"{net.name}.onnx"))
+        inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+        zero_points[name] = [inits[n.input[2]] for n in model.graph.node if n.op_type == "QuantizeLinear"
+                             and len(n.input) > 2 and n.input[2] in inits]
+        assert zero_points[name], name
+    assert ("Pad" in {n.op_type for n in onnx.load(str(tmp_path / "resnet20" / f"{tiny('resnet20').name}.onnx")).graph.node})
+    assert all(not zp.any() for zp in zero_points["resnet20"])
+    assert any(zp.any() for zp in zero_points["resnet18"])
