@@ -252,7 +252,7 @@ def test_import_infers_eca():
 def test_pruned_models_refused_naming_per_block_widths(tmp_path, name):
     pytest.importorskip("timm")
     res = CliRunner().invoke(main, ["import", f"timm:{name}", "--input-size", "64", "-o", str(tmp_path / "o")])
-    one_line_error(res.exit_code, res.output, f"timm:{name} uses per-block widths", "(layer1.0)",
+    one_line_error(res.exit_code, res.output, f"timm:{name} uses per-block widths: bottlenecks whose 1x1 and 3x3 convs differ in width (layer1.0)",
                    "cannot express yet")
 
 

@@ -36,7 +36,7 @@ def _cli(args):
 
 REFUSED = [
     ("tresnet_m", ["space-to-depth stem (body.s2d)", "LeakyReLU", "BlurPool2d"]),
-    ("ecaresnet50d_pruned", ["per-block widths (timm's pruned models)", "differ in width (layer1.0)"]),
+    ("ecaresnet50d_pruned", ["per-block widths: bottlenecks", "differ in width (layer1.0)"]),
     ("resnet50_gn", ["uses GroupNorm (bn1)"]),
     ("resnetblur18", ["BlurPool2d anti-aliasing (maxpool.1)"]),
     ("resnetv2_50x1_bit", ["StdConv2d weight-standardized convolutions (stem.conv)",

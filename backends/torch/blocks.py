@@ -138,7 +138,7 @@ UNSUPPORTED = (
     Block("a projection shortcut with a larger-than-1x1 conv", ("Conv2d",), at=r"(^|\.)downsample\.\d+$",
           when=_kernel_over_1, tensors=r"(^|\.)downsample\.\d+\.weight$",
           tensor_when=lambda n, s, _: len(s) == 4 and s[-1] > 1),
-    Block("per-block widths (timm's pruned models): bottlenecks whose 1x1 and 3x3 convs differ in width",
+    Block("per-block widths: bottlenecks whose 1x1 and 3x3 convs differ in width",
           ("Bottleneck", "SE*Bottleneck"), when=_unequal_widths, tensors=r"^layer\d+\.\d+\.conv1\.weight$",
           tensor_when=_tensor_unequal_widths),
     Block("basic and bottleneck blocks mixed in one network", ("Bottleneck",), when=_mixed_blocks),
