@@ -285,3 +285,10 @@ def test_state_dict_imports_and_is_proven_in_timm(tmp_path):
     assert full["block"]["se"] == {"type": "eca"}
     cmp = prove(src, net, full, w, isolated=False)
     assert cmp["passed"] and "ResNet class" in cmp["source"], cmp
+
+
+def test_diagram_names_the_eca_and_its_kernel():
+    from resnet_spec.diagram import stage_info
+
+    kinds = [s["kind"] for s in stage_info(resnet_spec.load("ecaresnet50d"))]
+    assert kinds == ["bottleneck + ECA k5"] * 3 + ["bottleneck + ECA k7"]
