@@ -141,10 +141,10 @@ def _eca(g: Graph, op: ir.ECA, x: str, name: str) -> str:
     with the canonical (1, 1, k) weight and symmetric zero padding, then the gate back as (N, C, 1, 1)."""
     n, c, p = op.name, op.channels, op.padding
     s = g.node("GlobalAveragePool", [x], f"{n}.pool")
-    s = g.node("Reshape", [s, g.const("shape", [-1, 1, c])], f"{n}.to_sequence")
+    s = g.node("Reshape", [s, g.const("shape", [0, 1, c])], f"{n}.to_sequence")  # 0: keep the (symbolic) batch
     s = g.node("Conv", [s, g.weight(f"{n}.conv.weight")], f"{n}.conv", kernel_shape=[op.kernel], pads=[p, p])
     s = g.node("Sigmoid", [s], f"{n}.gate")
-    s = g.node("Reshape", [s, g.const("shape", [-1, c, 1, 1])], f"{n}.to_channels")
+    s = g.node("Reshape", [s, g.const("shape", [0, c, 1, 1])], f"{n}.to_channels")
     return g.node("Mul", [x, s], f"{n}.scale")
 
 
