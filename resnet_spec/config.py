@@ -21,7 +21,8 @@ DEFAULTS = {
                   "count_include_pad": True},
     "block": {"preact": False, "stride_on": "3x3", "stride_block": "first", "groups": 1,
               "width_per_group": 64, "se": None, "anti_alias": None, "drop_path_rate": 0.0},
-    "block.se": {"reduction": 16, "divisor": 8, "reduce_from": "output", "placement": "end"},
+    "block.se": {"type": "se", "reduction": 16, "divisor": 8, "reduce_from": "output", "placement": "end"},
+    "block.se.eca": {"type": "eca", "kernel": None, "gamma": 2, "beta": 1, "placement": "end"},
     "shortcut": {"type": "B", "projection": "conv", "strided_identity": False, "zero_pad": "split"},
     "shortcut.pool": {"ceil_mode": True, "count_include_pad": False},
     "head": {"classes": 1000, "dropout": 0.0, "bias": True},
@@ -34,6 +35,24 @@ DEFAULTS = {
 STEM_POOL_KEYS = {"max": ("type", "kernel", "stride", "padding", "ceil_mode", "pad_value"),
                   "avg": ("type", "kernel", "stride", "padding", "ceil_mode", "count_include_pad"),
                   "conv": ("type", "kernel", "stride", "padding")}
+
+#: block.se type -> the block.se keys that apply to it (the others are refused when given, and the resolved
+#: spec shows only these): timm's SEModule, or its EcaModule (efficient channel attention).
+SE_KEYS = {"se": ("type", "reduction", "divisor", "reduce_from", "placement"),
+           "eca": ("type", "kernel", "gamma", "beta", "placement")}
+
+
+def se_config(se: dict | None) -> dict | None:
+    """``block.se`` with the defaults of its type filled in and only the keys that type takes; an ECA
+    given its ``kernel`` has no ``gamma``/``beta`` (they decide nothing)."""
+    if se is None:
+        return None
+    kind = se.get("type", "se")
+    full = {**DEFAULTS["block.se.eca" if kind == "eca" else "block.se"], **se}
+    keys = SE_KEYS[kind]
+    if kind == "eca" and full["kernel"] is not None:
+        keys = tuple(k for k in keys if k not in ("gamma", "beta"))
+    return {k: full[k] for k in keys}
 
 
 def opt(section: dict | None, key: str, defaults_key: str):
@@ -77,7 +96,7 @@ class BlockConfig:
     groups: int
     width_per_group: int
     expansion: int
-    se: dict | None  # reduction, divisor, reduce_from, placement
+    se: dict | None  # se_config: type, placement; reduction, divisor, reduce_from (se) or kernel, gamma, beta (eca)
     drop_path_rate: float
     anti_alias: str | None = None  # "avgpool": a strided block's stride moves to an average pool after its ReLU
 
@@ -89,7 +108,7 @@ class BlockConfig:
         return cls(kind, bool(opt(blk, "preact", "block")), opt(blk, "stride_on", "block") == "1x1",
                    opt(blk, "stride_block", "block") == "last", opt(blk, "groups", "block"),
                    opt(blk, "width_per_group", "block"), blk.get("expansion", 4 if kind == "bottleneck" else 1),
-                   None if se is None else {**DEFAULTS["block.se"], **se}, float(opt(blk, "drop_path_rate", "block")),
+                   se_config(se), float(opt(blk, "drop_path_rate", "block")),
                    opt(blk, "anti_alias", "block"))
 
 

@@ -57,6 +57,9 @@ def stage_info(net: ir.Network) -> list:
         kind = ("pre-act " if first.preact else "") + first.kind
         if any(isinstance(op, ir.SqueezeExcite) for op in first.main):
             kind += " + SE"
+        eca = next((op for op in first.main if isinstance(op, ir.ECA)), None)
+        if eca is not None:
+            kind += f" + ECA k{eca.kernel}"
         groups = max(op.groups for op in convs)
         out.append({"name": first.name.split(".")[0], "blocks": len(blocks), "kind": kind,
                     "in": first.in_shape[0], "width": convs[0].out_channels if first.kind == "bottleneck" else None,

@@ -224,6 +224,45 @@ def se_reduced(base: int, reduction: int, divisor: int | None) -> int:
     return int(round(v)) if divisor is None else make_divisible(v, divisor)
 
 
+@dataclass(frozen=True)
+class ECA:
+    """Efficient channel attention (timm EcaModule): x * sigmoid(conv1d(mean_hw(x))), the 1-D conv
+    running across the channels -- one input and output channel, ``kernel`` taps, zero padding
+    ``(kernel - 1) // 2`` on both sides (``kernel`` is odd), no bias; weight ``(1, 1, kernel)``.
+
+    ``channels`` are the channels it gates; ``kernel`` is what every backend reads. The facts that decided
+    it, kept for every reader: ``gamma`` and ``beta`` of timm's adaptive rule (:func:`eca_kernel`), both
+    None when the spec gave the kernel; ``placement`` as for :class:`SqueezeExcite`.
+    """
+
+    name: str
+    channels: int
+    kernel: int
+    in_shape: Shape
+    out_shape: Shape
+    placement: str = "end"
+    gamma: int | None = 2
+    beta: int | None = 1
+
+    @property
+    def padding(self) -> int:
+        return (self.kernel - 1) // 2
+
+    def tensors(self):
+        yield f"{self.name}.conv.weight", (1, 1, self.kernel), True
+
+    @property
+    def macs(self) -> int:
+        return self.channels * self.kernel
+
+
+def eca_kernel(channels: int, gamma: int, beta: int) -> int:
+    """timm's adaptive ECA kernel size: ``t = int(abs(log2(C) + beta) / gamma)``, made odd (t + 1 when t
+    is even), at least 3 -- computed as timm does (``math.log(C, 2)``), so the same float rounding."""
+    t = int(abs(math.log(channels, 2) + beta) / gamma)
+    return max(t if t % 2 else t + 1, 3)
+
+
 DropPath = _op("DropPath", "Stochastic depth on the residual branch: training only, identity at inference.",
                rate=float)
 
@@ -258,8 +297,8 @@ class Linear:
 #: Every IR op type. Each backend lowers every one of them (``backends/common.py``), and every table of
 #: per-op facts has an entry for each (:func:`missing_op_types`; the conformance test
 #: ``tests/test_lowering.py`` checks each backend's ``OPS`` table and every other per-op table against this tuple).
-OP_TYPES = (Conv, BatchNorm, ReLU, Pool, Subsample, ChannelPad, SqueezeExcite, DropPath, GlobalAvgPool, Dropout,
-            Linear)
+OP_TYPES = (Conv, BatchNorm, ReLU, Pool, Subsample, ChannelPad, SqueezeExcite, ECA, DropPath, GlobalAvgPool,
+            Dropout, Linear)
 
 
 def missing_op_types(table) -> list:

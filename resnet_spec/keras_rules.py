@@ -196,6 +196,43 @@ def reshape(conf, inputs):
     return (shape[0], *dims)
 
 
+def conv1d(conf, inputs):
+    """Conv1D on channels_last (batch, steps, features) inputs (ECA's conv across the channels)."""
+    shape = _first(inputs)
+    if shape is None:
+        return None
+    if len(shape) != 3 or conf.get("data_format", "channels_last") != "channels_last":
+        raise Bad("Conv1D is read on channels_last 3-D inputs only")
+    if conf.get("padding", "valid") != "valid":
+        raise Bad(f"padding is {conf.get('padding')!r}")
+    k, s, d = (_int({key: _one_of(conf, key, 1)}, key, low=1) for key in ("kernel_size", "strides", "dilation_rate"))
+    steps = None if shape[1] is None else max(0, (shape[1] - d * (k - 1) - 1) // s + 1)
+    return (shape[0], steps, _int(conf, "filters", low=1))
+
+
+def _one_of(conf: dict, key: str, default):
+    """A 1-D layer's int or one-element list option."""
+    value = conf.get(key, default)
+    if isinstance(value, list):
+        if len(value) != 1:
+            raise Bad(f"{key} is {value!r}")
+        return value[0]
+    return value
+
+
+def zero_pad1d(conf, inputs):
+    shape, p = _first(inputs), conf.get("padding", 1)
+    pair = p if isinstance(p, list) else [p, p]
+    if len(pair) != 2:
+        raise Bad(f"padding is {p!r}")
+    pads = [_int({"padding": v}, "padding") for v in pair]
+    if shape is None:
+        return None
+    if len(shape) != 3:
+        raise Bad("ZeroPadding1D is read on 3-D inputs only")
+    return (shape[0], None if shape[1] is None else shape[1] + sum(pads), shape[2])
+
+
 def zero_pad3d(conf, inputs):
     shape = _first(inputs)
     if shape is None or len(shape) != 5 or conf.get("data_format") == "channels_first":
@@ -220,6 +257,14 @@ def conv_values(conf, shape) -> tuple:
     cin, filters = _channels(conf, shape) // _int(conf, "groups", 1, low=1), _int(conf, "filters", low=1)
     bias = filters if conf.get("use_bias", True) else 0
     return kh * kw * cin * filters + bias, f"a {kh}x{kw}x{cin:,}x{filters:,} kernel"
+
+
+def conv1d_values(conf, shape) -> tuple:
+    _plain(conf)
+    k = _int({"kernel_size": _one_of(conf, "kernel_size", None)}, "kernel_size", low=1)
+    cin = _channels(conf, shape, -1) // _int(conf, "groups", 1, low=1)
+    filters = _int(conf, "filters", low=1)
+    return k * cin * filters + (filters if conf.get("use_bias", True) else 0), f"a {k}x{cin:,}x{filters:,} kernel"
 
 
 def dense_values(conf, shape) -> tuple:

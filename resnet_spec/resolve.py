@@ -280,10 +280,16 @@ class _Resolver:
             main.append(ir.DropPath(rate, shape, shape))
         return pre, tuple(main), shape
 
-    def squeeze_excite(self, name, in_ch, out_ch, shape) -> ir.SqueezeExcite:
+    def squeeze_excite(self, name, in_ch, out_ch, shape):
         """The block's SE over ``shape`` (the channels at its place): its reduced width from the block's
-        input or output channels (``reduce_from``), by ``ir.se_reduced``."""
+        input or output channels (``reduce_from``), by ``ir.se_reduced``; or its ECA, whose kernel is the
+        spec's or timm's adaptive one from the gated channels (``ir.eca_kernel``)."""
         se = self.blk.se
+        if se["type"] == "eca":
+            if se["kernel"] is not None:
+                return ir.ECA(f"{name}.se", shape[0], se["kernel"], shape, shape, se["placement"], None, None)
+            kernel = ir.eca_kernel(shape[0], se["gamma"], se["beta"])
+            return ir.ECA(f"{name}.se", shape[0], kernel, shape, shape, se["placement"], se["gamma"], se["beta"])
         base = in_ch if se["reduce_from"] == "input" else out_ch
         reduced = ir.se_reduced(base, se["reduction"], se["divisor"])
         return ir.SqueezeExcite(f"{name}.se", shape[0], reduced, shape, shape, se["placement"], se["reduce_from"],

@@ -12,7 +12,7 @@ import os
 
 import yaml
 
-from .config import STEM_POOL_KEYS
+from .config import STEM_POOL_KEYS, se_config
 from .regnet import stages_of
 from .resolve import DEFAULTS
 from .spec import Spec, zoo_path
@@ -70,8 +70,7 @@ def _block(blk: dict, kind: str, preact: bool) -> dict:
     for key in keys:
         out[key] = blk.get(key, DEFAULTS["block"][key])
     out["expansion"] = blk.get("expansion", 4 if kind == "bottleneck" else 1)
-    se = blk.get("se")
-    out["se"] = None if se is None else {**DEFAULTS["block.se"], **se}
+    out["se"] = se_config(blk.get("se"))
     out["anti_alias"] = blk.get("anti_alias", DEFAULTS["block"]["anti_alias"])
     out["drop_path_rate"] = blk.get("drop_path_rate", 0.0)
     return out

@@ -5,7 +5,7 @@ its errors, located at the field (as jsonschema does per keyword); :data:`RULES`
 
 from __future__ import annotations
 
-from .config import DEFAULTS, STEM_POOL_KEYS, BlockConfig, StemConfig, opt
+from .config import DEFAULTS, SE_KEYS, STEM_POOL_KEYS, BlockConfig, StemConfig, opt
 from .errors import SpecError
 from .regnet import params_errors, stage_path, stages_of
 from .spec import Spec
@@ -95,8 +95,28 @@ def _rule_anti_alias(spec: Spec):
 
 def _rule_se(spec: Spec):
     blk = BlockConfig.of(spec.data)
-    if blk.se is None or blk.se["placement"] != "after_3x3":
+    if blk.se is None:
         return
+    given = (spec.data["block"] or {}).get("se") or {}
+    kind = blk.se["type"]
+    for key in given:
+        if key not in SE_KEYS[kind]:
+            other = next(t for t, keys in SE_KEYS.items() if key in keys)
+            yield spec.error(f"'{key}' applies to block.se type {other!r} only, not to type {kind!r}",
+                             ("block", "se", key))
+    if kind == "eca" and given.get("kernel") is not None:
+        if given["kernel"] % 2 == 0:
+            yield spec.error(f"ECA kernel {given['kernel']} is even; it must be odd (PyTorch pads (kernel - 1) // 2 "
+                             "on both sides)", ("block", "se", "kernel"))
+        for key in ("gamma", "beta"):
+            if key in given:
+                yield spec.error(f"'{key}' sets the adaptive ECA kernel; it cannot be given with 'kernel'",
+                                 ("block", "se", key))
+    if blk.se["placement"] == "after_3x3":
+        yield from _after_3x3(spec, blk)
+
+
+def _after_3x3(spec: Spec, blk):
     where = ("block", "se", "placement")
     if blk.kind != "bottleneck":
         yield spec.error("placement 'after_3x3' applies to bottleneck blocks only", where)

@@ -36,7 +36,7 @@ def _cli(args):
 
 REFUSED = [
     ("tresnet_m", ["space-to-depth stem (body.s2d)", "LeakyReLU", "BlurPool2d"]),
-    ("ecaresnet26t", ["uses ECA channel attention (layer1.0.se), which resnet-spec cannot express yet"]),
+    ("ecaresnet50d_pruned", ["per-block widths: bottlenecks", "differ in width (layer1.0)"]),
     ("resnet50_gn", ["uses GroupNorm (bn1)"]),
     ("resnetblur18", ["BlurPool2d anti-aliasing (maxpool.1)"]),
     ("resnetv2_50x1_bit", ["StdConv2d weight-standardized convolutions (stem.conv)",
@@ -76,7 +76,6 @@ def _state_dict_file(tmp_path, name: str) -> str:
 
 
 STATE_DICTS = [
-    ("ecaresnet26t", "ECA channel attention (tensor 'layer1.0.se.conv.weight')"),
     ("resnet50_gn", "GroupNorm or another normalization without running statistics (tensor 'bn1.weight')"),
     ("tresnet_m", "TResNet space-to-depth stem (tensor 'body.conv1.conv.weight')"),
     ("resnetv2_50d_frn", "Filter Response Normalization (tensor 'stem.norm1.tau')"),

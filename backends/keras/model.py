@@ -118,6 +118,21 @@ def _squeeze_excite(op: ir.SqueezeExcite, x, name, namer):
     return L.Multiply(name=name)([x, s])
 
 
+def _eca(op: ir.ECA, x, name, namer):
+    """Stock layers only (the .keras plain Keras loads uses this lowering too): the channel means as a
+    length-C sequence of one feature, explicit zero padding, a 'valid' Conv1D, the gate back as (1, 1, C)."""
+    L, base = _L(), canonical_name(name)
+    s = L.GlobalAveragePooling2D(name=namer(f"{base}.pool"))(x)
+    s = L.Reshape((op.channels, 1), name=namer(f"{base}.to_sequence"))(s)
+    if op.padding:
+        s = L.ZeroPadding1D(op.padding, name=namer(f"{base}.pad"))(s)
+    s = L.Conv1D(1, op.kernel, padding="valid", use_bias=False, data_format="channels_last",
+                 name=layer_name(f"{op.name}.conv"))(s)
+    s = L.Activation("sigmoid", name=namer(f"{base}.gate"))(s)
+    s = L.Reshape((1, 1, op.channels), name=namer(f"{base}.to_channels"))(s)
+    return L.Multiply(name=name)([x, s])
+
+
 def _se_relu(base: str) -> str:
     """The canonical-style name of a squeeze-excite's ReLU layer (``layer1.0.se.relu``)."""
     return f"{base}.relu"
@@ -175,6 +190,7 @@ OPS = {
     ir.Subsample: lambda op, x, name, namer: _L().MaxPooling2D(1, strides=op.stride, name=name)(x),
     ir.ChannelPad: lambda op, x, name, namer: _custom("ChannelPad")(op.before, op.after, name=name)(x),
     ir.SqueezeExcite: _squeeze_excite,
+    ir.ECA: _eca,
     ir.DropPath: _drop_path,
     ir.GlobalAvgPool: lambda op, x, name, namer: _L().GlobalAveragePooling2D(name=name)(x),
     ir.Dropout: lambda op, x, name, namer: _L().Dropout(op.rate, name=name)(x),

@@ -63,6 +63,15 @@ def _se_from_keras(op: ir.SqueezeExcite, get) -> dict:
     return out
 
 
+def _eca_to_keras(op: ir.ECA, weights) -> dict:
+    # torch Conv1d (out, in, k) = (1, 1, k) -> Keras Conv1D (k, in, out) = (k, 1, 1)
+    return {f"{op.name}.conv": [np.ascontiguousarray(weights[f"{op.name}.conv.weight"].transpose(2, 1, 0))]}
+
+
+def _eca_from_keras(op: ir.ECA, get) -> dict:
+    return {f"{op.name}.conv.weight": np.ascontiguousarray(get(f"{op.name}.conv")[0].transpose(2, 1, 0))}
+
+
 def _linear_to_keras(op: ir.Linear, weights) -> dict:
     kernel = np.ascontiguousarray(weights[f"{op.name}.weight"].T)
     return {op.name: [kernel] + ([weights[f"{op.name}.bias"]] if op.bias else [])}
@@ -90,6 +99,7 @@ LAYOUTS = {
     ir.Subsample: NO_WEIGHTS,
     ir.ChannelPad: NO_WEIGHTS,
     ir.SqueezeExcite: (_se_to_keras, _se_from_keras),
+    ir.ECA: (_eca_to_keras, _eca_from_keras),
     ir.DropPath: NO_WEIGHTS,
     ir.GlobalAvgPool: NO_WEIGHTS,
     ir.Dropout: NO_WEIGHTS,

@@ -136,6 +136,18 @@ def _squeeze_excite(g: Graph, op: ir.SqueezeExcite, x: str, name: str) -> str:
     return g.node("Mul", [x, s], f"{n}.scale")
 
 
+def _eca(g: Graph, op: ir.ECA, x: str, name: str) -> str:
+    """timm's EcaModule: the channel means as a length-C sequence of one channel, (N, 1, C), a 1-D Conv
+    with the canonical (1, 1, k) weight and symmetric zero padding, then the gate back as (N, C, 1, 1)."""
+    n, c, p = op.name, op.channels, op.padding
+    s = g.node("GlobalAveragePool", [x], f"{n}.pool")
+    s = g.node("Reshape", [s, g.const("shape", [0, 1, c])], f"{n}.to_sequence")  # 0: keep the (symbolic) batch
+    s = g.node("Conv", [s, g.weight(f"{n}.conv.weight")], f"{n}.conv", kernel_shape=[op.kernel], pads=[p, p])
+    s = g.node("Sigmoid", [s], f"{n}.gate")
+    s = g.node("Reshape", [s, g.const("shape", [0, c, 1, 1])], f"{n}.to_channels")
+    return g.node("Mul", [x, s], f"{n}.scale")
+
+
 def _global_avg_pool(g: Graph, op: ir.GlobalAvgPool, x: str, name: str) -> str:
     x = g.node("GlobalAveragePool", [x], name)
     return g.node("Flatten", [x], common.sibling(name, "flatten"), axis=1)
@@ -159,6 +171,7 @@ OPS = {
     ir.Subsample: _subsample,
     ir.ChannelPad: _channel_pad,
     ir.SqueezeExcite: _squeeze_excite,
+    ir.ECA: _eca,
     ir.DropPath: _identity,
     ir.Dropout: _identity,
     ir.GlobalAvgPool: _global_avg_pool,

@@ -99,6 +99,17 @@ if torch is not None:
             s = x.mean((2, 3), keepdim=True)
             return x * torch.sigmoid(self.fc2(self.act(self.fc1(s))))
 
+    class ECA(nn.Module):
+        """x * sigmoid(conv1d(mean_hw(x))) across the channels -- timm's EcaModule, same parameter name."""
+
+        def __init__(self, kernel: int):
+            super().__init__()
+            self.conv = nn.Conv1d(1, 1, kernel, padding=(kernel - 1) // 2, bias=False)
+
+        def forward(self, x):
+            s = self.conv(x.mean((2, 3)).view(x.shape[0], 1, -1))
+            return x * torch.sigmoid(s).view(x.shape[0], -1, 1, 1)
+
     class DropPath(nn.Module):
         """Stochastic depth: drop the whole residual branch per sample (training only)."""
 
@@ -150,6 +161,7 @@ OPS = {
     ir.Subsample: lambda op: Subsample(op.stride),
     ir.ChannelPad: lambda op: ChannelPad(op.before, op.after),
     ir.SqueezeExcite: lambda op: SqueezeExcite(op.channels, op.reduced),
+    ir.ECA: lambda op: ECA(op.kernel),
     ir.DropPath: lambda op: DropPath(op.rate),
     ir.GlobalAvgPool: lambda op: GlobalAvgPool(),
     ir.Dropout: lambda op: nn.Dropout(op.rate),

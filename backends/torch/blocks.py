@@ -2,12 +2,12 @@
 import recognises each: :data:`UNSUPPORTED`, one table (building block -> how it is recognised -> the
 name the user reads).
 
-A ``torchvision:``/``timm:`` model is recognised from its module types (``EcaModule``, ``GroupNorm``,
+A ``torchvision:``/``timm:`` model is recognised from its module types (``CecaModule``, ``GroupNorm``,
 ``BlurPool2d``, an ``AvgPool2d`` at a block's ``aa`` other than timm's ``AvgPool2d(stride)``, ...), a bare
-state dict from tensor names and shapes where they are reliable (a Conv1d weight in an attention module
-is ECA; a norm with ``tau`` is FRN; a norm without running statistics is no BatchNorm). The import is
-refused in one line naming the block and where it first occurs (``timm:ecaresnet50d uses ECA channel
-attention (layer1.0.se), which resnet-spec cannot express yet``) instead of at the first tensor that does not fit.
+state dict from tensor names and shapes where they are reliable (a second Conv1d in an ECA module is
+timm's MLP variant; a norm with ``tau`` is FRN; a norm without running statistics is no BatchNorm). The import is
+refused in one line naming the block and where it first occurs (``timm:resnetblur18 uses BlurPool2d
+anti-aliasing (layer2.0.aa), which resnet-spec cannot express yet``) instead of at the first tensor that does not fit.
 
 Nothing here imports torch: module types are compared by class name, so a timm release that moves a
 class keeps matching, and a model from any library is read the same way.
@@ -73,6 +73,14 @@ def _rs_stem_tensors(shapes) -> bool:
     return len(shapes.get("maxpool.0.weight", ())) == 4 and "maxpool.1.running_mean" in shapes and not extra
 
 
+def _plain_eca(m) -> bool:
+    """timm's EcaModule as ecaresnet* build it: one Conv1d(1, 1, k, padding (k-1)//2, no bias), no act, sigmoid."""
+    conv = getattr(m, "conv", None)
+    return getattr(m, "conv2", None) is None and getattr(m, "act", None) is None and _cls(conv) == "Conv1d" \
+        and getattr(conv, "bias", 0) is None and tuple(conv.weight.shape[:2]) == (1, 1) \
+        and tuple(conv.padding) == ((conv.weight.shape[2] - 1) // 2,) and _cls(getattr(m, "gate", None)) == "Sigmoid"
+
+
 def _mixed_blocks(_m, mods) -> bool:
     return any(_cls(x) == "BasicBlock" for x in mods.values())
 
@@ -95,8 +103,10 @@ _NORM_AT = r"(^|\.)(bn\d*|norm\d*|downsample\.\d|conv1\.\d)\.weight$"
 #: Building block -> how it is recognised -> its name for the user, in order of precedence (each module
 #: or tensor is claimed by the first row it matches; a refusal names every block found, in network order).
 UNSUPPORTED = (
-    Block("ECA channel attention", ("EcaModule", "CecaModule"),
-          tensors=r"\.conv\.weight$", tensor_when=lambda n, s, _: len(s) == 3 and tuple(s[:2]) == (1, 1)),
+    Block("circular ECA channel attention", ("CecaModule",)),
+    Block("ECA channel attention other than timm's EcaModule default (one bias-free conv, sigmoid gate)",
+          ("EcaModule",), when=lambda m, _: not _plain_eca(m), tensors=r"\.conv2\.weight$",
+          tensor_when=lambda n, s, _: len(s) == 3),
     Block("CBAM attention", ("CbamModule", "LightCbamModule"), tensors=r"\.spatial\.conv\.(conv\.)?weight$"),
     Block("gather-excite attention", ("GatherExcite",)),
     Block("global-context attention", ("GlobalContext",), tensors=r"\.conv_attn\.weight$"),
@@ -128,7 +138,7 @@ UNSUPPORTED = (
     Block("a projection shortcut with a larger-than-1x1 conv", ("Conv2d",), at=r"(^|\.)downsample\.\d+$",
           when=_kernel_over_1, tensors=r"(^|\.)downsample\.\d+\.weight$",
           tensor_when=lambda n, s, _: len(s) == 4 and s[-1] > 1),
-    Block("bottlenecks whose 1x1 and 3x3 convs differ in width",
+    Block("per-block widths: bottlenecks whose 1x1 and 3x3 convs differ in width",
           ("Bottleneck", "SE*Bottleneck"), when=_unequal_widths, tensors=r"^layer\d+\.\d+\.conv1\.weight$",
           tensor_when=_tensor_unequal_widths),
     Block("basic and bottleneck blocks mixed in one network", ("Bottleneck",), when=_mixed_blocks),

@@ -128,6 +128,8 @@ def _add_facts(src: Source, mods: dict) -> None:
             if len(set(m.stride)) != 1 or not isinstance(m.padding, tuple) or len(set(m.padding)) != 1:
                 raise src.refuse(name, f"non-square stride {m.stride} or padding {m.padding}")
             layer.stride, layer.padding, layer.dilation = m.stride[0], m.padding[0], m.dilation[0]
+        elif isinstance(m, nn.Conv1d) and isinstance(m.padding, tuple):  # ECA's conv across the channels
+            layer.stride, layer.padding, layer.dilation = m.stride[0], m.padding[0], m.dilation[0]
         elif isinstance(m, nn.BatchNorm2d):
             layer.eps = m.eps
             src.facts["eps"] = m.eps
@@ -211,8 +213,9 @@ def timm_equivalent(spec: dict):
 
 
 _TIMM_POOL = {"ceil_mode": True, "count_include_pad": False}
-#: the SE settings timm's ResNet uses: SEModule's default (rd_ratio 1/16), ResNet-RS's rd_ratio 1/4
-_TIMM_SE = ({"reduction": 16, "divisor": 8}, {"reduction": 4, "divisor": 8})
+#: the attention settings timm's ResNet uses: SEModule's default (rd_ratio 1/16), ResNet-RS's rd_ratio 1/4,
+#: EcaModule's default (the adaptive kernel; attn_layer='eca', the ecaresnet models)
+_TIMM_SE = ({"reduction": 16, "divisor": 8}, {"reduction": 4, "divisor": 8}, {"type": "eca"})
 
 
 def _timm_stem_pool(pool, anti_alias):
@@ -308,7 +311,7 @@ def build_timm(kwargs: dict):
     kw["block"] = resnet.Bottleneck if kw.pop("bottleneck") else resnet.BasicBlock
     se = kw.pop("se")
     if se is not None:
-        kw["block_args"] = {"attn_layer": partial(resnet.get_attn("se"), rd_ratio=0.25) if se else "se"}
+        kw["block_args"] = {"attn_layer": ("se", partial(resnet.get_attn("se"), rd_ratio=0.25), "eca")[se]}
     if kw.get("aa_layer") == "avgpool":
         kw["aa_layer"] = nn.AvgPool2d
     return resnet.ResNet(**kw).eval()

@@ -35,7 +35,7 @@ from ... import __version__, ir
 from .. import common
 
 #: The helper modules an emitted file may need, copied from backends/torch/backend.py's source.
-HELPER_CLASSES = ("Subsample", "ChannelPad", "PaddedMaxPool", "SqueezeExcite", "DropPath", "GlobalAvgPool")
+HELPER_CLASSES = ("Subsample", "ChannelPad", "PaddedMaxPool", "SqueezeExcite", "ECA", "DropPath", "GlobalAvgPool")
 _KINDS = {"bottleneck": "Bottleneck", "basic": "BasicBlock"}
 #: ir.Block.shortcut_kind -> (block class name suffix, words for its docstring)
 _SHORTCUTS = {"identity": ("", "identity"), "projection": ("Projection", "projection"),
@@ -110,6 +110,7 @@ OPS = {
     ir.Subsample: lambda op, lw: f"Subsample({op.stride})",
     ir.ChannelPad: lambda op, lw: f"ChannelPad({op.before}, {op.after})",
     ir.SqueezeExcite: lambda op, lw: f"SqueezeExcite({op.channels}, {op.reduced})",
+    ir.ECA: lambda op, lw: f"ECA({op.kernel})",
     ir.DropPath: lambda op, lw: f"DropPath({op.rate!r})",
     ir.GlobalAvgPool: lambda op, lw: "GlobalAvgPool()",
     ir.Dropout: lambda op, lw: f"nn.Dropout({op.rate!r})",

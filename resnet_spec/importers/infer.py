@@ -25,6 +25,7 @@ _BLOCK = re.compile(r"^layer(\d+)\.(\d+)\.(.+)$")
 _TOP = ("conv1", "bn1", "fc", "bn_final")
 #: canonical layer name pattern -> the kinds of layer it may be (a 4-D weight is a conv, 2-D a linear layer)
 _KINDS = ((re.compile(r"^(conv1(\.[036])?|maxpool\.0|layer\d+\.\d+\.(conv\d|se\.fc\d))$"), ("conv",)),
+          (re.compile(r"^layer\d+\.\d+\.se\.conv$"), ("conv1d",)),
           (re.compile(r"^(bn1|bn_final|conv1\.[14]|maxpool\.1|layer\d+\.\d+\.bn\d)$"), ("bn",)),
           (re.compile(r"^layer\d+\.\d+\.downsample\.\d$"), ("conv", "bn")),
           (re.compile(r"^fc$"), ("linear",)))
@@ -163,7 +164,8 @@ def candidates(src: Source, name: str, input_size) -> list:
     if ("bn_final" in L) != preact:
         d["head"]["norm"] = "bn_final" in L
     se = next((b for s in stages for b in s if "se.fc1" in b), None)
-    regnet = list(_regnet_variants(src, d, stages, se)) if _regnet_like(src, stages, bottleneck, preact) else []
+    regnet = list(_regnet_variants(src, d, stages, se)) \
+        if _regnet_like(src, stages, bottleneck, preact) and not _eca_kernels(stages) else []
     try:
         resnet = _resnet_variants(src, d, stages, se, (bottleneck, preact, facts_stride))
     except ResNetSpecError:
@@ -209,6 +211,25 @@ def _regnet_like(src, stages, bottleneck: bool, preact: bool) -> bool:
         return True
     firsts = [blocks[0] for blocks in stages]
     return all("conv2" in b and "conv3" in b and b["conv2"].shape[0] == b["conv3"].shape[0] for b in firsts)
+
+
+def _eca_kernels(stages) -> set:
+    """The kernel sizes of every block's ECA conv (``se.conv``, a (1, 1, k) weight); empty: no ECA."""
+    return {b["se.conv"].shape[2] for s in stages for b in s if "se.conv" in b}
+
+
+def _se_options(se, stages) -> list:
+    """The block.se values names and shapes leave open: none; ECA by timm's adaptive rule, or its one
+    kernel given explicitly; SE at timm's ratios (1/16, ResNet-RS's 1/4) or any reduction with divisor 1."""
+    eca = _eca_kernels(stages)
+    if eca:
+        return [{"type": "eca"}] + ([{"type": "eca", "kernel": eca.pop()}] if len(eca) == 1 else [])
+    if se is None:
+        return [None]
+    ch, red = se.shape[1], se.shape[0]
+    return [{"reduction": 16, "divisor": 8}] + [{"reduction": 4, "divisor": 8}] * (  # ResNet-RS: rd_ratio 1/4
+        make_divisible(ch / 4, 8) == red) + [{"reduction": r, "divisor": 1} for r in range(1, 65)
+                                             if make_divisible(ch / r, 1) == red]
 
 
 def _regnet_variants(src, d, stages, se_block):
@@ -288,12 +309,7 @@ def _variants(d, src, stages, se, preact):
     option_a = {"type": "A", **({"zero_pad": zero_pad} if zero_pad not in (None, "split") else {})}
     if zero_pad:
         types = ["A"]
-    se_opts = [None]
-    if se is not None:
-        ch, red = se.shape[1], se.shape[0]
-        se_opts = [{"reduction": 16, "divisor": 8}] + [{"reduction": 4, "divisor": 8}] * (  # ResNet-RS: rd_ratio 1/4
-            make_divisible(ch / 4, 8) == red) + [{"reduction": r, "divisor": 1} for r in range(1, 65)
-                                                 if make_divisible(ch / r, 1) == red]
+    se_opts = _se_options(se, stages)
     strided = [False, True] if src.facts.get("strided_identity") is None else [src.facts["strided_identity"]]
     for t, s, bias, stem_bias, si in itertools.product(types, se_opts, (False, "auto", True),
                                                        (None, True, False), strided):

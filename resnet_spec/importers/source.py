@@ -81,6 +81,8 @@ def layers_from_weights(weights: dict, origin=None) -> dict:
         shape = tuple(np.shape(arr))
         if len(shape) == 4:
             kind = "conv"
+        elif len(shape) == 3:
+            kind = "conv1d"  # ECA's conv across the channels
         elif len(shape) == 2:
             kind = "linear"
         elif len(shape) == 1 and f"{mod}.running_mean" in weights:
@@ -115,6 +117,10 @@ def _se_layers(op: ir.SqueezeExcite) -> tuple:
                  for fc, (o, i) in (("fc1", (op.reduced, op.channels)), ("fc2", (op.channels, op.reduced))))
 
 
+def _eca_layers(op: ir.ECA) -> tuple:
+    return (SpecLayer(f"{op.name}.conv", "conv1d", (1, 1, op.kernel), False, 1, op.padding, 1),)
+
+
 def _no_layers(op) -> tuple:
     return ()
 
@@ -129,6 +135,7 @@ SPEC_LAYERS = {
     ir.Subsample: _no_layers,
     ir.ChannelPad: _no_layers,
     ir.SqueezeExcite: _se_layers,
+    ir.ECA: _eca_layers,
     ir.DropPath: _no_layers,
     ir.GlobalAvgPool: _no_layers,
     ir.Dropout: _no_layers,

@@ -107,6 +107,11 @@ def _init_squeeze_excite(op: ir.SqueezeExcite, init: _Init) -> dict:
     return out
 
 
+def _init_eca(op: ir.ECA, init: _Init) -> dict:
+    """The 1-D conv (no bias): U(+-1/sqrt(kernel)), PyTorch's default for a Conv1d of one input channel."""
+    return {name: init.uniform_fan_in(op.kernel, shape) for name, shape, _ in op.tensors()}
+
+
 def _init_linear(op: ir.Linear, init: _Init) -> dict:
     return {name: init.uniform_fan_in(op.in_features, shape) for name, shape, _ in op.tensors()}
 
@@ -125,6 +130,7 @@ INIT = {
     ir.Subsample: _no_tensors,
     ir.ChannelPad: _no_tensors,
     ir.SqueezeExcite: _init_squeeze_excite,
+    ir.ECA: _init_eca,
     ir.DropPath: _no_tensors,
     ir.GlobalAvgPool: _no_tensors,
     ir.Dropout: _no_tensors,
