@@ -142,6 +142,7 @@ def test_keras_weight_layout_round_trips():
         "layer1.0.se.conv.weight"].tolist()
 
 
+@pytest.mark.slow  # int8 calibration and verify's runtime workers
 def test_onnx_float32_float16_int8_against_torch(tmp_path):
     pytest.importorskip("onnxruntime")
     torch = pytest.importorskip("torch")  # noqa: F841

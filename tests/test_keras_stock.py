@@ -24,7 +24,10 @@ from conftest import TINY_A, TINY_B, cli, rel_err, tiny_text
 import resnet_spec
 from resnet_spec.backends.keras import tf as tf_backend
 
-pytestmark = pytest.mark.skipif(tf_backend.available() is not None, reason=str(tf_backend.available()))
+# slow: convert runs a TensorFlow worker, each Keras backend loads the files in a process of its own (the
+# fast tier's test_keras_trust.py writes and checks stock-layer files of TINY_A and TINY_B)
+pytestmark = [pytest.mark.skipif(tf_backend.available() is not None, reason=str(tf_backend.available())),
+              pytest.mark.slow]
 torch = pytest.importorskip("torch")
 
 from resnet_spec.backends.torch import backend as torch_backend  # noqa: E402
@@ -82,8 +85,7 @@ def test_files_name_no_custom_class(written):
         assert "resnet_spec" not in json.dumps(layers), path
 
 
-@pytest.mark.parametrize("backend", ["tensorflow", pytest.param("jax", marks=pytest.mark.slow),
-                                     pytest.param("torch", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("backend", ["tensorflow", "jax", "torch"])
 def test_plain_keras_loads_the_file(written, backend):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env.update(KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
@@ -99,7 +101,6 @@ def test_plain_keras_loads_the_file(written, backend):
         assert got.shape == ref.shape and rel_err(ref, got) < TOL, (name, backend, rel_err(ref, got))
 
 
-@pytest.mark.slow  # import proves the file in a TensorFlow worker
 def test_the_package_imports_the_file_back(written, tmp_path):
     """import reads the stock file back into the same network (the edge-padded ceil-mode stem pool, the
     'same' average-pool shortcuts) and proves it; inspect shows its spec."""

@@ -86,6 +86,7 @@ def test_entry_permutation_is_the_one_fact():
             common.entry_permutation(bad, "nchw")
 
 
+@pytest.mark.slow  # the module fixture: a TensorFlow worker, int8 calibration, torch.export
 def test_onnx_nhwc_equals_nchw(made):
     import onnx
 
@@ -106,6 +107,7 @@ def test_onnx_nhwc_equals_nchw(made):
     assert np.abs(_ort(api, _nhwc(x)) - ref).max() <= F32_TOL
 
 
+@pytest.mark.slow  # the module fixture: a TensorFlow worker, int8 calibration, torch.export
 def test_onnx_float16_and_int8_nhwc(made):
     from resnet_spec.backends.onnx import backend as ob
 
@@ -118,6 +120,7 @@ def test_onnx_float16_and_int8_nhwc(made):
     assert (int8.argmax(1) == ref.argmax(1)).all() and np.abs(int8 - ref).max() <= 0.02 * np.abs(ref).max()
 
 
+@pytest.mark.slow  # the module fixture: a TensorFlow worker, int8 calibration, torch.export
 def test_torch_pt2_and_py_nhwc(made):
     import importlib.util
 
@@ -138,6 +141,7 @@ def test_torch_pt2_and_py_nhwc(made):
     assert mod.INPUT_LAYOUT == "nhwc"
 
 
+@pytest.mark.slow  # the module fixture: a TensorFlow worker, int8 calibration, torch.export
 def test_keras_savedmodel_tflite_nchw(made):
     out = made["keras"]
     for label in ("keras", "savedmodel", "tflite float32"):
@@ -151,6 +155,7 @@ def test_keras_savedmodel_tflite_nchw(made):
     assert all(sig == [-1, c, h, w] for sig in out["signatures"].values()), out["signatures"]
 
 
+@pytest.mark.slow  # the module fixture: a TensorFlow worker, int8 calibration, torch.export
 def test_inspect_shows_the_layout(made):
     d, keras = made["dir"], made["keras"]["files"]
     for path, layout in ((d / "nhwc" / "tiny_b.onnx", "nhwc"), (d / "nhwc" / "tiny_b.pt2", "nhwc"),
@@ -162,6 +167,7 @@ def test_inspect_shows_the_layout(made):
         assert json.loads(res.output)["layout"] == layout, path
 
 
+@pytest.mark.slow  # the module fixture: a TensorFlow worker, int8 calibration, torch.export
 def test_verify_takes_each_files_layout(made):
     d, keras = made["dir"], made["keras"]
     files = [d / "nhwc" / "tiny_b.onnx", d / "nhwc" / "tiny_b.pt2", d / "onnx-float16" / "tiny_b.onnx",
@@ -192,22 +198,25 @@ def test_cli_layout_options():
     assert options(("layout", "nhwc"), ("data_format", "channels_last"))["tflite"] == "nhwc"
 
 
-def test_layout_refusals(made, tmp_path):
-    res = cli("convert", made["spec"], "--layout", "NHWC", "-o", tmp_path)
+def test_layout_refusals(tmp_path):
+    spec = tmp_path / "tiny_b.yaml"
+    spec.write_text(SPEC)
+    out = tmp_path / "out"
+    res = cli("convert", spec, "--layout", "NHWC", "-o", out)
     assert res.exit_code == 2 and "Invalid value for '--layout'" in res.output, res.output
     assert len([ln for ln in res.output.splitlines() if ln.startswith("Error:")]) == 1
-    res = cli("convert", made["spec"], "--to", "tflite", "--layout", "nhwc", "--data-format", "channels_first",
-              "-o", tmp_path)
+    res = cli("convert", spec, "--to", "tflite", "--layout", "nhwc", "--data-format", "channels_first",
+              "-o", out)
     assert res.exit_code == 2, res.output
     err = [ln for ln in res.output.splitlines() if ln.startswith("Error:")]
     assert err == ["Error: --data-format channels_first is --layout nchw, not nhwc; pass --layout alone"], res.output
-    assert not list(tmp_path.iterdir())  # refused before anything was written
+    assert not out.exists()  # refused before anything was written
     from resnet_spec.backends.onnx import backend as ob
     from resnet_spec.backends.torch import backend as tb
 
     for build in (ob.build, tb.build):
         with pytest.raises(ResNetSpecError, match="input layout 'NCHW' is not supported"):
-            build(made["net"], made["w"], layout="NCHW")
+            build(resnet_spec.load(SPEC), None, layout="NCHW")
 
 
 def test_verify_uses_the_recorded_layout_when_the_shape_fits_both():
@@ -222,6 +231,7 @@ def test_verify_uses_the_recorded_layout_when_the_shape_fits_both():
     assert decide_layout("f", [None, 3, 8, 8], (3, 8, 8), recorded="nhwc") == "nchw"
 
 
+@pytest.mark.slow  # the module fixture: a TensorFlow worker, int8 calibration, torch.export
 def test_verify_refuses_a_py_fed_against_its_input_layout(made, tmp_path):
     """A standalone .py says its layout (INPUT_LAYOUT): a --layout that contradicts it, or a layout verify
     does not know, is one line naming the file (its forward would see transposed images)."""
