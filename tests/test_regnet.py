@@ -254,6 +254,13 @@ def test_zoo_counts_equal_the_library(name):
     assert net.macs == counter.get_total_flops() // 2  # torch counts a multiply-add as two FLOPs
 
 
+def _assert_same_outputs(net, weights, model, size: int) -> None:
+    """The spec built with ``weights`` and the library ``model`` give the same logits (max rel <= 1e-6)."""
+    x = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        assert rel_err(resnet_spec.build(net, "torch", weights=weights)(x).numpy(), model(x).numpy()) <= 1e-6
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(ZOO))
 def test_zoo_entry_equals_the_library_model(name):
@@ -262,10 +269,7 @@ def test_zoo_entry_equals_the_library_model(name):
     ref = _randomize(_library_model(name), seed=3)
     sd = {k: v.numpy() for k, v in ref.state_dict().items() if not k.endswith("num_batches_tracked")}
     weights, _ = N.canonical_weights(sd, N.layout_of(sd))
-    net = resnet_spec.load(f"extends: {name}\ninput: {{size: 64}}\n")
-    x = torch.randn(2, 3, 64, 64)
-    with torch.no_grad():
-        assert rel_err(resnet_spec.build(net, "torch", weights=weights)(x).numpy(), ref(x).numpy()) <= 1e-6
+    _assert_same_outputs(resnet_spec.load(f"extends: {name}\ninput: {{size: 64}}\n"), weights, ref, 64)
 
 
 # -- import ----------------------------------------------------------------------------------------------
@@ -289,9 +293,7 @@ def test_import_a_regnet_state_dict_with_parity(tmp_path, which):
     # the imported spec and weights against the saved model itself (the proof of a state dict builds the
     # library's class from the inferred spec; this one runs the model the file came from)
     weights = resnet_spec.load_weights(net, str(tmp_path / "out" / f"{net.name}.safetensors"))
-    x = torch.randn(2, 3, 40, 40)
-    with torch.no_grad():
-        assert rel_err(resnet_spec.build(net, "torch", weights=weights)(x).numpy(), model(x).numpy()) <= 1e-6
+    _assert_same_outputs(net, weights, model, 40)
 
 
 @pytest.mark.slow
@@ -312,9 +314,7 @@ def test_weights_option_reads_library_regnet_names(tmp_path, which):
     net = resnet_spec.load(TINY_Y)
     weights = resnet_spec.load_weights(net, str(path))
     assert set(weights) == {t.name for t in net.tensors()}
-    x = torch.randn(1, 3, 40, 40)
-    with torch.no_grad():
-        assert rel_err(resnet_spec.build(net, "torch", weights=weights)(x).numpy(), model(x).numpy()) <= 1e-6
+    _assert_same_outputs(net, weights, model, 40)
 
 
 @pytest.mark.slow  # builds both 3.2 GF library models and tries the import's candidate specs
