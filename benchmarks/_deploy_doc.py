@@ -6,11 +6,14 @@ import os
 import platform
 import time
 
+from resnet_spec.verify import INT8_TOL, INT8_TOP1
+
 OUTPUTS = ("onnx", "onnx-f16", "onnx-int8", "tflite", "tflite-f16", "tflite-int8")
 #: resnet_spec.parity / resnet_spec.verify: float32 and float16 files by max rel; int8 files also need the
 #: reference's top-1 class on at least half the inputs (verify.INT8_TOP1, INT8_TOL)
-TOL = {"onnx": 1e-4, "onnx-f16": 1e-2, "onnx-int8": 0.2, "tflite": 1e-4, "tflite-f16": 1e-2, "tflite-int8": 0.2}
-TOP1 = {"onnx-int8": 0.5, "tflite-int8": 0.5}
+TOL = {"onnx": 1e-4, "onnx-f16": 1e-2, "onnx-int8": INT8_TOL, "tflite": 1e-4, "tflite-f16": 1e-2,
+       "tflite-int8": INT8_TOL}
+TOP1 = {"onnx-int8": INT8_TOP1, "tflite-int8": INT8_TOP1}
 _COUNT = {2: "two", 3: "three", 4: "four", 5: "five", 6: "six"}
 
 BEFORE = ("Before the fix (graph with `Pad(0) -> MaxPool` in the V2 stem; tests/test_deploy.py on that graph, "

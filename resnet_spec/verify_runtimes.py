@@ -288,7 +288,6 @@ def _serving_input(path: str, fn) -> str:
 def _keras_recorded(path: str) -> str | None:
     """The input layout a ``.keras`` file's metadata.json records (``convert --layout``), or None."""
     from .archive import read_keras_archive
-    from .backends.common import META_LAYOUT
 
     _, meta, _ = read_keras_archive(path, weights=False)
     value = meta.get(META_LAYOUT) if isinstance(meta, dict) else None

@@ -172,7 +172,7 @@ def test_torch_source_has_the_eca_module():
     from resnet_spec.backends.torch import source
 
     text = source.to_source(tiny("ecaresnet50d"))
-    assert "class ECA(nn.Module)" in text and "ECA(5)" in text and "ECA(7)" in text
+    assert "class ECA(nn.Module)" in text and "ECA(5, 2)" in text and "ECA(7, 3)" in text
 
 
 # --- the zoo entry against timm ---------------------------------------------------------------------

@@ -44,7 +44,8 @@ class _Reader:
         self.i = 0
 
 
-def quantize(float_path: str, out_path: str, images: np.ndarray, input_name: str, activations: str = "int8") -> None:
+def quantize(float_path: str, out_path: str, images: np.ndarray, input_name: str, activations: str = "int8",
+             has_pad: bool | None = None) -> None:
     """Write the QDQ int8 model of the float32 file ``float_path`` to ``out_path`` (one file, no
     external data), calibrated on ``images``, with ``resnet_spec.dtype`` = ``int8`` in its metadata.
     ``activations``: 'int8' (S8S8, what convert writes) or 'uint8' (U8S8, measured by benchmarks/int8.py)."""
@@ -60,7 +61,9 @@ def quantize(float_path: str, out_path: str, images: np.ndarray, input_name: str
     # that is not 0, OpenVINO 2026.4.1 pads the int8 tensor with 0, not with its zero point: resnet20's
     # logits off by 0.57 of their scale (ONNX Runtime: 0.012). Symmetric activations (zero point 0) make
     # the padded zeros zeros in every runtime (OpenVINO 0.012, ONNX Runtime 0.020): docs/deployment.md.
-    symmetric = activations == "int8" and any(n.op_type == "Pad" for n in onnx.load(float_path).graph.node)
+    if has_pad is None:  # a caller holding the graph says; else read from the file (without its weights)
+        has_pad = any(n.op_type == "Pad" for n in onnx.load(float_path, load_external_data=False).graph.node)
+    symmetric = activations == "int8" and has_pad
     try:
         quantize_static(float_path, out_path, _Reader(input_name, images), quant_format=QuantFormat.QDQ,
                         per_channel=True, weight_type=QuantType.QInt8,
@@ -86,7 +89,8 @@ def convert(path: str, model, arrays: dict, images: np.ndarray, force: bool, act
         write_model(float_path, model, arrays, sum(a.nbytes for a in arrays.values()) > (1 << 30), True)
         quant_path = os.path.join(tmp, "int8.onnx")
         try:
-            quantize(float_path, quant_path, images, INPUT_NAME, activations)
+            quantize(float_path, quant_path, images, INPUT_NAME, activations,
+                     any(n.op_type == "Pad" for n in model.graph.node))
         except Exception as exc:  # noqa: BLE001 - the quantizer raises anything
             raise ResNetSpecError(f"onnx int8: ONNX Runtime's quantizer failed: {first_line(exc)}") from None
         with atomic_path(path, force) as out:

@@ -102,9 +102,9 @@ if torch is not None:
     class ECA(nn.Module):
         """x * sigmoid(conv1d(mean_hw(x))) across the channels -- timm's EcaModule, same parameter name."""
 
-        def __init__(self, kernel: int):
+        def __init__(self, kernel: int, padding: int):
             super().__init__()
-            self.conv = nn.Conv1d(1, 1, kernel, padding=(kernel - 1) // 2, bias=False)
+            self.conv = nn.Conv1d(1, 1, kernel, padding=padding, bias=False)
 
         def forward(self, x):
             s = self.conv(x.mean((2, 3)).view(x.shape[0], 1, -1))
@@ -161,7 +161,7 @@ OPS = {
     ir.Subsample: lambda op: Subsample(op.stride),
     ir.ChannelPad: lambda op: ChannelPad(op.before, op.after),
     ir.SqueezeExcite: lambda op: SqueezeExcite(op.channels, op.reduced),
-    ir.ECA: lambda op: ECA(op.kernel),
+    ir.ECA: lambda op: ECA(op.kernel, op.padding),
     ir.DropPath: lambda op: DropPath(op.rate),
     ir.GlobalAvgPool: lambda op: GlobalAvgPool(),
     ir.Dropout: lambda op: nn.Dropout(op.rate),

@@ -110,7 +110,7 @@ OPS = {
     ir.Subsample: lambda op, lw: f"Subsample({op.stride})",
     ir.ChannelPad: lambda op, lw: f"ChannelPad({op.before}, {op.after})",
     ir.SqueezeExcite: lambda op, lw: f"SqueezeExcite({op.channels}, {op.reduced})",
-    ir.ECA: lambda op, lw: f"ECA({op.kernel})",
+    ir.ECA: lambda op, lw: f"ECA({op.kernel}, {op.padding})",
     ir.DropPath: lambda op, lw: f"DropPath({op.rate!r})",
     ir.GlobalAvgPool: lambda op, lw: "GlobalAvgPool()",
     ir.Dropout: lambda op, lw: f"nn.Dropout({op.rate!r})",

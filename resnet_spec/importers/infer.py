@@ -17,7 +17,7 @@ from functools import lru_cache
 
 from .. import ir, yamlio
 from ..errors import ResNetSpecError
-from ..ir import make_divisible
+from ..ir import se_reduced
 from ..resolve import load_network
 from .source import Source, first_difference
 
@@ -228,8 +228,8 @@ def _se_options(se, stages) -> list:
         return [None]
     ch, red = se.shape[1], se.shape[0]
     return [{"reduction": 16, "divisor": 8}] + [{"reduction": 4, "divisor": 8}] * (  # ResNet-RS: rd_ratio 1/4
-        make_divisible(ch / 4, 8) == red) + [{"reduction": r, "divisor": 1} for r in range(1, 65)
-                                             if make_divisible(ch / r, 1) == red]
+        se_reduced(ch, 4, 8) == red) + [{"reduction": r, "divisor": 1} for r in range(1, 65)
+                                         if se_reduced(ch, r, 1) == red]
 
 
 def _regnet_variants(src, d, stages, se_block):
@@ -268,7 +268,7 @@ def _regnet_se(src, blk):
         return [None]
     red, in_ch, out_ch = blk["se.fc1"].shape[0], blk["conv1"].shape[1], blk["conv3"].shape[0]
     opts = [{"reduction": r, "divisor": None, "reduce_from": frm, "placement": "after_3x3"}
-            for frm, ch in (("input", in_ch), ("output", out_ch)) for r in range(1, 65) if round(ch / r) == red]
+            for frm, ch in (("input", in_ch), ("output", out_ch)) for r in range(1, 65) if se_reduced(ch, r, None) == red]
     ends = [{**o, "placement": "end"} for o in opts]
     return ends + opts if src.facts.get("se_placement") == "end" else opts + ends
 
