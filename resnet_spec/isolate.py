@@ -11,6 +11,8 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import threading
+from contextlib import contextmanager
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
@@ -55,6 +57,40 @@ def _die_with_parent():
         os._exit(1)
 
 
+@contextmanager
+def _signals_ignored_by_new_workers():
+    """Workers started inside this block begin with SIGINT and SIGTERM ignored: an ignored disposition
+    survives ``exec`` (and Python installs no KeyboardInterrupt handler over it), so a Ctrl-C that reaches
+    the process group while a worker is still importing cannot make that worker print a traceback.
+
+    The parent holds (blocks) the two signals meanwhile and gets its own handlers back before it unblocks
+    them, so a signal that came during the start is delivered to the parent then, not lost (Linux keeps
+    a blocked signal pending even while its disposition is 'ignore')."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    sigs = (signal.SIGINT, signal.SIGTERM)
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
+    old = {s: signal.getsignal(s) for s in sigs}
+    try:
+        for s in sigs:
+            if old[s] is not None:  # None: a handler set outside Python, which cannot be put back
+                signal.signal(s, signal.SIG_IGN)
+        yield
+    finally:
+        for s in sigs:
+            if old[s] is not None:
+                signal.signal(s, old[s])
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+
+def _submit(pool, fn, *args, **kwargs):
+    """``pool.submit``, which starts the pool's worker process on first use, with the worker ignoring
+    SIGINT and SIGTERM from its first instruction (:func:`_signals_ignored_by_new_workers`)."""
+    with _signals_ignored_by_new_workers():
+        return pool.submit(fn, *args, **kwargs)
+
+
 def _kill_pool(pool) -> None:
     """Stop a pool's workers now (SIGKILL) and reap them; used when the parent is interrupted (Ctrl-C,
     SIGTERM), when every worker of this process is to stop. A worker that was being started when the
@@ -81,7 +117,7 @@ def run_isolated(fn, *args, **kwargs):
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=1, mp_context=ctx, initializer=_worker_init) as pool:
         try:  # submit inside: Ctrl-C while it starts the worker must kill it, not wait for its work
-            return pool.submit(fn, *args, **kwargs).result()
+            return _submit(pool, fn, *args, **kwargs).result()
         except BrokenProcessPool:
             raise WorkerCrashed(f"the worker running {fn.__module__}.{fn.__qualname__} crashed "
                                 "(killed by a signal or out of memory)") from None
@@ -89,6 +125,45 @@ def run_isolated(fn, *args, **kwargs):
             if not isinstance(exc, Exception):
                 _kill_pool(pool)
             raise
+
+
+def run_concurrently(calls, parallel: int):
+    """Run each ``(fn, args)`` of ``calls`` in its own new spawned process, at most ``parallel`` at once.
+
+    Yields ``(index, get)`` as each finishes; ``get()`` returns that call's result or raises what it
+    raised (:class:`WorkerCrashed` for a worker that died). Each call has a process of its own, so two
+    frameworks never share one. When the caller stops early (an error, Ctrl-C, SIGTERM) or the generator
+    is closed, every worker still running is killed and reaped before the exception goes on.
+    """
+    from concurrent.futures import FIRST_COMPLETED, wait
+
+    _quiet_env()
+    ctx = multiprocessing.get_context("spawn")
+    pending, running = list(enumerate(calls)), {}
+    try:
+        while pending or running:
+            while pending and len(running) < max(1, parallel):
+                i, (fn, args) = pending.pop(0)
+                pool = ProcessPoolExecutor(max_workers=1, mp_context=ctx, initializer=_worker_init)
+                running[_submit(pool, fn, *args)] = (i, pool, fn)
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for fut in done:
+                i, pool, fn = running.pop(fut)
+                pool.shutdown(wait=True)
+                yield i, _getter(fut, fn)
+    finally:
+        for _, pool, _ in running.values():
+            _kill_pool(pool)
+
+
+def _getter(fut, fn):
+    def get():
+        try:
+            return fut.result()
+        except BrokenProcessPool:
+            raise WorkerCrashed(f"the worker running {fn.__module__}.{fn.__qualname__} crashed "
+                                "(killed by a signal or out of memory)") from None
+    return get
 
 
 class Worker:
@@ -108,7 +183,7 @@ class Worker:
             ctx = multiprocessing.get_context("spawn")
             self._pool = ProcessPoolExecutor(max_workers=1, mp_context=ctx, initializer=_worker_init)
         try:  # submit inside: Ctrl-C while it starts the worker must kill it, not wait for its work
-            return self._pool.submit(fn, *args, **kwargs).result()
+            return _submit(self._pool, fn, *args, **kwargs).result()
         except BrokenProcessPool:
             self.close()
             raise WorkerCrashed(f"the {self.label} worker process crashed (killed by a signal or out of "

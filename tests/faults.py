@@ -56,8 +56,12 @@ def ready_worker_init():
         fd = os.open(os.environ["RESNET_SPEC_TEST_READY"], os.O_WRONLY | os.O_NONBLOCK)
     except OSError:  # ENXIO: the test no longer reads the FIFO
         return
-    with os.fdopen(fd, "w") as fh:
-        fh.write(f"{os.getpid()}\n")
+    try:
+        os.write(fd, f"{os.getpid()}\n".encode())
+    except BrokenPipeError:  # a second worker, started at the same time, lost the race to the reader
+        pass
+    finally:
+        os.close(fd)
 
 
 def keras_bn_momentum_unconverted(model):
@@ -88,3 +92,17 @@ def aten_capability(_model=None):
     import torch
 
     return torch.backends.cpu.get_cpu_capability()
+
+
+def fifo_open(path: str, mode: str, fail: bool = False):
+    """In a worker: open the FIFO ``path`` for reading ('r') or writing ('w'), which blocks until another
+    process opens the other end -- so two workers return only when both ran at the same time. A
+    watchdog (SIGALRM, default action: the worker dies) bounds the wait. ``fail``: raise at once."""
+    import signal
+
+    if fail:
+        raise ValueError("worker failed on purpose")
+    signal.alarm(120)
+    fd = os.open(path, os.O_RDONLY if mode == "r" else os.O_WRONLY)
+    os.close(fd)
+    return os.getpid()

@@ -256,16 +256,17 @@ def test_a_run_finishing_in_the_middle_of_another_never_mixes_outputs(tmp_path, 
 
     out = tmp_path / "o"
     flag = ["--force"] if force else []
-    real = isolate.run_isolated
+    real = isolate.run_concurrently
 
     def run_b_in_between(*args, **kwargs):
-        result = real(*args, **kwargs)
-        b = subprocess.run([sys.executable, "-m", "resnet_spec.cli", "convert", "resnet20", "--to", "onnx",
-                            "--seed", "2", "-o", str(out), *flag], capture_output=True, text=True, timeout=300)
-        assert b.returncode == 0, b.stderr
-        return result
+        for i, get in real(*args, **kwargs):
+            result = get()
+            b = subprocess.run([sys.executable, "-m", "resnet_spec.cli", "convert", "resnet20", "--to", "onnx",
+                                "--seed", "2", "-o", str(out), *flag], capture_output=True, text=True, timeout=300)
+            assert b.returncode == 0, b.stderr
+            yield i, lambda result=result: result
 
-    monkeypatch.setattr(isolate, "run_isolated", run_b_in_between)
+    monkeypatch.setattr(isolate, "run_concurrently", run_b_in_between)
     res = _cli("convert", "resnet20", "--to", "onnx", "--seed", "1", "-o", str(out), *flag)
     if force:  # A finishes last and replaces the whole set
         assert res.exit_code == 0 and _which_run(out) == 1, res.output

@@ -88,31 +88,26 @@ def convert(**args):
 
 
 def _convert_all(net, weights, opts: ConvertOptions, out_dir: str, finals: list):
-    """Each backend converts in its own process (see resnet_spec.isolate) into the staging folder;
-    the whole set is moved into ``out_dir`` only when every backend has succeeded."""
+    """Each backend converts in its own process (see resnet_spec.isolate) into the staging folder, as
+    many at once as cores and memory allow (:func:`_parallel`); the whole set is moved into ``out_dir``
+    only when every backend has succeeded (the first failure stops the others)."""
     import time
 
     from .. import isolate
-    from ..errors import ResNetSpecError
     from ..inspect_files import weights_metadata
     from ..outputs import OutputSet, diagnose_write_failure
     from ..weights.files import save_weights
 
     needed = 4 * sum(int(a.nbytes) for a in weights.values()) + (64 << 20)
+    targets = list(opts.targets)
+    parallel = _parallel(len(targets), needed)
     with OutputSet(out_dir, finals, opts.force) as out:
-        for b in opts.targets:
-            click.echo(f"  {b}: converting ...", nl=False)
-            t0 = time.perf_counter()
-            try:
-                isolate.run_isolated(convert_worker, b, net.spec_yaml, weights, out.stage, opts.backend_options(b))
-            except ResNetSpecError:  # already one line; a low disk must not replace it (diagnose_write_failure)
-                raise
-            except Exception as exc:  # a backend's write failed: name the folder and the cause if it is the disk
-                err = diagnose_write_failure(b, out, exc, needed)
-                if err is None:
-                    raise
-                raise err from None
-            click.echo(f" done in {time.perf_counter() - t0:.1f} s")
+        calls = [(convert_worker, (b, net.spec_yaml, weights, out.stage, opts.backend_options(b))) for b in targets]
+        click.echo(f"  converting {', '.join(targets)}" + (f", {parallel} at a time" if parallel > 1 else "") + " ...")
+        t0 = time.perf_counter()
+        for i, get in isolate.run_concurrently(calls, parallel):
+            _finished(targets[i], get, out, needed)
+            click.echo(f"  {targets[i]}: done at {time.perf_counter() - t0:.1f} s")
         # written last (replacing the torch backend's copy, same tensors) so that it always carries the spec
         try:
             save_weights(weights, out.staged(finals[0]), metadata=weights_metadata(net), force=True)
@@ -120,6 +115,41 @@ def _convert_all(net, weights, opts: ConvertOptions, out_dir: str, finals: list)
             raise diagnose_write_failure("weights", out, exc, needed) from None
         for p in out.commit():
             click.echo(f"    {p}")
+
+
+def _finished(backend: str, get, out, needed: int):
+    """A backend's worker result; its failure as one line (naming the disk where that is the cause)."""
+    from ..errors import ResNetSpecError
+    from ..outputs import diagnose_write_failure
+
+    try:
+        return get()
+    except ResNetSpecError:  # already one line; a low disk must not replace it (diagnose_write_failure)
+        raise
+    except Exception as exc:  # a backend's write failed: name the folder and the cause if it is the disk
+        err = diagnose_write_failure(backend, out, exc, needed)
+        if err is None:
+            raise
+        raise err from None
+
+
+#: What one conversion worker is taken to need beside its weights: a framework's import and a graph.
+WORKER_MEMORY = 2 << 30
+
+
+def _parallel(n: int, weight_bytes: int) -> int:
+    """How many backends convert at once: one per core this process may use, as many as the memory
+    the system reports available holds (:data:`WORKER_MEMORY` plus the weights' copies each)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            avail = next(int(line.split()[1]) << 10 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        avail = 0  # unknown: one at a time
+    return max(1, min(n, cores, avail // (WORKER_MEMORY + weight_bytes)))
 
 
 def convert_worker(backend, spec_yaml, weights, out_dir, opts):

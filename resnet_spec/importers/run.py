@@ -8,11 +8,13 @@ class its names come from -- so the comparison is against the producer, never th
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 
 from ..budgets import PROOF_BATCH, proof_batch, proof_refusal
 from ..errors import ResNetSpecError
-from ..isolate import run_isolated
+from ..isolate import run_concurrently, run_isolated
 from .source import ImportRefused
 
 
@@ -109,12 +111,16 @@ def _run_here(fn, *args):
 
 
 def prove(src, net, full_spec: dict, weights: dict, batch: int = PROOF_BATCH, seed: int = 0,
-          isolated: bool = True) -> dict:
+          isolated: bool | None = None) -> dict:
     """Run source and generated model on one seeded input of the import's own batch (a file's fixed
     batch only when smaller) at the spec's size; the comparison and whether it passed. Refused, before
-    any worker starts, when that input would cost more than the proof's budget. ``isolated=False`` runs
-    a PyTorch source and the generated model in this process (a caller that is itself a dedicated
-    worker process: benchmarks/family_coverage.py); other sources always run in workers."""
+    any worker starts, when that input would cost more than the proof's budget.
+
+    A PyTorch source (a library model, a state dict) and the generated model run in this process
+    unless ``isolated`` (by default: only when TensorFlow is loaded here, which torchvision must never
+    follow); reading the source has already imported PyTorch, so a worker would only add its start-up.
+    An ONNX or Keras source runs in a worker of its own, beside a PyTorch worker running the generated
+    model at the same time."""
     from ..parity import TOLERANCES, compare
 
     why = proof_refusal(net)
@@ -124,12 +130,17 @@ def prove(src, net, full_spec: dict, weights: dict, batch: int = PROOF_BATCH, se
     batch = proof_batch(src.facts.get("batch"), batch)
     x = np.random.default_rng(seed).standard_normal((batch, *net.input_shape)).astype(np.float32)
     try:
-        if src.kind in ("torch", "torchvision", "timm"):  # one PyTorch worker runs both
+        if src.kind in ("torch", "torchvision", "timm"):  # one process runs both
+            if isolated is None:
+                isolated = "tensorflow" in sys.modules
             run = run_isolated if isolated else _run_here
             (ref, ref_desc), (got, got_desc) = run(_run_pair, fn, args, net.spec_yaml, weights, x)
         else:
-            ref, ref_desc = run_isolated(fn, *args, x)
-            got, got_desc = run_isolated(_run_generated, net.spec_yaml, weights, x)
+            calls = [(fn, (*args, x)), (_run_generated, (net.spec_yaml, weights, x))]
+            results = [None, None]
+            for i, get in run_concurrently(calls, parallel=2):
+                results[i] = get()
+            (ref, ref_desc), (got, got_desc) = results
     except ResNetSpecError:
         raise
     except Exception as exc:  # a runtime's own error: one line, never a traceback

@@ -1,0 +1,32 @@
+"""Workers run side by side (``isolate.run_concurrently``, what ``convert`` uses for its targets and ``import``
+for an ONNX or Keras source beside the generated model): results by index, one process each, a failure stops
+the rest. A FIFO's two ends must be open at once, so two workers that meet on one prove they overlapped,
+without timing anything."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+
+import faults
+import pytest
+
+from resnet_spec import isolate
+
+
+def test_two_workers_run_at_the_same_time(tmp_path):
+    fifo = str(tmp_path / "meet")
+    os.mkfifo(fifo)
+    calls = [(faults.fifo_open, (fifo, "r")), (faults.fifo_open, (fifo, "w"))]
+    got = dict((i, get()) for i, get in isolate.run_concurrently(calls, parallel=2))
+    assert sorted(got) == [0, 1] and got[0] != got[1] != os.getpid()  # each in its own process
+
+
+def test_a_failure_stops_the_worker_still_running(tmp_path):
+    fifo = str(tmp_path / "never")
+    os.mkfifo(fifo)  # nobody opens the other end: the second worker would wait for its watchdog
+    calls = [(faults.fifo_open, (fifo, "r")), (faults.fifo_open, (fifo, "w", True))]
+    with pytest.raises(ValueError, match="on purpose"):
+        for _, get in isolate.run_concurrently(calls, parallel=2):
+            get()
+    assert multiprocessing.active_children() == []  # the blocked worker was killed and reaped
