@@ -61,6 +61,7 @@ META_LAYOUT = "resnet_spec.layout"
 #: The name of the entry transpose (ONNX node, Keras layer), by the compute layout it goes to.
 ENTRY_NAMES = {"nchw": "to_channels_first", "nhwc": "to_channels_last"}
 _AXES = {"nchw": "NCHW", "nhwc": "NHWC"}
+_AXIS_WORDS = {"N": "batch", "C": "channels", "H": "height", "W": "width"}
 
 
 def check_layout(layout: str, who: str = "layout") -> str:
@@ -74,8 +75,12 @@ def check_layout(layout: str, who: str = "layout") -> str:
 
 def layout_text(layout: str) -> str:
     """How ``inspect`` shows the input layout a file records under :data:`META_LAYOUT`."""
-    known = {"nchw": "NCHW (batch, channels, height, width)", "nhwc": "NHWC (batch, height, width, channels)"}
-    return f"{known.get(layout, repr(layout)[:40])}, recorded in the metadata"
+    if layout in _AXES:
+        axes = _AXES[layout]
+        shown = f"{axes} ({', '.join(_AXIS_WORDS[a] for a in axes)})"
+    else:
+        shown = repr(layout)[:40]
+    return f"{shown}, recorded in the metadata"
 
 
 def entry_permutation(layout: str, compute: str):

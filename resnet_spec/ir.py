@@ -192,11 +192,11 @@ class SqueezeExcite:
     reduced: int
     in_shape: Shape
     out_shape: Shape
-    placement: str = "end"
-    reduce_from: str = "output"
-    base: int = 0
-    reduction: int = 0
-    divisor: int | None = 8
+    placement: str
+    reduce_from: str
+    base: int
+    reduction: int
+    divisor: int | None
 
     def tensors(self):
         yield f"{self.name}.fc1.weight", (self.reduced, self.channels, 1, 1), True

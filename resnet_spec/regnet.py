@@ -14,6 +14,7 @@ never below the ratio of the width).
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -93,10 +94,23 @@ def params_errors(params: dict) -> list:
 
 def stages_of(data: dict) -> list:
     """A merged spec's stages: its ``stages``, or the ones its ``regnet`` section generates ([] while
-    that section has errors: the rules report them)."""
+    that section has errors: the rules report them). The rules and the resolver ask for them a dozen
+    times per spec: the generated list is computed once per distinct section (each caller gets copies)."""
     if "stages" in data or data.get("regnet") is None:
         return data["stages"]
-    return [] if params_errors(data["regnet"]) else generate(data["regnet"])
+    section = data["regnet"]
+    try:
+        key = tuple(sorted(section.items()))
+        hash(key)
+    except (AttributeError, TypeError):  # not a mapping of numbers: the schema reports it
+        return [] if not isinstance(section, dict) or params_errors(section) else generate(section)
+    return [dict(s) for s in _generated(key)]
+
+
+@functools.lru_cache(maxsize=64)
+def _generated(key: tuple) -> tuple:
+    section = dict(key)
+    return () if params_errors(section) else tuple(generate(section))
 
 
 def stage_path(data: dict, i: int, *keys) -> tuple:

@@ -292,8 +292,9 @@ class _Resolver:
             return ir.ECA(f"{name}.se", shape[0], kernel, shape, shape, se["placement"], se["gamma"], se["beta"])
         base = in_ch if se["reduce_from"] == "input" else out_ch
         reduced = ir.se_reduced(base, se["reduction"], se["divisor"])
-        return ir.SqueezeExcite(f"{name}.se", shape[0], reduced, shape, shape, se["placement"], se["reduce_from"],
-                                base, se["reduction"], se["divisor"])
+        return ir.SqueezeExcite(f"{name}.se", shape[0], reduced, shape, shape, placement=se["placement"],
+                                reduce_from=se["reduce_from"], base=base, reduction=se["reduction"],
+                                divisor=se["divisor"])
 
     def anti_alias(self, name, shape, stride, spath) -> ir.Pool:
         """timm's ``aa_layer=nn.AvgPool2d``: ``AvgPool2d(stride)`` -- window = stride, no padding, floor

@@ -247,3 +247,14 @@ def test_verify_refuses_a_py_fed_against_its_input_layout(made, tmp_path):
     shutil.copy(d / "w.safetensors", tmp_path / "odd.safetensors")
     res = cli("verify", made["spec"], odd, "--weights", d / "w.safetensors", "--trust-code")
     last_line_error(res, "odd.py", "INPUT_LAYOUT is 'hwcn'")
+
+
+def test_keras_layout_and_data_format_must_agree():
+    """The Python API's two spellings (``build``/``convert`` of the Keras-made targets): either, both when
+    they agree, never a silent choice between two that disagree (the CLI refuses that too, above)."""
+    from resnet_spec.backends.keras.model import input_layout
+
+    assert input_layout(None, None) == "nhwc" and input_layout(None, "channels_first") == "nchw"
+    assert input_layout("nchw", "channels_first") == "nchw" and input_layout("nhwc", None) == "nhwc"
+    with pytest.raises(ResNetSpecError, match="tflite: data_format 'channels_first' and layout 'nhwc' name different"):
+        input_layout("nhwc", "channels_first", "tflite")

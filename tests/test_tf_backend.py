@@ -120,7 +120,8 @@ def _op_cases():
                        _t(bn["bn.bias"]), False, 0.0, 1e-6).numpy()
     cases.append(("bn_eps_1e-6", op, bn, x, ref))
 
-    se = ir.SqueezeExcite("se", 16, 8, (16, 5, 5), (16, 5, 5))
+    se = ir.SqueezeExcite("se", 16, 8, (16, 5, 5), (16, 5, 5), placement="end", reduce_from="output", base=16,
+                          reduction=2, divisor=8)
     sw = {"se.fc1.weight": rng.standard_normal((8, 16, 1, 1)), "se.fc1.bias": rng.standard_normal(8),
           "se.fc2.weight": rng.standard_normal((16, 8, 1, 1)), "se.fc2.bias": rng.standard_normal(16)}
     sw = {k: v.astype(np.float32) for k, v in sw.items()}

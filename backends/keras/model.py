@@ -230,19 +230,19 @@ class _Lowering(common.Lowering):
         return keras_module().layers.Add(name=self.namer(f"{tap}.out" if tap else f"{block.name}.add"))([y, s])
 
 
-def build(net: ir.Network, weights=None, *, data_format: str = "channels_last", dtype: str = "float32",
+def build(net: ir.Network, weights=None, *, data_format: str | None = None, dtype: str = "float32",
           backend: str | None = None, layout: str | None = None, lowering=None):
     """The Keras functional model for ``net`` on the active Keras backend, with ``weights`` loaded.
 
     ``weights``: a canonical weight set (checked against the IR), or None to keep Keras' initialisers.
-    ``data_format``: the input layout, 'channels_last' (N, H, W, C) or 'channels_first' (N, C, H, W);
-    the body is NHWC either way. ``layout`` ('nhwc' or 'nchw', the spelling of ``convert --layout``)
-    says the same and wins when given. ``dtype``: 'float32', or 'float16' / 'bfloat16' for Keras mixed
+    ``data_format``: the input layout, 'channels_last' (N, H, W, C, the default) or 'channels_first'
+    (N, C, H, W); the body is NHWC either way. ``layout`` ('nhwc' or 'nchw', the spelling of ``convert
+    --layout``) says the same; both given and disagreeing is an error. ``dtype``: 'float32', or 'float16' / 'bfloat16' for Keras mixed
     precision (float32 variables, reduced-precision compute). ``backend``: refuse unless Keras runs on it.
     ``lowering``: the :class:`_Lowering` subclass to walk with (``.stock.StockLowering``: stock layers only).
     """
     keras = keras_module(backend)
-    layout = common.check_layout(layout, "keras") if layout is not None else layout_of(data_format)
+    layout = input_layout(layout, data_format)
     if dtype not in DTYPES:
         raise BackendUnavailable(f"keras: unsupported dtype {dtype!r} (choose from {', '.join(DTYPES)})")
     if weights is not None:
@@ -260,6 +260,19 @@ def build(net: ir.Network, weights=None, *, data_format: str = "channels_last", 
     if weights is not None:
         set_keras_weights(model, to_keras_weights(net, weights))
     return model
+
+
+def input_layout(layout: str | None, data_format: str | None, target: str = "keras") -> str:
+    """The input layout a Keras-made file takes, from the ``layout`` and ``data_format`` arguments of
+    ``build`` and of the tensorflow and tflite ``convert`` (either, both when they agree, or neither:
+    'nhwc'); ``target`` names the caller in errors."""
+    if layout is None:
+        return layout_of(data_format or "channels_last")
+    layout = common.check_layout(layout, target)
+    if data_format is not None and layout_of(data_format) != layout:
+        raise ResNetSpecError(f"{target}: data_format {data_format!r} and layout {layout!r} name different "
+                              "input layouts; give one of them")
+    return layout
 
 
 def layout_of(data_format: str) -> str:

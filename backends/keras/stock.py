@@ -110,7 +110,7 @@ def custom_layers(model) -> list:
     return sorted({type(layer).__name__ for layer in model.layers if type(layer).__name__ in CLASSES})
 
 
-def build(net: ir.Network, weights=None, *, data_format: str = "channels_last", layout: str | None = None,
+def build(net: ir.Network, weights=None, *, data_format: str | None = None, layout: str | None = None,
           backend: str | None = None):
     """The float32 Keras model for ``net`` in stock layers (see :func:`.model.build`)."""
     return _build(net, weights, data_format=data_format, layout=layout, backend=backend, lowering=StockLowering)

@@ -30,7 +30,7 @@ from .backend import Leg, load_keras as _load_keras_any, tf_device_scope
 from .layers import avg_pool_counts  # noqa: F401
 from .. import common
 from .model import (DATA_FORMATS, OPS, _MODULES, custom_objects, deep_recursion, depth, keras_module,  # noqa: F401
-                          layout_of, missing, tap_model)
+                          input_layout, layout_of, missing, tap_model)
 from .names import Namer as _Namer, canonical_name, layer_name, tap_layer_names  # noqa: F401
 from .weights import set_keras_weights, to_keras_weights  # noqa: F401
 
@@ -65,7 +65,7 @@ def versions() -> str:
     return f"tensorflow {tf.__version__} / keras {keras.__version__}"
 
 
-def build(net: ir.Network, weights=None, *, data_format: str = "channels_last", dtype: str = "float32",
+def build(net: ir.Network, weights=None, *, data_format: str | None = None, dtype: str = "float32",
           layout: str | None = None):
     """The Keras model for ``net`` on TensorFlow (see :func:`.model.build`)."""
     _tf()
@@ -91,7 +91,7 @@ def device_scope(device: str, allow_tf32: bool = False):
 
 
 def convert(net: ir.Network, weights, out_dir: str, *, force: bool = False,
-            data_format: str = "channels_last", layout: str | None = None) -> list:
+            data_format: str | None = None, layout: str | None = None) -> list:
     """Write ``<name>.keras`` and the SavedModel folder ``<name>_savedmodel/``.
 
     The model is built from stock Keras layers only (:mod:`.stock`): ``keras.saving.load_model`` loads
@@ -110,7 +110,7 @@ def convert(net: ir.Network, weights, out_dir: str, *, force: bool = False,
     paths = dict(zip(("keras", "savedmodel"), output_paths("tensorflow", net.name, out_dir)))
     for p in paths.values():  # before importing TensorFlow: a refusal should be instant
         check_writable(p, force)
-    layout = common.check_layout(layout, "tensorflow") if layout is not None else layout_of(data_format)
+    layout = input_layout(layout, data_format, "tensorflow")
     _tf("a SavedModel (convert --to tensorflow)")
     os.makedirs(out_dir, exist_ok=True)
     model = stock.build(net, weights, layout=layout, backend="tensorflow")  # plain Keras loads it

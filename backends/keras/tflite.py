@@ -35,18 +35,17 @@ def available() -> str | None:
     return f"converting to TFLite needs TensorFlow: {reason}" if reason else None
 
 
-def to_bytes(net: ir.Network, weights, *, data_format: str = "channels_last", dtype: str = "float32",
+def to_bytes(net: ir.Network, weights, *, data_format: str | None = None, dtype: str = "float32",
              calibration=None, layout: str | None = None) -> bytes:
     """The .tflite flatbuffer for ``net`` with ``weights``, in ``dtype`` (float32, float16 weights, or int8
     calibrated on ``calibration``, NCHW float32 images), its input in ``layout`` ('nhwc' or 'nchw';
     default: that of ``data_format``), recorded in its metadata."""
     from ...errors import ResNetSpecError
-    from .. import common
     from . import tf as tfb
 
     if dtype not in DTYPES:
         raise ResNetSpecError(f"tflite: dtype {dtype!r} is not supported (choose from {', '.join(DTYPES)})")
-    layout = common.check_layout(layout, "tflite") if layout is not None else tfb.layout_of(data_format)
+    layout = tfb.input_layout(layout, data_format, "tflite")
     tf, _ = tfb._tf()
     with tfb.deep_recursion(tfb.depth(net)):
         model = tfb.build(net, weights, layout=layout)
@@ -111,7 +110,7 @@ def _check_float16_range(net: ir.Network, data: bytes, fb, float16_weights) -> N
                                   "float16's range (+-65504); keep this model in float32")
 
 
-def convert(net: ir.Network, weights, out_dir: str, *, force: bool = False, data_format: str = "channels_last",
+def convert(net: ir.Network, weights, out_dir: str, *, force: bool = False, data_format: str | None = None,
             dtype: str = "float32", calibration=None, layout: str | None = None) -> list:
     """Write ``<out_dir>/<name>.tflite`` atomically; nothing is overwritten without ``force``."""
     from ...fileio import atomic_path, check_writable
