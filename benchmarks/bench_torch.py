@@ -1,11 +1,14 @@
-"""PyTorch backend benchmark: build time per zoo model, and eager throughput against torchvision.
+"""PyTorch backend benchmark: build time per zoo model, and eager throughput against the library model.
 
     python benchmarks/bench_torch.py                 # CPU, resnet50 + resnet152, batch 8
+    python benchmarks/bench_torch.py --models regnety_032,resnest50d --skip-build   # timm's models
     python benchmarks/bench_torch.py --device cuda --dtype bfloat16 --channels-last
 
-The generated model and torchvision's run in the same process on the same input, in alternating
+The generated model and the library's run in the same process on the same input, in alternating
 rounds (A B A B ...) so that drift in machine load hits both equally; the reported figure is the
-ratio of median throughputs, generated / torchvision (1.0 = equal; the target is >= 0.98).
+ratio of median throughputs, generated / library (1.0 = equal; the target is >= 0.98, >= 0.95 for the
+families beyond ResNet). The library model is the one the zoo entry's ``reference`` names (torchvision,
+timm), carrying the same weights as the generated one.
 """
 
 from __future__ import annotations
@@ -44,17 +47,43 @@ def build_times(names, repeats: int = 1):
     return rows
 
 
+def _version(pkg: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(pkg)
+    except PackageNotFoundError:
+        return "not installed"
+
+
+def reference(name):
+    """The library model a zoo entry names as its ``reference`` (torchvision's ``name`` when it names
+    none), with fresh weights, and the same weights as a canonical set for the generated model."""
+    import resnet_spec
+    from resnet_spec.importers import check_source, read_source
+    from resnet_spec.importers.run import _load_state
+
+    ref = resnet_spec.spec.load(name).data.get("reference") or {"library": "torchvision", "model": name}
+    src = read_source(f"{ref['library']}:{ref['model']}")
+    weights = check_source(resnet_spec.load(name), src)
+    model = src.facts.get("model")
+    if model is None:
+        from resnet_spec.backends.torch.reader import library_model
+
+        model = _load_state(library_model(ref["library"], ref["model"]), weights, src.facts.get("source_names"))
+    return model.eval(), weights
+
+
 def throughput(name, args):
     import torch
-    import torchvision
 
     import resnet_spec
     from resnet_spec.backends.torch import backend as tb
 
     dev = torch.device(args.device)
     dtype = getattr(torch, args.dtype)
-    ref = getattr(torchvision.models, name)(weights=None).eval()
-    ours = tb.build(resnet_spec.load(name), tb.state_to_weights(ref.state_dict())).eval()
+    ref, weights = reference(name)
+    ours = tb.build(resnet_spec.load(name), weights).eval()
     fmt = torch.channels_last if args.channels_last else torch.contiguous_format
     ref = ref.to(dev, dtype, memory_format=fmt)
     ours = ours.to(dev, dtype, memory_format=fmt)
@@ -99,7 +128,8 @@ def main(argv=None):
     from resnet_spec.spec import zoo_names
 
     print(f"# {cpu_model()} ({os.cpu_count()} cores), Python {platform.python_version()}, "
-          f"torch {torch.__version__}, torchvision {torchvision.__version__}, threads {torch.get_num_threads()}")
+          f"torch {torch.__version__}, torchvision {torchvision.__version__}, timm {_version('timm')}, "
+          f"threads {torch.get_num_threads()}")
     if args.device.startswith("cuda"):
         print(f"# device {torch.cuda.get_device_name(0)}")
     print(f"# command: {' '.join([os.path.basename(sys.argv[0])] + (argv or sys.argv[1:]))}")
@@ -111,7 +141,7 @@ def main(argv=None):
             print(f"| {name} | {params:,} | {r:.3f} | {i:.3f} | {b:.3f} | {r + i + b:.3f} |")
     print(f"\n## eager inference, {args.device} {args.dtype}{' channels_last' if args.channels_last else ''}, "
           f"batch {args.batch}, median of {args.rounds} rounds x {args.iters} batches\n")
-    print("| model | generated img/s | torchvision img/s | ratio |")
+    print("| model | generated img/s | library img/s | ratio |")
     print("|---|---:|---:|---:|")
     for name in args.models.split(","):
         ours, ref = throughput(name, args)
