@@ -31,6 +31,7 @@ from .. import common
 from ..legs import DTYPES
 from .layers import define
 from .names import Namer, canonical_name, layer_name, tap_layer_names
+from .resnest import split_attention_layers
 from .weights import set_keras_weights, to_keras_weights
 
 DATA_FORMATS = ("channels_last", "channels_first")
@@ -195,6 +196,8 @@ OPS = {
     ir.GlobalAvgPool: lambda op, x, name, namer: _L().GlobalAveragePooling2D(name=name)(x),
     ir.Dropout: lambda op, x, name, namer: _L().Dropout(op.rate, name=name)(x),
     ir.Linear: lambda op, x, name, namer: _L().Dense(op.out_features, use_bias=op.bias, name=name)(x),
+    ir.SplitAttention: lambda op, x, name, namer: split_attention_layers(op, x, name, namer, _L(), _conv_layers,
+                                                                         _batch_norm),
 }
 
 
