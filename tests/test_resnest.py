@@ -325,6 +325,17 @@ def test_cli_parity_every_leg(tmp_path, block):
     assert "PASS: 10/10 pairs" in res.output
 
 
+@pytest.mark.slow  # a training step in every leg's worker
+def test_cli_parity_train(tmp_path):
+    """parity --train: the Keras legs' ReLU decisions include the split attention's two ReLUs (act0, act1)."""
+    path = tmp_path / "s.yaml"
+    path.write_text(TINY + "block: {type: bottleneck, groups: 2, width_per_group: 32, spatial: {type: "
+                    "split_attention, radix: 4}, avd: after_3x3}\n")
+    res = CliRunner().invoke(main, ["parity", str(path), "--train", "--backends", "torch,keras-tensorflow"])
+    assert res.exit_code == 0, res.output
+    assert "ReLU calls against" not in res.output
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["resnest14d", "resnest26d", "resnest50d", "resnest50d_1s4x24d",
                                   "resnest50d_4s2x40d", "resnest101e"])

@@ -286,7 +286,7 @@ def _graph(net: ir.Network, layout: str, keras, lowering):
 
 class _ReluSites(_Lowering):
     """The shared walk without Keras, naming layers as :class:`_Lowering` does: records the Keras name of
-    every ReLU layer in walk order (an IR ReLU, and the ReLU inside each squeeze-excite). Helper layers
+    every ReLU layer in walk order (an IR ReLU, the ReLU inside each squeeze-excite, a split attention's two). Helper layers
     other than those are not named here; their names have bases of their own (``.pad``, ``.pool``), so
     skipping them changes no ReLU's name. A name that missed would fail ``model.get_layer`` in the training
     step, and a site out of order would fail the decisions' shapes or the gradients; the train-parity tests
@@ -301,6 +301,8 @@ class _ReluSites(_Lowering):
             self.sites.append(layer)
         elif isinstance(op, ir.SqueezeExcite):
             self.sites.append(self.namer(_se_relu(canonical_name(layer))))
+        elif isinstance(op, ir.SplitAttention):  # its two ReLUs (backends/keras/resnest.py names them)
+            self.sites += [self.namer(f"{canonical_name(layer)}.{act}") for act in ("act0", "act1")]
         return x
 
     def add(self, y, s, block, tap):
