@@ -225,6 +225,10 @@ def test_onnx_float32_equals_torch_at_every_ort_level():
         assert rel_err(ref, outs[-1]) <= 1e-5
     assert rel_err(outs[0], outs[1]) <= 1e-6
     assert not any(n.op_type == "BatchNormalization" for n in model.graph.node)  # bn0 and bn1 folded
+    unfolded = onnx_backend.build(net, weights, fold_bn=False)  # convert --no-fold-bn: bn0 and bn1 as nodes
+    assert {"layer1.0.conv2.bn0", "layer1.0.conv2.bn1"} <= {n.name for n in unfolded.graph.node}
+    sess = ort.InferenceSession(unfolded.SerializeToString(), providers=["CPUExecutionProvider"])
+    assert rel_err(ref, sess.run(None, {"input": x})[0]) <= 1e-5
 
 
 def test_torch_source_has_the_split_attention_module():
@@ -356,10 +360,29 @@ def test_state_dict_import_proves_against_timms_resnest(tmp_path):
     from resnet_spec.importers import import_source
     from resnet_spec.importers.run import prove
 
-    _, weights = _timm_randomized("resnest14d")
+    _, weights = _timm_randomized("resnest26d")  # two blocks per stage: type B shortcuts, as timm's ResNet
     path = tmp_path / "rs.pth"
     torch.save({k: torch.from_numpy(v) for k, v in weights.items()}, str(path))
     src, _, net, full, w = import_source(str(path), "m", 64)
     assert full["block"]["spatial"] == {"type": "split_attention", "radix": 2} and full["block"]["avd"] == "after_3x3"
     cmp = prove(src, net, full, w, isolated=False)
     assert cmp["passed"] and "ResNet class" in cmp["source"], cmp
+
+
+@pytest.mark.slow  # TensorFlow writes the .keras, a worker reads it back
+def test_keras_file_imports_with_its_avd_pool(tmp_path):
+    """A .keras this project wrote: the split attention from its layers, the avd pool's place and the stage
+    stride from its AveragePooling2D layer (``layer2-0-avd_first``)."""
+    import yaml
+
+    text = TINY + "block: {type: bottleneck, groups: 2, width_per_group: 32, spatial: {type: split_attention, " \
+                  "radix: 4}, avd: before_3x3}\n"
+    (tmp_path / "s.yaml").write_text(text)
+    res = CliRunner().invoke(main, ["convert", str(tmp_path / "s.yaml"), "--to", "tensorflow", "-o", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(main, ["import", str(tmp_path / "tiny.keras"), "-o", str(tmp_path / "imp")])
+    assert res.exit_code == 0 and "PASS" in res.output, res.output
+    got = yaml.safe_load((tmp_path / "imp" / "tiny.yaml").read_text())
+    assert got["block"]["spatial"] == {"type": "split_attention", "radix": 4} and got["block"]["avd"] == "before_3x3"
+    assert [s["stride"] for s in got["stages"]] == [1, 2]
+

@@ -286,11 +286,11 @@ def _graph(net: ir.Network, layout: str, keras, lowering):
 
 class _ReluSites(_Lowering):
     """The shared walk without Keras, naming layers as :class:`_Lowering` does: records the Keras name of
-    every ReLU layer in walk order (an IR ReLU, the ReLU inside each squeeze-excite, a split attention's two). Helper layers
-    other than those are not named here; their names have bases of their own (``.pad``, ``.pool``), so
-    skipping them changes no ReLU's name. A name that missed would fail ``model.get_layer`` in the training
-    step, and a site out of order would fail the decisions' shapes or the gradients; the train-parity tests
-    count the sites of every leg against the IR's ReLUs (and squeeze-excites)."""
+    every ReLU layer in walk order (an IR ReLU, the ReLU inside each squeeze-excite, a split attention's
+    two). Helper layers other than those are not named here; their names have bases of their own (``.pad``,
+    ``.pool``), so skipping them changes no ReLU's name. A name that missed would fail ``model.get_layer`` in
+    the training step, and a site out of order would fail the decisions' shapes or the gradients; the
+    train-parity tests count the sites of every leg against the IR's ReLUs (and squeeze-excites)."""
 
     def __init__(self, namer: Namer):
         super().__init__(namer)
