@@ -196,7 +196,8 @@ def test_zoo_onnx_round_trip(tmp_path, name):
 ONNX_UNREAD = {"resnetaa50d": "node 'maxpool' \\(AveragePool\\): not expected in a ResNet stem",
                "resnetrs50": "first layer that does not fit",
                "ecaresnet50d": "node 'layer1.0.se.scale' \\(Mul\\): a Mul that is not a squeeze-excite gate",
-               "resnest50d": "node 'layer1.0.conv2.scale' \\(Mul\\): a Mul that is not a squeeze-excite gate"}
+               "resnest50d": "node 'layer1.0.conv2.weighted_sum' \\(ReduceSum\\): ResNeSt split attention, which "
+                             "the ONNX reader cannot read back yet"}
 
 
 @pytest.mark.slow
