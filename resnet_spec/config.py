@@ -57,6 +57,7 @@ def se_config(se: dict | None) -> dict | None:
         keys = tuple(k for k in keys if k not in ("gamma", "beta"))
     return {k: full[k] for k in keys}
 
+
 #: block.spatial type -> the block.spatial keys that apply to it (the others are refused when given, and the
 #: resolved spec shows only these): the plain conv + BN + ReLU, or ResNeSt's split attention (timm SplitAttn).
 SPATIAL_KEYS = {"conv": ("type",),
