@@ -1,5 +1,5 @@
 """How much of the ResNet family people use `resnet-spec import` takes: every model of timm's resnet.py,
-resnetv2.py, senet.py, tresnet.py and regnet.py (from the installed timm's registry), torchvision's ResNet /
+resnetv2.py, senet.py, tresnet.py, regnet.py and resnest.py (from the installed timm's registry), torchvision's ResNet /
 ResNeXt / Wide ResNet and RegNet lists and the keras.applications ResNets, each imported and proven in a worker
 process, and docs/family_coverage.md written: per family, how many import with parity, how many are
 refused and, for each refusal, the building block the spec language lacks.
@@ -70,6 +70,7 @@ FAMILIES = {
     "timm-tresnet": ("timm tresnet.py", _timm("tresnet")),
     "torchvision": ("torchvision ResNet / ResNeXt / Wide ResNet", _torchvision),
     "timm-regnet": ("timm regnet.py", _timm("regnet")),
+    "timm-resnest": ("timm resnest.py", _timm("resnest")),
     "torchvision-regnet": ("torchvision RegNet", _torchvision_regnet),
     "keras": ("keras.applications ResNet / ResNetV2", lambda: [f"keras:{m}" for m in KERAS_APPS]),
 }

@@ -46,11 +46,12 @@ def stage_info(net: ir.Network) -> list:
         first = blocks[0]
         convs = [op for op in first.main if isinstance(op, ir.Conv)]
         strided = next(((i, b, op) for i, b in enumerate(blocks) for op in b.main
-                        if isinstance(op, ir.Conv) and op.stride > 1), None)
+                        if isinstance(op, (ir.Conv, ir.Pool, ir.SplitAttention)) and op.stride > 1), None)
         if strided:
             i, _, op = strided
             pos = "first" if i == 0 else ("last" if i == len(blocks) - 1 else f"#{i}")
-            stride = f"stride {op.stride} on the {op.kernel}x{op.kernel} conv ({pos} block)"
+            what = f"{op.kind} pool" if isinstance(op, ir.Pool) else "conv"
+            stride = f"stride {op.stride} on the {op.kernel}x{op.kernel} {what} ({pos} block)"
         else:
             dil = max(op.dilation for b in blocks for op in b.main if isinstance(op, ir.Conv))
             stride = "stride 1" + (f", dilation {dil}" if dil > 1 else "")
@@ -60,7 +61,10 @@ def stage_info(net: ir.Network) -> list:
         eca = next((op for op in first.main if isinstance(op, ir.ECA)), None)
         if eca is not None:
             kind += f" + ECA k{eca.kernel}"
-        groups = max(op.groups for op in convs)
+        split = next((op for op in first.main if isinstance(op, ir.SplitAttention)), None)
+        if split is not None:
+            kind += f" + split attention r{split.radix}"
+        groups = max(op.groups for op in (*convs, *([split] if split else ())))
         out.append({"name": first.name.split(".")[0], "blocks": len(blocks), "kind": kind,
                     "in": first.in_shape[0], "width": convs[0].out_channels if first.kind == "bottleneck" else None,
                     "groups": groups, "out": first.out_shape[0], "stride": stride,

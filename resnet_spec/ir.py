@@ -294,11 +294,13 @@ class Linear:
         return self.in_features * self.out_features
 
 
+from .ir_resnest import SplitAttention  # noqa: E402  (ResNeSt's split attention, its own module)
+
 #: Every IR op type. Each backend lowers every one of them (``backends/common.py``), and every table of
 #: per-op facts has an entry for each (:func:`missing_op_types`; the conformance test
 #: ``tests/test_lowering.py`` checks each backend's ``OPS`` table and every other per-op table against this tuple).
 OP_TYPES = (Conv, BatchNorm, ReLU, Pool, Subsample, ChannelPad, SqueezeExcite, ECA, DropPath, GlobalAvgPool,
-            Dropout, Linear)
+            Dropout, Linear, SplitAttention)
 
 
 def missing_op_types(table) -> list:

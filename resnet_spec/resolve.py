@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass
 
 from . import ir
+from . import resolve_resnest as resnest
 from .config import DEFAULTS, BlockConfig, HeadConfig, ShortcutConfig, StemConfig, opt  # noqa: F401
 from .errors import SpecError
 from .regnet import stage_path, stages_of
@@ -263,16 +264,28 @@ class _Resolver:
                 main += [self.bn(f"{name}.bn{i}", shape), self.relu(shape)]
             followed_by_bn = not (self.preact and last)
             aa = blk.anti_alias is not None and s > 1  # the rules keep it to v1 blocks' strided 3x3 convs
-            conv = self.conv(f"{name}.conv{i}", shape, oc, k, 1 if aa else s, p, dl, g, self.bias_for(followed_by_bn),
-                             spath)
-            main.append(conv)
-            shape = conv.out_shape
-            if not self.preact:
-                main.append(self.bn(f"{name}.bn{i}", shape))
-                if not last:
-                    main.append(self.relu(shape))
+            avd = blk.avd is not None and k == 3 and s > 1  # ResNeSt's: the rules keep it to v1 bottlenecks
+            if avd and blk.avd == "before_3x3":
+                main.append(resnest.avd_pool(self, name, shape, s, spath))
+                shape = main[-1].out_shape
+            if k == 3 and blk.spatial["type"] == "split_attention":  # replaces conv2 + bn2 + relu
+                main.append(resnest.split_attention(self, f"{name}.conv{i}", shape, oc, (1 if avd else s, p, dl), g,
+                                                    spath))
+                shape = main[-1].out_shape
+            else:
+                conv = self.conv(f"{name}.conv{i}", shape, oc, k, 1 if aa or avd else s, p, dl, g,
+                                 self.bias_for(followed_by_bn), spath)
+                main.append(conv)
+                shape = conv.out_shape
+                if not self.preact:
+                    main.append(self.bn(f"{name}.bn{i}", shape))
+                    if not last:
+                        main.append(self.relu(shape))
             if aa:
                 main.append(self.anti_alias(f"{name}.aa", shape, s, spath))
+                shape = main[-1].out_shape
+            if avd and blk.avd == "after_3x3":
+                main.append(resnest.avd_pool(self, name, shape, s, spath))
                 shape = main[-1].out_shape
             if blk.se is not None and (k == 3 if blk.se["placement"] == "after_3x3" else last):
                 main.append(self.squeeze_excite(name, in_shape[0], out_ch, shape))

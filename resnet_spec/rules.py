@@ -5,7 +5,7 @@ its errors, located at the field (as jsonschema does per keyword); :data:`RULES`
 
 from __future__ import annotations
 
-from .config import DEFAULTS, SE_KEYS, STEM_POOL_KEYS, BlockConfig, StemConfig, opt
+from .config import DEFAULTS, SE_KEYS, SPATIAL_KEYS, STEM_POOL_KEYS, BlockConfig, StemConfig, opt
 from .errors import SpecError
 from .regnet import params_errors, stage_path, stages_of
 from .spec import Spec
@@ -126,6 +126,41 @@ def _after_3x3(spec: Spec, blk):
         yield spec.error("placement 'after_3x3' is not supported with anti_alias", where)
 
 
+def _rule_spatial(spec: Spec):
+    """block.spatial: only the keys of its type; split attention in v1 bottlenecks only."""
+    blk, given = BlockConfig.of(spec.data), (spec.data["block"] or {}).get("spatial") or {}
+    kind = blk.spatial["type"]
+    for key in given:
+        if key not in SPATIAL_KEYS[kind]:
+            other = next(t for t, keys in SPATIAL_KEYS.items() if key in keys)
+            yield spec.error(f"'{key}' applies to block.spatial type {other!r} only, not to type {kind!r}",
+                             ("block", "spatial", key))
+    if kind == "conv":
+        return
+    if blk.kind != "bottleneck":
+        yield spec.error(f"block.spatial type {kind!r} applies to bottleneck blocks only", ("block", "spatial", "type"))
+    elif blk.preact:
+        yield spec.error(f"block.spatial type {kind!r} is not supported with pre-activation blocks",
+                         ("block", "spatial", "type"))
+
+
+def _rule_avd(spec: Spec):
+    """block.avd: ResNeSt's 3x3 average-pool downsampling, in v1 bottlenecks whose 3x3 conv is strided."""
+    blk, where = BlockConfig.of(spec.data), ("block", "avd")
+    if blk.avd is None:
+        return
+    if blk.kind != "bottleneck":
+        yield spec.error("'avd' applies to bottleneck blocks only", where)
+    elif blk.preact:
+        yield spec.error("'avd' is not supported with pre-activation blocks", where)
+    elif blk.stride_on_1x1:
+        yield spec.error("'avd' moves the stride of the 3x3 conv; it needs stride_on: 3x3", where)
+    elif blk.anti_alias is not None:
+        yield spec.error("'avd' and 'anti_alias' both move the 3x3 conv's stride to a pool; give one", where)
+    elif blk.se is not None and blk.se["placement"] == "after_3x3":
+        yield spec.error("'avd' is not supported with block.se placement 'after_3x3'", where)
+
+
 def _rule_shortcut(spec: Spec):
     sc = spec.data.get("shortcut") or {}
     if "pool" in sc and opt(sc, "projection", "shortcut") != "avgpool_conv":
@@ -155,7 +190,7 @@ def _rule_dilate(spec: Spec):
 
 #: The semantic rules that need nothing but the required fields, in the order resolve() checks them.
 RULES = (_rule_bottleneck_only, _rule_regnet, _rule_se, _rule_shortcut, _rule_stem, _rule_anti_alias, _rule_depth,
-         _rule_dilate)
+         _rule_dilate, _rule_spatial, _rule_avd)
 
 
 def rule_errors(spec: Spec):

@@ -14,7 +14,7 @@ from .weights import set_keras_weights, to_keras_weights
 
 
 def _no_se(op, place):
-    raise ResNetSpecError("keras.applications ResNets have no squeeze-excite or channel attention")
+    raise ResNetSpecError("keras.applications ResNets have no squeeze-excite, channel or split attention")
 
 
 #: IR op type -> its keras.applications layer name from its place in the network (``conv1`` in the stem,
@@ -30,6 +30,7 @@ APPLICATIONS_NAMES = {
     ir.ChannelPad: None,
     ir.SqueezeExcite: _no_se,
     ir.ECA: _no_se,
+    ir.SplitAttention: _no_se,
     ir.DropPath: None,
     ir.GlobalAvgPool: None,
     ir.Dropout: None,

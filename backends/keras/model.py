@@ -31,6 +31,7 @@ from .. import common
 from ..legs import DTYPES
 from .layers import define
 from .names import Namer, canonical_name, layer_name, tap_layer_names
+from .resnest import split_attention_layers
 from .weights import set_keras_weights, to_keras_weights
 
 DATA_FORMATS = ("channels_last", "channels_first")
@@ -195,6 +196,8 @@ OPS = {
     ir.GlobalAvgPool: lambda op, x, name, namer: _L().GlobalAveragePooling2D(name=name)(x),
     ir.Dropout: lambda op, x, name, namer: _L().Dropout(op.rate, name=name)(x),
     ir.Linear: lambda op, x, name, namer: _L().Dense(op.out_features, use_bias=op.bias, name=name)(x),
+    ir.SplitAttention: lambda op, x, name, namer: split_attention_layers(op, x, name, namer, _L(), _conv_layers,
+                                                                         _batch_norm),
 }
 
 
@@ -296,11 +299,11 @@ def _graph(net: ir.Network, layout: str, keras, lowering):
 
 class _ReluSites(_Lowering):
     """The shared walk without Keras, naming layers as :class:`_Lowering` does: records the Keras name of
-    every ReLU layer in walk order (an IR ReLU, and the ReLU inside each squeeze-excite). Helper layers
-    other than those are not named here; their names have bases of their own (``.pad``, ``.pool``), so
-    skipping them changes no ReLU's name. A name that missed would fail ``model.get_layer`` in the training
-    step, and a site out of order would fail the decisions' shapes or the gradients; the train-parity tests
-    count the sites of every leg against the IR's ReLUs (and squeeze-excites)."""
+    every ReLU layer in walk order (an IR ReLU, the ReLU inside each squeeze-excite, a split attention's
+    two). Helper layers other than those are not named here; their names have bases of their own (``.pad``,
+    ``.pool``), so skipping them changes no ReLU's name. A name that missed would fail ``model.get_layer`` in
+    the training step, and a site out of order would fail the decisions' shapes or the gradients; the
+    train-parity tests count the sites of every leg against the IR's ReLUs (and squeeze-excites)."""
 
     def __init__(self, namer: Namer):
         super().__init__(namer)
@@ -311,6 +314,8 @@ class _ReluSites(_Lowering):
             self.sites.append(layer)
         elif isinstance(op, ir.SqueezeExcite):
             self.sites.append(self.namer(_se_relu(canonical_name(layer))))
+        elif isinstance(op, ir.SplitAttention):  # its two ReLUs (backends/keras/resnest.py names them)
+            self.sites += [self.namer(f"{canonical_name(layer)}.{act}") for act in ("act0", "act1")]
         return x
 
     def add(self, y, s, block, tap):

@@ -124,6 +124,10 @@ def read_keras(source: str, input_size=None) -> Source:
     return _Mapper.source(label, "keras", {"keras_source": desc}, run_isolated(_describe, desc))
 
 
+#: this project's name of ResNeSt's avd pool layer (``layer2-0-avd_first``): its stage and place
+_AVD = re.compile(r"^layer(\d+)[.-]\d+[.-]avd_(first|last)$")
+
+
 class _Mapper(Recogniser):
     def __init__(self, src: Source, info: dict):
         self.src, self.info = src, info
@@ -226,6 +230,12 @@ class _Mapper(Recogniser):
                 f["stem_pool"] = self.stem_pool(layer)
             elif layer["cls"] == "MaxPooling2D" and c.get("pool_size") in ([1, 1], 1):
                 f["strided_identity"] = True
+            elif layer["cls"] in ("AveragePooling2D", "ExactAvgPool2D") and _AVD.match(layer["name"]):
+                # ResNeSt's avd pool: where it sits, and the stage's stride (its split attention keeps stride 1)
+                stage, where = _AVD.match(layer["name"]).groups()
+                f["avd"] = "before_3x3" if where == "first" else "after_3x3"
+                stride = c.get("stride") or c.get("strides", [2])[0]
+                f.setdefault("shortcut_pool_strides", {})[int(stage) - 1] = stride
             elif layer["cls"] in ("AveragePooling2D", "ExactAvgPool2D"):
                 stage = re.match(r"^layer(\d+)\.", layer["name"])
                 if stage:

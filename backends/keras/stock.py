@@ -26,7 +26,8 @@ import math
 
 from ... import ir
 from .layers import CLASSES
-from .model import OPS, _L, _Lowering, build as _build
+from .model import OPS, _L, _Lowering, _conv_layers, build as _build
+from .resnest import split_attention_layers
 from .names import Namer, canonical_name
 
 
@@ -96,7 +97,9 @@ def _channel_pad(op: ir.ChannelPad, x, name: str, namer: Namer):
 
 
 #: IR op type -> stock-layer lowering; every other op lowers as in :data:`.model.OPS` (stock already)
-STOCK_OPS = {**OPS, ir.BatchNorm: _batch_norm, ir.Pool: _pool_layers, ir.ChannelPad: _channel_pad}
+STOCK_OPS = {**OPS, ir.BatchNorm: _batch_norm, ir.Pool: _pool_layers, ir.ChannelPad: _channel_pad,
+             ir.SplitAttention: lambda op, x, name, namer: split_attention_layers(op, x, name, namer, _L(),
+                                                                                  _conv_layers, _batch_norm)}
 
 
 class StockLowering(_Lowering):

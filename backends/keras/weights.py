@@ -85,6 +85,27 @@ def _linear_from_keras(op: ir.Linear, get) -> dict:
     return out
 
 
+def split_attention_parts(op: ir.SplitAttention) -> tuple:
+    """A split attention's conv, bn0, fc1, bn1, fc2 as plain IR ops under their canonical names (its Keras
+    layers are these ops' layers; ``backends/keras/resnest.py``)."""
+    n, mid, attn, g = op.name, op.mid_channels, op.attn_channels, op.groups
+    one = (1, 1)
+    return (ir.Conv(f"{n}.conv", op.in_channels, mid, op.kernel, op.stride, op.padding, op.dilation, op.conv_groups,
+                    False, op.in_shape, op.mid_shape),
+            ir.BatchNorm(f"{n}.bn0", mid, op.eps, op.momentum, op.mid_shape, op.mid_shape),
+            ir.Conv(f"{n}.fc1", op.channels, attn, 1, 1, 0, 1, g, True, (op.channels, *one), (attn, *one)),
+            ir.BatchNorm(f"{n}.bn1", attn, op.eps, op.momentum, (attn, *one), (attn, *one)),
+            ir.Conv(f"{n}.fc2", attn, mid, 1, 1, 0, 1, g, True, (attn, *one), (mid, *one)))
+
+
+def _split_attention_to_keras(op: ir.SplitAttention, weights) -> dict:
+    return {k: v for part in split_attention_parts(op) for k, v in LAYOUTS[type(part)][0](part, weights).items()}
+
+
+def _split_attention_from_keras(op: ir.SplitAttention, get) -> dict:
+    return {k: v for part in split_attention_parts(op) for k, v in LAYOUTS[type(part)][1](part, get).items()}
+
+
 #: The entry of a parameter-free op: no Keras weights either way.
 NO_WEIGHTS = (lambda op, weights: {}, lambda op, get: {})
 
@@ -104,6 +125,7 @@ LAYOUTS = {
     ir.GlobalAvgPool: NO_WEIGHTS,
     ir.Dropout: NO_WEIGHTS,
     ir.Linear: (_linear_to_keras, _linear_from_keras),
+    ir.SplitAttention: (_split_attention_to_keras, _split_attention_from_keras),
 }
 
 

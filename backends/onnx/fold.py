@@ -18,6 +18,7 @@ import dataclasses
 import numpy as np
 
 from ... import ir
+from .resnest import fold_split_attention
 
 
 def fold_batchnorm(net: ir.Network, weights, dtype=np.float32) -> tuple:
@@ -39,6 +40,9 @@ def fold_batchnorm(net: ir.Network, weights, dtype=np.float32) -> tuple:
     def fold_seq(ops: tuple) -> tuple:
         res = []
         for op in ops:
+            if isinstance(op, ir.SplitAttention):  # its own BNs, folded inside it
+                res.append(fold_split_attention(op, weights, out, dtype))
+                continue
             prev = res[-1] if res else None
             if isinstance(op, ir.BatchNorm) and isinstance(prev, ir.Conv):
                 b = (np.asarray(weights[f"{prev.name}.bias"], np.float64) if prev.bias

@@ -16,6 +16,7 @@ from ... import ir
 from .. import DTYPES, common
 from ..legs import parse_device
 from ...errors import BackendUnavailable
+from .resnest import split_attention_args
 
 NAME = "torch"
 
@@ -37,6 +38,7 @@ def _require():
 
 
 if torch is not None:
+    from .resnest import SplitAttention  # ResNeSt's module (its own file; the .py copies it)
 
     class Subsample(nn.Module):
         """x[:, :, ::s, ::s]: a strided identity."""
@@ -166,6 +168,7 @@ OPS = {
     ir.GlobalAvgPool: lambda op: GlobalAvgPool(),
     ir.Dropout: lambda op: nn.Dropout(op.rate),
     ir.Linear: lambda op: nn.Linear(op.in_features, op.out_features, op.bias),
+    ir.SplitAttention: lambda op: SplitAttention(*split_attention_args(op)),
 }
 
 

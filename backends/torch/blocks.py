@@ -81,6 +81,19 @@ def _plain_eca(m) -> bool:
         and tuple(conv.padding) == ((conv.weight.shape[2] - 1) // 2,) and _cls(getattr(m, "gate", None)) == "Sigmoid"
 
 
+def _plain_split_attention(m) -> bool:
+    """timm's SplitAttn as its resnest models build it: BatchNorm2d bn0/bn1, ReLU acts, no drop block."""
+    return all(_cls(getattr(m, a, None)) == c for a, c in (("bn0", "BatchNorm2d"), ("bn1", "BatchNorm2d"),
+                                                          ("act0", "ReLU"), ("act1", "ReLU"), ("drop", "Identity")))
+
+
+def _avd_pool(m) -> bool:
+    """timm ResNestBottleneck's avd pool: AvgPool2d(3, stride, padding=1), floor, padding counted."""
+    k, p = getattr(m, "kernel_size", None), getattr(m, "padding", None)
+    return k in (3, (3, 3)) and p in (1, (1, 1)) and not getattr(m, "ceil_mode", True) \
+        and getattr(m, "count_include_pad", False) and getattr(m, "divisor_override", None) is None
+
+
 def _mixed_blocks(_m, mods) -> bool:
     return any(_cls(x) == "BasicBlock" for x in mods.values())
 
@@ -112,7 +125,10 @@ UNSUPPORTED = (
     Block("global-context attention", ("GlobalContext",), tensors=r"\.conv_attn\.weight$"),
     Block("effective squeeze-excite", ("EffectiveSEModule",)),
     Block("SKNet selective-kernel convolutions", ("SelectiveKernel*",), tensors=r"\.paths\.\d+\.conv\.weight$"),
-    Block("ResNeSt split attention", ("SplitAttn",), tensors=r"\.conv2\.fc1\.weight$"),
+    Block("ResNeSt split attention other than timm's default (ReLU, BatchNorm, no drop block)", ("SplitAttn",),
+          when=lambda m, _: not _plain_split_attention(m)),
+    Block("ResNeSt average-pool downsampling other than AvgPool2d(3, stride, padding 1)", ("AvgPool2d",),
+          at=r"\.avd_(first|last)$", when=lambda m, _: not _avd_pool(m)),
     Block("self-attention in place of the 3x3 conv", ("BottleneckAttn", "HaloAttn", "LambdaLayer")),
     Block("a TResNet space-to-depth stem", ("SpaceToDepth*",), tensors=r"^body\.conv1\.conv\.weight$",
           tensor_when=lambda n, s, _: len(s) == 4 and s[1] == 48),

@@ -115,6 +115,8 @@ def read_library(lib: str, name: str) -> Source:
 
 _SHORTCUT_POOL = re.compile(r"^layer(\d+)\.\d+\.downsample\.0$")
 _ANTI_ALIAS = re.compile(r"^layer\d+\.\d+\.aa$")
+#: ResNeSt's avd pool (timm ResNestBottleneck): before the 3x3 split attention (avd_first) or after it
+_AVD = {"avd_first": "before_3x3", "avd_last": "after_3x3"}
 
 
 def _add_facts(src: Source, mods: dict) -> None:
@@ -141,6 +143,8 @@ def _add_facts(src: Source, mods: dict) -> None:
     for name, m in mods.items():
         if _ANTI_ALIAS.match(name) and isinstance(m, nn.AvgPool2d):
             src.facts["anti_alias"] = "avgpool"  # blocks.py refused any but timm's AvgPool2d(stride)
+        if isinstance(m, nn.AvgPool2d) and name.rpartition(".")[2] in _AVD:  # blocks.py: AvgPool2d(3, s, 1) only
+            src.facts["avd"] = _AVD[name.rpartition(".")[2]]
         at = _SHORTCUT_POOL.match(name)
         if at and isinstance(m, nn.AvgPool2d):
             src.facts["shortcut_pool"] = {"ceil_mode": bool(m.ceil_mode),
@@ -195,11 +199,16 @@ def timm_equivalent(spec: dict):
     se, pool_kwargs = block.get("se"), _timm_stem_pool(stem.get("pool", "max"), block.get("anti_alias"))
     if (se is not None and se not in _TIMM_SE) or pool_kwargs is None:
         return None
+    resnest = _resnest_args(block)
+    if resnest == "none" or (resnest and (se is not None or block.get("anti_alias"))):
+        return None  # a ResNeSt timm expresses (ResNestBottleneck) has no SE nor anti-aliasing
     kwargs = {"layers": [s["blocks"] for s in spec["stages"]], "num_classes": spec["head"]["classes"],
               "in_chans": spec["input"]["channels"], "cardinality": block.get("groups", 1),
               "base_width": block.get("width_per_group", 64),
               "channels": [s["channels"] for s in spec["stages"]], "bottleneck": block["type"] == "bottleneck",
               "se": None if se is None else _TIMM_SE.index(se), "zero_init_last": False, **pool_kwargs}
+    if resnest:
+        kwargs["resnest"] = resnest
     if deep:
         w = stem["channels"][0]
         if stem["channels"] != [w, w, 2 * w]:  # timm's deep stem: stem_width, stem_width, 2 x stem_width
@@ -233,6 +242,23 @@ def _timm_stem_pool(pool, anti_alias):
         return {}
     avg2 = {"type": "avg", "kernel": 2, "stride": 2, "padding": 0, "ceil_mode": False, "count_include_pad": True}
     return {"aa_layer": "avgpool"} if full == avg2 and anti_alias == "avgpool" else None
+
+
+def _resnest_args(block: dict):
+    """timm ResNestBottleneck's block_args for a block.spatial/block.avd (None: a plain timm Bottleneck;
+    'none': no timm block has it). timm's SplitAttn takes its attention width at rd_ratio 0.25, divisor 8,
+    at least 32: other widths are 'none'."""
+    from ...config import DEFAULTS, spatial_config
+
+    spatial, avd = spatial_config(block.get("spatial")), block.get("avd")
+    if spatial["type"] == "conv" and avd is None:
+        return None
+    if spatial["type"] not in ("conv", "split_attention") or block["type"] != "bottleneck":
+        return "none"
+    if spatial["type"] == "split_attention" and \
+            {**spatial, "radix": 2} != DEFAULTS["block.spatial.split_attention"]:
+        return "none"
+    return {"radix": spatial.get("radix", 0), "avd": avd is not None, "avd_first": avd == "before_3x3"}
 
 
 def _resnetv2_equivalent(spec: dict):
@@ -309,6 +335,10 @@ def build_timm(kwargs: dict):
 
     kw = dict(kwargs)
     kw["block"] = resnet.Bottleneck if kw.pop("bottleneck") else resnet.BasicBlock
+    if "resnest" in kw:
+        from timm.models.resnest import ResNestBottleneck
+
+        kw["block"], kw["block_args"] = ResNestBottleneck, kw.pop("resnest")
     se = kw.pop("se")
     if se is not None:
         kw["block_args"] = {"attn_layer": ("se", partial(resnet.get_attn("se"), rd_ratio=0.25), "eca")[se]}

@@ -19,6 +19,7 @@ from .. import ir, yamlio
 from ..errors import ResNetSpecError
 from ..ir import se_reduced
 from ..resolve import load_network
+from . import infer_resnest as resnest
 from .source import Source, first_difference
 
 _BLOCK = re.compile(r"^layer(\d+)\.(\d+)\.(.+)$")
@@ -105,22 +106,26 @@ def _stage(src, si, blocks, bottleneck, preact, facts_stride):
         out_ch = _need(src, name, first, "conv3").shape[0]
         if out_ch % 4:
             raise src.refuse(f"{name}.conv3", f"{out_ch} output channels are not 4 x the block's channels")
-        planes, c2 = out_ch // 4, _need(src, name, first, "conv2")
-        if c2.shape[0] % c2.shape[1]:
-            raise src.refuse(f"{name}.conv2", f"weight shape {tuple(c2.shape)}: its output channels are not a "
-                             "multiple of its input channels per group")
-        width, groups = c2.shape[0], c2.shape[0] // c2.shape[1]
+        planes = out_ch // 4
+        if "conv2.conv" in first:  # ResNeSt's split attention
+            width, groups = resnest.stage_width(src, name, first)
+        else:
+            c2 = _need(src, name, first, "conv2")
+            if c2.shape[0] % c2.shape[1]:
+                raise src.refuse(f"{name}.conv2", f"weight shape {tuple(c2.shape)}: its output channels are not a "
+                                 "multiple of its input channels per group")
+            width, groups = c2.shape[0], c2.shape[0] // c2.shape[1]
     else:
         planes, width, groups = _need(src, name, first, "conv2").shape[0], None, 1
     stage = {"blocks": len(blocks), "channels": planes}
     stride, where, at = 1, None, None
     for bi, blk in enumerate(blocks):
-        for leaf in ("conv1", "conv2", "downsample.0", "downsample.1"):
+        for leaf in ("conv1", "conv2", "conv2.conv", "downsample.0", "downsample.1"):
             layer = blk.get(leaf)
             if layer is not None and layer.kind == "conv" and (layer.stride or 1) > 1:
                 stride, at = layer.stride, bi
-                if leaf in ("conv1", "conv2"):
-                    where = {"conv1": "1x1", "conv2": "3x3"}[leaf] if bottleneck else None
+                if leaf in ("conv1", "conv2", "conv2.conv"):
+                    where = ("1x1" if leaf == "conv1" else "3x3") if bottleneck else None
     pooled = src.facts.get("shortcut_pool_strides", {}).get(si)
     if pooled and stride == 1:
         stride = pooled
@@ -154,6 +159,7 @@ def candidates(src: Source, name: str, input_size) -> list:
         block["preact"] = True
     if src.facts.get("anti_alias"):
         block["anti_alias"] = src.facts["anti_alias"]
+    resnest.block_keys(src, stages, block)
     d["block"] = block
     fc = L.get("fc")
     if fc is None:

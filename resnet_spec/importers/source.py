@@ -121,6 +121,17 @@ def _eca_layers(op: ir.ECA) -> tuple:
     return (SpecLayer(f"{op.name}.conv", "conv1d", (1, 1, op.kernel), False, 1, op.padding, 1),)
 
 
+def _split_attention_layers(op: ir.SplitAttention) -> tuple:
+    """timm SplitAttn's conv (groups * radix groups, no bias), bn0, fc1 and fc2 (1x1, groups groups, bias), bn1."""
+    n, mid, attn, g = op.name, op.mid_channels, op.attn_channels, op.groups
+    return (SpecLayer(f"{n}.conv", "conv", (mid, op.in_channels // op.conv_groups, op.kernel, op.kernel), False,
+                      op.stride, op.padding, op.dilation),
+            SpecLayer(f"{n}.bn0", "bn", (mid,), True, eps=op.eps),
+            SpecLayer(f"{n}.fc1", "conv", (attn, op.channels // g, 1, 1), True, 1, 0, 1),
+            SpecLayer(f"{n}.bn1", "bn", (attn,), True, eps=op.eps),
+            SpecLayer(f"{n}.fc2", "conv", (mid, attn // g, 1, 1), True, 1, 0, 1))
+
+
 def _no_layers(op) -> tuple:
     return ()
 
@@ -140,6 +151,7 @@ SPEC_LAYERS = {
     ir.GlobalAvgPool: _no_layers,
     ir.Dropout: _no_layers,
     ir.Linear: lambda op: (SpecLayer(op.name, "linear", (op.out_features, op.in_features), op.bias),),
+    ir.SplitAttention: _split_attention_layers,
 }
 
 

@@ -116,6 +116,22 @@ def _init_linear(op: ir.Linear, init: _Init) -> dict:
     return {name: init.uniform_fan_in(op.in_features, shape) for name, shape, _ in op.tensors()}
 
 
+def _init_split_attention(op: ir.SplitAttention, init: _Init) -> dict:
+    """The conv He normal (fan-out) as :func:`_init_conv`; bn0 and bn1 as every BN that is not a block's last;
+    fc1 and fc2 (1x1 grouped convs with bias) U(+-1/sqrt(fan_in)), fan_in = their inputs per group."""
+    out, n = {}, op.name
+    fan_in = {"fc1": op.channels // op.groups, "fc2": op.attn_channels // op.groups}
+    for name, shape, _ in op.tensors():
+        part, leaf = name[len(n) + 1:].split(".")
+        if part == "conv":
+            out[name] = init.rng.normal(0.0, math.sqrt(2.0 / (op.mid_channels * op.kernel * op.kernel)), shape)
+        elif part in ("bn0", "bn1"):
+            out[name] = _bn_tensor(init, leaf, shape, False)
+        else:
+            out[name] = init.uniform_fan_in(fan_in[part], shape)
+    return out
+
+
 def _no_tensors(op, init: _Init) -> dict:
     return {}
 
@@ -135,4 +151,5 @@ INIT = {
     ir.GlobalAvgPool: _no_tensors,
     ir.Dropout: _no_tensors,
     ir.Linear: _init_linear,
+    ir.SplitAttention: _init_split_attention,
 }
