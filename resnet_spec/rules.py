@@ -5,7 +5,7 @@ its errors, located at the field (as jsonschema does per keyword); :data:`RULES`
 
 from __future__ import annotations
 
-from .config import DEFAULTS, SE_KEYS, STEM_POOL_KEYS, BlockConfig, StemConfig, opt
+from .config import DEFAULTS, SE_KEYS, SPATIAL_KEYS, STEM_POOL_KEYS, BlockConfig, StemConfig, opt
 from .errors import SpecError
 from .regnet import params_errors, stage_path, stages_of
 from .spec import Spec
@@ -93,6 +93,28 @@ def _rule_anti_alias(spec: Spec):
                          ("block", "anti_alias"))
 
 
+def _rule_spatial(spec: Spec):
+    """block.spatial: only its type's keys; Res2Net's split convs replace a v1 bottleneck's strided 3x3 conv."""
+    given = spec.data["block"].get("spatial") or {}
+    kind = given.get("type", "conv")
+    for key in given:
+        if key not in SPATIAL_KEYS[kind]:
+            other = next(t for t, keys in SPATIAL_KEYS.items() if key in keys)
+            yield spec.error(f"'{key}' applies to block.spatial type {other!r} only, not to type {kind!r}",
+                             ("block", "spatial", key))
+    if kind != "res2net":
+        return
+    blk, where = BlockConfig.of(spec.data), ("block", "spatial", "type")
+    if blk.kind != "bottleneck":
+        yield spec.error("block.spatial type 'res2net' applies to bottleneck blocks only", where)
+        return
+    for bad, why in ((blk.preact, "pre-activation blocks"), (blk.stride_on_1x1, "stride_on: 1x1 (its 3x3 convs "
+                     "carry the stride)"), (blk.anti_alias is not None, "anti_alias"),
+                     (blk.se is not None and blk.se["placement"] == "after_3x3", "SE placement 'after_3x3'")):
+        if bad:
+            yield spec.error(f"block.spatial type 'res2net' is not supported with {why}", where)
+
+
 def _rule_se(spec: Spec):
     blk = BlockConfig.of(spec.data)
     if blk.se is None:
@@ -154,7 +176,7 @@ def _rule_dilate(spec: Spec):
 
 
 #: The semantic rules that need nothing but the required fields, in the order resolve() checks them.
-RULES = (_rule_bottleneck_only, _rule_regnet, _rule_se, _rule_shortcut, _rule_stem, _rule_anti_alias, _rule_depth,
+RULES = (_rule_bottleneck_only, _rule_regnet, _rule_spatial, _rule_se, _rule_shortcut, _rule_stem, _rule_anti_alias, _rule_depth,
          _rule_dilate)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from ... import ir
+from . import res2net
 from .pool import pool_to_nodes as pool_nodes  # rewrite-proof pooling: see backends.onnx.pool
 from ...errors import BackendUnavailable, ResNetSpecError
 from ...naming import UniqueNames
@@ -175,6 +176,7 @@ OPS = {
     ir.DropPath: _identity,
     ir.Dropout: _identity,
     ir.GlobalAvgPool: _global_avg_pool,
+    ir.Res2Net: res2net.lower,
     ir.Linear: _linear,
 }
 

@@ -15,6 +15,7 @@ import numpy as np
 from ... import ir
 from .. import DTYPES, common
 from ..legs import parse_device
+from . import res2net
 from ...errors import BackendUnavailable
 
 NAME = "torch"
@@ -166,6 +167,7 @@ OPS = {
     ir.GlobalAvgPool: lambda op: GlobalAvgPool(),
     ir.Dropout: lambda op: nn.Dropout(op.rate),
     ir.Linear: lambda op: nn.Linear(op.in_features, op.out_features, op.bias),
+    ir.Res2Net: res2net.modules,  # a dict: modules registered on the block itself (timm's convs.N, bns.N)
 }
 
 
@@ -191,6 +193,12 @@ class _Builder(common.Lowering):
                 name, i = f"{base}{i}", i + 1
                 existing = _find(self.root, name)
         mod = self.lowering_of(op)(op)
+        if isinstance(mod, dict):  # modules at attributes of ``name`` (a block), run together
+            owner = self.root.get_submodule(name)
+            for attr, child in mod.items():
+                owner.add_module(attr, child)
+            self.seq.append(res2net.Res2NetSplits(op, mod))
+            return x
         *path, leaf = name.split(".")
         parent = self.root
         for part in path:

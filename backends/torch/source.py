@@ -35,7 +35,10 @@ from ... import __version__, ir
 from .. import common
 
 #: The helper modules an emitted file may need, copied from backends/torch/backend.py's source.
-HELPER_CLASSES = ("Subsample", "ChannelPad", "PaddedMaxPool", "SqueezeExcite", "ECA", "DropPath", "GlobalAvgPool")
+HELPER_CLASSES = ("Subsample", "ChannelPad", "PaddedMaxPool", "SqueezeExcite", "ECA", "DropPath", "GlobalAvgPool",
+                  "res2net_splits")
+#: The helpers defined outside backend.py: name -> its file in backends/torch.
+_HELPER_FILES = {"res2net_splits": "res2net.py"}
 _KINDS = {"bottleneck": "Bottleneck", "basic": "BasicBlock"}
 #: ir.Block.shortcut_kind -> (block class name suffix, words for its docstring)
 _SHORTCUTS = {"identity": ("", "identity"), "projection": ("Projection", "projection"),
@@ -101,6 +104,27 @@ def _pool(op: ir.Pool, lw) -> str:
     return f"PaddedMaxPool({op.kernel}, {op.stride}, {(counted, tuple(rest))!r}, 0.0)"
 
 
+@dataclass
+class _Modules:
+    """An op lowered to several modules at attributes of its block (``convs``, ``bns``, ``pool``: Res2Net's
+    timm names) and one forward line calling a helper function on them (``{src}``: the value it reads)."""
+
+    modules: list
+    line: str
+
+
+def _res2net(op: ir.Res2Net, lw) -> _Modules:
+    parts = common.res2net_parts(op)
+    mods = [("convs", "nn.ModuleList([" + ", ".join(_conv(c, lw) for c, _ in parts) + "])")]
+    if op.norm:
+        mods.append(("bns", "nn.ModuleList([" + ", ".join(_batchnorm(b, lw) for _, b in parts) + "])"))
+    pool = common.res2net_pool(op)
+    if pool is not None:
+        mods.append(("pool", _pool(pool, lw)))
+    bns, p = ("self.bns" if op.norm else "[nn.Identity()] * len(self.convs)"), ("self.pool" if pool else "None")
+    return _Modules(mods, f"out = res2net_splits({{src}}, self.convs, {bns}, {p}, {op.width}, {op.cascade})")
+
+
 #: How each IR op becomes a module constructor in the source (the conformance test checks it is complete).
 OPS = {
     ir.Conv: _conv,
@@ -115,6 +139,7 @@ OPS = {
     ir.GlobalAvgPool: lambda op, lw: "GlobalAvgPool()",
     ir.Dropout: lambda op, lw: f"nn.Dropout({op.rate!r})",
     ir.Linear: lambda op, lw: f"nn.Linear({op.in_features}, {op.out_features}, bias={op.bias})",
+    ir.Res2Net: _res2net,
 }
 
 
@@ -146,10 +171,14 @@ class _Emitter(common.Lowering):
 
     def op(self, op, x, name, tap):
         owner, branch = self.where
+        expr = self.lowering_of(op)(op, self)
+        if isinstance(expr, _Modules):  # at the block's own attributes (op.name is the block's)
+            self.steps.append(_Modules(expr.modules, expr.line.format(src=x)))
+            return _VAR[branch]
         if owner and not name.startswith(owner + "."):
             raise ValueError(f"torch source: op {name} is not inside its block {owner}")
         attr = name[len(owner) + 1:] if owner else name
-        self.steps.append(_Step(branch, attr, self.lowering_of(op)(op, self), x, not getattr(op, "name", None)))
+        self.steps.append(_Step(branch, attr, expr, x, not getattr(op, "name", None)))
         return _VAR[branch]
 
     def add(self, y, s, block, tap):
@@ -197,6 +226,11 @@ class _Section:
             step = steps[i]
             if isinstance(step, str):
                 self.lines.append(step)
+                i += 1
+                continue
+            if isinstance(step, _Modules):
+                self.modules += step.modules
+                self.lines.append(step.line)
                 i += 1
                 continue
             slot, n = _slot(step.attr), 1
@@ -322,13 +356,16 @@ def _helpers(text: str) -> str:
     wanted = [name for name in HELPER_CLASSES if re.search(rf"\b{name}\(", text)]
     if not wanted:
         return ""
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "backend.py")
-    with open(path, encoding="utf-8") as f:
-        source = f.read()
-    found = {node.name: node for node in ast.walk(ast.parse(source)) if isinstance(node, ast.ClassDef)}
-    lines = source.splitlines()
-    return "".join(textwrap.dedent("\n".join(lines[found[n].lineno - 1:found[n].end_lineno])) + "\n\n\n"
-                   for n in wanted)
+    out = []
+    for n in wanted:
+        path = os.path.join(os.path.dirname(os.path.abspath(__file__)), _HELPER_FILES.get(n, "backend.py"))
+        with open(path, encoding="utf-8") as f:
+            source = f.read()
+        found = {node.name: node for node in ast.walk(ast.parse(source))
+                 if isinstance(node, (ast.ClassDef, ast.FunctionDef))}
+        lines = source.splitlines()
+        out.append(textwrap.dedent("\n".join(lines[found[n].lineno - 1:found[n].end_lineno])) + "\n\n\n")
+    return "".join(out)
 
 
 def to_source(net: ir.Network, weights_file: str | None = None, layout: str = "nchw") -> str:
