@@ -277,13 +277,18 @@ def _max_rel(model, net, weights) -> float:
     return float((ref - got).abs().max() / ref.abs().max())
 
 
-@pytest.mark.parametrize("name", ["res2net50_26w_4s", "res2next50"])
+ZOO = ["res2net50_26w_4s", pytest.param("res2next50", marks=pytest.mark.slow)]
+
+
+@pytest.mark.parametrize("name", ZOO)
 def test_zoo_entry_equals_timm_with_randomized_weights(name):
     import dataclasses
 
     model, weights = _timm_randomized(name)
     net = resnet_spec.load(f"extends: {name}\ninput: {{size: 64}}\n")
     assert _max_rel(model, net, weights) <= 1e-6
+    if name != "res2net50_26w_4s":
+        return
     # sharp: the same network with the cascade on in every block, or the last split never pooled, differs
     for change in ({"cascade": True}, {"last": "pass"}):
         blocks = tuple(dataclasses.replace(b, main=tuple(dataclasses.replace(op, **change) if isinstance(op, ir.Res2Net)
@@ -294,7 +299,7 @@ def test_zoo_entry_equals_timm_with_randomized_weights(name):
         assert _max_rel(model, wrong, weights) > 1e-3, change
 
 
-@pytest.mark.parametrize("name", ["res2net50_26w_4s", "res2next50"])
+@pytest.mark.parametrize("name", ZOO)
 def test_zoo_entry_has_timms_parameters_and_macs(name):
     torch = pytest.importorskip("torch")
     timm = pytest.importorskip("timm")

@@ -18,7 +18,7 @@ def res2net_splits(x, convs, bns, pool, width: int, cascade: bool):
     """Split ``x`` into groups of ``width`` channels; group i < len(convs) -> relu(bns[i](convs[i](.)))
     of itself (plus the previous output when ``cascade``), the last group passed through or ``pool``-ed;
     concatenated in order."""
-    splits = torch.split(x, width, 1)
+    splits = [x[:, i:i + width] for i in range(0, len(convs) * width + 1, width)]  # slices (torch.export: aten.slice)
     outs = []
     for i, (conv, bn) in enumerate(zip(convs, bns)):
         sp = splits[i] if i == 0 or not cascade else outs[-1] + splits[i]
