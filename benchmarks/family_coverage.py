@@ -70,6 +70,7 @@ FAMILIES = {
     "timm-tresnet": ("timm tresnet.py", _timm("tresnet")),
     "torchvision": ("torchvision ResNet / ResNeXt / Wide ResNet", _torchvision),
     "timm-regnet": ("timm regnet.py", _timm("regnet")),
+    "timm-res2net": ("timm res2net.py", _timm("res2net")),
     "torchvision-regnet": ("torchvision RegNet", _torchvision_regnet),
     "keras": ("keras.applications ResNet / ResNetV2", lambda: [f"keras:{m}" for m in KERAS_APPS]),
 }

@@ -313,3 +313,66 @@ def test_zoo_entry_has_timms_parameters_and_macs(name):
         model(torch.zeros(1, 3, 64, 64))
     assert net.macs == counter.get_total_flops() // 2
     assert resnet_spec.spec.load(name).data["reference"] == {"library": "timm", "model": name}
+
+
+# --- import ------------------------------------------------------------------------------------------
+
+TIMM_MODELS = ["res2net50_14w_8s", "res2net50_26w_4s", "res2net50_26w_6s", "res2net50_26w_8s", "res2net50_48w_2s",
+               "res2net50d", "res2net101_26w_4s", "res2net101d", "res2next50"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", TIMM_MODELS)
+def test_import_by_name_with_parity(name):
+    pytest.importorskip("timm")
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks"))
+    import family_coverage
+
+    assert f"timm:{name}" in family_coverage.FAMILIES["timm-res2net"][1]()
+    r = family_coverage.run_one(f"timm:{name}", 64, isolated=False)
+    assert r["status"] == "parity", r
+    assert r["max_rel"] <= 1e-6
+
+
+def _tiny_state_dict(tmp_path, drop: str | None = None):
+    torch = pytest.importorskip("torch")
+    net = _net(RES2NEXT)
+    weights = {k: v for k, v in _weights(net).items() if drop is None or not k.startswith(drop)}
+    path = tmp_path / "r2.pth"
+    torch.save({k: torch.from_numpy(np.asarray(v, np.float32)) for k, v in weights.items()}, str(path))
+    return net, path
+
+
+def test_a_state_dict_import_infers_res2net(tmp_path):
+    from resnet_spec.importers import import_source
+
+    net, path = _tiny_state_dict(tmp_path)
+    _, _, got, full, _ = import_source(str(path), "m", 32)
+    assert full["block"]["spatial"] == {"type": "res2net", "scale": 3}
+    assert (full["block"]["groups"], full["block"]["width_per_group"]) == (2, 16)
+    def facts(n):  # a state dict holds no input size: the spatial shapes are the conventions'
+        return [(op.name, op.scale, op.width, op.groups, op.stride, op.cascade, op.last, op.pool_stride)
+                for op in n.all_ops() if isinstance(op, ir.Res2Net)]
+    assert facts(got) == facts(net)
+
+
+def test_blocks_of_different_scales_are_refused_in_one_line(tmp_path):
+    _, path = _tiny_state_dict(tmp_path, drop="layer2.1.convs.1")
+    res = CliRunner().invoke(main, ["import", str(path), "--input-size", "32", "-o", str(tmp_path / "o")])
+    one_line_error(res.exit_code, res.output, "Res2Net blocks of different scales [2, 3]")
+
+
+@pytest.mark.slow  # two timm models, each proven in timm's ResNet class with its Bottle2neck
+@pytest.mark.parametrize("name", ["res2net50d", "res2next50"])
+def test_state_dict_imports_and_is_proven_in_timm(tmp_path, name):
+    torch = pytest.importorskip("torch")
+    from resnet_spec.importers import import_source
+    from resnet_spec.importers.run import prove
+
+    _, weights = _timm_randomized(name)
+    path = tmp_path / "r2.pth"
+    torch.save({k: torch.from_numpy(v) for k, v in weights.items()}, str(path))
+    src, _, net, full, w = import_source(str(path), "m", 64)
+    assert full["block"]["spatial"]["type"] == "res2net"
+    cmp = prove(src, net, full, w, isolated=False)
+    assert cmp["passed"] and "ResNet class" in cmp["source"] and cmp["max_rel"] <= 1e-6, cmp

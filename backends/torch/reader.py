@@ -200,6 +200,8 @@ def timm_equivalent(spec: dict):
               "base_width": block.get("width_per_group", 64),
               "channels": [s["channels"] for s in spec["stages"]], "bottleneck": block["type"] == "bottleneck",
               "se": None if se is None else _TIMM_SE.index(se), "zero_init_last": False, **pool_kwargs}
+    if block.get("spatial"):  # timm's Res2Net: its Bottle2neck in the same ResNet class (timm res2net.py)
+        kwargs["res2net_scale"] = block["spatial"]["scale"]
     if deep:
         w = stem["channels"][0]
         if stem["channels"] != [w, w, 2 * w]:  # timm's deep stem: stem_width, stem_width, 2 x stem_width
@@ -309,9 +311,13 @@ def build_timm(kwargs: dict):
 
     kw = dict(kwargs)
     kw["block"] = resnet.Bottleneck if kw.pop("bottleneck") else resnet.BasicBlock
-    se = kw.pop("se")
+    se, scale, kw["block_args"] = kw.pop("se"), kw.pop("res2net_scale", None), {}
+    if scale is not None:
+        from timm.models.res2net import Bottle2neck
+
+        kw["block"], kw["block_args"]["scale"] = Bottle2neck, scale
     if se is not None:
-        kw["block_args"] = {"attn_layer": ("se", partial(resnet.get_attn("se"), rd_ratio=0.25), "eca")[se]}
+        kw["block_args"]["attn_layer"] = ("se", partial(resnet.get_attn("se"), rd_ratio=0.25), "eca")[se]
     if kw.get("aa_layer") == "avgpool":
         kw["aa_layer"] = nn.AvgPool2d
     return resnet.ResNet(**kw).eval()
