@@ -376,3 +376,12 @@ def test_state_dict_imports_and_is_proven_in_timm(tmp_path, name):
     assert full["block"]["spatial"]["type"] == "res2net"
     cmp = prove(src, net, full, w, isolated=False)
     assert cmp["passed"] and "ResNet class" in cmp["source"] and cmp["max_rel"] <= 1e-6, cmp
+
+
+def test_diagram_names_the_splits_and_the_stride():
+    from resnet_spec.diagram import stage_info
+
+    stages = stage_info(resnet_spec.load("res2next50"))
+    assert [s["kind"] for s in stages] == [f"Res2Net bottleneck, 4 splits of {w}" for w in (32, 64, 128, 256)]
+    assert [s["groups"] for s in stages] == [8] * 4
+    assert stages[1]["stride"] == "stride 2 on the 3x3 conv (first block)"
