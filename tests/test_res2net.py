@@ -235,9 +235,26 @@ def test_torch_source_runs_and_equals_the_backend(tmp_path):
 @pytest.mark.slow  # parity's worker processes: torch, .py, ONNX, Keras on TF/JAX/torch, TFLite
 def test_parity_passes_every_pair(tmp_path):
     path = tmp_path / "s.yaml"
+    path.write_text(TINY.replace("size: 32", "size: 40") + f"block: {RES2NEXT}\n")
+    res = CliRunner().invoke(main, ["parity", str(path)])
+    assert res.exit_code == 0 and "PASS: 10/10 pairs" in res.output, res.output
+
+
+@pytest.mark.slow  # one training step in every leg's worker and PyTorch's float64 reference
+def test_train_parity_passes_with_every_split_relu_paired(tmp_path):
+    path = tmp_path / "s.yaml"
     path.write_text(TINY + f"block: {RES2NEXT}\n")
-    res = CliRunner().invoke(main, ["parity", str(path), "--input-size", "40"])
-    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(main, ["parity", str(path), "--train"])
+    assert res.exit_code == 0 and "PASS: 6/6 pairs agree in training mode" in res.output, res.output
+
+
+def test_keras_relu_sites_include_each_split_conv():
+    from resnet_spec.backends.keras.model import relu_layer_names
+
+    net = _net(RES2NEXT)  # scale 3: two split convs per block
+    sites = relu_layer_names(net)
+    assert sites[:5] == ["stem-relu", "layer1-0-relu", "layer1-0-relu_split0", "layer1-0-relu_split1", "layer1-0-out"]
+    assert len(sites) == 1 + len(net.blocks) * 4  # bn1's, two split convs', the block's output ReLU
 
 
 @pytest.mark.slow  # int8 calibration and verify's runtime workers

@@ -300,6 +300,8 @@ class _ReluSites(_Lowering):
             self.sites.append(layer)
         elif isinstance(op, ir.SqueezeExcite):
             self.sites.append(self.namer(_se_relu(canonical_name(layer))))
+        elif isinstance(op, ir.Res2Net):  # each split conv's ReLU, named as backends/keras/res2net.py names it
+            self.sites += [self.namer(res2net.relu_name(op, i)) for i in range(op.convs)]
         return x
 
     def add(self, y, s, block, tap):

@@ -20,6 +20,11 @@ def _split(L, x, start: int, stop: int, base: str, namer):
     return L.Reshape((h, w, stop - start), name=namer(base))(y)
 
 
+def relu_name(op: ir.Res2Net, i: int) -> str:
+    """The canonical-style name of split conv ``i``'s ReLU layer (``layer1.0.relu_split0``)."""
+    return f"{op.name}.relu_split{i}"
+
+
 def lower(table: dict, L, op: ir.Res2Net, x, namer):
     """The layers of ``op`` reading ``x``; ``table`` lowers the split convs, BNs and the pool."""
     n, w = op.name, op.width
@@ -30,7 +35,7 @@ def lower(table: dict, L, op: ir.Res2Net, x, namer):
         y = table[ir.Conv](conv, sp, namer(conv.name), namer)
         if bn is not None:
             y = table[ir.BatchNorm](bn, y, namer(bn.name), namer)
-        outs.append(L.Activation("relu", name=namer(f"{n}.relu{i}"))(y))
+        outs.append(L.Activation("relu", name=namer(relu_name(op, i)))(y))
     pool = common.res2net_pool(op)
     outs.append(splits[-1] if pool is None else table[ir.Pool](pool, splits[-1], namer(pool.name), namer))
     return L.Concatenate(axis=-1, name=namer(f"{n}.cat"))(outs)

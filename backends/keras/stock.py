@@ -14,6 +14,8 @@ numbers at inference:
   input), so the window's maximum is the maximum of its real cells, as with -inf;
 * ``ChannelPad`` (option-A shortcut) -> ``Reshape`` to (H, W, C, 1), ``ZeroPadding3D`` on the channel
   axis, ``Reshape`` back: zeros concatenated, nothing computed;
+* Res2Net's channel splits are stock layers in both lowerings (``Reshape``, ``Cropping3D``, ``Reshape``:
+  :mod:`.res2net`); its split BNs and pool lower as this table's BN and pool;
 * ``ExactAvgPool2D`` -> ``AveragePooling2D(padding='same')`` when TensorFlow's 'same' windows are
   PyTorch's (the uncounted padding is the extra bottom/right row of ceil mode, the divisor the number of
   real cells: resnet50d-style shortcut pools on odd sizes). Other partial-window averages keep

@@ -197,7 +197,8 @@ class _Builder(common.Lowering):
             owner = self.root.get_submodule(name)
             for attr, child in mod.items():
                 owner.add_module(attr, child)
-            self.seq.append(res2net.Res2NetSplits(op, mod))
+            relu = getattr(owner, "relu", None)
+            self.seq.append(res2net.Res2NetSplits(op, mod, relu if isinstance(relu, nn.ReLU) else nn.ReLU()))
             return x
         *path, leaf = name.split(".")
         parent = self.root

@@ -8,21 +8,20 @@ from __future__ import annotations
 
 try:
     import torch
-    import torch.nn.functional as F
     from torch import nn
 except ImportError:  # pragma: no cover - exercised only without torch
     torch = None
 
 
-def res2net_splits(x, convs, bns, pool, width: int, cascade: bool):
+def res2net_splits(x, convs, bns, pool, width: int, cascade: bool, relu):
     """Split ``x`` into groups of ``width`` channels; group i < len(convs) -> relu(bns[i](convs[i](.)))
     of itself (plus the previous output when ``cascade``), the last group passed through or ``pool``-ed;
-    concatenated in order."""
+    concatenated in order. ``relu`` is the block's ReLU module (one per block, as timm's)."""
     splits = [x[:, i:i + width] for i in range(0, len(convs) * width + 1, width)]  # slices (torch.export: aten.slice)
     outs = []
     for i, (conv, bn) in enumerate(zip(convs, bns)):
         sp = splits[i] if i == 0 or not cascade else outs[-1] + splits[i]
-        outs.append(F.relu(bn(conv(sp))))
+        outs.append(relu(bn(conv(sp))))
     outs.append(splits[-1] if pool is None else pool(splits[-1]))
     return torch.cat(outs, 1)
 
@@ -41,11 +40,11 @@ def modules(op) -> dict:
 
 class Res2NetSplits:
     """Runs one block's split convs (its modules registered on the block by the builder, not here, so the
-    state_dict names are timm's)."""
+    state_dict names are timm's) with the block's ReLU module ``relu`` (``parity --train`` hooks ReLU modules)."""
 
-    def __init__(self, op, mods: dict):
-        self.mods, self.width, self.cascade = mods, op.width, op.cascade
+    def __init__(self, op, mods: dict, relu):
+        self.mods, self.width, self.cascade, self.relu = mods, op.width, op.cascade, relu
 
     def __call__(self, x):
         m = self.mods
-        return res2net_splits(x, m["convs"], m["bns"], m.get("pool"), self.width, self.cascade)
+        return res2net_splits(x, m["convs"], m["bns"], m.get("pool"), self.width, self.cascade, self.relu)

@@ -122,7 +122,7 @@ def _res2net(op: ir.Res2Net, lw) -> _Modules:
     if pool is not None:
         mods.append(("pool", _pool(pool, lw)))
     bns, p = ("self.bns" if op.norm else "[nn.Identity()] * len(self.convs)"), ("self.pool" if pool else "None")
-    return _Modules(mods, f"out = res2net_splits({{src}}, self.convs, {bns}, {p}, {op.width}, {op.cascade})")
+    return _Modules(mods, f"out = res2net_splits({{src}}, self.convs, {bns}, {p}, {op.width}, {op.cascade}, self.relu)")
 
 
 #: How each IR op becomes a module constructor in the source (the conformance test checks it is complete).
