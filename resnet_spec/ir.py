@@ -351,7 +351,8 @@ class Block:
 
     @property
     def convs(self) -> tuple:
-        """The residual branch's convolutions, in order (conv1, conv2[, conv3])."""
+        """The residual branch's convolutions, in order (conv1, conv2[, conv3]; a Res2Net block's split
+        convs are inside its :class:`Res2Net` op, not here)."""
         return tuple(op for op in self.main if isinstance(op, Conv))
 
     @property

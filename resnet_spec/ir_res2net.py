@@ -98,7 +98,8 @@ def res2net_op(name: str, scale: int, width: int, conv: tuple, first: bool, bn: 
     (count_include_pad: PyTorch's default, True)."""
     (stride, dilation, groups), (eps, momentum) = conv, bn
     _, h, w = in_shape
-    oh, ow = ((n + 2 * dilation - 2 * dilation - 1) // stride + 1 for n in (h, w))
+    # a 3x3 conv padded by its dilation, and the 3x3 pool padded by 1: both give floor((n - 1) / stride) + 1
+    oh, ow = ((n - 1) // stride + 1 for n in (h, w))
     return Res2Net(name, scale, width, 3, stride, dilation, dilation, groups, not first,
                    "pool" if first else "pass", 3 if first else 0, stride if first else 0, 1 if first else 0,
                    first, eps, momentum, in_shape, (scale * width, oh, ow))

@@ -406,3 +406,24 @@ def test_diagram_names_the_splits_and_the_stride():
     assert [s["kind"] for s in stages] == [f"Res2Net bottleneck, 4 splits of {w}" for w in (32, 64, 128, 256)]
     assert [s["groups"] for s in stages] == [8] * 4
     assert stages[1]["stride"] == "stride 2 on the 3x3 conv (first block)"
+
+
+@pytest.mark.slow  # a full-depth timm model
+def test_dilated_last_stage_equals_timms_output_stride_16():
+    """timm's output_stride=16: the last stage dilated, its first block's split convs at the previous
+    dilation (timm's first_dilation), the pool at stride 1."""
+    torch = pytest.importorskip("torch")
+    timm = pytest.importorskip("timm")
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks"))
+    import family_coverage
+
+    model = timm.create_model("res2net50_26w_4s", pretrained=False, output_stride=16).eval()
+    weights = family_coverage.randomized({k: v.numpy() for k, v in model.state_dict().items()
+                                          if not k.endswith("num_batches_tracked")})
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()}, strict=False)
+    net = resnet_spec.load("extends: res2net50_26w_4s\ninput: {size: 64}\nstages:\n- {blocks: 3, channels: 64}\n"
+                           "- {blocks: 4, channels: 128, stride: 2}\n- {blocks: 6, channels: 256, stride: 2}\n"
+                           "- {blocks: 3, channels: 512, stride: 2, dilate: true}\n")
+    ops = [op for b in net.blocks if b.stage == 3 for op in b.main if isinstance(op, ir.Res2Net)]
+    assert [(op.stride, op.dilation, op.last) for op in ops] == [(1, 1, "pool"), (1, 2, "pass"), (1, 2, "pass")]
+    assert _max_rel(model, net, weights) <= 1e-6
