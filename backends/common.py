@@ -180,6 +180,26 @@ def walk(lw: Lowering, net: ir.Network, x, *, head: bool = True):
     return x
 
 
+def res2net_parts(op: ir.Res2Net) -> list:
+    """``[(conv, bn or None)]``: a Res2Net block's split conv i and its BN as plain :class:`ir.Conv` and
+    :class:`ir.BatchNorm` (timm's ``convs.i``, ``bns.i``), every fact from ``op``, for a backend to lower
+    (or lay out the weights of) as it does any conv and BN."""
+    k, s, p, d, g, w = op.kernel, op.stride, op.padding, op.dilation, op.groups, op.width
+    i_shape, o_shape = op.split_in_shape, op.split_out_shape
+    return [(ir.Conv(op.conv_name(i), w, w, k, s, p, d, g, op.bias, i_shape, o_shape),
+             ir.BatchNorm(op.bn_name(i), w, op.eps, op.momentum, o_shape, o_shape) if op.norm else None)
+            for i in range(op.convs)]
+
+
+def res2net_pool(op: ir.Res2Net) -> ir.Pool | None:
+    """The average pool on a Res2Net block's last split, as an :class:`ir.Pool` every backend lowers as it
+    lowers any pool (None when the split passes through): its facts, all from ``op``; floor mode."""
+    if op.last != "pool":
+        return None
+    return ir.Pool(op.pool_name, "avg", op.pool_kernel, op.pool_stride, op.pool_padding, False,
+                   op.pool_count_include_pad, "neg_inf", op.split_in_shape, op.split_out_shape)
+
+
 def missing_lowerings(table) -> list:
     """The IR op types that ``table`` has no lowering for (the conformance test's check)."""
     return ir.missing_op_types(table)

@@ -71,6 +71,7 @@ FAMILIES = {
     "torchvision": ("torchvision ResNet / ResNeXt / Wide ResNet", _torchvision),
     "timm-regnet": ("timm regnet.py", _timm("regnet")),
     "timm-resnest": ("timm resnest.py", _timm("resnest")),
+    "timm-res2net": ("timm res2net.py", _timm("res2net")),
     "torchvision-regnet": ("torchvision RegNet", _torchvision_regnet),
     "keras": ("keras.applications ResNet / ResNetV2", lambda: [f"keras:{m}" for m in KERAS_APPS]),
 }

@@ -26,6 +26,7 @@ DEFAULTS = {
     "block.se.eca": {"type": "eca", "kernel": None, "gamma": 2, "beta": 1, "placement": "end"},
     "block.spatial.split_attention": {"type": "split_attention", "radix": 2, "ratio": 0.25, "divisor": 8,
                                       "min_channels": 32},
+    "block.spatial.res2net": {"type": "res2net", "scale": 4},
     "shortcut": {"type": "B", "projection": "conv", "strided_identity": False, "zero_pad": "split"},
     "shortcut.pool": {"ceil_mode": True, "count_include_pad": False},
     "head": {"classes": 1000, "dropout": 0.0, "bias": True},
@@ -59,9 +60,11 @@ def se_config(se: dict | None) -> dict | None:
 
 
 #: block.spatial type -> the block.spatial keys that apply to it (the others are refused when given, and the
-#: resolved spec shows only these): the plain conv + BN + ReLU, or ResNeSt's split attention (timm SplitAttn).
+#: resolved spec shows only these): the plain conv + BN + ReLU, ResNeSt's split attention (timm SplitAttn),
+#: or Res2Net's hierarchical split convs (timm Bottle2neck).
 SPATIAL_KEYS = {"conv": ("type",),
-                "split_attention": ("type", "radix", "ratio", "divisor", "min_channels")}
+                "split_attention": ("type", "radix", "ratio", "divisor", "min_channels"),
+                "res2net": ("type", "scale")}
 
 
 def spatial_config(spatial: dict | None) -> dict:

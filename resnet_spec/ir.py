@@ -299,8 +299,10 @@ from .ir_resnest import SplitAttention  # noqa: E402  (ResNeSt's split attention
 #: Every IR op type. Each backend lowers every one of them (``backends/common.py``), and every table of
 #: per-op facts has an entry for each (:func:`missing_op_types`; the conformance test
 #: ``tests/test_lowering.py`` checks each backend's ``OPS`` table and every other per-op table against this tuple).
+from .ir_res2net import Res2Net, res2net_op  # noqa: E402  (Res2Net's split convs: its own module)
+
 OP_TYPES = (Conv, BatchNorm, ReLU, Pool, Subsample, ChannelPad, SqueezeExcite, ECA, DropPath, GlobalAvgPool,
-            Dropout, Linear, SplitAttention)
+            Dropout, Linear, SplitAttention, Res2Net)
 
 
 def missing_op_types(table) -> list:
@@ -351,7 +353,8 @@ class Block:
 
     @property
     def convs(self) -> tuple:
-        """The residual branch's convolutions, in order (conv1, conv2[, conv3])."""
+        """The residual branch's convolutions, in order (conv1, conv2[, conv3]; a Res2Net block's split
+        convs are inside its :class:`Res2Net` op, not here)."""
         return tuple(op for op in self.main if isinstance(op, Conv))
 
     @property

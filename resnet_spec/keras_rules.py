@@ -241,6 +241,18 @@ def zero_pad3d(conf, inputs):
     return (shape[0], *(None if d is None else d + sum(p) for d, p in zip(shape[1:4], pads)), shape[4])
 
 
+def crop3d(conf, inputs):
+    """Cropping3D on channels_last 5-D inputs (Res2Net's channel splits: (H, W, C, 1) cropped along C)."""
+    shape = _first(inputs)
+    if shape is None or len(shape) != 5 or conf.get("data_format") == "channels_first":
+        raise Bad("Cropping3D is read on channels_last 5-D inputs only")
+    crops = _pairs(conf, "cropping", 3)
+    dims = tuple(None if d is None else d - sum(c) for d, c in zip(shape[1:4], crops))
+    if any(d is not None and d < 1 for d in dims):
+        raise Bad(f"cropping {crops!r} leaves nothing of {shape}")
+    return (shape[0], *dims, shape[4])
+
+
 # -- values: (how many, what) a layer allocates when it is built on ``shape`` -----------------------------
 
 

@@ -255,11 +255,19 @@ class _Resolver:
         main, shape = [], in_shape
         if blk.kind == "bottleneck":
             s1, s3 = (stride, 1) if blk.stride_on_1x1 else (1, stride)
-            plan = [(width, 1, s1, 0, 1, 1), (width, 3, s3, dil, dil, groups), (out_ch, 1, 1, 0, 1, 1)]
+            # Res2Net: conv1 feeds `scale` splits of `width`
+            scale = blk.spatial["scale"] if blk.spatial["type"] == "res2net" else 1
+            plan = [(width * scale, 1, s1, 0, 1, 1), (width, 3, s3, dil, dil, groups), (out_ch, 1, 1, 0, 1, 1)]
         else:
             plan = [(out_ch, 3, stride, dil, dil, 1), (out_ch, 3, 1, dil, dil, 1)]
         for i, (oc, k, s, p, dl, g) in enumerate(plan, start=1):
             last = i == len(plan)
+            if blk.spatial["type"] == "res2net" and i == 2:  # the rules keep Res2Net to v1 bottlenecks, stride on the 3x3
+                first = stride > 1 or in_shape[0] != out_ch  # timm's is_first: strided, or its shortcut projects
+                main.append(ir.res2net_op(name, scale, width, (stride, dil, groups), first, (self.eps, self.momentum),
+                                          shape))
+                shape = main[-1].out_shape
+                continue
             if self.preact and i > 1:
                 main += [self.bn(f"{name}.bn{i}", shape), self.relu(shape)]
             followed_by_bn = not (self.preact and last)

@@ -127,9 +127,10 @@ def _after_3x3(spec: Spec, blk):
 
 
 def _rule_spatial(spec: Spec):
-    """block.spatial: only the keys of its type; split attention in v1 bottlenecks only."""
+    """block.spatial: only the keys of its type; split attention and Res2Net's split convs replace a v1
+    bottleneck's 3x3 conv (Res2Net's also carry its stride, so nothing else may move it)."""
     blk, given = BlockConfig.of(spec.data), (spec.data["block"] or {}).get("spatial") or {}
-    kind = blk.spatial["type"]
+    kind, where = blk.spatial["type"], ("block", "spatial", "type")
     for key in given:
         if key not in SPATIAL_KEYS[kind]:
             other = next(t for t, keys in SPATIAL_KEYS.items() if key in keys)
@@ -138,10 +139,15 @@ def _rule_spatial(spec: Spec):
     if kind == "conv":
         return
     if blk.kind != "bottleneck":
-        yield spec.error(f"block.spatial type {kind!r} applies to bottleneck blocks only", ("block", "spatial", "type"))
+        yield spec.error(f"block.spatial type {kind!r} applies to bottleneck blocks only", where)
     elif blk.preact:
-        yield spec.error(f"block.spatial type {kind!r} is not supported with pre-activation blocks",
-                         ("block", "spatial", "type"))
+        yield spec.error(f"block.spatial type {kind!r} is not supported with pre-activation blocks", where)
+    elif kind == "res2net":
+        for bad, why in ((blk.stride_on_1x1, "stride_on: 1x1 (its 3x3 convs carry the stride)"),
+                         (blk.anti_alias is not None, "anti_alias"),
+                         (blk.se is not None and blk.se["placement"] == "after_3x3", "SE placement 'after_3x3'")):
+            if bad:
+                yield spec.error(f"block.spatial type 'res2net' is not supported with {why}", where)
 
 
 def _rule_avd(spec: Spec):
@@ -189,8 +195,8 @@ def _rule_dilate(spec: Spec):
 
 
 #: The semantic rules that need nothing but the required fields, in the order resolve() checks them.
-RULES = (_rule_bottleneck_only, _rule_regnet, _rule_se, _rule_shortcut, _rule_stem, _rule_anti_alias, _rule_depth,
-         _rule_dilate, _rule_spatial, _rule_avd)
+RULES = (_rule_bottleneck_only, _rule_regnet, _rule_spatial, _rule_se, _rule_shortcut, _rule_stem, _rule_anti_alias,
+         _rule_depth, _rule_dilate, _rule_avd)
 
 
 def rule_errors(spec: Spec):

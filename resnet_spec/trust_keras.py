@@ -72,6 +72,7 @@ LAYERS = {
     # the stock equivalents of this project's own layers (backends/keras/stock.py: files plain Keras loads)
     "Cropping2D": Layer(STOCK, R.crop), "Concatenate": Layer(STOCK, R.concat), "Reshape": Layer(STOCK, R.reshape),
     "ZeroPadding3D": Layer(STOCK, R.zero_pad3d),
+    "Cropping3D": Layer(STOCK, R.crop3d),  # Res2Net's channel splits (backends/keras/res2net.py)
     # ECA's conv across the channels (a sequence of one feature)
     "Conv1D": Layer(STOCK, R.conv1d, R.conv1d_values), "ZeroPadding1D": Layer(STOCK, R.zero_pad1d),
     "ConstantPad2D": Layer(custom.__name__, R.constant_pad), "ChannelPad": Layer(custom.__name__, R.channel_pad),

@@ -245,8 +245,8 @@ def _estimate(path) -> int:
 #: beside zoo entries, two specs using every op the Keras backend writes (conftest.TINY_A, TINY_B):
 #: grouped convolutions, SE, drop path and dropout (Dropout), conv biases, ceil-mode pools (ConstantPad2D),
 #: an average-pool shortcut with partial windows (ExactAvgPool2D); pre-activation, option A (ChannelPad);
-#: the same two in stock layers only, as ``convert`` writes them; ecaresnet50d's ECA (Conv1D) and resnest50d's
-#: split attention
+#: the same two in stock layers only, as ``convert`` writes them; ecaresnet50d's ECA (Conv1D), resnest50d's
+#: split attention and res2next50's splits (Cropping3D)
 LEGIT_SPECS = [("resnet18", None, "channels_last", "float32"), ("preact_resnet164", None, "channels_first", "float16"),
                ("seresnet50", None, "channels_last", "float32"), (TINY_A, None, "channels_last", "float32"),
                (TINY_B, None, "channels_last", "bfloat16"),
@@ -255,7 +255,9 @@ LEGIT_SPECS = [("resnet18", None, "channels_last", "float32"), ("preact_resnet16
                # ECA (Reshape, ZeroPadding1D, Conv1D), cut to two blocks per stage
                ("ecaresnet50d", 40, "channels_last", "float32", "stock"),
                # ResNeSt's split attention (Cropping2D of (H*W, radix, C), Permute, a softmax Activation)
-               ("resnest50d", 40, "channels_last", "float32", "stock")]
+               ("resnest50d", 40, "channels_last", "float32", "stock"),
+               # Res2Net's channel splits (Reshape, Cropping3D), cut to two blocks per stage
+               ("res2next50", 40, "channels_last", "float32", "stock")]
 LEGIT_APPS = [("ResNet50", {}), ("ResNet50V2", {"include_top": False, "pooling": "max"})]
 
 

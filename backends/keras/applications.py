@@ -17,6 +17,10 @@ def _no_se(op, place):
     raise ResNetSpecError("keras.applications ResNets have no squeeze-excite, channel or split attention")
 
 
+def _no_res2net(op, place):
+    raise ResNetSpecError("keras.applications ResNets have no Res2Net split convs")
+
+
 #: IR op type -> its keras.applications layer name from its place in the network (``conv1`` in the stem,
 #: ``conv3_block1_2`` for the BN after a block's second conv, ``post`` in the head; see
 #: :func:`keras_applications_names`), or None for a parameter-free op (no layer of its own to map). Every
@@ -31,6 +35,7 @@ APPLICATIONS_NAMES = {
     ir.SqueezeExcite: _no_se,
     ir.ECA: _no_se,
     ir.SplitAttention: _no_se,
+    ir.Res2Net: _no_res2net,
     ir.DropPath: None,
     ir.GlobalAvgPool: None,
     ir.Dropout: None,

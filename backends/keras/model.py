@@ -29,6 +29,7 @@ from ... import ir
 from ...errors import BackendUnavailable, ResNetSpecError
 from .. import common
 from ..legs import DTYPES
+from . import res2net
 from .layers import define
 from .names import Namer, canonical_name, layer_name, tap_layer_names
 from .resnest import split_attention_layers
@@ -198,6 +199,7 @@ OPS = {
     ir.Linear: lambda op, x, name, namer: _L().Dense(op.out_features, use_bias=op.bias, name=name)(x),
     ir.SplitAttention: lambda op, x, name, namer: split_attention_layers(op, x, name, namer, _L(), _conv_layers,
                                                                          _batch_norm),
+    ir.Res2Net: lambda op, x, name, namer: res2net.lower(OPS, _L(), op, x, namer),
 }
 
 
@@ -316,6 +318,8 @@ class _ReluSites(_Lowering):
             self.sites.append(self.namer(_se_relu(canonical_name(layer))))
         elif isinstance(op, ir.SplitAttention):  # its two ReLUs (backends/keras/resnest.py names them)
             self.sites += [self.namer(f"{canonical_name(layer)}.{act}") for act in ("act0", "act1")]
+        elif isinstance(op, ir.Res2Net):  # each split conv's ReLU, named as backends/keras/res2net.py names it
+            self.sites += [self.namer(res2net.relu_name(op, i)) for i in range(op.convs)]
         return x
 
     def add(self, y, s, block, tap):

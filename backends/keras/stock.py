@@ -14,6 +14,8 @@ numbers at inference:
   input), so the window's maximum is the maximum of its real cells, as with -inf;
 * ``ChannelPad`` (option-A shortcut) -> ``Reshape`` to (H, W, C, 1), ``ZeroPadding3D`` on the channel
   axis, ``Reshape`` back: zeros concatenated, nothing computed;
+* Res2Net's channel splits are stock layers in both lowerings (``Reshape``, ``Cropping3D``, ``Reshape``:
+  :mod:`.res2net`); its split BNs and pool lower as this table's BN and pool;
 * ``ExactAvgPool2D`` -> ``AveragePooling2D(padding='same')`` when TensorFlow's 'same' windows are
   PyTorch's (the uncounted padding is the extra bottom/right row of ceil mode, the divisor the number of
   real cells: resnet50d-style shortcut pools on odd sizes). Other partial-window averages keep
@@ -25,6 +27,7 @@ from __future__ import annotations
 import math
 
 from ... import ir
+from . import res2net
 from .layers import CLASSES
 from .model import OPS, _L, _Lowering, _conv_layers, build as _build
 from .resnest import split_attention_layers
@@ -99,7 +102,8 @@ def _channel_pad(op: ir.ChannelPad, x, name: str, namer: Namer):
 #: IR op type -> stock-layer lowering; every other op lowers as in :data:`.model.OPS` (stock already)
 STOCK_OPS = {**OPS, ir.BatchNorm: _batch_norm, ir.Pool: _pool_layers, ir.ChannelPad: _channel_pad,
              ir.SplitAttention: lambda op, x, name, namer: split_attention_layers(op, x, name, namer, _L(),
-                                                                                  _conv_layers, _batch_norm)}
+                                                                                  _conv_layers, _batch_norm),
+             ir.Res2Net: lambda op, x, name, namer: res2net.lower(STOCK_OPS, _L(), op, x, namer)}
 
 
 class StockLowering(_Lowering):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from ... import ir
+from ..common import res2net_parts
 from ...errors import WeightsError
 from .names import layer_name
 
@@ -104,6 +105,20 @@ def _split_attention_to_keras(op: ir.SplitAttention, weights) -> dict:
 
 def _split_attention_from_keras(op: ir.SplitAttention, get) -> dict:
     return {k: v for part in split_attention_parts(op) for k, v in LAYOUTS[type(part)][1](part, get).items()}
+def _res2net_to_keras(op: ir.Res2Net, weights) -> dict:
+    out = {}
+    for conv, bn in res2net_parts(op):  # each split's Conv2D and BN layer, as any conv's and BN's
+        out.update(_conv_to_keras(conv, weights))
+        out.update(_bn_to_keras(bn, weights) if bn else {})
+    return out
+
+
+def _res2net_from_keras(op: ir.Res2Net, get) -> dict:
+    out = {}
+    for conv, bn in res2net_parts(op):
+        out.update(_conv_from_keras(conv, get))
+        out.update(_bn_from_keras(bn, get) if bn else {})
+    return out
 
 
 #: The entry of a parameter-free op: no Keras weights either way.
@@ -126,6 +141,7 @@ LAYOUTS = {
     ir.Dropout: NO_WEIGHTS,
     ir.Linear: (_linear_to_keras, _linear_from_keras),
     ir.SplitAttention: (_split_attention_to_keras, _split_attention_from_keras),
+    ir.Res2Net: (_res2net_to_keras, _res2net_from_keras),
 }
 
 

@@ -19,6 +19,7 @@ import numpy as np
 
 from ... import ir
 from .resnest import fold_split_attention
+from . import res2net
 
 
 def fold_batchnorm(net: ir.Network, weights, dtype=np.float32) -> tuple:
@@ -61,6 +62,8 @@ def fold_batchnorm(net: ir.Network, weights, dtype=np.float32) -> tuple:
                     out.pop(f"{op.name}.{leaf}", None)
                 res[-1] = dataclasses.replace(prev, bias=True, out_shape=op.out_shape)
                 continue
+            if isinstance(op, ir.Res2Net):  # its split convs' BNs, folded the same way
+                op = res2net.fold(op, weights, out, dtype)
             res.append(op)
         return tuple(res)
 

@@ -12,8 +12,9 @@ from __future__ import annotations
 import numpy as np
 
 from ... import ir
-from .pool import pool_to_nodes as pool_nodes
-from .resnest import split_attention_nodes  # rewrite-proof pooling: see backends.onnx.pool
+from . import res2net
+from .pool import pool_to_nodes as pool_nodes  # rewrite-proof pooling: see backends.onnx.pool
+from .resnest import split_attention_nodes
 from ...errors import BackendUnavailable, ResNetSpecError
 from ...naming import UniqueNames
 from .. import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, common
@@ -176,6 +177,7 @@ OPS = {
     ir.DropPath: _identity,
     ir.Dropout: _identity,
     ir.GlobalAvgPool: _global_avg_pool,
+    ir.Res2Net: res2net.lower,
     ir.Linear: _linear,
     ir.SplitAttention: split_attention_nodes,
 }

@@ -136,7 +136,8 @@ class _Walker(Recogniser):
                 value = x
                 continue
             if len(data) != 1:
-                raise self.g.refuse(node, f"{len(data)} computed inputs; a ResNet layer has one")
+                raise self.g.refuse(node, "a Concat of split convs (Res2Net), which the ONNX reader does not read back "
+                                    "yet" if node.op_type == "Concat" else f"{len(data)} computed inputs; a ResNet layer has one")
             ops.append(("op", node, ins))
             value = data[0]
         return ops[::-1]

@@ -15,6 +15,7 @@ import numpy as np
 from ... import ir
 from .. import DTYPES, common
 from ..legs import parse_device
+from . import res2net
 from ...errors import BackendUnavailable
 from .resnest import split_attention_args
 
@@ -169,6 +170,7 @@ OPS = {
     ir.Dropout: lambda op: nn.Dropout(op.rate),
     ir.Linear: lambda op: nn.Linear(op.in_features, op.out_features, op.bias),
     ir.SplitAttention: lambda op: SplitAttention(*split_attention_args(op)),
+    ir.Res2Net: res2net.modules,  # a dict: modules registered on the block itself (timm's convs.N, bns.N)
 }
 
 
@@ -194,6 +196,13 @@ class _Builder(common.Lowering):
                 name, i = f"{base}{i}", i + 1
                 existing = _find(self.root, name)
         mod = self.lowering_of(op)(op)
+        if isinstance(mod, dict):  # modules at attributes of ``name`` (a block), run together
+            owner = self.root.get_submodule(name)
+            for attr, child in mod.items():
+                owner.add_module(attr, child)
+            relu = getattr(owner, "relu", None)
+            self.seq.append(res2net.Res2NetSplits(op, mod, relu if isinstance(relu, nn.ReLU) else nn.ReLU()))
+            return x
         *path, leaf = name.split(".")
         parent = self.root
         for part in path:

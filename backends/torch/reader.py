@@ -209,6 +209,8 @@ def timm_equivalent(spec: dict):
               "se": None if se is None else _TIMM_SE.index(se), "zero_init_last": False, **pool_kwargs}
     if resnest:
         kwargs["resnest"] = resnest
+    if (block.get("spatial") or {}).get("type") == "res2net":  # timm's Bottle2neck in the same ResNet class
+        kwargs["res2net_scale"] = block["spatial"]["scale"]
     if deep:
         w = stem["channels"][0]
         if stem["channels"] != [w, w, 2 * w]:  # timm's deep stem: stem_width, stem_width, 2 x stem_width
@@ -335,13 +337,18 @@ def build_timm(kwargs: dict):
 
     kw = dict(kwargs)
     kw["block"] = resnet.Bottleneck if kw.pop("bottleneck") else resnet.BasicBlock
+    se, scale = kw.pop("se"), kw.pop("res2net_scale", None)
     if "resnest" in kw:
         from timm.models.resnest import ResNestBottleneck
 
         kw["block"], kw["block_args"] = ResNestBottleneck, kw.pop("resnest")
-    se = kw.pop("se")
+    elif scale is not None:
+        from timm.models.res2net import Bottle2neck
+
+        kw["block"], kw["block_args"] = Bottle2neck, {"scale": scale}
+    kw.setdefault("block_args", {})
     if se is not None:
-        kw["block_args"] = {"attn_layer": ("se", partial(resnet.get_attn("se"), rd_ratio=0.25), "eca")[se]}
+        kw["block_args"]["attn_layer"] = ("se", partial(resnet.get_attn("se"), rd_ratio=0.25), "eca")[se]
     if kw.get("aa_layer") == "avgpool":
         kw["aa_layer"] = nn.AvgPool2d
     return resnet.ResNet(**kw).eval()

@@ -37,9 +37,9 @@ from .resnest import split_attention_args
 
 #: The helper modules an emitted file may need, copied from backends/torch/backend.py's source.
 HELPER_CLASSES = ("Subsample", "ChannelPad", "PaddedMaxPool", "SqueezeExcite", "ECA", "DropPath", "GlobalAvgPool",
-                  "SplitAttention")
-#: The modules of backends/torch/ whose classes the .py copies.
-_HELPER_FILES = ("backend.py", "resnest.py")
+                  "SplitAttention", "res2net_splits")
+#: The modules of backends/torch/ whose classes and functions the .py copies.
+_HELPER_FILES = ("backend.py", "resnest.py", "res2net.py")
 _KINDS = {"bottleneck": "Bottleneck", "basic": "BasicBlock"}
 #: ir.Block.shortcut_kind -> (block class name suffix, words for its docstring)
 _SHORTCUTS = {"identity": ("", "identity"), "projection": ("Projection", "projection"),
@@ -105,6 +105,27 @@ def _pool(op: ir.Pool, lw) -> str:
     return f"PaddedMaxPool({op.kernel}, {op.stride}, {(counted, tuple(rest))!r}, 0.0)"
 
 
+@dataclass
+class _Modules:
+    """An op lowered to several modules at attributes of its block (``convs``, ``bns``, ``pool``: Res2Net's
+    timm names) and one forward line calling a helper function on them (``{src}``: the value it reads)."""
+
+    modules: list
+    line: str
+
+
+def _res2net(op: ir.Res2Net, lw) -> _Modules:
+    parts = common.res2net_parts(op)
+    mods = [("convs", "nn.ModuleList([" + ", ".join(_conv(c, lw) for c, _ in parts) + "])")]
+    if op.norm:
+        mods.append(("bns", "nn.ModuleList([" + ", ".join(_batchnorm(b, lw) for _, b in parts) + "])"))
+    pool = common.res2net_pool(op)
+    if pool is not None:
+        mods.append(("pool", _pool(pool, lw)))
+    bns, p = ("self.bns" if op.norm else "[nn.Identity()] * len(self.convs)"), ("self.pool" if pool else "None")
+    return _Modules(mods, f"out = res2net_splits({{src}}, self.convs, {bns}, {p}, {op.width}, {op.cascade}, self.relu)")
+
+
 #: How each IR op becomes a module constructor in the source (the conformance test checks it is complete).
 OPS = {
     ir.Conv: _conv,
@@ -120,6 +141,7 @@ OPS = {
     ir.Dropout: lambda op, lw: f"nn.Dropout({op.rate!r})",
     ir.Linear: lambda op, lw: f"nn.Linear({op.in_features}, {op.out_features}, bias={op.bias})",
     ir.SplitAttention: lambda op, lw: f"SplitAttention{split_attention_args(op)!r}",
+    ir.Res2Net: _res2net,
 }
 
 
@@ -151,10 +173,14 @@ class _Emitter(common.Lowering):
 
     def op(self, op, x, name, tap):
         owner, branch = self.where
+        expr = self.lowering_of(op)(op, self)
+        if isinstance(expr, _Modules):  # at the block's own attributes (op.name is the block's)
+            self.steps.append(_Modules(expr.modules, expr.line.format(src=x)))
+            return _VAR[branch]
         if owner and not name.startswith(owner + "."):
             raise ValueError(f"torch source: op {name} is not inside its block {owner}")
         attr = name[len(owner) + 1:] if owner else name
-        self.steps.append(_Step(branch, attr, self.lowering_of(op)(op, self), x, not getattr(op, "name", None)))
+        self.steps.append(_Step(branch, attr, expr, x, not getattr(op, "name", None)))
         return _VAR[branch]
 
     def add(self, y, s, block, tap):
@@ -202,6 +228,11 @@ class _Section:
             step = steps[i]
             if isinstance(step, str):
                 self.lines.append(step)
+                i += 1
+                continue
+            if isinstance(step, _Modules):
+                self.modules += step.modules
+                self.lines.append(step.line)
                 i += 1
                 continue
             slot, n = _slot(step.attr), 1
@@ -332,7 +363,8 @@ def _helpers(text: str) -> str:
         with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), file), encoding="utf-8") as f:
             lines = f.read().splitlines()
         found.update({node.name: "\n".join(lines[node.lineno - 1:node.end_lineno])
-                      for node in ast.walk(ast.parse("\n".join(lines))) if isinstance(node, ast.ClassDef)})
+                      for node in ast.walk(ast.parse("\n".join(lines)))
+                      if isinstance(node, (ast.ClassDef, ast.FunctionDef))})
     return "".join(textwrap.dedent(found[n]) + "\n\n\n" for n in wanted)
 
 

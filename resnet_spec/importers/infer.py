@@ -25,9 +25,9 @@ from .source import Source, first_difference
 _BLOCK = re.compile(r"^layer(\d+)\.(\d+)\.(.+)$")
 _TOP = ("conv1", "bn1", "fc", "bn_final")
 #: canonical layer name pattern -> the kinds of layer it may be (a 4-D weight is a conv, 2-D a linear layer)
-_KINDS = ((re.compile(r"^(conv1(\.[036])?|maxpool\.0|layer\d+\.\d+\.(conv\d|se\.fc\d))$"), ("conv",)),
+_KINDS = ((re.compile(r"^(conv1(\.[036])?|maxpool\.0|layer\d+\.\d+\.(conv\d|se\.fc\d|convs\.\d+))$"), ("conv",)),
           (re.compile(r"^layer\d+\.\d+\.se\.conv$"), ("conv1d",)),
-          (re.compile(r"^(bn1|bn_final|conv1\.[14]|maxpool\.1|layer\d+\.\d+\.bn\d)$"), ("bn",)),
+          (re.compile(r"^(bn1|bn_final|conv1\.[14]|maxpool\.1|layer\d+\.\d+\.(bn\d|bns\.\d+))$"), ("bn",)),
           (re.compile(r"^layer\d+\.\d+\.downsample\.\d$"), ("conv", "bn")),
           (re.compile(r"^fc$"), ("linear",)))
 
@@ -110,7 +110,7 @@ def _stage(src, si, blocks, bottleneck, preact, facts_stride):
         if "conv2.conv" in first:  # ResNeSt's split attention
             width, groups = resnest.stage_width(src, name, first)
         else:
-            c2 = _need(src, name, first, "conv2")
+            c2 = first.get("convs.0") or _need(src, name, first, "conv2")  # Res2Net: a split's conv
             if c2.shape[0] % c2.shape[1]:
                 raise src.refuse(f"{name}.conv2", f"weight shape {tuple(c2.shape)}: its output channels are not a "
                                  "multiple of its input channels per group")
@@ -120,11 +120,11 @@ def _stage(src, si, blocks, bottleneck, preact, facts_stride):
     stage = {"blocks": len(blocks), "channels": planes}
     stride, where, at = 1, None, None
     for bi, blk in enumerate(blocks):
-        for leaf in ("conv1", "conv2", "conv2.conv", "downsample.0", "downsample.1"):
+        for leaf in ("conv1", "conv2", "conv2.conv", "convs.0", "downsample.0", "downsample.1"):
             layer = blk.get(leaf)
             if layer is not None and layer.kind == "conv" and (layer.stride or 1) > 1:
                 stride, at = layer.stride, bi
-                if leaf in ("conv1", "conv2", "conv2.conv"):
+                if leaf in ("conv1", "conv2", "conv2.conv", "convs.0"):
                     where = ("1x1" if leaf == "conv1" else "3x3") if bottleneck else None
     pooled = src.facts.get("shortcut_pool_strides", {}).get(si)
     if pooled and stride == 1:
@@ -160,6 +160,8 @@ def candidates(src: Source, name: str, input_size) -> list:
     if src.facts.get("anti_alias"):
         block["anti_alias"] = src.facts["anti_alias"]
     resnest.block_keys(src, stages, block)
+    if bottleneck and "convs.0" in first:
+        block["spatial"] = {"type": "res2net", "scale": _res2net_scale(src, stages)}
     d["block"] = block
     fc = L.get("fc")
     if fc is None:
@@ -205,6 +207,15 @@ def _resnet_variants(src, d, stages, se, kinds) -> list:
     if bottleneck:
         _widths(d, widths)
     return list(_variants(d, src, stages, None if se is None else se["se.fc1"], preact))
+
+
+def _res2net_scale(src, stages) -> int:
+    """Res2Net's scale: the split convs ``convs.N`` of every block, plus the split passed on or pooled."""
+    scales = {sum(1 for leaf in b if re.fullmatch(r"convs\.\d+", leaf)) + 1 for s in stages for b in s}
+    if len(scales) != 1:
+        raise src.refuse("structure", f"Res2Net blocks of different scales {sorted(scales)}; a spec has one "
+                         "block.spatial scale")
+    return scales.pop()
 
 
 def _regnet_like(src, stages, bottleneck: bool, preact: bool) -> bool:

@@ -132,6 +132,15 @@ def _split_attention_layers(op: ir.SplitAttention) -> tuple:
             SpecLayer(f"{n}.fc2", "conv", (mid, attn // g, 1, 1), True, 1, 0, 1))
 
 
+def _res2net_layers(op: ir.Res2Net) -> tuple:
+    """timm's ``convs.i`` (3x3, no bias) and ``bns.i`` of a Res2Net block."""
+    w, k = op.width, op.kernel
+    convs = tuple(SpecLayer(op.conv_name(i), "conv", (w, w // op.groups, k, k), op.bias, op.stride, op.padding,
+                            op.dilation) for i in range(op.convs))
+    bns = tuple(SpecLayer(op.bn_name(i), "bn", (w,), True, eps=op.eps) for i in range(op.convs if op.norm else 0))
+    return convs + bns
+
+
 def _no_layers(op) -> tuple:
     return ()
 
@@ -147,6 +156,7 @@ SPEC_LAYERS = {
     ir.ChannelPad: _no_layers,
     ir.SqueezeExcite: _se_layers,
     ir.ECA: _eca_layers,
+    ir.Res2Net: _res2net_layers,
     ir.DropPath: _no_layers,
     ir.GlobalAvgPool: _no_layers,
     ir.Dropout: _no_layers,

@@ -112,6 +112,21 @@ def _init_eca(op: ir.ECA, init: _Init) -> dict:
     return {name: init.uniform_fan_in(op.kernel, shape) for name, shape, _ in op.tensors()}
 
 
+def _init_res2net(op: ir.Res2Net, init: _Init) -> dict:
+    """Each split conv as :func:`_init_conv` (He normal, fan-out ``width * k * k``), each split BN as a
+    block's inner BN (:func:`_bn_tensor`, never the zero-init target)."""
+    out, std = {}, math.sqrt(2.0 / (op.width * op.kernel * op.kernel))
+    for name, shape, _ in op.tensors():
+        leaf = name.rpartition(".")[2]
+        if name.startswith(f"{op.name}.convs.") and leaf == "weight":
+            out[name] = init.rng.normal(0.0, std, shape)
+        elif name.startswith(f"{op.name}.convs."):  # a bias (folded form only)
+            out[name] = init.rng.normal(0.0, 0.05, shape) if init.random_bn else np.zeros(shape)
+        else:
+            out[name] = _bn_tensor(init, leaf, shape, False)
+    return out
+
+
 def _init_linear(op: ir.Linear, init: _Init) -> dict:
     return {name: init.uniform_fan_in(op.in_features, shape) for name, shape, _ in op.tensors()}
 
@@ -147,6 +162,7 @@ INIT = {
     ir.ChannelPad: _no_tensors,
     ir.SqueezeExcite: _init_squeeze_excite,
     ir.ECA: _init_eca,
+    ir.Res2Net: _init_res2net,
     ir.DropPath: _no_tensors,
     ir.GlobalAvgPool: _no_tensors,
     ir.Dropout: _no_tensors,
