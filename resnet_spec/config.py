@@ -20,9 +20,12 @@ DEFAULTS = {
     "stem.pool": {"type": "max", "kernel": 3, "stride": 2, "padding": 1, "ceil_mode": False, "pad_value": "neg_inf",
                   "count_include_pad": True},
     "block": {"preact": False, "stride_on": "3x3", "stride_block": "first", "groups": 1,
-              "width_per_group": 64, "se": None, "anti_alias": None, "drop_path_rate": 0.0},
+              "width_per_group": 64, "se": None, "anti_alias": None, "drop_path_rate": 0.0, "spatial": None},
     "block.se": {"type": "se", "reduction": 16, "divisor": 8, "reduce_from": "output", "placement": "end"},
     "block.se.eca": {"type": "eca", "kernel": None, "gamma": 2, "beta": 1, "placement": "end"},
+    "block.spatial": {"type": "conv"},
+    "block.spatial.selective_kernel": {"type": "selective_kernel", "kernels": [3, 5], "keep_3x3": True,
+                                       "split_input": True, "rd_ratio": 0.0625, "rd_divisor": 8},
     "shortcut": {"type": "B", "projection": "conv", "strided_identity": False, "zero_pad": "split"},
     "shortcut.pool": {"ceil_mode": True, "count_include_pad": False},
     "head": {"classes": 1000, "dropout": 0.0, "bias": True},
@@ -53,6 +56,22 @@ def se_config(se: dict | None) -> dict | None:
     if kind == "eca" and full["kernel"] is not None:
         keys = tuple(k for k in keys if k not in ("gamma", "beta"))
     return {k: full[k] for k in keys}
+
+
+#: block.spatial type -> the block.spatial keys that apply to it (the others are refused when given, and the
+#: resolved spec shows only these): the plain kxk conv + BN + ReLU, or timm's SelectiveKernel (SKNet).
+SPATIAL_KEYS = {"conv": ("type",),
+                "selective_kernel": ("type", "kernels", "keep_3x3", "split_input", "rd_ratio", "rd_divisor")}
+
+
+def spatial_config(spatial: dict | None) -> dict | None:
+    """``block.spatial`` with the defaults of its type filled in and only the keys that type takes; None
+    (the plain conv) when not given."""
+    if spatial is None:
+        return None
+    kind = spatial.get("type", "conv")
+    full = {**DEFAULTS["block.spatial" if kind == "conv" else f"block.spatial.{kind}"], **spatial}
+    return {k: full[k] for k in SPATIAL_KEYS[kind]}
 
 
 def opt(section: dict | None, key: str, defaults_key: str):
@@ -99,6 +118,7 @@ class BlockConfig:
     se: dict | None  # se_config: type, placement; reduction, divisor, reduce_from (se) or kernel, gamma, beta (eca)
     drop_path_rate: float
     anti_alias: str | None = None  # "avgpool": a strided block's stride moves to an average pool after its ReLU
+    spatial: dict | None = None  # spatial_config: what replaces the spatial conv + BN + ReLU (None: the conv)
 
     @classmethod
     def of(cls, d: dict) -> BlockConfig:
@@ -109,7 +129,7 @@ class BlockConfig:
                    opt(blk, "stride_block", "block") == "last", opt(blk, "groups", "block"),
                    opt(blk, "width_per_group", "block"), blk.get("expansion", 4 if kind == "bottleneck" else 1),
                    se_config(se), float(opt(blk, "drop_path_rate", "block")),
-                   opt(blk, "anti_alias", "block"))
+                   opt(blk, "anti_alias", "block"), spatial_config(blk.get("spatial")))
 
 
 @dataclass(frozen=True)

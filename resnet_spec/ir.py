@@ -297,8 +297,10 @@ class Linear:
 #: Every IR op type. Each backend lowers every one of them (``backends/common.py``), and every table of
 #: per-op facts has an entry for each (:func:`missing_op_types`; the conformance test
 #: ``tests/test_lowering.py`` checks each backend's ``OPS`` table and every other per-op table against this tuple).
+from .ir_sknet import SelectiveKernel  # noqa: E402  (SKNet's composite op, its own module)
+
 OP_TYPES = (Conv, BatchNorm, ReLU, Pool, Subsample, ChannelPad, SqueezeExcite, ECA, DropPath, GlobalAvgPool,
-            Dropout, Linear)
+            Dropout, Linear, SelectiveKernel)
 
 
 def missing_op_types(table) -> list:

@@ -17,6 +17,7 @@ from .config import DEFAULTS, BlockConfig, HeadConfig, ShortcutConfig, StemConfi
 from .errors import SpecError
 from .regnet import stage_path, stages_of
 from .rules import RULES, blocks_per_stage, rule_errors  # noqa: F401  (RULES: the semantic rules)
+from .sknet import is_selective_kernel, selective_kernel
 from .spec import Spec, load as load_spec
 
 
@@ -257,18 +258,25 @@ class _Resolver:
             plan = [(width, 1, s1, 0, 1, 1), (width, 3, s3, dil, dil, groups), (out_ch, 1, 1, 0, 1, 1)]
         else:
             plan = [(out_ch, 3, stride, dil, dil, 1), (out_ch, 3, 1, dil, dil, 1)]
+        sk = is_selective_kernel(blk.spatial)  # the rules keep it to v1 blocks
+        spatial_i = 2 if blk.kind == "bottleneck" else 1  # which conv the selective kernel replaces
         for i, (oc, k, s, p, dl, g) in enumerate(plan, start=1):
             last = i == len(plan)
+            if sk and i == spatial_i:  # timm's SelectiveKernel: paths of conv + BN + ReLU, attention
+                main.append(selective_kernel(self, f"{name}.conv{i}", shape, oc, s, dl, g, spath))
+                shape = main[-1].out_shape
+                continue
             if self.preact and i > 1:
                 main += [self.bn(f"{name}.bn{i}", shape), self.relu(shape)]
             followed_by_bn = not (self.preact and last)
             aa = blk.anti_alias is not None and s > 1  # the rules keep it to v1 blocks' strided 3x3 convs
-            conv = self.conv(f"{name}.conv{i}", shape, oc, k, 1 if aa else s, p, dl, g, self.bias_for(followed_by_bn),
-                             spath)
+            # timm's SK blocks name their other convs ConvNormAct's way: conv{i}.conv, conv{i}.bn
+            cname, bname = (f"{name}.conv{i}.conv", f"{name}.conv{i}.bn") if sk else (f"{name}.conv{i}", f"{name}.bn{i}")
+            conv = self.conv(cname, shape, oc, k, 1 if aa else s, p, dl, g, self.bias_for(followed_by_bn), spath)
             main.append(conv)
             shape = conv.out_shape
             if not self.preact:
-                main.append(self.bn(f"{name}.bn{i}", shape))
+                main.append(self.bn(bname, shape))
                 if not last:
                     main.append(self.relu(shape))
             if aa:

@@ -12,7 +12,7 @@ import os
 
 import yaml
 
-from .config import STEM_POOL_KEYS, se_config
+from .config import STEM_POOL_KEYS, se_config, spatial_config
 from .regnet import stages_of
 from .resolve import DEFAULTS
 from .spec import Spec, zoo_path
@@ -72,6 +72,8 @@ def _block(blk: dict, kind: str, preact: bool) -> dict:
     out["expansion"] = blk.get("expansion", 4 if kind == "bottleneck" else 1)
     out["se"] = se_config(blk.get("se"))
     out["anti_alias"] = blk.get("anti_alias", DEFAULTS["block"]["anti_alias"])
+    if blk.get("spatial") is not None:
+        out["spatial"] = spatial_config(blk["spatial"])
     out["drop_path_rate"] = blk.get("drop_path_rate", 0.0)
     return out
 

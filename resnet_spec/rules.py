@@ -5,7 +5,7 @@ its errors, located at the field (as jsonschema does per keyword); :data:`RULES`
 
 from __future__ import annotations
 
-from .config import DEFAULTS, SE_KEYS, STEM_POOL_KEYS, BlockConfig, StemConfig, opt
+from .config import DEFAULTS, SE_KEYS, SPATIAL_KEYS, STEM_POOL_KEYS, BlockConfig, StemConfig, opt
 from .errors import SpecError
 from .regnet import params_errors, stage_path, stages_of
 from .spec import Spec
@@ -93,6 +93,34 @@ def _rule_anti_alias(spec: Spec):
                          ("block", "anti_alias"))
 
 
+def _rule_spatial(spec: Spec):
+    """block.spatial: only the keys of its type; a selective kernel's odd kernels, on a v1 block whose
+    spatial conv takes the stride, without anti_alias or an SE placed after the 3x3 conv."""
+    given = (spec.data["block"] or {}).get("spatial")
+    if given is None:
+        return
+    kind = given.get("type", "conv")
+    for key in given:
+        if key not in SPATIAL_KEYS[kind]:
+            other = next(t for t, keys in SPATIAL_KEYS.items() if key in keys)
+            yield spec.error(f"'{key}' applies to block.spatial type {other!r} only, not to type {kind!r}",
+                             ("block", "spatial", key))
+    if kind != "selective_kernel":
+        return
+    for i, k in enumerate(given.get("kernels") or ()):
+        if k % 2 == 0:
+            yield spec.error(f"selective kernel size {k} is even; each path's kernel must be odd",
+                             ("block", "spatial", "kernels", i))
+    blk = BlockConfig.of(spec.data)
+    clash = [("preact", blk.preact, "pre-activation blocks"), ("anti_alias", blk.anti_alias is not None, "anti_alias"),
+             ("stride_on", blk.kind == "bottleneck" and blk.stride_on_1x1, "stride_on: 1x1 (timm's selective "
+              "kernel takes the block's stride)"),
+             ("se", blk.se is not None and blk.se["placement"] == "after_3x3", "an SE placed after_3x3")]
+    for key, bad, what in clash:
+        if bad:
+            yield spec.error(f"block.spatial type 'selective_kernel' is not supported with {what}", ("block", key))
+
+
 def _rule_se(spec: Spec):
     blk = BlockConfig.of(spec.data)
     if blk.se is None:
@@ -154,8 +182,8 @@ def _rule_dilate(spec: Spec):
 
 
 #: The semantic rules that need nothing but the required fields, in the order resolve() checks them.
-RULES = (_rule_bottleneck_only, _rule_regnet, _rule_se, _rule_shortcut, _rule_stem, _rule_anti_alias, _rule_depth,
-         _rule_dilate)
+RULES = (_rule_bottleneck_only, _rule_regnet, _rule_se, _rule_spatial, _rule_shortcut, _rule_stem, _rule_anti_alias,
+         _rule_depth, _rule_dilate)
 
 
 def rule_errors(spec: Spec):

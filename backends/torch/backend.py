@@ -15,6 +15,7 @@ import numpy as np
 from ... import ir
 from .. import DTYPES, common
 from ..legs import parse_device
+from . import sknet
 from ...errors import BackendUnavailable
 
 NAME = "torch"
@@ -166,6 +167,7 @@ OPS = {
     ir.GlobalAvgPool: lambda op: GlobalAvgPool(),
     ir.Dropout: lambda op: nn.Dropout(op.rate),
     ir.Linear: lambda op: nn.Linear(op.in_features, op.out_features, op.bias),
+    ir.SelectiveKernel: lambda op: sknet.from_ir(op),
 }
 
 

@@ -112,6 +112,19 @@ def _init_eca(op: ir.ECA, init: _Init) -> dict:
     return {name: init.uniform_fan_in(op.kernel, shape) for name, shape, _ in op.tensors()}
 
 
+def _init_selective_kernel(op: ir.SelectiveKernel, init: _Init) -> dict:
+    """Each path's conv He normal (fan-out), its BN as any BN; fc_reduce and fc_select (1x1 convs, no bias)
+    He normal (fan-out) as timm's ResNet initialises every conv; the attention's BN as any BN."""
+    out = {}
+    for name, shape, _ in op.tensors():
+        leaf = name.rpartition(".")[2]
+        if name.endswith("conv.weight") or ".attn.fc_" in name:
+            out[name] = init.rng.normal(0.0, math.sqrt(2.0 / (shape[0] * shape[2] * shape[3])), shape)
+        else:
+            out[name] = _bn_tensor(init, leaf, shape, False)
+    return out
+
+
 def _init_linear(op: ir.Linear, init: _Init) -> dict:
     return {name: init.uniform_fan_in(op.in_features, shape) for name, shape, _ in op.tensors()}
 
@@ -135,4 +148,5 @@ INIT = {
     ir.GlobalAvgPool: _no_tensors,
     ir.Dropout: _no_tensors,
     ir.Linear: _init_linear,
+    ir.SelectiveKernel: _init_selective_kernel,
 }
