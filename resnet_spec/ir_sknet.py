@@ -32,7 +32,9 @@ class SelectiveKernel:
     for every reader (the lowering reads only the fields above): ``given_kernels`` and ``keep_3x3`` (timm
     turns a k x k path into a 3x3 one with dilation ``dilation * (k - 1) // 2``), ``rd_ratio`` and
     ``rd_divisor`` (``attn_channels = make_divisible(out_channels * rd_ratio, rd_divisor)``, timm's rounding
-    with its 0.9 round-up limit).
+    with its 0.9 round-up limit). ``folded``: the BNs are folded into the convs before them (each path's conv
+    and ``fc_reduce`` then have a ``.bias`` and there are no BN tensors), as the ONNX backend's BN-folding
+    pass makes it; the resolver never sets it.
     """
 
     name: str
@@ -53,6 +55,7 @@ class SelectiveKernel:
     keep_3x3: bool = True
     rd_ratio: float = 0.0625
     rd_divisor: int = 8
+    folded: bool = False
 
     @property
     def num_paths(self) -> int:
@@ -84,13 +87,18 @@ class SelectiveKernel:
         for i, k in enumerate(self.kernels):
             conv, bn = self.path_names(i)
             yield f"{conv}.weight", (c, self.path_in_channels // self.groups, k, k), True
-            for leaf, trainable in _BN_LEAVES:
-                yield f"{bn}.{leaf}", (c,), trainable
+            yield from self._norm(conv, bn, c)
         reduce, bn, select = self.attn_names
         yield f"{reduce}.weight", (a, c, 1, 1), True
-        for leaf, trainable in _BN_LEAVES:
-            yield f"{bn}.{leaf}", (a,), trainable
+        yield from self._norm(reduce, bn, a)
         yield f"{select}.weight", (p * c, a, 1, 1), True
+
+    def _norm(self, conv: str, bn: str, channels: int):
+        if self.folded:
+            yield f"{conv}.bias", (channels,), True
+            return
+        for leaf, trainable in _BN_LEAVES:
+            yield f"{bn}.{leaf}", (channels,), trainable
 
     @property
     def macs(self) -> int:

@@ -38,3 +38,25 @@ def selective_kernel(res, name: str, shape, out_ch: int, stride: int, dilation: 
     return ir.SelectiveKernel(name, c, out_ch, kernels, dilations, paddings, stride, groups, sp["split_input"], attn,
                               res.eps, res.momentum, shape, (out_ch, oh, ow), tuple(sp["kernels"]), sp["keep_3x3"],
                               float(sp["rd_ratio"]), sp["rd_divisor"])
+
+
+def sub_ops(op: ir.SelectiveKernel) -> tuple:
+    """``(paths, attn)``: each path's ``(ir.Conv, ir.BatchNorm)`` and the attention's ``(fc_reduce ir.Conv,
+    ir.BatchNorm, fc_select ir.Conv)``, as plain IR ops with the composite's facts and canonical names (for
+    the lowerings and weight layouts that reuse the plain ops'). A folded op's convs have a bias; its BNs
+    are then None."""
+    c, h, w = op.in_shape
+    paths = []
+    for i, (k, p, d) in enumerate(zip(op.kernels, op.paddings, op.dilations)):
+        conv, bn = op.path_names(i)
+        paths.append((ir.Conv(conv, op.path_in_channels, op.out_channels, k, op.stride, p, d, op.groups, op.folded,
+                              (op.path_in_channels, h, w), op.out_shape),
+                      None if op.folded else ir.BatchNorm(bn, op.out_channels, op.eps, op.momentum, op.out_shape,
+                                                          op.out_shape)))
+    reduce, bn, select = op.attn_names
+    a, s = (op.attn_channels, 1, 1), (op.out_channels, 1, 1)
+    attn = (ir.Conv(reduce, op.out_channels, op.attn_channels, 1, 1, 0, 1, 1, op.folded, s, a),
+            None if op.folded else ir.BatchNorm(bn, op.attn_channels, op.eps, op.momentum, a, a),
+            ir.Conv(select, op.attn_channels, op.num_paths * op.out_channels, 1, 1, 0, 1, 1, False, a,
+                    (op.num_paths * op.out_channels, 1, 1)))
+    return tuple(paths), attn

@@ -29,6 +29,7 @@ from ... import ir
 from ...errors import BackendUnavailable, ResNetSpecError
 from .. import common
 from ..legs import DTYPES
+from . import sknet
 from .layers import define
 from .names import Namer, canonical_name, layer_name, tap_layer_names
 from .weights import set_keras_weights, to_keras_weights
@@ -195,6 +196,7 @@ OPS = {
     ir.GlobalAvgPool: lambda op, x, name, namer: _L().GlobalAveragePooling2D(name=name)(x),
     ir.Dropout: lambda op, x, name, namer: _L().Dropout(op.rate, name=name)(x),
     ir.Linear: lambda op, x, name, namer: _L().Dense(op.out_features, use_bias=op.bias, name=name)(x),
+    ir.SelectiveKernel: lambda op, x, name, namer: sknet.layers(op, x, name, namer, OPS, _L()),
 }
 
 

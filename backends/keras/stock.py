@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 
 from ... import ir
+from . import sknet
 from .layers import CLASSES
 from .model import OPS, _L, _Lowering, build as _build
 from .names import Namer, canonical_name
@@ -96,7 +97,8 @@ def _channel_pad(op: ir.ChannelPad, x, name: str, namer: Namer):
 
 
 #: IR op type -> stock-layer lowering; every other op lowers as in :data:`.model.OPS` (stock already)
-STOCK_OPS = {**OPS, ir.BatchNorm: _batch_norm, ir.Pool: _pool_layers, ir.ChannelPad: _channel_pad}
+STOCK_OPS = {**OPS, ir.BatchNorm: _batch_norm, ir.Pool: _pool_layers, ir.ChannelPad: _channel_pad,
+             ir.SelectiveKernel: lambda op, x, name, namer: sknet.layers(op, x, name, namer, STOCK_OPS, _L())}
 
 
 class StockLowering(_Lowering):

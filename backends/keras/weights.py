@@ -85,6 +85,22 @@ def _linear_from_keras(op: ir.Linear, get) -> dict:
     return out
 
 
+def _sk_to_keras(op: ir.SelectiveKernel, weights) -> dict:
+    """Each sub-layer (paths' convs and BNs, fc_reduce, its BN, fc_select) as the plain op it is."""
+    return {k: v for sub in _sk_subs(op) for k, v in LAYOUTS[type(sub)][0](sub, weights).items()}
+
+
+def _sk_from_keras(op: ir.SelectiveKernel, get) -> dict:
+    return {k: v for sub in _sk_subs(op) for k, v in LAYOUTS[type(sub)][1](sub, get).items()}
+
+
+def _sk_subs(op: ir.SelectiveKernel) -> list:
+    from ...sknet import sub_ops
+
+    paths, attn = sub_ops(op)
+    return [sub for pair in paths for sub in pair if sub is not None] + [sub for sub in attn if sub is not None]
+
+
 #: The entry of a parameter-free op: no Keras weights either way.
 NO_WEIGHTS = (lambda op, weights: {}, lambda op, get: {})
 
@@ -104,6 +120,7 @@ LAYOUTS = {
     ir.GlobalAvgPool: NO_WEIGHTS,
     ir.Dropout: NO_WEIGHTS,
     ir.Linear: (_linear_to_keras, _linear_from_keras),
+    ir.SelectiveKernel: (_sk_to_keras, _sk_from_keras),
 }
 
 

@@ -18,6 +18,7 @@ import dataclasses
 import numpy as np
 
 from ... import ir
+from . import sknet
 
 
 def fold_batchnorm(net: ir.Network, weights, dtype=np.float32) -> tuple:
@@ -40,6 +41,9 @@ def fold_batchnorm(net: ir.Network, weights, dtype=np.float32) -> tuple:
         res = []
         for op in ops:
             prev = res[-1] if res else None
+            if isinstance(op, ir.SelectiveKernel):  # its own BNs, after its own convs
+                res.append(sknet.fold(op, weights, out, dtype))
+                continue
             if isinstance(op, ir.BatchNorm) and isinstance(prev, ir.Conv):
                 b = (np.asarray(weights[f"{prev.name}.bias"], np.float64) if prev.bias
                      else np.zeros(prev.out_channels))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from ... import ir
+from . import sknet
 from .pool import pool_to_nodes as pool_nodes  # rewrite-proof pooling: see backends.onnx.pool
 from ...errors import BackendUnavailable, ResNetSpecError
 from ...naming import UniqueNames
@@ -176,6 +177,7 @@ OPS = {
     ir.Dropout: _identity,
     ir.GlobalAvgPool: _global_avg_pool,
     ir.Linear: _linear,
+    ir.SelectiveKernel: sknet.nodes,
 }
 
 

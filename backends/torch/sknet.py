@@ -51,16 +51,16 @@ if torch is not None:
     class SelectiveKernel(nn.Module):
         """Paths of conv + BN + ReLU (each on its ``slices`` of the input channels), attention across them,
         the paths' weighted sum. ``convs``: per path (kernel, padding, dilation); ``slices``: per path
-        (start, stop) of the input channels."""
+        (start, stop) of the input channels; ``norm``: every BN's (eps, momentum)."""
 
-        def __init__(self, in_per_path, channels, convs, slices, stride, groups, attn_channels, eps, momentum):
+        def __init__(self, in_per_path, channels, convs, slices, stride, groups, attn_channels, norm):
             super().__init__()
             self.slices = tuple(tuple(s) for s in slices)
             self.paths = nn.ModuleList(
                 SelectiveKernelPath(nn.Conv2d(in_per_path, channels, k, stride, p, d, groups, bias=False),
-                                    nn.BatchNorm2d(channels, eps=eps, momentum=momentum))
+                                    nn.BatchNorm2d(channels, eps=norm[0], momentum=norm[1]))
                 for k, p, d in convs)
-            self.attn = SelectiveKernelAttn(channels, len(self.paths), attn_channels, eps, momentum)
+            self.attn = SelectiveKernelAttn(channels, len(self.paths), attn_channels, *norm)
 
         def forward(self, x):
             y = torch.stack([path(x[:, a:b]) for path, (a, b) in zip(self.paths, self.slices)], dim=1)
@@ -75,4 +75,4 @@ def from_ir(op):
     convs = tuple(zip(op.kernels, op.paddings, op.dilations))
     slices = tuple(op.path_slice(i) for i in range(op.num_paths))
     return SelectiveKernel(op.path_in_channels, op.out_channels, convs, slices, op.stride, op.groups,
-                           op.attn_channels, op.eps, op.momentum)
+                           op.attn_channels, (op.eps, op.momentum))

@@ -35,7 +35,11 @@ from ... import __version__, ir
 from .. import common
 
 #: The helper modules an emitted file may need, copied from backends/torch/backend.py's source.
-HELPER_CLASSES = ("Subsample", "ChannelPad", "PaddedMaxPool", "SqueezeExcite", "ECA", "DropPath", "GlobalAvgPool")
+HELPER_CLASSES = ("Subsample", "ChannelPad", "PaddedMaxPool", "SqueezeExcite", "ECA", "DropPath", "GlobalAvgPool",
+                  "ConvNorm", "SelectiveKernel")
+#: The helper classes a helper class uses, copied with it; the files the helpers are read from.
+_HELPER_NEEDS = {"SelectiveKernel": ("SelectiveKernelPath", "SelectiveKernelAttn")}
+_HELPER_FILES = ("backend.py", "sknet.py")
 _KINDS = {"bottleneck": "Bottleneck", "basic": "BasicBlock"}
 #: ir.Block.shortcut_kind -> (block class name suffix, words for its docstring)
 _SHORTCUTS = {"identity": ("", "identity"), "projection": ("Projection", "projection"),
@@ -47,7 +51,8 @@ _BLOCK_NAMES = {pre + kind + sc for pre in ("", "PreAct") for kind in (*_KINDS.v
 # otherwise replace torch.nn.functional). Block classes named twice get a "_2" suffix, which
 # class_name never produces.
 _RESERVED = frozenset({"os", "torch", "nn", "F", "BN_EPS", "BN_MOMENTUM", "norm", "load_model", "Residual",
-                       "INPUT_LAYOUT", *HELPER_CLASSES, *_BLOCK_NAMES})
+                       "INPUT_LAYOUT", *HELPER_CLASSES, *(n for ns in _HELPER_NEEDS.values() for n in ns),
+                       *_BLOCK_NAMES})
 #: The variable each branch's value lives in, in the emitted forward methods.
 _VAR = {common.STEM: "x", common.HEAD: "x", "pre": "pre", "main": "out", "shortcut": "shortcut", "post": "out"}
 
@@ -115,7 +120,15 @@ OPS = {
     ir.GlobalAvgPool: lambda op, lw: "GlobalAvgPool()",
     ir.Dropout: lambda op, lw: f"nn.Dropout({op.rate!r})",
     ir.Linear: lambda op, lw: f"nn.Linear({op.in_features}, {op.out_features}, bias={op.bias})",
+    ir.SelectiveKernel: lambda op, lw: _selective_kernel(op),
 }
+
+
+def _selective_kernel(op: ir.SelectiveKernel) -> str:
+    convs = tuple(zip(op.kernels, op.paddings, op.dilations))
+    slices = tuple(op.path_slice(i) for i in range(op.num_paths))
+    return (f"SelectiveKernel({op.path_in_channels}, {op.out_channels}, {convs!r}, {slices!r}, {op.stride}, "
+            f"{op.groups}, {op.attn_channels}, ({op.eps!r}, {op.momentum!r}))")
 
 
 @dataclass
@@ -162,10 +175,13 @@ class _Emitter(common.Lowering):
 
 
 def _slot(attr: str):
-    """``('downsample', 1)`` for ``downsample.1``; None for a plain attribute."""
+    """``('downsample', 1)`` for ``downsample.1``; ``('conv1', 'conv')`` for ``conv1.conv`` or ``conv1.bn``
+    (timm's ConvNormAct names: a ``ConvNorm``); None for a plain attribute."""
     if "." not in attr:
         return None
     container, _, index = attr.partition(".")
+    if index in ("conv", "bn"):
+        return container, index
     if not index.isdigit():
         raise ValueError(f"torch source: cannot place a module named {attr!r}")
     return container, int(index)
@@ -180,7 +196,7 @@ def _fill_gaps(steps: list) -> None:
         if not (isinstance(before, _Step) and isinstance(after, _Step)):
             continue
         a, b = _slot(before.attr), _slot(after.attr)
-        if a and b and a[0] == b[0] and a[1] + 1 < b[1]:
+        if a and b and a[0] == b[0] and isinstance(a[1], int) and isinstance(b[1], int) and a[1] + 1 < b[1]:
             step.attr, step.helper = f"{a[0]}.{a[1] + 1}", False
 
 
@@ -231,6 +247,9 @@ class _Section:
         items = {_slot(s.attr)[1]: s.expr for s in steps}
         if len(items) < len(steps):
             raise ValueError(f"torch source: two ops share a slot in {name!r}")
+        if list(items) == ["conv", "bn"]:  # timm's ConvNormAct without its activation (SKNet's blocks)
+            self.modules.append((name, f"ConvNorm({items['conv']}, {items['bn']})"))
+            return name
         self.modules.append((name, [items.get(k, "nn.Identity()") for k in range(max(items) + 1)]))
         return name
 
@@ -320,15 +339,16 @@ def _net_class(net: ir.Network, cls: str, top: _Section, stem_modules: int, bloc
 def _helpers(text: str) -> str:
     """The helper classes ``text`` constructs, as backends/torch/backend.py defines them."""
     wanted = [name for name in HELPER_CLASSES if re.search(rf"\b{name}\(", text)]
+    wanted = [need for name in wanted for need in (*_HELPER_NEEDS.get(name, ()), name)]
     if not wanted:
         return ""
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "backend.py")
-    with open(path, encoding="utf-8") as f:
-        source = f.read()
-    found = {node.name: node for node in ast.walk(ast.parse(source)) if isinstance(node, ast.ClassDef)}
-    lines = source.splitlines()
-    return "".join(textwrap.dedent("\n".join(lines[found[n].lineno - 1:found[n].end_lineno])) + "\n\n\n"
-                   for n in wanted)
+    found = {}
+    for file in _HELPER_FILES:
+        with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), file), encoding="utf-8") as f:
+            lines = f.read().splitlines()
+        found.update({node.name: lines[node.lineno - 1:node.end_lineno]
+                      for node in ast.walk(ast.parse("\n".join(lines))) if isinstance(node, ast.ClassDef)})
+    return "".join(textwrap.dedent("\n".join(found[n])) + "\n\n\n" for n in wanted)
 
 
 def to_source(net: ir.Network, weights_file: str | None = None, layout: str = "nchw") -> str:
