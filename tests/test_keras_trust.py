@@ -252,7 +252,9 @@ LEGIT_SPECS = [("resnet18", None, "channels_last", "float32"), ("preact_resnet16
                # the stock-layer files convert writes (edge-padded max pools, 'same' average pools, ZeroPadding3D)
                (TINY_A, None, "channels_last", "float32", "stock"), (TINY_B, None, "channels_first", "float32", "stock"),
                # ECA (Reshape, ZeroPadding1D, Conv1D), cut to two blocks per stage
-               ("ecaresnet50d", 40, "channels_last", "float32", "stock")]
+               ("ecaresnet50d", 40, "channels_last", "float32", "stock"),
+               # SKNet's selective kernel (Cropping2D channel split, Softmax, Cropping1D), two blocks per stage
+               ("skresnet34", 40, "channels_last", "float32", "stock")]
 LEGIT_APPS = [("ResNet50", {}), ("ResNet50V2", {"include_top": False, "pooling": "max"})]
 
 
