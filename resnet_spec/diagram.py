@@ -44,13 +44,14 @@ def stage_info(net: ir.Network) -> list:
     for s in range(net.stages):
         blocks = [b for b in net.blocks if b.stage == s]
         first = blocks[0]
-        convs = [op for op in first.main if isinstance(op, ir.Conv)]
+        convs = [op for op in first.main if isinstance(op, (ir.Conv, ir.SelectiveKernel))]
         strided = next(((i, b, op) for i, b in enumerate(blocks) for op in b.main
-                        if isinstance(op, ir.Conv) and op.stride > 1), None)
+                        if isinstance(op, (ir.Conv, ir.SelectiveKernel)) and op.stride > 1), None)
         if strided:
             i, _, op = strided
             pos = "first" if i == 0 else ("last" if i == len(blocks) - 1 else f"#{i}")
-            stride = f"stride {op.stride} on the {op.kernel}x{op.kernel} conv ({pos} block)"
+            where = "selective kernel" if isinstance(op, ir.SelectiveKernel) else f"{op.kernel}x{op.kernel} conv"
+            stride = f"stride {op.stride} on the {where} ({pos} block)"
         else:
             dil = max(op.dilation for b in blocks for op in b.main if isinstance(op, ir.Conv))
             stride = "stride 1" + (f", dilation {dil}" if dil > 1 else "")
@@ -60,6 +61,10 @@ def stage_info(net: ir.Network) -> list:
         eca = next((op for op in first.main if isinstance(op, ir.ECA)), None)
         if eca is not None:
             kind += f" + ECA k{eca.kernel}"
+        sk = next((op for op in first.main if isinstance(op, ir.SelectiveKernel)), None)
+        if sk is not None:  # its paths: 3x3, 3x3 d2 (timm's 3 and 5 kept 3x3)
+            kind += " + SK " + ", ".join(f"{k}x{k}" + (f" d{d}" if d > 1 else "")
+                                         for k, d in zip(sk.kernels, sk.dilations))
         groups = max(op.groups for op in convs)
         out.append({"name": first.name.split(".")[0], "blocks": len(blocks), "kind": kind,
                     "in": first.in_shape[0], "width": convs[0].out_channels if first.kind == "bottleneck" else None,

@@ -300,6 +300,8 @@ class _ReluSites(_Lowering):
             self.sites.append(layer)
         elif isinstance(op, ir.SqueezeExcite):
             self.sites.append(self.namer(_se_relu(canonical_name(layer))))
+        elif isinstance(op, ir.SelectiveKernel):  # each path's ReLU, then the attention's (torch's call order)
+            self.sites += [self.namer(name) for name in sknet.relu_names(op, canonical_name(layer))]
         return x
 
     def add(self, y, s, block, tap):

@@ -30,12 +30,12 @@ def layers(op, x, name, namer, table, L):
             xi = L.Reshape((h, w, b - a), name=namer(f"{base}.paths.{i}.split_back"))(xi)
         y = _sub(table, conv, xi, namer)
         y = y if pbn is None else _sub(table, pbn, y, namer)
-        ys.append(L.Activation("relu", name=namer(f"{base}.paths.{i}.act"))(y))
+        ys.append(L.Activation("relu", name=namer(relu_names(op, base)[i]))(y))
     u = L.Add(name=namer(f"{base}.sum"))(ys) if len(ys) > 1 else ys[0]
     s = L.GlobalAveragePooling2D(keepdims=True, name=namer(f"{base}.attn.pool"))(u)
     s = _sub(table, reduce, s, namer)
     s = s if bn is None else _sub(table, bn, s, namer)
-    s = L.Activation("relu", name=namer(f"{base}.attn.act"))(s)
+    s = L.Activation("relu", name=namer(relu_names(op, base)[-1]))(s)
     s = _sub(table, select, s, namer)
     p, c = op.num_paths, op.out_channels
     s = L.Reshape((p, c), name=namer(f"{base}.attn.to_paths"))(s)
@@ -46,6 +46,12 @@ def layers(op, x, name, namer, table, L):
         a = L.Reshape((1, 1, c), name=namer(f"{base}.attn.path{i}.to_channels"))(a)
         weighted.append(L.Multiply(name=namer(f"{base}.paths.{i}.scale") if p > 1 else name)([y, a]))
     return L.Add(name=name)(weighted) if p > 1 else weighted[0]
+
+
+def relu_names(op, base: str) -> list:
+    """The canonical-style names of the op's ReLU layers in torch's call order: each path's, the attention's
+    (``parity --train`` pairs them with the PyTorch model's ReLU calls)."""
+    return [f"{base}.paths.{i}.act" for i in range(op.num_paths)] + [f"{base}.attn.act"]
 
 
 def _sub(table, op, x, namer):

@@ -32,6 +32,8 @@ from ...importers.source import ImportRefused, Layer, Recogniser, Source
 
 PASS_THROUGH = ("Identity", "Dropout")
 EPS = 1e-5
+_SUM = ("parallel paths joined by attention (a selective kernel, SKNet, or split attention), which resnet-spec "
+        "cannot import from ONNX yet")
 
 
 class _Graph:
@@ -134,7 +136,8 @@ class _Walker(Recogniser):
                 value = x
                 continue
             if len(data) != 1:
-                raise self.g.refuse(node, f"{len(data)} computed inputs; a ResNet layer has one")
+                raise self.g.refuse(node, _SUM if node.op_type == "Sum" else f"{len(data)} computed inputs; a "
+                                    "ResNet layer has one")
             ops.append(("op", node, ins))
             value = data[0]
         return ops[::-1]
