@@ -312,3 +312,81 @@ def test_zoo_entry_has_timms_parameters_and_macs(name):
     assert net.macs == counter.get_total_flops() // 2
     assert resnet_spec.spec.load(name).data["reference"] == {"library": "timm", "model": name}
     assert {t.name for t in net.tensors()} == {k for k in model.state_dict() if not k.endswith("num_batches_tracked")}
+
+
+# --- import ------------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["skresnet18", "skresnet34", "skresnet50", "skresnet50d", "skresnext50_32x4d"])
+def test_import_by_name_with_parity(name):
+    pytest.importorskip("timm")
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks"))
+    import family_coverage
+
+    assert f"timm:{name}" in family_coverage.FAMILIES["timm-sknet"][1]()
+    r = family_coverage.run_one(f"timm:{name}", 64, isolated=False)
+    assert r["status"] == "parity", r
+    assert r["max_rel"] <= 1e-6
+
+
+@pytest.mark.slow  # a timm model built, inferred and proven
+def test_import_infers_the_selective_kernel():
+    pytest.importorskip("timm")
+    from resnet_spec.importers import import_source
+
+    _, _, net, full, _ = import_source("timm:skresnet18", input_size=32)
+    assert full["block"]["spatial"] == {"type": "selective_kernel", "rd_ratio": 0.125, "rd_divisor": 16}
+    sks = [op for op in net.all_ops() if isinstance(op, ir.SelectiveKernel)]
+    assert len(sks) == 8 and {(op.dilations, op.split_input) for op in sks} == {((1, 2), True)}
+
+
+@pytest.mark.slow  # a full skresnext50_32x4d state dict through inference and timm's own blocks
+def test_state_dict_imports_and_is_proven_in_timm(tmp_path):
+    """A bare state dict: no dilations or strides; the split from the input channels, the attention width
+    from every block's fc_reduce; the proof runs timm's ResNet with its sknet blocks on randomized weights."""
+    torch = pytest.importorskip("torch")
+    from resnet_spec.importers import import_source
+    from resnet_spec.importers.run import prove
+
+    for name, spatial in (("skresnext50_32x4d", {"type": "selective_kernel", "split_input": False,
+                                                 "rd_ratio": 1 / 16, "rd_divisor": 32}),):
+        _, weights = _timm_randomized(name)
+        path = tmp_path / f"{name}.pth"
+        torch.save({k: torch.from_numpy(v) for k, v in weights.items()}, str(path))
+        src, _, net, full, w = import_source(str(path), "m", 32)
+        assert full["block"]["spatial"] == spatial
+        cmp = prove(src, net, full, w, isolated=False)
+        assert cmp["passed"] and "ResNet class" in cmp["source"], cmp
+
+
+def test_selective_kernel_elsewhere_is_refused_naming_it():
+    torch = pytest.importorskip("torch")
+    timm = pytest.importorskip("timm")
+    from resnet_spec.backends.torch import blocks
+
+    with torch.device("meta"):
+        model = timm.create_model("skresnet18")
+    assert blocks.recognise_modules(model) == []
+    model.layer1[0].se = timm.layers.SelectiveKernel(64, 64)
+    assert blocks.recognise_modules(model) == [
+        ("SKNet selective-kernel convolutions other than timm's in place of a block's spatial conv", "layer1.0.se")]
+
+
+@pytest.mark.slow  # convert, then import through the ONNX reader
+def test_onnx_import_refuses_in_one_line(tmp_path):
+    pytest.importorskip("onnx")
+    pytest.importorskip("torch")
+    (tmp_path / "s.yaml").write_text(tiny_text("skresnet34", size=32))
+    res = CliRunner().invoke(main, ["convert", str(tmp_path / "s.yaml"), "--to", "onnx", "-o", str(tmp_path / "o")])
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(main, ["import", str(tmp_path / "o" / "skresnet34.onnx"), "-o", str(tmp_path / "i")])
+    one_line_error(res.exit_code, res.output, "node 'layer1.0.conv1' (Sum)", "selective kernel, SKNet")
+
+
+def test_diagram_names_the_selective_kernel():
+    from resnet_spec.diagram import stage_info
+
+    stages = stage_info(resnet_spec.load("skresnext50_32x4d"))
+    assert [s["kind"] for s in stages] == ["bottleneck + SK 3x3, 3x3 d2"] * 4
+    assert [s["groups"] for s in stages] == [32] * 4
+    assert stages[1]["stride"] == "stride 2 on the selective kernel (first block)"
