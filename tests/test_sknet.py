@@ -233,6 +233,16 @@ def test_onnx_float16_int8_verify(tmp_path):
             assert res.exit_code == 0, res.output
 
 
+@pytest.mark.slow  # TensorFlow's converter in a worker, LiteRT
+def test_tflite_float32_verify(tmp_path):
+    pytest.importorskip("tensorflow")
+    (tmp_path / "s.yaml").write_text(tiny_text("skresnet34", size=40))
+    res = CliRunner().invoke(main, ["convert", str(tmp_path / "s.yaml"), "--to", "tflite", "-o", str(tmp_path / "t")])
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(main, ["verify", str(tmp_path / "s.yaml"), str(tmp_path / "t" / "skresnet34.tflite")])
+    assert res.exit_code == 0 and "PASS" in res.output, res.output
+
+
 @pytest.mark.slow  # two models built and run in torch twice
 def test_torch_source_has_the_selective_kernel():
     torch = pytest.importorskip("torch")
@@ -390,3 +400,15 @@ def test_diagram_names_the_selective_kernel():
     assert [s["kind"] for s in stages] == ["bottleneck + SK 3x3, 3x3 d2"] * 4
     assert [s["groups"] for s in stages] == [32] * 4
     assert stages[1]["stride"] == "stride 2 on the selective kernel (first block)"
+
+
+@pytest.mark.slow  # convert to .keras in a worker, then import it back with its proof
+def test_keras_file_imports_back(tmp_path):
+    pytest.importorskip("tensorflow")
+    (tmp_path / "s.yaml").write_text(tiny_text("skresnet34", size=32))
+    res = CliRunner().invoke(main, ["convert", str(tmp_path / "s.yaml"), "--to", "tensorflow", "-o", str(tmp_path / "k")])
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(main, ["import", str(tmp_path / "k" / "skresnet34.keras"), "-o", str(tmp_path / "i")])
+    assert res.exit_code == 0 and "PASS" in res.output, res.output
+    back = resnet_spec.load(str(tmp_path / "i" / "skresnet34.yaml"))
+    assert [op for op in back.all_ops()] == [op for op in resnet_spec.load(str(tmp_path / "s.yaml")).all_ops()]
