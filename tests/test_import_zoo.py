@@ -182,7 +182,7 @@ def test_zoo_onnx_round_trip(tmp_path, name):
     into the BN's, so only the parameter count differs). Each entry's stem, blocks, shortcuts and head
     with its stages cut to two blocks (:func:`conftest.tiny_text`), each distinct network once
     (:func:`conftest.tiny_zoo`); depth is the next test's. The ONNX
-    reader does not read back an average-pool or conv stem pool, an anti-aliasing pool or ECA yet
+    reader does not read back an average-pool or conv stem pool, an anti-aliasing pool, ECA or SKNet's selective kernel yet
     (:data:`ONNX_UNREAD`): those entries' files are refused in one line, never imported wrong."""
     if name in ONNX_UNREAD:
         net, path = _onnx_file(tmp_path, tiny_text(name), "fold")
@@ -195,7 +195,9 @@ def test_zoo_onnx_round_trip(tmp_path, name):
 #: zoo entries whose ONNX files backends/onnx/reader.py does not read back yet -> the refusal's words
 ONNX_UNREAD = {"resnetaa50d": "node 'maxpool' \\(AveragePool\\): not expected in a ResNet stem",
                "resnetrs50": "first layer that does not fit",
-               "ecaresnet50d": "node 'layer1.0.se.scale' \\(Mul\\): a Mul that is not a squeeze-excite gate"}
+               "ecaresnet50d": "node 'layer1.0.se.scale' \\(Mul\\): a Mul that is not a squeeze-excite gate",
+               "skresnet34": "node 'layer1.0.conv1' \\(Sum\\): parallel paths joined by attention \\(a selective kernel",
+               "skresnext50_32x4d": "node 'layer1.0.conv2' \\(Sum\\): parallel paths joined by attention"}
 
 
 @pytest.mark.slow
