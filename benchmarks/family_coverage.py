@@ -68,6 +68,7 @@ FAMILIES = {
     "timm-resnetv2": ("timm resnetv2.py", _timm("resnetv2")),
     "timm-senet": ("timm senet.py (legacy SENet)", _timm("senet")),
     "timm-tresnet": ("timm tresnet.py", _timm("tresnet")),
+    "timm-sknet": ("timm sknet.py (SKNet)", _timm("sknet")),
     "torchvision": ("torchvision ResNet / ResNeXt / Wide ResNet", _torchvision),
     "timm-regnet": ("timm regnet.py", _timm("regnet")),
     "timm-resnest": ("timm resnest.py", _timm("resnest")),

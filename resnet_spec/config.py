@@ -27,6 +27,8 @@ DEFAULTS = {
     "block.spatial.split_attention": {"type": "split_attention", "radix": 2, "ratio": 0.25, "divisor": 8,
                                       "min_channels": 32},
     "block.spatial.res2net": {"type": "res2net", "scale": 4},
+    "block.spatial.selective_kernel": {"type": "selective_kernel", "kernels": [3, 5], "keep_3x3": True,
+                                       "split_input": True, "rd_ratio": 0.0625, "rd_divisor": 8},
     "shortcut": {"type": "B", "projection": "conv", "strided_identity": False, "zero_pad": "split"},
     "shortcut.pool": {"ceil_mode": True, "count_include_pad": False},
     "head": {"classes": 1000, "dropout": 0.0, "bias": True},
@@ -61,10 +63,11 @@ def se_config(se: dict | None) -> dict | None:
 
 #: block.spatial type -> the block.spatial keys that apply to it (the others are refused when given, and the
 #: resolved spec shows only these): the plain conv + BN + ReLU, ResNeSt's split attention (timm SplitAttn),
-#: or Res2Net's hierarchical split convs (timm Bottle2neck).
+#: Res2Net's hierarchical split convs (timm Bottle2neck) or SKNet's selective kernel (timm SelectiveKernel).
 SPATIAL_KEYS = {"conv": ("type",),
                 "split_attention": ("type", "radix", "ratio", "divisor", "min_channels"),
-                "res2net": ("type", "scale")}
+                "res2net": ("type", "scale"),
+                "selective_kernel": ("type", "kernels", "keep_3x3", "split_input", "rd_ratio", "rd_divisor")}
 
 
 def spatial_config(spatial: dict | None) -> dict:

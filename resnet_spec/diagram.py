@@ -44,14 +44,18 @@ def stage_info(net: ir.Network) -> list:
     for s in range(net.stages):
         blocks = [b for b in net.blocks if b.stage == s]
         first = blocks[0]
-        convs = [op for op in first.main if isinstance(op, (ir.Conv, ir.Res2Net))]  # Res2Net: the split convs
+        convs = [op for op in first.main if isinstance(op, (ir.Conv, ir.Res2Net, ir.SelectiveKernel))]
         strided = next(((i, b, op) for i, b in enumerate(blocks) for op in b.main
-                        if isinstance(op, (ir.Conv, ir.Pool, ir.SplitAttention, ir.Res2Net)) and op.stride > 1), None)
+                        if isinstance(op, (ir.Conv, ir.Pool, ir.SplitAttention, ir.Res2Net, ir.SelectiveKernel))
+                        and op.stride > 1), None)
         if strided:
             i, _, op = strided
             pos = "first" if i == 0 else ("last" if i == len(blocks) - 1 else f"#{i}")
-            what = f"{op.kind} pool" if isinstance(op, ir.Pool) else "conv"
-            stride = f"stride {op.stride} on the {op.kernel}x{op.kernel} {what} ({pos} block)"
+            if isinstance(op, ir.SelectiveKernel):
+                where = "selective kernel"
+            else:
+                where = f"{op.kernel}x{op.kernel} " + (f"{op.kind} pool" if isinstance(op, ir.Pool) else "conv")
+            stride = f"stride {op.stride} on the {where} ({pos} block)"
         else:
             dil = max(op.dilation for b in blocks for op in b.main if isinstance(op, (ir.Conv, ir.Res2Net)))
             stride = "stride 1" + (f", dilation {dil}" if dil > 1 else "")
@@ -67,6 +71,10 @@ def stage_info(net: ir.Network) -> list:
         r2 = next((op for op in first.main if isinstance(op, ir.Res2Net)), None)
         if r2 is not None:
             kind = kind.replace(first.kind, f"Res2Net {first.kind}, {r2.scale} splits of {r2.width}")
+        sk = next((op for op in first.main if isinstance(op, ir.SelectiveKernel)), None)
+        if sk is not None:  # its paths: 3x3, 3x3 d2 (timm's 3 and 5 kept 3x3)
+            kind += " + SK " + ", ".join(f"{k}x{k}" + (f" d{d}" if d > 1 else "")
+                                         for k, d in zip(sk.kernels, sk.dilations))
         groups = max(op.groups for op in (*convs, *([split] if split else ())))
         out.append({"name": first.name.split(".")[0], "blocks": len(blocks), "kind": kind,
                     "in": first.in_shape[0], "width": convs[0].out_channels if first.kind == "bottleneck" else None,

@@ -300,9 +300,10 @@ from .ir_resnest import SplitAttention  # noqa: E402  (ResNeSt's split attention
 #: per-op facts has an entry for each (:func:`missing_op_types`; the conformance test
 #: ``tests/test_lowering.py`` checks each backend's ``OPS`` table and every other per-op table against this tuple).
 from .ir_res2net import Res2Net, res2net_op  # noqa: E402  (Res2Net's split convs: its own module)
+from .ir_sknet import SelectiveKernel  # noqa: E402  (SKNet's composite op, its own module)
 
 OP_TYPES = (Conv, BatchNorm, ReLU, Pool, Subsample, ChannelPad, SqueezeExcite, ECA, DropPath, GlobalAvgPool,
-            Dropout, Linear, SplitAttention, Res2Net)
+            Dropout, Linear, SplitAttention, Res2Net, SelectiveKernel)
 
 
 def missing_op_types(table) -> list:

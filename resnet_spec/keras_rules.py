@@ -233,6 +233,31 @@ def zero_pad1d(conf, inputs):
     return (shape[0], None if shape[1] is None else shape[1] + sum(pads), shape[2])
 
 
+def crop1d(conf, inputs):
+    """Cropping1D on (batch, steps, features): steps less the cropping (SKNet's attention row per path)."""
+    shape, c = _first(inputs), conf.get("cropping", [1, 1])
+    pair = c if isinstance(c, list) else [c, c]
+    if len(pair) != 2:
+        raise Bad(f"cropping is {c!r}")
+    crops = [_int({"cropping": v}, "cropping") for v in pair]
+    if shape is None:
+        return None
+    if len(shape) != 3:
+        raise Bad("Cropping1D is read on 3-D inputs only")
+    return (shape[0], None if shape[1] is None else max(0, shape[1] - sum(crops)), shape[2])
+
+
+def softmax(conf, inputs):
+    """Softmax along one axis: the input's shape (SKNet's attention across the paths)."""
+    axis = conf.get("axis", -1)
+    axes = axis if isinstance(axis, list) else [axis]
+    shape = _first(inputs)
+    for a in axes:
+        if not isinstance(a, int) or isinstance(a, bool) or (shape is not None and not -len(shape) <= a < len(shape)):
+            raise Bad(f"axis is {axis!r}")
+    return shape
+
+
 def zero_pad3d(conf, inputs):
     shape = _first(inputs)
     if shape is None or len(shape) != 5 or conf.get("data_format") == "channels_first":

@@ -18,6 +18,7 @@ from .config import DEFAULTS, BlockConfig, HeadConfig, ShortcutConfig, StemConfi
 from .errors import SpecError
 from .regnet import stage_path, stages_of
 from .rules import RULES, blocks_per_stage, rule_errors  # noqa: F401  (RULES: the semantic rules)
+from .sknet import is_selective_kernel, selective_kernel
 from .spec import Spec, load as load_spec
 
 
@@ -247,6 +248,30 @@ class _Resolver:
             return "option_a"
         return "avgpool_projection" if self.sc.projection == "avgpool_conv" else "projection"
 
+    def spatial_op(self, name, i, shape, geometry, projects: bool, spath):
+        """The composite op that replaces conv{i} + BN + ReLU: Res2Net's split convs or SKNet's selective
+        kernel (``block.spatial``); ``geometry`` is that conv's (out channels, stride, dilation, groups)."""
+        oc, s, dl, g = geometry
+        if self.blk.spatial["type"] == "res2net":  # the rules keep it to v1 bottlenecks, stride on the 3x3
+            first = s > 1 or projects  # timm's is_first: strided, or its shortcut projects
+            return ir.res2net_op(name, self.blk.spatial["scale"], oc, (s, dl, g), first, (self.eps, self.momentum),
+                                 shape)
+        return selective_kernel(self, f"{name}.conv{i}", shape, oc, s, dl, g, spath)
+
+    def conv_bn_relu(self, main: list, name, i, shape, geometry, followed_by_bn: bool, last: bool, spath):
+        """conv{i} (+ bn{i} and, but for the last, a ReLU in a v1 block) appended to ``main``; the output
+        shape. timm's SK blocks name their other convs ConvNormAct's way: conv{i}.conv, conv{i}.bn."""
+        oc, k, s, p, dl, g = geometry
+        sk = is_selective_kernel(self.blk.spatial)
+        cname, bname = (f"{name}.conv{i}.conv", f"{name}.conv{i}.bn") if sk else (f"{name}.conv{i}", f"{name}.bn{i}")
+        conv = self.conv(cname, shape, oc, k, s, p, dl, g, self.bias_for(followed_by_bn), spath)
+        main.append(conv)
+        if not self.preact:
+            main.append(self.bn(bname, conv.out_shape))
+            if not last:
+                main.append(self.relu(conv.out_shape))
+        return conv.out_shape
+
     def residual_branch(self, name, in_shape, width, out_ch, stride, dil, rate, spath) -> tuple:
         """``(pre, main, out_shape)``. Conv i is conv{i}; v1 puts bn{i} after it, pre-activation puts
         bn{i} before it (bn1 being the block's pre-activation), as torchvision and the preact code do."""
@@ -260,12 +285,12 @@ class _Resolver:
             plan = [(width * scale, 1, s1, 0, 1, 1), (width, 3, s3, dil, dil, groups), (out_ch, 1, 1, 0, 1, 1)]
         else:
             plan = [(out_ch, 3, stride, dil, dil, 1), (out_ch, 3, 1, dil, dil, 1)]
+        kind = blk.spatial["type"]
+        spatial_i = 2 if blk.kind == "bottleneck" else 1  # which conv a composite spatial op replaces
         for i, (oc, k, s, p, dl, g) in enumerate(plan, start=1):
             last = i == len(plan)
-            if blk.spatial["type"] == "res2net" and i == 2:  # the rules keep Res2Net to v1 bottlenecks, stride on the 3x3
-                first = stride > 1 or in_shape[0] != out_ch  # timm's is_first: strided, or its shortcut projects
-                main.append(ir.res2net_op(name, scale, width, (stride, dil, groups), first, (self.eps, self.momentum),
-                                          shape))
+            if i == spatial_i and kind in ("res2net", "selective_kernel"):  # the rules keep both to v1 blocks
+                main.append(self.spatial_op(name, i, shape, (oc, s, dl, g), in_shape[0] != out_ch, spath))
                 shape = main[-1].out_shape
                 continue
             if self.preact and i > 1:
@@ -276,19 +301,13 @@ class _Resolver:
             if avd and blk.avd == "before_3x3":
                 main.append(resnest.avd_pool(self, name, shape, s, spath))
                 shape = main[-1].out_shape
-            if k == 3 and blk.spatial["type"] == "split_attention":  # replaces conv2 + bn2 + relu
+            if k == 3 and kind == "split_attention":  # replaces conv2 + bn2 + relu
                 main.append(resnest.split_attention(self, f"{name}.conv{i}", shape, oc, (1 if avd else s, p, dl), g,
                                                     spath))
                 shape = main[-1].out_shape
             else:
-                conv = self.conv(f"{name}.conv{i}", shape, oc, k, 1 if aa or avd else s, p, dl, g,
-                                 self.bias_for(followed_by_bn), spath)
-                main.append(conv)
-                shape = conv.out_shape
-                if not self.preact:
-                    main.append(self.bn(f"{name}.bn{i}", shape))
-                    if not last:
-                        main.append(self.relu(shape))
+                shape = self.conv_bn_relu(main, name, i, shape, (oc, k, 1 if aa or avd else s, p, dl, g),
+                                          followed_by_bn, last, spath)
             if aa:
                 main.append(self.anti_alias(f"{name}.aa", shape, s, spath))
                 shape = main[-1].out_shape

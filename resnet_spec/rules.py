@@ -128,7 +128,8 @@ def _after_3x3(spec: Spec, blk):
 
 def _rule_spatial(spec: Spec):
     """block.spatial: only the keys of its type; split attention and Res2Net's split convs replace a v1
-    bottleneck's 3x3 conv (Res2Net's also carry its stride, so nothing else may move it)."""
+    bottleneck's 3x3 conv (Res2Net's also carry its stride, so nothing else may move it); a selective
+    kernel: :func:`_selective_kernel`."""
     blk, given = BlockConfig.of(spec.data), (spec.data["block"] or {}).get("spatial") or {}
     kind, where = blk.spatial["type"], ("block", "spatial", "type")
     for key in given:
@@ -136,9 +137,11 @@ def _rule_spatial(spec: Spec):
             other = next(t for t, keys in SPATIAL_KEYS.items() if key in keys)
             yield spec.error(f"'{key}' applies to block.spatial type {other!r} only, not to type {kind!r}",
                              ("block", "spatial", key))
-    if kind == "conv":
+    if kind == "selective_kernel":
+        yield from _selective_kernel(spec, blk, given)
+    elif kind == "conv":
         return
-    if blk.kind != "bottleneck":
+    elif blk.kind != "bottleneck":
         yield spec.error(f"block.spatial type {kind!r} applies to bottleneck blocks only", where)
     elif blk.preact:
         yield spec.error(f"block.spatial type {kind!r} is not supported with pre-activation blocks", where)
@@ -148,6 +151,22 @@ def _rule_spatial(spec: Spec):
                          (blk.se is not None and blk.se["placement"] == "after_3x3", "SE placement 'after_3x3'")):
             if bad:
                 yield spec.error(f"block.spatial type 'res2net' is not supported with {why}", where)
+
+
+def _selective_kernel(spec: Spec, blk, given: dict):
+    """A selective kernel's odd kernels, on a v1 block whose spatial conv takes the stride, without
+    anti_alias or an SE placed after the 3x3 conv."""
+    for i, k in enumerate(given.get("kernels") or ()):
+        if k % 2 == 0:
+            yield spec.error(f"selective kernel size {k} is even; each path's kernel must be odd",
+                             ("block", "spatial", "kernels", i))
+    clash = [("preact", blk.preact, "pre-activation blocks"), ("anti_alias", blk.anti_alias is not None, "anti_alias"),
+             ("stride_on", blk.kind == "bottleneck" and blk.stride_on_1x1, "stride_on: 1x1 (timm's selective "
+              "kernel takes the block's stride)"),
+             ("se", blk.se is not None and blk.se["placement"] == "after_3x3", "an SE placed after_3x3")]
+    for key, bad, what in clash:
+        if bad:
+            yield spec.error(f"block.spatial type 'selective_kernel' is not supported with {what}", ("block", key))
 
 
 def _rule_avd(spec: Spec):

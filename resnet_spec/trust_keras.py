@@ -75,6 +75,8 @@ LAYERS = {
     "Cropping3D": Layer(STOCK, R.crop3d),  # Res2Net's channel splits (backends/keras/res2net.py)
     # ECA's conv across the channels (a sequence of one feature)
     "Conv1D": Layer(STOCK, R.conv1d, R.conv1d_values), "ZeroPadding1D": Layer(STOCK, R.zero_pad1d),
+    # SKNet's attention: its row per path, the softmax across the paths
+    "Cropping1D": Layer(STOCK, R.crop1d), "Softmax": Layer(STOCK, R.softmax),
     "ConstantPad2D": Layer(custom.__name__, R.constant_pad), "ChannelPad": Layer(custom.__name__, R.channel_pad),
     "ExactAvgPool2D": Layer(custom.__name__, R.exact_pool, R.exact_values, variables=False),
     "TorchBatchNorm": Layer(custom.__name__, R.same_shape, R.bn_values),

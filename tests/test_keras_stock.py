@@ -59,7 +59,8 @@ def written(tmp_path_factory):
     """{name: (net, .keras path, input .npy in the file's layout, torch logits)} from ``convert``."""
     root = tmp_path_factory.mktemp("stock")
     specs = {**SPECS, "resnetv2_50": (tiny_text("resnetv2_50", size=40), "channels_last"),
-             "ecaresnet50d": (tiny_text("ecaresnet50d", size=40), "channels_first")}
+             "ecaresnet50d": (tiny_text("ecaresnet50d", size=40), "channels_first"),
+             "skresnet34": (tiny_text("skresnet34", size=40), "channels_last")}
     out = {}
     for i, (name, (text, data_format)) in enumerate(specs.items()):
         (root / f"{name}.yaml").write_text(text.replace("name: ", f"name: {name}_", 1) if "name:" in text else text)

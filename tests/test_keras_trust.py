@@ -257,7 +257,9 @@ LEGIT_SPECS = [("resnet18", None, "channels_last", "float32"), ("preact_resnet16
                # ResNeSt's split attention (Cropping2D of (H*W, radix, C), Permute, a softmax Activation)
                ("resnest50d", 40, "channels_last", "float32", "stock"),
                # Res2Net's channel splits (Reshape, Cropping3D), cut to two blocks per stage
-               ("res2next50", 40, "channels_last", "float32", "stock")]
+               ("res2next50", 40, "channels_last", "float32", "stock"),
+               # SKNet's selective kernel (Cropping2D channel split, Softmax, Cropping1D), two blocks per stage
+               ("skresnet34", 40, "channels_last", "float32", "stock")]
 LEGIT_APPS = [("ResNet50", {}), ("ResNet50V2", {"include_top": False, "pooling": "max"})]
 
 

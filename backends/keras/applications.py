@@ -21,6 +21,10 @@ def _no_res2net(op, place):
     raise ResNetSpecError("keras.applications ResNets have no Res2Net split convs")
 
 
+def _no_sk(op, place):
+    raise ResNetSpecError("keras.applications ResNets have no selective kernel convolutions")
+
+
 #: IR op type -> its keras.applications layer name from its place in the network (``conv1`` in the stem,
 #: ``conv3_block1_2`` for the BN after a block's second conv, ``post`` in the head; see
 #: :func:`keras_applications_names`), or None for a parameter-free op (no layer of its own to map). Every
@@ -40,6 +44,7 @@ APPLICATIONS_NAMES = {
     ir.GlobalAvgPool: None,
     ir.Dropout: None,
     ir.Linear: lambda op, place: "predictions",
+    ir.SelectiveKernel: _no_sk,
 }
 
 

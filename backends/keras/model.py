@@ -30,6 +30,7 @@ from ...errors import BackendUnavailable, ResNetSpecError
 from .. import common
 from ..legs import DTYPES
 from . import res2net
+from . import sknet
 from .layers import define
 from .names import Namer, canonical_name, layer_name, tap_layer_names
 from .resnest import split_attention_layers
@@ -200,6 +201,7 @@ OPS = {
     ir.SplitAttention: lambda op, x, name, namer: split_attention_layers(op, x, name, namer, _L(), _conv_layers,
                                                                          _batch_norm),
     ir.Res2Net: lambda op, x, name, namer: res2net.lower(OPS, _L(), op, x, namer),
+    ir.SelectiveKernel: lambda op, x, name, namer: sknet.layers(op, x, name, namer, OPS, _L()),
 }
 
 
@@ -320,6 +322,8 @@ class _ReluSites(_Lowering):
             self.sites += [self.namer(f"{canonical_name(layer)}.{act}") for act in ("act0", "act1")]
         elif isinstance(op, ir.Res2Net):  # each split conv's ReLU, named as backends/keras/res2net.py names it
             self.sites += [self.namer(res2net.relu_name(op, i)) for i in range(op.convs)]
+        elif isinstance(op, ir.SelectiveKernel):  # each path's ReLU, then the attention's (torch's call order)
+            self.sites += [self.namer(name) for name in sknet.relu_names(op, canonical_name(layer))]
         return x
 
     def add(self, y, s, block, tap):

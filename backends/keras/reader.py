@@ -186,8 +186,11 @@ class _Mapper(Recogniser):
         bias = bool(c.get("use_bias", len(w) > 1))
         if bias:
             self.src.weights[f"{name}.bias"] = w[1]
+        # a strided dilated conv is written dense, then every s-th output kept (model._conv_layers)
+        sub = self.by_name.get(f"{layer['name']}-stride")
+        stride = sub["config"]["strides"][0] if sub and sub["cls"] == "MaxPooling2D" and s[0] == 1 else s[0]
         self.src.layers[name] = Layer(name, "conv", self.src.weights[f"{name}.weight"].shape, bias, layer["name"],
-                                      s[0], pad, c.get("dilation_rate", [1])[0])
+                                      stride, pad, c.get("dilation_rate", [1])[0])
 
     def zero_pad(self, layer) -> int:
         prev = self.by_name.get(layer["inbound"][0]) if layer["inbound"] else None

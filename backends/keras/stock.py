@@ -28,6 +28,7 @@ import math
 
 from ... import ir
 from . import res2net
+from . import sknet
 from .layers import CLASSES
 from .model import OPS, _L, _Lowering, _conv_layers, build as _build
 from .resnest import split_attention_layers
@@ -103,7 +104,8 @@ def _channel_pad(op: ir.ChannelPad, x, name: str, namer: Namer):
 STOCK_OPS = {**OPS, ir.BatchNorm: _batch_norm, ir.Pool: _pool_layers, ir.ChannelPad: _channel_pad,
              ir.SplitAttention: lambda op, x, name, namer: split_attention_layers(op, x, name, namer, _L(),
                                                                                   _conv_layers, _batch_norm),
-             ir.Res2Net: lambda op, x, name, namer: res2net.lower(STOCK_OPS, _L(), op, x, namer)}
+             ir.Res2Net: lambda op, x, name, namer: res2net.lower(STOCK_OPS, _L(), op, x, namer),
+             ir.SelectiveKernel: lambda op, x, name, namer: sknet.layers(op, x, name, namer, STOCK_OPS, _L())}
 
 
 class StockLowering(_Lowering):

@@ -105,6 +105,8 @@ def _split_attention_to_keras(op: ir.SplitAttention, weights) -> dict:
 
 def _split_attention_from_keras(op: ir.SplitAttention, get) -> dict:
     return {k: v for part in split_attention_parts(op) for k, v in LAYOUTS[type(part)][1](part, get).items()}
+
+
 def _res2net_to_keras(op: ir.Res2Net, weights) -> dict:
     out = {}
     for conv, bn in res2net_parts(op):  # each split's Conv2D and BN layer, as any conv's and BN's
@@ -119,6 +121,22 @@ def _res2net_from_keras(op: ir.Res2Net, get) -> dict:
         out.update(_conv_from_keras(conv, get))
         out.update(_bn_from_keras(bn, get) if bn else {})
     return out
+
+
+def _sk_to_keras(op: ir.SelectiveKernel, weights) -> dict:
+    """Each sub-layer (paths' convs and BNs, fc_reduce, its BN, fc_select) as the plain op it is."""
+    return {k: v for sub in _sk_subs(op) for k, v in LAYOUTS[type(sub)][0](sub, weights).items()}
+
+
+def _sk_from_keras(op: ir.SelectiveKernel, get) -> dict:
+    return {k: v for sub in _sk_subs(op) for k, v in LAYOUTS[type(sub)][1](sub, get).items()}
+
+
+def _sk_subs(op: ir.SelectiveKernel) -> list:
+    from ...sknet import sub_ops
+
+    paths, attn = sub_ops(op)
+    return [sub for pair in paths for sub in pair if sub is not None] + [sub for sub in attn if sub is not None]
 
 
 #: The entry of a parameter-free op: no Keras weights either way.
@@ -142,6 +160,7 @@ LAYOUTS = {
     ir.Linear: (_linear_to_keras, _linear_from_keras),
     ir.SplitAttention: (_split_attention_to_keras, _split_attention_from_keras),
     ir.Res2Net: (_res2net_to_keras, _res2net_from_keras),
+    ir.SelectiveKernel: (_sk_to_keras, _sk_from_keras),
 }
 
 

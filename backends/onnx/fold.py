@@ -20,6 +20,7 @@ import numpy as np
 from ... import ir
 from .resnest import fold_split_attention
 from . import res2net
+from . import sknet
 
 
 def fold_batchnorm(net: ir.Network, weights, dtype=np.float32) -> tuple:
@@ -45,6 +46,9 @@ def fold_batchnorm(net: ir.Network, weights, dtype=np.float32) -> tuple:
                 res.append(fold_split_attention(op, weights, out, dtype))
                 continue
             prev = res[-1] if res else None
+            if isinstance(op, ir.SelectiveKernel):  # its own BNs, after its own convs
+                res.append(sknet.fold(op, weights, out, dtype))
+                continue
             if isinstance(op, ir.BatchNorm) and isinstance(prev, ir.Conv):
                 b = (np.asarray(weights[f"{prev.name}.bias"], np.float64) if prev.bias
                      else np.zeros(prev.out_channels))

@@ -13,6 +13,7 @@ import numpy as np
 
 from ... import ir
 from . import res2net
+from . import sknet
 from .pool import pool_to_nodes as pool_nodes  # rewrite-proof pooling: see backends.onnx.pool
 from .resnest import split_attention_nodes
 from ...errors import BackendUnavailable, ResNetSpecError
@@ -180,6 +181,7 @@ OPS = {
     ir.Res2Net: res2net.lower,
     ir.Linear: _linear,
     ir.SplitAttention: split_attention_nodes,
+    ir.SelectiveKernel: sknet.nodes,
 }
 
 

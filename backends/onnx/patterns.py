@@ -213,3 +213,9 @@ def shortcut_reshapes(g, short) -> bool:
             if w.shape[0] != w.shape[1] * a.get("group", 1) or max(a.get("strides", [1])) > 1:
                 return True
     return False
+
+
+#: A node joining computed paths that the reader does not read back, by op type -> the refusal's words.
+UNREAD_JOINS = {"Sum": "parallel paths joined by attention (a selective kernel, SKNet, or split attention), which "
+                       "resnet-spec cannot import from ONNX yet",
+                "Concat": "a Concat of split convs (Res2Net), which the ONNX reader does not read back yet"}

@@ -24,7 +24,7 @@ from collections import defaultdict
 import numpy as np
 
 from .patterns import attrs as _attrs, border_mask, channel_pad, check_wiring, fold, pool_facts, \
-    read_constant, shortcut_reshapes, slice_steps, spatial_pad
+    read_constant, shortcut_reshapes, slice_steps, spatial_pad, UNREAD_JOINS
 from .checked import declared_input, load_checked
 from ...budgets import ONNX_MAX_FOLD_TOTAL
 from ...fileio import shown
@@ -32,8 +32,6 @@ from ...importers.source import ImportRefused, Layer, Recogniser, Source
 
 PASS_THROUGH = ("Identity", "Dropout")
 EPS = 1e-5
-
-
 class _Graph:
     def __init__(self, model, label: str):
         from onnx import numpy_helper
@@ -136,8 +134,8 @@ class _Walker(Recogniser):
                 value = x
                 continue
             if len(data) != 1:
-                raise self.g.refuse(node, "a Concat of split convs (Res2Net), which the ONNX reader does not read back "
-                                    "yet" if node.op_type == "Concat" else f"{len(data)} computed inputs; a ResNet layer has one")
+                raise self.g.refuse(node, UNREAD_JOINS.get(node.op_type, f"{len(data)} computed inputs; a ResNet "
+                                                                         "layer has one"))
             ops.append(("op", node, ins))
             value = data[0]
         return ops[::-1]

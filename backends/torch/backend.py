@@ -16,6 +16,7 @@ from ... import ir
 from .. import DTYPES, common
 from ..legs import parse_device
 from . import res2net
+from . import sknet
 from ...errors import BackendUnavailable
 from .resnest import split_attention_args
 
@@ -171,6 +172,7 @@ OPS = {
     ir.Linear: lambda op: nn.Linear(op.in_features, op.out_features, op.bias),
     ir.SplitAttention: lambda op: SplitAttention(*split_attention_args(op)),
     ir.Res2Net: res2net.modules,  # a dict: modules registered on the block itself (timm's convs.N, bns.N)
+    ir.SelectiveKernel: lambda op: sknet.from_ir(op),
 }
 
 

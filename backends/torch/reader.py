@@ -206,7 +206,8 @@ def timm_equivalent(spec: dict):
               "in_chans": spec["input"]["channels"], "cardinality": block.get("groups", 1),
               "base_width": block.get("width_per_group", 64),
               "channels": [s["channels"] for s in spec["stages"]], "bottleneck": block["type"] == "bottleneck",
-              "se": None if se is None else _TIMM_SE.index(se), "zero_init_last": False, **pool_kwargs}
+              "se": None if se is None else _TIMM_SE.index(se), "zero_init_last": False, **pool_kwargs,
+              **_timm_sk(block.get("spatial"))}
     if resnest:
         kwargs["resnest"] = resnest
     if (block.get("spatial") or {}).get("type") == "res2net":  # timm's Bottle2neck in the same ResNet class
@@ -224,6 +225,17 @@ def timm_equivalent(spec: dict):
 
 
 _TIMM_POOL = {"ceil_mode": True, "count_include_pad": False}
+
+
+def _timm_sk(spatial) -> dict:
+    """timm's SelectiveKernel arguments for a block.spatial of type selective_kernel (sknet.py's blocks)."""
+    from ...config import spatial_config
+
+    sp = spatial_config(spatial)
+    if sp is None or sp["type"] != "selective_kernel":
+        return {}
+    return {"sk": {"kernel_size": list(sp["kernels"]), "keep_3x3": sp["keep_3x3"], "split_input": sp["split_input"],
+                   "rd_ratio": sp["rd_ratio"], "rd_divisor": sp["rd_divisor"]}}
 #: the attention settings timm's ResNet uses: SEModule's default (rd_ratio 1/16), ResNet-RS's rd_ratio 1/4,
 #: EcaModule's default (the adaptive kernel; attn_layer='eca', the ecaresnet models)
 _TIMM_SE = ({"reduction": 16, "divisor": 8}, {"reduction": 4, "divisor": 8}, {"type": "eca"})
@@ -337,7 +349,7 @@ def build_timm(kwargs: dict):
 
     kw = dict(kwargs)
     kw["block"] = resnet.Bottleneck if kw.pop("bottleneck") else resnet.BasicBlock
-    se, scale = kw.pop("se"), kw.pop("res2net_scale", None)
+    se, scale, sk = kw.pop("se"), kw.pop("res2net_scale", None), kw.pop("sk", None)
     if "resnest" in kw:
         from timm.models.resnest import ResNestBottleneck
 
@@ -346,6 +358,11 @@ def build_timm(kwargs: dict):
         from timm.models.res2net import Bottle2neck
 
         kw["block"], kw["block_args"] = Bottle2neck, {"scale": scale}
+    elif sk is not None:  # timm's sknet.py blocks
+        from timm.models import sknet
+
+        kw["block"] = sknet.SelectiveKernelBottleneck if kw["block"] is resnet.Bottleneck else sknet.SelectiveKernelBasic
+        kw["block_args"] = {"sk_kwargs": sk}
     kw.setdefault("block_args", {})
     if se is not None:
         kw["block_args"]["attn_layer"] = ("se", partial(resnet.get_attn("se"), rd_ratio=0.25), "eca")[se]

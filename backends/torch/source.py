@@ -24,22 +24,14 @@ fresh process against the torch backend.
 
 from __future__ import annotations
 
-import ast
 import keyword
-import os
 import re
-import textwrap
 from dataclasses import dataclass
 
 from ... import __version__, ir
 from .. import common
-from .resnest import split_attention_args
+from .source_ops import HELPER_CLASSES, HELPER_NEEDS, OPS, Modules, helpers  # noqa: F401  (OPS: the table)
 
-#: The helper modules an emitted file may need, copied from backends/torch/backend.py's source.
-HELPER_CLASSES = ("Subsample", "ChannelPad", "PaddedMaxPool", "SqueezeExcite", "ECA", "DropPath", "GlobalAvgPool",
-                  "SplitAttention", "res2net_splits")
-#: The modules of backends/torch/ whose classes and functions the .py copies.
-_HELPER_FILES = ("backend.py", "resnest.py", "res2net.py")
 _KINDS = {"bottleneck": "Bottleneck", "basic": "BasicBlock"}
 #: ir.Block.shortcut_kind -> (block class name suffix, words for its docstring)
 _SHORTCUTS = {"identity": ("", "identity"), "projection": ("Projection", "projection"),
@@ -51,7 +43,8 @@ _BLOCK_NAMES = {pre + kind + sc for pre in ("", "PreAct") for kind in (*_KINDS.v
 # otherwise replace torch.nn.functional). Block classes named twice get a "_2" suffix, which
 # class_name never produces.
 _RESERVED = frozenset({"os", "torch", "nn", "F", "BN_EPS", "BN_MOMENTUM", "norm", "load_model", "Residual",
-                       "INPUT_LAYOUT", *HELPER_CLASSES, *_BLOCK_NAMES})
+                       "INPUT_LAYOUT", *HELPER_CLASSES, *(n for ns in HELPER_NEEDS.values() for n in ns),
+                       *_BLOCK_NAMES})
 #: The variable each branch's value lives in, in the emitted forward methods.
 _VAR = {common.STEM: "x", common.HEAD: "x", "pre": "pre", "main": "out", "shortcut": "shortcut", "post": "out"}
 
@@ -78,71 +71,6 @@ def _doc_text(text: str) -> str:
 
 
 # -- the op table: IR op -> the constructor expression of its module (backends.torch.backend.OPS's modules) --
-
-
-def _conv(op: ir.Conv, lw) -> str:
-    args = [str(op.in_channels), str(op.out_channels), str(op.kernel)]
-    settings = (("stride", op.stride, 1), ("padding", op.padding, 0), ("dilation", op.dilation, 1),
-                ("groups", op.groups, 1))
-    args += [f"{key}={value}" for key, value, default in settings if value != default]
-    return f"nn.Conv2d({', '.join(args + [f'bias={op.bias}'])})"
-
-
-def _batchnorm(op: ir.BatchNorm, lw) -> str:
-    if (op.eps, op.momentum) == lw.norm:
-        return f"norm({op.channels})"
-    return f"nn.BatchNorm2d({op.channels}, eps={op.eps!r}, momentum={op.momentum!r})"
-
-
-def _pool(op: ir.Pool, lw) -> str:
-    if op.kind == "avg":
-        return (f"nn.AvgPool2d({op.kernel}, stride={op.stride}, padding={op.padding}, ceil_mode={op.ceil_mode}, "
-                f"count_include_pad={op.count_include_pad})")
-    counted, rest = op.pad_split
-    if not counted:  # torch's max-pool never lets its (-inf) padding win
-        ceil = ", ceil_mode=True" if op.ceil_mode else ""
-        return f"nn.MaxPool2d({op.kernel}, stride={op.stride}, padding={op.padding}{ceil})"
-    return f"PaddedMaxPool({op.kernel}, {op.stride}, {(counted, tuple(rest))!r}, 0.0)"
-
-
-@dataclass
-class _Modules:
-    """An op lowered to several modules at attributes of its block (``convs``, ``bns``, ``pool``: Res2Net's
-    timm names) and one forward line calling a helper function on them (``{src}``: the value it reads)."""
-
-    modules: list
-    line: str
-
-
-def _res2net(op: ir.Res2Net, lw) -> _Modules:
-    parts = common.res2net_parts(op)
-    mods = [("convs", "nn.ModuleList([" + ", ".join(_conv(c, lw) for c, _ in parts) + "])")]
-    if op.norm:
-        mods.append(("bns", "nn.ModuleList([" + ", ".join(_batchnorm(b, lw) for _, b in parts) + "])"))
-    pool = common.res2net_pool(op)
-    if pool is not None:
-        mods.append(("pool", _pool(pool, lw)))
-    bns, p = ("self.bns" if op.norm else "[nn.Identity()] * len(self.convs)"), ("self.pool" if pool else "None")
-    return _Modules(mods, f"out = res2net_splits({{src}}, self.convs, {bns}, {p}, {op.width}, {op.cascade}, self.relu)")
-
-
-#: How each IR op becomes a module constructor in the source (the conformance test checks it is complete).
-OPS = {
-    ir.Conv: _conv,
-    ir.BatchNorm: _batchnorm,
-    ir.ReLU: lambda op, lw: "nn.ReLU(inplace=True)",
-    ir.Pool: _pool,
-    ir.Subsample: lambda op, lw: f"Subsample({op.stride})",
-    ir.ChannelPad: lambda op, lw: f"ChannelPad({op.before}, {op.after})",
-    ir.SqueezeExcite: lambda op, lw: f"SqueezeExcite({op.channels}, {op.reduced})",
-    ir.ECA: lambda op, lw: f"ECA({op.kernel}, {op.padding})",
-    ir.DropPath: lambda op, lw: f"DropPath({op.rate!r})",
-    ir.GlobalAvgPool: lambda op, lw: "GlobalAvgPool()",
-    ir.Dropout: lambda op, lw: f"nn.Dropout({op.rate!r})",
-    ir.Linear: lambda op, lw: f"nn.Linear({op.in_features}, {op.out_features}, bias={op.bias})",
-    ir.SplitAttention: lambda op, lw: f"SplitAttention{split_attention_args(op)!r}",
-    ir.Res2Net: _res2net,
-}
 
 
 @dataclass
@@ -174,8 +102,8 @@ class _Emitter(common.Lowering):
     def op(self, op, x, name, tap):
         owner, branch = self.where
         expr = self.lowering_of(op)(op, self)
-        if isinstance(expr, _Modules):  # at the block's own attributes (op.name is the block's)
-            self.steps.append(_Modules(expr.modules, expr.line.format(src=x)))
+        if isinstance(expr, Modules):  # at the block's own attributes (op.name is the block's)
+            self.steps.append(Modules(expr.modules, expr.line.format(src=x)))
             return _VAR[branch]
         if owner and not name.startswith(owner + "."):
             raise ValueError(f"torch source: op {name} is not inside its block {owner}")
@@ -193,10 +121,13 @@ class _Emitter(common.Lowering):
 
 
 def _slot(attr: str):
-    """``('downsample', 1)`` for ``downsample.1``; None for a plain attribute."""
+    """``('downsample', 1)`` for ``downsample.1``; ``('conv1', 'conv')`` for ``conv1.conv`` or ``conv1.bn``
+    (timm's ConvNormAct names: a ``ConvNorm``); None for a plain attribute."""
     if "." not in attr:
         return None
     container, _, index = attr.partition(".")
+    if index in ("conv", "bn"):
+        return container, index
     if not index.isdigit():
         raise ValueError(f"torch source: cannot place a module named {attr!r}")
     return container, int(index)
@@ -211,7 +142,7 @@ def _fill_gaps(steps: list) -> None:
         if not (isinstance(before, _Step) and isinstance(after, _Step)):
             continue
         a, b = _slot(before.attr), _slot(after.attr)
-        if a and b and a[0] == b[0] and a[1] + 1 < b[1]:
+        if a and b and a[0] == b[0] and isinstance(a[1], int) and isinstance(b[1], int) and a[1] + 1 < b[1]:
             step.attr, step.helper = f"{a[0]}.{a[1] + 1}", False
 
 
@@ -230,7 +161,7 @@ class _Section:
                 self.lines.append(step)
                 i += 1
                 continue
-            if isinstance(step, _Modules):
+            if isinstance(step, Modules):
                 self.modules += step.modules
                 self.lines.append(step.line)
                 i += 1
@@ -267,6 +198,9 @@ class _Section:
         items = {_slot(s.attr)[1]: s.expr for s in steps}
         if len(items) < len(steps):
             raise ValueError(f"torch source: two ops share a slot in {name!r}")
+        if list(items) == ["conv", "bn"]:  # timm's ConvNormAct without its activation (SKNet's blocks)
+            self.modules.append((name, f"ConvNorm({items['conv']}, {items['bn']})"))
+            return name
         self.modules.append((name, [items.get(k, "nn.Identity()") for k in range(max(items) + 1)]))
         return name
 
@@ -353,21 +287,6 @@ def _net_class(net: ir.Network, cls: str, top: _Section, stem_modules: int, bloc
     return "\n".join(L)
 
 
-def _helpers(text: str) -> str:
-    """The helper classes ``text`` constructs, as backends/torch/backend.py defines them."""
-    wanted = [name for name in HELPER_CLASSES if re.search(rf"\b{name}\(", text)]
-    if not wanted:
-        return ""
-    found = {}
-    for file in _HELPER_FILES:
-        with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), file), encoding="utf-8") as f:
-            lines = f.read().splitlines()
-        found.update({node.name: "\n".join(lines[node.lineno - 1:node.end_lineno])
-                      for node in ast.walk(ast.parse("\n".join(lines)))
-                      if isinstance(node, (ast.ClassDef, ast.FunctionDef))})
-    return "".join(textwrap.dedent(found[n]) + "\n\n\n" for n in wanted)
-
-
 def to_source(net: ir.Network, weights_file: str | None = None, layout: str = "nchw") -> str:
     """The standalone source of ``net``; its model takes input in ``layout`` ('nchw' or 'nhwc', also
     written as the module's ``INPUT_LAYOUT``)."""
@@ -382,7 +301,7 @@ def to_source(net: ir.Network, weights_file: str | None = None, layout: str = "n
     model = _net_class(net, class_name(net.name), top, stem_modules, blocks, classes, layout)
     loader = _LOADER.format(cls=class_name(net.name), weights=repr(weights_file or f"{net.name}.safetensors"),
                             dims=", ".join(map(str, common.input_dims(net.input_shape, layout))))
-    return (_header(net, weights_file, layout) + _helpers(block_defs + model) + _RESIDUAL + block_defs + "\n"
+    return (_header(net, weights_file, layout) + helpers(block_defs + model) + _RESIDUAL + block_defs + "\n"
             + model + loader)
 
 

@@ -20,6 +20,7 @@ from ..errors import ResNetSpecError
 from ..ir import se_reduced
 from ..resolve import load_network
 from . import infer_resnest as resnest
+from . import infer_sknet
 from .source import Source, first_difference
 
 _BLOCK = re.compile(r"^layer(\d+)\.(\d+)\.(.+)$")
@@ -137,6 +138,8 @@ def _stage(src, si, blocks, bottleneck, preact, facts_stride):
 
 def candidates(src: Source, name: str, input_size) -> list:
     """Candidate spec dicts for ``src``, most likely first."""
+    if infer_sknet.has_selective_kernel(src):  # SKNet: the plain ResNet's candidates with each block.spatial
+        return infer_sknet.candidates(candidates, src, name, input_size)
     stages = _blocks(src)
     L = src.layers
     bottleneck = "conv3" in stages[0][0]

@@ -141,6 +141,15 @@ def _res2net_layers(op: ir.Res2Net) -> tuple:
     return convs + bns
 
 
+def _sk_layers(op: ir.SelectiveKernel) -> tuple:
+    """Each path's conv and BN, fc_reduce, its BN, fc_select: the layers of the plain ops they are."""
+    from ..sknet import sub_ops
+
+    paths, attn = sub_ops(op)
+    subs = [sub for pair in paths for sub in pair] + list(attn)
+    return tuple(layer for sub in subs if sub is not None for layer in SPEC_LAYERS[type(sub)](sub))
+
+
 def _no_layers(op) -> tuple:
     return ()
 
@@ -162,6 +171,7 @@ SPEC_LAYERS = {
     ir.Dropout: _no_layers,
     ir.Linear: lambda op: (SpecLayer(op.name, "linear", (op.out_features, op.in_features), op.bias),),
     ir.SplitAttention: _split_attention_layers,
+    ir.SelectiveKernel: _sk_layers,
 }
 
 

@@ -127,6 +127,19 @@ def _init_res2net(op: ir.Res2Net, init: _Init) -> dict:
     return out
 
 
+def _init_selective_kernel(op: ir.SelectiveKernel, init: _Init) -> dict:
+    """Each path's conv He normal (fan-out), its BN as any BN; fc_reduce and fc_select (1x1 convs, no bias)
+    He normal (fan-out) as timm's ResNet initialises every conv; the attention's BN as any BN."""
+    out = {}
+    for name, shape, _ in op.tensors():
+        leaf = name.rpartition(".")[2]
+        if name.endswith("conv.weight") or ".attn.fc_" in name:
+            out[name] = init.rng.normal(0.0, math.sqrt(2.0 / (shape[0] * shape[2] * shape[3])), shape)
+        else:
+            out[name] = _bn_tensor(init, leaf, shape, False)
+    return out
+
+
 def _init_linear(op: ir.Linear, init: _Init) -> dict:
     return {name: init.uniform_fan_in(op.in_features, shape) for name, shape, _ in op.tensors()}
 
@@ -168,4 +181,5 @@ INIT = {
     ir.Dropout: _no_tensors,
     ir.Linear: _init_linear,
     ir.SplitAttention: _init_split_attention,
+    ir.SelectiveKernel: _init_selective_kernel,
 }
