@@ -15,6 +15,8 @@ DEFAULTS = {
     "width_multiplier": 1,
     "conv_bias": False,
     "norm": {"eps": 1e-5, "momentum": 0.1},
+    "norm.type": {"type": "batch", "groups": 32},
+    "conv": {"standardize": False, "eps": 1e-6},
     "stem": {"type": "conv", "channels": 64, "kernel": 7, "stride": 2,
              "pool": {"type": "max", "kernel": 3, "stride": 2, "padding": 1}},
     "stem.pool": {"type": "max", "kernel": 3, "stride": 2, "padding": 1, "ceil_mode": False, "pad_value": "neg_inf",
@@ -53,6 +55,23 @@ def se_config(se: dict | None) -> dict | None:
     if kind == "eca" and full["kernel"] is not None:
         keys = tuple(k for k in keys if k not in ("gamma", "beta"))
     return {k: full[k] for k in keys}
+
+
+#: norm type -> the norm keys that apply to it (the others are refused when given, and the resolved spec shows
+#: only these): BatchNorm, or GroupNorm (no running statistics, so no momentum).
+NORM_KEYS = {"batch": ("type", "eps", "momentum"), "group": ("type", "groups", "eps")}
+
+
+def norm_config(norm: dict | None) -> dict:
+    """The top-level ``norm`` with the defaults of its type filled in and only the keys that type takes."""
+    full = {**DEFAULTS["norm"], **DEFAULTS["norm.type"], **(norm or {})}
+    return {k: full[k] for k in NORM_KEYS[full["type"]]}
+
+
+def conv_config(conv: dict | None) -> dict:
+    """The top-level ``conv``: ``standardize``, and its ``eps`` only when the convs are standardized."""
+    full = {**DEFAULTS["conv"], **(conv or {})}
+    return full if full["standardize"] else {"standardize": False}
 
 
 def opt(section: dict | None, key: str, defaults_key: str):

@@ -297,8 +297,12 @@ class Linear:
 #: Every IR op type. Each backend lowers every one of them (``backends/common.py``), and every table of
 #: per-op facts has an entry for each (:func:`missing_op_types`; the conformance test
 #: ``tests/test_lowering.py`` checks each backend's ``OPS`` table and every other per-op table against this tuple).
+from .ir_norm import GroupNorm, StdConv  # noqa: E402  (no running statistics: GN, weight standardization)
+
 OP_TYPES = (Conv, BatchNorm, ReLU, Pool, Subsample, ChannelPad, SqueezeExcite, ECA, DropPath, GlobalAvgPool,
-            Dropout, Linear)
+            Dropout, Linear, GroupNorm, StdConv)
+#: The convolution op types (plain, weight-standardized); :attr:`Block.convs` and readers of conv facts.
+CONVS = (Conv, StdConv)
 
 
 def missing_op_types(table) -> list:
@@ -350,7 +354,7 @@ class Block:
     @property
     def convs(self) -> tuple:
         """The residual branch's convolutions, in order (conv1, conv2[, conv3])."""
-        return tuple(op for op in self.main if isinstance(op, Conv))
+        return tuple(op for op in self.main if isinstance(op, CONVS))
 
     @property
     def stride_index(self):
@@ -428,7 +432,7 @@ class Network:
         """Names of each block's last BatchNorm on the residual branch (zero-init-residual targets)."""
         names = []
         for b in self.blocks:
-            bns = [op.name for op in b.main if isinstance(op, BatchNorm)]
+            bns = [op.name for op in b.main if isinstance(op, (BatchNorm, GroupNorm))]
             if bns:
                 names.append(bns[-1])
         return tuple(names)

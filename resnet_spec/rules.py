@@ -8,6 +8,7 @@ from __future__ import annotations
 from .config import DEFAULTS, SE_KEYS, STEM_POOL_KEYS, BlockConfig, StemConfig, opt
 from .errors import SpecError
 from .regnet import params_errors, stage_path, stages_of
+from .rules_norm import rule_norm
 from .spec import Spec
 
 
@@ -155,7 +156,7 @@ def _rule_dilate(spec: Spec):
 
 #: The semantic rules that need nothing but the required fields, in the order resolve() checks them.
 RULES = (_rule_bottleneck_only, _rule_regnet, _rule_se, _rule_shortcut, _rule_stem, _rule_anti_alias, _rule_depth,
-         _rule_dilate)
+         _rule_dilate, rule_norm)
 
 
 def rule_errors(spec: Spec):

@@ -72,6 +72,14 @@ def _eca_from_keras(op: ir.ECA, get) -> dict:
     return {f"{op.name}.conv.weight": np.ascontiguousarray(get(f"{op.name}.conv")[0].transpose(2, 1, 0))}
 
 
+def _gn_to_keras(op: ir.GroupNorm, weights) -> dict:
+    return {op.name: [weights[f"{op.name}.weight"], weights[f"{op.name}.bias"]]}  # gamma, beta
+
+
+def _gn_from_keras(op: ir.GroupNorm, get) -> dict:
+    return dict(zip((f"{op.name}.weight", f"{op.name}.bias"), get(op.name)))
+
+
 def _linear_to_keras(op: ir.Linear, weights) -> dict:
     kernel = np.ascontiguousarray(weights[f"{op.name}.weight"].T)
     return {op.name: [kernel] + ([weights[f"{op.name}.bias"]] if op.bias else [])}
@@ -104,6 +112,8 @@ LAYOUTS = {
     ir.GlobalAvgPool: NO_WEIGHTS,
     ir.Dropout: NO_WEIGHTS,
     ir.Linear: (_linear_to_keras, _linear_from_keras),
+    ir.GroupNorm: (_gn_to_keras, _gn_from_keras),
+    ir.StdConv: (_conv_to_keras, _conv_from_keras),  # the raw kernel (StdConv2D standardizes it)
 }
 
 

@@ -41,7 +41,10 @@ def half_weights(net, weights, fold_bn: bool):
     from ...weights.check import check_weights
     from .fold import fold_batchnorm
 
+    from .norm import standardize_convs
+
     weights = check_weights(net, weights, "weights", allow_nonfinite=True)
+    net, weights = standardize_convs(net, weights, dtype=np.float64)  # weight standardization, in float64
     if fold_bn:
         net, weights = fold_batchnorm(net, weights, dtype=np.float64)
     out = {}

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from ... import ir
+from . import norm
 from .pool import pool_to_nodes as pool_nodes  # rewrite-proof pooling: see backends.onnx.pool
 from ...errors import BackendUnavailable, ResNetSpecError
 from ...naming import UniqueNames
@@ -176,6 +177,8 @@ OPS = {
     ir.Dropout: _identity,
     ir.GlobalAvgPool: _global_avg_pool,
     ir.Linear: _linear,
+    ir.GroupNorm: norm.group_norm,
+    ir.StdConv: norm.std_conv,
 }
 
 

@@ -166,7 +166,16 @@ OPS = {
     ir.GlobalAvgPool: lambda op: GlobalAvgPool(),
     ir.Dropout: lambda op: nn.Dropout(op.rate),
     ir.Linear: lambda op: nn.Linear(op.in_features, op.out_features, op.bias),
+    ir.GroupNorm: lambda op: nn.GroupNorm(op.groups, op.channels, eps=op.eps),
+    ir.StdConv: lambda op: _std_conv(op),
 }
+
+
+def _std_conv(op):
+    from .norm import StdConv2d
+
+    return StdConv2d(op.in_channels, op.out_channels, op.kernel, op.stride, op.padding, op.dilation, op.groups,
+                     op.bias, eps=op.eps)
 
 
 class _Builder(common.Lowering):

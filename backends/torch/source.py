@@ -35,7 +35,10 @@ from ... import __version__, ir
 from .. import common
 
 #: The helper modules an emitted file may need, copied from backends/torch/backend.py's source.
-HELPER_CLASSES = ("Subsample", "ChannelPad", "PaddedMaxPool", "SqueezeExcite", "ECA", "DropPath", "GlobalAvgPool")
+HELPER_CLASSES = ("Subsample", "ChannelPad", "PaddedMaxPool", "SqueezeExcite", "ECA", "DropPath", "GlobalAvgPool",
+                  "StdConv2d")
+#: The modules of backends/torch/ whose classes HELPER_CLASSES names.
+HELPER_MODULES = ("backend.py", "norm.py")
 _KINDS = {"bottleneck": "Bottleneck", "basic": "BasicBlock"}
 #: ir.Block.shortcut_kind -> (block class name suffix, words for its docstring)
 _SHORTCUTS = {"identity": ("", "identity"), "projection": ("Projection", "projection"),
@@ -115,6 +118,8 @@ OPS = {
     ir.GlobalAvgPool: lambda op, lw: "GlobalAvgPool()",
     ir.Dropout: lambda op, lw: f"nn.Dropout({op.rate!r})",
     ir.Linear: lambda op, lw: f"nn.Linear({op.in_features}, {op.out_features}, bias={op.bias})",
+    ir.GroupNorm: lambda op, lw: f"nn.GroupNorm({op.groups}, {op.channels}, eps={op.eps!r})",
+    ir.StdConv: lambda op, lw: _conv(op, lw).replace("nn.Conv2d(", "StdConv2d(", 1)[:-1] + f", eps={op.eps!r})",
 }
 
 
@@ -322,13 +327,13 @@ def _helpers(text: str) -> str:
     wanted = [name for name in HELPER_CLASSES if re.search(rf"\b{name}\(", text)]
     if not wanted:
         return ""
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "backend.py")
-    with open(path, encoding="utf-8") as f:
-        source = f.read()
-    found = {node.name: node for node in ast.walk(ast.parse(source)) if isinstance(node, ast.ClassDef)}
-    lines = source.splitlines()
-    return "".join(textwrap.dedent("\n".join(lines[found[n].lineno - 1:found[n].end_lineno])) + "\n\n\n"
-                   for n in wanted)
+    found = {}
+    for module in HELPER_MODULES:
+        with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), module), encoding="utf-8") as f:
+            lines = f.read().splitlines()
+        found.update({node.name: lines[node.lineno - 1:node.end_lineno]
+                      for node in ast.walk(ast.parse("\n".join(lines))) if isinstance(node, ast.ClassDef)})
+    return "".join(textwrap.dedent("\n".join(found[n])) + "\n\n\n" for n in wanted)
 
 
 def to_source(net: ir.Network, weights_file: str | None = None, layout: str = "nchw") -> str:

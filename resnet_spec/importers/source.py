@@ -129,6 +129,8 @@ def _no_layers(op) -> tuple:
 #: type of ``ir.OP_TYPES``; a parameter-free op has none, as an importer recognises no layer for it).
 SPEC_LAYERS = {
     ir.Conv: _conv_layers,
+    ir.StdConv: _conv_layers,  # a conv's facts; that it is standardized is read from the source's modules
+    ir.GroupNorm: lambda op: (SpecLayer(op.name, "gn", (op.channels,), True, eps=op.eps),),
     ir.BatchNorm: lambda op: (SpecLayer(op.name, "bn", (op.channels,), True, eps=op.eps),),
     ir.ReLU: _no_layers,
     ir.Pool: _no_layers,

@@ -116,6 +116,13 @@ def _init_linear(op: ir.Linear, init: _Init) -> dict:
     return {name: init.uniform_fan_in(op.in_features, shape) for name, shape, _ in op.tensors()}
 
 
+def _init_groupnorm(op: ir.GroupNorm, init: _Init) -> dict:
+    """As a BatchNorm's weight and bias (ones and zeros, the last of a block zero with zero_init_last_bn;
+    random around them with ``random_bn``); a GroupNorm has no running statistics."""
+    is_last = op.name in init.last_bns
+    return {name: _bn_tensor(init, leaf, shape, is_last) for (name, shape, _), leaf in zip(op.tensors(), ir.BN_LEAVES)}
+
+
 def _no_tensors(op, init: _Init) -> dict:
     return {}
 
@@ -135,4 +142,6 @@ INIT = {
     ir.GlobalAvgPool: _no_tensors,
     ir.Dropout: _no_tensors,
     ir.Linear: _init_linear,
+    ir.GroupNorm: _init_groupnorm,
+    ir.StdConv: _init_conv,
 }
