@@ -68,6 +68,19 @@ def norm_config(norm: dict | None) -> dict:
     return {k: full[k] for k in NORM_KEYS[full["type"]]}
 
 
+def drop_other_norm_keys(merged: dict, own: dict, origins: dict) -> None:
+    """After ``extends`` merging: where the derived spec (``own``) sets ``norm.type``, the base's norm keys
+    that do not apply to that type (a BatchNorm base's momentum under ``type: group``) are dropped, not
+    inherited; keys the derived spec gives itself stay (and a rule refuses them)."""
+    kind = (own.get("norm") or {}).get("type")
+    norm = merged.get("norm")
+    if kind not in NORM_KEYS or not isinstance(norm, dict):
+        return
+    for key in [k for k in norm if k not in NORM_KEYS[kind] and k not in own["norm"]]:
+        del norm[key]
+        origins.pop(("norm", key), None)
+
+
 def conv_config(conv: dict | None) -> dict:
     """The top-level ``conv``: ``standardize``, and its ``eps`` only when the convs are standardized."""
     full = {**DEFAULTS["conv"], **(conv or {})}
