@@ -65,7 +65,7 @@ def define(keras) -> dict:
     from .norm import std_conv_class
 
     classes = (_constant_pad(keras), _exact_avg_pool(keras), _channel_pad(keras), _torch_batch_norm(keras),
-               std_conv_class(keras))
+               std_conv_class(keras, __name__))
     assert tuple(cls.__name__ for cls in classes) == CLASSES, "update layers.CLASSES (the .keras allow-list)"
     register = keras.saving.register_keras_serializable(package=PACKAGE)
     return {f"{PACKAGE}>{cls.__name__}": register(cls) for cls in classes}

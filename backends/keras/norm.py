@@ -14,7 +14,9 @@
 from __future__ import annotations
 
 
-def std_conv_class(keras):
+def std_conv_class(keras, module: str):
+    """The StdConv2D class, its ``__module__`` the module that registers it (``layers``: a ``.keras`` file
+    names one module for every class this project registers, and the trust allow-list checks it)."""
     from keras import ops
 
     class StdConv2D(keras.layers.Conv2D):
@@ -34,4 +36,5 @@ def std_conv_class(keras):
         def get_config(self):
             return {**super().get_config(), "eps": self.eps}
 
+    StdConv2D.__module__ = module
     return StdConv2D

@@ -24,5 +24,5 @@ if nn is not None:
 
         def forward(self, x):
             w = F.batch_norm(self.weight.reshape(1, self.out_channels, -1), None, None, training=True,
-                             momentum=0.0, eps=self.eps).reshape_as(self.weight)
+                             momentum=0.0, eps=self.eps).reshape(self.weight.shape)
             return F.conv2d(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups)
