@@ -71,14 +71,21 @@ def norm_config(norm: dict | None) -> dict:
 def drop_other_norm_keys(merged: dict, own: dict, origins: dict) -> None:
     """After ``extends`` merging: where the derived spec (``own``) sets ``norm.type``, the base's norm keys
     that do not apply to that type (a BatchNorm base's momentum under ``type: group``) are dropped, not
-    inherited; keys the derived spec gives itself stay (and a rule refuses them)."""
+    inherited; so is the base's ``conv.eps`` where it sets ``conv.standardize: false``. Keys the derived spec
+    gives itself stay (and a rule refuses them)."""
     kind = (own.get("norm") or {}).get("type")
-    norm = merged.get("norm")
-    if kind not in NORM_KEYS or not isinstance(norm, dict):
-        return
-    for key in [k for k in norm if k not in NORM_KEYS[kind] and k not in own["norm"]]:
-        del norm[key]
-        origins.pop(("norm", key), None)
+    if kind in NORM_KEYS:
+        _drop(merged, own, origins, "norm", NORM_KEYS[kind])
+    if (own.get("conv") or {}).get("standardize") is False:
+        _drop(merged, own, origins, "conv", ("standardize",))
+
+
+def _drop(merged: dict, own: dict, origins: dict, section: str, keep: tuple) -> None:
+    d = merged.get(section)
+    if isinstance(d, dict):
+        for key in [k for k in d if k not in keep and k not in own[section]]:
+            del d[key]
+            origins.pop((section, key), None)
 
 
 def conv_config(conv: dict | None) -> dict:
