@@ -387,3 +387,19 @@ def test_every_converted_file_verifies(tmp_path):
     for f in files:
         res = CliRunner().invoke(main, ["verify", str(spec), str(f)])
         assert res.exit_code == 0, (f, res.output)
+
+
+def test_keras_allow_list_rules_for_group_norm_and_std_conv():
+    from resnet_spec import keras_rules as R
+    from resnet_spec.trust_keras import LAYERS
+
+    assert LAYERS["GroupNormalization"].shape is R.group_norm and LAYERS["StdConv2D"].values is R.std_conv_values
+    assert R.group_norm({"groups": 4, "axis": -1}, [(None, 8, 8, 16)]) == (None, 8, 8, 16)
+    assert R.gn_values({"groups": 4}, (None, 8, 8, 16)) == (32, "2 vectors of 16")
+    with pytest.raises(R.Bad, match="groups=3 does not divide its 16 channels"):
+        R.group_norm({"groups": 3}, [(None, 8, 8, 16)])
+    conf = {"filters": 8, "kernel_size": [3, 3], "use_bias": False, "eps": 1e-8}
+    assert R.std_conv_values(conf, (None, 8, 8, 4))[0] == 3 * 3 * 4 * 8
+    for eps in (-1.0, 0, "1e-8", True, 2.0):
+        with pytest.raises(R.Bad, match="eps is"):
+            R.std_conv_values({**conf, "eps": eps}, (None, 8, 8, 4))

@@ -245,14 +245,17 @@ def _estimate(path) -> int:
 #: beside zoo entries, two specs using every op the Keras backend writes (conftest.TINY_A, TINY_B):
 #: grouped convolutions, SE, drop path and dropout (Dropout), conv biases, ceil-mode pools (ConstantPad2D),
 #: an average-pool shortcut with partial windows (ExactAvgPool2D); pre-activation, option A (ChannelPad);
-#: the same two in stock layers only, as ``convert`` writes them; and ecaresnet50d's ECA (Conv1D)
+#: the same two in stock layers only, as ``convert`` writes them; ecaresnet50d's ECA (Conv1D); and
+#: resnetv2_50x1_bit's GroupNormalization and StdConv2D
 LEGIT_SPECS = [("resnet18", None, "channels_last", "float32"), ("preact_resnet164", None, "channels_first", "float16"),
                ("seresnet50", None, "channels_last", "float32"), (TINY_A, None, "channels_last", "float32"),
                (TINY_B, None, "channels_last", "bfloat16"),
                # the stock-layer files convert writes (edge-padded max pools, 'same' average pools, ZeroPadding3D)
                (TINY_A, None, "channels_last", "float32", "stock"), (TINY_B, None, "channels_first", "float32", "stock"),
                # ECA (Reshape, ZeroPadding1D, Conv1D), cut to two blocks per stage
-               ("ecaresnet50d", 40, "channels_last", "float32", "stock")]
+               ("ecaresnet50d", 40, "channels_last", "float32", "stock"),
+               # GroupNorm (GroupNormalization) and weight-standardized convs (StdConv2D), as the parity legs build it
+               ("resnetv2_50x1_bit", 40, "channels_last", "float32")]
 LEGIT_APPS = [("ResNet50", {}), ("ResNet50V2", {"include_top": False, "pooling": "max"})]
 
 
