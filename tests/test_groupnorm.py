@@ -329,7 +329,7 @@ def test_other_norms_still_refused_in_one_line(tmp_path, name, needle):
     one_line_error(res.exit_code, res.output, f"timm:{name} uses {needle}", "cannot express yet")
 
 
-def test_mixed_standardized_and_plain_convs_refused():
+def test_mixed_standardized_and_plain_convs_refused(monkeypatch):
     torch = pytest.importorskip("torch")
     pytest.importorskip("timm")
     from timm.layers import GroupNormAct
@@ -341,14 +341,9 @@ def test_mixed_standardized_and_plain_convs_refused():
     model = resnetv2.ResNetV2(layers=[1, 1], channels=(256, 512), num_classes=5, stem_type="fixed",
                               norm_layer=GroupNormAct).eval()  # StdConv2d everywhere ...
     model.stem.conv = torch.nn.Conv2d(3, 64, 7, 2, 3, bias=False)  # ... but the stem's
-    src_model = reader.library_model
-
-    try:
-        reader.library_model = lambda lib, name: model
-        with pytest.raises(ImportRefused, match="a plain convolution beside weight-standardized"):
-            reader.read_library("timm", "mixed")
-    finally:
-        reader.library_model = src_model
+    monkeypatch.setattr(reader, "library_model", lambda lib, name: model)
+    with pytest.raises(ImportRefused, match="a plain convolution beside weight-standardized"):
+        reader.read_library("timm", "mixed")
 
 
 # --- every backend, every file (slow: workers, TensorFlow, int8 calibration) -------------------------
@@ -403,3 +398,31 @@ def test_keras_allow_list_rules_for_group_norm_and_std_conv():
     for eps in (-1.0, 0, "1e-8", True, 2.0):
         with pytest.raises(R.Bad, match="eps is"):
             R.std_conv_values({**conf, "eps": eps}, (None, 8, 8, 4))
+
+
+def test_group_norm_of_one_group_and_default_std_conv_eps_are_proven(monkeypatch):
+    """timm's GroupNorm1Act (a GroupNorm of one group) in a ResNetV2 of StdConv2d at their default eps 1e-6:
+    inferred as norm groups 1 and conv eps 1e-6, and proven against the model itself (randomized weights)."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("timm")
+    from timm.layers import GroupNorm1Act
+    from timm.models import resnetv2
+
+    from resnet_spec.backends.torch import reader
+    from resnet_spec.importers.infer import build_spec
+    from resnet_spec.importers.run import prove
+    from resnet_spec.importers.source import check_source
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks"))
+    import family_coverage
+
+    torch.manual_seed(0)
+    model = resnetv2.ResNetV2(layers=[1, 1], channels=(256, 512), num_classes=5, norm_layer=GroupNorm1Act).eval()
+    monkeypatch.setattr(reader, "library_model", lambda lib, name: model)
+    src = reader.read_library("timm", "gn1")
+    src.weights = family_coverage.randomized(src.weights)
+    _, net, full = build_spec(src, "gn1", 32)
+    assert full["norm"] == {"type": "group", "groups": 1, "eps": 1e-5}
+    assert full["conv"] == {"standardize": True, "eps": 1e-6}
+    cmp = prove(src, net, full, check_source(net, src), isolated=False)
+    assert cmp["passed"] and cmp["max_rel"] <= 1e-6, cmp
