@@ -294,11 +294,11 @@ class Linear:
         return self.in_features * self.out_features
 
 
+from .ir_norm import GroupNorm, StdConv  # noqa: E402  (no running statistics: GN, weight standardization)
+
 #: Every IR op type. Each backend lowers every one of them (``backends/common.py``), and every table of
 #: per-op facts has an entry for each (:func:`missing_op_types`; the conformance test
 #: ``tests/test_lowering.py`` checks each backend's ``OPS`` table and every other per-op table against this tuple).
-from .ir_norm import GroupNorm, StdConv  # noqa: E402  (no running statistics: GN, weight standardization)
-
 OP_TYPES = (Conv, BatchNorm, ReLU, Pool, Subsample, ChannelPad, SqueezeExcite, ECA, DropPath, GlobalAvgPool,
             Dropout, Linear, GroupNorm, StdConv)
 #: The convolution op types (plain, weight-standardized); :attr:`Block.convs` and readers of conv facts.
