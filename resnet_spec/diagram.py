@@ -98,10 +98,11 @@ def _stem_lines(net: ir.Network) -> list:
     for op in net.stem:
         if isinstance(op, ir.CONVS):
             lines.append(f"conv {op.kernel}x{op.kernel}/{op.stride}, {op.out_channels}"
-                         + (" +bias" if op.bias else ""))
+                         + (" +bias" if op.bias else "") + (" (WS)" if isinstance(op, ir.StdConv) else ""))
         elif isinstance(op, ir.Pool):
             lines.append(f"{op.kind}pool {op.kernel}x{op.kernel}/{op.stride}"
-                         + (" (ceil)" if op.ceil_mode else ""))
+                         + (" (ceil)" if op.ceil_mode else "")
+                         + (" (zero pad)" if op.kind == "max" and op.padding and op.pad_value == "zero" else ""))
     norm = next((op for op in net.stem if isinstance(op, (ir.BatchNorm, ir.GroupNorm)) and op.name == "bn1"), None)
     if norm is not None:
         lines.insert(len([x for x in lines if x.startswith("conv")]), f"{_norm_word(norm)} + ReLU")

@@ -302,6 +302,11 @@ def test_diagram_names_the_norm_and_standardization():
     assert kinds == {"pre-act bottleneck (GN32, WS)"}
     assert {s["kind"] for s in stage_info(resnet_spec.load("resnet50_gn"))} == {"bottleneck (GN32)"}
     assert {s["kind"] for s in stage_info(resnet_spec.load("resnet50"))} == {"bottleneck"}
+    from resnet_spec.diagram import _head_lines, _stem_lines
+
+    bit = resnet_spec.load("resnetv2_50x1_bit")
+    assert _stem_lines(bit)[:2] == ["conv 7x7/2, 64 (WS)", "maxpool 3x3/2 (zero pad)"]
+    assert _head_lines(bit)[0] == "GN32 + ReLU" and "GN32 + ReLU" in _stem_lines(resnet_spec.load("resnet50_gn"))
 
 
 # --- import -----------------------------------------------------------------------------------------
