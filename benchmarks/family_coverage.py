@@ -94,7 +94,7 @@ def randomized(weights: dict, seed: int = 0) -> dict:
             new = rng.uniform(0.5, 1.5, arr.shape)
         elif leaf == "running_mean" or leaf == "bias":
             new = rng.normal(0.0, 0.1, arr.shape)
-        elif bn:
+        elif bn or arr.ndim == 1:  # a norm's scale (GroupNorm has no running statistics)
             new = rng.uniform(0.5, 1.5, arr.shape)
         else:
             fan_in = int(np.prod(arr.shape[1:])) if arr.ndim > 1 else 1

@@ -15,6 +15,8 @@ DEFAULTS = {
     "width_multiplier": 1,
     "conv_bias": False,
     "norm": {"eps": 1e-5, "momentum": 0.1},
+    "norm.type": {"type": "batch", "groups": 32},
+    "conv": {"standardize": False, "eps": 1e-6},
     "stem": {"type": "conv", "channels": 64, "kernel": 7, "stride": 2,
              "pool": {"type": "max", "kernel": 3, "stride": 2, "padding": 1}},
     "stem.pool": {"type": "max", "kernel": 3, "stride": 2, "padding": 1, "ceil_mode": False, "pad_value": "neg_inf",
@@ -75,6 +77,43 @@ def spatial_config(spatial: dict | None) -> dict:
     kind = (spatial or {}).get("type", "conv")
     full = {**DEFAULTS.get(f"block.spatial.{kind}", {"type": kind}), **(spatial or {})}
     return {k: full[k] for k in SPATIAL_KEYS[kind] if k in full}
+
+
+#: norm type -> the norm keys that apply to it (the others are refused when given, and the resolved spec shows
+#: only these): BatchNorm, or GroupNorm (no running statistics, so no momentum).
+NORM_KEYS = {"batch": ("type", "eps", "momentum"), "group": ("type", "groups", "eps")}
+
+
+def norm_config(norm: dict | None) -> dict:
+    """The top-level ``norm`` with the defaults of its type filled in and only the keys that type takes."""
+    full = {**DEFAULTS["norm"], **DEFAULTS["norm.type"], **(norm or {})}
+    return {k: full[k] for k in NORM_KEYS[full["type"]]}
+
+
+def drop_other_norm_keys(merged: dict, own: dict, origins: dict) -> None:
+    """After ``extends`` merging: where the derived spec (``own``) sets ``norm.type``, the base's norm keys
+    that do not apply to that type (a BatchNorm base's momentum under ``type: group``) are dropped, not
+    inherited; so is the base's ``conv.eps`` where it sets ``conv.standardize: false``. Keys the derived spec
+    gives itself stay (and a rule refuses them)."""
+    kind = (own.get("norm") or {}).get("type")
+    if kind in NORM_KEYS:
+        _drop(merged, own, origins, "norm", NORM_KEYS[kind])
+    if (own.get("conv") or {}).get("standardize") is False:
+        _drop(merged, own, origins, "conv", ("standardize",))
+
+
+def _drop(merged: dict, own: dict, origins: dict, section: str, keep: tuple) -> None:
+    d = merged.get(section)
+    if isinstance(d, dict):
+        for key in [k for k in d if k not in keep and k not in own[section]]:
+            del d[key]
+            origins.pop((section, key), None)
+
+
+def conv_config(conv: dict | None) -> dict:
+    """The top-level ``conv``: ``standardize``, and its ``eps`` only when the convs are standardized."""
+    full = {**DEFAULTS["conv"], **(conv or {})}
+    return full if full["standardize"] else {"standardize": False}
 
 
 def opt(section: dict | None, key: str, defaults_key: str):

@@ -44,9 +44,9 @@ def stage_info(net: ir.Network) -> list:
     for s in range(net.stages):
         blocks = [b for b in net.blocks if b.stage == s]
         first = blocks[0]
-        convs = [op for op in first.main if isinstance(op, (ir.Conv, ir.Res2Net, ir.SelectiveKernel))]
+        convs = [op for op in first.main if isinstance(op, (*ir.CONVS, ir.Res2Net, ir.SelectiveKernel))]
         strided = next(((i, b, op) for i, b in enumerate(blocks) for op in b.main
-                        if isinstance(op, (ir.Conv, ir.Pool, ir.SplitAttention, ir.Res2Net, ir.SelectiveKernel))
+                        if isinstance(op, (*ir.CONVS, ir.Pool, ir.SplitAttention, ir.Res2Net, ir.SelectiveKernel))
                         and op.stride > 1), None)
         if strided:
             i, _, op = strided
@@ -57,7 +57,7 @@ def stage_info(net: ir.Network) -> list:
                 where = f"{op.kernel}x{op.kernel} " + (f"{op.kind} pool" if isinstance(op, ir.Pool) else "conv")
             stride = f"stride {op.stride} on the {where} ({pos} block)"
         else:
-            dil = max(op.dilation for b in blocks for op in b.main if isinstance(op, (ir.Conv, ir.Res2Net)))
+            dil = max(op.dilation for b in blocks for op in b.main if isinstance(op, (*ir.CONVS, ir.Res2Net)))
             stride = "stride 1" + (f", dilation {dil}" if dil > 1 else "")
         kind = ("pre-act " if first.preact else "") + first.kind
         if any(isinstance(op, ir.SqueezeExcite) for op in first.main):
@@ -75,12 +75,20 @@ def stage_info(net: ir.Network) -> list:
         if sk is not None:  # its paths: 3x3, 3x3 d2 (timm's 3 and 5 kept 3x3)
             kind += " + SK " + ", ".join(f"{k}x{k}" + (f" d{d}" if d > 1 else "")
                                          for k, d in zip(sk.kernels, sk.dilations))
+        kind += _norm_tag(first)
         groups = max(op.groups for op in (*convs, *([split] if split else ())))
         out.append({"name": first.name.split(".")[0], "blocks": len(blocks), "kind": kind,
                     "in": first.in_shape[0], "width": convs[0].out_channels if first.kind == "bottleneck" else None,
                     "groups": groups, "out": first.out_shape[0], "stride": stride,
                     "shortcut": _shortcut(blocks), "shape": blocks[-1].out_shape})
     return out
+
+
+def _norm_tag(block) -> str:
+    """' (GN32)' for GroupNorm blocks, ' (GN32, WS)' with weight-standardized convs, '' otherwise."""
+    gn = next((op for op in block.ops if isinstance(op, ir.GroupNorm)), None)
+    tags = ([f"GN{gn.groups}"] if gn else []) + (["WS"] if any(isinstance(op, ir.StdConv) for op in block.ops) else [])
+    return f" ({', '.join(tags)})" if tags else ""
 
 
 def _shortcut(blocks) -> str:
@@ -92,9 +100,10 @@ def _shortcut(blocks) -> str:
         if "Subsample" in kinds or "ChannelPad" in kinds:
             return "A: strided identity" + (" + zero-pad" if "ChannelPad" in kinds else "")
         pool = next((op for op in ops if isinstance(op, ir.Pool)), None)
-        conv = next(op for op in ops if isinstance(op, ir.Conv))
+        conv = next(op for op in ops if isinstance(op, ir.CONVS))
         text = f"{'avgpool + ' if pool else ''}1x1 conv/{conv.stride}"
         text += " + BN" if any(isinstance(op, ir.BatchNorm) for op in ops) else ""
+        text += " + GN" if any(isinstance(op, ir.GroupNorm) for op in ops) else ""
         return text + (" (pre-act)" if b.shortcut_from == "pre" else "")
     return "identity"
 
@@ -102,23 +111,29 @@ def _shortcut(blocks) -> str:
 def _stem_lines(net: ir.Network) -> list:
     lines = []
     for op in net.stem:
-        if isinstance(op, ir.Conv):
+        if isinstance(op, ir.CONVS):
             lines.append(f"conv {op.kernel}x{op.kernel}/{op.stride}, {op.out_channels}"
-                         + (" +bias" if op.bias else ""))
+                         + (" +bias" if op.bias else "") + (" (WS)" if isinstance(op, ir.StdConv) else ""))
         elif isinstance(op, ir.Pool):
             lines.append(f"{op.kind}pool {op.kernel}x{op.kernel}/{op.stride}"
-                         + (" (ceil)" if op.ceil_mode else ""))
-    if any(isinstance(op, ir.BatchNorm) and op.name == "bn1" for op in net.stem):
-        lines.insert(len([x for x in lines if x.startswith("conv")]), "BN + ReLU")
+                         + (" (ceil)" if op.ceil_mode else "")
+                         + (" (zero pad)" if op.kind == "max" and op.padding and op.pad_value == "zero" else ""))
+    norm = next((op for op in net.stem if isinstance(op, (ir.BatchNorm, ir.GroupNorm)) and op.name == "bn1"), None)
+    if norm is not None:
+        lines.insert(len([x for x in lines if x.startswith("conv")]), f"{_norm_word(norm)} + ReLU")
     c, h, w = net.stem[-1].out_shape if net.stem else net.input_shape
     return lines + [f"out {c}x{h}x{w}"]
+
+
+def _norm_word(op) -> str:
+    return f"GN{op.groups}" if isinstance(op, ir.GroupNorm) else "BN"
 
 
 def _head_lines(net: ir.Network) -> list:
     lines = []
     for op in net.head:
-        if isinstance(op, ir.BatchNorm):
-            lines.append("BN + ReLU")
+        if isinstance(op, (ir.BatchNorm, ir.GroupNorm)):
+            lines.append(f"{_norm_word(op)} + ReLU")
         elif isinstance(op, ir.GlobalAvgPool):
             lines.append("global avg pool")
         elif isinstance(op, ir.Dropout):
@@ -144,7 +159,7 @@ def draw(net: ir.Network):
     ax.set_xlim(-0.2, n_boxes * (box_w + gap))
     ax.set_ylim(-0.15, box_h + 1.0)
     ax.axis("off")
-    convs = sum(1 for op in net.all_ops() if isinstance(op, ir.Conv) and ".downsample." not in op.name)
+    convs = sum(1 for op in net.all_ops() if isinstance(op, ir.CONVS) and ".downsample." not in op.name)
     ax.text(0, box_h + 0.7, f"{net.name}", fontsize=15, weight="bold", va="center")
     ax.text(0, box_h + 0.3, f"{convs + 1} weighted layers, {net.params:,} parameters, "
                             f"{net.macs / 1e9:.2f} GMACs at {net.input_shape[1]}x{net.input_shape[2]}",

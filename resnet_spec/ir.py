@@ -295,6 +295,7 @@ class Linear:
 
 
 from .ir_resnest import SplitAttention  # noqa: E402  (ResNeSt's split attention, its own module)
+from .ir_norm import GroupNorm, StdConv  # noqa: E402  (no running statistics: GN, weight standardization)
 
 #: Every IR op type. Each backend lowers every one of them (``backends/common.py``), and every table of
 #: per-op facts has an entry for each (:func:`missing_op_types`; the conformance test
@@ -303,7 +304,9 @@ from .ir_res2net import Res2Net, res2net_op  # noqa: E402  (Res2Net's split conv
 from .ir_sknet import SelectiveKernel  # noqa: E402  (SKNet's composite op, its own module)
 
 OP_TYPES = (Conv, BatchNorm, ReLU, Pool, Subsample, ChannelPad, SqueezeExcite, ECA, DropPath, GlobalAvgPool,
-            Dropout, Linear, SplitAttention, Res2Net, SelectiveKernel)
+            Dropout, Linear, SplitAttention, Res2Net, SelectiveKernel, GroupNorm, StdConv)
+#: The convolution op types (plain, weight-standardized); :attr:`Block.convs` and readers of conv facts.
+CONVS = (Conv, StdConv)
 
 
 def missing_op_types(table) -> list:
@@ -356,7 +359,7 @@ class Block:
     def convs(self) -> tuple:
         """The residual branch's convolutions, in order (conv1, conv2[, conv3]; a Res2Net block's split
         convs are inside its :class:`Res2Net` op, not here)."""
-        return tuple(op for op in self.main if isinstance(op, Conv))
+        return tuple(op for op in self.main if isinstance(op, CONVS))
 
     @property
     def stride_index(self):
@@ -434,7 +437,7 @@ class Network:
         """Names of each block's last BatchNorm on the residual branch (zero-init-residual targets)."""
         names = []
         for b in self.blocks:
-            bns = [op.name for op in b.main if isinstance(op, BatchNorm)]
+            bns = [op.name for op in b.main if isinstance(op, (BatchNorm, GroupNorm))]
             if bns:
                 names.append(bns[-1])
         return tuple(names)

@@ -324,3 +324,28 @@ def exact_values(conf, shape) -> tuple:
     if out is None or out[1] is None or out[2] is None:
         raise Bad("its input's size cannot be told from config.json")
     return out[1] * out[2], f"a {out[1]:,}x{out[2]:,} table of divisors"
+
+
+def group_norm(conf, inputs):
+    """GroupNormalization: its input's shape; ``groups`` must divide the channels of its axis."""
+    shape, groups, axis = _first(inputs), _int(conf, "groups", low=1), conf.get("axis", -1)
+    if not isinstance(axis, int) or isinstance(axis, bool):
+        raise Bad(f"axis is {axis!r}")
+    if shape is not None and -len(shape) <= axis < len(shape) and shape[axis] is not None and shape[axis] % groups:
+        raise Bad(f"groups={groups} does not divide its {shape[axis]} channels")
+    return shape
+
+
+def gn_values(conf, shape) -> tuple:
+    group_norm(conf, [shape])
+    c = _channels(conf, shape, conf.get("axis", -1))
+    per = bool(conf.get("center", True)) + bool(conf.get("scale", True))
+    return per * c, f"{per} vectors of {c:,}"
+
+
+def std_conv_values(conf, shape) -> tuple:
+    """StdConv2D (this project's weight-standardized Conv2D): a Conv2D's kernel and bias, and its epsilon."""
+    eps = conf.get("eps")
+    if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not 0 < eps <= 1:
+        raise Bad(f"eps is {eps!r}, not a number in (0, 1]")
+    return conv_values(conf, shape)

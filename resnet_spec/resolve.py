@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from . import ir
 from . import resolve_resnest as resnest
 from .config import DEFAULTS, BlockConfig, HeadConfig, ShortcutConfig, StemConfig, opt  # noqa: F401
+from .config import conv_config, norm_config
 from .errors import SpecError
 from .regnet import stage_path, stages_of
 from .rules import RULES, blocks_per_stage, rule_errors  # noqa: F401  (RULES: the semantic rules)
@@ -77,6 +78,7 @@ class _Resolver:
         norm = self.d.get("norm") or {}
         self.eps = float(opt(norm, "eps", "norm"))
         self.momentum = float(opt(norm, "momentum", "norm"))
+        self.norm, self.conv_cfg = norm_config(norm), conv_config(self.d.get("conv"))
         self.conv_bias = self.d.get("conv_bias", DEFAULTS["conv_bias"])
         self.blk = BlockConfig.of(self.d)
         self.preact = self.blk.preact
@@ -101,9 +103,19 @@ class _Resolver:
             raise self.err(f"the feature map shrinks to nothing at {name}: {h}x{w} input, kernel {k}, "
                            f"stride {stride}, padding {pad} gives {oh}x{ow}; use a larger input.size "
                            "or fewer strided stages", path)
+        if self.conv_cfg["standardize"]:
+            return ir.StdConv(name, c, out_ch, k, stride, pad, dil, groups, bias, shape, (out_ch, oh, ow),
+                              float(self.conv_cfg["eps"]), "biased")
         return ir.Conv(name, c, out_ch, k, stride, pad, dil, groups, bias, shape, (out_ch, oh, ow))
 
     def bn(self, name, shape):
+        """The network's normalization over ``shape``: a BatchNorm, or a GroupNorm (``norm.type: group``)."""
+        if self.norm["type"] == "group":
+            groups = self.norm["groups"]
+            if shape[0] % groups:
+                raise self.err(f"{shape[0]} channels of {name} are not divisible by groups={groups}",
+                               ("norm", "groups"))
+            return ir.GroupNorm(name, shape[0], groups, self.eps, shape, shape)
         return ir.BatchNorm(name, shape[0], self.eps, self.momentum, shape, shape)
 
     @staticmethod

@@ -12,12 +12,12 @@ import os
 
 import yaml
 
-from .config import STEM_POOL_KEYS, se_config, spatial_config
+from .config import STEM_POOL_KEYS, conv_config, norm_config, se_config, spatial_config
 from .regnet import stages_of
 from .resolve import DEFAULTS
 from .spec import Spec, zoo_path
 
-TOP_ORDER = ("name", "description", "reference", "input", "width_multiplier", "conv_bias", "norm", "stem",
+TOP_ORDER = ("name", "description", "reference", "input", "width_multiplier", "conv_bias", "conv", "norm", "stem",
              "block", "shortcut", "stages", "head", "init")
 NOT_COMPARED = ("name", "description", "reference")
 
@@ -33,7 +33,8 @@ def resolved_data(spec: Spec) -> dict:
     out["input"] = {"channels": inp.get("channels", 3), "size": inp.get("size", 224)}
     out["width_multiplier"] = d.get("width_multiplier", 1)
     out["conv_bias"] = conv_bias
-    out["norm"] = {**DEFAULTS["norm"], **(d.get("norm") or {})}
+    out["norm"] = norm_config(d.get("norm"))
+    out["conv"] = conv_config(d.get("conv"))
     out["stem"] = _stem(d.get("stem") or {}, preact, conv_bias)
     out["block"] = _block(blk, kind, preact)
     out["shortcut"] = _shortcut(d.get("shortcut") or {}, preact)

@@ -5,9 +5,11 @@ its errors, located at the field (as jsonschema does per keyword); :data:`RULES`
 
 from __future__ import annotations
 
-from .config import DEFAULTS, SE_KEYS, SPATIAL_KEYS, STEM_POOL_KEYS, BlockConfig, StemConfig, opt
+from .config import (DEFAULTS, SE_KEYS, SPATIAL_KEYS, STEM_POOL_KEYS, BlockConfig, StemConfig, conv_config, norm_config,
+                     opt)
 from .errors import SpecError
 from .regnet import params_errors, stage_path, stages_of
+from .rules_norm import rule_norm
 from .spec import Spec
 
 
@@ -137,10 +139,15 @@ def _rule_spatial(spec: Spec):
             other = next(t for t, keys in SPATIAL_KEYS.items() if key in keys)
             yield spec.error(f"'{key}' applies to block.spatial type {other!r} only, not to type {kind!r}",
                              ("block", "spatial", key))
+    if kind == "conv":
+        return
+    norm, conv = norm_config(spec.data.get("norm")), conv_config(spec.data.get("conv"))
+    for bad, why in ((norm["type"] != "batch", f"norm type {norm['type']!r} (its own norms are BatchNorms)"),
+                     (conv["standardize"], "conv.standardize (its own convs are plain)")):
+        if bad:
+            yield spec.error(f"block.spatial type {kind!r} is not supported with {why}", where)
     if kind == "selective_kernel":
         yield from _selective_kernel(spec, blk, given)
-    elif kind == "conv":
-        return
     elif blk.kind != "bottleneck":
         yield spec.error(f"block.spatial type {kind!r} applies to bottleneck blocks only", where)
     elif blk.preact:
@@ -215,7 +222,7 @@ def _rule_dilate(spec: Spec):
 
 #: The semantic rules that need nothing but the required fields, in the order resolve() checks them.
 RULES = (_rule_bottleneck_only, _rule_regnet, _rule_spatial, _rule_se, _rule_shortcut, _rule_stem, _rule_anti_alias,
-         _rule_depth, _rule_dilate, _rule_avd)
+         _rule_depth, _rule_dilate, _rule_avd, rule_norm)
 
 
 def rule_errors(spec: Spec):

@@ -17,6 +17,7 @@ from importlib import resources
 import jsonschema
 
 from . import yamlio
+from .config import drop_other_norm_keys
 from .errors import SpecError
 
 NOT_INHERITED = ("name", "description", "reference")
@@ -161,6 +162,7 @@ def _from_document(doc: yamlio.Document, base_dir: str, seen: tuple) -> Spec:
         merged = {k: copy.deepcopy(v) for k, v in base.data.items() if k not in NOT_INHERITED}
         origins = {p: o for p, o in base.origins.items() if not (p and p[0] in NOT_INHERITED)}
         _merge(merged, {k: v for k, v in data.items() if k != "extends"}, (), origins, own)
+        drop_other_norm_keys(merged, data, origins)  # norm.type switched: the base's other-type keys go
         data = merged
         chain = chain + base.chain
     else:

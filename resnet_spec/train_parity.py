@@ -88,8 +88,8 @@ def check_trainable(net: ir.Network) -> None:
     stages = sorted({b.stage for b in net.blocks})
     for s in stages:
         ops = [op for b in net.blocks if b.stage == s for op in (*b.pre, *b.main, *b.shortcut, *b.post)]
-        if not any(isinstance(op, (ir.Conv, ir.BatchNorm, ir.Linear, ir.SqueezeExcite, ir.ECA, ir.SplitAttention,
-                                   ir.Res2Net, ir.SelectiveKernel))
+        if not any(isinstance(op, (*ir.CONVS, ir.BatchNorm, ir.GroupNorm, ir.Linear, ir.SqueezeExcite, ir.ECA,
+                                   ir.SplitAttention, ir.Res2Net, ir.SelectiveKernel))
                    for op in ops):
             raise ResNetSpecError(f"{net.name}: --train needs trainable parameters in every stage; "
                                   f"stage {s + 1} has none")

@@ -80,6 +80,9 @@ LAYERS = {
     "ConstantPad2D": Layer(custom.__name__, R.constant_pad), "ChannelPad": Layer(custom.__name__, R.channel_pad),
     "ExactAvgPool2D": Layer(custom.__name__, R.exact_pool, R.exact_values, variables=False),
     "TorchBatchNorm": Layer(custom.__name__, R.same_shape, R.bn_values),
+    # GroupNorm (stock) and the weight-standardized conv (custom; the stock .keras holds Conv2D instead)
+    "GroupNormalization": Layer(STOCK, R.group_norm, R.gn_values),
+    "StdConv2D": Layer(custom.__name__, R.conv, R.std_conv_values),
 }
 assert set(custom.CLASSES) <= set(LAYERS)
 

@@ -62,7 +62,8 @@ TARGETS = frozenset("torch.ops.aten." + t for t in (
     "pad.default", "constant_pad_nd.default", "max_pool2d.default", "max_pool2d_with_indices.default",
     "avg_pool2d.default", "adaptive_avg_pool2d.default", "mean.dim", "flatten.using_ints", "view.default",
     "reshape.default", "linear.default", "addmm.default", "t.default", "permute.default", "slice.Tensor",
-    "cat.default", "sym_size.int", "dropout.default", "contiguous.default")) | \
+    "cat.default", "sym_size.int", "dropout.default", "contiguous.default",
+    "group_norm.default", "native_group_norm.default")) | \
     {f"_operator.{op}" for op in ("getitem", "add", "sub", "mul", "floordiv")}
 #: argument kinds a node may pass (torch's schema); subgraphs, custom objects, operators are not among them
 ARG_KINDS = frozenset({"as_none", "as_tensor", "as_tensors", "as_optional_tensors", "as_int", "as_ints",

@@ -37,10 +37,7 @@ def _cli(args):
 REFUSED = [
     ("tresnet_m", ["space-to-depth stem (body.s2d)", "LeakyReLU", "BlurPool2d"]),
     ("ecaresnet50d_pruned", ["per-block widths: bottlenecks", "differ in width (layer1.0)"]),
-    ("resnet50_gn", ["uses GroupNorm (bn1)"]),
     ("resnetblur18", ["BlurPool2d anti-aliasing (maxpool.1)"]),
-    ("resnetv2_50x1_bit", ["StdConv2d weight-standardized convolutions (stem.conv)",
-                           "GroupNorm (stages.0.blocks.0.norm1)"]),
     ("resnetv2_50d_frn", ["Filter Response Normalization (stem.norm1)"]),
     ("resnetv2_50d_evos", ["EvoNorm (stem.norm1)"]),
     ("legacy_seresnet18", ["squeeze-excite after a basic block's second ReLU (layer1.0)"]),
@@ -76,7 +73,8 @@ def _state_dict_file(tmp_path, name: str) -> str:
 
 
 STATE_DICTS = [
-    ("resnet50_gn", "GroupNorm or another normalization without running statistics (tensor 'bn1.weight')"),
+    ("resnet50_gn", "GroupNorm or another normalization without running statistics (a state dict cannot tell "
+                    "which) (tensor 'bn1.weight')"),
     ("tresnet_m", "TResNet space-to-depth stem (tensor 'body.conv1.conv.weight')"),
     ("resnetv2_50d_frn", "Filter Response Normalization (tensor 'stem.norm1.tau')"),
     ("legacy_seresnet18", "squeeze-excite after a basic block's second ReLU"),
@@ -143,8 +141,8 @@ def test_recognition_is_one_table():
     for row in blocks.UNSUPPORTED:
         assert row.name and (row.modules or row.tensors), row
     with torch.device("meta"):
-        found = blocks.recognise_modules(timm.create_model("resnetv2_50d_gn"))
-    assert found == [("GroupNorm", "stem.norm1")]
+        found = blocks.recognise_modules(timm.create_model("resnetv2_50d_frn"))
+    assert found == [("Filter Response Normalization", "stem.norm1")]
     assert blocks.recognise_modules(timm.create_model("resnet18")) == []
 
 

@@ -202,7 +202,11 @@ ONNX_UNREAD = {"resnetaa50d": "node 'maxpool' \\(AveragePool\\): not expected in
                "res2net50_26w_4s": "node 'layer1.0.cat' \\(Concat\\): a Concat of split convs \\(Res2Net\\), which the "
                                    "ONNX reader does not read back yet",
                "skresnet34": "node 'layer1.0.conv1' \\(Sum\\): parallel paths joined by attention \\(a selective kernel",
-               "skresnext50_32x4d": "node 'layer1.0.conv2' \\(Sum\\): parallel paths joined by attention"}
+               "skresnext50_32x4d": "node 'layer1.0.conv2' \\(Sum\\): parallel paths joined by attention",
+               "resnet50_gn": "\\(InstanceNormalization\\): GroupNorm or weight-standardized convolutions are not "
+                              "read back",
+               "resnetv2_50x1_bit": "\\(InstanceNormalization\\): GroupNorm or weight-standardized convolutions "
+                                    "are not read back"}
 ONNX_UNREAD["res2next50"] = ONNX_UNREAD["res2net50_26w_4s"]
 
 

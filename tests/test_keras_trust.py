@@ -246,7 +246,8 @@ def _estimate(path) -> int:
 #: grouped convolutions, SE, drop path and dropout (Dropout), conv biases, ceil-mode pools (ConstantPad2D),
 #: an average-pool shortcut with partial windows (ExactAvgPool2D); pre-activation, option A (ChannelPad);
 #: the same two in stock layers only, as ``convert`` writes them; ecaresnet50d's ECA (Conv1D), resnest50d's
-#: split attention and res2next50's splits (Cropping3D)
+#: split attention, res2next50's splits (Cropping3D), skresnet34's selective kernel; and resnetv2_50x1_bit's
+#: GroupNormalization and StdConv2D
 LEGIT_SPECS = [("resnet18", None, "channels_last", "float32"), ("preact_resnet164", None, "channels_first", "float16"),
                ("seresnet50", None, "channels_last", "float32"), (TINY_A, None, "channels_last", "float32"),
                (TINY_B, None, "channels_last", "bfloat16"),
@@ -259,7 +260,9 @@ LEGIT_SPECS = [("resnet18", None, "channels_last", "float32"), ("preact_resnet16
                # Res2Net's channel splits (Reshape, Cropping3D), cut to two blocks per stage
                ("res2next50", 40, "channels_last", "float32", "stock"),
                # SKNet's selective kernel (Cropping2D channel split, Softmax, Cropping1D), two blocks per stage
-               ("skresnet34", 40, "channels_last", "float32", "stock")]
+               ("skresnet34", 40, "channels_last", "float32", "stock"),
+               # GroupNorm (GroupNormalization) and weight-standardized convs (StdConv2D), as the parity legs build it
+               ("resnetv2_50x1_bit", 40, "channels_last", "float32")]
 LEGIT_APPS = [("ResNet50", {}), ("ResNet50V2", {"include_top": False, "pooling": "max"})]
 
 

@@ -13,6 +13,10 @@ from ...errors import ResNetSpecError
 from .weights import set_keras_weights, to_keras_weights
 
 
+def _no_gn(op, place):
+    raise ResNetSpecError("keras.applications ResNets have no GroupNorm or weight-standardized convolutions")
+
+
 def _no_se(op, place):
     raise ResNetSpecError("keras.applications ResNets have no squeeze-excite, channel or split attention")
 
@@ -45,6 +49,8 @@ APPLICATIONS_NAMES = {
     ir.Dropout: None,
     ir.Linear: lambda op, place: "predictions",
     ir.SelectiveKernel: _no_sk,
+    ir.GroupNorm: _no_gn,
+    ir.StdConv: _no_gn,
 }
 
 

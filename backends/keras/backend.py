@@ -176,7 +176,7 @@ class Leg:
 
     def _call(self, net, run, feed):
         call = lambda t: run(t, training=False)  # noqa: E731
-        if self.active() == "tensorflow" and any(isinstance(op, ir.Conv) and op.groups > 1 for op in net.all_ops()):
+        if self.active() == "tensorflow" and any(isinstance(op, ir.CONVS) and op.groups > 1 for op in net.all_ops()):
             # TF runs each grouped conv as its own XLA function (its CPU kernel lacks groups); traced once
             # inside one tf.function instead of re-traced at every eager call.
             import tensorflow as tf

@@ -147,18 +147,24 @@ def _drop_path(op: ir.DropPath, x, name, namer):
     return _L().Dropout(op.rate, noise_shape=(None, 1, 1, 1), name=name)(x)
 
 
-def _conv_layers(op: ir.Conv, x, name: str, namer: Namer):
+def _conv_layers(op: ir.Conv, x, name: str, namer: Namer, conv=None):
+    """``conv``: the layer class (Conv2D; StdConv2D for a weight-standardized conv, backends/keras/norm.py)."""
     L = keras_module().layers
     if op.padding:
         x = L.ZeroPadding2D(op.padding, name=namer(f"{canonical_name(name)}.pad"))(x)
     # Keras refuses stride > 1 together with dilation > 1: convolve densely, then keep every s-th
     # output, which is exactly the strided dilated convolution.
     split = op.stride > 1 and op.dilation > 1
-    x = L.Conv2D(op.out_channels, op.kernel, strides=1 if split else op.stride, padding="valid",
+    x = (conv or L.Conv2D)(op.out_channels, op.kernel, strides=1 if split else op.stride, padding="valid",
                  dilation_rate=op.dilation, groups=op.groups, use_bias=op.bias, name=name)(x)
     if split:
         x = L.MaxPooling2D(1, strides=op.stride, name=namer(f"{canonical_name(name)}.stride"))(x)
     return x
+
+
+def _std_conv2d(eps: float):
+    cls = _custom("StdConv2D")
+    return lambda *args, **kwargs: cls(*args, eps=eps, **kwargs)
 
 
 def _pool_layers(op: ir.Pool, x, name: str, namer: Namer):
@@ -202,6 +208,10 @@ OPS = {
                                                                          _batch_norm),
     ir.Res2Net: lambda op, x, name, namer: res2net.lower(OPS, _L(), op, x, namer),
     ir.SelectiveKernel: lambda op, x, name, namer: sknet.layers(op, x, name, namer, OPS, _L()),
+    ir.GroupNorm: lambda op, x, name, namer: _L().GroupNormalization(groups=op.groups, axis=-1, epsilon=op.eps,
+                                                                      name=name)(x),
+    # the custom StdConv2D (backends/keras/norm.py) standardizes the raw kernel at every call
+    ir.StdConv: lambda op, x, name, namer: _conv_layers(op, x, name, namer, conv=_std_conv2d(op.eps)),
 }
 
 

@@ -121,5 +121,9 @@ def custom_layers(model) -> list:
 
 def build(net: ir.Network, weights=None, *, data_format: str | None = None, layout: str | None = None,
           backend: str | None = None):
-    """The float32 Keras model for ``net`` in stock layers (see :func:`.model.build`)."""
+    """The float32 Keras model for ``net`` in stock layers (see :func:`.model.build`); weight-standardized
+    convs become Conv2D layers holding the standardized kernels (``backends/standardize.py``: inference only)."""
+    from ..standardize import standardize_convs
+
+    net, weights = standardize_convs(net, weights)
     return _build(net, weights, data_format=data_format, layout=layout, backend=backend, lowering=StockLowering)

@@ -73,6 +73,14 @@ def _eca_from_keras(op: ir.ECA, get) -> dict:
     return {f"{op.name}.conv.weight": np.ascontiguousarray(get(f"{op.name}.conv")[0].transpose(2, 1, 0))}
 
 
+def _gn_to_keras(op: ir.GroupNorm, weights) -> dict:
+    return {op.name: [weights[f"{op.name}.weight"], weights[f"{op.name}.bias"]]}  # gamma, beta
+
+
+def _gn_from_keras(op: ir.GroupNorm, get) -> dict:
+    return dict(zip((f"{op.name}.weight", f"{op.name}.bias"), get(op.name)))
+
+
 def _linear_to_keras(op: ir.Linear, weights) -> dict:
     kernel = np.ascontiguousarray(weights[f"{op.name}.weight"].T)
     return {op.name: [kernel] + ([weights[f"{op.name}.bias"]] if op.bias else [])}
@@ -161,6 +169,8 @@ LAYOUTS = {
     ir.SplitAttention: (_split_attention_to_keras, _split_attention_from_keras),
     ir.Res2Net: (_res2net_to_keras, _res2net_from_keras),
     ir.SelectiveKernel: (_sk_to_keras, _sk_from_keras),
+    ir.GroupNorm: (_gn_to_keras, _gn_from_keras),
+    ir.StdConv: (_conv_to_keras, _conv_from_keras),  # the raw kernel (StdConv2D standardizes it)
 }
 
 

@@ -115,6 +115,11 @@ def convert(net: ir.Network, weights, out_dir: str, *, force: bool = False, fold
 
         if calibration is None:
             raise ResNetSpecError("onnx int8: calibration images are needed")
+        from .norm import standardize_convs
+
+        # weight standardization computed beforehand (float64, rounded once): the quantizer sees plain
+        # Conv weights, quantized per channel as every other conv's
+        net, weights = standardize_convs(net, weights, dtype=np.float64)
         model, arrays = skeleton(net, weights, fold_bn=fold_bn, batch=batch, opset=opset, layout=layout)
         if layout == "nhwc":  # the calibration images are NCHW; the file takes NHWC
             calibration = np.ascontiguousarray(np.transpose(calibration, (0, 2, 3, 1)))

@@ -41,7 +41,10 @@ def half_weights(net, weights, fold_bn: bool):
     from ...weights.check import check_weights
     from .fold import fold_batchnorm
 
+    from .norm import standardize_convs
+
     weights = check_weights(net, weights, "weights", allow_nonfinite=True)
+    net, weights = standardize_convs(net, weights, dtype=np.float64)  # weight standardization, in float64
     if fold_bn:
         net, weights = fold_batchnorm(net, weights, dtype=np.float64)
     out = {}
@@ -91,16 +94,21 @@ def to_float16(model, arrays: dict, io_dtype: str = "float32"):
 
 def _gemm_in_float32(graph, float32_output=None) -> bool:
     """Wrap every Gemm as Cast(float32) -> Gemm -> Cast(float16), in place (see point 4 above); a Gemm
-    that makes ``float32_output`` writes it directly, in float32. Returns whether one did."""
+    that makes ``float32_output`` writes it directly, in float32. Returns whether one did. The same for every
+    InstanceNormalization (GroupNorm's statistics, backends/onnx/norm.py): a group's mean and variance over
+    thousands of float16 values, squares of a pre-activation network's growing residual sums, overflow or
+    lose float16's precision (onnx's ReferenceEvaluator computed resnetv2_50x1_bit's logits 1.0 of their
+    scale off, ONNX Runtime 1.9e-2); the normalized output, of order 1, is cast back."""
     from onnx import TensorProto, helper
 
     nodes, direct = [], False
     for node in graph.node:
-        if node.op_type != "Gemm":
+        if node.op_type not in ("Gemm", "InstanceNormalization"):
             nodes.append(node)
             continue
-        ups = [helper.make_node("Cast", [i], [f"{i}.float32"], name=f"{node.name}.{k}.float32",
-                                to=TensorProto.FLOAT) for k, i in enumerate(node.input)]
+        # (InstanceNormalization's shared scale and bias constants: one Cast, one output name per node)
+        ups = [helper.make_node("Cast", [i], [f"{i}.float32" if node.op_type == "Gemm" else f"{node.name}.{k}.float32"],
+                                name=f"{node.name}.{k}.float32", to=TensorProto.FLOAT) for k, i in enumerate(node.input)]
         out = node.output[0]
         node.input[:] = [u.output[0] for u in ups]
         if out == float32_output:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from ... import ir
+from . import norm
 from . import res2net
 from . import sknet
 from .pool import pool_to_nodes as pool_nodes  # rewrite-proof pooling: see backends.onnx.pool
@@ -182,6 +183,8 @@ OPS = {
     ir.Linear: _linear,
     ir.SplitAttention: split_attention_nodes,
     ir.SelectiveKernel: sknet.nodes,
+    ir.GroupNorm: norm.group_norm,
+    ir.StdConv: norm.std_conv,
 }
 
 

@@ -28,6 +28,7 @@ from .patterns import attrs as _attrs, border_mask, channel_pad, check_wiring, f
 from .checked import declared_input, load_checked
 from ...budgets import ONNX_MAX_FOLD_TOTAL
 from ...fileio import shown
+from .norm import refuse_norm_nodes
 from ...importers.source import ImportRefused, Layer, Recogniser, Source
 
 PASS_THROUGH = ("Identity", "Dropout")
@@ -99,6 +100,7 @@ def read_onnx(path: str) -> Source:
     model = load_checked(path)  # special files, node and tensor budgets: before any tensor is read
     if not model.graph.node:
         raise ImportRefused(f"{label}: the ONNX graph has no nodes")
+    refuse_norm_nodes(model, label)  # GroupNorm / weight standardization: not read back yet
     try:
         return _Walker.source(label, "onnx", {"path": path}, _Graph(model, label))
     except ImportRefused:

@@ -173,7 +173,16 @@ OPS = {
     ir.SplitAttention: lambda op: SplitAttention(*split_attention_args(op)),
     ir.Res2Net: res2net.modules,  # a dict: modules registered on the block itself (timm's convs.N, bns.N)
     ir.SelectiveKernel: lambda op: sknet.from_ir(op),
+    ir.GroupNorm: lambda op: nn.GroupNorm(op.groups, op.channels, eps=op.eps),
+    ir.StdConv: lambda op: _std_conv(op),
 }
+
+
+def _std_conv(op):
+    from .norm import StdConv2d
+
+    return StdConv2d(op.in_channels, op.out_channels, op.kernel, op.stride, op.padding, op.dilation, op.groups,
+                     op.bias, eps=op.eps)
 
 
 class _Builder(common.Lowering):

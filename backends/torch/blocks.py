@@ -2,7 +2,7 @@
 import recognises each: :data:`UNSUPPORTED`, one table (building block -> how it is recognised -> the
 name the user reads).
 
-A ``torchvision:``/``timm:`` model is recognised from its module types (``CecaModule``, ``GroupNorm``,
+A ``torchvision:``/``timm:`` model is recognised from its module types (``CecaModule``, ``EvoNorm*``,
 ``BlurPool2d``, an ``AvgPool2d`` at a block's ``aa`` other than timm's ``AvgPool2d(stride)``, ...), a bare
 state dict from tensor names and shapes where they are reliable (a second Conv1d in an ECA module is
 timm's MLP variant; a norm with ``tau`` is FRN; a norm without running statistics is no BatchNorm). The import is
@@ -135,11 +135,10 @@ UNSUPPORTED = (
           tensor_when=lambda n, s, _: len(s) == 4 and s[1] == 48),
     Block("Filter Response Normalization", ("FilterResponseNorm*",), tensors=r"\.tau$"),
     Block("EvoNorm", ("EvoNorm*",), tensors=r"\.v$", tensor_when=lambda n, s, _: len(s) in (1, 4)),
-    Block("GroupNorm", ("GroupNorm", "GroupNormAct", "GroupNorm1", "GroupNorm1Act")),
-    Block("GroupNorm or another normalization without running statistics",
+    Block("GroupNorm or another normalization without running statistics (a state dict cannot tell which)",
           tensors=_NORM_AT, tensor_when=_no_running_stats),
     Block("LayerNorm", ("LayerNorm*",)),
-    Block("{cls} weight-standardized convolutions", ("StdConv2d", "StdConv2dSame", "ScaledStdConv2d*"),
+    Block("{cls} weight-standardized convolutions", ("StdConv2dSame", "ScaledStdConv2d*"),
           tensors=r"\.gain$"),
     Block("{cls} 'SAME' padding computed from the input size",
           ("Conv2dSame", "Conv2dSameExport", "MaxPool2dSame", "AvgPool2dSame")),

@@ -17,6 +17,7 @@ from ...errors import WeightsError
 from ...fileio import shown
 from ...importers.source import ImportRefused, Source, layers_from_weights
 from . import blocks, names
+from .norm_reader import add_norm_facts
 
 ASSUMED = ("strides, stem pooling and BN epsilon are not stored in a state dict: torchvision's "
            "conventions were assumed (stride on the 3x3 conv of each stage's first block, 3x3/2 max-pool "
@@ -139,6 +140,7 @@ def _add_facts(src: Source, mods: dict) -> None:
     src.facts["stem_pool"] = _stem_pool(src, mods.get("maxpool"))
     if src.facts["stem_pool"] == "unknown":
         del src.facts["stem_pool"]
+    add_norm_facts(src, mods)  # GroupNorm groups, StdConv2d epsilon, BiT's zero-padded stem pool
     strides = {}
     for name, m in mods.items():
         if _ANTI_ALIAS.match(name) and isinstance(m, nn.AvgPool2d):

@@ -28,8 +28,8 @@ _TOP = ("conv1", "bn1", "fc", "bn_final")
 #: canonical layer name pattern -> the kinds of layer it may be (a 4-D weight is a conv, 2-D a linear layer)
 _KINDS = ((re.compile(r"^(conv1(\.[036])?|maxpool\.0|layer\d+\.\d+\.(conv\d|se\.fc\d|convs\.\d+))$"), ("conv",)),
           (re.compile(r"^layer\d+\.\d+\.se\.conv$"), ("conv1d",)),
-          (re.compile(r"^(bn1|bn_final|conv1\.[14]|maxpool\.1|layer\d+\.\d+\.(bn\d|bns\.\d+))$"), ("bn",)),
-          (re.compile(r"^layer\d+\.\d+\.downsample\.\d$"), ("conv", "bn")),
+          (re.compile(r"^(bn1|bn_final|conv1\.[14]|maxpool\.1|layer\d+\.\d+\.(bn\d|bns\.\d+))$"), ("bn", "gn")),
+          (re.compile(r"^layer\d+\.\d+\.downsample\.\d$"), ("conv", "bn", "gn")),
           (re.compile(r"^fc$"), ("linear",)))
 
 
@@ -155,7 +155,11 @@ def candidates(src: Source, name: str, input_size) -> list:
          "input": {"channels": in_ch, "size": size if isinstance(size, int) else list(size)}}
     eps = src.facts.get("eps", 1e-5)
     momentum = src.facts.get("momentum", 0.1)
-    d["norm"] = {"eps": eps, "momentum": momentum}
+    groups = src.facts.get("norm_groups")  # GroupNorm (a model's reader found every norm one)
+    d["norm"] = {"eps": eps, "momentum": momentum} if groups is None else {"type": "group", "groups": groups,
+                                                                            "eps": eps}
+    if src.facts.get("standardize_eps") is not None:  # weight-standardized convs (timm StdConv2d)
+        d["conv"] = {"standardize": True, "eps": src.facts["standardize_eps"]}
     d["stem"] = stem
     block = {"type": "bottleneck" if bottleneck else "basic"}
     if preact:
@@ -373,7 +377,7 @@ def build_spec(src: Source, name: str, input_size=None) -> tuple:
     raise src.refuse("structure", best or "no candidate spec")
 
 
-_ORDER = ("extends", "name", "description", "input", "conv_bias", "norm", "stem", "block", "shortcut",
+_ORDER = ("extends", "name", "description", "input", "conv_bias", "conv", "norm", "stem", "block", "shortcut",
           "stages", "head")
 
 

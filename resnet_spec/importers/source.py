@@ -30,7 +30,7 @@ class ImportRefused(ResNetSpecError):
 @dataclass
 class Layer:
     name: str  # canonical (torchvision) name, e.g. layer2.0.downsample.0
-    kind: str  # "conv" | "bn" | "linear"
+    kind: str  # "conv" | "bn" | "gn" (GroupNorm) | "linear" | "conv1d"
     shape: tuple  # weight shape, PyTorch layout; (channels,) for BN
     bias: bool
     origin: str  # the source's own name for it (ONNX node, Keras layer, state-dict tensor)
@@ -87,9 +87,11 @@ def layers_from_weights(weights: dict, origin=None) -> dict:
             kind = "linear"
         elif len(shape) == 1 and f"{mod}.running_mean" in weights:
             kind = "bn"
+        elif len(shape) == 1 and f"{mod}.bias" in weights:
+            kind = "gn"  # a norm without running statistics (a model's reader has checked it is a GroupNorm)
         else:
             continue
-        layers[mod] = Layer(mod, kind, shape, kind != "bn" and f"{mod}.bias" in weights, origin(name))
+        layers[mod] = Layer(mod, kind, shape, kind not in ("bn", "gn") and f"{mod}.bias" in weights, origin(name))
     return layers
 
 
@@ -158,6 +160,8 @@ def _no_layers(op) -> tuple:
 #: type of ``ir.OP_TYPES``; a parameter-free op has none, as an importer recognises no layer for it).
 SPEC_LAYERS = {
     ir.Conv: _conv_layers,
+    ir.StdConv: _conv_layers,  # a conv's facts; that it is standardized is read from the source's modules
+    ir.GroupNorm: lambda op: (SpecLayer(op.name, "gn", (op.channels,), True, eps=op.eps),),
     ir.BatchNorm: lambda op: (SpecLayer(op.name, "bn", (op.channels,), True, eps=op.eps),),
     ir.ReLU: _no_layers,
     ir.Pool: _no_layers,
@@ -191,7 +195,7 @@ def layer_difference(layer: Layer, kind, shape, bias, stride, padding, dilation,
         return f"the source has a {layer.kind} layer here, the spec a {kind} layer"
     if tuple(layer.shape) != tuple(shape):
         return f"weight shape {_shape(layer.shape)} in the source, {_shape(shape)} in the spec"
-    if kind != "bn" and layer.bias != bias:
+    if kind not in ("bn", "gn") and layer.bias != bias:
         return "the source has a bias, the spec has none" if layer.bias else \
             "the spec has a bias, the source has none"
     if layer.stride is not None and stride is not None and layer.stride != stride:
@@ -201,7 +205,7 @@ def layer_difference(layer: Layer, kind, shape, bias, stride, padding, dilation,
     if layer.dilation is not None and dilation is not None and layer.dilation != dilation:
         return f"dilation {layer.dilation} in the source, {dilation} in the spec"
     if layer.eps is not None and eps is not None and not np.isclose(layer.eps, eps, rtol=1e-6, atol=0):
-        return f"BN epsilon {layer.eps:g} in the source, {eps:g} in the spec"
+        return f"{'GroupNorm' if kind == 'gn' else 'BN'} epsilon {layer.eps:g} in the source, {eps:g} in the spec"
     return None
 
 

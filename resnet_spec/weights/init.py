@@ -160,6 +160,13 @@ def _init_split_attention(op: ir.SplitAttention, init: _Init) -> dict:
     return out
 
 
+def _init_groupnorm(op: ir.GroupNorm, init: _Init) -> dict:
+    """As a BatchNorm's weight and bias (ones and zeros, the last of a block zero with zero_init_last_bn;
+    random around them with ``random_bn``); a GroupNorm has no running statistics."""
+    is_last = op.name in init.last_bns
+    return {name: _bn_tensor(init, leaf, shape, is_last) for (name, shape, _), leaf in zip(op.tensors(), ir.BN_LEAVES)}
+
+
 def _no_tensors(op, init: _Init) -> dict:
     return {}
 
@@ -182,4 +189,8 @@ INIT = {
     ir.Linear: _init_linear,
     ir.SplitAttention: _init_split_attention,
     ir.SelectiveKernel: _init_selective_kernel,
+
+
+    ir.GroupNorm: _init_groupnorm,
+    ir.StdConv: _init_conv,
 }
