@@ -16,6 +16,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 from conftest import one_line_error, rel_err
+from timm_checks import max_rel as _max_rel, timm_randomized
 
 import resnet_spec
 from resnet_spec import ir
@@ -234,28 +235,7 @@ def test_torch_source_has_the_std_conv_module(tmp_path):
 # --- the zoo entries against timm -------------------------------------------------------------------
 
 def _timm_randomized(name: str):
-    torch = pytest.importorskip("torch")
-    timm = pytest.importorskip("timm")
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks"))
-    import family_coverage
-
-    from resnet_spec.backends.torch import names
-
-    model = timm.create_model(name, pretrained=False).eval()
-    weights = family_coverage.randomized({k: v.numpy() for k, v in model.state_dict().items()
-                                          if not k.endswith("num_batches_tracked")})
-    model.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()})
-    canonical, _ = names.canonical_weights(weights, names.layout_of(list(weights)))
-    return model, canonical
-
-
-def _max_rel(model, net, weights) -> float:
-    import torch
-
-    x = torch.from_numpy(np.random.default_rng(1).standard_normal((2, *net.input_shape)).astype(np.float32))
-    with torch.inference_mode():
-        ref, got = model(x), resnet_spec.build(net, "torch", weights=weights)(x)
-    return float((ref - got).abs().max() / ref.abs().max())
+    return timm_randomized(name, canonical=True)
 
 
 @pytest.mark.parametrize("name", ["resnet50_gn", "resnetv2_50x1_bit"])

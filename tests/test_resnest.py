@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from conftest import rel_err
+from timm_checks import max_rel as _max_rel, timm_randomized as _timm_randomized
 
 import resnet_spec
 from resnet_spec import ir
@@ -253,27 +254,6 @@ def test_diagram_names_the_split_attention_and_the_avd_pool():
 # --- the zoo entry against timm ---------------------------------------------------------------------
 
 @functools.lru_cache(maxsize=2)
-def _timm_randomized(name: str):
-    """timm's model ``name`` (eval) carrying randomized weights, and those weights (cached: read only)."""
-    torch = pytest.importorskip("torch")
-    timm = pytest.importorskip("timm")
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks"))
-    import family_coverage
-
-    model = timm.create_model(name, pretrained=False).eval()
-    weights = family_coverage.randomized({k: v.numpy() for k, v in model.state_dict().items()
-                                          if not k.endswith("num_batches_tracked")})
-    model.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()}, strict=False)
-    return model, weights
-
-
-def _max_rel(model, net, weights) -> float:
-    import torch
-
-    x = torch.from_numpy(np.random.default_rng(1).standard_normal((2, *net.input_shape)).astype(np.float32))
-    with torch.inference_mode():
-        ref, got = model(x), resnet_spec.build(net, "torch", weights=weights)(x)
-    return float((ref - got).abs().max() / ref.abs().max())
 
 
 def test_zoo_entry_equals_timm_with_randomized_weights():
