@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from conftest import one_line_error, rel_err, tiny, tiny_text
-from timm_checks import max_rel as _max_rel, timm_randomized as _timm_randomized
+from timm_checks import (assert_one_located_error, assert_timm_params_and_macs, max_rel as _max_rel,
+                         timm_randomized as _timm_randomized)
 
 import resnet_spec
 from resnet_spec import ir
@@ -60,16 +61,7 @@ BAD = [
 
 @pytest.mark.parametrize("block,message,path", BAD, ids=[b[2][-1] + str(i) for i, b in enumerate(BAD)])
 def test_rule_errors_are_located(block, message, path):
-    from resnet_spec.resolve import semantic_errors
-    from resnet_spec.spec import load
-
-    spec = load(TINY + f"block: {block}\n")
-    errors = semantic_errors(spec)
-    assert len(errors) == 1, errors
-    err = errors[0]
-    assert message in str(err) and "\n" not in str(err)
-    assert err.line == len(TINY.splitlines()) + 1, (err.line, str(err))
-    assert tuple(err.path) == path
+    assert_one_located_error(TINY + f"block: {block}\n", message, path)
 
 
 def test_cli_refuses_in_one_line(tmp_path):
@@ -191,18 +183,7 @@ def test_zoo_entry_equals_timm_with_randomized_weights():
 
 
 def test_zoo_entry_has_timms_parameters_and_macs():
-    torch = pytest.importorskip("torch")
-    timm = pytest.importorskip("timm")
-    from torch.utils.flop_counter import FlopCounterMode
-
-    model = timm.create_model("ecaresnet50d", pretrained=False).eval()
-    net = resnet_spec.load("extends: ecaresnet50d\ninput: {size: 64}\n")
-    assert net.params == sum(p.numel() for p in model.parameters()) == resnet_spec.load("ecaresnet50d").params
-    counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
-        model(torch.zeros(1, 3, 64, 64))
-    assert net.macs == counter.get_total_flops() // 2
-    assert resnet_spec.spec.load("ecaresnet50d").data["reference"] == {"library": "timm", "model": "ecaresnet50d"}
+    assert_timm_params_and_macs("ecaresnet50d")
 
 
 # --- import ------------------------------------------------------------------------------------------

@@ -16,7 +16,8 @@ import pytest
 import yaml
 from click.testing import CliRunner
 from conftest import one_line_error, rel_err
-from timm_checks import max_rel as _max_rel, timm_randomized
+from timm_checks import (assert_one_located_error, assert_timm_params_and_macs, max_rel as _max_rel,
+                         timm_randomized)
 
 import resnet_spec
 from resnet_spec import ir
@@ -60,16 +61,7 @@ BAD = [
 
 @pytest.mark.parametrize("extra,message,path", BAD, ids=[b[2][-1] + str(i) for i, b in enumerate(BAD)])
 def test_rule_errors_are_located(extra, message, path):
-    from resnet_spec.resolve import semantic_errors
-    from resnet_spec.spec import load
-
-    spec = load(TINY.replace("preact: true", "preact: false") + extra)
-    errors = semantic_errors(spec)
-    assert len(errors) == 1, errors
-    err = errors[0]
-    assert message in str(err) and "\n" not in str(err)
-    assert err.line == len(TINY.splitlines()) + 1, (err.line, str(err))
-    assert tuple(err.path) == path
+    assert_one_located_error(TINY.replace("preact: true", "preact: false") + extra, message, path)
 
 
 def test_cli_refuses_in_one_line(tmp_path):
@@ -261,18 +253,7 @@ def test_wrong_variants_of_the_zoo_entries_differ_from_timm(name, wrongs):
 
 @pytest.mark.parametrize("name", ["resnet50_gn", "resnetv2_50x1_bit"])
 def test_zoo_entry_has_timms_parameters_and_macs(name):
-    torch = pytest.importorskip("torch")
-    timm = pytest.importorskip("timm")
-    from torch.utils.flop_counter import FlopCounterMode
-
-    model = timm.create_model(name, pretrained=False).eval()
-    net = resnet_spec.load(f"extends: {name}\ninput: {{size: 64}}\n")
-    assert net.params == sum(p.numel() for p in model.parameters()) == resnet_spec.load(name).params
-    counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
-        model(torch.zeros(1, 3, 64, 64))
-    assert net.macs == counter.get_total_flops() // 2
-    assert resnet_spec.spec.load(name).data["reference"] == {"library": "timm", "model": name}
+    assert_timm_params_and_macs(name)
 
 
 def test_diagram_names_the_norm_and_standardization():

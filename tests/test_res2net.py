@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from conftest import one_line_error, rel_err
-from timm_checks import max_rel as _max_rel, timm_randomized as _timm_randomized
+from timm_checks import assert_timm_params_and_macs, max_rel as _max_rel, timm_randomized as _timm_randomized
 
 import resnet_spec
 from resnet_spec import ir
@@ -302,18 +302,7 @@ def test_zoo_entry_differs_from_timm_when_a_fact_is_wrong():
 
 @pytest.mark.parametrize("name", ZOO)
 def test_zoo_entry_has_timms_parameters_and_macs(name):
-    torch = pytest.importorskip("torch")
-    timm = pytest.importorskip("timm")
-    from torch.utils.flop_counter import FlopCounterMode
-
-    model = timm.create_model(name, pretrained=False).eval()
-    net = resnet_spec.load(f"extends: {name}\ninput: {{size: 64}}\n")
-    assert net.params == sum(p.numel() for p in model.parameters()) == resnet_spec.load(name).params
-    counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
-        model(torch.zeros(1, 3, 64, 64))
-    assert net.macs == counter.get_total_flops() // 2
-    assert resnet_spec.spec.load(name).data["reference"] == {"library": "timm", "model": name}
+    assert_timm_params_and_macs(name)
 
 
 # --- import ------------------------------------------------------------------------------------------

@@ -41,3 +41,34 @@ def max_rel(model, net, weights) -> float:
     with torch.inference_mode():
         ref, got = model(x), resnet_spec.build(net, "torch", weights=weights)(x)
     return float((ref - got).abs().max() / ref.abs().max())
+
+
+def assert_timm_params_and_macs(name: str, size: int = 64) -> None:
+    """The zoo entry ``name`` has timm's parameter count, and at ``size`` px timm's multiply-adds
+    (FlopCounterMode's FLOPs / 2), and names timm's model as its reference."""
+    torch = pytest.importorskip("torch")
+    timm = pytest.importorskip("timm")
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = timm.create_model(name, pretrained=False).eval()
+    net = resnet_spec.load(f"extends: {name}\ninput: {{size: {size}}}\n")
+    assert net.params == sum(p.numel() for p in model.parameters()) == resnet_spec.load(name).params
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(torch.zeros(1, 3, size, size))
+    assert net.macs == counter.get_total_flops() // 2
+    assert resnet_spec.spec.load(name).data["reference"] == {"library": "timm", "model": name}
+
+
+def assert_one_located_error(text: str, message: str, path: tuple) -> None:
+    """The spec ``text`` has exactly one semantic error: one line holding ``message``, located at ``path``
+    on the text's last line (where the test appended the key in question)."""
+    from resnet_spec.resolve import semantic_errors
+    from resnet_spec.spec import load
+
+    errors = semantic_errors(load(text))
+    assert len(errors) == 1, errors
+    err = errors[0]
+    assert message in str(err) and "\n" not in str(err)
+    assert err.line == len(text.splitlines()), (err.line, str(err))
+    assert tuple(err.path) == path
