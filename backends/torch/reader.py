@@ -262,12 +262,12 @@ def _timm_stem_pool(pool, anti_alias):
 
 def _resnest_args(block: dict):
     """timm ResNestBottleneck's block_args for a block.spatial/block.avd (None: not a ResNeSt -- a plain
-    timm Bottleneck, or Res2Net's Bottle2neck; 'none': no timm block has it). timm's SplitAttn takes its attention width at rd_ratio 0.25, divisor 8,
+    timm Bottleneck, Res2Net's Bottle2neck or an SK block; 'none': no timm block has it). timm's SplitAttn takes its attention width at rd_ratio 0.25, divisor 8,
     at least 32: other widths are 'none'."""
     from ...config import DEFAULTS, spatial_config
 
     spatial, avd = spatial_config(block.get("spatial")), block.get("avd")
-    if spatial["type"] in ("conv", "res2net") and avd is None:
+    if spatial["type"] != "split_attention" and avd is None:  # a plain, Res2Net or selective-kernel block
         return None
     if spatial["type"] not in ("conv", "split_attention") or block["type"] != "bottleneck":
         return "none"
