@@ -9,9 +9,10 @@ Jobs (random weights, made before timing starts, outside the timed runs):
   torch->onnx   a torchvision resnet50 state dict (.pth) to an ONNX file: ``resnet-spec convert resnet50
                 --weights r50.pth --to onnx`` vs ``torch.onnx.export`` (legacy TorchScript exporter and dynamo)
                 in a script that builds torchvision's resnet50 and loads the same file
-  onnx->torch   that state dict exported by the legacy exporter at opset 17 (onnx2torch converts no later
-                opset's Identity) to a PyTorch model: ``resnet-spec import r50.onnx`` (which also runs the file in
-                ONNX Runtime and the generated model, and compares) vs onnx2torch (``convert`` + ``torch.save``)
+  onnx->torch   an ONNX file of that state dict to a PyTorch model: ``resnet-spec import r50.onnx`` (which also
+                runs the file in ONNX Runtime and the generated model, and compares) vs onnx2torch (``convert`` +
+                ``torch.save``); the file is resnet-spec's own (onnx2torch fails on the legacy exporter's opset-17
+                file, ``r50_legacy.onnx``, also run, and on later opsets' Identity nodes)
   keras->onnx   a keras.applications ResNet50V2 ``.weights.h5`` to ONNX: ``resnet-spec convert keras_resnet50v2
                 --weights keras:ResNet50V2=FILE --to onnx`` vs tf2onnx ``from_keras``
   torch->all    ``resnet-spec convert resnet50 --weights r50.pth --to all`` (PyTorch .pt2 + .py, ONNX, .keras +
@@ -122,7 +123,9 @@ def _jobs(d: str) -> dict:
             "torch.onnx.export (dynamo)": ([PY, "-c", TORCH_EXPORT, pth, out("dynamo.onnx"), "dynamo"], env)},
         "onnx->torch": {
             "resnet-spec": (CLI + ["import", onnx_file, "-o", out("b"), "--force"], env),
-            "onnx2torch": ([PY, "-c", ONNX2TORCH, onnx_file, out("o2t.pt")], peer_env["onnx2torch"])},
+            "onnx2torch": ([PY, "-c", ONNX2TORCH, onnx_file, out("o2t.pt")], peer_env["onnx2torch"]),
+            "onnx2torch (legacy exporter's file)": ([PY, "-c", ONNX2TORCH, os.path.join(d, "r50_legacy.onnx"),
+                                                    out("o2t_legacy.pt")], peer_env["onnx2torch"])},
         "keras->onnx": {
             "resnet-spec": (CLI + ["convert", "keras_resnet50v2", "--weights", f"keras:ResNet50V2={h5}", "--to",
                                    "onnx", "-o", out("c"), "--force"], env),
@@ -141,20 +144,26 @@ def _inputs(d: str) -> None:
     torch.manual_seed(0)
     torch.save(torchvision.models.resnet50().state_dict(), os.path.join(d, "r50.pth"))
     os.makedirs(os.path.join(d, "out"))
-    for argv in ([PY, "-c", TORCH_EXPORT, os.path.join(d, "r50.pth"), os.path.join(d, "r50.onnx"), "legacy", "17"],
+    for argv in ([PY, "-c", TORCH_EXPORT, os.path.join(d, "r50.pth"), os.path.join(d, "r50_legacy.onnx"), "legacy", "17"],
+                 CLI + ["convert", "resnet50", "--weights", os.path.join(d, "r50.pth"), "--to", "onnx", "-o",
+                        os.path.join(d, "src")],
                  [PY, "-c", MAKE_KERAS, os.path.join(d, "r50v2.weights.h5")]):
         subprocess.run(argv, check=True, capture_output=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    os.replace(os.path.join(d, "src", "resnet50.onnx"), os.path.join(d, "r50.onnx"))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--jobs", default="", help="comma-separated jobs to run (default: all)")
     ap.add_argument("--json", default=os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                                    "docs", "end_to_end.json"))
     args = ap.parse_args()
     d = tempfile.mkdtemp(prefix="e2e-")
     _inputs(d)
     jobs = _jobs(d)
+    if args.jobs:
+        jobs = {k: v for k, v in jobs.items() if k in args.jobs.split(",")}
     times = {job: {tool: [] for tool in tools} for job, tools in jobs.items()}
     failed = {}
     for r in range(args.repeats):
@@ -198,7 +207,7 @@ def _versions() -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {}
-    for pkg in ("torch", "torchvision", "onnx", "onnxruntime", "onnxscript", "tensorflow", "keras"):
+    for pkg in ("torch", "torchvision", "onnx", "onnxruntime", "onnxscript", "tensorflow-cpu", "keras"):
         try:
             out[pkg] = version(pkg)
         except PackageNotFoundError:
