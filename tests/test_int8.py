@@ -219,10 +219,11 @@ def test_edge_padding_pools_as_neg_inf_padding():
 
 
 def test_channel_padding_nets_quantize_activations_symmetrically(tmp_path):
-    """An option-A shortcut pads channels with zeros (ONNX Pad). Its int8 file has every activation zero
-    point 0, so the padded zeros stay zeros in a runtime that pads the int8 tensor (OpenVINO 2026.4.1 pads
-    with 0, not the zero point: resnet20 was off by 0.57 of its logit scale there, docs/deployment.md); a
-    net without a Pad keeps ONNX Runtime's asymmetric activations (more accurate there)."""
+    """An option-A shortcut pads channels with zeros (ONNX Pad), Res2Net's 3x3 average pools count their
+    zero padding. Such int8 files have every activation zero point 0, so the padded zeros stay zeros in a
+    runtime that pads the int8 tensor (OpenVINO 2026.4.1 pads with 0, not the zero point: resnet20 was off
+    by 0.57 of its logit scale there, res2net50_26w_4s by 0.23, docs/deployment.md); a net that pads
+    nothing keeps ONNX Runtime's asymmetric activations (more accurate there)."""
     import onnx
     from onnx import numpy_helper
 
@@ -231,7 +232,7 @@ def test_channel_padding_nets_quantize_activations_symmetrically(tmp_path):
     from resnet_spec.calibration import synthetic
 
     zero_points = {}
-    for name in ("resnet20", "resnet18"):
+    for name in ("resnet20", "resnet18", "res2net50_26w_4s"):
         net = tiny(name)
         w = resnet_spec.init_weights(net, seed=0, random_bn=True)
         ob.convert(net, w, str(tmp_path / name), dtype="int8", calibration=synthetic(net.input_shape))
@@ -242,4 +243,5 @@ def test_channel_padding_nets_quantize_activations_symmetrically(tmp_path):
         assert zero_points[name], name
     assert ("Pad" in {n.op_type for n in onnx.load(str(tmp_path / "resnet20" / f"{tiny('resnet20').name}.onnx")).graph.node})
     assert all(not zp.any() for zp in zero_points["resnet20"])
+    assert all(not zp.any() for zp in zero_points["res2net50_26w_4s"])
     assert any(zp.any() for zp in zero_points["resnet18"])

@@ -44,6 +44,15 @@ class _Reader:
         self.i = 0
 
 
+def pads_zeros(graph) -> bool:
+    """Whether ``graph`` pads a tensor with zeros that enter the numbers: a Pad node, or an AveragePool with
+    padding that it counts (count_include_pad 1). Such a graph is quantized with symmetric activations."""
+    def counted(node):
+        a = {x.name: x for x in node.attribute}
+        return "count_include_pad" in a and a["count_include_pad"].i == 1 and "pads" in a and any(a["pads"].ints)
+    return any(n.op_type == "Pad" or (n.op_type == "AveragePool" and counted(n)) for n in graph.node)
+
+
 def quantize(float_path: str, out_path: str, images: np.ndarray, input_name: str, activations: str = "int8",
              has_pad: bool | None = None) -> None:
     """Write the QDQ int8 model of the float32 file ``float_path`` to ``out_path`` (one file, no
@@ -57,12 +66,13 @@ def quantize(float_path: str, out_path: str, images: np.ndarray, input_name: str
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)  # the quantizer logs a pre-processing hint at WARNING on every call
-    # An option-A shortcut pads channels with zeros (a Pad node: the graph has no other). With a zero point
-    # that is not 0, OpenVINO 2026.4.1 pads the int8 tensor with 0, not with its zero point: resnet20's
-    # logits off by 0.57 of their scale (ONNX Runtime: 0.012). Symmetric activations (zero point 0) make
-    # the padded zeros zeros in every runtime (OpenVINO 0.012, ONNX Runtime 0.020): docs/deployment.md.
+    # An option-A shortcut pads channels with zeros (a Pad node), an average pool that counts its padding
+    # averages zeros in. With a zero point that is not 0, OpenVINO 2026.4.1 pads the int8 tensor with 0, not
+    # with its zero point: resnet20's logits off by 0.57 of their scale (ONNX Runtime: 0.012), Res2Net's
+    # (padded 3x3 average pools) by 0.23 (ONNX Runtime 0.019). Symmetric activations (zero point 0) make the
+    # padded zeros zeros in every runtime (resnet20: OpenVINO 0.012, ONNX Runtime 0.020): docs/deployment.md.
     if has_pad is None:  # a caller holding the graph says; else read from the file (without its weights)
-        has_pad = any(n.op_type == "Pad" for n in onnx.load(float_path, load_external_data=False).graph.node)
+        has_pad = pads_zeros(onnx.load(float_path, load_external_data=False).graph)
     symmetric = activations == "int8" and has_pad
     try:
         quantize_static(float_path, out_path, _Reader(input_name, images), quant_format=QuantFormat.QDQ,
@@ -89,8 +99,7 @@ def convert(path: str, model, arrays: dict, images: np.ndarray, force: bool, act
         write_model(float_path, model, arrays, sum(a.nbytes for a in arrays.values()) > (1 << 30), True)
         quant_path = os.path.join(tmp, "int8.onnx")
         try:
-            quantize(float_path, quant_path, images, INPUT_NAME, activations,
-                     any(n.op_type == "Pad" for n in model.graph.node))
+            quantize(float_path, quant_path, images, INPUT_NAME, activations, pads_zeros(model.graph))
         except Exception as exc:  # noqa: BLE001 - the quantizer raises anything
             raise ResNetSpecError(f"onnx int8: ONNX Runtime's quantizer failed: {first_line(exc)}") from None
         with atomic_path(path, force) as out:
