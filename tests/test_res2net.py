@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from conftest import one_line_error, rel_err
-from timm_checks import assert_timm_params_and_macs, max_rel as _max_rel, timm_randomized as _timm_randomized
+from timm_checks import (assert_one_located_error, assert_timm_params_and_macs, max_rel as _max_rel,
+                         timm_randomized as _timm_randomized)
 
 import resnet_spec
 from resnet_spec import ir
@@ -60,15 +61,7 @@ BAD = [
 
 @pytest.mark.parametrize("block,message,path", BAD, ids=[str(i) for i in range(len(BAD))])
 def test_rule_errors_are_located(block, message, path):
-    from resnet_spec.resolve import semantic_errors
-    from resnet_spec.spec import load
-
-    errors = semantic_errors(load(TINY + f"block: {block}\n"))
-    assert len(errors) == 1, errors
-    err = errors[0]
-    assert message in str(err) and "\n" not in str(err)
-    assert err.line == len(TINY.splitlines()) + 1, (err.line, str(err))
-    assert tuple(err.path) == path
+    assert_one_located_error(TINY + f"block: {block}\n", message, path)
 
 
 @pytest.mark.parametrize("spatial,needle", [("{type: res2net, scale: 1}", "scale"),

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from conftest import one_line_error, rel_err, tiny, tiny_text
-from timm_checks import max_rel as _max_rel, timm_randomized as _timm_randomized
+from timm_checks import (assert_one_located_error, max_rel as _max_rel, timm_randomized as _timm_randomized)
 
 import resnet_spec
 from resnet_spec import ir
@@ -64,15 +64,7 @@ BAD = [
 
 @pytest.mark.parametrize("block,message,path", BAD, ids=[str(b[2][-1]) + str(i) for i, b in enumerate(BAD)])
 def test_rule_errors_are_located(block, message, path):
-    from resnet_spec.resolve import semantic_errors
-    from resnet_spec.spec import load
-
-    errors = semantic_errors(load(TINY + f"block: {block}\n"))
-    assert len(errors) == 1, errors
-    err = errors[0]
-    assert message in str(err) and "\n" not in str(err)
-    assert err.line == len(TINY.splitlines()) + 1, (err.line, str(err))
-    assert tuple(err.path) == path
+    assert_one_located_error(TINY + f"block: {block}\n", message, path)
 
 
 def test_cli_refuses_in_one_line(tmp_path):
