@@ -18,6 +18,7 @@ import dataclasses
 import numpy as np
 
 from ... import ir
+from .bn_fold import fold_bn
 from .resnest import fold_split_attention
 from . import res2net
 from . import sknet
@@ -50,20 +51,7 @@ def fold_batchnorm(net: ir.Network, weights, dtype=np.float32) -> tuple:
                 res.append(sknet.fold(op, weights, out, dtype))
                 continue
             if isinstance(op, ir.BatchNorm) and isinstance(prev, ir.Conv):
-                b = (np.asarray(weights[f"{prev.name}.bias"], np.float64) if prev.bias
-                     else np.zeros(prev.out_channels))
-                gamma = np.asarray(weights[f"{op.name}.weight"], np.float64)
-                beta = np.asarray(weights[f"{op.name}.bias"], np.float64)
-                mean = np.asarray(weights[f"{op.name}.running_mean"], np.float64)
-                var = np.asarray(weights[f"{op.name}.running_var"], np.float64)
-                s = gamma / np.sqrt(var + op.eps)
-                # Multiplied in float64 and rounded to float32 once, in one buffered pass (no float64 copy).
-                w = weights[f"{prev.name}.weight"]
-                out[f"{prev.name}.weight"] = np.multiply(w, s[:, None, None, None], dtype=np.float64,
-                                                         out=np.empty(w.shape, dtype), casting="same_kind")
-                out[f"{prev.name}.bias"] = ((b - mean) * s + beta).astype(dtype)
-                for leaf in ir.BN_LEAVES:
-                    out.pop(f"{op.name}.{leaf}", None)
+                fold_bn(weights, out, prev.name, op.name, op.eps, prev.bias, dtype)
                 res[-1] = dataclasses.replace(prev, bias=True, out_shape=op.out_shape)
                 continue
             if isinstance(op, ir.Res2Net):  # its split convs' BNs, folded the same way

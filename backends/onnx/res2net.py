@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 
-import numpy as np
-
 from ... import ir
+from .bn_fold import fold_bn
 from .. import common
 from .pool import pool_to_nodes
 
@@ -43,14 +42,5 @@ def fold(op: ir.Res2Net, weights, out: dict, dtype) -> ir.Res2Net:
     if not op.norm:
         return op
     for i in range(op.convs):
-        conv, bn = op.conv_name(i), op.bn_name(i)
-        b = np.asarray(weights[f"{conv}.bias"], np.float64) if op.bias else np.zeros(op.width)
-        gamma, beta, mean, var = (np.asarray(weights[f"{bn}.{leaf}"], np.float64) for leaf in ir.BN_LEAVES)
-        scale = gamma / np.sqrt(var + op.eps)
-        wt = weights[f"{conv}.weight"]
-        out[f"{conv}.weight"] = np.multiply(wt, scale[:, None, None, None], dtype=np.float64,
-                                            out=np.empty(wt.shape, dtype), casting="same_kind")
-        out[f"{conv}.bias"] = ((b - mean) * scale + beta).astype(dtype)
-        for leaf in ir.BN_LEAVES:
-            out.pop(f"{bn}.{leaf}", None)
+        fold_bn(weights, out, op.conv_name(i), op.bn_name(i), op.eps, op.bias, dtype)
     return dataclasses.replace(op, bias=True, norm=False)

@@ -5,24 +5,15 @@ from __future__ import annotations
 
 import dataclasses
 
-import numpy as np
-
 from ... import ir
+from .bn_fold import fold_bn
 
 
 def fold_split_attention(op: ir.SplitAttention, weights, out: dict, dtype) -> ir.SplitAttention:
     """bn0 folded into the conv (``<name>.conv.bias`` appears) and bn1 into fc1, in float64, cast to ``dtype``
     once; the BN tensors leave ``out``. Returns the op with ``bn_folded`` set."""
     for conv, bn, bias in (("conv", "bn0", False), ("fc1", "bn1", True)):
-        c, b = f"{op.name}.{conv}", f"{op.name}.{bn}"
-        gamma, beta, mean, var = (np.asarray(weights[f"{b}.{leaf}"], np.float64) for leaf in ir.BN_LEAVES)
-        s = gamma / np.sqrt(var + op.eps)
-        w = np.asarray(weights[f"{c}.weight"], np.float64)
-        b0 = np.asarray(weights[f"{c}.bias"], np.float64) if bias else np.zeros(w.shape[0])
-        out[f"{c}.weight"] = (w * s[:, None, None, None]).astype(dtype)
-        out[f"{c}.bias"] = ((b0 - mean) * s + beta).astype(dtype)
-        for leaf in ir.BN_LEAVES:
-            out.pop(f"{b}.{leaf}", None)
+        fold_bn(weights, out, f"{op.name}.{conv}", f"{op.name}.{bn}", op.eps, bias, dtype)
     return dataclasses.replace(op, bn_folded=True)
 
 

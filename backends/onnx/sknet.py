@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 
-import numpy as np
-
 from ... import ir
+from .bn_fold import fold_bn
 
 
 def fold(op: ir.SelectiveKernel, weights, out: dict, dtype) -> ir.SelectiveKernel:
@@ -22,14 +21,7 @@ def fold(op: ir.SelectiveKernel, weights, out: dict, dtype) -> ir.SelectiveKerne
     weights go into ``out`` (float64 arithmetic, cast to ``dtype`` once), the BN tensors leave it."""
     pairs = [op.path_names(i) for i in range(op.num_paths)] + [op.attn_names[:2]]
     for conv, bn in pairs:
-        gamma, beta, mean, var = (np.asarray(weights[f"{bn}.{leaf}"], np.float64) for leaf in ir.BN_LEAVES)
-        s = gamma / np.sqrt(var + op.eps)
-        w = weights[f"{conv}.weight"]
-        out[f"{conv}.weight"] = np.multiply(w, s[:, None, None, None], dtype=np.float64,
-                                            out=np.empty(w.shape, dtype), casting="same_kind")
-        out[f"{conv}.bias"] = (beta - mean * s).astype(dtype)
-        for leaf in ir.BN_LEAVES:
-            out.pop(f"{bn}.{leaf}", None)
+        fold_bn(weights, out, conv, bn, op.eps, False, dtype)
     return dataclasses.replace(op, folded=True)
 
 
