@@ -107,37 +107,8 @@ def split_attention_parts(op: ir.SplitAttention) -> tuple:
             ir.Conv(f"{n}.fc2", attn, mid, 1, 1, 0, 1, g, True, (attn, *one), (mid, *one)))
 
 
-def _split_attention_to_keras(op: ir.SplitAttention, weights) -> dict:
-    return {k: v for part in split_attention_parts(op) for k, v in LAYOUTS[type(part)][0](part, weights).items()}
-
-
-def _split_attention_from_keras(op: ir.SplitAttention, get) -> dict:
-    return {k: v for part in split_attention_parts(op) for k, v in LAYOUTS[type(part)][1](part, get).items()}
-
-
-def _res2net_to_keras(op: ir.Res2Net, weights) -> dict:
-    out = {}
-    for conv, bn in res2net_parts(op):  # each split's Conv2D and BN layer, as any conv's and BN's
-        out.update(_conv_to_keras(conv, weights))
-        out.update(_bn_to_keras(bn, weights) if bn else {})
-    return out
-
-
-def _res2net_from_keras(op: ir.Res2Net, get) -> dict:
-    out = {}
-    for conv, bn in res2net_parts(op):
-        out.update(_conv_from_keras(conv, get))
-        out.update(_bn_from_keras(bn, get) if bn else {})
-    return out
-
-
-def _sk_to_keras(op: ir.SelectiveKernel, weights) -> dict:
-    """Each sub-layer (paths' convs and BNs, fc_reduce, its BN, fc_select) as the plain op it is."""
-    return {k: v for sub in _sk_subs(op) for k, v in LAYOUTS[type(sub)][0](sub, weights).items()}
-
-
-def _sk_from_keras(op: ir.SelectiveKernel, get) -> dict:
-    return {k: v for sub in _sk_subs(op) for k, v in LAYOUTS[type(sub)][1](sub, get).items()}
+def _res2net_subs(op: ir.Res2Net) -> list:
+    return [sub for pair in res2net_parts(op) for sub in pair if sub is not None]  # each split's conv, its BN
 
 
 def _sk_subs(op: ir.SelectiveKernel) -> list:
@@ -145,6 +116,17 @@ def _sk_subs(op: ir.SelectiveKernel) -> list:
 
     paths, attn = sub_ops(op)
     return [sub for pair in paths for sub in pair if sub is not None] + [sub for sub in attn if sub is not None]
+
+
+def _composite(parts) -> tuple:
+    """The ``(to_keras, from_keras)`` entry of a composite op whose Keras layers are those of its plain parts
+    (``parts(op)``: Conv and BatchNorm ops under their canonical names), each laid out as that part's type is."""
+    def to_keras(op, weights) -> dict:
+        return {k: v for part in parts(op) for k, v in LAYOUTS[type(part)][0](part, weights).items()}
+
+    def from_keras(op, get) -> dict:
+        return {k: v for part in parts(op) for k, v in LAYOUTS[type(part)][1](part, get).items()}
+    return to_keras, from_keras
 
 
 #: The entry of a parameter-free op: no Keras weights either way.
@@ -166,9 +148,9 @@ LAYOUTS = {
     ir.GlobalAvgPool: NO_WEIGHTS,
     ir.Dropout: NO_WEIGHTS,
     ir.Linear: (_linear_to_keras, _linear_from_keras),
-    ir.SplitAttention: (_split_attention_to_keras, _split_attention_from_keras),
-    ir.Res2Net: (_res2net_to_keras, _res2net_from_keras),
-    ir.SelectiveKernel: (_sk_to_keras, _sk_from_keras),
+    ir.SplitAttention: _composite(split_attention_parts),
+    ir.Res2Net: _composite(_res2net_subs),
+    ir.SelectiveKernel: _composite(_sk_subs),
     ir.GroupNorm: (_gn_to_keras, _gn_from_keras),
     ir.StdConv: (_conv_to_keras, _conv_from_keras),  # the raw kernel (StdConv2D standardizes it)
 }
