@@ -11,6 +11,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import sys
 import threading
 from contextlib import contextmanager
 from concurrent.futures import ProcessPoolExecutor
@@ -170,22 +171,26 @@ class Worker:
     """One long-lived spawned process, reused across calls (TensorFlow takes seconds to import).
 
     A crash is reported as :class:`WorkerCrashed` and the next call starts a fresh process.
-    Use as a context manager, or call :meth:`close`.
+    Use as a context manager, or call :meth:`close`. Inside :func:`keep_workers` a closed worker's
+    process is kept for the next worker of the same label instead of stopped.
     """
 
     def __init__(self, label: str = "worker"):
         self.label = label
         self._pool = None
+        self._key = None
 
     def call(self, fn, *args, **kwargs):
         _quiet_env()
         if self._pool is None:
-            ctx = multiprocessing.get_context("spawn")
-            self._pool = ProcessPoolExecutor(max_workers=1, mp_context=ctx, initializer=_worker_init)
+            self._key = (self.label, tuple(sorted(os.environ.items())), tuple(sys.path))
+            self._pool = _take_kept(self._key) or ProcessPoolExecutor(
+                max_workers=1, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init)
         try:  # submit inside: Ctrl-C while it starts the worker must kill it, not wait for its work
             return _submit(self._pool, fn, *args, **kwargs).result()
         except BrokenProcessPool:
-            self.close()
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
             raise WorkerCrashed(f"the {self.label} worker process crashed (killed by a signal or out of "
                                 "memory)") from None
         except BaseException as exc:  # Ctrl-C or SIGTERM in the parent: stop the worker, then unwind
@@ -196,11 +201,56 @@ class Worker:
 
     def close(self):
         if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
+            if not _keep(self._key, self._pool):
+                self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
 
-    def __enter__(self):
-        return self
 
-    def __exit__(self, *exc):
-        self.close()
+# -- processes kept between workers (keep_workers) ---------------------------------------------------
+_KEPT: dict | None = None  # (label, environment, sys.path) -> an idle worker's pool, inside keep_workers()
+_MAX_KEPT = 8  # an idle TensorFlow worker holds about a gigabyte
+
+
+@contextmanager
+def keep_workers():
+    """Within this block, the process of a closed :class:`Worker` is kept and handed to the next
+    :class:`Worker` of the same label started with the same environment variables and ``sys.path``,
+    instead of a new process importing its frameworks again (seconds each: TensorFlow, JAX, Keras).
+    For a session that runs many checks in one Python process (a notebook, a test run): every
+    ``parity``, ``parity --train`` and ``verify`` call then reuses the processes of the one before.
+    Two labels never share a process, so frameworks stay apart as without it; a worker that crashed is
+    never kept. At most the 8 most recently used idle processes are kept; all stop when the block ends
+    (nested blocks share the outermost one's processes)."""
+    global _KEPT
+    if _KEPT is not None:
+        yield
+        return
+    _KEPT = {}
+    try:
+        yield
+    finally:
+        kept, _KEPT = _KEPT, None
+        for pool in kept.values():
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _alive(pool) -> bool:
+    procs = getattr(pool, "_processes", None) or {}
+    return not getattr(pool, "_broken", False) and bool(procs) and all(p.is_alive() for p in procs.values())
+
+
+def _take_kept(key):
+    pool = _KEPT.pop(key, None) if _KEPT is not None else None
+    if pool is not None and not _alive(pool):  # killed meanwhile (an interrupted run kills every child)
+        pool.shutdown(wait=True, cancel_futures=True)
+        return None
+    return pool
+
+
+def _keep(key, pool) -> bool:
+    if _KEPT is None or key in _KEPT or not _alive(pool):
+        return False
+    _KEPT[key] = pool
+    while len(_KEPT) > _MAX_KEPT:
+        _KEPT.pop(next(iter(_KEPT))).shutdown(wait=True, cancel_futures=True)
+    return True

@@ -26,6 +26,17 @@ if os.environ.get("CI"):
 sys.path.insert(0, os.path.dirname(__file__))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _workers_kept_between_tests():
+    """One set of worker processes per test process (``isolate.keep_workers``): each ``parity``,
+    ``parity --train`` and ``verify`` reuses the previous one's TensorFlow, JAX, Keras and ONNX Runtime
+    workers instead of importing them again (a few seconds of each test's time before)."""
+    from resnet_spec.isolate import keep_workers
+
+    with keep_workers():
+        yield
+
+
 @pytest.fixture(autouse=True)
 def _no_tensorflow_in_main_process():
     yield

@@ -26,7 +26,8 @@ def test_a_failure_stops_the_worker_still_running(tmp_path):
     fifo = str(tmp_path / "never")
     os.mkfifo(fifo)  # nobody opens the other end: the second worker would wait for its watchdog
     calls = [(faults.fifo_open, (fifo, "r")), (faults.fifo_open, (fifo, "w", True))]
+    before = set(multiprocessing.active_children())  # the session's kept workers (conftest), if any
     with pytest.raises(ValueError, match="on purpose"):
         for _, get in isolate.run_concurrently(calls, parallel=2):
             get()
-    assert multiprocessing.active_children() == []  # the blocked worker was killed and reaped
+    assert set(multiprocessing.active_children()) <= before  # the blocked worker was killed and reaped
