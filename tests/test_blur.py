@@ -168,7 +168,7 @@ def test_torch_source_has_the_blur_pool():
 
 @pytest.mark.parametrize("block", ["{type: basic, anti_alias: blur}", "{type: bottleneck, anti_alias: blur}"])
 def test_onnx_matches_torch_and_graph_optimizations_change_nothing(tmp_path, block):
-    """Odd sizes (33: the reflect padding's last column is real) through Pad(reflect) + depthwise Conv; ORT's
+    """Odd sizes (33: the reflect padding's last column is real) through Slice + Concat + depthwise Conv; ORT's
     rewrites (ENABLE_ALL) give what the graph as written gives (DISABLE_ALL)."""
     ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("torch")
@@ -185,8 +185,9 @@ def test_onnx_matches_torch_and_graph_optimizations_change_nothing(tmp_path, blo
     import onnx
 
     nodes = onnx.load(path).graph.node
-    pads = [n for n in nodes if n.op_type == "Pad"]
-    assert len(pads) == 3 and all(a.s == b"reflect" for n in pads for a in n.attribute if a.name == "mode")
+    assert not [n for n in nodes if n.op_type == "Pad"]  # reflect padding as Slice + Concat copies
+    assert [n.name for n in nodes if n.op_type == "Concat"][:2] == ["maxpool.1.pad_reflect_cols",
+                                                                    "maxpool.1.pad_reflect_rows"]
     outs = []
     for level in (ort.GraphOptimizationLevel.ORT_DISABLE_ALL, ort.GraphOptimizationLevel.ORT_ENABLE_ALL):
         opts = ort.SessionOptions()
@@ -302,3 +303,11 @@ def test_parity_over_every_leg(tmp_path):
     (tmp_path / "s.yaml").write_text(TINY + "block: {type: basic, anti_alias: blur}\n")
     res = cli("parity", tmp_path / "s.yaml")
     assert res.exit_code == 0 and "PASS: 10/10 pairs" in res.output, res.output
+
+
+def test_diagram_names_the_blur_pools():
+    from resnet_spec import diagram
+
+    net = resnet_spec.load("resnetblur50")
+    assert diagram._stem_lines(net)[2:4] == ["maxpool 3x3/1", "blurpool 3x3/2 (reflect pad)"]
+    assert diagram.stage_info(net)[1]["stride"] == "stride 2 on the 3x3 blur pool (reflect pad) (first block)"
