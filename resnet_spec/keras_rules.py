@@ -91,15 +91,6 @@ def conv(conf, inputs):
     return None if out is None else tuple(filters if i == _axis(conf) % 4 else d for i, d in enumerate(out))
 
 
-def depthwise_conv(conf, inputs):
-    """DepthwiseConv2D: a conv's window; channels times ``depth_multiplier``."""
-    kernel, strides = _pair(conf, "kernel_size"), _pair(conf, "strides", 1)
-    mult = _int(conf, "depth_multiplier", 1, low=1)
-    out = _window(conf, _first(inputs), kernel, strides, _pair(conf, "dilation_rate", 1))
-    axis = _axis(conf) % 4
-    return None if out is None else tuple(d * mult if i == axis and d is not None else d for i, d in enumerate(out))
-
-
 def dense(conf, inputs):
     shape = _first(inputs)
     return None if shape is None else shape[:-1] + (_int(conf, "units", low=1),)
@@ -303,15 +294,6 @@ def conv_values(conf, shape) -> tuple:
     cin, filters = _channels(conf, shape) // _int(conf, "groups", 1, low=1), _int(conf, "filters", low=1)
     bias = filters if conf.get("use_bias", True) else 0
     return kh * kw * cin * filters + bias, f"a {kh}x{kw}x{cin:,}x{filters:,} kernel"
-
-
-def depthwise_values(conf, shape) -> tuple:
-    """DepthwiseConv2D (the blur pool's fixed filter): a (kh, kw, C, multiplier) kernel and the bias."""
-    _plain(conf)
-    kh, kw = _pair(conf, "kernel_size")
-    c, mult = _channels(conf, shape), _int(conf, "depth_multiplier", 1, low=1)
-    bias = c * mult if conf.get("use_bias", True) else 0
-    return kh * kw * c * mult + bias, f"a {kh}x{kw}x{c:,}x{mult} depthwise kernel"
 
 
 def conv1d_values(conf, shape) -> tuple:

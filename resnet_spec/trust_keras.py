@@ -83,8 +83,6 @@ LAYERS = {
     # GroupNorm (stock) and the weight-standardized conv (custom; the stock .keras holds Conv2D instead)
     "GroupNormalization": Layer(STOCK, R.group_norm, R.gn_values),
     "StdConv2D": Layer(custom.__name__, R.conv, R.std_conv_values),
-    # the blur pool's fixed filter (backends/keras/blur.py; its reflect padding is Cropping2D + Concatenate)
-    "DepthwiseConv2D": Layer(STOCK, R.depthwise_conv, R.depthwise_values),
 }
 assert set(custom.CLASSES) <= set(LAYERS)
 

@@ -140,9 +140,11 @@ def test_torch_module_holds_no_tensor_and_timms_filter():
     net = _net("{type: basic, anti_alias: blur}")
     model = resnet_spec.build(net, "torch")
     assert not any(k.endswith("filt") or ".aa." in k for k in model.state_dict())  # as timm's: non-persistent
+    assert not any(n.endswith("filt") for n, _ in model.named_buffers())  # a constant: the IR's buffers are BN's
     mod = model.get_submodule("layer2.0.aa")
     expect = torch.tensor([[1.0, 2, 1], [2, 4, 2], [1, 2, 1]]) / 16
     assert mod.filt.shape == (8, 1, 3, 3) and torch.equal(mod.filt[3, 0], expect)
+    assert model.double().get_submodule("layer2.0.aa").filt.dtype == torch.float64  # moved and cast with it
 
 
 def test_torch_source_has_the_blur_pool():
@@ -197,29 +199,21 @@ def test_onnx_matches_torch_and_graph_optimizations_change_nothing(tmp_path, blo
     assert rel_err(outs[0], outs[1]) <= 1e-6 and rel_err(ref, outs[1]) <= 2e-6
 
 
-def test_keras_layout_gives_the_fixed_filter_and_reads_nothing_back():
+def test_keras_blur_has_no_weights():
     from resnet_spec.backends.keras import weights as kw
 
-    op = _blurs(_net("{type: basic, anti_alias: blur}"))[1]
-    to, back = kw.LAYOUTS[ir.BlurPool]
-    arrays = to(op, {})
-    (kernel,) = arrays[op.name]
-    assert kernel.shape == (3, 3, 8, 1) and np.array_equal(kernel[:, :, 5, 0], np.outer([1, 2, 1], [1, 2, 1]) / 16)
-    assert back(op, lambda name: arrays[name]) == {}
+    assert kw.LAYOUTS[ir.BlurPool] is kw.NO_WEIGHTS  # the filter is repeated 2x2 averages (backends/keras/blur.py)
 
 
-def test_keras_trust_rules_take_the_depthwise_conv():
-    """The .keras allow-list's shape and value rules for the blur's DepthwiseConv2D (from config.json)."""
-    from resnet_spec import keras_rules as R
-    from resnet_spec.trust_keras import LAYERS
+def test_binomial_filter_is_repeated_two_tap_averages():
+    """What the Keras lowering relies on: k - 1 two-tap averages compose to the k binomial taps."""
+    from resnet_spec.ir_blur import binomial_taps
 
-    conf = {"kernel_size": [3, 3], "strides": [2, 2], "padding": "valid", "depth_multiplier": 1,
-            "use_bias": False, "data_format": "channels_last"}
-    assert LAYERS["DepthwiseConv2D"].shape is R.depthwise_conv
-    assert R.depthwise_conv(conf, [(None, 18, 18, 8)]) == (None, 8, 8, 8)
-    assert R.depthwise_values(conf, (None, 18, 18, 8)) == (72, "a 3x3x8x1 depthwise kernel")
-    with pytest.raises(R.Bad):
-        R.depthwise_conv({**conf, "padding": "causal"}, [(None, 18, 18, 8)])
+    for k in (2, 3, 4, 5, 7):
+        taps = np.array([1.0])
+        for _ in range(k - 1):
+            taps = np.convolve(taps, [0.5, 0.5])
+        assert tuple(taps) == binomial_taps(k), k
 
 
 # --- the zoo entry against timm ---------------------------------------------------------------------

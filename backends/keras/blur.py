@@ -1,22 +1,20 @@
-"""timm's BlurPool2d (``ir.BlurPool``) in stock Keras layers, so a ``.keras`` holding one loads in plain Keras:
+"""timm's BlurPool2d (``ir.BlurPool``) in stock Keras layers without weights, so a ``.keras`` holding one loads in
+plain Keras and counts no weight for it (the IR's blur has no tensors):
 
 * reflect padding (Keras 3 has no reflection-padding layer): each mirrored column is a ``Cropping2D`` of the
   input (column ``p - i`` before, ``W - 2 - i`` after, for i = 0..p-1), joined to it by one ``Concatenate``
   along the width; then the same along the height of that result, which mirrors the corners as PyTorch's 2-D
   reflect does (it pads each axis in turn). Copies only: exact. ``constant`` padding is a ``ZeroPadding2D``;
-* the filter: a ``DepthwiseConv2D`` (depth multiplier 1, ``valid``, no bias, not trainable) whose kernel
-  (k, k, channels, 1) is set to outer(taps, taps) here and again by the weight layout (``weights.py``), which
-  gives it from the op, not from canonical weights (it has none)."""
+* the filter: binomial taps of size k are the (k - 1)-fold repeated 2-tap average (0.5, 0.5) -- (1, 2, 1) / 4 is
+  two of them -- so the k x k filter outer(taps, taps) at stride s is k - 1 ``AveragePooling2D(2)`` layers, all
+  at stride 1 but the last at stride s (output i of the last covers rows s*i .. s*i + k - 1 of the padded input).
+  The same weighted sum as the conv's, rounded in a different order (within float32 rounding, 1e-7 relative).
+  Taps that are not binomial are refused (the spec makes none)."""
 
 from __future__ import annotations
 
-import numpy as np
-
-
-def blur_kernel(op) -> np.ndarray:
-    """The DepthwiseConv2D kernel (k, k, channels, 1) of ``op``."""
-    f = np.asarray(op.filter, dtype=np.float32)
-    return np.ascontiguousarray(np.broadcast_to(f[:, :, None, None], (op.kernel, op.kernel, op.channels, 1)))
+from ...errors import ResNetSpecError
+from ...ir_blur import binomial_taps
 
 
 def _reflect(L, x, p: int, base: str, namer):
@@ -38,13 +36,14 @@ def _reflect(L, x, p: int, base: str, namer):
 def blur_layers(op, x, name: str, namer, L):
     from .names import canonical_name
 
+    if tuple(op.taps) != binomial_taps(op.kernel) or op.kernel < 2:
+        raise ResNetSpecError(f"keras: the blur pool {op.name} has taps {op.taps}, not binomial; only binomial "
+                              "filters are lowered (as repeated 2x2 averages)")
     base = canonical_name(name)
     if op.padding and op.pad_mode == "reflect":
         x = _reflect(L, x, op.padding, base, namer)
     elif op.padding:
         x = L.ZeroPadding2D(op.padding, name=namer(f"{base}.pad"))(x)
-    layer = L.DepthwiseConv2D(op.kernel, strides=op.stride, padding="valid", depth_multiplier=1, use_bias=False,
-                              trainable=False, name=name)
-    y = layer(x)
-    layer.set_weights([blur_kernel(op)])
-    return y
+    for i in range(op.kernel - 2):
+        x = L.AveragePooling2D(2, strides=1, padding="valid", name=namer(f"{base}.blur{i}"))(x)
+    return L.AveragePooling2D(2, strides=op.stride, padding="valid", name=name)(x)

@@ -153,15 +153,8 @@ LAYOUTS = {
     ir.SelectiveKernel: _composite(_sk_subs),
     ir.GroupNorm: (_gn_to_keras, _gn_from_keras),
     ir.StdConv: (_conv_to_keras, _conv_from_keras),  # the raw kernel (StdConv2D standardizes it)
-    # the blur's fixed filter, from the op (no canonical tensor); nothing is read back
-    ir.BlurPool: (lambda op, weights: {op.name: [_blur_kernel(op)]}, lambda op, get: {}),
+    ir.BlurPool: NO_WEIGHTS,  # average pools (backends/keras/blur.py)
 }
-
-
-def _blur_kernel(op):
-    from .blur import blur_kernel
-
-    return blur_kernel(op)
 
 
 def op_to_keras(op, weights) -> dict:

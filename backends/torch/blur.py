@@ -1,5 +1,6 @@
-"""timm's BlurPool2d anti-aliasing as a torch module (``ir.BlurPool``). Its fixed filter is a non-persistent
-buffer, as timm's, so the module's ``state_dict`` holds nothing and a timm ``state_dict`` loads unchanged. The
+"""timm's BlurPool2d anti-aliasing as a torch module (``ir.BlurPool``). Its fixed filter is a constant tensor
+(timm's is a non-persistent buffer), so the module's ``state_dict`` holds nothing and a timm ``state_dict`` loads
+unchanged. The
 standalone ``.py`` copies this class (``backends/torch/source_ops.py`` ``HELPER_CLASSES``)."""
 
 from __future__ import annotations
@@ -27,8 +28,13 @@ if torch is not None:
             super().__init__()
             self.channels, self.stride, self.padding, self.pad_mode = channels, stride, padding, pad_mode
             t = torch.tensor(taps, dtype=torch.float32)
-            filt = (t[:, None] * t[None, :]).expand(channels, 1, len(taps), len(taps)).contiguous()
-            self.register_buffer("filt", filt, persistent=False)
+            # a constant, not a buffer: in no state_dict (timm's is non-persistent) and not counted among the
+            # model's buffers (the IR's are the BN statistics); _apply moves and casts it with the module
+            self.filt = (t[:, None] * t[None, :]).expand(channels, 1, len(taps), len(taps)).contiguous()
+
+        def _apply(self, fn, recurse=True):
+            self.filt = fn(self.filt)
+            return super()._apply(fn, recurse)
 
         def forward(self, x):
             p = self.padding
