@@ -222,16 +222,16 @@ def test_binomial_filter_is_repeated_two_tap_averages():
 def test_zoo_entry_equals_timm_with_randomized_weights():
     """resnetblur50 carrying timm's randomized weights is timm's model; a wrong variant is not: zero padding
     in place of reflect, the average-pool anti-aliasing, or no stem blur (a 3x3/2 max-pool) all differ."""
-    torch = pytest.importorskip("torch")
     model, weights = timm_randomized("resnetblur50")
     net = resnet_spec.load("extends: resnetblur50\ninput: {size: 64}\n")
     assert max_rel(model, net, weights) <= 1e-6
-    for mod in model.modules():
-        if type(mod).__name__ == "BlurPool2d":
-            mod.pad_mode = "constant"
+    blurs = [mod for mod in model.modules() if type(mod).__name__ == "BlurPool2d"]
+    assert len(blurs) == 4  # the stem's and three strided blocks'
+    for mod in blurs:
+        mod.pad_mode = "constant"
     assert max_rel(model, net, weights) > 1e-3
-    model, _ = timm_randomized("resnetblur50")
-    model.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()}, strict=False)
+    for mod in blurs:
+        mod.pad_mode = "reflect"
     for text in ("block: {anti_alias: avgpool}\n", "stem: {pool: {anti_alias: null}}\n"):
         wrong = resnet_spec.load(f"extends: resnetblur50\ninput: {{size: 64}}\n{text}")
         assert max_rel(model, wrong, weights) > 1e-3, text
@@ -275,8 +275,8 @@ def _family_coverage():
     return family_coverage
 
 
-@pytest.mark.slow  # timm models built, inferred and proven in process
-@pytest.mark.parametrize("name", ["resnetblur18", "resnetblur50d"])
+@pytest.mark.slow  # a timm model built, inferred and proven in process (resnetblur18, 50, 101d: by hand, the docs)
+@pytest.mark.parametrize("name", ["resnetblur50d"])  # the deep stem and avg-down shortcuts with the blur
 def test_import_by_name_with_parity(name):
     pytest.importorskip("timm")
     res = _family_coverage().run_one(f"timm:{name}", 64, isolated=False)
