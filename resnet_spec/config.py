@@ -20,7 +20,7 @@ DEFAULTS = {
     "stem": {"type": "conv", "channels": 64, "kernel": 7, "stride": 2,
              "pool": {"type": "max", "kernel": 3, "stride": 2, "padding": 1}},
     "stem.pool": {"type": "max", "kernel": 3, "stride": 2, "padding": 1, "ceil_mode": False, "pad_value": "neg_inf",
-                  "count_include_pad": True},
+                  "count_include_pad": True, "anti_alias": None},
     "block": {"preact": False, "stride_on": "3x3", "stride_block": "first", "groups": 1,
               "width_per_group": 64, "se": None, "anti_alias": None, "drop_path_rate": 0.0,
               "spatial": {"type": "conv"}, "avd": None},
@@ -40,7 +40,7 @@ DEFAULTS = {
 #: stem.pool type -> the stem.pool keys that apply to it (the others are refused when given, and the
 #: resolved spec shows only these): a max-pool, an average pool, or timm's strided conv + BN + ReLU
 #: (ResNet-RS ``replace_stem_pool``).
-STEM_POOL_KEYS = {"max": ("type", "kernel", "stride", "padding", "ceil_mode", "pad_value"),
+STEM_POOL_KEYS = {"max": ("type", "kernel", "stride", "padding", "ceil_mode", "pad_value", "anti_alias"),
                   "avg": ("type", "kernel", "stride", "padding", "ceil_mode", "count_include_pad"),
                   "conv": ("type", "kernel", "stride", "padding")}
 
@@ -159,7 +159,7 @@ class BlockConfig:
     expansion: int
     se: dict | None  # se_config: type, placement; reduction, divisor, reduce_from (se) or kernel, gamma, beta (eca)
     drop_path_rate: float
-    anti_alias: str | None = None  # "avgpool": a strided block's stride moves to an average pool after its ReLU
+    anti_alias: str | None = None  # "avgpool" | "blur": a strided block's stride moves to a pool after its ReLU
     spatial: dict | None = None  # spatial_config: what replaces the 3x3 conv + BN + ReLU ({type: conv} by default)
     avd: str | None = None  # "after_3x3" | "before_3x3": a strided block's stride moves to ResNeSt's 3x3 average pool
 

@@ -46,13 +46,15 @@ def stage_info(net: ir.Network) -> list:
         first = blocks[0]
         convs = [op for op in first.main if isinstance(op, (*ir.CONVS, ir.Res2Net, ir.SelectiveKernel))]
         strided = next(((i, b, op) for i, b in enumerate(blocks) for op in b.main
-                        if isinstance(op, (*ir.CONVS, ir.Pool, ir.SplitAttention, ir.Res2Net, ir.SelectiveKernel))
-                        and op.stride > 1), None)
+                        if isinstance(op, (*ir.CONVS, ir.Pool, ir.SplitAttention, ir.Res2Net, ir.SelectiveKernel,
+                                           ir.BlurPool)) and op.stride > 1), None)
         if strided:
             i, _, op = strided
             pos = "first" if i == 0 else ("last" if i == len(blocks) - 1 else f"#{i}")
             if isinstance(op, ir.SelectiveKernel):
                 where = "selective kernel"
+            elif isinstance(op, ir.BlurPool):
+                where = f"{op.kernel}x{op.kernel} blur pool ({op.pad_mode} pad)"
             else:
                 where = f"{op.kernel}x{op.kernel} " + (f"{op.kind} pool" if isinstance(op, ir.Pool) else "conv")
             stride = f"stride {op.stride} on the {where} ({pos} block)"
@@ -118,6 +120,8 @@ def _stem_lines(net: ir.Network) -> list:
             lines.append(f"{op.kind}pool {op.kernel}x{op.kernel}/{op.stride}"
                          + (" (ceil)" if op.ceil_mode else "")
                          + (" (zero pad)" if op.kind == "max" and op.padding and op.pad_value == "zero" else ""))
+        elif isinstance(op, ir.BlurPool):
+            lines.append(f"blurpool {op.kernel}x{op.kernel}/{op.stride} ({op.pad_mode} pad)")
     norm = next((op for op in net.stem if isinstance(op, (ir.BatchNorm, ir.GroupNorm)) and op.name == "bn1"), None)
     if norm is not None:
         lines.insert(len([x for x in lines if x.startswith("conv")]), f"{_norm_word(norm)} + ReLU")

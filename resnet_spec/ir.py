@@ -302,9 +302,10 @@ from .ir_norm import GroupNorm, StdConv  # noqa: E402  (no running statistics: G
 #: ``tests/test_lowering.py`` checks each backend's ``OPS`` table and every other per-op table against this tuple).
 from .ir_res2net import Res2Net, res2net_op  # noqa: E402  (Res2Net's split convs: its own module)
 from .ir_sknet import SelectiveKernel  # noqa: E402  (SKNet's composite op, its own module)
+from .ir_blur import BlurPool  # noqa: E402  (timm's BlurPool2d anti-aliasing, its own module)
 
 OP_TYPES = (Conv, BatchNorm, ReLU, Pool, Subsample, ChannelPad, SqueezeExcite, ECA, DropPath, GlobalAvgPool,
-            Dropout, Linear, SplitAttention, Res2Net, SelectiveKernel, GroupNorm, StdConv)
+            Dropout, Linear, SplitAttention, Res2Net, SelectiveKernel, GroupNorm, StdConv, BlurPool)
 #: The convolution op types (plain, weight-standardized); :attr:`Block.convs` and readers of conv facts.
 CONVS = (Conv, StdConv)
 

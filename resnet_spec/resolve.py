@@ -17,6 +17,7 @@ from . import resolve_resnest as resnest
 from .config import DEFAULTS, BlockConfig, HeadConfig, ShortcutConfig, StemConfig, opt  # noqa: F401
 from .config import conv_config, norm_config
 from .errors import SpecError
+from .ir_blur import blur_pool, blur_problem
 from .regnet import stage_path, stages_of
 from .rules import RULES, blocks_per_stage, rule_errors  # noqa: F401  (RULES: the semantic rules)
 from .sknet import is_selective_kernel, selective_kernel
@@ -164,9 +165,21 @@ class _Resolver:
         if oh < 1 or ow < 1:
             raise self.err(f"the stem pool shrinks a {h}x{w} feature map to nothing", ("stem", "pool"))
         avg = p["type"] == "avg"
+        if p.get("anti_alias") == "blur":  # timm's resnetblur stem: max-pool at stride 1, then the blur's stride
+            oh, ow = (ir.pool_out(n, p["kernel"], 1, p["padding"], False) for n in (h, w))
+            pool = ir.Pool("maxpool.0", "max", p["kernel"], 1, p["padding"], False, False, p["pad_value"], shape,
+                           (c, oh, ow))
+            return [pool, self.checked_blur(blur_pool("maxpool.1", pool.out_shape, p["stride"]), ("stem", "pool"))]
         return [ir.Pool("maxpool", p["type"], p["kernel"], p["stride"], p["padding"], p["ceil_mode"],
                         bool(p["count_include_pad"]) if avg else False, "zero" if avg else p["pad_value"],
                         shape, (c, oh, ow))]
+
+    def checked_blur(self, op: ir.BlurPool, path) -> ir.BlurPool:
+        """``op``, or the located error saying why it cannot run on its input (:func:`ir_blur.blur_problem`)."""
+        problem = blur_problem(op)
+        if problem:
+            raise self.err(problem, path)
+        return op
 
     # -- network ---------------------------------------------------------------------------------
     def run(self) -> ir.Network:
@@ -348,9 +361,12 @@ class _Resolver:
                                 reduce_from=se["reduce_from"], base=base, reduction=se["reduction"],
                                 divisor=se["divisor"])
 
-    def anti_alias(self, name, shape, stride, spath) -> ir.Pool:
+    def anti_alias(self, name, shape, stride, spath):
         """timm's ``aa_layer=nn.AvgPool2d``: ``AvgPool2d(stride)`` -- window = stride, no padding, floor
-        (padding 0: count_include_pad decides nothing; PyTorch's default is kept)."""
+        (padding 0: count_include_pad decides nothing; PyTorch's default is kept); ``blur``: timm's
+        ``BlurPool2d(channels, stride=stride)`` (3 binomial taps, reflect padding: :func:`ir_blur.blur_pool`)."""
+        if self.blk.anti_alias == "blur":
+            return self.checked_blur(blur_pool(name, shape, stride), spath)
         c, h, w = shape
         oh, ow = ir.pool_out(h, stride, stride, 0, False), ir.pool_out(w, stride, stride, 0, False)
         if oh < 1 or ow < 1:

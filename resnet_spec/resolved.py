@@ -61,6 +61,8 @@ def _stem(st: dict, preact: bool, conv_bias) -> dict:
     if pool is not None:
         pool = {**DEFAULTS["stem.pool"], **pool}
         pool = {k: pool[k] for k in STEM_POOL_KEYS[pool["type"]]}  # only the keys its type takes
+        if pool.get("anti_alias", "") is None:  # shown only where given (timm's resnetblur stems)
+            del pool["anti_alias"]
     out["pool"] = pool
     return out
 

@@ -77,6 +77,9 @@ def _rule_stem(spec: Spec):
                          ("stem", "pool", "padding"))
     pool = (spec.data.get("stem") or {}).get("pool") or {}
     kind = pool.get("type", DEFAULTS["stem.pool"]["type"])
+    if pool.get("anti_alias") is not None and pool.get("ceil_mode"):
+        yield spec.error("ceil_mode decides nothing with anti_alias: the pool runs at stride 1 and the blur pool "
+                         "takes the stride; leave it out", ("stem", "pool", "ceil_mode"))
     for key in pool:
         if key not in STEM_POOL_KEYS[kind]:
             takes = [k for k, keys in STEM_POOL_KEYS.items() if key in keys]

@@ -35,9 +35,8 @@ def _cli(args):
 # --- one-line refusals of timm: models, naming the block -------------------------------------------
 
 REFUSED = [
-    ("tresnet_m", ["space-to-depth stem (body.s2d)", "LeakyReLU", "BlurPool2d"]),
+    ("tresnet_m", ["space-to-depth stem (body.s2d)", "LeakyReLU", "mixed in one network (body.layer3.0)"]),
     ("ecaresnet50d_pruned", ["per-block widths: bottlenecks", "differ in width (layer1.0)"]),
-    ("resnetblur18", ["BlurPool2d anti-aliasing (maxpool.1)"]),
     ("resnetv2_50d_frn", ["Filter Response Normalization (stem.norm1)"]),
     ("resnetv2_50d_evos", ["EvoNorm (stem.norm1)"]),
     ("legacy_seresnet18", ["squeeze-excite after a basic block's second ReLU (layer1.0)"]),

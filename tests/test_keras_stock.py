@@ -7,7 +7,8 @@ shortcut -> AveragePooling2D 'same'), TINY_B (option-A channel padding -> Reshap
 channels_first), resnetv2_50 cut to two blocks per stage (timm's pre-activation stem: a max pool on
 values that can be negative, where the padding value matters) and ecaresnet50d cut the same way (ECA:
 Reshape, ZeroPadding1D, Conv1D; written channels_first), and resnetv2_50x1_bit cut the same way
-(GroupNormalization; weight-standardized convs as Conv2D holding the standardized kernels).
+(GroupNormalization; weight-standardized convs as Conv2D holding the standardized kernels), and resnetblur50 cut
+the same way (blur pools: reflect padding as Cropping2D + Concatenate, the filter repeated 2x2 average pools).
 """
 
 from __future__ import annotations
@@ -63,7 +64,9 @@ def written(tmp_path_factory):
              "ecaresnet50d": (tiny_text("ecaresnet50d", size=40), "channels_first"),
              "skresnet34": (tiny_text("skresnet34", size=40), "channels_last"),
              # GroupNormalization, and Conv2D holding the standardized kernels (backends/standardize.py)
-             "resnetv2_50x1_bit": (tiny_text("resnetv2_50x1_bit", size=40), "channels_last")}
+             "resnetv2_50x1_bit": (tiny_text("resnetv2_50x1_bit", size=40), "channels_last"),
+             # blur pools: reflect padding as Cropping2D + Concatenate, the filter repeated 2x2 average pools
+             "resnetblur50": (tiny_text("resnetblur50", size=40), "channels_last")}
     out = {}
     for i, (name, (text, data_format)) in enumerate(specs.items()):
         (root / f"{name}.yaml").write_text(text.replace("name: ", f"name: {name}_", 1) if "name:" in text else text)

@@ -77,7 +77,7 @@ def test_rule_errors_are_located(extra, message, path):
     assert err.line is not None and err.line > len(base.splitlines()), (err.line, str(err))
 
 
-@pytest.mark.parametrize("value", ["blur", "avg"])
+@pytest.mark.parametrize("value", ["blurpc", "avg"])
 def test_schema_refuses_other_anti_alias(value):
     with pytest.raises(SpecError) as exc:
         _net(TINY.replace("block: {type: bottleneck}", f"block: {{type: bottleneck, anti_alias: {value}}}"))
@@ -259,12 +259,16 @@ def test_anti_alias_state_dict_says_what_it_cannot_show(tmp_path):
 
 
 def test_other_aa_and_stem_pools_still_refused():
-    """BlurPool anti-aliasing and an aa AvgPool2d other than timm's AvgPool2d(stride) stay refusals."""
+    """A BlurPool other than timm's default (tests/test_blur.py) and an aa AvgPool2d other than timm's
+    AvgPool2d(stride) stay refusals."""
     from resnet_spec.backends.torch import blocks
 
     with torch.device("meta"):
-        found = blocks.recognise_modules(timm.create_model("resnetblur18"))
-    assert found and found[0][0] == "BlurPool2d anti-aliasing"
+        model = timm.create_model("resnetblur18")
+    assert blocks.recognise_modules(model) == []
+    model.layer2[0].aa.pad_mode = "constant"
+    found = blocks.recognise_modules(model)
+    assert found and found[0][0].startswith("BlurPool2d anti-aliasing other than timm's default")
     with torch.device("meta"):
         model = timm.create_model("resnetaa50d")
     model.layer2[0].aa = torch.nn.AvgPool2d(3, 2, 1)

@@ -29,6 +29,10 @@ def _no_sk(op, place):
     raise ResNetSpecError("keras.applications ResNets have no selective kernel convolutions")
 
 
+def _no_blur(op, place):
+    raise ResNetSpecError("keras.applications ResNets have no blur-pool anti-aliasing")
+
+
 #: IR op type -> its keras.applications layer name from its place in the network (``conv1`` in the stem,
 #: ``conv3_block1_2`` for the BN after a block's second conv, ``post`` in the head; see
 #: :func:`keras_applications_names`), or None for a parameter-free op (no layer of its own to map). Every
@@ -51,6 +55,7 @@ APPLICATIONS_NAMES = {
     ir.SelectiveKernel: _no_sk,
     ir.GroupNorm: _no_gn,
     ir.StdConv: _no_gn,
+    ir.BlurPool: _no_blur,
 }
 
 

@@ -31,6 +31,7 @@ from .. import common
 from ..legs import DTYPES
 from . import res2net
 from . import sknet
+from .blur import blur_layers
 from .layers import define
 from .names import Namer, canonical_name, layer_name, tap_layer_names
 from .resnest import split_attention_layers
@@ -212,6 +213,7 @@ OPS = {
                                                                       name=name)(x),
     # the custom StdConv2D (backends/keras/norm.py) standardizes the raw kernel at every call
     ir.StdConv: lambda op, x, name, namer: _conv_layers(op, x, name, namer, conv=_std_conv2d(op.eps)),
+    ir.BlurPool: lambda op, x, name, namer: blur_layers(op, x, name, namer, _L()),  # stock layers
 }
 
 

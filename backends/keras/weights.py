@@ -153,6 +153,7 @@ LAYOUTS = {
     ir.SelectiveKernel: _composite(_sk_subs),
     ir.GroupNorm: (_gn_to_keras, _gn_from_keras),
     ir.StdConv: (_conv_to_keras, _conv_from_keras),  # the raw kernel (StdConv2D standardizes it)
+    ir.BlurPool: NO_WEIGHTS,  # average pools (backends/keras/blur.py)
 }
 
 

@@ -15,6 +15,7 @@ from ... import ir
 from . import norm
 from . import res2net
 from . import sknet
+from .blur import blur_nodes
 from .pool import pool_to_nodes as pool_nodes  # rewrite-proof pooling: see backends.onnx.pool
 from .resnest import split_attention_nodes
 from ...errors import BackendUnavailable, ResNetSpecError
@@ -185,6 +186,7 @@ OPS = {
     ir.SelectiveKernel: sknet.nodes,
     ir.GroupNorm: norm.group_norm,
     ir.StdConv: norm.std_conv,
+    ir.BlurPool: blur_nodes,
 }
 
 

@@ -17,6 +17,7 @@ from .. import DTYPES, common
 from ..legs import parse_device
 from . import res2net
 from . import sknet
+from .blur import blur_pool_args
 from ...errors import BackendUnavailable
 from .resnest import split_attention_args
 
@@ -175,7 +176,14 @@ OPS = {
     ir.SelectiveKernel: lambda op: sknet.from_ir(op),
     ir.GroupNorm: lambda op: nn.GroupNorm(op.groups, op.channels, eps=op.eps),
     ir.StdConv: lambda op: _std_conv(op),
+    ir.BlurPool: lambda op: _blur(op),
 }
+
+
+def _blur(op):
+    from .blur import BlurPool2d
+
+    return BlurPool2d(*blur_pool_args(op))
 
 
 def _std_conv(op):

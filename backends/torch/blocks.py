@@ -6,8 +6,8 @@ A ``torchvision:``/``timm:`` model is recognised from its module types (``CecaMo
 ``BlurPool2d``, an ``AvgPool2d`` at a block's ``aa`` other than timm's ``AvgPool2d(stride)``, ...), a bare
 state dict from tensor names and shapes where they are reliable (a second Conv1d in an ECA module is
 timm's MLP variant; a norm with ``tau`` is FRN; a norm without running statistics is no BatchNorm). The import is
-refused in one line naming the block and where it first occurs (``timm:resnetblur18 uses BlurPool2d
-anti-aliasing (layer2.0.aa), which resnet-spec cannot express yet``) instead of at the first tensor that does not fit.
+refused in one line naming the block and where it first occurs (``timm:tresnet_m uses a TResNet space-to-depth
+stem (body.s2d), ...``) instead of at the first tensor that does not fit.
 
 Nothing here imports torch: module types are compared by class name, so a timm release that moves a
 class keeps matching, and a model from any library is read the same way.
@@ -60,6 +60,12 @@ def _window_is_stride(m) -> bool:
     """timm's ``aa_layer=nn.AvgPool2d``: ``AvgPool2d(stride)``, window = stride, no padding, floor."""
     k, st, p = (getattr(m, a, None) for a in ("kernel_size", "stride", "padding"))
     return k == st and p in (0, (0, 0)) and not getattr(m, "ceil_mode", True)
+
+
+def _plain_blur(m) -> bool:
+    """timm's ``BlurPool2d(channels)`` default (``block.anti_alias: blur``): 3 taps, stride 2, reflect padding 1."""
+    return (getattr(m, "filt_size", None), getattr(m, "stride", None), getattr(m, "pad_mode", None),
+            list(getattr(m, "padding", ()))) == (3, 2, "reflect", [1] * 4)
 
 
 def _rs_stem(pool) -> bool:
@@ -142,7 +148,10 @@ UNSUPPORTED = (
           tensors=r"\.gain$"),
     Block("{cls} 'SAME' padding computed from the input size",
           ("Conv2dSame", "Conv2dSameExport", "MaxPool2dSame", "AvgPool2dSame")),
-    Block("BlurPool2d anti-aliasing", ("BlurPool2d",)),
+    Block("BlurPool2d anti-aliasing other than timm's default (3 binomial taps, reflect padding 1, stride 2)",
+          ("BlurPool2d",), when=lambda m, _: not _plain_blur(m)),
+    Block("BlurPool2d anti-aliasing elsewhere than after a strided conv (aa) or the stem's max-pool (maxpool.1)",
+          ("BlurPool2d",), at=r"^(?!.*(^|\.)aa$)(?!maxpool\.1$)"),
     Block("anti-aliasing average pools other than timm's AvgPool2d(stride)", ("AvgPool2d",),
           at=r"(^|\.)aa$", when=lambda m, _: not _window_is_stride(m)),
     Block("an average pool beside other layers in place of the stem's max-pool", ("AvgPool2d",),

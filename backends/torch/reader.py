@@ -22,7 +22,8 @@ from .norm_reader import add_norm_facts
 ASSUMED = ("strides, stem pooling and BN epsilon are not stored in a state dict: torchvision's "
            "conventions were assumed (stride on the 3x3 conv of each stage's first block, 3x3/2 max-pool "
            "after a 7x7/2 stem, none after a 3x3/1 stem, a 3x3/2 conv for a ResNet-RS stem pool (maxpool.0), "
-           "eps 1e-5); anti-aliasing average pools (timm's resnetaa models) hold no tensors, so none were assumed")
+           "eps 1e-5); anti-aliasing average pools and blur pools (timm's resnetaa and resnetblur models) hold no "
+           "tensors, so none were assumed")
 
 
 def read_torch_source(path: str) -> Source:
@@ -145,6 +146,8 @@ def _add_facts(src: Source, mods: dict) -> None:
     for name, m in mods.items():
         if _ANTI_ALIAS.match(name) and isinstance(m, nn.AvgPool2d):
             src.facts["anti_alias"] = "avgpool"  # blocks.py refused any but timm's AvgPool2d(stride)
+        if _ANTI_ALIAS.match(name) and type(m).__name__ == "BlurPool2d":
+            src.facts["anti_alias"] = "blur"  # blocks.py refused any but timm's default BlurPool2d
         if isinstance(m, nn.AvgPool2d) and name.rpartition(".")[2] in _AVD:  # blocks.py: AvgPool2d(3, s, 1) only
             src.facts["avd"] = _AVD[name.rpartition(".")[2]]
         at = _SHORTCUT_POOL.match(name)
@@ -171,6 +174,11 @@ def _stem_pool(src: Source, pool):
         return out
     if pool is None or isinstance(pool, nn.Identity):
         return None
+    kinds = [type(m).__name__ for m in pool.children()] if isinstance(pool, nn.Sequential) else []
+    if kinds == ["MaxPool2d", "BlurPool2d"] and _one(pool[0].stride) == 1 and not pool[0].ceil_mode:
+        # timm's resnetblur stem: max-pool at stride 1, then the blur's stride (blocks.py: timm's default blur)
+        return {"kernel": _one(pool[0].kernel_size), "stride": pool[1].stride, "padding": _one(pool[0].padding),
+                "anti_alias": "blur"}
     conv = src.layers.get("maxpool.0")
     if isinstance(pool, nn.Sequential) and conv is not None:
         return {"type": "conv", "kernel": conv.shape[2], "stride": conv.stride, "padding": conv.padding}
@@ -256,6 +264,8 @@ def _timm_stem_pool(pool, anti_alias):
         return {"replace_stem_pool": True}
     if full == {**DEFAULTS["stem.pool"], "type": "max"} and not anti_alias:
         return {}
+    if full == {**DEFAULTS["stem.pool"], "type": "max", "anti_alias": "blur"} and anti_alias == "blur":
+        return {"aa_layer": "blur"}  # timm's BlurPool2d: the stem's max-pool at stride 1 and the blocks' aa
     avg2 = {"type": "avg", "kernel": 2, "stride": 2, "padding": 0, "ceil_mode": False, "count_include_pad": True}
     return {"aa_layer": "avgpool"} if full == avg2 and anti_alias == "avgpool" else None
 
@@ -370,4 +380,8 @@ def build_timm(kwargs: dict):
         kw["block_args"]["attn_layer"] = ("se", partial(resnet.get_attn("se"), rd_ratio=0.25), "eca")[se]
     if kw.get("aa_layer") == "avgpool":
         kw["aa_layer"] = nn.AvgPool2d
+    elif kw.get("aa_layer") == "blur":
+        from timm.layers import BlurPool2d
+
+        kw["aa_layer"] = BlurPool2d
     return resnet.ResNet(**kw).eval()

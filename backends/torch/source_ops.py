@@ -12,15 +12,16 @@ from dataclasses import dataclass
 
 from ... import ir
 from .. import common
+from .blur import blur_pool_args
 from .resnest import split_attention_args
 
 #: The helper modules an emitted file may need, copied from backends/torch/backend.py's source.
 HELPER_CLASSES = ("Subsample", "ChannelPad", "PaddedMaxPool", "SqueezeExcite", "ECA", "DropPath", "GlobalAvgPool",
-                  "SplitAttention", "res2net_splits", "ConvNorm", "SelectiveKernel", "StdConv2d")
+                  "SplitAttention", "res2net_splits", "ConvNorm", "SelectiveKernel", "StdConv2d", "BlurPool2d")
 #: The helper classes a helper class uses, copied with it; the modules of backends/torch/ whose classes and
 #: functions the .py copies.
 HELPER_NEEDS = {"SelectiveKernel": ("SelectiveKernelPath", "SelectiveKernelAttn")}
-_HELPER_FILES = ("backend.py", "resnest.py", "res2net.py", "sknet.py", "norm.py")
+_HELPER_FILES = ("backend.py", "resnest.py", "res2net.py", "sknet.py", "norm.py", "blur.py")
 def _conv(op: ir.Conv, lw) -> str:
     args = [str(op.in_channels), str(op.out_channels), str(op.kernel)]
     settings = (("stride", op.stride, 1), ("padding", op.padding, 0), ("dilation", op.dilation, 1),
@@ -86,6 +87,7 @@ OPS = {
     ir.SelectiveKernel: lambda op, lw: _selective_kernel(op),
     ir.GroupNorm: lambda op, lw: f"nn.GroupNorm({op.groups}, {op.channels}, eps={op.eps!r})",
     ir.StdConv: lambda op, lw: _conv(op, lw).replace("nn.Conv2d(", "StdConv2d(", 1)[:-1] + f", eps={op.eps!r})",
+    ir.BlurPool: lambda op, lw: f"BlurPool2d{blur_pool_args(op)!r}",
 }
 
 

@@ -176,6 +176,7 @@ SPEC_LAYERS = {
     ir.Linear: lambda op: (SpecLayer(op.name, "linear", (op.out_features, op.in_features), op.bias),),
     ir.SplitAttention: _split_attention_layers,
     ir.SelectiveKernel: _sk_layers,
+    ir.BlurPool: _no_layers,  # timm's BlurPool2d holds its filter as a non-persistent buffer
 }
 
 

@@ -193,4 +193,5 @@ INIT = {
 
     ir.GroupNorm: _init_groupnorm,
     ir.StdConv: _init_conv,
+    ir.BlurPool: _no_tensors,  # a fixed filter, no tensors (timm's is a non-persistent buffer)
 }
