@@ -56,14 +56,18 @@ def state_dict_source(label: str, weights: dict) -> Source:
             if avg_down else ""))
     weights, source_names = names.canonical_weights(weights, layout, avg_down)
     return Source(label, "torch", layers_from_weights(weights, _origin(source_names)), weights,
-                  facts={"source_names": source_names, **_layout_facts(layout)}, notes=notes)
+                  facts={"source_names": source_names, **_layout_facts(layout, weights)}, notes=notes)
 
 
-def _layout_facts(layout) -> dict:
+def _layout_facts(layout, weights) -> dict:
     """What a layout's names say about the structure: timm's and torchvision's RegNet blocks (expansion 1,
-    squeeze-excite after the 3x3 conv)."""
+    squeeze-excite after the 3x3 conv); timm's legacy SENet basic blocks (SEResNetBlock: squeeze-excite after
+    the second BN's ReLU)."""
     if layout is not None and layout in names.REGNET_LAYOUTS:
         return {"regnet": True, "se_placement": "after_3x3"}
+    if layout is not None and layout.name.startswith("timm legacy SENet") and \
+            not any(re.match(r"^layer\d+\.\d+\.conv3\.", k) for k in weights):
+        return {"se_placement": "end_relu"}
     return {}
 
 
@@ -109,7 +113,7 @@ def read_library(lib: str, name: str) -> Source:
     avg_down = any(type(m).__name__ == "DownsampleAvg" for m in model.modules())
     weights, source_names = names.canonical_weights(weights, layout, avg_down)
     src = Source(label, lib, layers_from_weights(weights, _origin(source_names)), weights,
-                 facts={"library": (lib, name), "source_names": source_names, **_layout_facts(layout)})
+                 facts={"library": (lib, name), "source_names": source_names, **_layout_facts(layout, weights)})
     _add_facts(src, {names.canonical(k, layout, avg_down): m for k, m in model.named_modules()})
     return src
 
