@@ -101,7 +101,7 @@ def _shortcut(blocks) -> str:
             return "A: strided identity" + (" + zero-pad" if "ChannelPad" in kinds else "")
         pool = next((op for op in ops if isinstance(op, ir.Pool)), None)
         conv = next(op for op in ops if isinstance(op, ir.CONVS))
-        text = f"{'avgpool + ' if pool else ''}1x1 conv/{conv.stride}"
+        text = f"{'avgpool + ' if pool else ''}{conv.kernel}x{conv.kernel} conv/{conv.stride}"
         text += " + BN" if any(isinstance(op, ir.BatchNorm) for op in ops) else ""
         text += " + GN" if any(isinstance(op, ir.GroupNorm) for op in ops) else ""
         return text + (" (pre-act)" if b.shortcut_from == "pre" else "")

@@ -197,7 +197,7 @@ def timm_equivalent(spec: dict):
         return _resnetv2_equivalent(spec)
     if block.get("stride_on", "3x3") != "3x3" or "stride_block" in block \
             or stem.get("stride") != 2 or stem.get("kernel") != (3 if deep else 7) \
-            or "padding" in stem or "bias" in stem or any("width" in s for s in spec["stages"]) \
+            or "padding" in stem or "bias" in stem or any("width" in s or "widths" in s for s in spec["stages"]) \
             or sc.get("type") != "B" or "conv_bias" in spec or set(spec["head"]) != {"classes"} \
             or [s["stride"] for s in spec["stages"]] != [1] + [2] * (len(spec["stages"]) - 1) \
             or spec["norm"] != {"eps": 1e-5, "momentum": 0.1}:
@@ -214,6 +214,8 @@ def timm_equivalent(spec: dict):
               "channels": [s["channels"] for s in spec["stages"]], "bottleneck": block["type"] == "bottleneck",
               "se": None if se is None else _TIMM_SE.index(se), "zero_init_last": False, **pool_kwargs,
               **_timm_sk(block.get("spatial"))}
+    if block.get("reduce_first", 1) != 1 or sc.get("kernel", 1) != 1:  # SENet-154 (timm resnet.py's senet154)
+        kwargs.update(block_reduce_first=block.get("reduce_first", 1), down_kernel_size=sc.get("kernel", 1))
     if resnest:
         kwargs["resnest"] = resnest
     if (block.get("spatial") or {}).get("type") == "res2net":  # timm's Bottle2neck in the same ResNet class
