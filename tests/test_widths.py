@@ -164,11 +164,13 @@ def test_resolved_shows_the_new_keys_and_loads_to_the_same_network(tmp_path):
     assert list(resnet_spec.load(str(again)).all_ops()) == list(resnet_spec.load(str(path)).all_ops())
 
 
-def test_diagram_shows_the_projection_kernel():
+def test_diagram_shows_the_projection_kernel_and_a_narrower_first_conv():
     from resnet_spec.diagram import stage_info
 
     info = stage_info(resnet_spec.load(BASIC.replace("head:", "shortcut: {kernel: 3}\nhead:")))
     assert info[1]["shortcut"] == "3x3 conv/2 + BN"
+    info = stage_info(resnet_spec.load(BOTTLENECK))
+    assert (info[0]["in"], info[0]["width"], info[0]["out"]) == (16, "12 -> 7", 20)  # the first block's convs
 
 
 # --- backends against torch ----------------------------------------------------------------------------
