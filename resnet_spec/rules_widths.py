@@ -15,7 +15,8 @@ def rule_widths(spec: Spec):
     yield from _shortcut_kernel(spec)
     blk = BlockConfig.of(spec.data)
     if blk.se is not None and blk.se["placement"] == "end_relu" and blk.preact:
-        yield spec.error("placement 'end_relu' is not supported with pre-activation blocks", ("block", "se", "placement"))
+        yield spec.error("placement 'end_relu' is not supported with pre-activation blocks",
+                         ("block", "se", "placement"))
 
 
 def _stage_widths(spec: Spec):

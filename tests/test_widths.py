@@ -249,8 +249,8 @@ def test_timm_senet154_construction_equals_the_spec():
     pytest.importorskip("timm")
     from timm.models import resnet
 
-    torch_model = resnet.ResNet(resnet.Bottleneck, [1, 2, 1, 1], channels=(8, 16, 32, 32), num_classes=10, cardinality=4,
-                                base_width=16, stem_type="deep", stem_width=8, down_kernel_size=3,
+    torch_model = resnet.ResNet(resnet.Bottleneck, [1, 2, 1, 1], channels=(8, 16, 32, 32), num_classes=10,
+                                cardinality=4, base_width=16, stem_type="deep", stem_width=8, down_kernel_size=3,
                                 block_reduce_first=2, block_args={"attn_layer": "se"})
     model, weights = _randomized(torch_model)
     net = resnet_spec.load(SENET_LIKE)
