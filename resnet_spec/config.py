@@ -23,7 +23,7 @@ DEFAULTS = {
                   "count_include_pad": True, "anti_alias": None},
     "block": {"preact": False, "stride_on": "3x3", "stride_block": "first", "groups": 1,
               "width_per_group": 64, "se": None, "anti_alias": None, "drop_path_rate": 0.0,
-              "spatial": {"type": "conv"}, "avd": None},
+              "spatial": {"type": "conv"}, "avd": None, "reduce_first": 1},
     "block.se": {"type": "se", "reduction": 16, "divisor": 8, "reduce_from": "output", "placement": "end"},
     "block.se.eca": {"type": "eca", "kernel": None, "gamma": 2, "beta": 1, "placement": "end"},
     "block.spatial.split_attention": {"type": "split_attention", "radix": 2, "ratio": 0.25, "divisor": 8,
@@ -31,7 +31,7 @@ DEFAULTS = {
     "block.spatial.res2net": {"type": "res2net", "scale": 4},
     "block.spatial.selective_kernel": {"type": "selective_kernel", "kernels": [3, 5], "keep_3x3": True,
                                        "split_input": True, "rd_ratio": 0.0625, "rd_divisor": 8},
-    "shortcut": {"type": "B", "projection": "conv", "strided_identity": False, "zero_pad": "split"},
+    "shortcut": {"type": "B", "projection": "conv", "strided_identity": False, "zero_pad": "split", "kernel": 1},
     "shortcut.pool": {"ceil_mode": True, "count_include_pad": False},
     "head": {"classes": 1000, "dropout": 0.0, "bias": True},
     "init": {"zero_init_last_bn": False},
@@ -162,6 +162,7 @@ class BlockConfig:
     anti_alias: str | None = None  # "avgpool" | "blur": a strided block's stride moves to a pool after its ReLU
     spatial: dict | None = None  # spatial_config: what replaces the 3x3 conv + BN + ReLU ({type: conv} by default)
     avd: str | None = None  # "after_3x3" | "before_3x3": a strided block's stride moves to ResNeSt's 3x3 average pool
+    reduce_first: int = 1  # conv1's width = the 3x3 conv's width (basic: the block's channels) // reduce_first
 
     @classmethod
     def of(cls, d: dict) -> BlockConfig:
@@ -172,7 +173,8 @@ class BlockConfig:
                    opt(blk, "stride_block", "block") == "last", opt(blk, "groups", "block"),
                    opt(blk, "width_per_group", "block"), blk.get("expansion", 4 if kind == "bottleneck" else 1),
                    se_config(se), float(opt(blk, "drop_path_rate", "block")),
-                   opt(blk, "anti_alias", "block"), spatial_config(blk.get("spatial")), opt(blk, "avd", "block"))
+                   opt(blk, "anti_alias", "block"), spatial_config(blk.get("spatial")), opt(blk, "avd", "block"),
+                   opt(blk, "reduce_first", "block"))
 
 
 @dataclass(frozen=True)
@@ -184,6 +186,7 @@ class ShortcutConfig:
     zero_pad: str  # "split" | "end"
     pool_ceil_mode: bool
     pool_count_include_pad: bool
+    kernel: int = 1  # a strided projection conv's kernel (padding kernel // 2); unstrided ones stay 1x1
 
     @classmethod
     def of(cls, d: dict, preact: bool) -> ShortcutConfig:
@@ -191,7 +194,7 @@ class ShortcutConfig:
         pool = {**DEFAULTS["shortcut.pool"], **(sc.get("pool") or {})}
         return cls(opt(sc, "type", "shortcut"), opt(sc, "projection", "shortcut"), sc.get("norm", not preact),
                    opt(sc, "strided_identity", "shortcut"), opt(sc, "zero_pad", "shortcut"), pool["ceil_mode"],
-                   pool["count_include_pad"])
+                   pool["count_include_pad"], opt(sc, "kernel", "shortcut"))
 
 
 @dataclass(frozen=True)

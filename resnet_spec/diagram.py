@@ -79,8 +79,11 @@ def stage_info(net: ir.Network) -> list:
                                          for k, d in zip(sk.kernels, sk.dilations))
         kind += _norm_tag(first)
         groups = max(op.groups for op in (*convs, *([split] if split else ())))
+        width = convs[0].out_channels if first.kind == "bottleneck" else None
+        if width and len(convs) > 1 and isinstance(convs[1], ir.CONVS) and convs[1].out_channels != width:
+            width = f"{width} -> {convs[1].out_channels}"  # a narrower 1x1 conv (reduce_first, per-block widths)
         out.append({"name": first.name.split(".")[0], "blocks": len(blocks), "kind": kind,
-                    "in": first.in_shape[0], "width": convs[0].out_channels if first.kind == "bottleneck" else None,
+                    "in": first.in_shape[0], "width": width,
                     "groups": groups, "out": first.out_shape[0], "stride": stride,
                     "shortcut": _shortcut(blocks), "shape": blocks[-1].out_shape})
     return out
@@ -103,7 +106,7 @@ def _shortcut(blocks) -> str:
             return "A: strided identity" + (" + zero-pad" if "ChannelPad" in kinds else "")
         pool = next((op for op in ops if isinstance(op, ir.Pool)), None)
         conv = next(op for op in ops if isinstance(op, ir.CONVS))
-        text = f"{'avgpool + ' if pool else ''}1x1 conv/{conv.stride}"
+        text = f"{'avgpool + ' if pool else ''}{conv.kernel}x{conv.kernel} conv/{conv.stride}"
         text += " + BN" if any(isinstance(op, ir.BatchNorm) for op in ops) else ""
         text += " + GN" if any(isinstance(op, ir.GroupNorm) for op in ops) else ""
         return text + (" (pre-act)" if b.shortcut_from == "pre" else "")

@@ -181,10 +181,10 @@ class SqueezeExcite:
     ``channels`` are the channels it gates, ``reduced`` fc1's outputs. The facts that decided them, kept
     for every reader (no backend derives anything from them; the lowering reads ``channels`` and
     ``reduced``, and the SE's position in ``Block.main``): ``placement`` -- 'end' (after the residual
-    branch's last BN, timm ResNet) or 'after_3x3' (after the 3x3 conv's BN and ReLU, before conv3:
-    RegNetY); ``reduce_from`` -- 'output' or 'input': whose channel count, ``base``, the ``reduction``
-    divided; ``divisor`` -- ``reduced`` is ``make_divisible(base / reduction, divisor)``, or Python's
-    ``round(base / reduction)`` when None (:func:`se_reduced`).
+    branch's last BN, timm ResNet), 'end_relu' (after that BN and a ReLU: legacy SEResNetBlock) or 'after_3x3'
+    (after the 3x3 conv's BN and ReLU, before conv3: RegNetY); ``reduce_from`` -- 'output' or 'input': whose
+    channel count, ``base``, the ``reduction`` divided; ``divisor`` -- ``reduced`` is
+    ``make_divisible(base / reduction, divisor)``, or Python's ``round(base / reduction)`` when None.
     """
 
     name: str

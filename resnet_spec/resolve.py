@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from . import ir
 from . import resolve_resnest as resnest
+from . import resolve_stem
 from .config import DEFAULTS, BlockConfig, HeadConfig, ShortcutConfig, StemConfig, opt  # noqa: F401
 from .config import conv_config, norm_config
 from .errors import SpecError
@@ -84,6 +85,7 @@ class _Resolver:
         self.blk = BlockConfig.of(self.d)
         self.preact = self.blk.preact
         self.sc = ShortcutConfig.of(self.d, self.preact)
+        self.nominal = None  # a stage with per-block widths: its nominal output channels (conv_widths)
 
     def err(self, msg, path=()):
         return self.spec.error(msg, path)
@@ -123,56 +125,9 @@ class _Resolver:
     def relu(shape):
         return ir.ReLU(shape, shape)
 
-    # -- stem ------------------------------------------------------------------------------------
+    # -- stem: resolve_stem.py ---------------------------------------------------------------------
     def stem(self, in_shape):
-        st = StemConfig.of(self.d, self.preact)
-        ops, shape = [], in_shape
-        if st.kind == "conv":
-            bias = st.bias if st.bias is not None else self.bias_for(st.norm)
-            ops.append(self.conv("conv1", shape, st.channels, st.kernel, st.stride, st.padding, 1, 1, bias, ("stem",)))
-            shape = ops[-1].out_shape
-        else:
-            # timm's deep stem: conv1 = Sequential(conv, bn, act, conv, bn, act, conv); its last
-            # BN is the network's bn1. Only the first conv is strided.
-            n = len(st.channels)
-            for i, c in enumerate(st.channels):
-                last = i == n - 1
-                bias = st.bias if st.bias is not None else self.bias_for(st.norm if last else True)
-                first = i == 0
-                ops.append(self.conv(f"conv1.{3 * i}", shape, c, st.kernel if first else 3, st.stride if first else 1,
-                                     st.padding if first else 1, 1, 1, bias, ("stem",)))
-                shape = ops[-1].out_shape
-                if not last:
-                    ops += [self.bn(f"conv1.{3 * i + 1}", shape), self.relu(shape)]
-        if st.norm:
-            ops += [self.bn("bn1", shape), self.relu(shape)]
-        if st.pool is not None:
-            pool_ops = self.stem_pool(st.pool, shape)
-            ops += pool_ops
-            shape = pool_ops[-1].out_shape
-        return tuple(ops), shape
-
-    def stem_pool(self, p: dict, shape) -> list:
-        """The stem's pool: a max or average ``maxpool``, or ResNet-RS's ``maxpool.0`` conv,
-        ``maxpool.1`` BN and a ReLU (timm keeps the name ``maxpool`` for weight compatibility)."""
-        if p["type"] == "conv":
-            conv = self.conv("maxpool.0", shape, shape[0], p["kernel"], p["stride"], p["padding"], 1, 1,
-                             self.bias_for(True), ("stem", "pool"))
-            return [conv, self.bn("maxpool.1", conv.out_shape), self.relu(conv.out_shape)]
-        c, h, w = shape
-        oh = ir.pool_out(h, p["kernel"], p["stride"], p["padding"], p["ceil_mode"])
-        ow = ir.pool_out(w, p["kernel"], p["stride"], p["padding"], p["ceil_mode"])
-        if oh < 1 or ow < 1:
-            raise self.err(f"the stem pool shrinks a {h}x{w} feature map to nothing", ("stem", "pool"))
-        avg = p["type"] == "avg"
-        if p.get("anti_alias") == "blur":  # timm's resnetblur stem: max-pool at stride 1, then the blur's stride
-            oh, ow = (ir.pool_out(n, p["kernel"], 1, p["padding"], False) for n in (h, w))
-            pool = ir.Pool("maxpool.0", "max", p["kernel"], 1, p["padding"], False, False, p["pad_value"], shape,
-                           (c, oh, ow))
-            return [pool, self.checked_blur(blur_pool("maxpool.1", pool.out_shape, p["stride"]), ("stem", "pool"))]
-        return [ir.Pool("maxpool", p["type"], p["kernel"], p["stride"], p["padding"], p["ceil_mode"],
-                        bool(p["count_include_pad"]) if avg else False, "zero" if avg else p["pad_value"],
-                        shape, (c, oh, ow))]
+        return resolve_stem.stem(self, in_shape)
 
     def checked_blur(self, op: ir.BlurPool, path) -> ir.BlurPool:
         """``op``, or the located error saying why it cannot run on its input (:func:`ir_blur.blur_problem`)."""
@@ -214,11 +169,13 @@ class _Resolver:
             if stage.get("dilate", False):
                 dilation, stride = dilation * stride, 1
             width, groups = self.stage_width(stage, planes, out_ch, spath)
+            self.nominal = out_ch if "widths" in stage else None  # what an SE/ECA is sized from (timm's pruning)
             for bi in range(n):
                 b_stride = stride if (bi == n - 1 if blk.stride_last else bi == 0) else 1
                 rate = blk.drop_path_rate * idx / (total - 1) if total > 1 and blk.drop_path_rate > 0 else 0.0
-                blocks.append(self.block(f"layer{si + 1}.{bi}", si, bi, shape, (width, groups), out_ch, b_stride,
-                                         prev_dilation if bi == 0 else dilation, rate, spath))
+                convs = self.conv_widths(stage, bi, planes, width, out_ch)
+                blocks.append(self.block(f"layer{si + 1}.{bi}", si, bi, shape, (width, groups, convs), convs[-1],
+                                         b_stride, prev_dilation if bi == 0 else dilation, rate, spath))
                 shape = blocks[-1].out_shape
                 idx += 1
         return tuple(blocks)
@@ -237,6 +194,21 @@ class _Resolver:
         if blk.kind == "bottleneck" and width < 1:
             raise self.err("bottleneck width rounds to 0; raise channels or width_per_group", spath)
         return width, blk.groups
+
+    def conv_widths(self, stage, bi, planes, width, out_ch) -> tuple:
+        """The output channels of each conv of block ``bi``'s residual branch: the stage's explicit per-block
+        ``widths`` (timm's pruned models), else conv1 narrowed by ``block.reduce_first`` (SENet-154), the
+        bottleneck's 3x3 conv ``width`` and the block's ``out_ch``."""
+        if "widths" in stage:
+            return tuple(stage["widths"][bi])
+        r, blk = self.blk.reduce_first, self.blk
+        if blk.kind != "bottleneck":
+            first = planes // r
+        else:  # Res2Net: conv1 feeds `scale` splits of `width`
+            first = (width // r) * (blk.spatial["scale"] if blk.spatial["type"] == "res2net" else 1)
+        if first < 1:
+            raise self.err(f"reduce_first {r} narrows the first conv to 0 channels", ("block", "reduce_first"))
+        return (first, width, out_ch) if blk.kind == "bottleneck" else (first, out_ch)
 
     def head(self, head: HeadConfig, shape) -> tuple:
         ops = [self.bn("bn_final", shape), self.relu(shape)] if head.norm else []
@@ -300,16 +272,14 @@ class _Resolver:
     def residual_branch(self, name, in_shape, width, out_ch, stride, dil, rate, spath) -> tuple:
         """``(pre, main, out_shape)``. Conv i is conv{i}; v1 puts bn{i} after it, pre-activation puts
         bn{i} before it (bn1 being the block's pre-activation), as torchvision and the preact code do."""
-        blk, (width, groups) = self.blk, width
+        blk, (width, groups, c) = self.blk, width  # c: each conv's output channels (conv_widths)
         pre = (self.bn(f"{name}.bn1", in_shape), self.relu(in_shape)) if self.preact else ()
         main, shape = [], in_shape
         if blk.kind == "bottleneck":
             s1, s3 = (stride, 1) if blk.stride_on_1x1 else (1, stride)
-            # Res2Net: conv1 feeds `scale` splits of `width`
-            scale = blk.spatial["scale"] if blk.spatial["type"] == "res2net" else 1
-            plan = [(width * scale, 1, s1, 0, 1, 1), (width, 3, s3, dil, dil, groups), (out_ch, 1, 1, 0, 1, 1)]
+            plan = [(c[0], 1, s1, 0, 1, 1), (c[1], 3, s3, dil, dil, groups), (c[2], 1, 1, 0, 1, 1)]
         else:
-            plan = [(out_ch, 3, stride, dil, dil, 1), (out_ch, 3, 1, dil, dil, 1)]
+            plan = [(c[0], 3, stride, dil, dil, 1), (c[1], 3, 1, dil, dil, 1)]
         kind = blk.spatial["type"]
         spatial_i = 2 if blk.kind == "bottleneck" else 1  # which conv a composite spatial op replaces
         for i, (oc, k, s, p, dl, g) in enumerate(plan, start=1):
@@ -340,7 +310,9 @@ class _Resolver:
                 main.append(resnest.avd_pool(self, name, shape, s, spath))
                 shape = main[-1].out_shape
             if blk.se is not None and (k == 3 if blk.se["placement"] == "after_3x3" else last):
-                main.append(self.squeeze_excite(name, in_shape[0], out_ch, shape))
+                if blk.se["placement"] == "end_relu":  # timm's legacy SEResNetBlock: BN, ReLU, SE, add, ReLU
+                    main.append(self.relu(shape))
+                main.append(self.squeeze_excite(name, in_shape[0], self.nominal or out_ch, shape))
         if rate > 0:
             main.append(ir.DropPath(rate, shape, shape))
         return pre, tuple(main), shape
@@ -353,6 +325,9 @@ class _Resolver:
         if se["type"] == "eca":
             if se["kernel"] is not None:
                 return ir.ECA(f"{name}.se", shape[0], se["kernel"], shape, shape, se["placement"], None, None)
+            if self.nominal:  # per-block widths: timm's kernel from the unpruned channels, stated as a given one
+                return ir.ECA(f"{name}.se", shape[0], ir.eca_kernel(self.nominal, se["gamma"], se["beta"]), shape,
+                              shape, se["placement"], None, None)
             kernel = ir.eca_kernel(shape[0], se["gamma"], se["beta"])
             return ir.ECA(f"{name}.se", shape[0], kernel, shape, shape, se["placement"], se["gamma"], se["beta"])
         base = in_ch if se["reduce_from"] == "input" else out_ch
@@ -413,8 +388,9 @@ class _Resolver:
                                    sc.pool_count_include_pad, "zero", shape, (c, oh, ow)))
                 shape = (c, oh, ow)
             pos, conv_stride = 1, 1
-        conv = self.conv(f"{name}.downsample.{pos}", shape, out_ch, 1, conv_stride, 0, 1, 1, self.bias_for(sc.norm),
-                         spath)
+        k = sc.kernel if conv_stride > 1 else 1  # timm's downsample_conv: an unstrided projection stays 1x1
+        conv = self.conv(f"{name}.downsample.{pos}", shape, out_ch, k, conv_stride, k // 2, 1, 1,
+                         self.bias_for(sc.norm), spath)
         ops.append(conv)
         if sc.norm:
             ops.append(self.bn(f"{name}.downsample.{pos + 1}", conv.out_shape))

@@ -80,6 +80,8 @@ def _block(blk: dict, kind: str, preact: bool) -> dict:
         out["spatial"] = spatial
     if blk.get("avd") is not None:
         out["avd"] = blk["avd"]
+    if blk.get("reduce_first", 1) != 1:  # shown where conv1 is narrowed
+        out["reduce_first"] = blk["reduce_first"]
     out["drop_path_rate"] = blk.get("drop_path_rate", 0.0)
     return out
 
@@ -92,6 +94,8 @@ def _shortcut(sc: dict, preact: bool) -> dict:
         out["norm"] = sc.get("norm", not preact)
     out["strided_identity"] = sc.get("strided_identity", False)
     out["zero_pad"] = sc.get("zero_pad", "split")
+    if sc.get("kernel", 1) != 1:  # shown where the strided projection is not a 1x1 conv
+        out["kernel"] = sc["kernel"]
     if out.get("projection") == "avgpool_conv":
         out["pool"] = {**DEFAULTS["shortcut.pool"], **(sc.get("pool") or {})}
     return out
@@ -108,7 +112,9 @@ def _stages(d: dict, kind: str, blk: dict, mult: int) -> list:
     for i, (s, n) in enumerate(zip(stages, counts)):
         row = {"blocks": n, "channels": s["channels"], "stride": s.get("stride", 1 if i == 0 else 2),
                "dilate": s.get("dilate", False)}
-        if kind == "bottleneck" and "group_width" in s:
+        if "widths" in s:
+            row["widths"] = s["widths"]
+        elif kind == "bottleneck" and "group_width" in s:
             row["group_width"] = s["group_width"]
             row["width"] = s.get("width", s["channels"] * mult * blk["expansion"])
         elif kind == "bottleneck":

@@ -10,6 +10,7 @@ from .config import (DEFAULTS, SE_KEYS, SPATIAL_KEYS, STEM_POOL_KEYS, BlockConfi
 from .errors import SpecError
 from .regnet import params_errors, stage_path, stages_of
 from .rules_norm import rule_norm
+from .rules_widths import rule_widths
 from .spec import Spec
 
 
@@ -225,7 +226,7 @@ def _rule_dilate(spec: Spec):
 
 #: The semantic rules that need nothing but the required fields, in the order resolve() checks them.
 RULES = (_rule_bottleneck_only, _rule_regnet, _rule_spatial, _rule_se, _rule_shortcut, _rule_stem, _rule_anti_alias,
-         _rule_depth, _rule_dilate, _rule_avd, rule_norm)
+         _rule_depth, _rule_dilate, _rule_avd, rule_norm, rule_widths)
 
 
 def rule_errors(spec: Spec):

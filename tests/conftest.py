@@ -127,6 +127,8 @@ def tiny_text(name: str, blocks: int = 2, size: int | None = None) -> str:
         del spec["regnet"]
     for stage, n in zip(spec["stages"], per_stage.values()):
         stage["blocks"] = min(n, blocks)
+        if "widths" in stage:  # per-block widths (a pruned model): the first blocks' ones
+            stage["widths"] = stage["widths"][:stage["blocks"]]
     spec.setdefault("input", {})["size"] = size or (32 if net.input_shape[1] <= 32 else 64)
     return yaml.safe_dump(spec, sort_keys=False)
 

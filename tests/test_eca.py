@@ -210,14 +210,6 @@ def test_import_infers_eca():
     assert {op.kernel for op in net.all_ops() if isinstance(op, ir.ECA)} == {5, 7}
 
 
-@pytest.mark.parametrize("name", ["ecaresnet50d_pruned", "ecaresnet101d_pruned"])
-def test_pruned_models_refused_naming_per_block_widths(tmp_path, name):
-    pytest.importorskip("timm")
-    res = CliRunner().invoke(main, ["import", f"timm:{name}", "--input-size", "64", "-o", str(tmp_path / "o")])
-    one_line_error(res.exit_code, res.output, f"timm:{name} uses per-block widths: bottlenecks whose 1x1 and 3x3 convs differ in width (layer1.0)",
-                   "cannot express yet")
-
-
 def test_other_eca_variants_still_refused():
     """timm's circular ECA and an EcaModule other than the ecaresnet default stay refusals."""
     torch = pytest.importorskip("torch")

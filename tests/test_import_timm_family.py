@@ -36,12 +36,8 @@ def _cli(args):
 
 REFUSED = [
     ("tresnet_m", ["space-to-depth stem (body.s2d)", "LeakyReLU", "mixed in one network (body.layer3.0)"]),
-    ("ecaresnet50d_pruned", ["per-block widths: bottlenecks", "differ in width (layer1.0)"]),
     ("resnetv2_50d_frn", ["Filter Response Normalization (stem.norm1)"]),
     ("resnetv2_50d_evos", ["EvoNorm (stem.norm1)"]),
-    ("legacy_seresnet18", ["squeeze-excite after a basic block's second ReLU (layer1.0)"]),
-    ("senet154", ["1x1 and 3x3 convs differ in width (layer1.0)",
-                  "projection shortcut with a larger-than-1x1 conv (layer2.0.downsample.0)"]),
     ("test_resnet", ["basic and bottleneck blocks mixed in one network (layer3.0)"]),
 ]
 
@@ -76,7 +72,6 @@ STATE_DICTS = [
                     "which) (tensor 'bn1.weight')"),
     ("tresnet_m", "TResNet space-to-depth stem (tensor 'body.conv1.conv.weight')"),
     ("resnetv2_50d_frn", "Filter Response Normalization (tensor 'stem.norm1.tau')"),
-    ("legacy_seresnet18", "squeeze-excite after a basic block's second ReLU"),
 ]
 
 

@@ -210,6 +210,7 @@ ONNX_UNREAD = {"resnetaa50d": "node 'maxpool' \\(AveragePool\\): not expected in
                "resnetv2_50x1_bit": "\\(InstanceNormalization\\): GroupNorm or weight-standardized convolutions "
                                     "are not read back"}
 ONNX_UNREAD["res2next50"] = ONNX_UNREAD["res2net50_26w_4s"]
+ONNX_UNREAD["ecaresnet50d_pruned"] = ONNX_UNREAD["ecaresnet50d"]  # per-block widths: ECA as ecaresnet50d
 
 
 @pytest.mark.slow

@@ -44,18 +44,6 @@ def _cls(m) -> str:
     return type(m).__name__
 
 
-def _kernel_over_1(m, _mods) -> bool:
-    k = getattr(m, "kernel_size", (1, 1))
-    return tuple(k if isinstance(k, (tuple, list)) else (k, k)) != (1, 1)
-
-
-def _unequal_widths(m, _mods) -> bool:
-    """A bottleneck whose 1x1 and 3x3 convs have different widths (timm's block_reduce_first, pruning)."""
-    c1, c2 = getattr(m, "conv1", None), getattr(m, "conv2", None)
-    return hasattr(m, "conv3") and hasattr(c1, "out_channels") and hasattr(c2, "out_channels") \
-        and c1.out_channels != c2.out_channels
-
-
 def _window_is_stride(m) -> bool:
     """timm's ``aa_layer=nn.AvgPool2d``: ``AvgPool2d(stride)``, window = stride, no padding, floor."""
     k, st, p = (getattr(m, a, None) for a in ("kernel_size", "stride", "padding"))
@@ -102,12 +90,6 @@ def _avd_pool(m) -> bool:
 
 def _mixed_blocks(_m, mods) -> bool:
     return any(_cls(x) == "BasicBlock" for x in mods.values())
-
-
-def _tensor_unequal_widths(name, shape, shapes) -> bool:
-    c2, c3 = shapes.get(name.replace(".conv1.weight", ".conv2.weight")), \
-        shapes.get(name.replace(".conv1.weight", ".conv3.weight"))
-    return c2 is not None and c3 is not None and len(shape) == len(c2) == 4 and shape[0] != c2[0]
 
 
 def _no_running_stats(name, shape, shapes) -> bool:
@@ -160,16 +142,7 @@ UNSUPPORTED = (
           at=r"^maxpool\.\d+$", when=lambda m, mods: not _rs_stem(mods.get("maxpool")),
           tensors=r"^maxpool\.\d+\.weight$",
           tensor_when=lambda n, s, shapes: len(s) == 4 and not _rs_stem_tensors(shapes)),
-    Block("a projection shortcut with a larger-than-1x1 conv", ("Conv2d",), at=r"(^|\.)downsample\.\d+$",
-          when=_kernel_over_1, tensors=r"(^|\.)downsample\.\d+\.weight$",
-          tensor_when=lambda n, s, _: len(s) == 4 and s[-1] > 1),
-    Block("per-block widths: bottlenecks whose 1x1 and 3x3 convs differ in width",
-          ("Bottleneck", "SE*Bottleneck"), when=_unequal_widths, tensors=r"^layer\d+\.\d+\.conv1\.weight$",
-          tensor_when=_tensor_unequal_widths),
     Block("basic and bottleneck blocks mixed in one network", ("Bottleneck",), when=_mixed_blocks),
-    Block("squeeze-excite after a basic block's second ReLU",
-          ("SEResNetBlock",), tensors=r"^layer\d+\.\d+\.se_module\.fc1\.weight$",
-          tensor_when=lambda n, s, shapes: n.replace("se_module.fc1", "conv3") not in shapes),
     Block("{cls} activations", _NOT_RELU),
 )
 

@@ -44,6 +44,10 @@ LAYOUTS = (
         (_STAGE + r"downsample\.conv\.", _block("downsample.{{ds}}")),
         (_STAGE + r"downsample\.norm\.", _block("downsample.{{dn}}")),
         (r"^norm\.", "bn_final."), (r"^head\.fc\.", "fc."))),
+    Layout("timm legacy SENet (3x3 stem)", r"^layer0\.conv2\.weight$", (  # legacy_senet154's input_3x3 stem
+        (r"^layer0\.conv1\.", "conv1.0."), (r"^layer0\.bn1\.", "conv1.1."), (r"^layer0\.conv2\.", "conv1.3."),
+        (r"^layer0\.bn2\.", "conv1.4."), (r"^layer0\.conv3\.", "conv1.6."), (r"^layer0\.bn3\.", "bn1."),
+        (r"^pool0\.", "maxpool."), (r"\.se_module\.", ".se."), (r"^last_linear\.", "fc."))),
     Layout("timm legacy SENet", r"^layer0\.conv1\.weight$", (
         (r"^layer0\.conv1\.", "conv1."), (r"^layer0\.bn1\.", "bn1."), (r"^pool0\.", "maxpool."),
         (r"\.se_module\.", ".se."), (r"^last_linear\.", "fc."))),

@@ -57,14 +57,18 @@ def state_dict_source(label: str, weights: dict) -> Source:
             if avg_down else ""))
     weights, source_names = names.canonical_weights(weights, layout, avg_down)
     return Source(label, "torch", layers_from_weights(weights, _origin(source_names)), weights,
-                  facts={"source_names": source_names, **_layout_facts(layout)}, notes=notes)
+                  facts={"source_names": source_names, **_layout_facts(layout, weights)}, notes=notes)
 
 
-def _layout_facts(layout) -> dict:
+def _layout_facts(layout, weights) -> dict:
     """What a layout's names say about the structure: timm's and torchvision's RegNet blocks (expansion 1,
-    squeeze-excite after the 3x3 conv)."""
+    squeeze-excite after the 3x3 conv); timm's legacy SENet basic blocks (SEResNetBlock: squeeze-excite after
+    the second BN's ReLU)."""
     if layout is not None and layout in names.REGNET_LAYOUTS:
         return {"regnet": True, "se_placement": "after_3x3"}
+    if layout is not None and layout.name.startswith("timm legacy SENet") and \
+            not any(re.match(r"^layer\d+\.\d+\.conv3\.", k) for k in weights):
+        return {"se_placement": "end_relu"}
     return {}
 
 
@@ -110,7 +114,7 @@ def read_library(lib: str, name: str) -> Source:
     avg_down = any(type(m).__name__ == "DownsampleAvg" for m in model.modules())
     weights, source_names = names.canonical_weights(weights, layout, avg_down)
     src = Source(label, lib, layers_from_weights(weights, _origin(source_names)), weights,
-                 facts={"library": (lib, name), "source_names": source_names, **_layout_facts(layout)})
+                 facts={"library": (lib, name), "source_names": source_names, **_layout_facts(layout, weights)})
     _add_facts(src, {names.canonical(k, layout, avg_down): m for k, m in model.named_modules()})
     return src
 
@@ -201,7 +205,7 @@ def timm_equivalent(spec: dict):
         return _resnetv2_equivalent(spec)
     if block.get("stride_on", "3x3") != "3x3" or "stride_block" in block \
             or stem.get("stride") != 2 or stem.get("kernel") != (3 if deep else 7) \
-            or "padding" in stem or "bias" in stem or any("width" in s for s in spec["stages"]) \
+            or "padding" in stem or "bias" in stem or any("width" in s or "widths" in s for s in spec["stages"]) \
             or sc.get("type") != "B" or "conv_bias" in spec or set(spec["head"]) != {"classes"} \
             or [s["stride"] for s in spec["stages"]] != [1] + [2] * (len(spec["stages"]) - 1) \
             or spec["norm"] != {"eps": 1e-5, "momentum": 0.1}:
@@ -218,6 +222,8 @@ def timm_equivalent(spec: dict):
               "channels": [s["channels"] for s in spec["stages"]], "bottleneck": block["type"] == "bottleneck",
               "se": None if se is None else _TIMM_SE.index(se), "zero_init_last": False, **pool_kwargs,
               **_timm_sk(block.get("spatial"))}
+    if block.get("reduce_first", 1) != 1 or sc.get("kernel", 1) != 1:  # SENet-154 (timm resnet.py's senet154)
+        kwargs.update(block_reduce_first=block.get("reduce_first", 1), down_kernel_size=sc.get("kernel", 1))
     if resnest:
         kwargs["resnest"] = resnest
     if (block.get("spatial") or {}).get("type") == "res2net":  # timm's Bottle2neck in the same ResNet class

@@ -20,7 +20,7 @@ from ..errors import ResNetSpecError
 from ..ir import se_reduced
 from ..resolve import load_network
 from . import infer_resnest as resnest
-from . import infer_sknet
+from . import infer_sknet, infer_widths
 from .source import Source, first_difference
 
 _BLOCK = re.compile(r"^layer(\d+)\.(\d+)\.(.+)$")
@@ -100,22 +100,23 @@ def _stem(src: Source, preact: bool) -> dict:
     return st
 
 
-def _stage(src, si, blocks, bottleneck, preact, facts_stride):
+def _stage(src, si, blocks, bottleneck, preact, facts_stride, per_block=False):
     first = blocks[0]
     name = f"layer{si + 1}.0"
     if bottleneck:
         out_ch = _need(src, name, first, "conv3").shape[0]
-        if out_ch % 4:
+        if out_ch % 4 and not per_block:  # per-block widths: infer_widths.apply sets the stage's channels
             raise src.refuse(f"{name}.conv3", f"{out_ch} output channels are not 4 x the block's channels")
         planes = out_ch // 4
         if "conv2.conv" in first:  # ResNeSt's split attention
             width, groups = resnest.stage_width(src, name, first)
         else:
             c2 = first.get("convs.0") or _need(src, name, first, "conv2")  # Res2Net: a split's conv
-            if c2.shape[0] % c2.shape[1]:
-                raise src.refuse(f"{name}.conv2", f"weight shape {tuple(c2.shape)}: its output channels are not a "
+            c_in = c2.shape[0] if "convs.0" in first else _need(src, name, first, "conv1").shape[0]  # reduce_first
+            if c_in % c2.shape[1]:
+                raise src.refuse(f"{name}.conv2", f"weight shape {tuple(c2.shape)}: its input channels are not a "
                                  "multiple of its input channels per group")
-            width, groups = c2.shape[0], c2.shape[0] // c2.shape[1]
+            width, groups = c2.shape[0], c_in // c2.shape[1]
     else:
         planes, width, groups = _need(src, name, first, "conv2").shape[0], None, 1
     stage = {"blocks": len(blocks), "channels": planes}
@@ -196,8 +197,9 @@ def _resnet_variants(src, d, stages, se, kinds) -> list:
     d = {**d, "block": dict(d["block"])}
     block = d["block"]
     d["stages"], widths, wheres, ats = [], [], set(), set()
+    per_block = None if _regnet_like(src, stages, bottleneck, preact) else infer_widths.irregular(stages, bottleneck)
     for si, blocks in enumerate(stages):
-        st, width, groups, where, at = _stage(src, si, blocks, bottleneck, preact, facts_stride)
+        st, width, groups, where, at = _stage(src, si, blocks, bottleneck, preact, facts_stride, per_block is not None)
         d["stages"].append(st)
         widths.append((width, groups, st["channels"]))
         if where:
@@ -213,6 +215,7 @@ def _resnet_variants(src, d, stages, se, kinds) -> list:
         block["stride_block"] = "last"
     if bottleneck:
         _widths(d, widths)
+    infer_widths.apply(d, stages, bottleneck, per_block)
     return list(_variants(d, src, stages, None if se is None else se["se.fc1"], preact))
 
 
@@ -320,7 +323,7 @@ def _variants(d, src, stages, se, preact):
     blocks = [b for s in stages for b in s]
     ds = [b for b in blocks if "downsample.0" in b or "downsample.1" in b]
     avg_down = any("downsample.1" in b and b["downsample.1"].kind == "conv" for b in ds)
-    sc = {"type": "B"}
+    sc = {"type": "B", **infer_widths.shortcut_keys(ds)}
     if avg_down:
         sc["projection"] = "avgpool_conv"
         if "shortcut_pool" in src.facts:
@@ -340,8 +343,8 @@ def _variants(d, src, stages, se, preact):
         v = {**d, "conv_bias": bias, "stem": dict(d["stem"]), "block": dict(d["block"])}
         if stem_bias is not None:
             v["stem"]["bias"] = stem_bias
-        if s is not None:
-            v["block"]["se"] = s
+        if s is not None:  # timm's legacy SEResNetBlock: its reader says
+            v["block"]["se"] = {**s, "placement": "end_relu"} if src.facts.get("se_placement") == "end_relu" else s
         v["shortcut"] = {**sc, "type": t} if t != "A" else dict(option_a)
         if si and t != "A":
             v["shortcut"]["strided_identity"] = True
