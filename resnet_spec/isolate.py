@@ -183,7 +183,7 @@ class Worker:
     def call(self, fn, *args, **kwargs):
         _quiet_env()
         if self._pool is None:
-            self._key = (self.label, tuple(sorted(os.environ.items())), tuple(sys.path))
+            self._key = _kept_key(self.label)
             self._pool = _take_kept(self._key) or ProcessPoolExecutor(
                 max_workers=1, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init)
         try:  # submit inside: Ctrl-C while it starts the worker must kill it, not wait for its work
@@ -208,30 +208,37 @@ class Worker:
 
 # -- processes kept between workers (keep_workers) ---------------------------------------------------
 _KEPT: dict | None = None  # (label, environment, sys.path) -> an idle worker's pool, inside keep_workers()
+_IGNORED_ENV: frozenset = frozenset()
 _MAX_KEPT = 8  # an idle TensorFlow worker holds about a gigabyte
 
 
 @contextmanager
-def keep_workers():
+def keep_workers(ignore_env=()):
     """Within this block, the process of a closed :class:`Worker` is kept and handed to the next
-    :class:`Worker` of the same label started with the same environment variables and ``sys.path``,
+    :class:`Worker` of the same label started with the same environment variables and ``sys.path`` entries,
     instead of a new process importing its frameworks again (seconds each: TensorFlow, JAX, Keras).
     For a session that runs many checks in one Python process (a notebook, a test run): every
     ``parity``, ``parity --train`` and ``verify`` call then reuses the processes of the one before.
     Two labels never share a process, so frameworks stay apart as without it; a worker that crashed is
     never kept. At most the 8 most recently used idle processes are kept; all stop when the block ends
-    (nested blocks share the outermost one's processes)."""
-    global _KEPT
+    (nested blocks share the outermost one's processes). ``ignore_env`` names environment variables
+    that change between calls without mattering to a worker (a test runner's ``PYTEST_CURRENT_TEST``)."""
+    global _KEPT, _IGNORED_ENV
     if _KEPT is not None:
         yield
         return
-    _KEPT = {}
+    _KEPT, _IGNORED_ENV = {}, frozenset(ignore_env)
     try:
         yield
     finally:
-        kept, _KEPT = _KEPT, None
+        kept, _KEPT, _IGNORED_ENV = _KEPT, None, frozenset()
         for pool in kept.values():
             pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _kept_key(label: str) -> tuple:
+    env = tuple(sorted((k, v) for k, v in os.environ.items() if k not in _IGNORED_ENV))
+    return label, env, frozenset(sys.path)
 
 
 def _alive(pool) -> bool:

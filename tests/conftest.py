@@ -24,6 +24,9 @@ if os.environ.get("CI"):
     _hsettings.load_profile("ci")
 
 sys.path.insert(0, os.path.dirname(__file__))
+# benchmarks/ (family_coverage, ...) is on the path from the start, so that the tests that import from it
+# do not change sys.path midway, which would start fresh worker processes (isolate.keep_workers)
+sys.path.insert(1, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -33,7 +36,7 @@ def _workers_kept_between_tests():
     workers instead of importing them again (a few seconds of each test's time before)."""
     from resnet_spec.isolate import keep_workers
 
-    with keep_workers():
+    with keep_workers(ignore_env=("PYTEST_CURRENT_TEST",)):
         yield
 
 
