@@ -14,9 +14,10 @@ import pytest
 import resnet_spec
 
 
-def timm_randomized(name: str, canonical: bool = False):
+def timm_randomized(name: str, canonical: bool = False, avg_down: bool = False):
     """``(model, weights)``: timm's ``name`` (eval) with randomized weights, and those weights (timm's names;
-    ``canonical``: in this project's canonical names, for layouts such as timm's ResNetV2)."""
+    ``canonical``: in this project's canonical names, for layouts such as timm's ResNetV2; ``avg_down``: its
+    projections follow an average pool, at ``downsample.1``)."""
     torch = pytest.importorskip("torch")
     timm = pytest.importorskip("timm")
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
@@ -29,7 +30,7 @@ def timm_randomized(name: str, canonical: bool = False):
     if canonical:
         from resnet_spec.backends.torch import names
 
-        weights, _ = names.canonical_weights(weights, names.layout_of(list(weights)))
+        weights, _ = names.canonical_weights(weights, names.layout_of(list(weights)), avg_down)
     return model, weights
 
 
