@@ -112,8 +112,17 @@ def run_isolated(fn, *args, **kwargs):
     """Call ``fn(*args, **kwargs)`` in a new spawned process and return its (picklable) result.
 
     Exceptions raised by ``fn`` are re-raised here; a worker that dies raises :class:`WorkerCrashed`.
-    ``fn`` must be importable by module path (a module-level function).
+    ``fn`` must be importable by module path (a module-level function). Inside :func:`keep_workers`, a
+    function whose module names its frameworks' worker (a module-level ``KEPT_WORKER = "label"``: every
+    function of the module runs in that label's kind of process) runs in a kept :class:`Worker`.
     """
+    label = getattr(sys.modules.get(fn.__module__), "KEPT_WORKER", None)
+    if label and _KEPT is not None:
+        worker = Worker(label)
+        try:
+            return worker.call(fn, *args, **kwargs)
+        finally:
+            worker.close()
     _quiet_env()
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=1, mp_context=ctx, initializer=_worker_init) as pool:
@@ -134,7 +143,9 @@ def run_concurrently(calls, parallel: int):
     Yields ``(index, get)`` as each finishes; ``get()`` returns that call's result or raises what it
     raised (:class:`WorkerCrashed` for a worker that died). Each call has a process of its own, so two
     frameworks never share one. When the caller stops early (an error, Ctrl-C, SIGTERM) or the generator
-    is closed, every worker still running is killed and reaped before the exception goes on.
+    is closed, every worker still running is killed and reaped before the exception goes on. A call
+    given as ``(fn, args, label)`` runs, inside :func:`keep_workers`, in a kept process of that label
+    (and leaves it kept); outside it, in a new process as the others.
     """
     from concurrent.futures import FIRST_COMPLETED, wait
 
@@ -144,16 +155,19 @@ def run_concurrently(calls, parallel: int):
     try:
         while pending or running:
             while pending and len(running) < max(1, parallel):
-                i, (fn, args) = pending.pop(0)
-                pool = ProcessPoolExecutor(max_workers=1, mp_context=ctx, initializer=_worker_init)
-                running[_submit(pool, fn, *args)] = (i, pool, fn)
+                i, (fn, args, *label) = pending.pop(0)
+                key = _kept_key(label[0]) if label and _KEPT is not None else None
+                pool = (_take_kept(key) if key else None) or ProcessPoolExecutor(
+                    max_workers=1, mp_context=ctx, initializer=_worker_init)
+                running[_submit(pool, fn, *args)] = (i, pool, fn, key)
             done, _ = wait(running, return_when=FIRST_COMPLETED)
             for fut in done:
-                i, pool, fn = running.pop(fut)
-                pool.shutdown(wait=True)
+                i, pool, fn, key = running.pop(fut)
+                if not (key and _keep(key, pool)):
+                    pool.shutdown(wait=True)
                 yield i, _getter(fut, fn)
     finally:
-        for _, pool, _ in running.values():
+        for _, pool, _, _ in running.values():
             _kill_pool(pool)
 
 

@@ -3,6 +3,9 @@ the pytest process). No torch imports here."""
 
 from __future__ import annotations
 
+# inside isolate.keep_workers (the test session), run_isolated runs these in one kept TensorFlow process
+KEPT_WORKER = "tests: tensorflow"
+
 import math
 
 import numpy as np

@@ -7,6 +7,9 @@ and results are plain numpy arrays, IR objects and dicts. NCHW in, NCHW out.
 
 from __future__ import annotations
 
+# inside isolate.keep_workers (the test session), run_isolated runs these in one kept TensorFlow process
+KEPT_WORKER = "tests: tensorflow"
+
 import numpy as np
 
 from resnet_spec.backends.keras.applications import keras_applications_names

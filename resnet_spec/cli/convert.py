@@ -102,7 +102,8 @@ def _convert_all(net, weights, opts: ConvertOptions, out_dir: str, finals: list)
     targets = list(opts.targets)
     parallel = _parallel(len(targets), needed)
     with OutputSet(out_dir, finals, opts.force) as out:
-        calls = [(convert_worker, (b, net.spec_yaml, weights, out.stage, opts.backend_options(b))) for b in targets]
+        calls = [(convert_worker, (b, net.spec_yaml, weights, out.stage, opts.backend_options(b)), f"convert {b}")
+                 for b in targets]
         click.echo(f"  converting {', '.join(targets)}" + (f", {parallel} at a time" if parallel > 1 else "") + " ...")
         t0 = time.perf_counter()
         for i, get in isolate.run_concurrently(calls, parallel):
