@@ -14,7 +14,8 @@ import sys
 import numpy as np
 import pytest
 from conftest import cli, rel_err
-from timm_checks import assert_one_located_error, assert_timm_params_and_macs, max_rel, timm_randomized
+from timm_checks import (assert_one_located_error, assert_timm_params_and_macs, emitted_source_error, max_rel,
+                         ort_levels, timm_randomized)
 
 import resnet_spec
 from resnet_spec import ir
@@ -148,31 +149,20 @@ def test_torch_module_holds_no_tensor_and_timms_filter():
 
 
 def test_torch_source_has_the_blur_pool():
-    torch = pytest.importorskip("torch")
-    import types
-
-    from resnet_spec.backends.torch import backend as torch_backend
-    from resnet_spec.backends.torch.source import class_name, to_source
-    from resnet_spec.weights.init import init_weights
+    pytest.importorskip("torch")
+    from resnet_spec.backends.torch.source import to_source
 
     net = _net("{type: bottleneck, anti_alias: blur}", 33)
     text = to_source(net)
     assert "class BlurPool2d(nn.Module)" in text and "BlurPool2d(8, (0.25, 0.5, 0.25), 2, 1, 'reflect')" in text
-    mod = types.ModuleType("emitted")
-    exec(compile(text, "<emitted>", "exec"), mod.__dict__)  # noqa: S102 (our own output)
-    model = torch_backend.build(net, init_weights(net, 2, random_bn=True)).eval()
-    emitted = getattr(mod, class_name(net.name))()
-    emitted.load_state_dict(model.state_dict())
-    x = torch.randn(2, *net.input_shape)
-    with torch.no_grad():
-        assert rel_err(model(x).numpy(), emitted.eval()(x).numpy()) <= 1e-6
+    assert emitted_source_error(net) <= 1e-6
 
 
 @pytest.mark.parametrize("block", ["{type: basic, anti_alias: blur}", "{type: bottleneck, anti_alias: blur}"])
 def test_onnx_matches_torch_and_graph_optimizations_change_nothing(tmp_path, block):
     """Odd sizes (33: the reflect padding's last column is real) through Slice + Concat + depthwise Conv; ORT's
     rewrites (ENABLE_ALL) give what the graph as written gives (DISABLE_ALL)."""
-    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxruntime")
     pytest.importorskip("torch")
     from resnet_spec.backends.onnx import backend as onnx_backend
     from resnet_spec.backends.torch import backend as torch_backend
@@ -190,12 +180,7 @@ def test_onnx_matches_torch_and_graph_optimizations_change_nothing(tmp_path, blo
     assert not [n for n in nodes if n.op_type == "Pad"]  # reflect padding as Slice + Concat copies
     assert [n.name for n in nodes if n.op_type == "Concat"][:2] == ["maxpool.1.pad_reflect_cols",
                                                                     "maxpool.1.pad_reflect_rows"]
-    outs = []
-    for level in (ort.GraphOptimizationLevel.ORT_DISABLE_ALL, ort.GraphOptimizationLevel.ORT_ENABLE_ALL):
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = level
-        sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
-        outs.append(sess.run(None, {sess.get_inputs()[0].name: x})[0])
+    outs = ort_levels(path, x)
     assert rel_err(outs[0], outs[1]) <= 1e-6 and rel_err(ref, outs[1]) <= 2e-6
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from conftest import one_line_error, rel_err
-from timm_checks import (assert_one_located_error, assert_timm_params_and_macs, max_rel as _max_rel,
+from timm_checks import (assert_one_located_error, assert_timm_params_and_macs, max_rel as _max_rel, ort_at_both_levels,
                          timm_randomized as _timm_randomized)
 
 import resnet_spec
@@ -153,10 +153,7 @@ def test_keras_weight_layout_round_trips():
 def test_onnx_against_torch_and_fused_as_unfused(block):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("torch")
-    import onnxruntime as ort
-
     from resnet_spec.backends.onnx import backend as onnx_backend
-    from resnet_spec.backends.onnx import graph
     from resnet_spec.backends.torch import backend as torch_backend
 
     net = _net(block, size=40)
@@ -164,16 +161,8 @@ def test_onnx_against_torch_and_fused_as_unfused(block):
     x = np.random.default_rng(0).standard_normal((2, *net.input_shape)).astype(np.float32)
     ref = torch_backend.infer(net, weights, x)[0]["head"]
     assert rel_err(ref, onnx_backend.infer(net, weights, x)[0]["head"]) <= 1e-5
-    model, arrays = graph.skeleton(net, weights)
-    for t in model.graph.initializer:
-        t.raw_data = arrays[t.name].tobytes()
+    model, outs = ort_at_both_levels(net, weights, x)
     assert not [n for n in model.graph.node if n.op_type == "BatchNormalization"]  # split BNs folded too
-    outs = []
-    for level in (ort.GraphOptimizationLevel.ORT_DISABLE_ALL, ort.GraphOptimizationLevel.ORT_ENABLE_ALL):
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = level
-        sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-        outs.append(sess.run(None, {graph.INPUT_NAME: x})[0])
     assert rel_err(outs[0], outs[1]) <= 2e-6  # ORT's fusions and layouts round differently, compute the same
     assert rel_err(ref, outs[0]) <= 1e-5
 

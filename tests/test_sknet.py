@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from conftest import one_line_error, rel_err, tiny, tiny_text
-from timm_checks import (assert_one_located_error, max_rel as _max_rel, timm_randomized as _timm_randomized)
+from timm_checks import (assert_one_located_error, emitted_source_error, max_rel as _max_rel, ort_levels,
+                         timm_randomized as _timm_randomized)
 
 import resnet_spec
 from resnet_spec import ir
@@ -195,19 +196,14 @@ def test_onnx_folds_and_matches_torch():
 
 
 def test_onnx_graph_optimizations_change_nothing(tmp_path):
-    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxruntime")
     pytest.importorskip("torch")
     (tmp_path / "s.yaml").write_text(tiny_text("skresnet34", size=32))
     res = CliRunner().invoke(main, ["convert", str(tmp_path / "s.yaml"), "--to", "onnx", "-o", str(tmp_path / "o")])
     assert res.exit_code == 0, res.output
     path = str(tmp_path / "o" / "skresnet34.onnx")
     x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
-    outs = []
-    for level in (ort.GraphOptimizationLevel.ORT_DISABLE_ALL, ort.GraphOptimizationLevel.ORT_ENABLE_ALL):
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = level
-        sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
-        outs.append(sess.run(None, {sess.get_inputs()[0].name: x})[0])
+    outs = ort_levels(path, x)
     assert rel_err(outs[0], outs[1]) <= 1e-6
 
 
@@ -239,27 +235,15 @@ def test_tflite_float32_verify(tmp_path):
 
 @pytest.mark.slow  # two models built and run in torch twice
 def test_torch_source_has_the_selective_kernel():
-    torch = pytest.importorskip("torch")
-    import types
-
-    from resnet_spec.backends.torch import backend as torch_backend
-    from resnet_spec.backends.torch.source import class_name, to_source
+    pytest.importorskip("torch")
+    from resnet_spec.backends.torch.source import to_source
 
     for name in ("skresnet34", "skresnext50_32x4d"):
         net = tiny(name, size=32)
         text = to_source(net)
         assert "class SelectiveKernel(nn.Module)" in text and "class SelectiveKernelAttn(nn.Module)" in text
         assert "ConvNorm(nn.Conv2d(" in text
-        mod = types.ModuleType("emitted")
-        exec(compile(text, "<emitted>", "exec"), mod.__dict__)  # noqa: S102 (our own output)
-        from resnet_spec.weights.init import init_weights
-
-        model = torch_backend.build(net, init_weights(net, 2, random_bn=True)).eval()
-        emitted = getattr(mod, class_name(net.name))()
-        emitted.load_state_dict(model.state_dict())
-        x = torch.randn(2, *net.input_shape)
-        with torch.no_grad():
-            assert rel_err(model(x).numpy(), emitted.eval()(x).numpy()) <= 1e-6
+        assert emitted_source_error(net) <= 1e-6
 
 
 # --- the zoo entries against timm -------------------------------------------------------------------

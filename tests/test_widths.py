@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from conftest import rel_err
-from timm_checks import assert_one_located_error, assert_timm_params_and_macs, max_rel, timm_randomized
+from timm_checks import (assert_one_located_error, assert_timm_params_and_macs, max_rel, ort_at_both_levels,
+                         timm_randomized)
 
 import resnet_spec
 from resnet_spec import ir
@@ -180,24 +181,14 @@ def test_diagram_shows_the_projection_kernel_and_a_narrower_first_conv():
 def test_onnx_and_torch_source_against_torch(tmp_path, text):
     pytest.importorskip("onnxruntime")
     torch = pytest.importorskip("torch")
-    import onnxruntime as ort
-
-    from resnet_spec.backends.onnx import backend as onnx_backend, graph
+    from resnet_spec.backends.onnx import backend as onnx_backend
     from resnet_spec.backends.torch import backend as torch_backend, source
 
     net = resnet_spec.load(text)
     weights, x = _weights(net), _x(net)
     ref = torch_backend.infer(net, weights, x)[0]["head"]
     assert rel_err(ref, onnx_backend.infer(net, weights, x)[0]["head"]) <= 1e-5
-    model, arrays = graph.skeleton(net, weights)
-    for t in model.graph.initializer:
-        t.raw_data = arrays[t.name].tobytes()
-    outs = []
-    for level in (ort.GraphOptimizationLevel.ORT_DISABLE_ALL, ort.GraphOptimizationLevel.ORT_ENABLE_ALL):
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = level
-        sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-        outs.append(sess.run(None, {graph.INPUT_NAME: x})[0])
+    _, outs = ort_at_both_levels(net, weights, x)
     assert rel_err(outs[0], outs[1]) <= 2e-6
     code = source.to_source(net)
     ns: dict = {}

@@ -73,3 +73,48 @@ def assert_one_located_error(text: str, message: str, path: tuple) -> None:
     assert message in str(err) and "\n" not in str(err)
     assert err.line == len(text.splitlines()), (err.line, str(err))
     assert tuple(err.path) == path
+
+
+def emitted_source_error(net, seed: int = 2) -> float:
+    """Max rel between the standalone ``.py`` source emitted for ``net`` (executed as a module, carrying the
+    torch model's state_dict) and the torch model itself, seeded weights with random BN statistics."""
+    import types
+
+    import torch
+
+    from resnet_spec.backends.torch import backend as torch_backend
+    from resnet_spec.backends.torch.source import class_name, to_source
+    from resnet_spec.weights.init import init_weights
+    from conftest import rel_err
+
+    mod = types.ModuleType("emitted")
+    exec(compile(to_source(net), "<emitted>", "exec"), mod.__dict__)  # noqa: S102 (our own output)
+    model = torch_backend.build(net, init_weights(net, seed, random_bn=True)).eval()
+    emitted = getattr(mod, class_name(net.name))()
+    emitted.load_state_dict(model.state_dict())
+    x = torch.randn(2, *net.input_shape)
+    with torch.no_grad():
+        return rel_err(model(x).numpy(), emitted.eval()(x).numpy())
+
+
+def ort_at_both_levels(net, weights, x) -> tuple:
+    """(ONNX graph, [logits with every ORT graph optimisation off, with all on]) for ``net`` on ``x``."""
+    from resnet_spec.backends.onnx import graph
+
+    model, arrays = graph.skeleton(net, weights)
+    for t in model.graph.initializer:
+        t.raw_data = arrays[t.name].tobytes()
+    return model, ort_levels(model.SerializeToString(), x)
+
+
+def ort_levels(model, x) -> list:
+    """An ONNX file (path or bytes) run on ``x`` with every ORT graph optimisation off, then all on."""
+    import onnxruntime as ort
+
+    outs = []
+    for level in (ort.GraphOptimizationLevel.ORT_DISABLE_ALL, ort.GraphOptimizationLevel.ORT_ENABLE_ALL):
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = level
+        sess = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
+        outs.append(sess.run(None, {sess.get_inputs()[0].name: x})[0])
+    return outs
