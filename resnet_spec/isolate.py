@@ -108,6 +108,12 @@ def _kill_pool(pool) -> None:
     pool.shutdown(wait=False, cancel_futures=True)
 
 
+def _new_pool() -> ProcessPoolExecutor:
+    """A one-process pool whose worker is spawned (never forked) and starts with :func:`_worker_init`."""
+    return ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_worker_init)
+
+
 def run_isolated(fn, *args, **kwargs):
     """Call ``fn(*args, **kwargs)`` in a new spawned process and return its (picklable) result.
 
@@ -124,8 +130,7 @@ def run_isolated(fn, *args, **kwargs):
         finally:
             worker.close()
     _quiet_env()
-    ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=1, mp_context=ctx, initializer=_worker_init) as pool:
+    with _new_pool() as pool:
         try:  # submit inside: Ctrl-C while it starts the worker must kill it, not wait for its work
             return _submit(pool, fn, *args, **kwargs).result()
         except BrokenProcessPool:
@@ -150,15 +155,13 @@ def run_concurrently(calls, parallel: int):
     from concurrent.futures import FIRST_COMPLETED, wait
 
     _quiet_env()
-    ctx = multiprocessing.get_context("spawn")
     pending, running = list(enumerate(calls)), {}
     try:
         while pending or running:
             while pending and len(running) < max(1, parallel):
                 i, (fn, args, *label) = pending.pop(0)
                 key = _kept_key(label[0]) if label and _KEPT is not None else None
-                pool = (_take_kept(key) if key else None) or ProcessPoolExecutor(
-                    max_workers=1, mp_context=ctx, initializer=_worker_init)
+                pool = (_take_kept(key) if key else None) or _new_pool()
                 running[_submit(pool, fn, *args)] = (i, pool, fn, key)
             done, _ = wait(running, return_when=FIRST_COMPLETED)
             for fut in done:
@@ -198,8 +201,7 @@ class Worker:
         _quiet_env()
         if self._pool is None:
             self._key = _kept_key(self.label)
-            self._pool = _take_kept(self._key) or ProcessPoolExecutor(
-                max_workers=1, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init)
+            self._pool = _take_kept(self._key) or _new_pool()
         try:  # submit inside: Ctrl-C while it starts the worker must kill it, not wait for its work
             return _submit(self._pool, fn, *args, **kwargs).result()
         except BrokenProcessPool:
@@ -218,6 +220,12 @@ class Worker:
             if not _keep(self._key, self._pool):
                 self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
 
 # -- processes kept between workers (keep_workers) ---------------------------------------------------

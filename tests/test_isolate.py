@@ -31,3 +31,15 @@ def test_a_failure_stops_the_worker_still_running(tmp_path):
         for _, get in isolate.run_concurrently(calls, parallel=2):
             get()
     assert set(multiprocessing.active_children()) <= before  # the blocked worker was killed and reaped
+
+
+def test_kept_workers_are_reused_by_label_only_inside_the_block():
+    """keep_workers: a closed Worker's process serves the next Worker of its label, never another label's;
+    the Worker is also a context manager (closing it on exit)."""
+    with isolate.keep_workers():  # nested in the session's block (conftest): shares its processes
+        with isolate.Worker("test-a") as w:
+            first = w.call(os.getpid)
+        with isolate.Worker("test-a") as w:
+            assert w.call(os.getpid) == first
+        with isolate.Worker("test-b") as w:
+            assert w.call(os.getpid) not in (first, os.getpid())
