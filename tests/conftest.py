@@ -14,6 +14,14 @@ import numpy as np
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# One compute thread per framework per process. `make test` runs two test processes on two cores, each
+# with its own framework workers (TensorFlow, JAX, ONNX Runtime): thread pools sized to the machine
+# oversubscribe it, and OpenMP's and Eigen's idle threads spin. Set before torch, TensorFlow or JAX is
+# imported here or in any worker (they inherit the environment); an outer setting wins. The numbers a
+# test checks do not depend on it: every comparison has a float32 margin (README, "Parity").
+for _var in ("OMP_NUM_THREADS", "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS"):
+    os.environ.setdefault(_var, "1")
+os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
 
 # Property tests explore new examples on every local run; in CI (CI=true) they replay a fixed
 # sequence, so that a submission's result does not depend on which examples a run happened to draw.
