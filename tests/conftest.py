@@ -209,6 +209,36 @@ KERAS = {"keras_resnet50": "ResNet50", "keras_resnet101": "ResNet101", "keras_re
          "keras_resnet50v2": "ResNet50V2", "keras_resnet101v2": "ResNet101V2", "keras_resnet152v2": "ResNet152V2"}
 
 
+class KerasApps:
+    """The six keras.applications ResNets (:data:`KERAS`), random weights and BN statistics (seed: the
+    model's place in :data:`KERAS`), 64 px, each saved as .keras and .weights.h5 on first use and kept
+    for the test process: ``apps[name]`` is :func:`keras_sources.save_both`'s dict (paths, ``ref`` logits
+    on :attr:`x`, counts). Several test modules import these files, check them or take their weights;
+    building and saving a ResNet152 took each of them seconds."""
+
+    SIZE = 64
+
+    def __init__(self, folder):
+        self.folder, self._made = folder, {}
+        self.x = np.random.default_rng(0).standard_normal((1, 3, self.SIZE, self.SIZE)).astype(np.float32)
+
+    def __getitem__(self, name: str) -> dict:
+        if name not in self._made:
+            from resnet_spec.isolate import run_isolated
+
+            import keras_sources
+
+            seed = list(KERAS.values()).index(name)
+            self._made[name] = run_isolated(keras_sources.save_both, name, self.SIZE, str(self.folder), self.x, seed)
+        return self._made[name]
+
+
+@pytest.fixture(scope="session")
+def keras_apps(tmp_path_factory) -> KerasApps:
+    """:class:`KerasApps`; its tests form one xdist group, so each file is written once per run."""
+    return KerasApps(tmp_path_factory.mktemp("keras_apps"))
+
+
 
 # -- one worker per expensive shared fixture ---------------------------------------------------------
 # A module-scoped fixture (a TensorFlow worker over the zoo, a set of converted files, a pool of
@@ -216,9 +246,17 @@ KERAS = {"keras_resnet50": "ResNet50", "keras_resnet101": "ResNet101", "keras_re
 # loadgroup`` (pyproject's addopts) the tests of a module that share such a fixture form one group and
 # run on one worker, so the fixture is built once per run.
 
+#: session fixtures whose tests, in whatever module, form one group named after the fixture
+SHARED_GROUPS = ("keras_apps",)
+
+
 def _shared_fixture_group(item) -> str | None:
     info = getattr(item, "_fixtureinfo", None)
-    for name in info.names_closure if info else ():
+    names = info.names_closure if info else ()
+    for name in SHARED_GROUPS:
+        if name in names:
+            return name
+    for name in names:
         for fixture in info.name2fixturedefs.get(name, ()):
             if fixture.scope in ("module", "session") and getattr(fixture, "baseid", "").startswith("tests/"):
                 return item.module.__name__

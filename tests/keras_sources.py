@@ -29,35 +29,23 @@ def _application(name: str, size: int, seed: int):
     return model
 
 
-def save_application(name: str, size: int, path: str, weights_only: bool, seed: int = 0) -> dict:
-    """:func:`_application` saved as .keras or .weights.h5; returns Keras' own parameter counts."""
-    model = _application(name, size, seed)
-    if weights_only:
-        model.save_weights(path)
-    else:
-        model.save(path)
-    return {"params": sum(math.prod(w.shape) for w in model.trainable_weights)}
-
-
-def sweep(names: list, size: int, folder: str, x, first_seed: int = 0) -> list:
-    """For each keras.applications NAME: one model (random weights and BN statistics) saved as .keras and
-    as .weights.h5, each read back as the importer's worker does (the source description from the file),
-    and the model's logits on ``x``, computed once from the model in memory (both files hold its weights;
-    the importer's own way of running a source, ``run_keras``, is covered by test_import_keras). One
-    TensorFlow process for the whole sweep. Returns [(source, description, info, logits, params)]."""
+def save_both(name: str, size: int, folder: str, x, seed: int) -> dict:
+    """:func:`_application` saved as .keras and as .weights.h5 in ``folder``, with what the tests compare
+    against: the model's logits on ``x`` (NCHW, fed as NHWC), computed once from the model in memory (both
+    files hold its weights), its trainable parameter count (``params``) and Keras' ``count_params()``."""
     import os
 
+    model = _application(name, size, seed)
+    ref = np.asarray(model(np.ascontiguousarray(np.transpose(x, (0, 2, 3, 1))), training=False), np.float32)
+    keras_path, h5_path = os.path.join(folder, f"{name}.keras"), os.path.join(folder, f"{name}.weights.h5")
+    model.save(keras_path)
+    model.save_weights(h5_path)
+    return {"keras": keras_path, "h5": h5_path, "size": size, "ref": ref,
+            "params": sum(math.prod(w.shape) for w in model.trainable_weights), "count": model.count_params()}
+
+
+def describe(descs: list) -> list:
+    """Each source description read back as the importer's worker does (``reader._describe``)."""
     from resnet_spec.backends.keras.reader import _describe
 
-    out = []
-    for i, name in enumerate(names):
-        model = _application(name, size, first_seed + i)
-        ref = np.asarray(model(np.ascontiguousarray(np.transpose(x, (0, 2, 3, 1))), training=False), np.float32)
-        params = sum(math.prod(w.shape) for w in model.trainable_weights)
-        keras_path, h5_path = os.path.join(folder, f"{name}.keras"), os.path.join(folder, f"{name}.weights.h5")
-        model.save(keras_path)
-        model.save_weights(h5_path)
-        for source, desc in ((keras_path, {"path": keras_path}),
-                             (f"keras:{name}={h5_path}", {"app": name, "h5": h5_path, "size": [size, size]})):
-            out.append((source, desc, _describe(desc), ref, params))
-    return out
+    return [_describe(desc) for desc in descs]

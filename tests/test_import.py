@@ -11,7 +11,7 @@ import os
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import one_line_error as _one_line_error
+from conftest import KERAS, one_line_error as _one_line_error
 
 import resnet_spec
 from resnet_spec.cli import main
@@ -235,30 +235,21 @@ def test_onnx_not_a_resnet(tmp_path):
 
 # --- Keras (TensorFlow only in worker processes) ---------------------------------------------------
 
-def _keras_file(tmp_path, name, weights_only, size=64):
-    from resnet_spec.isolate import run_isolated
-
-    import keras_sources
-
-    path = tmp_path / (f"{name}.weights.h5" if weights_only else f"{name}.keras")
-    counts = run_isolated(keras_sources.save_application, name, size, str(path), weights_only)
-    return path, counts
-
-
 # slow: full keras.applications models built and run in TensorFlow worker processes
 @pytest.mark.slow
 # (ResNet101/152 are imported in-process by test_sweep_keras_applications; here the CLI path, once per format)
 @pytest.mark.parametrize("name,zoo,weights_only", [("ResNet50", "keras_resnet50", False),
                                                    ("ResNet50V2", "keras_resnet50v2", True)])
-def test_import_keras(tmp_path, name, zoo, weights_only):
-    path, counts = _keras_file(tmp_path, name, weights_only)
+def test_import_keras(tmp_path, keras_apps, name, zoo, weights_only):
+    app = keras_apps[name]
+    path = app["h5" if weights_only else "keras"]
     source = f"keras:{name}={path}" if weights_only else str(path)
     out_dir = tmp_path / "out"
     code, out = _import([source, "--name", "m", "--input-size", "64"], out_dir)
     assert code == 0, out
     assert "PASS" in out and "keras" in out
     assert f"extends: {zoo}" in (out_dir / "m.yaml").read_text()
-    assert resnet_spec.load(str(out_dir / "m.yaml")).params == counts["params"]
+    assert resnet_spec.load(str(out_dir / "m.yaml")).params == app["params"]
 
 
 # slow: full keras.applications models built and run in TensorFlow worker processes
@@ -302,7 +293,7 @@ def test_onnx_as_weights(tmp_path):
 
 SWEEP_TORCH = [("torchvision", n) for n in ("resnet18", "resnet50", "resnet101", "resnext50_32x4d",
                                              "wide_resnet50_2")] + [("timm", "resnet50d"), ("timm", "seresnet50")]
-SWEEP_KERAS = ["ResNet50", "ResNet101", "ResNet152", "ResNet50V2", "ResNet101V2", "ResNet152V2"]
+SWEEP_KERAS = list(KERAS.values())
 
 
 def _proved(src, x, ref, params, zoo=None):
@@ -347,22 +338,24 @@ def test_sweep_torch_onnx_exporters(tmp_path, lib, name):
         path.unlink()
 
 
-# one test per model (each in its own TensorFlow worker), so that the sweep spreads over the test workers
+# one test per model; the files are conftest.KerasApps', shared with the other tests that read them
 @pytest.mark.slow
 @pytest.mark.parametrize("app", SWEEP_KERAS)
-def test_sweep_keras_applications(tmp_path, app):
+def test_sweep_keras_applications(keras_apps, app):
     """keras.applications ResNet50/101/152 and V2 x {.keras, .weights.h5}: each imported and proven
-    against Keras running it."""
+    against Keras running it (the files and logits: conftest.KerasApps)."""
     from resnet_spec.backends.keras.reader import _Mapper
     from resnet_spec.importers.source import Source
     from resnet_spec.isolate import run_isolated
 
     import keras_sources
 
-    x = np.random.default_rng(0).standard_normal((1, 3, 64, 64)).astype(np.float32)
-    for source, desc, info, ref, params in run_isolated(keras_sources.sweep, [app], 64, str(tmp_path), x,
-                                                        SWEEP_KERAS.index(app)):
+    made = keras_apps[app]
+    size = [made["size"]] * 2
+    sources = {made["keras"]: {"path": made["keras"]},
+               f"keras:{app}={made['h5']}": {"app": app, "h5": made["h5"], "size": size}}
+    infos = run_isolated(keras_sources.describe, list(sources.values()))
+    for (source, desc), info in zip(sources.items(), infos):
         src = Source(source, "keras", {}, {}, facts={"keras_source": desc})
         _Mapper(src, info).run()
-        name = os.path.basename(source.split("=")[0].split(":")[-1]).replace(".keras", "")
-        _proved(src, x, ref, params, zoo=f"keras_{name.lower()}")
+        _proved(src, keras_apps.x, made["ref"], made["params"], zoo=f"keras_{app.lower()}")

@@ -85,16 +85,12 @@ def test_counts_match_timm(name):
     assert {t.name: t.shape for t in net.tensors()} == ref_names
 
 
-# slow: builds all six full-size keras.applications models in a TensorFlow worker (a zoo sweep)
+# slow: the six keras.applications models built in a TensorFlow worker (conftest.KerasApps; a trainable
+# parameter count does not depend on the input size)
 @pytest.mark.slow
-def test_counts_match_keras_applications():
-    from ref_keras import keras_trainable_counts
-
-    from resnet_spec.isolate import run_isolated
-
-    counts = run_isolated(keras_trainable_counts, list(KERAS.values()))
+def test_counts_match_keras_applications(keras_apps):
     for ours, theirs in KERAS.items():
-        assert resnet_spec.load(ours).params == counts[theirs] == EXPECTED_PARAMS[ours], ours
+        assert resnet_spec.load(ours).params == keras_apps[theirs]["params"] == EXPECTED_PARAMS[ours], ours
 
 
 def test_caffe_resnet50_structure():
