@@ -177,6 +177,9 @@ SPEC_LAYERS = {
     ir.SplitAttention: _split_attention_layers,
     ir.SelectiveKernel: _sk_layers,
     ir.BlurPool: _no_layers,  # timm's BlurPool2d holds its filter as a non-persistent buffer
+    # norms without running statistics; which one (and its tau or v) is read from the source's modules
+    ir.FRN: lambda op: (SpecLayer(op.name, "gn", (op.channels,), True, eps=op.eps),),
+    ir.EvoNormS0: lambda op: (SpecLayer(op.name, "gn", (op.channels,), True, eps=op.eps),),
 }
 
 
