@@ -209,7 +209,7 @@ def layer_difference(layer: Layer, kind, shape, bias, stride, padding, dilation,
     if layer.dilation is not None and dilation is not None and layer.dilation != dilation:
         return f"dilation {layer.dilation} in the source, {dilation} in the spec"
     if layer.eps is not None and eps is not None and not np.isclose(layer.eps, eps, rtol=1e-6, atol=0):
-        return f"{'GroupNorm' if kind == 'gn' else 'BN'} epsilon {layer.eps:g} in the source, {eps:g} in the spec"
+        return f"{'norm' if kind == 'gn' else 'BN'} epsilon {layer.eps:g} in the source, {eps:g} in the spec"
     return None
 
 
