@@ -42,9 +42,9 @@ if nn is not None:
 
         def forward(self, x):
             shape = (1, -1, 1, 1)
-            if self.v is not None:
-                n, c, h, w = x.shape
-                grouped = x.reshape(n, self.groups, c // self.groups, h, w)
-                std = (grouped.var(dim=(2, 3, 4), unbiased=False, keepdim=True) + self.eps).sqrt()
-                x = x * torch.sigmoid(x * self.v.view(shape)) / std.expand_as(grouped).reshape(n, c, h, w)
+            if self.v is not None:  # the batch as -1: an exported program keeps no symbolic size in a shape
+                _, c, h, w = x.shape
+                groups = (-1, self.groups, c // self.groups, h, w)
+                std = (x.reshape(groups).var(dim=(2, 3, 4), unbiased=False, keepdim=True) + self.eps).sqrt()
+                x = ((x * torch.sigmoid(x * self.v.view(shape))).reshape(groups) / std).reshape(-1, c, h, w)
             return x * self.weight.view(shape) + self.bias.view(shape)
