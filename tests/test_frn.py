@@ -390,3 +390,21 @@ def test_cli_parity_evonorm_and_train(tmp_path):
     for extra in (FRN, EVO):
         res = _parity(tmp_path, extra, "--train", "--backends", "torch,keras-torch")
         assert res.exit_code == 0, res.output
+
+
+def test_onnx_and_state_dict_files_refused_in_one_line(tmp_path):
+    """Reading FRN/EvoNorm-S0 back from ONNX is not done; a bare state dict cannot tell the variant (its
+    weights load fine into a spec: --weights)."""
+    pytest.importorskip("onnx")
+    from resnet_spec.backends.onnx import backend as onnx_backend
+    from resnet_spec.weights.files import save_weights
+
+    net = _net(FRN)
+    weights = _random_weights(net)
+    path = tmp_path / "m.onnx"
+    path.write_bytes(onnx_backend.build(net, weights).SerializeToString())
+    res = CliRunner().invoke(main, ["import", str(path), "-o", str(tmp_path / "o")])
+    one_line_error(res.exit_code, res.output, "(Sqrt): Filter Response Normalization or EvoNorm-S0 are not read back")
+    save_weights(weights, str(tmp_path / "w.safetensors"))
+    res = CliRunner().invoke(main, ["import", str(tmp_path / "w.safetensors"), "-o", str(tmp_path / "o")])
+    one_line_error(res.exit_code, res.output, "uses Filter Response Normalization (a state dict cannot tell")

@@ -69,7 +69,8 @@ STATE_DICTS = [
     ("resnet50_gn", "GroupNorm or another normalization without running statistics (a state dict cannot tell "
                     "which) (tensor 'bn1.weight')"),
     ("tresnet_m", "TResNet space-to-depth stem (tensor 'body.conv1.conv.weight')"),
-    ("resnetv2_50d_frn", "Filter Response Normalization (tensor 'stem.norm1.tau')"),
+    ("resnetv2_50d_frn", "Filter Response Normalization (a state dict cannot tell its variant and epsilon: "
+                         "import timm:NAME, or pass the file as --weights to a spec) (tensor 'stem.norm1.tau')"),
 ]
 
 

@@ -134,9 +134,11 @@ UNSUPPORTED = (
           tensor_when=lambda n, s, _: len(s) == 4 and s[1] == 48),
     Block("Filter Response Normalization other than timm's FilterResponseNormTlu2d ({cls})",
           ("FilterResponseNorm*",), when=lambda m, _: not _plain_frn(m)),
-    Block("Filter Response Normalization", tensors=r"\.tau$"),  # a state dict: its variant and eps unknown
+    Block("Filter Response Normalization (a state dict cannot tell its variant and epsilon: import timm:NAME, "
+          "or pass the file as --weights to a spec)", tensors=r"\.tau$"),
     Block("EvoNorm other than EvoNorm-S0 ({cls})", ("EvoNorm*",), when=lambda m, _: not _plain_evonorm(m)),
-    Block("EvoNorm", tensors=r"\.v$", tensor_when=lambda n, s, _: len(s) in (1, 4)),
+    Block("EvoNorm (a state dict cannot tell its variant, groups and epsilon: import timm:NAME, or pass the file "
+          "as --weights to a spec)", tensors=r"\.v$", tensor_when=lambda n, s, _: len(s) in (1, 4)),
     Block("GroupNorm or another normalization without running statistics (a state dict cannot tell which)",
           tensors=_NORM_AT, tensor_when=_no_running_stats),
     Block("LayerNorm", ("LayerNorm*",)),
