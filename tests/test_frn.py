@@ -159,7 +159,7 @@ def test_frn_op_equals_timms_layer(act):
 
     from resnet_spec.backends.torch.frn import FilterResponseNorm2d
 
-    x = np.random.default_rng(1).standard_normal((2, 6, 5, 7)).astype(np.float32) * 3
+    x = np.random.default_rng(1).standard_normal((2, 6, 5, 7)).astype(np.float32) * 3 + 1
     op = ir.FRN("n", 6, 1e-5, act, (6, 5, 7), (6, 5, 7))
     ref, got, numpy_ref, w = _ops_against_timm(FilterResponseNormTlu2d(6, apply_act=act).eval(), op,
                                                FilterResponseNorm2d(6, 1e-5, act), x)
@@ -167,7 +167,11 @@ def test_frn_op_equals_timms_layer(act):
     if act:
         assert (ref == w["n.tau"].reshape(1, -1, 1, 1)).mean() > 0.1  # the TLU decides somewhere
     # sharp: a centred statistic (per-channel instance norm) or another eps differs
-    centred = ir_frn.evonorm_s0_numpy(ir.EvoNormS0("n", 6, 6, 1e-5, False, None, None), x, w)
+    c11 = (1, -1, 1, 1)
+    d = x - x.mean(axis=(2, 3), keepdims=True)
+    centred = d / np.sqrt((d * d).mean(axis=(2, 3), keepdims=True) + 1e-5) * w["n.weight"].reshape(c11) \
+        + w["n.bias"].reshape(c11)
+    centred = np.maximum(centred, w["n.tau"].reshape(c11)) if act else centred
     assert rel_err(ref, centred) > 1e-2
     assert rel_err(ref, ir_frn.frn_numpy(ir.FRN("n", 6, 1.0, act, None, None), x, w)) > 1e-2
 
@@ -235,9 +239,10 @@ def test_keras_weight_layouts_round_trip():
         arrays = to(op, w)
         got = back(op, lambda name: arrays[name])
         assert {k: np.asarray(v).tolist() for k, v in got.items()} == {k: v.tolist() for k, v in w.items()}
-    frn = to_frn = kw.LAYOUTS[ir.FRN][0](ir.FRN("bn1", 2, 1e-5, True, None, None),
-                                          {"bn1.weight": np.ones(2), "bn1.bias": np.zeros(2), "bn1.tau": np.ones(2)})
-    assert to_frn["bn1.negate"][0].tolist() == [[[[-1.0, -1.0]]]] and not frn["bn1.zeros"][0].any()
+    # the fixed kernels of FRN's stock layers: -1 (the negated copy), 0 (the zeros the tau map is made from)
+    frn = kw.LAYOUTS[ir.FRN][0](ir.FRN("bn1", 2, 1e-5, True, None, None),
+                                {"bn1.weight": np.ones(2), "bn1.bias": np.zeros(2), "bn1.tau": np.ones(2)})
+    assert frn["bn1.negate"][0].tolist() == [[[[-1.0, -1.0]]]] and not frn["bn1.zeros"][0].any()
 
 
 def test_keras_allow_list_rules_for_evonorm():
