@@ -80,8 +80,10 @@ def spatial_config(spatial: dict | None) -> dict:
 
 
 #: norm type -> the norm keys that apply to it (the others are refused when given, and the resolved spec shows
-#: only these): BatchNorm, or GroupNorm (no running statistics, so no momentum).
-NORM_KEYS = {"batch": ("type", "eps", "momentum"), "group": ("type", "groups", "eps")}
+#: only these): BatchNorm, or GroupNorm (no running statistics, so no momentum); the norm-act layers FRN (Filter
+#: Response Normalization + TLU) and EvoNorm-S0, which fold the ReLU that follows them (resnet_spec/ir_frn.py).
+NORM_KEYS = {"batch": ("type", "eps", "momentum"), "group": ("type", "groups", "eps"), "frn": ("type", "eps"),
+             "evonorm_s0": ("type", "groups", "eps")}
 
 
 def norm_config(norm: dict | None) -> dict:

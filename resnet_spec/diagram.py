@@ -90,9 +90,10 @@ def stage_info(net: ir.Network) -> list:
 
 
 def _norm_tag(block) -> str:
-    """' (GN32)' for GroupNorm blocks, ' (GN32, WS)' with weight-standardized convs, '' otherwise."""
-    gn = next((op for op in block.ops if isinstance(op, ir.GroupNorm)), None)
-    tags = ([f"GN{gn.groups}"] if gn else []) + (["WS"] if any(isinstance(op, ir.StdConv) for op in block.ops) else [])
+    """' (GN32)' for GroupNorm blocks, ' (GN32, WS)' with weight-standardized convs, ' (FRN)' and ' (EvoNorm-S0
+    G32)' for the norm-act layers, '' otherwise."""
+    gn = next((op for op in block.ops if isinstance(op, _NORMS[1:])), None)
+    tags = ([_norm_word(gn)] if gn else []) + (["WS"] if any(isinstance(op, ir.StdConv) for op in block.ops) else [])
     return f" ({', '.join(tags)})" if tags else ""
 
 
@@ -109,6 +110,7 @@ def _shortcut(blocks) -> str:
         text = f"{'avgpool + ' if pool else ''}{conv.kernel}x{conv.kernel} conv/{conv.stride}"
         text += " + BN" if any(isinstance(op, ir.BatchNorm) for op in ops) else ""
         text += " + GN" if any(isinstance(op, ir.GroupNorm) for op in ops) else ""
+        text += "".join(f" + {_norm_word(op)}" for op in ops if isinstance(op, (ir.FRN, ir.EvoNormS0)))
         return text + (" (pre-act)" if b.shortcut_from == "pre" else "")
     return "identity"
 
@@ -125,22 +127,36 @@ def _stem_lines(net: ir.Network) -> list:
                          + (" (zero pad)" if op.kind == "max" and op.padding and op.pad_value == "zero" else ""))
         elif isinstance(op, ir.BlurPool):
             lines.append(f"blurpool {op.kernel}x{op.kernel}/{op.stride} ({op.pad_mode} pad)")
-    norm = next((op for op in net.stem if isinstance(op, (ir.BatchNorm, ir.GroupNorm)) and op.name == "bn1"), None)
+    norm = next((op for op in net.stem if isinstance(op, _NORMS) and op.name == "bn1"), None)
     if norm is not None:
-        lines.insert(len([x for x in lines if x.startswith("conv")]), f"{_norm_word(norm)} + ReLU")
+        lines.insert(len([x for x in lines if x.startswith("conv")]), _norm_act_word(norm))
     c, h, w = net.stem[-1].out_shape if net.stem else net.input_shape
     return lines + [f"out {c}x{h}x{w}"]
 
 
+_NORMS = (ir.BatchNorm, ir.GroupNorm, ir.FRN, ir.EvoNormS0)
+
+
 def _norm_word(op) -> str:
+    if isinstance(op, ir.FRN):
+        return "FRN"
+    if isinstance(op, ir.EvoNormS0):
+        return f"EvoNorm-S0 G{op.groups}"
     return f"GN{op.groups}" if isinstance(op, ir.GroupNorm) else "BN"
+
+
+def _norm_act_word(op) -> str:
+    """How the stem and head show a norm and the activation after it (FRN's TLU and EvoNorm-S0's own)."""
+    if isinstance(op, (ir.FRN, ir.EvoNormS0)):
+        return _norm_word(op) + (" (TLU)" if isinstance(op, ir.FRN) and op.act else "")
+    return f"{_norm_word(op)} + ReLU"
 
 
 def _head_lines(net: ir.Network) -> list:
     lines = []
     for op in net.head:
-        if isinstance(op, (ir.BatchNorm, ir.GroupNorm)):
-            lines.append(f"{_norm_word(op)} + ReLU")
+        if isinstance(op, _NORMS):
+            lines.append(_norm_act_word(op))
         elif isinstance(op, ir.GlobalAvgPool):
             lines.append("global avg pool")
         elif isinstance(op, ir.Dropout):

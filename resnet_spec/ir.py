@@ -303,9 +303,11 @@ from .ir_norm import GroupNorm, StdConv  # noqa: E402  (no running statistics: G
 from .ir_res2net import Res2Net, res2net_op  # noqa: E402  (Res2Net's split convs: its own module)
 from .ir_sknet import SelectiveKernel  # noqa: E402  (SKNet's composite op, its own module)
 from .ir_blur import BlurPool  # noqa: E402  (timm's BlurPool2d anti-aliasing, its own module)
+from .ir_frn import FRN, EvoNormS0  # noqa: E402  (norm-act layers: FRN + TLU, EvoNorm-S0)
 
 OP_TYPES = (Conv, BatchNorm, ReLU, Pool, Subsample, ChannelPad, SqueezeExcite, ECA, DropPath, GlobalAvgPool,
-            Dropout, Linear, SplitAttention, Res2Net, SelectiveKernel, GroupNorm, StdConv, BlurPool)
+            Dropout, Linear, SplitAttention, Res2Net, SelectiveKernel, GroupNorm, StdConv, BlurPool, FRN,
+            EvoNormS0)
 #: The convolution op types (plain, weight-standardized); :attr:`Block.convs` and readers of conv facts.
 CONVS = (Conv, StdConv)
 
@@ -438,7 +440,7 @@ class Network:
         """Names of each block's last BatchNorm on the residual branch (zero-init-residual targets)."""
         names = []
         for b in self.blocks:
-            bns = [op.name for op in b.main if isinstance(op, (BatchNorm, GroupNorm))]
+            bns = [op.name for op in b.main if isinstance(op, (BatchNorm, GroupNorm, FRN, EvoNormS0))]
             if bns:
                 names.append(bns[-1])
         return tuple(names)

@@ -343,6 +343,16 @@ def gn_values(conf, shape) -> tuple:
     return per * c, f"{per} vectors of {c:,}"
 
 
+def evonorm_values(conf, shape) -> tuple:
+    """EvoNormS0 (this project's, backends/keras/frn.py): gamma, beta and v per channel; groups divide them."""
+    group_norm({**conf, "axis": -1}, [shape])
+    eps = conf.get("epsilon")
+    if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not 0 < eps <= 1:
+        raise Bad(f"epsilon is {eps!r}, not a number in (0, 1]")
+    c = _channels(conf, shape, -1)
+    return 3 * c, f"3 vectors of {c:,}"
+
+
 def std_conv_values(conf, shape) -> tuple:
     """StdConv2D (this project's weight-standardized Conv2D): a Conv2D's kernel and bias, and its epsilon."""
     eps = conf.get("eps")

@@ -18,6 +18,7 @@ from . import resolve_stem
 from .config import DEFAULTS, BlockConfig, HeadConfig, ShortcutConfig, StemConfig, opt  # noqa: F401
 from .config import conv_config, norm_config
 from .errors import SpecError
+from .resolve_frn import fold_acts, norm_act
 from .ir_blur import blur_pool, blur_problem
 from .regnet import stage_path, stages_of
 from .rules import RULES, blocks_per_stage, rule_errors  # noqa: F401  (RULES: the semantic rules)
@@ -119,6 +120,12 @@ class _Resolver:
                 raise self.err(f"{shape[0]} channels of {name} are not divisible by groups={groups}",
                                ("norm", "groups"))
             return ir.GroupNorm(name, shape[0], groups, self.eps, shape, shape)
+        if self.norm["type"] in ("frn", "evonorm_s0"):  # the ReLU after it is folded in: resolve_frn.fold_acts
+            groups = self.norm.get("groups", 1)
+            if shape[0] % groups:
+                raise self.err(f"{shape[0]} channels of {name} are not divisible by groups={groups}",
+                               ("norm", "groups"))
+            return norm_act(self.norm["type"], name, shape, self.eps, groups)
         return ir.BatchNorm(name, shape[0], self.eps, self.momentum, shape, shape)
 
     @staticmethod
@@ -154,6 +161,7 @@ class _Resolver:
             stem=stem_ops, blocks=blocks, head=self.head(head, blocks[-1].out_shape if blocks else shape),
             num_classes=head.classes, zero_init_last_bn=bool(opt(d.get("init"), "zero_init_last_bn", "init")),
             spec_yaml=self.spec.text())
+        net = fold_acts(net)
         self.check_limits(net)
         return net
 

@@ -1,5 +1,6 @@
-"""The semantic rules of the top-level ``norm`` (type batch or group) and ``conv`` (weight standardization)
-sections; :data:`resnet_spec.rules.RULES` runs :func:`rule_norm`. A key that does not apply is a located error."""
+"""The semantic rules of the top-level ``norm`` (type batch, group, frn or evonorm_s0) and ``conv`` (weight
+standardization) sections; :data:`resnet_spec.rules.RULES` runs :func:`rule_norm`. A key that does not apply is
+a located error."""
 
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ def rule_norm(spec: Spec):
     kind = norm_config(given)["type"]
     for key in given:
         if key not in NORM_KEYS[kind]:
-            other = next(t for t, keys in NORM_KEYS.items() if key in keys)
-            yield spec.error(f"'{key}' applies to norm type {other!r} only, not to type {kind!r}", ("norm", key))
+            other = " or ".join(repr(t) for t, keys in NORM_KEYS.items() if key in keys)
+            yield spec.error(f"'{key}' applies to norm type {other} only, not to type {kind!r}", ("norm", key))
     conv = spec.data.get("conv") or {}
     if "eps" in conv and not conv.get("standardize", False):
         yield spec.error("'eps' is the weight standardization's epsilon; it applies only with standardize: true",

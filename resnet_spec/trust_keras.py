@@ -83,6 +83,10 @@ LAYERS = {
     # GroupNorm (stock) and the weight-standardized conv (custom; the stock .keras holds Conv2D instead)
     "GroupNormalization": Layer(STOCK, R.group_norm, R.gn_values),
     "StdConv2D": Layer(custom.__name__, R.conv, R.std_conv_values),
+    # EvoNorm-S0 (custom: backends/keras/frn.py); FRN is stock layers (GroupNormalization, Cropping2D, its TLU
+    # a Maximum)
+    "Maximum": Layer(STOCK, R.broadcast),
+    "EvoNormS0": Layer(custom.__name__, R.group_norm, R.evonorm_values),
 }
 assert set(custom.CLASSES) <= set(LAYERS)
 

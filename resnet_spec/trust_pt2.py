@@ -63,7 +63,10 @@ TARGETS = frozenset("torch.ops.aten." + t for t in (
     "avg_pool2d.default", "adaptive_avg_pool2d.default", "mean.dim", "flatten.using_ints", "view.default",
     "reshape.default", "linear.default", "addmm.default", "t.default", "permute.default", "slice.Tensor",
     "cat.default", "sym_size.int", "dropout.default", "contiguous.default",
-    "group_norm.default", "native_group_norm.default")) | \
+    "group_norm.default", "native_group_norm.default",
+    # FRN's mean square, rsqrt and TLU; EvoNorm-S0's group variance, sqrt, division (backends/torch/frn.py)
+    "square.default", "rsqrt.default", "maximum.default", "var.dim", "var.correction", "sqrt.default",
+    "div.Tensor")) | \
     {f"_operator.{op}" for op in ("getitem", "add", "sub", "mul", "floordiv")}
 #: argument kinds a node may pass (torch's schema); subgraphs, custom objects, operators are not among them
 ARG_KINDS = frozenset({"as_none", "as_tensor", "as_tensors", "as_optional_tensors", "as_int", "as_ints",

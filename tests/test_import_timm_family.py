@@ -36,8 +36,6 @@ def _cli(args):
 
 REFUSED = [
     ("tresnet_m", ["space-to-depth stem (body.s2d)", "LeakyReLU", "mixed in one network (body.layer3.0)"]),
-    ("resnetv2_50d_frn", ["Filter Response Normalization (stem.norm1)"]),
-    ("resnetv2_50d_evos", ["EvoNorm (stem.norm1)"]),
     ("test_resnet", ["basic and bottleneck blocks mixed in one network (layer3.0)"]),
 ]
 
@@ -71,7 +69,8 @@ STATE_DICTS = [
     ("resnet50_gn", "GroupNorm or another normalization without running statistics (a state dict cannot tell "
                     "which) (tensor 'bn1.weight')"),
     ("tresnet_m", "TResNet space-to-depth stem (tensor 'body.conv1.conv.weight')"),
-    ("resnetv2_50d_frn", "Filter Response Normalization (tensor 'stem.norm1.tau')"),
+    ("resnetv2_50d_frn", "Filter Response Normalization (a state dict cannot tell its variant and epsilon: "
+                         "import timm:NAME, or pass the file as --weights to a spec) (tensor 'stem.norm1.tau')"),
 ]
 
 
@@ -135,8 +134,8 @@ def test_recognition_is_one_table():
     for row in blocks.UNSUPPORTED:
         assert row.name and (row.modules or row.tensors), row
     with torch.device("meta"):
-        found = blocks.recognise_modules(timm.create_model("resnetv2_50d_frn"))
-    assert found == [("Filter Response Normalization", "stem.norm1")]
+        found = blocks.recognise_modules(timm.create_model("resnetv2_50d_evos", norm_layer="evonorms0a"))
+    assert found == [("EvoNorm other than EvoNorm-S0 (EvoNorm2dS0a)", "stem.norm1")]
     assert blocks.recognise_modules(timm.create_model("resnet18")) == []
 
 

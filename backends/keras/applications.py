@@ -29,6 +29,10 @@ def _no_sk(op, place):
     raise ResNetSpecError("keras.applications ResNets have no selective kernel convolutions")
 
 
+def _no_norm_act(op, place):
+    raise ResNetSpecError("keras.applications ResNets have no Filter Response Normalization or EvoNorm")
+
+
 def _no_blur(op, place):
     raise ResNetSpecError("keras.applications ResNets have no blur-pool anti-aliasing")
 
@@ -56,6 +60,8 @@ APPLICATIONS_NAMES = {
     ir.GroupNorm: _no_gn,
     ir.StdConv: _no_gn,
     ir.BlurPool: _no_blur,
+    ir.FRN: _no_norm_act,
+    ir.EvoNormS0: _no_norm_act,
 }
 
 

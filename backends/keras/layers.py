@@ -22,7 +22,7 @@ from ... import ir
 PACKAGE = "resnet_spec"  # registration package of the custom layers: "resnet_spec>ConstantPad2D"
 #: the classes :func:`define` registers; a ``.keras`` file names each with ``registered_name``
 #: ``resnet_spec>NAME`` and ``module`` this module's name (resnet_spec/trust_keras.py allows exactly these)
-CLASSES = ("ConstantPad2D", "ExactAvgPool2D", "ChannelPad", "TorchBatchNorm", "StdConv2D")
+CLASSES = ("ConstantPad2D", "ExactAvgPool2D", "ChannelPad", "TorchBatchNorm", "StdConv2D", "EvoNormS0")
 
 
 def avg_pool_counts(size: int, kernel: int, stride: int, padding: int, out: int, count_include_pad: bool):
@@ -62,10 +62,11 @@ def _edge_pad_hw(ops, x, pads):
 
 def define(keras) -> dict:
     """Define and register the custom layers; returns ``{registered name: class}``."""
+    from .frn import evonorm_s0_class
     from .norm import std_conv_class
 
     classes = (_constant_pad(keras), _exact_avg_pool(keras), _channel_pad(keras), _torch_batch_norm(keras),
-               std_conv_class(keras, __name__))
+               std_conv_class(keras, __name__), evonorm_s0_class(keras, __name__))
     assert tuple(cls.__name__ for cls in classes) == CLASSES, "update layers.CLASSES (the .keras allow-list)"
     register = keras.saving.register_keras_serializable(package=PACKAGE)
     return {f"{PACKAGE}>{cls.__name__}": register(cls) for cls in classes}

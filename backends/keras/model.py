@@ -29,6 +29,7 @@ from ... import ir
 from ...errors import BackendUnavailable, ResNetSpecError
 from .. import common
 from ..legs import DTYPES
+from . import frn
 from . import res2net
 from . import sknet
 from .blur import blur_layers
@@ -214,6 +215,8 @@ OPS = {
     # the custom StdConv2D (backends/keras/norm.py) standardizes the raw kernel at every call
     ir.StdConv: lambda op, x, name, namer: _conv_layers(op, x, name, namer, conv=_std_conv2d(op.eps)),
     ir.BlurPool: lambda op, x, name, namer: blur_layers(op, x, name, namer, _L()),  # stock layers
+    ir.FRN: lambda op, x, name, namer: frn.frn_layers(op, x, name, namer, _L()),  # stock layers
+    ir.EvoNormS0: lambda op, x, name, namer: frn.evonorm_layers(op, x, name, namer, _L(), _custom),
 }
 
 

@@ -16,6 +16,7 @@ import numpy as np
 from ... import ir
 from ..common import res2net_parts
 from ...errors import WeightsError
+from . import frn
 from .names import layer_name
 
 BN_KEYS = ("weight", "bias", "running_mean", "running_var")
@@ -154,6 +155,8 @@ LAYOUTS = {
     ir.GroupNorm: (_gn_to_keras, _gn_from_keras),
     ir.StdConv: (_conv_to_keras, _conv_from_keras),  # the raw kernel (StdConv2D standardizes it)
     ir.BlurPool: NO_WEIGHTS,  # average pools (backends/keras/blur.py)
+    ir.FRN: (frn.frn_to_keras, frn.frn_from_keras),  # backends/keras/frn.py
+    ir.EvoNormS0: (frn.evonorm_to_keras, frn.evonorm_from_keras),
 }
 
 

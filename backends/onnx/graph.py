@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from ... import ir
-from . import norm
+from . import frn, norm
 from . import res2net
 from . import sknet
 from .blur import blur_nodes
@@ -187,6 +187,8 @@ OPS = {
     ir.GroupNorm: norm.group_norm,
     ir.StdConv: norm.std_conv,
     ir.BlurPool: blur_nodes,
+    ir.FRN: frn.frn,
+    ir.EvoNormS0: frn.evonorm_s0,
 }
 
 

@@ -63,3 +63,7 @@ def refuse_norm_nodes(model, label: str) -> None:
     if node is not None:
         raise ImportRefused(f"{label}: node {node.name!r} ({node.op_type}): GroupNorm or weight-standardized "
                             "convolutions are not read back from ONNX yet")
+    node = next((n for n in model.graph.node if n.op_type == "Sqrt"), None)  # backends/onnx/frn.py's norms
+    if node is not None:
+        raise ImportRefused(f"{label}: node {node.name!r} ({node.op_type}): Filter Response Normalization or "
+                            "EvoNorm-S0 are not read back from ONNX yet")

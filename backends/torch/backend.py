@@ -177,7 +177,17 @@ OPS = {
     ir.GroupNorm: lambda op: nn.GroupNorm(op.groups, op.channels, eps=op.eps),
     ir.StdConv: lambda op: _std_conv(op),
     ir.BlurPool: lambda op: _blur(op),
+    ir.FRN: lambda op: _norm_act(op),
+    ir.EvoNormS0: lambda op: _norm_act(op),
 }
+
+
+def _norm_act(op):
+    from .frn import EvoNormS0, FilterResponseNorm2d
+
+    if isinstance(op, ir.FRN):
+        return FilterResponseNorm2d(op.channels, op.eps, op.act)
+    return EvoNormS0(op.channels, op.groups, op.eps, op.act)
 
 
 def _blur(op):

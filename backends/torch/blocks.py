@@ -88,6 +88,17 @@ def _avd_pool(m) -> bool:
         and getattr(m, "count_include_pad", False) and getattr(m, "divisor_override", None) is None
 
 
+def _plain_frn(m) -> bool:
+    """timm's FilterResponseNormTlu2d (``norm.type: frn``): a float eps (not a parameter), TLU or none."""
+    return _cls(m) == "FilterResponseNormTlu2d" and isinstance(getattr(m, "eps", None), float)
+
+
+def _plain_evonorm(m) -> bool:
+    """timm's EvoNorm2dS0 itself (``norm.type: evonorm_s0``; not S0a, which divides after the gate, nor S1/S2/B*)."""
+    return _cls(m) == "EvoNorm2dS0" and isinstance(getattr(m, "eps", None), float) \
+        and isinstance(getattr(m, "groups", None), int)
+
+
 def _mixed_blocks(_m, mods) -> bool:
     return any(_cls(x) == "BasicBlock" for x in mods.values())
 
@@ -121,8 +132,13 @@ UNSUPPORTED = (
     Block("self-attention in place of the 3x3 conv", ("BottleneckAttn", "HaloAttn", "LambdaLayer")),
     Block("a TResNet space-to-depth stem", ("SpaceToDepth*",), tensors=r"^body\.conv1\.conv\.weight$",
           tensor_when=lambda n, s, _: len(s) == 4 and s[1] == 48),
-    Block("Filter Response Normalization", ("FilterResponseNorm*",), tensors=r"\.tau$"),
-    Block("EvoNorm", ("EvoNorm*",), tensors=r"\.v$", tensor_when=lambda n, s, _: len(s) in (1, 4)),
+    Block("Filter Response Normalization other than timm's FilterResponseNormTlu2d ({cls})",
+          ("FilterResponseNorm*",), when=lambda m, _: not _plain_frn(m)),
+    Block("Filter Response Normalization (a state dict cannot tell its variant and epsilon: import timm:NAME, "
+          "or pass the file as --weights to a spec)", tensors=r"\.tau$"),
+    Block("EvoNorm other than EvoNorm-S0 ({cls})", ("EvoNorm*",), when=lambda m, _: not _plain_evonorm(m)),
+    Block("EvoNorm (a state dict cannot tell its variant, groups and epsilon: import timm:NAME, or pass the file "
+          "as --weights to a spec)", tensors=r"\.v$", tensor_when=lambda n, s, _: len(s) in (1, 4)),
     Block("GroupNorm or another normalization without running statistics (a state dict cannot tell which)",
           tensors=_NORM_AT, tensor_when=_no_running_stats),
     Block("LayerNorm", ("LayerNorm*",)),

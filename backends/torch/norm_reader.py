@@ -7,11 +7,14 @@ A mixture a spec cannot say is refused in one line."""
 
 from __future__ import annotations
 
+from .frn_reader import add_norm_act_facts
+
 
 def add_norm_facts(src, mods: dict) -> None:
     import torch.nn as nn
 
     groups, ws_eps, plain = {}, {}, []
+    add_norm_act_facts(src, mods)  # FRN, EvoNorm-S0: backends/torch/frn_reader.py
     for name, layer in src.layers.items():
         m = mods.get(name)
         if isinstance(m, nn.GroupNorm):

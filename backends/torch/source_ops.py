@@ -17,11 +17,12 @@ from .resnest import split_attention_args
 
 #: The helper modules an emitted file may need, copied from backends/torch/backend.py's source.
 HELPER_CLASSES = ("Subsample", "ChannelPad", "PaddedMaxPool", "SqueezeExcite", "ECA", "DropPath", "GlobalAvgPool",
-                  "SplitAttention", "res2net_splits", "ConvNorm", "SelectiveKernel", "StdConv2d", "BlurPool2d")
+                  "SplitAttention", "res2net_splits", "ConvNorm", "SelectiveKernel", "StdConv2d", "BlurPool2d",
+                  "FilterResponseNorm2d", "EvoNormS0")
 #: The helper classes a helper class uses, copied with it; the modules of backends/torch/ whose classes and
 #: functions the .py copies.
 HELPER_NEEDS = {"SelectiveKernel": ("SelectiveKernelPath", "SelectiveKernelAttn")}
-_HELPER_FILES = ("backend.py", "resnest.py", "res2net.py", "sknet.py", "norm.py", "blur.py")
+_HELPER_FILES = ("backend.py", "resnest.py", "res2net.py", "sknet.py", "norm.py", "blur.py", "frn.py")
 def _conv(op: ir.Conv, lw) -> str:
     args = [str(op.in_channels), str(op.out_channels), str(op.kernel)]
     settings = (("stride", op.stride, 1), ("padding", op.padding, 0), ("dilation", op.dilation, 1),
@@ -88,6 +89,8 @@ OPS = {
     ir.GroupNorm: lambda op, lw: f"nn.GroupNorm({op.groups}, {op.channels}, eps={op.eps!r})",
     ir.StdConv: lambda op, lw: _conv(op, lw).replace("nn.Conv2d(", "StdConv2d(", 1)[:-1] + f", eps={op.eps!r})",
     ir.BlurPool: lambda op, lw: f"BlurPool2d{blur_pool_args(op)!r}",
+    ir.FRN: lambda op, lw: f"FilterResponseNorm2d({op.channels}, {op.eps!r}, {op.act})",
+    ir.EvoNormS0: lambda op, lw: f"EvoNormS0({op.channels}, {op.groups}, {op.eps!r}, {op.act})",
 }
 
 

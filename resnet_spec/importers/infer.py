@@ -159,6 +159,8 @@ def candidates(src: Source, name: str, input_size) -> list:
     groups = src.facts.get("norm_groups")  # GroupNorm (a model's reader found every norm one)
     d["norm"] = {"eps": eps, "momentum": momentum} if groups is None else {"type": "group", "groups": groups,
                                                                             "eps": eps}
+    if src.facts.get("norm_act"):  # FRN or EvoNorm-S0 (backends/torch/frn_reader.py)
+        d["norm"] = dict(src.facts["norm_act"])
     if src.facts.get("standardize_eps") is not None:  # weight-standardized convs (timm StdConv2d)
         d["conv"] = {"standardize": True, "eps": src.facts["standardize_eps"]}
     d["stem"] = stem

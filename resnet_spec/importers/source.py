@@ -177,6 +177,9 @@ SPEC_LAYERS = {
     ir.SplitAttention: _split_attention_layers,
     ir.SelectiveKernel: _sk_layers,
     ir.BlurPool: _no_layers,  # timm's BlurPool2d holds its filter as a non-persistent buffer
+    # norms without running statistics; which one (and its tau or v) is read from the source's modules
+    ir.FRN: lambda op: (SpecLayer(op.name, "gn", (op.channels,), True, eps=op.eps),),
+    ir.EvoNormS0: lambda op: (SpecLayer(op.name, "gn", (op.channels,), True, eps=op.eps),),
 }
 
 
@@ -206,7 +209,7 @@ def layer_difference(layer: Layer, kind, shape, bias, stride, padding, dilation,
     if layer.dilation is not None and dilation is not None and layer.dilation != dilation:
         return f"dilation {layer.dilation} in the source, {dilation} in the spec"
     if layer.eps is not None and eps is not None and not np.isclose(layer.eps, eps, rtol=1e-6, atol=0):
-        return f"{'GroupNorm' if kind == 'gn' else 'BN'} epsilon {layer.eps:g} in the source, {eps:g} in the spec"
+        return f"{'norm' if kind == 'gn' else 'BN'} epsilon {layer.eps:g} in the source, {eps:g} in the spec"
     return None
 
 

@@ -167,6 +167,22 @@ def _init_groupnorm(op: ir.GroupNorm, init: _Init) -> dict:
     return {name: _bn_tensor(init, leaf, shape, is_last) for (name, shape, _), leaf in zip(op.tensors(), ir.BN_LEAVES)}
 
 
+def _init_norm_act(op, init: _Init) -> dict:
+    """FRN and EvoNorm-S0 (timm's reset_parameters): weight and bias as a BatchNorm's (the last of a block zero
+    with zero_init_last_bn); FRN's tau 0, EvoNorm's v 1. With ``random_bn`` weight and bias as a BatchNorm's,
+    tau ~ N(0, 0.1) and v ~ U(0.5, 1.5), so that every tensor matters."""
+    out, is_last = {}, op.name in init.last_bns
+    for name, shape, _ in op.tensors():
+        leaf = name.rpartition(".")[2]
+        if leaf in ("weight", "bias"):
+            out[name] = _bn_tensor(init, leaf, shape, is_last)
+        elif leaf == "tau":
+            out[name] = init.rng.normal(0.0, 0.1, shape) if init.random_bn else np.zeros(shape)
+        else:  # v
+            out[name] = init.rng.uniform(0.5, 1.5, shape) if init.random_bn else np.ones(shape)
+    return out
+
+
 def _no_tensors(op, init: _Init) -> dict:
     return {}
 
@@ -194,4 +210,6 @@ INIT = {
     ir.GroupNorm: _init_groupnorm,
     ir.StdConv: _init_conv,
     ir.BlurPool: _no_tensors,  # a fixed filter, no tensors (timm's is a non-persistent buffer)
+    ir.FRN: _init_norm_act,
+    ir.EvoNormS0: _init_norm_act,
 }
