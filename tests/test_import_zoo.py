@@ -182,7 +182,7 @@ def test_zoo_onnx_round_trip(tmp_path, name):
     into the BN's, so only the parameter count differs). Each entry's stem, blocks, shortcuts and head
     with its stages cut to two blocks (:func:`conftest.tiny_text`), each distinct network once
     (:func:`conftest.tiny_zoo`); depth is the next test's. The ONNX
-    reader does not read back an average-pool or conv stem pool, an anti-aliasing pool or blur pool, ECA, split
+    reader does not read back an average-pool or conv stem pool, an anti-aliasing pool or blur pool, split
     attention, Res2Net or SKNet's selective kernel yet
     (:data:`ONNX_UNREAD`): those entries' files are refused in one line, never imported wrong."""
     if name in ONNX_UNREAD:
@@ -197,7 +197,6 @@ def test_zoo_onnx_round_trip(tmp_path, name):
 ONNX_UNREAD = {"resnetaa50d": "node 'maxpool' \\(AveragePool\\): not expected in a ResNet stem",
                "seresnextaa101d_32x8d": "node 'maxpool' \\(AveragePool\\): not expected in a ResNet stem",
                "resnetrs50": "first layer that does not fit",
-               "ecaresnet50d": "node 'layer1.0.se.scale' \\(Mul\\): a Mul that is not a squeeze-excite gate",
                "resnest50d": "node 'layer1.0.conv2.weighted_sum' \\(ReduceSum\\): ResNeSt split attention, which "
                              "the ONNX reader cannot read back yet",
                "res2net50_26w_4s": "node 'layer1.0.cat' \\(Concat\\): a Concat of split convs \\(Res2Net\\) or of "
@@ -211,7 +210,6 @@ ONNX_UNREAD = {"resnetaa50d": "node 'maxpool' \\(AveragePool\\): not expected in
                "resnetv2_50x1_bit": "\\(InstanceNormalization\\): GroupNorm or weight-standardized convolutions "
                                     "are not read back"}
 ONNX_UNREAD["res2next50"] = ONNX_UNREAD["res2net50_26w_4s"]
-ONNX_UNREAD["ecaresnet50d_pruned"] = ONNX_UNREAD["ecaresnet50d"]  # per-block widths: ECA as ecaresnet50d
 
 
 @pytest.mark.slow

@@ -203,6 +203,28 @@ def pool_facts(node, ins, pad: int) -> dict:
     return out
 
 
+def spatial_mean(g, node, ins) -> bool:
+    """A ``GlobalAveragePool``, or a ``ReduceMean`` over height and width (axes as attribute or input)."""
+    if node.op_type == "GlobalAveragePool":
+        return True
+    if node.op_type != "ReduceMean":
+        return False
+    axes = ins[1] if len(ins) > 1 and ins[1] else None
+    axes = g.const(node, axes).reshape(-1).tolist() if axes else attrs(node).get("axes", [])
+    return sorted(int(a) % 4 for a in axes) == [2, 3]
+
+
+def broadcast_source(g, node, ins):
+    """The input an ``Expand`` broadcasts to a shape that is a constant or the ``Shape`` of a computed
+    tensor (``y.expand_as(x)``, as torch.onnx.export writes a gate), or None for another node."""
+    if node.op_type != "Expand" or len(ins) != 2 or not ins[0]:
+        return None
+    shape = ins[1]
+    if shape in g.consts or (shape in g.producer and g.producer[shape][0].op_type == "Shape"):
+        return ins[0]
+    return None
+
+
 def shortcut_reshapes(g, short) -> bool:
     """Whether a projection shortcut changes the shape: channels or stride (a type-C stage start)."""
     for _, n, ins in short:

@@ -4,7 +4,8 @@ Read from ``torch.onnx.export`` (TorchScript and dynamo exporters), from this pr
 from any producer that writes the same ops: Conv, BatchNormalization, Relu, Add, MaxPool/AveragePool,
 Pad (zero, spatial; zero channels in an option-A shortcut), Slice (strided identity),
 GlobalAveragePool/ReduceMean, Flatten/Reshape, Gemm or MatMul+Add, and
-GlobalAveragePool/ReduceMean-Conv-Relu-Conv-Sigmoid-Mul for squeeze-excite. Constant subgraphs are
+GlobalAveragePool/ReduceMean-Conv-Relu-Conv-Sigmoid-Mul for squeeze-excite,
+GlobalAveragePool/ReduceMean-Reshape-Conv(1-d)-Sigmoid-Reshape(-Expand)-Mul for ECA. Constant subgraphs are
 folded first; the node patterns are in :mod:`.patterns`.
 
 Every residual ``Add`` (two computed inputs) closes one block; walking back from its two inputs to the
@@ -23,7 +24,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from .patterns import check_wiring, fold, read_constant, UNREAD_JOINS
+from .patterns import broadcast_source, check_wiring, fold, read_constant, UNREAD_JOINS
 from .checked import load_checked
 from .read_attention import AttentionReader
 from .read_blocks import BlockReader
@@ -142,6 +143,8 @@ class _Walker(StemReader, BlockReader, HeadReader, AttentionReader, LayerReader,
                 ops.append(("se", node, gate))
                 value = x
                 continue
+            if broadcast_source(self.g, node, ins):  # a gate expanded to its tensor's shape
+                data = [broadcast_source(self.g, node, ins)]
             if len(data) != 1:
                 raise self.g.refuse(node, UNREAD_JOINS.get(node.op_type, f"{len(data)} computed inputs; a ResNet "
                                                                          "layer has one"))
