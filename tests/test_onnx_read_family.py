@@ -27,7 +27,13 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "ben
 import family_coverage  # noqa: E402  (benchmarks/: the randomized weights of the family coverage run)
 
 #: building block -> (timm model, create_model keywords, what the imported spec must say)
-BLOCKS = {"eca": ("ecaresnet50d", {"layers": [1, 1, 1, 1]}, ["se: {type: eca}"])}
+BLOCKS = {"eca": ("ecaresnet50d", {"layers": [1, 1, 1, 1]}, ["se: {type: eca}"]),
+          # average-pool anti-aliasing in bottlenecks with strided 1x1 projections, and in basic blocks
+          # with ResNet-D's average-pool projections; both with timm's 2x2/2 average stem pool
+          "anti_alias_avgpool": ("resnetaa50", {"layers": [1, 1, 1, 1]},
+                                 ["anti_alias: avgpool", "pool: {type: avg, kernel: 2, stride: 2, padding: 0}"]),
+          "anti_alias_avgpool_basic": ("resnetaa34d", {"layers": [1, 1, 1, 1]},
+                                       ["type: basic, anti_alias: avgpool", "pool: {type: avg, kernel: 2"])}
 
 
 def _timm(name: str, **kw):
@@ -105,8 +111,16 @@ def _eca_conv_bias(model):
     conv.input.append("eca_bias")
 
 
+def _aa_ceil_mode(model):
+    """ceil_mode on the first anti-aliasing pool (the output size is the same at 64 px): not timm's."""
+    pool = next(n for n in model.graph.node if n.op_type == "AveragePool" and "aa" in n.name)
+    next(a for a in pool.attribute if a.name == "ceil_mode").i = 1
+
+
 @pytest.mark.parametrize("block,edit,needles", [
     ("eca", _eca_conv_bias, ["(Conv): an ECA conv", "bias True", "timm's EcaModule"]),
+    ("anti_alias_avgpool", _aa_ceil_mode, ["(AveragePool): an average pool of kernel [2, 2]", "ceil_mode 1",
+                                           "anti-aliasing pool (block.anti_alias: avgpool)"]),
 ])
 def test_half_matching_pattern_is_refused_in_one_line(tmp_path, block, edit, needles):
     path = _edited(tmp_path, block, edit)

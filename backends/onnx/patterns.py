@@ -225,6 +225,19 @@ def broadcast_source(g, node, ins):
     return None
 
 
+def anti_alias_pool(g, node, pad: int) -> None:
+    """Refuse an ``AveragePool`` in a residual branch unless it is timm's anti-aliasing pool
+    (``AvgPool2d(stride)``: a square window equal to its stride, no padding, floor)."""
+    a = attrs(node)
+    k, s, pads = list(a.get("kernel_shape", [])), list(a.get("strides", [1, 1])), list(a.get("pads", [0] * 4))
+    if pad or len(set(k)) != 1 or k != s or any(pads) or a.get("ceil_mode", 0) \
+            or a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET", b"VALID", "VALID"):
+        raise g.refuse(node, f"an average pool of kernel {k}, strides {s}, pads {pads}"
+                             f"{' after a Pad' if pad else ''}, ceil_mode {a.get('ceil_mode', 0)} in a residual "
+                             "branch: timm's anti-aliasing pool (block.anti_alias: avgpool) has window = stride, no "
+                             "padding, floor")
+
+
 def shortcut_reshapes(g, short) -> bool:
     """Whether a projection shortcut changes the shape: channels or stride (a type-C stage start)."""
     for _, n, ins in short:

@@ -32,9 +32,12 @@ class BlockReader:
                     and self.src.layers[self._stem_conv].bias:
                 self.identity_bn(bns[0], self._stem_conv)  # the first pre-activation BN, folded into the stem
             main_bns = bns[1:] if pre else bns
-            for n, _, _ in self.sequence(main, convs, main_bns, v1=post):
-                if n.op_type != "Relu":
-                    raise self.g.refuse(n, "not expected in a residual branch (conv, BN, ReLU, squeeze-excite)")
+            for n, ins, pad in self.sequence(main, convs, main_bns, v1=post):
+                if n.op_type == "AveragePool":
+                    self.anti_alias(main, n, ins, pad, nconv)
+                elif n.op_type != "Relu":
+                    raise self.g.refuse(n, "not expected in a residual branch (conv, BN, ReLU, channel attention, "
+                                           "anti-aliasing pool)")
             self._shortcut_ops(self._shortcut(name, short, post), stage)
         self._shortcut_facts()
 

@@ -18,16 +18,36 @@ class StemReader:
         bns = ["bn1"] if convs == 1 else [f"conv1.{3 * i + 1}" for i in range(convs - 1)] + ["bn1"]
         left = self.sequence(ops, names, bns, v1=not preact)
         self._stem_conv = names[-1]
+        self.src.facts["stem_pool"] = self.stem_pool(ops, left)
+        facts, notes = declared_input(self.g.input)  # the proof runs its own batch, never the file's
+        self.src.facts.update(facts)
+        self.src.notes += notes
+
+    def stem_pool(self, ops, left):
+        """The spec's ``stem.pool`` for the nodes the stem's convs, BNs and ReLUs left (``left``): one
+        MaxPool (a border mask after it: zero padding) or AveragePool after the last conv, or None."""
         pools = [(n, ins, pad) for n, ins, pad in left if n.op_type in ("MaxPool", "AveragePool")]
         masked = False
         for n, ins, _ in left:
             if pools and border_mask(self.g, n, ins):
                 masked = True
-            elif n.op_type not in ("Relu", "MaxPool"):
-                raise self.g.refuse(n, "not expected in a ResNet stem (conv, BN, ReLU, max-pool)")
-        self.src.facts["stem_pool"] = pool_facts(*pools[0]) if pools else None
+            elif n.op_type not in ("Relu", "MaxPool", "AveragePool"):
+                raise self.g.refuse(n, "not expected in a ResNet stem (conv, BN, ReLU, max or average pool)")
+        if not pools:
+            return None
+        if len(pools) > 1:
+            raise self.g.refuse(pools[1][0], "a second pool in the stem; a spec's stem has one")
+        node = pools[0][0]
+        at = next(k for k, (_, n, _) in enumerate(ops) if n is node)
+        if any(n.op_type == "Conv" for _, n, _ in ops[at:]):
+            raise self.g.refuse(node, "a pool between the stem's convolutions; a spec's stem pools after them")
+        facts = pool_facts(*pools[0])
         if masked:
-            self.src.facts["stem_pool"]["pad_value"] = "zero"
-        facts, notes = declared_input(self.g.input)  # the proof runs its own batch, never the file's
-        self.src.facts.update(facts)
-        self.src.notes += notes
+            facts["pad_value"] = "zero"
+        if node.op_type == "AveragePool":
+            facts.pop("pad_value", None)  # a Pad in front: counted padding (pool_facts says so)
+            counted = facts.pop("count_include_pad")
+            if facts["padding"] and not counted:  # padding 0: counting decides nothing (PyTorch's default kept)
+                facts["count_include_pad"] = False
+            facts = {"type": "avg", **facts}
+        return facts

@@ -26,6 +26,7 @@ import numpy as np
 
 from .patterns import broadcast_source, check_wiring, fold, read_constant, UNREAD_JOINS
 from .checked import load_checked
+from .read_aa import AntiAliasReader
 from .read_attention import AttentionReader
 from .read_blocks import BlockReader
 from .read_head import HeadReader
@@ -116,10 +117,10 @@ def read_onnx(path: str) -> Source:
         raise ImportRefused(f"{label}: a malformed graph ({type(exc).__name__}: {exc})") from None
 
 
-class _Walker(StemReader, BlockReader, HeadReader, AttentionReader, LayerReader, Recogniser):
+class _Walker(StemReader, BlockReader, HeadReader, AttentionReader, AntiAliasReader, LayerReader, Recogniser):
     """Recognises stem, blocks and head, then names layers as torchvision/timm do (the mixins: one module
     each, :mod:`.read_stem`, :mod:`.read_blocks`, :mod:`.read_head`, :mod:`.read_attention`,
-    :mod:`.read_layers`)."""
+    :mod:`.read_aa`, :mod:`.read_layers`)."""
 
     def __init__(self, src: Source, g: _Graph):
         self.g, self.src = g, src
