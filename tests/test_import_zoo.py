@@ -182,7 +182,7 @@ def test_zoo_onnx_round_trip(tmp_path, name):
     into the BN's, so only the parameter count differs). Each entry's stem, blocks, shortcuts and head
     with its stages cut to two blocks (:func:`conftest.tiny_text`), each distinct network once
     (:func:`conftest.tiny_zoo`); depth is the next test's. The ONNX
-    reader does not read back a conv stem pool, a blur pool, split
+    reader does not read back a blur pool, split
     attention, Res2Net or SKNet's selective kernel yet
     (:data:`ONNX_UNREAD`): those entries' files are refused in one line, never imported wrong."""
     if name in ONNX_UNREAD:
@@ -194,8 +194,7 @@ def test_zoo_onnx_round_trip(tmp_path, name):
 
 
 #: zoo entries whose ONNX files backends/onnx/reader.py does not read back yet -> the refusal's words
-ONNX_UNREAD = {"resnetrs50": "first layer that does not fit",
-               "resnest50d": "node 'layer1.0.conv2.weighted_sum' \\(ReduceSum\\): ResNeSt split attention, which "
+ONNX_UNREAD = {"resnest50d": "node 'layer1.0.conv2.weighted_sum' \\(ReduceSum\\): ResNeSt split attention, which "
                              "the ONNX reader cannot read back yet",
                "res2net50_26w_4s": "node 'layer1.0.cat' \\(Concat\\): a Concat of split convs \\(Res2Net\\) or of "
                                    "reflect-padding copies \\(a blur pool\\), which the ONNX reader does not read back yet",

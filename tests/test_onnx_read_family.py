@@ -33,7 +33,10 @@ BLOCKS = {"eca": ("ecaresnet50d", {"layers": [1, 1, 1, 1]}, ["se: {type: eca}"])
           "anti_alias_avgpool": ("resnetaa50", {"layers": [1, 1, 1, 1]},
                                  ["anti_alias: avgpool", "pool: {type: avg, kernel: 2, stride: 2, padding: 0}"]),
           "anti_alias_avgpool_basic": ("resnetaa34d", {"layers": [1, 1, 1, 1]},
-                                       ["type: basic, anti_alias: avgpool", "pool: {type: avg, kernel: 2"])}
+                                       ["type: basic, anti_alias: avgpool", "pool: {type: avg, kernel: 2"]),
+          # ResNet-RS: the stem's max-pool replaced by a 3x3/2 conv, BN and ReLU (maxpool.0, maxpool.1)
+          "conv_stem_pool": ("resnetrs50", {"layers": [1, 1, 1, 1]},
+                             ["pool: {type: conv, kernel: 3, stride: 2, padding: 1}"])}
 
 
 def _timm(name: str, **kw):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .checked import declared_input
-from .patterns import border_mask, pool_facts
+from .patterns import attrs as _attrs, border_mask, pool_facts
 from ...importers.source import ImportRefused
 
 
@@ -11,14 +11,22 @@ class StemReader:
     """Mixin of the graph walker: the ops before the first residual block."""
 
     def stem(self, ops, preact):
-        convs = sum(1 for _, n, _ in ops if n.op_type == "Conv")
+        conv_pool = self._conv_pool(ops)
+        convs = sum(1 for _, n, _ in ops if n.op_type == "Conv") - bool(conv_pool)
         if convs == 0:
             raise ImportRefused(f"{self.g.path}: no stem convolution before the first residual block")
         names = ["conv1"] if convs == 1 else [f"conv1.{3 * i}" for i in range(convs)]
         bns = ["bn1"] if convs == 1 else [f"conv1.{3 * i + 1}" for i in range(convs - 1)] + ["bn1"]
-        left = self.sequence(ops, names, bns, v1=not preact)
+        left = self.sequence(ops, names + ["maxpool.0"] * bool(conv_pool), bns + ["maxpool.1"] * bool(conv_pool),
+                             v1=not preact)
         self._stem_conv = names[-1]
-        self.src.facts["stem_pool"] = self.stem_pool(ops, left)
+        pool = self.stem_pool(ops, left)
+        if conv_pool and pool:
+            raise self.g.refuse(conv_pool, "a strided conv stem pool and a pool after it; a spec's stem has one pool")
+        if conv_pool:
+            layer = self.src.layers["maxpool.0"]
+            pool = {"type": "conv", "kernel": layer.shape[2], "stride": layer.stride, "padding": layer.padding}
+        self.src.facts["stem_pool"] = pool
         facts, notes = declared_input(self.g.input)  # the proof runs its own batch, never the file's
         self.src.facts.update(facts)
         self.src.notes += notes
@@ -51,3 +59,15 @@ class StemReader:
                 facts["count_include_pad"] = False
             facts = {"type": "avg", **facts}
         return facts
+
+    def _conv_pool(self, ops):
+        """ResNet-RS's stem pool (timm ``replace_stem_pool``): a strided conv after the stem's first conv and
+        its ReLU (only a stem's first conv is strided), or None. Its BN and ReLU follow it (``maxpool.1``)."""
+        convs = [k for k, (_, n, _) in enumerate(ops) if n.op_type == "Conv"]
+        if len(convs) < 2:
+            return None
+        node, ins = ops[convs[-1]][1:]
+        strides = _attrs(node).get("strides", [1, 1])
+        if max(strides) == 1 or ops[convs[-1] - 1][1].op_type != "Relu":
+            return None
+        return node
