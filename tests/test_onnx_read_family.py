@@ -36,7 +36,13 @@ BLOCKS = {"eca": ("ecaresnet50d", {"layers": [1, 1, 1, 1]}, ["se: {type: eca}"])
                                        ["type: basic, anti_alias: avgpool", "pool: {type: avg, kernel: 2"]),
           # ResNet-RS: the stem's max-pool replaced by a 3x3/2 conv, BN and ReLU (maxpool.0, maxpool.1)
           "conv_stem_pool": ("resnetrs50", {"layers": [1, 1, 1, 1]},
-                             ["pool: {type: conv, kernel: 3, stride: 2, padding: 1}"])}
+                             ["pool: {type: conv, kernel: 3, stride: 2, padding: 1}"]),
+          # timm's BlurPool2d (reflect F.pad + depthwise conv with the binomial filter) in the stem and the
+          # blocks, bottleneck and basic
+          "blur": ("resnetblur50", {"layers": [1, 1, 1, 1]},
+                   ["pool: {kernel: 3, stride: 2, padding: 1, anti_alias: blur}", "anti_alias: blur}"]),
+          "blur_basic": ("resnetblur18", {"layers": [1, 1, 1, 1]},
+                         ["anti_alias: blur}", "type: basic"])}
 
 
 def _timm(name: str, **kw):
@@ -120,12 +126,41 @@ def _aa_ceil_mode(model):
     next(a for a in pool.attribute if a.name == "ceil_mode").i = 1
 
 
+def _box_blur(model):
+    """A 3x3 box filter (1/9 everywhere) in place of the first blur pool's binomial one."""
+    conv = next(n for n in model.graph.node if n.op_type == "Conv" and any(
+        a.name == "group" and a.i > 1 for a in n.attribute))
+    box = onnx.numpy_helper.from_array(np.full((64, 1, 3, 3), 1 / 9, np.float32), "box_filter")
+    model.graph.initializer.append(box)
+    conv.input[1] = "box_filter"
+
+
 @pytest.mark.parametrize("block,edit,needles", [
     ("eca", _eca_conv_bias, ["(Conv): an ECA conv", "bias True", "timm's EcaModule"]),
     ("anti_alias_avgpool", _aa_ceil_mode, ["(AveragePool): an average pool of kernel [2, 2]", "ceil_mode 1",
                                            "anti-aliasing pool (block.anti_alias: avgpool)"]),
+    ("blur", _box_blur, ["(Conv): a depthwise conv after reflect padding whose filter is not the binomial"]),
 ])
 def test_half_matching_pattern_is_refused_in_one_line(tmp_path, block, edit, needles):
     path = _edited(tmp_path, block, edit)
     last_line_error(cli("import", path, "-o", tmp_path / "out"), *needles)
     assert not (tmp_path / "out").exists()
+
+
+def test_blur_reflect_copies_of_the_wrong_column_are_refused(tmp_path):
+    """convert's blur pool pads by Slice copies joined by Concat: a copy of a column one further in than the
+    reflection reads (column W - 3 instead of W - 2) is refused in one line, never read as a blur pool."""
+    from conftest import tiny_text
+    from resnet_spec.backends.onnx import backend as onnx_backend
+
+    net = resnet_spec.load(tiny_text("resnetblur50", blocks=1))
+    (path,) = onnx_backend.convert(net, resnet_spec.init_weights(net, seed=0), str(tmp_path / "c"))[:1]
+    model = onnx.load(str(path))
+    cut = next(n for n in model.graph.node if n.name == "maxpool.1.reflect_cols_last0")
+    width = net.stem[-2].out_shape[2]  # the stride-1 max-pool's output, which the blur pads
+    for k, value in ((1, width - 3), (2, width - 2)):
+        model.graph.initializer.append(onnx.numpy_helper.from_array(np.array([value], np.int64), f"wrong{k}"))
+        cut.input[k] = f"wrong{k}"
+    onnx.save(model, str(path))
+    last_line_error(cli("import", path, "-o", tmp_path / "out"), "node 'maxpool.1.pad_reflect_cols' (Concat)",
+                    f"copies of rows/columns [1, {width - 3}] around a map of size {width} along axis 3")

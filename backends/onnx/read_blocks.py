@@ -33,7 +33,7 @@ class BlockReader:
                 self.identity_bn(bns[0], self._stem_conv)  # the first pre-activation BN, folded into the stem
             main_bns = bns[1:] if pre else bns
             for n, ins, pad in self.sequence(main, convs, main_bns, v1=post):
-                if n.op_type == "AveragePool":
+                if n.op_type == "AveragePool" or isinstance(ins, dict):  # a dict: a blur pool's facts
                     self.anti_alias(main, n, ins, pad, nconv)
                 elif n.op_type != "Relu":
                     raise self.g.refuse(n, "not expected in a residual branch (conv, BN, ReLU, channel attention, "

@@ -78,7 +78,7 @@ class LayerReader:
             pending = None
 
         for kind, node, ins in ops:
-            t = node.op_type if kind == "op" else "SE"
+            t = node.op_type if kind == "op" else kind.upper()  # SE; BLUR: left for the caller
             if t == "Pad" and channel_pad(self.g, node, ins):
                 t = "ChannelPad"  # option-A shortcut: left for the caller
             if t == "Relu":

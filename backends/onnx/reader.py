@@ -5,7 +5,8 @@ from any producer that writes the same ops: Conv, BatchNormalization, Relu, Add,
 Pad (zero, spatial; zero channels in an option-A shortcut), Slice (strided identity),
 GlobalAveragePool/ReduceMean, Flatten/Reshape, Gemm or MatMul+Add, and
 GlobalAveragePool/ReduceMean-Conv-Relu-Conv-Sigmoid-Mul for squeeze-excite,
-GlobalAveragePool/ReduceMean-Reshape-Conv(1-d)-Sigmoid-Reshape(-Expand)-Mul for ECA. Constant subgraphs are
+GlobalAveragePool/ReduceMean-Reshape-Conv(1-d)-Sigmoid-Reshape(-Expand)-Mul for ECA, reflect
+padding (Pad, or Slice copies + Concat) then a depthwise Conv of the binomial filter for a blur pool. Constant subgraphs are
 folded first; the node patterns are in :mod:`.patterns`.
 
 Every residual ``Add`` (two computed inputs) closes one block; walking back from its two inputs to the
@@ -45,6 +46,7 @@ class _Graph:
         from onnx import numpy_helper
 
         self.path = label  # the file as messages name it
+        self.model, self._shapes = model, None
         g = model.graph
         self.consts = {}
         for t in g.initializer:
@@ -83,6 +85,20 @@ class _Graph:
     def refuse(self, node, why: str) -> ImportRefused:
         name = node.name or (node.output[0] if node.output else "")
         return ImportRefused(f"{self.path}: node {name!r} ({node.op_type}): {why}")
+
+    def shape(self, value):
+        """``value``'s dims (None where symbolic) by ONNX shape inference, run once on first use; None if unknown."""
+        if self._shapes is None:
+            from onnx import shape_inference
+
+            try:
+                g = shape_inference.infer_shapes(self.model).graph
+            except Exception:  # an inference error leaves the shapes unknown: the caller refuses
+                g = None
+            infos = list(g.value_info) + list(g.input) + list(g.output) if g is not None else []
+            self._shapes = {vi.name: [d.dim_value if d.HasField("dim_value") else None
+                                      for d in vi.type.tensor_type.shape.dim] for vi in infos}
+        return self._shapes.get(value)
 
     def data(self, ins):
         return [i for i in ins if i and i not in self.consts]
@@ -139,6 +155,11 @@ class _Walker(StemReader, BlockReader, HeadReader, AttentionReader, AntiAliasRea
             data = self.g.data(ins)
             if node.op_type in ("ReduceSum", "Softmax"):  # what backends/onnx/resnest.py writes, not read back yet
                 raise self.g.refuse(node, "ResNeSt split attention, which the ONNX reader cannot read back yet")
+            blur = self.blur_back(node, ins) if node.op_type == "Conv" else None
+            if blur:  # timm's BlurPool2d: reflect padding and a fixed depthwise filter, one op
+                ops.append(("blur", node, blur[0]))
+                value = blur[1]
+                continue
             if node.op_type == "Mul":
                 x, gate = self._se_inputs(node, ins)
                 ops.append(("se", node, gate))
