@@ -199,11 +199,7 @@ ONNX_UNREAD = {"resnest50d": "node 'layer1.0.conv2.weighted_sum' \\(ReduceSum\\)
                "res2net50_26w_4s": "node 'layer1.0.cat' \\(Concat\\): a Concat that is not a blur pool's reflect "
                                    "padding: split convs \\(Res2Net\\), which the ONNX reader does not read back yet",
                "skresnet34": "node 'layer1.0.conv1' \\(Sum\\): parallel paths joined by attention \\(a selective kernel",
-               "skresnext50_32x4d": "node 'layer1.0.conv2' \\(Sum\\): parallel paths joined by attention",
-               "resnet50_gn": "\\(InstanceNormalization\\): GroupNorm or weight-standardized convolutions are not "
-                              "read back",
-               "resnetv2_50x1_bit": "\\(InstanceNormalization\\): GroupNorm or weight-standardized convolutions "
-                                    "are not read back"}
+               "skresnext50_32x4d": "node 'layer1.0.conv2' \\(Sum\\): parallel paths joined by attention"}
 ONNX_UNREAD["res2next50"] = ONNX_UNREAD["res2net50_26w_4s"]
 
 

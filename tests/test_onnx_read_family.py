@@ -8,8 +8,10 @@ recognises is refused in one line naming the building block."""
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
+import tempfile
 import warnings
 
 import numpy as np
@@ -26,27 +28,46 @@ ort = pytest.importorskip("onnxruntime")
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks"))
 import family_coverage  # noqa: E402  (benchmarks/: the randomized weights of the family coverage run)
 
-#: building block -> (timm model, create_model keywords, what the imported spec must say)
-BLOCKS = {"eca": ("ecaresnet50d", {"layers": [1, 1, 1, 1]}, ["se: {type: eca}"]),
+def _bit(pretrained=False, **kw):
+    """timm's resnetv2_50x1_bit with ``kw`` (its registered function fixes the layers)."""
+    from timm.models import resnetv2
+
+    return resnetv2._create_resnetv2_bit("resnetv2_50x1_bit", pretrained=pretrained, **kw)
+
+
+#: building block -> (timm model or its constructor, keywords, what the imported spec must say)
+#: timm's ResNet cut to one narrow block per stage and 10 classes (fast to export); GroupNorm's 32 groups need
+#: widths of multiples of 32
+SMALL = {"layers": [1, 1, 1, 1], "channels": (16, 16, 32, 32), "num_classes": 10}
+DEEP = {**SMALL, "stem_width": 8}  # a deep stem's first widths
+
+BLOCKS = {"eca": ("ecaresnet50d", DEEP, ["se: {type: eca}"]),
           # average-pool anti-aliasing in bottlenecks with strided 1x1 projections, and in basic blocks
           # with ResNet-D's average-pool projections; both with timm's 2x2/2 average stem pool
-          "anti_alias_avgpool": ("resnetaa50", {"layers": [1, 1, 1, 1]},
+          "anti_alias_avgpool": ("resnetaa50", SMALL,
                                  ["anti_alias: avgpool", "pool: {type: avg, kernel: 2, stride: 2, padding: 0}"]),
-          "anti_alias_avgpool_basic": ("resnetaa34d", {"layers": [1, 1, 1, 1]},
+          "anti_alias_avgpool_basic": ("resnetaa34d", DEEP,
                                        ["type: basic, anti_alias: avgpool", "pool: {type: avg, kernel: 2"]),
           # ResNet-RS: the stem's max-pool replaced by a 3x3/2 conv, BN and ReLU (maxpool.0, maxpool.1)
-          "conv_stem_pool": ("resnetrs50", {"layers": [1, 1, 1, 1]},
+          "conv_stem_pool": ("resnetrs50", DEEP,
                              ["pool: {type: conv, kernel: 3, stride: 2, padding: 1}"]),
           # timm's BlurPool2d (reflect F.pad + depthwise conv with the binomial filter) in the stem and the
           # blocks, bottleneck and basic
-          "blur": ("resnetblur50", {"layers": [1, 1, 1, 1]},
+          "blur": ("resnetblur50", SMALL,
                    ["pool: {kernel: 3, stride: 2, padding: 1, anti_alias: blur}", "anti_alias: blur}"]),
-          "blur_basic": ("resnetblur18", {"layers": [1, 1, 1, 1]},
-                         ["anti_alias: blur}", "type: basic"])}
+          "blur_basic": ("resnetblur18", SMALL,
+                         ["anti_alias: blur}", "type: basic"]),
+          # GroupNorm (torch.onnx.export's Reshape, InstanceNormalization, Reshape, Mul, Add) in a ResNet
+          "group_norm": ("resnet50_gn", {**SMALL, "channels": (32, 32, 32, 32)},
+                         ["norm: {type: group, groups: 32, eps: 1.0e-05}"]),
+          # BiT: weight-standardized convs (StdConv2d, eps 1e-8) and GroupNorm in a pre-activation ResNetV2
+          "std_conv": (_bit, {**SMALL, "channels": (128, 128, 128, 128)},
+                       ["conv: {standardize: true, eps: 1.0e-08}", "norm: {type: group, groups: 32",
+                        "preact: true", "pad_value: zero"])}
 
 
-def _timm(name: str, **kw):
-    model = timm.create_model(name, pretrained=False, **kw).eval()
+def _timm(name, **kw):
+    model = (timm.create_model(name, pretrained=False, **kw) if isinstance(name, str) else name(**kw)).eval()
     weights = family_coverage.randomized({k: v.numpy() for k, v in model.state_dict().items()
                                           if not k.endswith("num_batches_tracked")})
     model.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()}, strict=False)
@@ -61,9 +82,26 @@ def _export(model, path, dynamo: bool):
     return str(path)
 
 
+@functools.lru_cache(maxsize=None)
+def _exported(block: str, dynamo: bool) -> tuple:
+    """(ONNX bytes, timm's parameter count) of ``block``'s randomized timm model, exported once per test run
+    (the refusal tests edit copies of the same files)."""
+    name, kw, _ = BLOCKS[block]
+    model = _timm(name, **kw)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = _export(model, os.path.join(tmp, "m.onnx"), dynamo)  # dynamo: weights in a side file
+        return onnx.load(path).SerializeToString(), sum(p.numel() for p in model.parameters())
+
+
+def _file(tmp_path, block: str, dynamo: bool = False) -> str:
+    path = tmp_path / f"{block}_{int(dynamo)}.onnx"
+    path.write_bytes(_exported(block, dynamo)[0])
+    return str(path)
+
+
 def _import_and_prove(path: str, params: int) -> tuple:
     """(spec text, max rel): ``path`` read, its spec inferred and checked layer by layer, and the generated
-    torch model against ONNX Runtime running the file (two seeded images where the file's batch allows)."""
+    torch model against ONNX Runtime running the file (one seeded image: the exported file's batch is 1)."""
     from resnet_spec.backends.onnx.reader import read_onnx
     from resnet_spec.importers.infer import build_spec
     from resnet_spec.importers.source import check_source
@@ -81,17 +119,19 @@ def _import_and_prove(path: str, params: int) -> tuple:
 
 
 def _check(tmp_path, block: str, dynamo: bool):
-    name, kw, says = BLOCKS[block]
-    model = _timm(name, **kw)
-    text, rel = _import_and_prove(_export(model, tmp_path / f"{block}.onnx", dynamo),
-                                  sum(p.numel() for p in model.parameters()))
+    says = BLOCKS[block][2]
+    text, rel = _import_and_prove(_file(tmp_path, block, dynamo), _exported(block, dynamo)[1])
     print(f"{block} {'dynamo' if dynamo else 'torchscript'}: max_rel {rel:.2e}")
     assert rel <= 1e-5, (block, rel)
     for line in says:
         assert line in text, text
 
 
-@pytest.mark.parametrize("block", list(BLOCKS))
+#: one model per building block in the fast tier; the other variants with the slow tier
+FAST = ("eca", "anti_alias_avgpool", "conv_stem_pool", "blur", "std_conv")
+
+
+@pytest.mark.parametrize("block", [b if b in FAST else pytest.param(b, marks=pytest.mark.slow) for b in BLOCKS])
 def test_timm_torchscript_export_reads_back(tmp_path, block):
     _check(tmp_path, block, dynamo=False)
 
@@ -105,8 +145,7 @@ def test_timm_dynamo_export_reads_back(tmp_path, block):
 
 def _edited(tmp_path, block: str, edit) -> str:
     """The TorchScript file of ``block``'s timm model with ``edit(model)`` applied to its ONNX graph."""
-    name, kw, _ = BLOCKS[block]
-    path = _export(_timm(name, **kw), tmp_path / f"{block}.onnx", dynamo=False)
+    path = _file(tmp_path, block)
     model = onnx.load(path)
     edit(model)
     onnx.save(model, path)
@@ -135,11 +174,31 @@ def _box_blur(model):
     conv.input[1] = "box_filter"
 
 
+def _group_scale(model):
+    """A scale of 2 on the first GroupNorm's InstanceNormalization: not a GroupNorm as torch writes it."""
+    node = next(n for n in model.graph.node if n.op_type == "InstanceNormalization")
+    model.graph.initializer.append(onnx.numpy_helper.from_array(np.full(32, 2.0, np.float32), "scale2"))
+    node.input[1] = "scale2"
+
+
+def _std_scale(model):
+    """A scale of 2 on the first weight standardization's BatchNormalization: the weight is then twice a
+    standardized one, which no StdConv2d computes."""
+    node = next(n for n in model.graph.node if n.op_type == "BatchNormalization")
+    channels = next(i for i in model.graph.initializer if i.name == node.input[0]).dims[1]
+    model.graph.initializer.append(onnx.numpy_helper.from_array(np.full(channels, 2.0, np.float32), "scale2"))
+    node.input[1] = "scale2"
+
+
 @pytest.mark.parametrize("block,edit,needles", [
     ("eca", _eca_conv_bias, ["(Conv): an ECA conv", "bias True", "timm's EcaModule"]),
     ("anti_alias_avgpool", _aa_ceil_mode, ["(AveragePool): an average pool of kernel [2, 2]", "ceil_mode 1",
                                            "anti-aliasing pool (block.anti_alias: avgpool)"]),
     ("blur", _box_blur, ["(Conv): a depthwise conv after reflect padding whose filter is not the binomial"]),
+    ("std_conv", _group_scale, ["(Add): a GroupNorm-like InstanceNormalization",
+                                  "its own scale and bias are not ones and zeros"]),
+    ("std_conv", _std_scale, ["(Conv): a weight computed in the graph through BatchNormalization that is not a "
+                              "constant standardized per output filter"]),
 ])
 def test_half_matching_pattern_is_refused_in_one_line(tmp_path, block, edit, needles):
     path = _edited(tmp_path, block, edit)

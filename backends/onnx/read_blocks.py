@@ -28,7 +28,7 @@ class BlockReader:
             convs = [f"{name}.conv{i}" for i in range(1, nconv + 1)]
             bns = [f"{name}.bn{i}" for i in range(1, nconv + 1)]
             self.sequence(pre, [], bns[:1], v1=False)
-            if pre and not any(n.op_type == "BatchNormalization" for _, n, _ in pre) \
+            if pre and not any(n.op_type == "BatchNormalization" or k == "gn" for k, n, _ in pre) \
                     and self.src.layers[self._stem_conv].bias:
                 self.identity_bn(bns[0], self._stem_conv)  # the first pre-activation BN, folded into the stem
             main_bns = bns[1:] if pre else bns

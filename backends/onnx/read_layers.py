@@ -32,6 +32,8 @@ class LayerReader:
             raise g.refuse(node, f"non-square kernel {list(w.shape[2:])}, strides {strides}, pads {pads} or "
                                  f"dilations {dil}: a spec has square convs with symmetric padding")
         bias = len(ins) > 2 and bool(ins[2])
+        if ins[1] in g.std_eps:  # computed in the graph by weight standardization (patterns_norm)
+            self._std[name] = g.std_eps[ins[1]]
         self.src.weights[f"{name}.weight"] = w.astype(np.float32)
         if bias:
             self.src.weights[f"{name}.bias"] = g.const(node, ins[2]).astype(np.float32)
@@ -83,7 +85,7 @@ class LayerReader:
                 t = "ChannelPad"  # option-A shortcut: left for the caller
             if t == "Relu":
                 restore(True)
-            elif t == "BatchNormalization":
+            elif t in ("BatchNormalization", "GN"):
                 pending = None
             elif t != "Pad":
                 restore(v1)
@@ -98,10 +100,10 @@ class LayerReader:
                 self.conv(conv_names[ci], node, ins, pad)
                 pending = conv_names[ci] if self.src.layers[conv_names[ci]].bias else None
                 ci += 1
-            elif t == "BatchNormalization":
+            elif t in ("BatchNormalization", "GN"):
                 if bi >= len(bn_names):
-                    raise self.g.refuse(node, "one BatchNormalization more than a ResNet block or stem has here")
-                self.bn(bn_names[bi], node, ins)
+                    raise self.g.refuse(node, "one norm more than a ResNet block or stem has here")
+                (self.bn if t == "BatchNormalization" else self.gn)(bn_names[bi], node, ins)
                 bi += 1
             else:
                 left.append((node, ins, pad))

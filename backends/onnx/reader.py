@@ -6,7 +6,9 @@ Pad (zero, spatial; zero channels in an option-A shortcut), Slice (strided ident
 GlobalAveragePool/ReduceMean, Flatten/Reshape, Gemm or MatMul+Add, and
 GlobalAveragePool/ReduceMean-Conv-Relu-Conv-Sigmoid-Mul for squeeze-excite,
 GlobalAveragePool/ReduceMean-Reshape-Conv(1-d)-Sigmoid-Reshape(-Expand)-Mul for ECA, reflect
-padding (Pad, or Slice copies + Concat) then a depthwise Conv of the binomial filter for a blur pool. Constant subgraphs are
+padding (Pad, or Slice copies + Concat) then a depthwise Conv of the binomial filter for a blur pool,
+Reshape-InstanceNormalization-Reshape-Mul-Add for GroupNorm and a Conv weight computed by standardization
+(:mod:`.patterns_norm`). Constant subgraphs are
 folded first; the node patterns are in :mod:`.patterns`.
 
 Every residual ``Add`` (two computed inputs) closes one block; walking back from its two inputs to the
@@ -25,6 +27,7 @@ from collections import defaultdict
 
 import numpy as np
 
+from .patterns_norm import standardized_weights
 from .patterns import broadcast_source, check_wiring, fold, read_constant, UNREAD_JOINS
 from .checked import load_checked
 from .read_aa import AntiAliasReader
@@ -32,10 +35,10 @@ from .read_attention import AttentionReader
 from .read_blocks import BlockReader
 from .read_head import HeadReader
 from .read_layers import convs as _convs, LayerReader
+from .read_norm import NormReader
 from .read_stem import StemReader
 from ...budgets import ONNX_MAX_FOLD_TOTAL
 from ...fileio import shown
-from .norm import refuse_norm_nodes
 from ...importers.source import ImportRefused, Recogniser, Source
 
 PASS_THROUGH = ("Identity", "Dropout")
@@ -55,7 +58,7 @@ class _Graph:
             except Exception as exc:  # external data missing, corrupt tensor
                 raise ImportRefused(f"{label}: initializer {t.name!r} cannot be read ({exc})") from None
         alias = {}
-        opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)
+        opset = self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)
         self.nodes, self.producer, self.consumers = [], {}, defaultdict(list)
         fold_left = ONNX_MAX_FOLD_TOTAL  # all folded values together: many small bombs are one big one
         for n in g.node:
@@ -81,6 +84,7 @@ class _Graph:
         self.input = inputs[0]
         self.output = alias.get(g.output[0].name, g.output[0].name) if g.output else None
         check_wiring(self)  # a cycle: the walks back from each Add would never end
+        self.std_eps = standardized_weights(self)  # weight-standardized convs: their raw weights as constants
 
     def refuse(self, node, why: str) -> ImportRefused:
         name = node.name or (node.output[0] if node.output else "")
@@ -123,7 +127,10 @@ def read_onnx(path: str) -> Source:
     model = load_checked(path)  # special files, node and tensor budgets: before any tensor is read
     if not model.graph.node:
         raise ImportRefused(f"{label}: the ONNX graph has no nodes")
-    refuse_norm_nodes(model, label)  # GroupNorm / weight standardization: not read back yet
+    node = next((n for n in model.graph.node if n.op_type == "GroupNormalization"), None)
+    if node is not None:  # opset 18's scale is per group, 21's per channel: the decomposition is read instead
+        raise ImportRefused(f"{label}: node {node.name!r} (GroupNormalization): ONNX's GroupNormalization op is not "
+                            "read back (GroupNorm as InstanceNormalization with a per-channel affine is)")
     try:
         return _Walker.source(label, "onnx", {"path": path}, _Graph(model, label))
     except ImportRefused:
@@ -133,14 +140,15 @@ def read_onnx(path: str) -> Source:
         raise ImportRefused(f"{label}: a malformed graph ({type(exc).__name__}: {exc})") from None
 
 
-class _Walker(StemReader, BlockReader, HeadReader, AttentionReader, AntiAliasReader, LayerReader, Recogniser):
+class _Walker(StemReader, BlockReader, HeadReader, AttentionReader, AntiAliasReader, NormReader, LayerReader,
+              Recogniser):
     """Recognises stem, blocks and head, then names layers as torchvision/timm do (the mixins: one module
     each, :mod:`.read_stem`, :mod:`.read_blocks`, :mod:`.read_head`, :mod:`.read_attention`,
-    :mod:`.read_aa`, :mod:`.read_layers`)."""
+    :mod:`.read_aa`, :mod:`.read_norm`, :mod:`.read_layers`)."""
 
     def __init__(self, src: Source, g: _Graph):
         self.g, self.src = g, src
-        self.folded = False
+        self.folded, self._std = False, {}  # _std: standardized conv -> eps
 
     # -- graph walking ---------------------------------------------------------------------------
     def back(self, value, stop) -> list:
@@ -159,6 +167,11 @@ class _Walker(StemReader, BlockReader, HeadReader, AttentionReader, AntiAliasRea
             if blur:  # timm's BlurPool2d: reflect padding and a fixed depthwise filter, one op
                 ops.append(("blur", node, blur[0]))
                 value = blur[1]
+                continue
+            gn = self.norm_back(node, ins) if node.op_type == "Add" else None
+            if gn:  # GroupNorm: Reshape, InstanceNormalization, Reshape, Mul, Add as one op
+                ops.append(("gn", node, gn[0]))
+                value = gn[1]
                 continue
             if node.op_type == "Mul":
                 x, gate = self._se_inputs(node, ins)
@@ -202,14 +215,15 @@ class _Walker(StemReader, BlockReader, HeadReader, AttentionReader, AntiAliasRea
                 out = consumers[0].output[0]
             if stem is None:
                 stem, pre = pre, []
-                tail = [n.op_type for _, n, _ in stem[-2:]]
+                tail = [n.op_type if kind == "op" else kind for kind, n, _ in stem[-2:]]
                 if not post and main and main[0][1].op_type == "Conv" and tail[-1:] == ["Relu"] \
-                        and tail[0] in ("BatchNormalization", "Conv"):
+                        and tail[0] in ("BatchNormalization", "gn", "Conv"):
                     # a pre-activation block whose shortcut reads pre (its BN may be folded into the stem conv)
-                    cut = 2 if tail[0] == "BatchNormalization" else 1
+                    cut = 2 if tail[0] in ("BatchNormalization", "gn") else 1
                     stem, pre = stem[:-cut], stem[-cut:]
             blocks.append((add, pre, main, short, post))
             x = out
         self.stem(stem, preact=not blocks[0][4])
         self.blocks(blocks)
         self.head(x)
+        self.standardization()
