@@ -23,6 +23,8 @@ class AntiAliasReader:
             raise self.g.refuse(node, f"{'a blur' if blur else 'an average'} pool in a residual branch away from "
                                       "where timm's anti-aliasing pool sits (after the spatial conv's ReLU, before "
                                       "the next conv)")
+        if blur and pad:
+            raise self.g.refuse(node, "a zero Pad before a blur pool's reflect padding: not timm's BlurPool2d")
         if not blur:
             anti_alias_pool(self.g, node, pad)
         self._aa_kind("blur" if blur else "avgpool", node)
