@@ -74,28 +74,28 @@ def _timm(name, **kw):
     return model
 
 
-def _export(model, path, dynamo: bool):
+def _export(model, path, dynamo: bool, opset=None):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(model, (torch.randn(1, 3, 64, 64),), str(path), dynamo=dynamo,
-                          opset_version=18 if dynamo else 17, verbose=False)
+                          opset_version=opset or (18 if dynamo else 17), verbose=False)
     return str(path)
 
 
 @functools.lru_cache(maxsize=None)
-def _exported(block: str, dynamo: bool) -> tuple:
+def _exported(block: str, dynamo: bool, opset=None) -> tuple:
     """(ONNX bytes, timm's parameter count) of ``block``'s randomized timm model, exported once per test run
     (the refusal tests edit copies of the same files)."""
     name, kw, _ = BLOCKS[block]
     model = _timm(name, **kw)
     with tempfile.TemporaryDirectory() as tmp:
-        path = _export(model, os.path.join(tmp, "m.onnx"), dynamo)  # dynamo: weights in a side file
+        path = _export(model, os.path.join(tmp, "m.onnx"), dynamo, opset)  # dynamo: weights in a side file
         return onnx.load(path).SerializeToString(), sum(p.numel() for p in model.parameters())
 
 
-def _file(tmp_path, block: str, dynamo: bool = False) -> str:
-    path = tmp_path / f"{block}_{int(dynamo)}.onnx"
-    path.write_bytes(_exported(block, dynamo)[0])
+def _file(tmp_path, block: str, dynamo: bool = False, opset=None) -> str:
+    path = tmp_path / f"{block}_{int(dynamo)}_{opset}.onnx"
+    path.write_bytes(_exported(block, dynamo, opset)[0])
     return str(path)
 
 
@@ -141,6 +141,22 @@ def test_timm_torchscript_export_reads_back(tmp_path, block):
 def test_timm_dynamo_export_reads_back(tmp_path, block):
     pytest.importorskip("onnxscript")
     _check(tmp_path, block, dynamo=True)
+
+
+@pytest.mark.slow
+def test_dynamo_opset_21_group_normalization_op(tmp_path):
+    """From opset 21 the dynamo exporter writes ONNX's own GroupNormalization (scale and bias per channel): read
+    as the GroupNorm it is. The same node in an opset-18 file (scale per group) is refused in one line."""
+    pytest.importorskip("onnxscript")
+    path = _file(tmp_path, "std_conv", True, 21)
+    assert "GroupNormalization" in {n.op_type for n in onnx.load(path).graph.node}
+    text, rel = _import_and_prove(path, _exported("std_conv", True, 21)[1])
+    assert rel <= 1e-5 and all(line in text for line in BLOCKS["std_conv"][2]), (rel, text)
+    model = onnx.load(path)
+    next(o for o in model.opset_import if o.domain in ("", "ai.onnx")).version = 18
+    onnx.save(model, path)
+    last_line_error(cli("import", path, "-o", tmp_path / "out"), "(GroupNormalization): GroupNormalization at "
+                    "opset 18", "a spec's GroupNorm is opset 21's")
 
 
 def _edited(tmp_path, block: str, edit) -> str:

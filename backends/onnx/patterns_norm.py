@@ -5,6 +5,7 @@
   exporters): ``Reshape (N, G, -1)`` -> ``InstanceNormalization`` (scale 1, bias 0, eps) -> ``Reshape`` back (to a
   constant (N, C, H, W) or to the ``Shape`` of the input) -> ``Mul`` by a constant weight -> ``Add`` a constant bias
   (both of C values, shaped (C, 1, 1) or (1, C, 1, 1)).
+* ONNX's own ``GroupNormalization`` from opset 21 (scale and bias per channel; the dynamo exporter's there).
 * Weight standardization (timm's StdConv2d): a ``Conv`` whose weight is computed in the graph from a constant by a
   chain of a few elementwise, reshaping and reducing nodes around one ``InstanceNormalization`` or
   ``BatchNormalization`` (its eps). What the chain computes is evaluated and compared with the weight
@@ -61,6 +62,20 @@ def group_norm_back(g, add, ins):
     facts = {"groups": groups, "eps": eps_of(node), "weight": np.asarray(gamma, np.float32).reshape(c),
              "bias": np.asarray(beta, np.float32).reshape(c)}
     return facts, to_groups[1][0]
+
+
+def group_norm_op(g, node, ins):
+    """``(facts, input)`` of ONNX's own ``GroupNormalization`` (torch.onnx.export's dynamo exporter from opset 21,
+    where its scale and bias are per channel); before opset 21 they are per group, which no spec says: refused."""
+    a = attrs(node)
+    groups = int(a.get("num_groups", 0))
+    scale, bias = (np.asarray(g.const(node, i), np.float32).reshape(-1) for i in ins[1:3])
+    c = scale.size
+    if g.opset < 21 or bias.size != c or groups < 1 or c % groups or int(a.get("stash_type", 1)) != 1:
+        raise g.refuse(node, f"GroupNormalization at opset {g.opset}, {groups} groups, scale of {c} values, "
+                             f"stash_type {a.get('stash_type', 1)}: a spec's GroupNorm is opset 21's, a scale and "
+                             "bias per channel, statistics in float32")
+    return {"groups": groups, "eps": eps_of(node), "weight": scale, "bias": bias}, ins[0]
 
 
 def _group_norm_problem(g, chain, gamma, beta):

@@ -4,7 +4,7 @@ in :mod:`.patterns_norm`."""
 
 from __future__ import annotations
 
-from .patterns_norm import group_norm_back, restandardized
+from .patterns_norm import group_norm_back, group_norm_op, restandardized
 from ...importers.source import ImportRefused, Layer
 
 
@@ -12,7 +12,9 @@ class NormReader:
     """Mixin of the graph walker: GroupNorm layers and the standardized convs' facts."""
 
     def norm_back(self, node, ins):
-        """``(facts, input)`` of a GroupNorm ending at ``node`` (an ``Add``), or None."""
+        """``(facts, input)`` of a GroupNorm ending at ``node`` (an ``Add``, or ONNX's GroupNormalization), or None."""
+        if node.op_type == "GroupNormalization":
+            return group_norm_op(self.g, node, ins)
         return group_norm_back(self.g, node, ins) if node.op_type == "Add" else None
 
     def gn(self, name, node, facts):

@@ -7,7 +7,7 @@ GlobalAveragePool/ReduceMean, Flatten/Reshape, Gemm or MatMul+Add, and
 GlobalAveragePool/ReduceMean-Conv-Relu-Conv-Sigmoid-Mul for squeeze-excite,
 GlobalAveragePool/ReduceMean-Reshape-Conv(1-d)-Sigmoid-Reshape(-Expand)-Mul for ECA, reflect
 padding (Pad, or Slice copies + Concat) then a depthwise Conv of the binomial filter for a blur pool,
-Reshape-InstanceNormalization-Reshape-Mul-Add for GroupNorm and a Conv weight computed by standardization
+Reshape-InstanceNormalization-Reshape-Mul-Add (or opset 21's GroupNormalization) for GroupNorm and a Conv weight computed by standardization
 (:mod:`.patterns_norm`). Constant subgraphs are
 folded first; the node patterns are in :mod:`.patterns`.
 
@@ -127,10 +127,6 @@ def read_onnx(path: str) -> Source:
     model = load_checked(path)  # special files, node and tensor budgets: before any tensor is read
     if not model.graph.node:
         raise ImportRefused(f"{label}: the ONNX graph has no nodes")
-    node = next((n for n in model.graph.node if n.op_type == "GroupNormalization"), None)
-    if node is not None:  # opset 18's scale is per group, 21's per channel: the decomposition is read instead
-        raise ImportRefused(f"{label}: node {node.name!r} (GroupNormalization): ONNX's GroupNormalization op is not "
-                            "read back (GroupNorm as InstanceNormalization with a per-channel affine is)")
     try:
         return _Walker.source(label, "onnx", {"path": path}, _Graph(model, label))
     except ImportRefused:
@@ -168,7 +164,7 @@ class _Walker(StemReader, BlockReader, HeadReader, AttentionReader, AntiAliasRea
                 ops.append(("blur", node, blur[0]))
                 value = blur[1]
                 continue
-            gn = self.norm_back(node, ins) if node.op_type == "Add" else None
+            gn = self.norm_back(node, ins) if node.op_type in ("Add", "GroupNormalization") else None
             if gn:  # GroupNorm: Reshape, InstanceNormalization, Reshape, Mul, Add as one op
                 ops.append(("gn", node, gn[0]))
                 value = gn[1]
