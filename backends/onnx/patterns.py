@@ -7,7 +7,11 @@
 * ``Slice``: a strided identity ``x[:, :, ::s, ::s]`` (one Slice over both axes, or one per axis as
   the exporters write it);
 * ``MaxPool -> Max(M)``: resnet-spec's zero-padded max pooling (a 0/-inf border mask).
-* MaxPool/AveragePool -> a spec's pool fields; a type-C projection that changes the shape.
+* MaxPool/AveragePool -> a spec's pool fields; a type-C projection that changes the shape;
+* a channel-attention gate's spatial mean and its ``Expand`` to the gated tensor's shape; timm's
+  anti-aliasing average pool (window = stride, no padding, floor).
+
+Blur pools are in :mod:`.patterns_blur`, GroupNorm and weight standardization in :mod:`.patterns_norm`.
 """
 
 from __future__ import annotations

@@ -38,7 +38,9 @@ class NormReader:
         folded = [n for n in plain if len(eps) == 1 and restandardized(self.src.weights[f"{n}.weight"], eps[0]) <= 1e-6]
         plain = [n for n in plain if n not in folded]
         if plain or len(eps) > 1:
-            what = f"convolution {plain[0]!r} is not" if plain else f"eps {eps}"
+            what = f"eps {eps}" if not plain else f"convolution {plain[0]!r} is not (a constant weight that " \
+                f"standardizing changes by {restandardized(self.src.weights[f'{plain[0]}.weight'], eps[0]):.1e}: " \
+                "plain, or standardized by the exporter with its raw weight lost)"
             raise ImportRefused(f"{self.g.path}: weight-standardized convolutions, but {what}: a spec standardizes "
                                 "every convolution (conv.standardize) with one eps")
         self.src.facts["standardize_eps"] = eps[0]

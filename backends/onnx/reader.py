@@ -3,13 +3,13 @@
 Read from ``torch.onnx.export`` (TorchScript and dynamo exporters), from this project's ``convert``, and
 from any producer that writes the same ops: Conv, BatchNormalization, Relu, Add, MaxPool/AveragePool,
 Pad (zero, spatial; zero channels in an option-A shortcut), Slice (strided identity),
-GlobalAveragePool/ReduceMean, Flatten/Reshape, Gemm or MatMul+Add, and
+GlobalAveragePool/ReduceMean, Flatten/Reshape, Gemm or MatMul+Add (or a 1x1 Conv), and
 GlobalAveragePool/ReduceMean-Conv-Relu-Conv-Sigmoid-Mul for squeeze-excite,
-GlobalAveragePool/ReduceMean-Reshape-Conv(1-d)-Sigmoid-Reshape(-Expand)-Mul for ECA, reflect
-padding (Pad, or Slice copies + Concat) then a depthwise Conv of the binomial filter for a blur pool,
-Reshape-InstanceNormalization-Reshape-Mul-Add (or opset 21's GroupNormalization) for GroupNorm and a Conv weight computed by standardization
-(:mod:`.patterns_norm`). Constant subgraphs are
-folded first; the node patterns are in :mod:`.patterns`.
+GlobalAveragePool/ReduceMean-Reshape-Conv(1-d)-Sigmoid-Reshape(-Expand)-Mul for ECA, reflect padding
+(Pad, or Slice copies + Concat) then a depthwise Conv of the binomial filter for a blur pool,
+Reshape-InstanceNormalization-Reshape-Mul-Add (or opset 21's GroupNormalization) for GroupNorm, and a Conv
+weight computed by standardization. Constant subgraphs are folded first; the node patterns are in
+:mod:`.patterns`, :mod:`.patterns_blur` and :mod:`.patterns_norm`.
 
 Every residual ``Add`` (two computed inputs) closes one block; walking back from its two inputs to the
 previous block's output gives the shared pre-activation, the residual branch (the one with the most
