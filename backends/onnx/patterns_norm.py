@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .patterns import attrs
+from .patterns import attrs, fold_size, MAX_FOLD
 from ...ir_norm import standardize
 
 #: the nodes a weight-standardization chain may hold (as the exporters and backends/onnx/norm.py write it)
@@ -170,21 +170,25 @@ def _standardized(g, conv, value):
 
 
 def _evaluate(g, nodes, leaves, value):
-    from onnx import NodeProto, helper
+    """``value`` computed by ``nodes`` from the constants ``leaves``, node by node, each output at most
+    :data:`.patterns.MAX_FOLD` elements (a broadcast cannot blow up); None where a node cannot run."""
+    from onnx import helper
     from onnx.reference import ReferenceEvaluator
 
-    protos = []
+    values = {n: np.asarray(g.consts[n]) for n in leaves}
     for node, ins in nodes:  # the inputs as the reader resolved them (Identity/Dropout aliases followed)
-        p = NodeProto()
-        p.CopyFrom(node)
-        del p.input[:]
-        p.input.extend(ins)
-        protos.append(p)
-    names = sorted(leaves)
-    graph = helper.make_graph(protos, "standardize", [helper.make_tensor_value_info(n, 0, None) for n in names],
-                              [helper.make_tensor_value_info(value, 0, None)])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", g.opset)])
-    try:
-        return np.asarray(ReferenceEvaluator(model).run(None, {n: g.consts[n] for n in names})[0], np.float64)
-    except Exception:  # the chain cannot run: refused by the caller
-        return None
+        args = [values[i] if i else None for i in ins]
+        if fold_size(node, args) > MAX_FOLD:
+            return None
+        given = [i for i in ins if i]
+        one = helper.make_node(node.op_type, ins, list(node.output), domain=node.domain)
+        one.attribute.extend(node.attribute)
+        graph = helper.make_graph([one], "standardize", [helper.make_tensor_value_info(i, 0, None) for i in given],
+                                  [helper.make_tensor_value_info(o, 0, None) for o in node.output if o])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", g.opset)])
+        try:
+            outs = ReferenceEvaluator(model).run(None, {i: values[i] for i in given})
+        except Exception:  # the chain cannot run: refused by the caller
+            return None
+        values.update(zip([o for o in node.output if o], (np.asarray(o) for o in outs)))
+    return np.asarray(values[value], np.float64) if value in values else None
