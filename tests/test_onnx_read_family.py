@@ -1,8 +1,9 @@
 """The ONNX reader reads back the ResNet-family blocks beyond the plain ResNet's: torch.onnx.export files of
 timm's models (randomized weights: every BN statistic and affine parameter, every conv and linear weight
 redrawn, so nothing hides behind an identity) are imported and the spec proven against ONNX Runtime running
-the file, with timm's parameter count. Models are cut to one block per stage and run at 64 px. The TorchScript
-exporter (opset 17) is the fast tier; the dynamo exporter (opset 18) the slow one. The files ``convert`` writes
+the file, with timm's parameter count. Models are cut to one narrow block per stage and run at 64 px. The
+TorchScript exporter (opset 17) on one model per block is the fast tier; the other variants, the dynamo exporter
+(opset 18; opset 21 for ONNX's own GroupNormalization) the slow one. The files ``convert`` writes
 (BN folded and not) are covered by tests/test_import_zoo.py's round-trip sweep. A pattern the reader only half
 recognises is refused in one line naming the building block."""
 
@@ -28,6 +29,7 @@ ort = pytest.importorskip("onnxruntime")
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks"))
 import family_coverage  # noqa: E402  (benchmarks/: the randomized weights of the family coverage run)
 
+
 def _bit(pretrained=False, **kw):
     """timm's resnetv2_50x1_bit with ``kw`` (its registered function fixes the layers)."""
     from timm.models import resnetv2
@@ -35,12 +37,12 @@ def _bit(pretrained=False, **kw):
     return resnetv2._create_resnetv2_bit("resnetv2_50x1_bit", pretrained=pretrained, **kw)
 
 
-#: building block -> (timm model or its constructor, keywords, what the imported spec must say)
 #: timm's ResNet cut to one narrow block per stage and 10 classes (fast to export); GroupNorm's 32 groups need
 #: widths of multiples of 32
 SMALL = {"layers": [1, 1, 1, 1], "channels": (16, 16, 32, 32), "num_classes": 10}
 DEEP = {**SMALL, "stem_width": 8}  # a deep stem's first widths
 
+#: building block -> (timm model or its constructor, keywords, what the imported spec must say)
 BLOCKS = {"eca": ("ecaresnet50d", DEEP, ["se: {type: eca}"]),
           # average-pool anti-aliasing in bottlenecks with strided 1x1 projections, and in basic blocks
           # with ResNet-D's average-pool projections; both with timm's 2x2/2 average stem pool
