@@ -182,7 +182,7 @@ def test_zoo_onnx_round_trip(tmp_path, name):
     into the BN's, so only the parameter count differs). Each entry's stem, blocks, shortcuts and head
     with its stages cut to two blocks (:func:`conftest.tiny_text`), each distinct network once
     (:func:`conftest.tiny_zoo`); depth is the next test's. The ONNX
-    reader does not read back an average-pool or conv stem pool, an anti-aliasing pool or blur pool, ECA, split
+    reader does not read back split
     attention, Res2Net or SKNet's selective kernel yet
     (:data:`ONNX_UNREAD`): those entries' files are refused in one line, never imported wrong."""
     if name in ONNX_UNREAD:
@@ -194,24 +194,13 @@ def test_zoo_onnx_round_trip(tmp_path, name):
 
 
 #: zoo entries whose ONNX files backends/onnx/reader.py does not read back yet -> the refusal's words
-ONNX_UNREAD = {"resnetaa50d": "node 'maxpool' \\(AveragePool\\): not expected in a ResNet stem",
-               "seresnextaa101d_32x8d": "node 'maxpool' \\(AveragePool\\): not expected in a ResNet stem",
-               "resnetrs50": "first layer that does not fit",
-               "ecaresnet50d": "node 'layer1.0.se.scale' \\(Mul\\): a Mul that is not a squeeze-excite gate",
-               "resnest50d": "node 'layer1.0.conv2.weighted_sum' \\(ReduceSum\\): ResNeSt split attention, which "
+ONNX_UNREAD = {"resnest50d": "node 'layer1.0.conv2.weighted_sum' \\(ReduceSum\\): ResNeSt split attention, which "
                              "the ONNX reader cannot read back yet",
-               "res2net50_26w_4s": "node 'layer1.0.cat' \\(Concat\\): a Concat of split convs \\(Res2Net\\) or of "
-                                   "reflect-padding copies \\(a blur pool\\), which the ONNX reader does not read back yet",
-               "resnetblur50": "node 'maxpool.1.pad_reflect_rows' \\(Concat\\): a Concat of split convs \\(Res2Net\\) "
-                               "or of reflect-padding copies \\(a blur pool\\)",
+               "res2net50_26w_4s": "node 'layer1.0.cat' \\(Concat\\): a Concat that is not a blur pool's reflect "
+                                   "padding: split convs \\(Res2Net\\), which the ONNX reader does not read back yet",
                "skresnet34": "node 'layer1.0.conv1' \\(Sum\\): parallel paths joined by attention \\(a selective kernel",
-               "skresnext50_32x4d": "node 'layer1.0.conv2' \\(Sum\\): parallel paths joined by attention",
-               "resnet50_gn": "\\(InstanceNormalization\\): GroupNorm or weight-standardized convolutions are not "
-                              "read back",
-               "resnetv2_50x1_bit": "\\(InstanceNormalization\\): GroupNorm or weight-standardized convolutions "
-                                    "are not read back"}
+               "skresnext50_32x4d": "node 'layer1.0.conv2' \\(Sum\\): parallel paths joined by attention"}
 ONNX_UNREAD["res2next50"] = ONNX_UNREAD["res2net50_26w_4s"]
-ONNX_UNREAD["ecaresnet50d_pruned"] = ONNX_UNREAD["ecaresnet50d"]  # per-block widths: ECA as ecaresnet50d
 
 
 @pytest.mark.slow

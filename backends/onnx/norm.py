@@ -9,6 +9,8 @@ in 21), but InstanceNormalization (opset 6) over a reshaped tensor.
   (ONNX Runtime folds it once at session start with its optimizations on, the same kernel either way).
   The float16 and int8 files take the weights standardized beforehand in float64 instead
   (:func:`standardize_convs`: an inference-only rewrite, StdConv -> Conv).
+
+The import reads both patterns back (:mod:`.patterns_norm`).
 """
 
 from __future__ import annotations
@@ -52,18 +54,3 @@ def std_conv(g, op: ir.StdConv, x: str, name: str) -> str:
     k, s, p, d = op.kernel, op.stride, op.padding, op.dilation
     return g.node("Conv", inputs, name, kernel_shape=[k, k], strides=[s, s], pads=[p, p, p, p],
                   dilations=[d, d], group=op.groups)
-
-
-def refuse_norm_nodes(model, label: str) -> None:
-    """The import of an ONNX file refuses, in one line, the nodes these lowerings write (or ONNX's own
-    GroupNormalization): reading GroupNorm and weight standardization back is not done yet."""
-    from ...importers.source import ImportRefused
-
-    node = next((n for n in model.graph.node if n.op_type in ("InstanceNormalization", "GroupNormalization")), None)
-    if node is not None:
-        raise ImportRefused(f"{label}: node {node.name!r} ({node.op_type}): GroupNorm or weight-standardized "
-                            "convolutions are not read back from ONNX yet")
-    node = next((n for n in model.graph.node if n.op_type == "Sqrt"), None)  # backends/onnx/frn.py's norms
-    if node is not None:
-        raise ImportRefused(f"{label}: node {node.name!r} ({node.op_type}): Filter Response Normalization or "
-                            "EvoNorm-S0 are not read back from ONNX yet")

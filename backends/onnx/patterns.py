@@ -7,7 +7,11 @@
 * ``Slice``: a strided identity ``x[:, :, ::s, ::s]`` (one Slice over both axes, or one per axis as
   the exporters write it);
 * ``MaxPool -> Max(M)``: resnet-spec's zero-padded max pooling (a 0/-inf border mask).
-* MaxPool/AveragePool -> a spec's pool fields; a type-C projection that changes the shape.
+* MaxPool/AveragePool -> a spec's pool fields; a type-C projection that changes the shape;
+* a channel-attention gate's spatial mean and its ``Expand`` to the gated tensor's shape; timm's
+  anti-aliasing average pool (window = stride, no padding, floor).
+
+Blur pools are in :mod:`.patterns_blur`, GroupNorm and weight standardization in :mod:`.patterns_norm`.
 """
 
 from __future__ import annotations
@@ -203,6 +207,41 @@ def pool_facts(node, ins, pad: int) -> dict:
     return out
 
 
+def spatial_mean(g, node, ins) -> bool:
+    """A ``GlobalAveragePool``, or a ``ReduceMean`` over height and width (axes as attribute or input)."""
+    if node.op_type == "GlobalAveragePool":
+        return True
+    if node.op_type != "ReduceMean":
+        return False
+    axes = ins[1] if len(ins) > 1 and ins[1] else None
+    axes = g.const(node, axes).reshape(-1).tolist() if axes else attrs(node).get("axes", [])
+    return sorted(int(a) % 4 for a in axes) == [2, 3]
+
+
+def broadcast_source(g, node, ins):
+    """The input an ``Expand`` broadcasts to a shape that is a constant or the ``Shape`` of a computed
+    tensor (``y.expand_as(x)``, as torch.onnx.export writes a gate), or None for another node."""
+    if node.op_type != "Expand" or len(ins) != 2 or not ins[0]:
+        return None
+    shape = ins[1]
+    if shape in g.consts or (shape in g.producer and g.producer[shape][0].op_type == "Shape"):
+        return ins[0]
+    return None
+
+
+def anti_alias_pool(g, node, pad: int) -> None:
+    """Refuse an ``AveragePool`` in a residual branch unless it is timm's anti-aliasing pool
+    (``AvgPool2d(stride)``: a square window equal to its stride, no padding, floor)."""
+    a = attrs(node)
+    k, s, pads = list(a.get("kernel_shape", [])), list(a.get("strides", [1, 1])), list(a.get("pads", [0] * 4))
+    if pad or len(set(k)) != 1 or k != s or any(pads) or a.get("ceil_mode", 0) \
+            or a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET", b"VALID", "VALID"):
+        raise g.refuse(node, f"an average pool of kernel {k}, strides {s}, pads {pads}"
+                             f"{' after a Pad' if pad else ''}, ceil_mode {a.get('ceil_mode', 0)} in a residual "
+                             "branch: timm's anti-aliasing pool (block.anti_alias: avgpool) has window = stride, no "
+                             "padding, floor")
+
+
 def shortcut_reshapes(g, short) -> bool:
     """Whether a projection shortcut changes the shape: channels or stride (a type-C stage start)."""
     for _, n, ins in short:
@@ -218,5 +257,5 @@ def shortcut_reshapes(g, short) -> bool:
 #: A node joining computed paths that the reader does not read back, by op type -> the refusal's words.
 UNREAD_JOINS = {"Sum": "parallel paths joined by attention (a selective kernel, SKNet, or split attention), which "
                        "resnet-spec cannot import from ONNX yet",
-                "Concat": "a Concat of split convs (Res2Net) or of reflect-padding copies (a blur pool), which the "
-                          "ONNX reader does not read back yet"}
+                "Concat": "a Concat that is not a blur pool's reflect padding: split convs (Res2Net), which the ONNX "
+                          "reader does not read back yet"}

@@ -1,0 +1,243 @@
+"""The ONNX reader reads back the ResNet-family blocks beyond the plain ResNet's: torch.onnx.export files of
+timm's models (randomized weights: every BN statistic and affine parameter, every conv and linear weight
+redrawn, so nothing hides behind an identity) are imported and the spec proven against ONNX Runtime running
+the file, with timm's parameter count. Models are cut to one narrow block per stage and run at 64 px. The
+TorchScript exporter (opset 17) on one model per block is the fast tier; the other variants, the dynamo exporter
+(opset 18; opset 21 for ONNX's own GroupNormalization) the slow one. The files ``convert`` writes
+(BN folded and not) are covered by tests/test_import_zoo.py's round-trip sweep. A pattern the reader only half
+recognises is refused in one line naming the building block."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import tempfile
+import warnings
+
+import numpy as np
+import pytest
+from conftest import cli, last_line_error
+
+import resnet_spec
+
+torch = pytest.importorskip("torch")
+timm = pytest.importorskip("timm")
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks"))
+import family_coverage  # noqa: E402  (benchmarks/: the randomized weights of the family coverage run)
+
+
+def _bit(pretrained=False, **kw):
+    """timm's resnetv2_50x1_bit with ``kw`` (its registered function fixes the layers)."""
+    from timm.models import resnetv2
+
+    return resnetv2._create_resnetv2_bit("resnetv2_50x1_bit", pretrained=pretrained, **kw)
+
+
+#: timm's ResNet cut to one narrow block per stage and 10 classes (fast to export); GroupNorm's 32 groups need
+#: widths of multiples of 32
+SMALL = {"layers": [1, 1, 1, 1], "channels": (16, 16, 32, 32), "num_classes": 10}
+DEEP = {**SMALL, "stem_width": 8}  # a deep stem's first widths
+
+#: building block -> (timm model or its constructor, keywords, what the imported spec must say)
+BLOCKS = {"eca": ("ecaresnet50d", DEEP, ["se: {type: eca}"]),
+          # average-pool anti-aliasing in bottlenecks with strided 1x1 projections, and in basic blocks
+          # with ResNet-D's average-pool projections; both with timm's 2x2/2 average stem pool
+          "anti_alias_avgpool": ("resnetaa50", SMALL,
+                                 ["anti_alias: avgpool", "pool: {type: avg, kernel: 2, stride: 2, padding: 0}"]),
+          "anti_alias_avgpool_basic": ("resnetaa34d", DEEP,
+                                       ["type: basic, anti_alias: avgpool", "pool: {type: avg, kernel: 2"]),
+          # ResNet-RS: the stem's max-pool replaced by a 3x3/2 conv, BN and ReLU (maxpool.0, maxpool.1)
+          "conv_stem_pool": ("resnetrs50", DEEP,
+                             ["pool: {type: conv, kernel: 3, stride: 2, padding: 1}"]),
+          # timm's BlurPool2d (reflect F.pad + depthwise conv with the binomial filter) in the stem and the
+          # blocks, bottleneck and basic
+          "blur": ("resnetblur50", SMALL,
+                   ["pool: {kernel: 3, stride: 2, padding: 1, anti_alias: blur}", "anti_alias: blur}"]),
+          "blur_basic": ("resnetblur18", SMALL,
+                         ["anti_alias: blur}", "type: basic"]),
+          # GroupNorm (torch.onnx.export's Reshape, InstanceNormalization, Reshape, Mul, Add) in a ResNet
+          "group_norm": ("resnet50_gn", {**SMALL, "channels": (32, 32, 32, 32)},
+                         ["norm: {type: group, groups: 32, eps: 1.0e-05}"]),
+          # BiT: weight-standardized convs (StdConv2d, eps 1e-8) and GroupNorm in a pre-activation ResNetV2
+          "std_conv": (_bit, {**SMALL, "channels": (128, 128, 128, 128)},
+                       ["conv: {standardize: true, eps: 1.0e-08}", "norm: {type: group, groups: 32",
+                        "preact: true", "pad_value: zero"])}
+
+
+def _timm(name, **kw):
+    model = (timm.create_model(name, pretrained=False, **kw) if isinstance(name, str) else name(**kw)).eval()
+    weights = family_coverage.randomized({k: v.numpy() for k, v in model.state_dict().items()
+                                          if not k.endswith("num_batches_tracked")})
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()}, strict=False)
+    return model
+
+
+def _export(model, path, dynamo: bool, opset=None):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.randn(1, 3, 64, 64),), str(path), dynamo=dynamo,
+                          opset_version=opset or (18 if dynamo else 17), verbose=False)
+    return str(path)
+
+
+@functools.lru_cache(maxsize=None)
+def _exported(block: str, dynamo: bool, opset=None) -> tuple:
+    """(ONNX bytes, timm's parameter count) of ``block``'s randomized timm model, exported once per test run
+    (the refusal tests edit copies of the same files)."""
+    name, kw, _ = BLOCKS[block]
+    model = _timm(name, **kw)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = _export(model, os.path.join(tmp, "m.onnx"), dynamo, opset)  # dynamo: weights in a side file
+        return onnx.load(path).SerializeToString(), sum(p.numel() for p in model.parameters())
+
+
+def _file(tmp_path, block: str, dynamo: bool = False, opset=None) -> str:
+    path = tmp_path / f"{block}_{int(dynamo)}_{opset}.onnx"
+    path.write_bytes(_exported(block, dynamo, opset)[0])
+    return str(path)
+
+
+def _import_and_prove(path: str, params: int) -> tuple:
+    """(spec text, max rel): ``path`` read, its spec inferred and checked layer by layer, and the generated
+    torch model against ONNX Runtime running the file (one seeded image: the exported file's batch is 1)."""
+    from resnet_spec.backends.onnx.reader import read_onnx
+    from resnet_spec.importers.infer import build_spec
+    from resnet_spec.importers.source import check_source
+
+    src = read_onnx(path)
+    text, net, _ = build_spec(src, "m")
+    weights = check_source(net, src)
+    assert net.params == params, text
+    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).standard_normal((1, *net.input_shape)).astype(np.float32)
+    ref = sess.run(None, {sess.get_inputs()[0].name: x})[0]
+    with torch.inference_mode():
+        got = resnet_spec.build(net, "torch", weights=weights).eval()(torch.from_numpy(x)).numpy()
+    return text, float(np.abs(ref - got).max() / np.abs(ref).max())
+
+
+def _check(tmp_path, block: str, dynamo: bool):
+    says = BLOCKS[block][2]
+    text, rel = _import_and_prove(_file(tmp_path, block, dynamo), _exported(block, dynamo)[1])
+    print(f"{block} {'dynamo' if dynamo else 'torchscript'}: max_rel {rel:.2e}")
+    assert rel <= 1e-5, (block, rel)
+    for line in says:
+        assert line in text, text
+
+
+#: one model per building block in the fast tier; the other variants with the slow tier
+FAST = ("eca", "anti_alias_avgpool", "conv_stem_pool", "blur", "std_conv")
+
+
+@pytest.mark.parametrize("block", [b if b in FAST else pytest.param(b, marks=pytest.mark.slow) for b in BLOCKS])
+def test_timm_torchscript_export_reads_back(tmp_path, block):
+    _check(tmp_path, block, dynamo=False)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("block", list(BLOCKS))
+def test_timm_dynamo_export_reads_back(tmp_path, block):
+    pytest.importorskip("onnxscript")
+    _check(tmp_path, block, dynamo=True)
+
+
+@pytest.mark.slow
+def test_dynamo_opset_21_group_normalization_op(tmp_path):
+    """From opset 21 the dynamo exporter writes ONNX's own GroupNormalization (scale and bias per channel): read
+    as the GroupNorm it is. The same node in an opset-18 file (scale per group) is refused in one line."""
+    pytest.importorskip("onnxscript")
+    path = _file(tmp_path, "std_conv", True, 21)
+    assert "GroupNormalization" in {n.op_type for n in onnx.load(path).graph.node}
+    text, rel = _import_and_prove(path, _exported("std_conv", True, 21)[1])
+    assert rel <= 1e-5 and all(line in text for line in BLOCKS["std_conv"][2]), (rel, text)
+    model = onnx.load(path)
+    next(o for o in model.opset_import if o.domain in ("", "ai.onnx")).version = 18
+    onnx.save(model, path)
+    last_line_error(cli("import", path, "-o", tmp_path / "out"), "(GroupNormalization): GroupNormalization at "
+                    "opset 18", "a spec's GroupNorm is opset 21's")
+
+
+def _edited(tmp_path, block: str, edit) -> str:
+    """The TorchScript file of ``block``'s timm model with ``edit(model)`` applied to its ONNX graph."""
+    path = _file(tmp_path, block)
+    model = onnx.load(path)
+    edit(model)
+    onnx.save(model, path)
+    return path
+
+
+def _eca_conv_bias(model):
+    """A bias on the first ECA conv: a gate of ECA's shape that timm's EcaModule is not."""
+    conv = next(n for n in model.graph.node if n.op_type == "Conv" and "se" in n.name)
+    model.graph.initializer.append(onnx.numpy_helper.from_array(np.full(1, 0.5, np.float32), "eca_bias"))
+    conv.input.append("eca_bias")
+
+
+def _aa_ceil_mode(model):
+    """ceil_mode on the first anti-aliasing pool (the output size is the same at 64 px): not timm's."""
+    pool = next(n for n in model.graph.node if n.op_type == "AveragePool" and "aa" in n.name)
+    next(a for a in pool.attribute if a.name == "ceil_mode").i = 1
+
+
+def _box_blur(model):
+    """A 3x3 box filter (1/9 everywhere) in place of the first blur pool's binomial one."""
+    conv = next(n for n in model.graph.node if n.op_type == "Conv" and any(
+        a.name == "group" and a.i > 1 for a in n.attribute))
+    box = onnx.numpy_helper.from_array(np.full((64, 1, 3, 3), 1 / 9, np.float32), "box_filter")
+    model.graph.initializer.append(box)
+    conv.input[1] = "box_filter"
+
+
+def _group_scale(model):
+    """A scale of 2 on the first GroupNorm's InstanceNormalization: not a GroupNorm as torch writes it."""
+    node = next(n for n in model.graph.node if n.op_type == "InstanceNormalization")
+    model.graph.initializer.append(onnx.numpy_helper.from_array(np.full(32, 2.0, np.float32), "scale2"))
+    node.input[1] = "scale2"
+
+
+def _std_scale(model):
+    """A scale of 2 on the first weight standardization's BatchNormalization: the weight is then twice a
+    standardized one, which no StdConv2d computes."""
+    node = next(n for n in model.graph.node if n.op_type == "BatchNormalization")
+    channels = next(i for i in model.graph.initializer if i.name == node.input[0]).dims[1]
+    model.graph.initializer.append(onnx.numpy_helper.from_array(np.full(channels, 2.0, np.float32), "scale2"))
+    node.input[1] = "scale2"
+
+
+@pytest.mark.parametrize("block,edit,needles", [
+    ("eca", _eca_conv_bias, ["(Conv): an ECA conv", "bias True", "timm's EcaModule"]),
+    ("anti_alias_avgpool", _aa_ceil_mode, ["(AveragePool): an average pool of kernel [2, 2]", "ceil_mode 1",
+                                           "anti-aliasing pool (block.anti_alias: avgpool)"]),
+    ("blur", _box_blur, ["(Conv): a depthwise conv after reflect padding whose filter is not the binomial"]),
+    ("std_conv", _group_scale, ["(Add): a GroupNorm-like InstanceNormalization",
+                                  "its own scale and bias are not ones and zeros"]),
+    ("std_conv", _std_scale, ["(Conv): a weight computed in the graph through BatchNormalization that is not a "
+                              "constant standardized per output filter"]),
+])
+def test_half_matching_pattern_is_refused_in_one_line(tmp_path, block, edit, needles):
+    path = _edited(tmp_path, block, edit)
+    last_line_error(cli("import", path, "-o", tmp_path / "out"), *needles)
+    assert not (tmp_path / "out").exists()
+
+
+def test_blur_reflect_copies_of_the_wrong_column_are_refused(tmp_path):
+    """convert's blur pool pads by Slice copies joined by Concat: a copy of a column one further in than the
+    reflection reads (column W - 3 instead of W - 2) is refused in one line, never read as a blur pool."""
+    from conftest import tiny_text
+    from resnet_spec.backends.onnx import backend as onnx_backend
+
+    net = resnet_spec.load(tiny_text("resnetblur50", blocks=1))
+    (path,) = onnx_backend.convert(net, resnet_spec.init_weights(net, seed=0), str(tmp_path / "c"))[:1]
+    model = onnx.load(str(path))
+    cut = next(n for n in model.graph.node if n.name == "maxpool.1.reflect_cols_last0")
+    width = net.stem[-2].out_shape[2]  # the stride-1 max-pool's output, which the blur pads
+    for k, value in ((1, width - 3), (2, width - 2)):
+        model.graph.initializer.append(onnx.numpy_helper.from_array(np.array([value], np.int64), f"wrong{k}"))
+        cut.input[k] = f"wrong{k}"
+    onnx.save(model, str(path))
+    last_line_error(cli("import", path, "-o", tmp_path / "out"), "node 'maxpool.1.pad_reflect_cols' (Concat)",
+                    f"copies of rows/columns [1, {width - 3}] around a map of size {width} along axis 3")
