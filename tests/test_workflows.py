@@ -455,6 +455,20 @@ def test_readme_python_example_does_its_work_under_the_main_guard():
     assert set(top) <= {"Import", "ImportFrom", "FunctionDef", "If"} and top[-1] == "If", top
 
 
+
+def test_readme_family_table_is_the_coverage_scripts():
+    """The README's import-coverage table is the one benchmarks/family_coverage.py writes in
+    docs/family_coverage.md (a row updated in one and not the other went unnoticed before)."""
+    root = os.path.join(os.path.dirname(__file__), "..")
+
+    def table(name):
+        lines = open(os.path.join(root, name), encoding="utf-8").read().splitlines()
+        start = next(i for i, ln in enumerate(lines) if ln.startswith("| family | models |"))
+        end = next(i for i in range(start, len(lines)) if not lines[i].startswith("|"))
+        return lines[start:end]
+
+    assert len(table("README.md")) > 2 and table("README.md") == table("docs/family_coverage.md")
+
 # -- inspect ----------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
