@@ -32,6 +32,7 @@ if os.environ.get("CI"):
     _hsettings.load_profile("ci")
 
 sys.path.insert(0, os.path.dirname(__file__))
+from cpu_times import pytest_runtest_protocol  # noqa: E402,F401 -- RESNET_SPEC_CPU_TIMES=FILE: CPU per test
 # benchmarks/ (family_coverage, ...) is on the path from the start, so that the tests that import from it
 # do not change sys.path midway, which would start fresh worker processes (isolate.keep_workers)
 sys.path.insert(1, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
