@@ -145,6 +145,20 @@ def tiny_text(name: str, blocks: int = 2, size: int | None = None) -> str:
     return yaml.safe_dump(spec, sort_keys=False)
 
 
+#: a pre-activation bottleneck net of three blocks: the base the norm tests (GroupNorm, FRN, EvoNorm-S0)
+#: add their ``norm:``/``conv:`` lines to
+TINY_PREACT = """\
+name: tiny
+input: {size: 32}
+stem: {channels: 8, kernel: 3, stride: 2}
+block: {type: bottleneck, preact: true}
+stages:
+- {blocks: 1, channels: 4}
+- {blocks: 2, channels: 8, stride: 2}
+head: {classes: 5}
+"""
+
+
 # Two small nets that between them contain every IR op and every exact-semantics corner: deep stem,
 # ceil-mode max-pool (-inf extension), grouped convs with bias, SE, DropPath, ResNet-D average-pool
 # shortcuts over odd sizes (partial windows), head dropout, BN eps 1e-6 (tiny_a); zero-padded max-pool

@@ -16,23 +16,13 @@ import sys
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import one_line_error, rel_err
+from conftest import TINY_PREACT as TINY, one_line_error, rel_err
 from timm_checks import assert_one_located_error, ort_at_both_levels
 
 import resnet_spec
 from resnet_spec import ir, ir_frn
 from resnet_spec.cli import main
 
-TINY = """\
-name: tiny
-input: {size: 32}
-stem: {channels: 8, kernel: 3, stride: 2}
-block: {type: bottleneck, preact: true}
-stages:
-- {blocks: 1, channels: 4}
-- {blocks: 2, channels: 8, stride: 2}
-head: {classes: 5}
-"""
 FRN = "norm: {type: frn, eps: 1.0e-5}\n"
 EVO = "norm: {type: evonorm_s0, groups: 4, eps: 1.0e-5}\n"
 V1 = TINY.replace("preact: true", "preact: false")

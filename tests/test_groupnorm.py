@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import yaml
 from click.testing import CliRunner
-from conftest import one_line_error, rel_err
+from conftest import TINY_PREACT as TINY, one_line_error, rel_err
 from timm_checks import (assert_one_located_error, assert_timm_params_and_macs, max_rel as _max_rel,
                          timm_randomized)
 
@@ -23,16 +23,6 @@ import resnet_spec
 from resnet_spec import ir
 from resnet_spec.cli import main
 
-TINY = """\
-name: tiny
-input: {size: 32}
-stem: {channels: 8, kernel: 3, stride: 2}
-block: {type: bottleneck, preact: true}
-stages:
-- {blocks: 1, channels: 4}
-- {blocks: 2, channels: 8, stride: 2}
-head: {classes: 5}
-"""
 GN = "norm: {type: group, groups: 4, eps: 1.0e-5}\n"
 WS = "conv: {standardize: true, eps: 1.0e-8}\n"
 
