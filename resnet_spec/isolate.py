@@ -232,10 +232,11 @@ class Worker:
 _KEPT: dict | None = None  # (label, environment, sys.path) -> an idle worker's pool, inside keep_workers()
 _IGNORED_ENV: frozenset = frozenset()
 _MAX_KEPT = 8  # an idle TensorFlow worker holds about a gigabyte
+_MAX_KEPT_BYTES: int | None = None  # keep_workers(max_bytes=...): the idle processes' memory, all together
 
 
 @contextmanager
-def keep_workers(ignore_env=()):
+def keep_workers(ignore_env=(), max_bytes: int | None = None):
     """Within this block, the process of a closed :class:`Worker` is kept and handed to the next
     :class:`Worker` of the same label started with the same environment variables and ``sys.path`` entries,
     instead of a new process importing its frameworks again (seconds each: TensorFlow, JAX, Keras).
@@ -244,16 +245,18 @@ def keep_workers(ignore_env=()):
     Two labels never share a process, so frameworks stay apart as without it; a worker that crashed is
     never kept. At most the 8 most recently used idle processes are kept; all stop when the block ends
     (nested blocks share the outermost one's processes). ``ignore_env`` names environment variables
-    that change between calls without mattering to a worker (a test runner's ``PYTEST_CURRENT_TEST``)."""
-    global _KEPT, _IGNORED_ENV
+    that change between calls without mattering to a worker (a test runner's ``PYTEST_CURRENT_TEST``).
+    ``max_bytes`` also bounds the idle processes' resident memory, all together (Linux; the least
+    recently used go first): several kept TensorFlow and JAX processes hold gigabytes."""
+    global _KEPT, _IGNORED_ENV, _MAX_KEPT_BYTES
     if _KEPT is not None:
         yield
         return
-    _KEPT, _IGNORED_ENV = {}, frozenset(ignore_env)
+    _KEPT, _IGNORED_ENV, _MAX_KEPT_BYTES = {}, frozenset(ignore_env), max_bytes
     try:
         yield
     finally:
-        kept, _KEPT, _IGNORED_ENV = _KEPT, None, frozenset()
+        kept, _KEPT, _IGNORED_ENV, _MAX_KEPT_BYTES = _KEPT, None, frozenset(), None
         for pool in kept.values():
             pool.shutdown(wait=True, cancel_futures=True)
 
@@ -280,6 +283,19 @@ def _keep(key, pool) -> bool:
     if _KEPT is None or key in _KEPT or not _alive(pool):
         return False
     _KEPT[key] = pool
-    while len(_KEPT) > _MAX_KEPT:
+    while _KEPT and (len(_KEPT) > _MAX_KEPT or
+                     (_MAX_KEPT_BYTES is not None and sum(map(_resident, _KEPT.values())) > _MAX_KEPT_BYTES)):
         _KEPT.pop(next(iter(_KEPT))).shutdown(wait=True, cancel_futures=True)
-    return True
+    return key in _KEPT
+
+
+def _resident(pool) -> int:
+    """Bytes of memory a pool's processes hold (Linux /proc; 0 where it cannot be read)."""
+    total = 0
+    for proc in (getattr(pool, "_processes", None) or {}).values():
+        try:
+            with open(f"/proc/{proc.pid}/statm") as f:
+                total += int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError, IndexError, AttributeError):
+            continue
+    return total

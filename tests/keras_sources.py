@@ -40,12 +40,27 @@ def save_both(name: str, size: int, folder: str, x, seed: int) -> dict:
     keras_path, h5_path = os.path.join(folder, f"{name}.keras"), os.path.join(folder, f"{name}.weights.h5")
     model.save(keras_path)
     model.save_weights(h5_path)
-    return {"keras": keras_path, "h5": h5_path, "size": size, "ref": ref,
+    made = {"keras": keras_path, "h5": h5_path, "size": size, "ref": ref,
             "params": sum(math.prod(w.shape) for w in model.trainable_weights), "count": model.count_params()}
+    del model
+    _release()
+    return made
 
 
 def describe(descs: list) -> list:
     """Each source description read back as the importer's worker does (``reader._describe``)."""
     from resnet_spec.backends.keras.reader import _describe
 
-    return [_describe(desc) for desc in descs]
+    out = [_describe(desc) for desc in descs]
+    _release()
+    return out
+
+
+def _release() -> None:
+    """Drop the models this kept worker built (a ResNet152 holds a quarter of a gigabyte)."""
+    import gc
+
+    import keras
+
+    keras.backend.clear_session()
+    gc.collect()

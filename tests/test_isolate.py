@@ -43,3 +43,28 @@ def test_kept_workers_are_reused_by_label_only_inside_the_block():
             assert w.call(os.getpid) == first
         with isolate.Worker("test-b") as w:
             assert w.call(os.getpid) not in (first, os.getpid())
+
+
+_BUDGET = """
+import os
+from resnet_spec import isolate
+if __name__ == "__main__":
+    for budget in (None, 1):
+        with isolate.keep_workers(max_bytes=budget):
+            with isolate.Worker("a") as w:
+                first = w.call(os.getpid)
+            with isolate.Worker("a") as w:
+                print(budget, w.call(os.getpid) == first)
+"""
+
+
+def test_kept_workers_stay_within_their_memory_budget(tmp_path):
+    """keep_workers(max_bytes=...): an idle process over the budget stops instead of being kept (in a
+    fresh process: this one runs inside the session's block, which nested blocks share)."""
+    import subprocess
+    import sys
+
+    (tmp_path / "budget.py").write_text(_BUDGET)
+    res = subprocess.run([sys.executable, str(tmp_path / "budget.py")], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.split() == ["None", "True", "1", "False"], res.stdout
