@@ -183,7 +183,7 @@ def test_zoo_onnx_round_trip(tmp_path, name):
     with its stages cut to two blocks (:func:`conftest.tiny_text`), each distinct network once
     (:func:`conftest.tiny_zoo`); depth is the next test's. The ONNX
     reader does not read back split
-    attention, Res2Net or SKNet's selective kernel yet
+    attention or SKNet's selective kernel yet
     (:data:`ONNX_UNREAD`): those entries' files are refused in one line, never imported wrong."""
     if name in ONNX_UNREAD:
         net, path = _onnx_file(tmp_path, tiny_text(name), "fold")
@@ -196,11 +196,8 @@ def test_zoo_onnx_round_trip(tmp_path, name):
 #: zoo entries whose ONNX files backends/onnx/reader.py does not read back yet -> the refusal's words
 ONNX_UNREAD = {"resnest50d": "node 'layer1.0.conv2.weighted_sum' \\(ReduceSum\\): ResNeSt split attention, which "
                              "the ONNX reader cannot read back yet",
-               "res2net50_26w_4s": "node 'layer1.0.cat' \\(Concat\\): a Concat that is not a blur pool's reflect "
-                                   "padding: split convs \\(Res2Net\\), which the ONNX reader does not read back yet",
                "skresnet34": "node 'layer1.0.conv1' \\(Sum\\): parallel paths joined by attention \\(a selective kernel",
                "skresnext50_32x4d": "node 'layer1.0.conv2' \\(Sum\\): parallel paths joined by attention"}
-ONNX_UNREAD["res2next50"] = ONNX_UNREAD["res2net50_26w_4s"]
 
 
 @pytest.mark.slow

@@ -65,7 +65,13 @@ BLOCKS = {"eca": ("ecaresnet50d", DEEP, ["se: {type: eca}"]),
           # BiT: weight-standardized convs (StdConv2d, eps 1e-8) and GroupNorm in a pre-activation ResNetV2
           "std_conv": (_bit, {**SMALL, "channels": (128, 128, 128, 128)},
                        ["conv: {standardize: true, eps: 1.0e-08}", "norm: {type: group, groups: 32",
-                        "preact: true", "pad_value: zero"])}
+                        "preact: true", "pad_value: zero"]),
+          # Res2Net's split convs: two blocks in the first stage so that one cascades (the others pool the last
+          # split); Res2NeXt's grouped split convs
+          "res2net": ("res2net50_26w_4s", {**SMALL, "layers": [2, 1, 1, 1]},
+                      ["spatial: {type: res2net, scale: 4}", "{blocks: 2, channels: 16, stride: 1, width: 6}"]),
+          "res2next": ("res2next50", {**SMALL, "layers": [2, 1, 1, 1]},
+                       ["spatial: {type: res2net, scale: 4}", "groups: 8", "width_per_group: 4"])}
 
 
 def _timm(name, **kw):
@@ -130,7 +136,7 @@ def _check(tmp_path, block: str, dynamo: bool):
 
 
 #: one model per building block in the fast tier; the other variants with the slow tier
-FAST = ("eca", "anti_alias_avgpool", "conv_stem_pool", "blur", "std_conv")
+FAST = ("eca", "anti_alias_avgpool", "conv_stem_pool", "blur", "std_conv", "res2net")
 
 
 @pytest.mark.parametrize("block", [b if b in FAST else pytest.param(b, marks=pytest.mark.slow) for b in BLOCKS])
@@ -208,7 +214,24 @@ def _std_scale(model):
     node.input[1] = "scale2"
 
 
+def _res2net_pool_excluding_pad(model):
+    """count_include_pad 0 on the first pool of a last Res2Net split: timm's AvgPool2d counts the padding."""
+    pool = next(n for n in model.graph.node if n.op_type == "AveragePool")
+    next(a for a in pool.attribute if a.name == "count_include_pad").i = 0
+
+
+def _res2net_swapped_splits(model):
+    """The cascade's second conv reading the third split: the splits out of order."""
+    add = next(n for n in model.graph.node if n.op_type == "Add" and any(
+        i.startswith("/layer1/layer1.1/Split") for i in n.input))
+    k = next(k for k, i in enumerate(add.input) if i.startswith("/layer1/layer1.1/Split"))
+    add.input[k] = add.input[k][:-1] + str(int(add.input[k][-1]) + 1)
+
+
 @pytest.mark.parametrize("block,edit,needles", [
+    ("res2net", _res2net_pool_excluding_pad, ["(AveragePool): Res2Net split convs (timm Bottle2neck): the last "
+                                              "split's average pool", "count_include_pad 0"]),
+    ("res2net", _res2net_swapped_splits, ["Res2Net split convs (timm Bottle2neck): split 1 is not channels 6..12"]),
     ("eca", _eca_conv_bias, ["(Conv): an ECA conv", "bias True", "timm's EcaModule"]),
     ("anti_alias_avgpool", _aa_ceil_mode, ["(AveragePool): an average pool of kernel [2, 2]", "ceil_mode 1",
                                            "anti-aliasing pool (block.anti_alias: avgpool)"]),

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from .patterns import attrs as _attrs, channel_pad, pool_facts, shortcut_reshapes, slice_steps
 from .read_layers import convs as _convs, EPS
+from .read_res2net import Res2NetFacts
+
+SPATIAL = ("res2net",)  # the walk's kinds of composite ops in place of a bottleneck's conv2 + bn2
 
 
 class BlockReader:
@@ -22,18 +25,21 @@ class BlockReader:
             else:
                 index += 1
             name = self._block_name = f"layer{stage + 1}.{index}"
-            nconv = _convs(main)
-            if nconv not in (2, 3):
+            spatial = [k for k, _, _ in main if k in SPATIAL]  # a composite op in place of conv2 + bn2
+            nconv = _convs(main) + len(spatial)
+            if nconv not in (2, 3) or (spatial and nconv != 3) or len(spatial) > 1:
                 raise self.g.refuse(add, f"the residual branch has {nconv} convolutions; ResNet blocks have 2 or 3")
-            convs = [f"{name}.conv{i}" for i in range(1, nconv + 1)]
-            bns = [f"{name}.bn{i}" for i in range(1, nconv + 1)]
+            convs = [f"{name}.conv{i}" for i in range(1, nconv + 1) if not (spatial and i == 2)]
+            bns = [f"{name}.bn{i}" for i in range(1, nconv + 1) if not (spatial and i == 2)]
             self.sequence(pre, [], bns[:1], v1=False)
             if pre and not any(n.op_type == "BatchNormalization" or k == "gn" for k, n, _ in pre) \
                     and self.src.layers[self._stem_conv].bias:
                 self.identity_bn(bns[0], self._stem_conv)  # the first pre-activation BN, folded into the stem
             main_bns = bns[1:] if pre else bns
             for n, ins, pad in self.sequence(main, convs, main_bns, v1=post):
-                if n.op_type == "AveragePool" or isinstance(ins, dict):  # a dict: a blur pool's facts
+                if isinstance(ins, Res2NetFacts):
+                    self.res2net(name, main, n, ins, short)
+                elif n.op_type == "AveragePool" or isinstance(ins, dict):  # a dict: a blur pool's facts
                     self.anti_alias(main, n, ins, pad, nconv)
                 elif n.op_type != "Relu":
                     raise self.g.refuse(n, "not expected in a residual branch (conv, BN, ReLU, channel attention, "
