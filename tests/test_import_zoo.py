@@ -183,7 +183,7 @@ def test_zoo_onnx_round_trip(tmp_path, name):
     with its stages cut to two blocks (:func:`conftest.tiny_text`), each distinct network once
     (:func:`conftest.tiny_zoo`); depth is the next test's. The ONNX
     reader does not read back split
-    attention or SKNet's selective kernel yet
+    attention yet
     (:data:`ONNX_UNREAD`): those entries' files are refused in one line, never imported wrong."""
     if name in ONNX_UNREAD:
         net, path = _onnx_file(tmp_path, tiny_text(name), "fold")
@@ -195,9 +195,7 @@ def test_zoo_onnx_round_trip(tmp_path, name):
 
 #: zoo entries whose ONNX files backends/onnx/reader.py does not read back yet -> the refusal's words
 ONNX_UNREAD = {"resnest50d": "node 'layer1.0.conv2.weighted_sum' \\(ReduceSum\\): ResNeSt split attention, which "
-                             "the ONNX reader cannot read back yet",
-               "skresnet34": "node 'layer1.0.conv1' \\(Sum\\): parallel paths joined by attention \\(a selective kernel",
-               "skresnext50_32x4d": "node 'layer1.0.conv2' \\(Sum\\): parallel paths joined by attention"}
+                             "the ONNX reader cannot read back yet"}
 
 
 @pytest.mark.slow

@@ -71,7 +71,14 @@ BLOCKS = {"eca": ("ecaresnet50d", DEEP, ["se: {type: eca}"]),
           "res2net": ("res2net50_26w_4s", {**SMALL, "layers": [2, 1, 1, 1]},
                       ["spatial: {type: res2net, scale: 4}", "{blocks: 2, channels: 16, stride: 1, width: 6}"]),
           "res2next": ("res2next50", {**SMALL, "layers": [2, 1, 1, 1]},
-                       ["spatial: {type: res2net, scale: 4}", "groups: 8", "width_per_group: 4"])}
+                       ["spatial: {type: res2net, scale: 4}", "groups: 8", "width_per_group: 4"]),
+          # SKNet's selective kernel: split input in basic blocks (timm's stack, ReduceSum, Softmax on axis 1), all
+          # channels to every path in grouped bottlenecks
+          "selective_kernel": ("skresnet18", SMALL,
+                               ["spatial: {type: selective_kernel, rd_ratio: 0.125, rd_divisor: 16}", "type: basic"]),
+          "selective_kernel_bottleneck": ("skresnext50_32x4d", SMALL,
+                                          ["spatial: {type: selective_kernel, split_input: false, rd_ratio: 0.0625, "
+                                           "rd_divisor: 32}", "groups: 32"])}
 
 
 def _timm(name, **kw):
@@ -136,7 +143,7 @@ def _check(tmp_path, block: str, dynamo: bool):
 
 
 #: one model per building block in the fast tier; the other variants with the slow tier
-FAST = ("eca", "anti_alias_avgpool", "conv_stem_pool", "blur", "std_conv", "res2net")
+FAST = ("eca", "anti_alias_avgpool", "conv_stem_pool", "blur", "std_conv", "res2net", "selective_kernel")
 
 
 @pytest.mark.parametrize("block", [b if b in FAST else pytest.param(b, marks=pytest.mark.slow) for b in BLOCKS])
@@ -228,7 +235,15 @@ def _res2net_swapped_splits(model):
     add.input[k] = add.input[k][:-1] + str(int(add.input[k][-1]) + 1)
 
 
+def _sk_softmax_axis(model):
+    """The first selective kernel's softmax across the channels (axis 2) instead of the paths."""
+    node = next(n for n in model.graph.node if n.op_type == "Softmax")
+    next(a for a in node.attribute if a.name == "axis").i = 2
+
+
 @pytest.mark.parametrize("block,edit,needles", [
+    ("selective_kernel", _sk_softmax_axis, ["(Softmax): a selective kernel (SKNet): a softmax on axis 2",
+                                            "across the paths, axis 1"]),
     ("res2net", _res2net_pool_excluding_pad, ["(AveragePool): Res2Net split convs (timm Bottle2neck): the last "
                                               "split's average pool", "count_include_pad 0"]),
     ("res2net", _res2net_swapped_splits, ["Res2Net split convs (timm Bottle2neck): split 1 is not channels 6..12"]),

@@ -33,6 +33,40 @@ class Res2NetFacts:
     adds: tuple  # the cascade's Add nodes
 
 
+def channel_part(g, v):
+    """``(x, start, end)`` where ``v`` is channels start..end of ``x``: a ``Split`` output on axis 1, or a
+    ``Slice`` of axis 1 (step 1); None for another value."""
+    if v not in g.producer:
+        return None
+    node, ins = g.producer[v]
+    if node.op_type == "Slice" and len(ins) >= 4 and ins[0] not in g.consts:
+        starts, ends = g.const(node, ins[1]).reshape(-1), g.const(node, ins[2]).reshape(-1)
+        axes = g.const(node, ins[3]).reshape(-1)
+        steps = g.const(node, ins[4]).reshape(-1) if len(ins) > 4 and ins[4] else [1]
+        if len(axes) == 1 and int(axes[0]) in (1, -3) and len(starts) == len(ends) == 1 and list(steps) == [1] \
+                and 0 <= int(starts[0]) < int(ends[0]) < BIG:
+            return ins[0], int(starts[0]), int(ends[0])
+        return None
+    if node.op_type == "Split" and _attrs(node).get("axis", 0) in (1, -3):
+        sizes = _split_sizes(g, node, ins)
+        k = list(node.output).index(v)
+        return (ins[0], sum(sizes[:k]), sum(sizes[:k + 1])) if sizes else None
+    return None
+
+
+def _split_sizes(g, node, ins):
+    """The part sizes of a ``Split``: its ``split`` input or attribute, else equal parts of the input's
+    channels (ONNX shape inference); None where unknown."""
+    if len(ins) > 1 and ins[1]:
+        return [int(s) for s in g.const(node, ins[1]).reshape(-1)]
+    if "split" in _attrs(node):
+        return [int(s) for s in _attrs(node)["split"]]
+    shape, n = g.shape(ins[0]), len(node.output)
+    if not shape or len(shape) != 4 or shape[1] is None or shape[1] % n:
+        return None
+    return [shape[1] // n] * n
+
+
 class Res2NetReader:
     """Mixin of the graph walker: recognises Res2Net's split convs and names their layers."""
 
@@ -57,7 +91,7 @@ class Res2NetReader:
         if _attrs(cat).get("axis") not in (1, -3) or len(data) != len(ins) or len(data) < 2:
             return None
         last = self._pool_of_part(data[-1])
-        part = self._part(last[0] if last else data[-1])
+        part = channel_part(g, last[0] if last else data[-1])
         if part is None:
             return None
         x, scale = part[0], len(data)
@@ -106,38 +140,6 @@ class Res2NetReader:
             x = g.producer[x][1][0]
         return x, pool, pad
 
-    def _part(self, v):
-        """``(x, start, end)`` of a channel part of ``x``: a ``Split`` on axis 1 or a ``Slice`` of axis 1."""
-        g = self.g
-        if v not in g.producer:
-            return None
-        node, ins = g.producer[v]
-        if node.op_type == "Slice" and len(ins) >= 4 and ins[0] not in g.consts:
-            starts, ends = g.const(node, ins[1]).reshape(-1), g.const(node, ins[2]).reshape(-1)
-            axes = g.const(node, ins[3]).reshape(-1)
-            steps = g.const(node, ins[4]).reshape(-1) if len(ins) > 4 and ins[4] else [1]
-            if len(axes) == 1 and int(axes[0]) in (1, -3) and len(starts) == len(ends) == 1 and list(steps) == [1] \
-                    and 0 <= int(starts[0]) < int(ends[0]) < BIG:
-                return ins[0], int(starts[0]), int(ends[0])
-            return None
-        if node.op_type == "Split" and _attrs(node).get("axis", 0) in (1, -3):
-            sizes = self._split_sizes(node, ins)
-            k = list(node.output).index(v)
-            return (ins[0], sum(sizes[:k]), sum(sizes[:k + 1])) if sizes else None
-        return None
-
-    def _split_sizes(self, node, ins):
-        """The part sizes of a ``Split``: its ``split`` input or attribute, else equal parts of the input's
-        channels (ONNX shape inference); None where unknown."""
-        if len(ins) > 1 and ins[1]:
-            return [int(s) for s in self.g.const(node, ins[1]).reshape(-1)]
-        if "split" in _attrs(node):
-            return [int(s) for s in _attrs(node)["split"]]
-        shape, n = self.g.shape(ins[0]), len(node.output)
-        if not shape or len(shape) != 4 or shape[1] is None or shape[1] % n:
-            return None
-        return [shape[1] // n] * n
-
     def _split_conv(self, y, refuse, cat):
         """(conv, its inputs, BN or None, its inputs, the conv's input) of ``Relu(BN?(Conv(sp)))`` = ``y``."""
         g = self.g
@@ -155,7 +157,7 @@ class Res2NetReader:
         return conv, cins, bn, bins, cins[0]
 
     def _check_part(self, v, x, i, width, refuse, node):
-        part = self._part(v)
+        part = channel_part(self.g, v)
         if part is None or part[0] != x or part[1:] != (i * width, (i + 1) * width):
             raise refuse(node, f"split {i} is not channels {i * width}..{(i + 1) * width} of the block's tensor "
                                f"(found {part[1:] if part else 'no split'})")
@@ -189,7 +191,5 @@ class Res2NetReader:
             self.conv(f"{name}.convs.{i}", conv, cins)
             if bn is not None:
                 self.bn(f"{name}.bns.{i}", bn, bins)
-            elif self.src.layers[f"{name}.convs.{i}"].bias:
+            else:  # folded by the exporter (a zero bias may have been dropped): identity statistics
                 self.identity_bn(f"{name}.bns.{i}", f"{name}.convs.{i}")
-            else:
-                raise self.g.refuse(conv, f"{WHAT}: a split's conv with neither a BN nor a folded one (a bias)")
