@@ -78,7 +78,12 @@ BLOCKS = {"eca": ("ecaresnet50d", DEEP, ["se: {type: eca}"]),
                                ["spatial: {type: selective_kernel, rd_ratio: 0.125, rd_divisor: 16}", "type: basic"]),
           "selective_kernel_bottleneck": ("skresnext50_32x4d", SMALL,
                                           ["spatial: {type: selective_kernel, split_input: false, rd_ratio: 0.0625, "
-                                           "rd_divisor: 32}", "groups: 32"])}
+                                           "rd_divisor: 32}", "groups: 32"]),
+          # ResNeSt's split attention (timm's RadixSoftmax: Reshape, Transpose, Softmax, Reshapes) with the avd pool
+          # after it; radix 4 in 2 groups with the avd pool before it
+          "split_attention": ("resnest50d", DEEP, ["spatial: {type: split_attention, radix: 2}", "avd: after_3x3"]),
+          "split_attention_radix4": ("resnest50d_4s2x40d", {**DEEP, "channels": (32, 32, 32, 32)},
+                                     ["spatial: {type: split_attention, radix: 4}", "avd: before_3x3", "groups: 2"])}
 
 
 def _timm(name, **kw):
@@ -143,7 +148,8 @@ def _check(tmp_path, block: str, dynamo: bool):
 
 
 #: one model per building block in the fast tier; the other variants with the slow tier
-FAST = ("eca", "anti_alias_avgpool", "conv_stem_pool", "blur", "std_conv", "res2net", "selective_kernel")
+FAST = ("eca", "anti_alias_avgpool", "conv_stem_pool", "blur", "std_conv", "res2net", "selective_kernel",
+        "split_attention")
 
 
 @pytest.mark.parametrize("block", [b if b in FAST else pytest.param(b, marks=pytest.mark.slow) for b in BLOCKS])
@@ -241,7 +247,15 @@ def _sk_softmax_axis(model):
     next(a for a in node.attribute if a.name == "axis").i = 2
 
 
+def _sa_softmax_axis(model):
+    """The first split attention's softmax across the groups' channels (axis 3) instead of the radix."""
+    node = next(n for n in model.graph.node if n.op_type == "Softmax")
+    next(a for a in node.attribute if a.name == "axis").i = 3
+
+
 @pytest.mark.parametrize("block,edit,needles", [
+    ("split_attention", _sa_softmax_axis, ["ResNeSt split attention: attention weights of shape [1, 2, 16, 1, 1] "
+                                           "that are not the softmax across the radix (2)"]),
     ("selective_kernel", _sk_softmax_axis, ["(Softmax): a selective kernel (SKNet): a softmax on axis 2",
                                             "across the paths, axis 1"]),
     ("res2net", _res2net_pool_excluding_pad, ["(AveragePool): Res2Net split convs (timm Bottle2neck): the last "

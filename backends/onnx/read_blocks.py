@@ -8,9 +8,10 @@ import re
 from .patterns import attrs as _attrs, channel_pad, pool_facts, shortcut_reshapes, slice_steps
 from .read_layers import convs as _convs, EPS
 from .read_res2net import Res2NetFacts
+from .read_resnest import SplitAttentionFacts
 from .read_sknet import SelectiveKernelFacts
 
-SPATIAL = ("res2net", "sk")  # the walk's kinds of composite ops in place of a bottleneck's conv2 + bn2
+SPATIAL = ("res2net", "sk", "sa")  # the walk's kinds of composite ops in place of a bottleneck's conv2 + bn2
 
 
 class BlockReader:
@@ -40,6 +41,10 @@ class BlockReader:
                     self.res2net(name, main, n, ins, short)
                 elif isinstance(ins, SelectiveKernelFacts):
                     self.selective_kernel(name, main, n, ins, slot)
+                elif isinstance(ins, SplitAttentionFacts):
+                    self.split_attention(name, main, n, ins, slot)
+                elif n.op_type == "AveragePool" and any(k == "sa" for k, _, _ in main):
+                    self.avd(main, n, ins, pad)
                 elif n.op_type == "AveragePool" or isinstance(ins, dict):  # a dict: a blur pool's facts
                     self.anti_alias(main, n, ins, pad, len(convs) + bool(slot))
                 elif n.op_type != "Relu":
@@ -71,7 +76,7 @@ class BlockReader:
         at = [k for k, (kind, _, _) in enumerate(main) if kind in SPATIAL]
         slot = 1 + _convs(main[:at[0]]) if at else 0
         nconv = _convs(main) + len(at)
-        if nconv not in (2, 3) or len(at) > 1 or (at and main[at[0]][0] == "res2net" and (nconv, slot) != (3, 2)):
+        if nconv not in (2, 3) or len(at) > 1 or (at and main[at[0]][0] in ("res2net", "sa") and (nconv, slot) != (3, 2)):
             raise self.g.refuse(add, f"the residual branch has {nconv} convolutions; ResNet blocks have 2 or 3")
         sk = at and main[at[0]][0] == "sk"
         convs = [f"{name}.conv{i}.conv" if sk else f"{name}.conv{i}" for i in range(1, nconv + 1) if i != slot]

@@ -11,7 +11,8 @@ Reshape-InstanceNormalization-Reshape-Mul-Add (or opset 21's GroupNormalization)
 weight computed by standardization, and Split/Slice-(Add)-Conv-Relu-(AveragePool)-Concat for Res2Net's split
 convs (:mod:`.read_res2net`; the cascade's Adds are not residual joins), and paths of Conv-(BN)-Relu joined by
 a softmax across them (Sum or Concat/ReduceSum, Reshape, Softmax, Mul) for SKNet's selective kernel
-(:mod:`.read_sknet`). Constant subgraphs are folded first;
+(:mod:`.read_sknet`), and Conv-(BN)-Relu-Reshape(N, radix, C, H, W) weighted by a softmax across the radix and
+summed for ResNeSt's split attention (:mod:`.read_resnest`, with the avd AveragePool). Constant subgraphs are folded first;
 the node patterns are in :mod:`.patterns`, :mod:`.patterns_blur` and :mod:`.patterns_norm`.
 
 Every residual ``Add`` (two computed inputs) closes one block; walking back from its two inputs to the
@@ -41,6 +42,7 @@ from .read_head import HeadReader
 from .read_layers import convs as _convs, LayerReader
 from .read_norm import NormReader
 from .read_res2net import Res2NetReader
+from .read_resnest import SplitAttentionReader
 from .read_sknet import SelectiveKernelReader
 from .read_stem import StemReader
 from ...budgets import ONNX_MAX_FOLD_TOTAL
@@ -144,10 +146,11 @@ def read_onnx(path: str) -> Source:
 
 
 class _Walker(StemReader, BlockReader, HeadReader, AttentionReader, AntiAliasReader, NormReader, Res2NetReader,
-              SelectiveKernelReader, LayerReader, Recogniser):
+              SelectiveKernelReader, SplitAttentionReader, LayerReader, Recogniser):
     """Recognises stem, blocks and head, then names layers as torchvision/timm do (the mixins: one module
     each, :mod:`.read_stem`, :mod:`.read_blocks`, :mod:`.read_head`, :mod:`.read_attention`,
-    :mod:`.read_aa`, :mod:`.read_norm`, :mod:`.read_res2net`, :mod:`.read_sknet`, :mod:`.read_layers`)."""
+    :mod:`.read_aa`, :mod:`.read_norm`, :mod:`.read_res2net`, :mod:`.read_sknet`, :mod:`.read_resnest`,
+    :mod:`.read_layers`)."""
 
     def __init__(self, src: Source, g: _Graph):
         self.g, self.src = g, src
@@ -165,12 +168,14 @@ class _Walker(StemReader, BlockReader, HeadReader, AttentionReader, AntiAliasRea
                 return None  # another block's join: not on this block's path
             data = self.g.data(ins)
             sk = self.sk_back(node, ins) if node.op_type in ("Sum", "ReduceSum") else None
-            if sk:  # SKNet's selective kernel: one op from its weighted sum back to its input
-                ops.append(("sk", node, sk[0]))
-                value = sk[1]
+            sk = ("sk", sk) if sk else ("sa", self.sa_back(node, ins)) if node.op_type == "ReduceSum" else None
+            if sk and sk[1]:  # SKNet's selective kernel, ResNeSt's split attention: one op from its weighted sum
+                ops.append((sk[0], node, sk[1][0]))
+                value = sk[1][1]
                 continue
             if node.op_type in ("ReduceSum", "Softmax"):  # what backends/onnx/resnest.py writes, not read back yet
-                raise self.g.refuse(node, "ResNeSt split attention, which the ONNX reader cannot read back yet")
+                raise self.g.refuse(node, "not ResNeSt split attention (radix >= 2: ReduceSum of Mul(splits, "
+                                          "softmax weights)) nor a selective kernel")
             blur = self.blur_back(node, ins) if node.op_type == "Conv" else None
             if blur:  # timm's BlurPool2d: reflect padding and a fixed depthwise filter, one op
                 ops.append(("blur", node, blur[0]))
