@@ -83,7 +83,10 @@ BLOCKS = {"eca": ("ecaresnet50d", DEEP, ["se: {type: eca}"]),
           # after it; radix 4 in 2 groups with the avd pool before it
           "split_attention": ("resnest50d", DEEP, ["spatial: {type: split_attention, radix: 2}", "avd: after_3x3"]),
           "split_attention_radix4": ("resnest50d_4s2x40d", {**DEEP, "channels": (32, 32, 32, 32)},
-                                     ["spatial: {type: split_attention, radix: 4}", "avd: before_3x3", "groups: 2"])}
+                                     ["spatial: {type: split_attention, radix: 4}", "avd: before_3x3", "groups: 2"]),
+          # radix 1: a sigmoid gate with grouped fcs, Reshape after the Sigmoid (not a squeeze-excite)
+          "split_attention_radix1": ("resnest50d_1s4x24d", {**DEEP, "channels": (32, 32, 32, 32)},
+                                     ["spatial: {type: split_attention, radix: 1}", "groups: 4"])}
 
 
 def _timm(name, **kw):
@@ -157,8 +160,14 @@ def test_timm_torchscript_export_reads_back(tmp_path, block):
     _check(tmp_path, block, dynamo=False)
 
 
+#: variants whose graphs differ from their block's model only in facts both exporters write alike (grouped split
+#: convs; a selective kernel without the split; split attention's sigmoid gate): TorchScript only, the dynamo
+#: exporter taking ~5 s a model
+NOT_DYNAMO = ("res2next", "selective_kernel_bottleneck", "split_attention_radix1")
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("block", list(BLOCKS))
+@pytest.mark.parametrize("block", [b for b in BLOCKS if b not in NOT_DYNAMO])
 def test_timm_dynamo_export_reads_back(tmp_path, block):
     pytest.importorskip("onnxscript")
     _check(tmp_path, block, dynamo=True)
@@ -255,7 +264,7 @@ def _sa_softmax_axis(model):
 
 @pytest.mark.parametrize("block,edit,needles", [
     ("split_attention", _sa_softmax_axis, ["ResNeSt split attention: attention weights of shape [1, 2, 16, 1, 1] "
-                                           "that are not the softmax across the radix (2)"]),
+                                           "that are not the softmax across the radix (2;"]),
     ("selective_kernel", _sk_softmax_axis, ["(Softmax): a selective kernel (SKNet): a softmax on axis 2",
                                             "across the paths, axis 1"]),
     ("res2net", _res2net_pool_excluding_pad, ["(AveragePool): Res2Net split convs (timm Bottle2neck): the last "

@@ -1,4 +1,4 @@
-"""ResNeSt's split attention (timm ``SplitAttn``, ``block.spatial: {type: split_attention}``, radix >= 2) and its
+"""ResNeSt's split attention (timm ``SplitAttn``, ``block.spatial: {type: split_attention}``) and its
 avd pool (``block.avd``) in an ONNX graph (:mod:`.reader`).
 
 ``u = Relu(Conv(x) [+ BN0])`` (``groups * radix`` groups), its splits ``s = Reshape(u, (N, radix, C, H, W))``,
@@ -10,6 +10,10 @@ Reshapes; :mod:`.resnest`'s: Reshape, Softmax on axis 2, Transpose, Reshape): it
 equal the softmax across the radix of fc2's output viewed as (N, groups, radix, C / groups), radix first.
 The avd pool: ``AveragePool`` 3x3, the block's stride, padding 1 counted, right after the split attention
 (``after_3x3``) or right before it (``before_3x3``).
+
+At radix 1 the weights are a sigmoid: with the splits' Reshape and sums (this project's torch module exported)
+read as above; as ``Mul(u, [Reshape](Sigmoid(fc2(...))))`` (timm's, :mod:`.resnest`'s) where it is told from a
+squeeze-excite gate (:meth:`SplitAttentionReader.sa1_back`).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import numpy as np
 from .patterns import attrs as _attrs, pool_facts, spatial_mean
 
 WHAT = "ResNeSt split attention"
-CHAIN = ("Reshape", "Transpose", "Softmax")
+CHAIN = ("Reshape", "Transpose", "Softmax", "Sigmoid")
 
 
 @dataclass(frozen=True)
@@ -82,6 +86,42 @@ class SplitAttentionReader:
         self._check_chain(chain, radix, c, groups, refuse)
         return SplitAttentionFacts(conv, bn0, fc1, bn1, fc2, radix), conv[1][0]
 
+    def sa1_back(self, mul, ins):
+        """``(facts, x)`` for ``Mul(u, [Reshape](Sigmoid(fc2(...))))``, split attention at radix 1 (a sigmoid
+        gate) where it is told from a squeeze-excite: grouped fcs, a BN in the gate, or timm's Reshape after the
+        Sigmoid; None otherwise (a squeeze-excite gate is read as one)."""
+        g = self.g
+        data = g.data(ins)
+        for u, a in (data, data[::-1]) if len(data) == 2 else ():
+            rs = self._op(a, "Reshape")
+            sig = self._op(rs[1][0] if rs else a, "Sigmoid")
+            fc2 = self._op(sig[1][0], "Conv") if sig else None
+            relu1 = self._op(fc2[1][0], "Relu") if fc2 else None
+            bn1 = self._op(relu1[1][0], "BatchNormalization") if relu1 else None
+            fc1 = self._op(bn1[1][0] if bn1 else relu1[1][0], "Conv") if relu1 else None
+            mean = g.producer.get(fc1[1][0]) if fc1 else None
+            relu = self._op(u, "Relu")
+            if not mean or not spatial_mean(g, *mean) or mean[1][0] != u or not relu:
+                continue
+            groups = _attrs(fc2[0]).get("group", 1)
+            if groups == 1 and not bn1 and not rs:
+                return None  # squeeze-excite's form: read as one
+            bn0 = self._op(relu[1][0], "BatchNormalization")
+            conv = self._op(bn0[1][0] if bn0 else relu[1][0], "Conv")
+            refuse = lambda n, why: g.refuse(n, f"{WHAT} at radix 1: {why}")  # noqa: E731
+            c = np.shape(g.const(conv[0], conv[1][1]))[0] if conv else 0
+            if not conv or {_attrs(n).get("group", 1) for n in (conv[0], fc1[0])} != {groups} \
+                    or np.shape(g.const(fc2[0], fc2[1][1]))[0] != c:
+                raise refuse(mul, "not a conv's (BN and) ReLU gated by fc2 of its own width, every conv in the "
+                                  "same groups")
+            if rs:
+                shape = [int(v) for v in g.const(rs[0], rs[1][1]).reshape(-1)]
+                batch = (g.shape(g.input.name) or [None])[0]
+                if len(shape) != 4 or shape[0] not in (0, batch) or shape[1] not in (-1, c) or shape[2:] != [1, 1]:
+                    raise refuse(rs[0], f"the gate reshaped to {shape}; timm's is (N, C, 1, 1)")
+            return SplitAttentionFacts(conv, bn0, fc1, bn1, fc2, 1), conv[1][0]
+        return None
+
     def _op(self, v, op_type):
         p = self.g.producer.get(v)
         return p if p and p[0].op_type == op_type else None
@@ -102,10 +142,10 @@ class SplitAttentionReader:
         batch = (self.g.shape(self.g.input.name) or [None])[0]
         if len(shape) == 5 and shape[2] == -1 and shape[0] != -1 and shape[1] > 0 and out % shape[1] == 0:
             shape[2] = out // shape[1]  # the channels inferred where the batch is not
-        if len(shape) != 5 or shape[0] not in (0, -1, batch) or shape[1] < 2 or shape[1] * shape[2] != out \
+        if len(shape) != 5 or shape[0] not in (0, -1, batch) or shape[1] < 1 or shape[1] * shape[2] != out \
                 or shape[3:] != hw:
             raise refuse(rs[0], f"splits reshaped to {shape} from a conv of {out} channels on a {hw} map: timm's "
-                                "are (N, radix >= 2, C, H, W)")
+                                "are (N, radix, C, H, W)")
         return shape[1], shape[2]
 
     def _weights_chain(self, a, refuse, near):
@@ -115,8 +155,9 @@ class SplitAttentionReader:
             chain.append(self.g.producer[v])
             v = chain[-1][1][0]
         fc2 = self._op(v, "Conv")
-        if not fc2 or [n.op_type for n, _ in chain].count("Softmax") != 1:
-            raise refuse(near, "weights that are not one softmax of fc2's output, reshaped and transposed")
+        if not fc2 or sum(n.op_type in ("Softmax", "Sigmoid") for n, _ in chain) != 1:
+            raise refuse(near, "weights that are not one softmax (sigmoid at radix 1) of fc2's output, reshaped and "
+                               "transposed")
         return fc2, chain[::-1]
 
     def _check_chain(self, chain, radix, c, groups, refuse):
@@ -126,6 +167,8 @@ class SplitAttentionReader:
         want = z.reshape(1, groups, radix, c // groups)
         want = np.exp(want - want.max(axis=2, keepdims=True))
         want = (want / want.sum(axis=2, keepdims=True)).transpose(0, 2, 1, 3).reshape(1, radix, c, 1, 1)
+        if radix == 1:  # timm's RadixSoftmax is a sigmoid there
+            want = (1 / (1 + np.exp(-z))).reshape(1, 1, c, 1, 1)
         x = z
         for node, ins in chain:
             a = _attrs(node)
@@ -138,6 +181,8 @@ class SplitAttentionReader:
                     x = x.reshape([x.shape[i] if s == 0 else s for i, s in enumerate(shape)])
                 except ValueError:
                     raise refuse(node, f"a reshape of {list(x.shape)} to {shape} in the attention weights") from None
+            elif node.op_type == "Sigmoid":
+                x = 1 / (1 + np.exp(-x))
             elif node.op_type == "Transpose":
                 perm = a.get("perm", list(range(x.ndim))[::-1])
                 if sorted(perm) != list(range(x.ndim)):
@@ -151,8 +196,8 @@ class SplitAttentionReader:
                 x = e / e.sum(axis=axis, keepdims=True)
         if x.shape != want.shape or not np.allclose(x, want, rtol=1e-9, atol=1e-12):
             raise refuse(chain[-1][0], f"attention weights of shape {list(x.shape)} that are not the softmax across "
-                                       f"the radix ({radix}) of fc2's output in {groups} groups, shaped (N, radix, "
-                                       "C, 1, 1)")
+                                       f"the radix ({radix}; a sigmoid at 1) of fc2's output in {groups} groups, "
+                                       "shaped (N, radix, C, 1, 1)")
 
     def split_attention(self, name, main, node, facts: SplitAttentionFacts, slot: int):
         """Names ``<name>.conv2.conv``, ``.bn0``, ``.fc1``, ``.bn1``, ``.fc2`` (BNs an exporter folded put back:

@@ -191,6 +191,11 @@ class _Walker(StemReader, BlockReader, HeadReader, AttentionReader, AntiAliasRea
                 ops.append(("res2net", node, r2n[0]))
                 value = r2n[1]
                 continue
+            sa1 = self.sa1_back(node, ins) if node.op_type == "Mul" else None
+            if sa1:  # ResNeSt's split attention at radix 1: a sigmoid gate told from squeeze-excite
+                ops.append(("sa", node, sa1[0]))
+                value = sa1[1]
+                continue
             if node.op_type == "Mul":
                 x, gate = self._se_inputs(node, ins)
                 ops.append(("se", node, gate))
