@@ -5,7 +5,8 @@ the file, with timm's parameter count. Models are cut to one narrow block per st
 TorchScript exporter (opset 17) on one model per block is the fast tier; the other variants, the dynamo exporter
 (opset 18; opset 21 for ONNX's own GroupNormalization) the slow one. The files ``convert`` writes
 (BN folded and not) are covered by tests/test_import_zoo.py's round-trip sweep. A pattern the reader only half
-recognises is refused in one line naming the building block."""
+recognises is refused in one line naming the building block: in timm's exported files, and for the composite
+blocks (Res2Net's split convs, the selective kernel, split attention) in ``convert``'s forms too.
 
 from __future__ import annotations
 
@@ -302,3 +303,46 @@ def test_blur_reflect_copies_of_the_wrong_column_are_refused(tmp_path):
     onnx.save(model, str(path))
     last_line_error(cli("import", path, "-o", tmp_path / "out"), "node 'maxpool.1.pad_reflect_cols' (Concat)",
                     f"copies of rows/columns [1, {width - 3}] around a map of size {width} along axis 3")
+
+
+def _convert_edited(tmp_path, entry: str, node_name: str, edit) -> str:
+    """``convert``'s file (BN folded) of zoo ``entry`` cut to one block per stage, node ``node_name`` edited."""
+    from conftest import tiny_text
+    from resnet_spec.backends.onnx import backend as onnx_backend
+
+    net = resnet_spec.load(tiny_text(entry, blocks=1))
+    (path,) = onnx_backend.convert(net, resnet_spec.init_weights(net, seed=0), str(tmp_path / "c"))[:1]
+    model = onnx.load(str(path))
+    edit(model, next(n for n in model.graph.node if n.name == node_name))
+    onnx.save(model, str(path))
+    return str(path)
+
+
+def _axis(value):
+    def edit(model, node):
+        next(a for a in node.attribute if a.name == "axis").i = value
+    return edit
+
+
+def _slice_from_zero(model, node):
+    """Split 1 copies split 0's channels (starts 0, ends the width)."""
+    width = int(onnx.numpy_helper.to_array(next(i for i in model.graph.initializer if i.name == node.input[1]))[0])
+    for k, value in ((1, 0), (2, width)):
+        model.graph.initializer.append(onnx.numpy_helper.from_array(np.array([value], np.int64), f"wrong{k}"))
+        node.input[k] = f"wrong{k}"
+
+
+@pytest.mark.parametrize("entry,node,edit,needles", [
+    ("res2net50_26w_4s", "layer1.0.split1", _slice_from_zero,
+     ["Res2Net split convs (timm Bottle2neck): split 1 is not channels 26..52", "found (0, 26)"]),
+    ("skresnet34", "layer1.0.conv1.attn.softmax", _axis(2),
+     ["(Softmax): a selective kernel (SKNet): a softmax on axis 2"]),
+    ("resnest50d", "layer1.0.conv2.gate", _axis(1),
+     ["(Reshape): ResNeSt split attention: attention weights of shape", "not the softmax across the radix (2"]),
+])
+def test_convert_half_matches_are_refused_in_one_line(tmp_path, entry, node, edit, needles):
+    """The same refusals for ``convert``'s forms of the three composite blocks (Slices, Sum/Slice/Mul, Reshape/
+    Softmax on axis 2/Transpose): a part read from the wrong channels, a softmax on the wrong axis."""
+    path = _convert_edited(tmp_path, entry, node, edit)
+    last_line_error(cli("import", path, "-o", tmp_path / "out"), *needles)
+    assert not (tmp_path / "out").exists()
