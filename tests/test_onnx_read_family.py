@@ -6,7 +6,7 @@ TorchScript exporter (opset 17) on one model per block is the fast tier; the oth
 (opset 18; opset 21 for ONNX's own GroupNormalization) the slow one. The files ``convert`` writes
 (BN folded and not) are covered by tests/test_import_zoo.py's round-trip sweep. A pattern the reader only half
 recognises is refused in one line naming the building block: in timm's exported files, and for the composite
-blocks (Res2Net's split convs, the selective kernel, split attention) in ``convert``'s forms too.
+blocks (Res2Net's split convs, the selective kernel, split attention) in ``convert``'s forms too."""
 
 from __future__ import annotations
 
