@@ -181,10 +181,8 @@ def test_zoo_onnx_round_trip(tmp_path, name):
     entry (BN-folded files of specs with a conv bias before a BN excepted: folding merges that bias
     into the BN's, so only the parameter count differs). Each entry's stem, blocks, shortcuts and head
     with its stages cut to two blocks (:func:`conftest.tiny_text`), each distinct network once
-    (:func:`conftest.tiny_zoo`); depth is the next test's. The ONNX
-    reader does not read back split
-    attention, Res2Net or SKNet's selective kernel yet
-    (:data:`ONNX_UNREAD`): those entries' files are refused in one line, never imported wrong."""
+    (:func:`conftest.tiny_zoo`); depth is the next test's. An entry whose blocks the ONNX reader does
+    not read back (:data:`ONNX_UNREAD`, none today) has its file refused in one line, never imported wrong."""
     if name in ONNX_UNREAD:
         net, path = _onnx_file(tmp_path, tiny_text(name), "fold")
         with pytest.raises(ImportRefused, match=ONNX_UNREAD[name]):
@@ -193,14 +191,9 @@ def test_zoo_onnx_round_trip(tmp_path, name):
     _round_trip(tmp_path, name, ("fold", "nofold", "torchscript"), tiny_text(name))
 
 
-#: zoo entries whose ONNX files backends/onnx/reader.py does not read back yet -> the refusal's words
-ONNX_UNREAD = {"resnest50d": "node 'layer1.0.conv2.weighted_sum' \\(ReduceSum\\): ResNeSt split attention, which "
-                             "the ONNX reader cannot read back yet",
-               "res2net50_26w_4s": "node 'layer1.0.cat' \\(Concat\\): a Concat that is not a blur pool's reflect "
-                                   "padding: split convs \\(Res2Net\\), which the ONNX reader does not read back yet",
-               "skresnet34": "node 'layer1.0.conv1' \\(Sum\\): parallel paths joined by attention \\(a selective kernel",
-               "skresnext50_32x4d": "node 'layer1.0.conv2' \\(Sum\\): parallel paths joined by attention"}
-ONNX_UNREAD["res2next50"] = ONNX_UNREAD["res2net50_26w_4s"]
+#: zoo entries whose ONNX files backends/onnx/reader.py does not read back yet -> the refusal's words (none left:
+#: split attention, Res2Net and the selective kernel read back; kept for the next block the reader lacks)
+ONNX_UNREAD = {}
 
 
 @pytest.mark.slow

@@ -255,7 +255,6 @@ def shortcut_reshapes(g, short) -> bool:
 
 
 #: A node joining computed paths that the reader does not read back, by op type -> the refusal's words.
-UNREAD_JOINS = {"Sum": "parallel paths joined by attention (a selective kernel, SKNet, or split attention), which "
-                       "resnet-spec cannot import from ONNX yet",
-                "Concat": "a Concat that is not a blur pool's reflect padding: split convs (Res2Net), which the ONNX "
-                          "reader does not read back yet"}
+UNREAD_JOINS = {"Sum": "parallel paths joined by something other than a selective kernel's attention (SKNet)",
+                "Concat": "a Concat that is neither a blur pool's reflect padding nor Res2Net's split convs (a Split or "
+                          "Slices of one tensor's channels)"}

@@ -3,8 +3,15 @@ layers, the shortcut's projection, ResNet-D average pool, strided identity or op
 
 from __future__ import annotations
 
+import re
+
 from .patterns import attrs as _attrs, channel_pad, pool_facts, shortcut_reshapes, slice_steps
 from .read_layers import convs as _convs, EPS
+from .read_res2net import Res2NetFacts
+from .read_resnest import SplitAttentionFacts
+from .read_sknet import SelectiveKernelFacts
+
+SPATIAL = ("res2net", "sk", "sa")  # the walk's kinds of composite ops in place of a bottleneck's conv2 + bn2
 
 
 class BlockReader:
@@ -22,24 +29,59 @@ class BlockReader:
             else:
                 index += 1
             name = self._block_name = f"layer{stage + 1}.{index}"
-            nconv = _convs(main)
-            if nconv not in (2, 3):
-                raise self.g.refuse(add, f"the residual branch has {nconv} convolutions; ResNet blocks have 2 or 3")
-            convs = [f"{name}.conv{i}" for i in range(1, nconv + 1)]
-            bns = [f"{name}.bn{i}" for i in range(1, nconv + 1)]
+            convs, bns, slot = self._branch_names(add, name, main)
             self.sequence(pre, [], bns[:1], v1=False)
             if pre and not any(n.op_type == "BatchNormalization" or k == "gn" for k, n, _ in pre) \
                     and self.src.layers[self._stem_conv].bias:
                 self.identity_bn(bns[0], self._stem_conv)  # the first pre-activation BN, folded into the stem
             main_bns = bns[1:] if pre else bns
+            mark = len(self.src.layers)
             for n, ins, pad in self.sequence(main, convs, main_bns, v1=post):
-                if n.op_type == "AveragePool" or isinstance(ins, dict):  # a dict: a blur pool's facts
-                    self.anti_alias(main, n, ins, pad, nconv)
+                if isinstance(ins, Res2NetFacts):
+                    self.res2net(name, main, n, ins, short)
+                elif isinstance(ins, SelectiveKernelFacts):
+                    self.selective_kernel(name, main, n, ins, slot)
+                elif isinstance(ins, SplitAttentionFacts):
+                    self.split_attention(name, main, n, ins, slot)
+                elif n.op_type == "AveragePool" and any(k == "sa" for k, _, _ in main):
+                    self.avd(main, n, ins, pad)
+                elif n.op_type == "AveragePool" or isinstance(ins, dict):  # a dict: a blur pool's facts
+                    self.anti_alias(main, n, ins, pad, len(convs) + bool(slot))
                 elif n.op_type != "Relu":
                     raise self.g.refuse(n, "not expected in a residual branch (conv, BN, ReLU, channel attention, "
                                            "anti-aliasing pool)")
+            if slot:
+                self._in_network_order(mark, name, slot)
             self._shortcut_ops(self._shortcut(name, short, post), stage)
         self._shortcut_facts()
+
+    def _in_network_order(self, mark: int, name: str, slot: int):
+        """The branch's layers (those from index ``mark`` on) in network order: the composite op's, named
+        after the walk of the branch, moved to its slot (conv<slot>.*, convs.*, bns.*)."""
+        keys = list(self.src.layers)
+
+        def place(key):
+            leaf = key[len(name) + 1:]
+            m = re.match(r"(?:conv|bn)(\d+)(?:\.|$)", leaf)
+            return int(m.group(1)) if m else slot if leaf.startswith(("convs.", "bns.")) else 99
+
+        order = keys[:mark] + sorted(keys[mark:], key=place)
+        self.src.layers = {k: self.src.layers[k] for k in order}
+
+    def _branch_names(self, add, name, main):
+        """``(conv names, BN names, slot)`` of a residual branch: conv1.. and bn1..; a composite op in place
+        of the spatial conv (Res2Net's, a bottleneck's second; a selective kernel, a block's first Conv-free
+        slot) takes slot ``slot`` (0: none), and in SKNet the other convs are timm's ConvNormAct
+        (``conv<i>.conv``, ``conv<i>.bn``)."""
+        at = [k for k, (kind, _, _) in enumerate(main) if kind in SPATIAL]
+        slot = 1 + _convs(main[:at[0]]) if at else 0
+        nconv = _convs(main) + len(at)
+        if nconv not in (2, 3) or len(at) > 1 or (at and main[at[0]][0] in ("res2net", "sa") and (nconv, slot) != (3, 2)):
+            raise self.g.refuse(add, f"the residual branch has {nconv} convolutions; ResNet blocks have 2 or 3")
+        sk = at and main[at[0]][0] == "sk"
+        convs = [f"{name}.conv{i}.conv" if sk else f"{name}.conv{i}" for i in range(1, nconv + 1) if i != slot]
+        bns = [f"{name}.conv{i}.bn" if sk else f"{name}.bn{i}" for i in range(1, nconv + 1) if i != slot]
+        return convs, bns, slot
 
     def _starts_stage(self, short, type_c: bool) -> bool:
         """A block opens a stage where its shortcut projects (type B; type C: and changes the shape) or

@@ -7,9 +7,13 @@ GlobalAveragePool/ReduceMean, Flatten/Reshape, Gemm or MatMul+Add (or a 1x1 Conv
 GlobalAveragePool/ReduceMean-Conv-Relu-Conv-Sigmoid-Mul for squeeze-excite,
 GlobalAveragePool/ReduceMean-Reshape-Conv(1-d)-Sigmoid-Reshape(-Expand)-Mul for ECA, reflect padding
 (Pad, or Slice copies + Concat) then a depthwise Conv of the binomial filter for a blur pool,
-Reshape-InstanceNormalization-Reshape-Mul-Add (or opset 21's GroupNormalization) for GroupNorm, and a Conv
-weight computed by standardization. Constant subgraphs are folded first; the node patterns are in
-:mod:`.patterns`, :mod:`.patterns_blur` and :mod:`.patterns_norm`.
+Reshape-InstanceNormalization-Reshape-Mul-Add (or opset 21's GroupNormalization) for GroupNorm, a Conv
+weight computed by standardization, and Split/Slice-(Add)-Conv-Relu-(AveragePool)-Concat for Res2Net's split
+convs (:mod:`.read_res2net`; the cascade's Adds are not residual joins), and paths of Conv-(BN)-Relu joined by
+a softmax across them (Sum or Concat/ReduceSum, Reshape, Softmax, Mul) for SKNet's selective kernel
+(:mod:`.read_sknet`), and Conv-(BN)-Relu-Reshape(N, radix, C, H, W) weighted by a softmax across the radix and
+summed for ResNeSt's split attention (:mod:`.read_resnest`, with the avd AveragePool). Constant subgraphs are folded first;
+the node patterns are in :mod:`.patterns`, :mod:`.patterns_blur` and :mod:`.patterns_norm`.
 
 Every residual ``Add`` (two computed inputs) closes one block; walking back from its two inputs to the
 previous block's output gives the shared pre-activation, the residual branch (the one with the most
@@ -37,6 +41,9 @@ from .read_blocks import BlockReader
 from .read_head import HeadReader
 from .read_layers import convs as _convs, LayerReader
 from .read_norm import NormReader
+from .read_res2net import Res2NetReader
+from .read_resnest import SplitAttentionReader
+from .read_sknet import SelectiveKernelReader
 from .read_stem import StemReader
 from ...budgets import ONNX_MAX_FOLD_TOTAL
 from ...fileio import shown
@@ -138,11 +145,12 @@ def read_onnx(path: str) -> Source:
         raise ImportRefused(f"{label}: a malformed graph ({type(exc).__name__}: {exc})") from None
 
 
-class _Walker(StemReader, BlockReader, HeadReader, AttentionReader, AntiAliasReader, NormReader, LayerReader,
-              Recogniser):
+class _Walker(StemReader, BlockReader, HeadReader, AttentionReader, AntiAliasReader, NormReader, Res2NetReader,
+              SelectiveKernelReader, SplitAttentionReader, LayerReader, Recogniser):
     """Recognises stem, blocks and head, then names layers as torchvision/timm do (the mixins: one module
     each, :mod:`.read_stem`, :mod:`.read_blocks`, :mod:`.read_head`, :mod:`.read_attention`,
-    :mod:`.read_aa`, :mod:`.read_norm`, :mod:`.read_layers`)."""
+    :mod:`.read_aa`, :mod:`.read_norm`, :mod:`.read_res2net`, :mod:`.read_sknet`, :mod:`.read_resnest`,
+    :mod:`.read_layers`)."""
 
     def __init__(self, src: Source, g: _Graph):
         self.g, self.src = g, src
@@ -159,8 +167,15 @@ class _Walker(StemReader, BlockReader, HeadReader, AttentionReader, AntiAliasRea
             if node.op_type == "Add" and len(self.g.data(ins)) == 2:
                 return None  # another block's join: not on this block's path
             data = self.g.data(ins)
+            sk = self.sk_back(node, ins) if node.op_type in ("Sum", "ReduceSum") else None
+            sk = ("sk", sk) if sk else ("sa", self.sa_back(node, ins)) if node.op_type == "ReduceSum" else None
+            if sk and sk[1]:  # SKNet's selective kernel, ResNeSt's split attention: one op from its weighted sum
+                ops.append((sk[0], node, sk[1][0]))
+                value = sk[1][1]
+                continue
             if node.op_type in ("ReduceSum", "Softmax"):  # what backends/onnx/resnest.py writes, not read back yet
-                raise self.g.refuse(node, "ResNeSt split attention, which the ONNX reader cannot read back yet")
+                raise self.g.refuse(node, "not ResNeSt split attention (radix >= 2: ReduceSum of Mul(splits, "
+                                          "softmax weights)) nor a selective kernel")
             blur = self.blur_back(node, ins) if node.op_type == "Conv" else None
             if blur:  # timm's BlurPool2d: reflect padding and a fixed depthwise filter, one op
                 ops.append(("blur", node, blur[0]))
@@ -170,6 +185,16 @@ class _Walker(StemReader, BlockReader, HeadReader, AttentionReader, AntiAliasRea
             if gn:  # GroupNorm: Reshape, InstanceNormalization, Reshape, Mul, Add as one op
                 ops.append(("gn", node, gn[0]))
                 value = gn[1]
+                continue
+            r2n = self.res2net_back(node, ins) if node.op_type == "Concat" else None
+            if r2n:  # Res2Net's split convs: one op from the Concat back to the tensor split
+                ops.append(("res2net", node, r2n[0]))
+                value = r2n[1]
+                continue
+            sa1 = self.sa1_back(node, ins) if node.op_type == "Mul" else None
+            if sa1:  # ResNeSt's split attention at radix 1: a sigmoid gate told from squeeze-excite
+                ops.append(("sa", node, sa1[0]))
+                value = sa1[1]
                 continue
             if node.op_type == "Mul":
                 x, gate = self._se_inputs(node, ins)
@@ -186,7 +211,9 @@ class _Walker(StemReader, BlockReader, HeadReader, AttentionReader, AntiAliasRea
         return ops[::-1]
 
     def residual_adds(self):
-        adds = [(n, ins) for n, ins in self.g.nodes if n.op_type == "Add" and len(self.g.data(ins)) == 2]
+        inner = self.res2net_adds()  # a Res2Net cascade's Adds join splits, not blocks
+        adds = [(n, ins) for n, ins in self.g.nodes
+                if n.op_type == "Add" and len(self.g.data(ins)) == 2 and id(n) not in inner]
         if not adds:
             raise ImportRefused(f"{self.g.path}: no residual connection (no Add of two computed tensors): "
                                "not a ResNet")
