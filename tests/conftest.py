@@ -45,9 +45,9 @@ def _workers_kept_between_tests():
     workers instead of importing them again (a few seconds of each test's time before)."""
     from resnet_spec.isolate import keep_workers
 
-    # each of the two test processes keeps at most 6 GiB of idle workers: a run that kept 16 TensorFlow
+    # each of the two test processes keeps at most 4 GiB of idle workers: a run that kept 16 TensorFlow
     # and JAX processes of one or two gigabytes each could exhaust the 24 GiB machine
-    with keep_workers(ignore_env=("PYTEST_CURRENT_TEST",), max_bytes=6 << 30):
+    with keep_workers(ignore_env=("PYTEST_CURRENT_TEST",), max_bytes=4 << 30):
         yield
 
 
