@@ -32,7 +32,7 @@ from click.testing import CliRunner
 from resnet_spec import budgets as B
 from resnet_spec.cli import main
 from resnet_spec.errors import ResNetSpecError
-from conftest import TINY_A, TINY_B
+from conftest import TINY_A, TINY_B, TINY_PREACT
 from test_budgets import GIB, _bounded, _import, _keras, _refused, _weights
 
 TINY = "extends: resnet20\nname: tiny\ninput: {size: 32}\ndepth: 8\n"
@@ -262,7 +262,10 @@ LEGIT_SPECS = [("resnet18", None, "channels_last", "float32"), ("preact_resnet16
                # SKNet's selective kernel (Cropping2D channel split, Softmax, Cropping1D), two blocks per stage
                ("skresnet34", 40, "channels_last", "float32", "stock"),
                # GroupNorm (GroupNormalization) and weight-standardized convs (StdConv2D), as the parity legs build it
-               ("resnetv2_50x1_bit", 40, "channels_last", "float32")]
+               ("resnetv2_50x1_bit", 40, "channels_last", "float32"),
+               # FRN's TLU (Maximum) in stock layers, EvoNorm-S0's allow-listed EvoNormS0 layer
+               (TINY_PREACT + "norm: {type: frn, eps: 1.0e-5}\n", None, "channels_last", "float32", "stock"),
+               (TINY_PREACT + "norm: {type: evonorm_s0, groups: 4, eps: 1.0e-5}\n", None, "channels_last", "float32")]
 LEGIT_APPS = [("ResNet50", {}), ("ResNet50V2", {"include_top": False, "pooling": "max"})]
 
 
