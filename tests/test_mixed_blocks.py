@@ -180,3 +180,33 @@ def test_timm_test_resnet_imports_with_parity_and_timms_counts():
     rows = {r["name"]: r["params"] for r in summary.stage_rows(net)}  # `summary`'s per-stage counts
     for i in range(1, 5):
         assert rows[f"layer{i}"] == sum(p.numel() for p in getattr(model, f"layer{i}").parameters()), i
+
+
+def test_state_dict_imports_and_is_proven_in_timms_per_stage_blocks(tmp_path):
+    """A bare test_resnet state dict (randomized): each stage's type from its tensors, the proof in timm's
+    ResNet class built with the per-stage block list."""
+    torch = pytest.importorskip("torch")
+    from timm_checks import timm_randomized
+
+    from resnet_spec.importers import import_source
+    from resnet_spec.importers.run import prove
+
+    _, weights = timm_randomized("test_resnet")
+    path = tmp_path / "t.pth"
+    torch.save({k: torch.from_numpy(v) for k, v in weights.items()}, str(path))
+    src, _, net, full, w = import_source(str(path), "m", 32)
+    assert [b.kind for b in net.blocks] == ["basic", "basic", "bottleneck", "basic"]
+    cmp = prove(src, net, full, w, isolated=False)
+    assert cmp["passed"] and "ResNet class" in cmp["source"], cmp
+
+
+@pytest.mark.slow  # convert, then import through the ONNX reader with its proof
+def test_onnx_import_reads_back(tmp_path):
+    pytest.importorskip("onnx")
+    (tmp_path / "s.yaml").write_text(TINY)
+    res = cli("convert", tmp_path / "s.yaml", "--to", "onnx", "-o", tmp_path / "o")
+    assert res.exit_code == 0, res.output
+    res = cli("import", tmp_path / "o" / "mixed.onnx", "-o", tmp_path / "i")
+    assert res.exit_code == 0 and "PASS" in res.output, res.output
+    back, net = resnet_spec.load(str(tmp_path / "i" / "mixed.yaml")), resnet_spec.load(TINY)
+    assert [b.kind for b in back.blocks] == [b.kind for b in net.blocks] and back.params == net.params
