@@ -8,7 +8,7 @@ looks up a default or a raw dict key itself.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 DEFAULTS = {
     "input": {"channels": 3, "size": 224},
@@ -177,6 +177,28 @@ class BlockConfig:
                    se_config(se), float(opt(blk, "drop_path_rate", "block")),
                    opt(blk, "anti_alias", "block"), spatial_config(blk.get("spatial")), opt(blk, "avd", "block"),
                    opt(blk, "reduce_first", "block"))
+
+    def for_stage(self, stage: dict) -> BlockConfig:
+        """This config with a stage's own block type and expansion (its ``block`` key), or itself."""
+        kind, expansion = stage_block(self.kind, self.expansion, stage)
+        return self if (kind, expansion) == (self.kind, self.expansion) else replace(self, kind=kind,
+                                                                                      expansion=expansion)
+
+
+def stage_block(kind: str, expansion: int, stage: dict) -> tuple:
+    """``(type, expansion)`` of a stage's blocks: its own ``block.type`` (timm's per-stage block list), else the
+    global ``kind``; its ``block.expansion``, else the global ``expansion`` where it keeps the global type, else
+    its type's default (4 bottleneck, 1 basic)."""
+    own = stage.get("block") or {}
+    k = own.get("type", kind)
+    return k, own.get("expansion", expansion if k == kind else 4 if k == "bottleneck" else 1)
+
+
+def stage_kinds(d: dict) -> list:
+    """The block type of each of a merged spec's explicit stages (generated RegNet stages have none of their
+    own)."""
+    kind = (d.get("block") or {}).get("type")
+    return [(s.get("block") or {}).get("type", kind) for s in d.get("stages") or []]
 
 
 @dataclass(frozen=True)

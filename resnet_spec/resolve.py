@@ -166,10 +166,11 @@ class _Resolver:
         return net
 
     def stages(self, shape, counts) -> tuple:
-        blk, total = self.blk, sum(counts)
+        base, total = self.blk, sum(counts)
         blocks, dilation, idx = [], 1, 0
         for si, (stage, n) in enumerate(zip(stages_of(self.d), counts)):
             spath = stage_path(self.d, si)
+            self.blk = blk = base.for_stage(stage)  # the stage's own block type (its `block` key), else the global
             planes = stage["channels"] * self.d.get("width_multiplier", 1)
             out_ch = planes * blk.expansion
             stride = stage.get("stride", 1 if si == 0 else 2)
@@ -186,6 +187,7 @@ class _Resolver:
                                          b_stride, prev_dilation if bi == 0 else dilation, rate, spath))
                 shape = blocks[-1].out_shape
                 idx += 1
+        self.blk = base
         return tuple(blocks)
 
     def stage_width(self, stage, planes, out_ch, spath) -> tuple:

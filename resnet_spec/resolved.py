@@ -12,7 +12,7 @@ import os
 
 import yaml
 
-from .config import STEM_POOL_KEYS, conv_config, norm_config, se_config, spatial_config
+from .config import STEM_POOL_KEYS, conv_config, norm_config, se_config, spatial_config, stage_block, stage_kinds
 from .regnet import stages_of
 from .resolve import DEFAULTS
 from .spec import Spec, zoo_path
@@ -36,7 +36,7 @@ def resolved_data(spec: Spec) -> dict:
     out["norm"] = norm_config(d.get("norm"))
     out["conv"] = conv_config(d.get("conv"))
     out["stem"] = _stem(d.get("stem") or {}, preact, conv_bias)
-    out["block"] = _block(blk, kind, preact)
+    out["block"] = _block(blk, kind, preact, "bottleneck" in stage_kinds(d) + [kind])
     out["shortcut"] = _shortcut(d.get("shortcut") or {}, preact)
     out["stages"] = _stages(d, kind, out["block"], out["width_multiplier"])
     out["head"] = {**DEFAULTS["head"], "norm": preact, **(d.get("head") or {})}
@@ -67,9 +67,10 @@ def _stem(st: dict, preact: bool, conv_bias) -> dict:
     return out
 
 
-def _block(blk: dict, kind: str, preact: bool) -> dict:
+def _block(blk: dict, kind: str, preact: bool, bottlenecks: bool) -> dict:
+    """The global block section; ``bottlenecks``: whether any stage's blocks are bottlenecks (their keys shown)."""
     out = {"type": kind, "preact": preact}
-    keys = ("stride_on", "stride_block", "groups", "width_per_group") if kind == "bottleneck" else ("stride_block",)
+    keys = ("stride_on", "stride_block", "groups", "width_per_group") if bottlenecks else ("stride_block",)
     for key in keys:
         out[key] = blk.get(key, DEFAULTS["block"][key])
     out["expansion"] = blk.get("expansion", 4 if kind == "bottleneck" else 1)
@@ -112,12 +113,15 @@ def _stages(d: dict, kind: str, blk: dict, mult: int) -> list:
     for i, (s, n) in enumerate(zip(stages, counts)):
         row = {"blocks": n, "channels": s["channels"], "stride": s.get("stride", 1 if i == 0 else 2),
                "dilate": s.get("dilate", False)}
+        st_kind, expansion = stage_block(kind, blk["expansion"], s)
+        if "block" in s:  # the stage's own block type, shown with its expansion
+            row["block"] = {"type": st_kind, "expansion": expansion}
         if "widths" in s:
             row["widths"] = s["widths"]
-        elif kind == "bottleneck" and "group_width" in s:
+        elif st_kind == "bottleneck" and "group_width" in s:
             row["group_width"] = s["group_width"]
-            row["width"] = s.get("width", s["channels"] * mult * blk["expansion"])
-        elif kind == "bottleneck":
+            row["width"] = s.get("width", s["channels"] * mult * expansion)
+        elif st_kind == "bottleneck":
             planes = s["channels"] * mult
             row["width"] = s.get("width", int(planes * (blk["width_per_group"] / 64.0)) * blk["groups"])
         out.append(row)

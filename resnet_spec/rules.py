@@ -6,10 +6,11 @@ its errors, located at the field (as jsonschema does per keyword); :data:`RULES`
 from __future__ import annotations
 
 from .config import (DEFAULTS, SE_KEYS, SPATIAL_KEYS, STEM_POOL_KEYS, BlockConfig, StemConfig, conv_config, norm_config,
-                     opt)
+                     opt, stage_kinds)
 from .errors import SpecError
 from .regnet import params_errors, stage_path, stages_of
 from .rules_norm import rule_norm
+from .rules_stage_block import rule_stage_block
 from .rules_widths import rule_widths
 from .spec import Spec
 
@@ -28,15 +29,15 @@ def _rule_required(spec: Spec):
 
 
 def _rule_bottleneck_only(spec: Spec):
-    blk = spec.data["block"]
-    if blk["type"] != "basic":
-        return
-    for key in ("stride_on", "groups", "width_per_group"):
-        if key in blk and blk[key] != DEFAULTS["block"][key]:
-            yield spec.error(f"'{key}' applies to bottleneck blocks only", ("block", key))
+    """Bottleneck keys: the global ones need a bottleneck stage to apply to, a stage's own a bottleneck stage."""
+    blk, kinds = spec.data["block"], stage_kinds(spec.data)
+    if "bottleneck" not in (kinds or [blk["type"]]):
+        for key in ("stride_on", "groups", "width_per_group"):
+            if key in blk and blk[key] != DEFAULTS["block"][key]:
+                yield spec.error(f"'{key}' applies to bottleneck blocks only", ("block", key))
     for i, s in enumerate(spec.data.get("stages") or []):  # generated stages: _rule_regnet's
         for key in ("width", "group_width"):
-            if key in s:
+            if key in s and kinds[i] == "basic":
                 yield spec.error(f"'{key}' applies to bottleneck blocks only", stage_path(spec.data, i, key))
 
 
@@ -206,6 +207,8 @@ def _rule_shortcut(spec: Spec):
 
 
 def _rule_depth(spec: Spec):
+    if any("block" in s for s in spec.data.get("stages") or []):
+        return  # per-stage block types with a depth: rule_stage_block's error
     try:
         blocks_per_stage(spec)
     except SpecError as exc:
@@ -226,7 +229,7 @@ def _rule_dilate(spec: Spec):
 
 #: The semantic rules that need nothing but the required fields, in the order resolve() checks them.
 RULES = (_rule_bottleneck_only, _rule_regnet, _rule_spatial, _rule_se, _rule_shortcut, _rule_stem, _rule_anti_alias,
-         _rule_depth, _rule_dilate, _rule_avd, rule_norm, rule_widths)
+         _rule_depth, _rule_dilate, _rule_avd, rule_norm, rule_widths, rule_stage_block)
 
 
 def rule_errors(spec: Spec):

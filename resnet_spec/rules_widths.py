@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from .config import DEFAULTS, BlockConfig, opt
+from .config import DEFAULTS, BlockConfig, opt, stage_kinds
 from .regnet import stages_of
 from .spec import Spec
 
@@ -23,7 +23,7 @@ def _stage_widths(spec: Spec):
     """A stage's ``widths``: one list per block, as many convs as the block type has, not beside ``width``,
     ``group_width`` or ``block.reduce_first``."""
     d, blk = spec.data, spec.data["block"]
-    n_convs = 3 if blk["type"] == "bottleneck" else 2
+    kinds = stage_kinds(d)  # each stage's block type: its own `block.type`, else the global one
     stages = d.get("stages") or []  # RegNet's generated stages have none
     given = [i for i, s in enumerate(stages) if "widths" in s]
     if given and blk.get("reduce_first", 1) != 1:
@@ -40,9 +40,10 @@ def _stage_widths(spec: Spec):
                              where)
         elif "blocks" not in st and d.get("depth") is not None:
             yield spec.error("per-block 'widths' need the stage's 'blocks', not a top-level 'depth'", where)
+        n_convs = 3 if kinds[i] == "bottleneck" else 2
         for bi, row in enumerate(st["widths"]):
             if len(row) != n_convs:
-                yield spec.error(f"{len(row)} widths for a {blk['type']} block of {n_convs} convs "
+                yield spec.error(f"{len(row)} widths for a {kinds[i]} block of {n_convs} convs "
                                  f"([{', '.join(f'conv{k + 1}' for k in range(n_convs))}])", (*where, bi))
 
 

@@ -56,6 +56,9 @@ def specs(draw):
                             width_per_group=8 if groups > 1 else 64, expansion=draw(st.sampled_from([2, 4])))
         if draw(st.booleans()):
             stages[0]["width"] = 4 * groups  # an explicit bottleneck width for one stage
+    if nstages > 1 and shortcut != "A" and draw(st.booleans()):  # a stage of the other type (timm's test_resnet)
+        stages[-1]["block"] = {"type": "basic" if block == "bottleneck" else "bottleneck"}
+        stages[-1].pop("width", None)
     if shortcut in ("B", "C") and draw(st.booleans()):
         doc["shortcut"]["norm"] = draw(st.booleans())
     if shortcut == "A":

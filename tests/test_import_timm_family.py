@@ -35,8 +35,7 @@ def _cli(args):
 # --- one-line refusals of timm: models, naming the block -------------------------------------------
 
 REFUSED = [
-    ("tresnet_m", ["space-to-depth stem (body.s2d)", "LeakyReLU", "mixed in one network (body.layer3.0)"]),
-    ("test_resnet", ["basic and bottleneck blocks mixed in one network (layer3.0)"]),
+    ("tresnet_m", ["space-to-depth stem (body.s2d)", "LeakyReLU activations (body.conv1.bn.act)"]),
 ]
 
 

@@ -99,10 +99,6 @@ def _plain_evonorm(m) -> bool:
         and isinstance(getattr(m, "groups", None), int)
 
 
-def _mixed_blocks(_m, mods) -> bool:
-    return any(_cls(x) == "BasicBlock" for x in mods.values())
-
-
 def _no_running_stats(name, shape, shapes) -> bool:
     mod = name[: -len(".weight")]
     return len(shape) == 1 and f"{mod}.bias" in shapes and f"{mod}.running_mean" not in shapes
@@ -158,7 +154,6 @@ UNSUPPORTED = (
           at=r"^maxpool\.\d+$", when=lambda m, mods: not _rs_stem(mods.get("maxpool")),
           tensors=r"^maxpool\.\d+\.weight$",
           tensor_when=lambda n, s, shapes: len(s) == 4 and not _rs_stem_tensors(shapes)),
-    Block("basic and bottleneck blocks mixed in one network", ("Bottleneck",), when=_mixed_blocks),
     Block("{cls} activations", _NOT_RELU),
 )
 

@@ -211,7 +211,7 @@ def timm_equivalent(spec: dict):
             or spec["norm"] != {"eps": 1e-5, "momentum": 0.1}:
         return None
     se, pool_kwargs = block.get("se"), _timm_stem_pool(stem.get("pool", "max"), block.get("anti_alias"))
-    if (se is not None and se not in _TIMM_SE) or pool_kwargs is None:
+    if (se is not None and se not in _TIMM_SE) or pool_kwargs is None or _timm_blocks(block, spec["stages"]) is None:
         return None
     resnest = _resnest_args(block)
     if resnest == "none" or (resnest and (se is not None or block.get("anti_alias"))):
@@ -219,7 +219,7 @@ def timm_equivalent(spec: dict):
     kwargs = {"layers": [s["blocks"] for s in spec["stages"]], "num_classes": spec["head"]["classes"],
               "in_chans": spec["input"]["channels"], "cardinality": block.get("groups", 1),
               "base_width": block.get("width_per_group", 64),
-              "channels": [s["channels"] for s in spec["stages"]], "bottleneck": block["type"] == "bottleneck",
+              "channels": [s["channels"] for s in spec["stages"]], "bottleneck": _timm_blocks(block, spec["stages"]),
               "se": None if se is None else _TIMM_SE.index(se), "zero_init_last": False, **pool_kwargs,
               **_timm_sk(block.get("spatial"))}
     if block.get("reduce_first", 1) != 1 or sc.get("kernel", 1) != 1:  # SENet-154 (timm resnet.py's senet154)
@@ -241,6 +241,15 @@ def timm_equivalent(spec: dict):
 
 
 _TIMM_POOL = {"ceil_mode": True, "count_include_pad": False}
+
+
+def _timm_blocks(block: dict, stages: list):
+    """Whether timm's blocks are bottlenecks: one bool, or one per stage where a stage has its own block type
+    (timm's per-stage block list, test_resnet); None where an expansion is not the type's (timm's are fixed)."""
+    if "expansion" in block or any("expansion" in (s.get("block") or {}) for s in stages):
+        return None
+    kinds = [(s.get("block") or {}).get("type", block["type"]) == "bottleneck" for s in stages]
+    return kinds if any("block" in s for s in stages) else block["type"] == "bottleneck"
 
 
 def _timm_sk(spatial) -> dict:
@@ -366,7 +375,8 @@ def build_timm(kwargs: dict):
     from timm.models import resnet
 
     kw = dict(kwargs)
-    kw["block"] = resnet.Bottleneck if kw.pop("bottleneck") else resnet.BasicBlock
+    kinds = kw.pop("bottleneck")  # a list: timm's per-stage block list
+    kw["block"] = [_timm_block(resnet, k) for k in kinds] if isinstance(kinds, list) else _timm_block(resnet, kinds)
     se, scale, sk = kw.pop("se"), kw.pop("res2net_scale", None), kw.pop("sk", None)
     if "resnest" in kw:
         from timm.models.resnest import ResNestBottleneck
@@ -379,7 +389,7 @@ def build_timm(kwargs: dict):
     elif sk is not None:  # timm's sknet.py blocks
         from timm.models import sknet
 
-        kw["block"] = sknet.SelectiveKernelBottleneck if kw["block"] is resnet.Bottleneck else sknet.SelectiveKernelBasic
+        kw["block"] = [_timm_block(sknet, k) for k in kinds] if isinstance(kinds, list) else _timm_block(sknet, kinds)
         kw["block_args"] = {"sk_kwargs": sk}
     kw.setdefault("block_args", {})
     if se is not None:
@@ -391,3 +401,10 @@ def build_timm(kwargs: dict):
 
         kw["aa_layer"] = BlurPool2d
     return resnet.ResNet(**kw).eval()
+
+
+def _timm_block(module, bottleneck: bool):
+    """timm's bottleneck or basic block class of ``module`` (resnet.py's, or sknet.py's selective-kernel ones)."""
+    if module.__name__.endswith("sknet"):
+        return module.SelectiveKernelBottleneck if bottleneck else module.SelectiveKernelBasic
+    return module.Bottleneck if bottleneck else module.BasicBlock

@@ -143,7 +143,8 @@ def candidates(src: Source, name: str, input_size) -> list:
         return infer_sknet.candidates(candidates, src, name, input_size)
     stages = _blocks(src)
     L = src.layers
-    bottleneck = "conv3" in stages[0][0]
+    kinds = infer_widths.stage_kinds(src, stages)  # per stage: bottleneck blocks (conv3) or basic ones
+    bottleneck = kinds[0]
     first = stages[0][0]
     bn1 = first.get("bn1")
     conv1 = _need(src, "layer1.0", first, "conv1")
@@ -183,9 +184,9 @@ def candidates(src: Source, name: str, input_size) -> list:
         d["head"]["norm"] = "bn_final" in L
     se = next((b for s in stages for b in s if "se.fc1" in b), None)
     regnet = list(_regnet_variants(src, d, stages, se)) \
-        if _regnet_like(src, stages, bottleneck, preact) and not _eca_kernels(stages) else []
+        if _regnet_like(src, stages, all(kinds), preact) and not _eca_kernels(stages) else []
     try:
-        resnet = _resnet_variants(src, d, stages, se, (bottleneck, preact, facts_stride))
+        resnet = _resnet_variants(src, d, stages, se, (kinds, preact, facts_stride))
     except ResNetSpecError:
         if not regnet:
             raise
@@ -195,13 +196,15 @@ def candidates(src: Source, name: str, input_size) -> list:
 
 def _resnet_variants(src, d, stages, se, kinds) -> list:
     """The candidates of a torchvision/timm ResNet's conventions (expansion 4, one stride place)."""
-    bottleneck, preact, facts_stride = kinds
+    kinds, preact, facts_stride = kinds
     d = {**d, "block": dict(d["block"])}
     block = d["block"]
     d["stages"], widths, wheres, ats = [], [], set(), set()
-    per_block = None if _regnet_like(src, stages, bottleneck, preact) else infer_widths.irregular(stages, bottleneck)
+    per_block = None if _regnet_like(src, stages, all(kinds), preact) else infer_widths.irregular(stages, kinds)
     for si, blocks in enumerate(stages):
-        st, width, groups, where, at = _stage(src, si, blocks, bottleneck, preact, facts_stride, per_block is not None)
+        st, width, groups, where, at = _stage(src, si, blocks, kinds[si], preact, facts_stride, per_block is not None)
+        if kinds[si] != kinds[0]:  # timm's per-stage block list (test_resnet): the stage's own type
+            st["block"] = {"type": "bottleneck" if kinds[si] else "basic"}
         d["stages"].append(st)
         widths.append((width, groups, st["channels"]))
         if where:
@@ -215,9 +218,10 @@ def _resnet_variants(src, d, stages, se, kinds) -> list:
         block["stride_on"] = wheres.pop()
     if ats == {"last"}:
         block["stride_block"] = "last"
-    if bottleneck:
-        _widths(d, widths)
-    infer_widths.apply(d, stages, bottleneck, per_block)
+    if any(kinds):  # the bottleneck stages' widths and groups
+        infer_widths.group_widths(d, [w for w, k in zip(widths, kinds) if k],
+                                  [st for st, k in zip(d["stages"], kinds) if k])
+    infer_widths.apply(d, stages, kinds, per_block)
     return list(_variants(d, src, stages, None if se is None else se["se.fc1"], preact))
 
 
@@ -300,24 +304,6 @@ def _regnet_se(src, blk):
             for frm, ch in (("input", in_ch), ("output", out_ch)) for r in range(1, 65) if se_reduced(ch, r, None) == red]
     ends = [{**o, "placement": "end"} for o in opts]
     return ends + opts if src.facts.get("se_placement") == "end" else opts + ends
-
-
-def _widths(d, widths):
-    groups = {g for _, g, _ in widths}
-    wpg = {w * 64 / (p * g) for w, g, p in widths}
-    if len(groups) == 1 and len(wpg) == 1 and float(next(iter(wpg))).is_integer():
-        g, w = groups.pop(), int(wpg.pop())
-        if g != 1:
-            d["block"]["groups"] = g
-        if w != 64:
-            d["block"]["width_per_group"] = w
-        if g != 1 or w != 64:
-            return
-    else:
-        for st, (w, _, _) in zip(d["stages"], widths):
-            st["width"] = w
-        if len(groups) == 1 and next(iter(groups)) != 1:
-            d["block"]["groups"] = groups.pop()
 
 
 def _variants(d, src, stages, se, preact):
