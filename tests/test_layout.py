@@ -1,6 +1,8 @@
 """``convert --layout nchw|nhwc``: every target's file in the layout it does not take by default (torch,
 ONNX: NHWC; SavedModel, .keras, TFLite: NCHW) computes the default file's numbers on the transposed input,
-records its layout (metadata, ``inspect``), and passes ``verify`` with default options.
+records its layout (metadata, ``inspect``), passes ``verify`` with default options, and imports back
+(``resnet-spec import``: an NHWC ONNX file, ours or tf2onnx-style, and the NCHW .keras; the proof feeds
+each its own layout; a transpose of the input that is not a layout change is refused).
 
 One module-scoped fixture makes the files of tiny_b (conftest.TINY_B without its dilated stage: no
 dropout and no dilation, so that its ``.pt2`` and SavedModel pass verify's allow-lists without
@@ -258,3 +260,139 @@ def test_keras_layout_and_data_format_must_agree():
     assert input_layout("nchw", "channels_first") == "nchw" and input_layout("nhwc", None) == "nhwc"
     with pytest.raises(ResNetSpecError, match="tflite: data_format 'channels_first' and layout 'nhwc' name different"):
         input_layout("nhwc", "channels_first", "tflite")
+
+
+# -- import: a file's input layout recognised, the network read, the proof fed the file's layout -------
+
+SMALL = "extends: resnet20\nname: s\ndepth: 8\ninput: {size: [16, 24]}\n"  # non-square: H and W told apart
+
+
+def _nhwc_onnx_files(tmp_path) -> tuple:
+    """(network, weights, {how: path}) of SMALL as NHWC ONNX files: ``convert --layout nhwc``'s (BN folded
+    and kept) and a tf2onnx-style one (tests/other_producers.py: no layout metadata, input ``images``)."""
+    import onnx
+
+    import other_producers
+    from resnet_spec.backends.onnx import backend as ob
+
+    net = resnet_spec.load(SMALL)
+    w = resnet_spec.init_weights(net, seed=1, random_bn=True)
+    paths = {}
+    for how, fold in (("fold", True), ("nofold", False)):
+        (paths[how],) = ob.convert(net, w, str(tmp_path / how), layout="nhwc", fold_bn=fold)[:1]
+    paths["tf2onnx"] = str(tmp_path / "tf2onnx.onnx")
+    onnx.save(other_producers.nhwc_onnx(ob.build(net, w)), paths["tf2onnx"])
+    return net, w, paths
+
+
+def test_import_nhwc_onnx(tmp_path):
+    """``convert --layout nhwc`` (BN folded or not) and a tf2onnx-style file import back: the leading
+    Transpose (perm [0, 3, 1, 2]) is the file's layout, not a layer; the height and width come from the
+    NHWC input's dims; the CLI's proof feeds the file NHWC and says so, and so does the spec's description.
+    Measured: the CLI proof's max_rel 2.9e-7; the in-process runs below agree within 1e-5."""
+    import onnxruntime as ort
+    import torch
+    from test_import_zoo import _same
+
+    from resnet_spec.importers import import_source
+
+    net, w, paths = _nhwc_onnx_files(tmp_path)
+    x = np.random.default_rng(2).standard_normal((2, *net.input_shape)).astype(np.float32)
+    for how, path in paths.items():
+        src, text, got, _, weights = import_source(path, "m")
+        assert src.facts["layout"] == "nhwc" and _same(got, net), (how, text)
+        assert "imported from" in text and "NHWC input" in text.splitlines()[0], text
+        sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+        ref = sess.run(None, {sess.get_inputs()[0].name: _nhwc(x)})[0]
+        with torch.inference_mode():
+            out = resnet_spec.build(got, "torch", weights=weights).eval()(torch.from_numpy(x)).numpy()
+        assert np.abs(out - ref).max() <= F32_TOL * np.abs(ref).max(), how
+    res = cli("import", paths["fold"], "--name", "m", "-o", tmp_path / "out")
+    assert res.exit_code == 0, res.output
+    assert "fed to the source as NHWC 2x16x24x3 (its input layout)" in res.output and "PASS" in res.output
+    assert "takes NHWC input" in res.output  # the note
+    spec = (tmp_path / "out" / "m.yaml").read_text()
+    assert "NHWC input" in spec and _same(resnet_spec.load(spec), net), spec
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "out" / "m.safetensors"), "np") as fh:
+        assert fh.metadata()["imported_layout"] == "nhwc"
+    # --weights takes the same file through the same reader (BN kept: the very tensors come back)
+    got_w = resnet_spec.load_weights(net, paths["nofold"])
+    assert all(np.allclose(got_w[k], v, atol=1e-6) for k, v in w.items())
+
+
+def test_import_refuses_other_input_transposes(tmp_path):
+    """A Transpose of the input that is not NHWC -> NCHW, or an input read both transposed and as it is,
+    is one line naming the node (the CLI: exit 1, nothing written)."""
+    import onnx
+    from onnx import helper
+
+    from resnet_spec.importers.source import ImportRefused
+
+    _, _, paths = _nhwc_onnx_files(tmp_path)
+    model = onnx.load(paths["tf2onnx"])
+    first = model.graph.node[0]
+    assert first.op_type == "Transpose" and first.name == "to_nchw"
+    first.attribute[0].ints[:] = [0, 2, 3, 1]
+    onnx.save(model, str(tmp_path / "perm.onnx"))
+    del first.attribute[:]  # no perm: the axes reversed
+    onnx.save(model, str(tmp_path / "noperm.onnx"))
+    first.attribute.append(helper.make_attribute("perm", [0, 3, 1, 2]))
+    model.graph.node.insert(1, helper.make_node("Identity", ["images"], ["unused"], name="reads_it"))
+    model.graph.node.insert(2, helper.make_node("Relu", ["images"], ["twice"], name="twice"))
+    onnx.save(model, str(tmp_path / "twice.onnx"))
+    for name, words in (("perm.onnx", "node 'to_nchw' (Transpose): a Transpose of the input with perm [0, 2, 3, 1]; "
+                                      "import reads an NCHW input, or an NHWC one transposed to NCHW by perm "
+                                      "[0, 3, 1, 2]"),
+                        ("noperm.onnx", "with perm unset (the axes reversed)"),
+                        ("twice.onnx", "node 'twice' (Relu): reads the input as it is while 'to_nchw' transposes it")):
+        with pytest.raises(ImportRefused) as info:
+            resnet_spec.import_model(str(tmp_path / name))
+        assert words in str(info.value) and "\n" not in str(info.value), str(info.value)
+    res = cli("import", tmp_path / "perm.onnx", "-o", tmp_path / "out")
+    last_line_error(res, "perm.onnx", "perm [0, 2, 3, 1]")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow  # the module fixture: a TensorFlow worker, int8 calibration, torch.export
+def test_import_nchw_keras(made, tmp_path):
+    """``convert --layout nchw``'s .keras imports back: its entry Permute (dims (2, 3, 1)) is the file's
+    layout, the input size comes from the NCHW input, and the CLI's proof feeds the model NCHW (measured:
+    max_rel 1.1e-7). A Permute of the input with other dims is refused naming the layer."""
+    import json
+    import zipfile
+
+    from test_import_zoo import _same
+
+    import keras_sources
+    from resnet_spec.backends.keras.reader import _Mapper
+    from resnet_spec.importers.source import ImportRefused, Source
+    from resnet_spec.isolate import run_isolated
+
+    path = made["keras"]["files"]["keras"]
+    res = cli("import", path, "--name", "m", "-o", tmp_path / "out")
+    assert res.exit_code == 0, res.output
+    assert "fed to the source as NCHW 2x3x33x33 (its input layout)" in res.output and "PASS" in res.output
+    assert "takes NCHW input" in res.output
+    spec = (tmp_path / "out" / "m.yaml").read_text()
+    assert "NCHW input" in spec and _same(resnet_spec.load(spec), made["net"]), spec
+    got = resnet_spec.load_weights(made["net"], str(tmp_path / "out" / "m.safetensors"))
+    assert all(np.allclose(got[k], v, atol=1e-6) for k, v in made["w"].items())
+    # the same file with its Permute turned into an (H, W) swap as well: refused, naming the layer
+    bad = tmp_path / "swap.keras"
+    with zipfile.ZipFile(path) as zin, zipfile.ZipFile(bad, "w") as zout:
+        for item in zin.infolist():
+            data = zin.read(item.filename)
+            if item.filename == "config.json":
+                config = json.loads(data)
+                permute = next(la for la in config["config"]["layers"] if la["class_name"] == "Permute")
+                assert permute["config"]["dims"] == [2, 3, 1]
+                permute["config"]["dims"] = [3, 2, 1]
+                data = json.dumps(config).encode()
+            zout.writestr(item, data)
+    (info,) = run_isolated(keras_sources.describe, [{"path": str(bad)}])  # the kept TensorFlow worker
+    with pytest.raises(ImportRefused, match=r"layer 'to_channels_last' \(Permute\): a Permute of the input with "
+                                            r"dims \[3, 2, 1\]; import reads an NHWC input, or an NCHW one "
+                                            r"permuted to NHWC by dims \[2, 3, 1\]"):
+        _Mapper.source("swap.keras", "keras", {}, info)

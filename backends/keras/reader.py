@@ -16,6 +16,7 @@ import re
 
 import numpy as np
 
+from ..common import entry_permutation
 from ...archive import check_h5, check_keras_model
 from ...fileio import open_regular, shown
 from ...isolate import run_isolated
@@ -23,7 +24,7 @@ from ...importers.source import ImportRefused, Layer, Recogniser, Source
 
 _KEEP = ("strides", "padding", "use_bias", "epsilon", "momentum", "pool_size", "activation", "groups",
          "kernel_size", "pads", "value", "data_format", "kernel", "stride", "count_include_pad", "scale",
-         "center", "dilation_rate")
+         "center", "dilation_rate", "dims")
 _APP = re.compile(r"^conv(\d+)_block(\d+)_(\d+|preact)_(conv|bn)$")
 
 
@@ -99,11 +100,12 @@ def _describe(desc: dict) -> dict:
 
 
 def run_keras(desc: dict, x: np.ndarray):
-    """Worker: run the source model on NCHW ``x`` (as NHWC), returning logits."""
+    """Worker: run the source model on ``x``, in the layout the model takes (the reader's
+    ``facts['layout']``: NHWC, or NCHW behind an entry Permute), returning logits."""
     import keras
 
     model = _logits(_load(desc))
-    y = model(np.ascontiguousarray(np.transpose(x, (0, 2, 3, 1))), training=False)
+    y = model(x, training=False)
     return np.asarray(keras.ops.convert_to_numpy(y), np.float32), f"keras {keras.__version__}"
 
 
@@ -155,6 +157,7 @@ class _Mapper(Recogniser):
         return ImportRefused(f"{self.src.label}: layer {layer['name']!r} ({layer['cls']}): {why}")
 
     def run(self):
+        self.src.facts["layout"] = self.entry_layout()
         for layer in self.info["layers"]:
             c = layer["config"]
             if c.get("data_format") == "channels_first":
@@ -165,6 +168,28 @@ class _Mapper(Recogniser):
             {"Conv2D": self.conv, "BatchNormalization": self.bn, "TorchBatchNorm": self.bn, "Dense": self.dense}.get(
                 layer["cls"], self.unknown)(name, layer)
         self.facts()
+
+    def entry_layout(self) -> str:
+        """The input layout the model takes: NHWC (Keras' own), or NCHW when the layer reading the input
+        is a ``Permute`` to NHWC (dims (2, 3, 1): ``convert --layout nchw``'s entry). A Permute of the
+        input with other dims, or an input read both permuted and as it is, is refused naming the layer."""
+        inputs = {layer["name"] for layer in self.info["layers"] if layer["cls"] == "InputLayer"}
+        users = [layer for layer in self.info["layers"] if inputs & set(layer["inbound"])]
+        permute = next((layer for layer in users if layer["cls"] == "Permute"), None)
+        if permute is None:
+            return "nhwc"
+        want = list(entry_permutation("nchw", "nhwc")[1:])  # Keras counts the axes from 1, without the batch
+        dims = list(permute["config"].get("dims") or [])
+        if dims != want:
+            raise self.refuse(permute, f"a Permute of the input with dims {dims}; import reads an NHWC input, or "
+                                       f"an NCHW one permuted to NHWC by dims {want}")
+        if len(users) > 1:
+            other = next(layer for layer in users if layer is not permute)
+            raise self.refuse(other, f"reads the input as it is while {permute['name']!r} permutes it to NHWC; "
+                                     "a ResNet reads its input once")
+        self.src.notes.append("the model takes NCHW input (one Permute to NHWC first, as convert --layout nchw "
+                              "writes it): the spec is layout-free; the proof feeds the model NCHW")
+        return "nchw"
 
     def unknown(self, name, layer):
         raise self.refuse(layer, "a layer with weights that a ResNet does not have")
@@ -247,7 +272,8 @@ class _Mapper(Recogniser):
                     if "count_include_pad" in c:
                         f["shortcut_pool"] = {"ceil_mode": True, "count_include_pad": bool(c["count_include_pad"])}
         f.setdefault("strided_identity", False)
-        h, w = self.info["input"][1:3]
+        shape = self.info["input"]
+        h, w = shape[1:3] if f.get("layout", "nhwc") == "nhwc" else shape[2:4]
         if h and w:
             f["input_size"] = h if h == w else [h, w]
 

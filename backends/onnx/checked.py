@@ -131,20 +131,22 @@ def load_checked(path: str):
     return model
 
 
-def declared_input(value) -> tuple:
-    """(facts, notes) from the image input's declared shape: a fixed batch (the proof runs its own,
-    never more) and the input size, unless a side is over the limit: then the import's own size
-    replaces it, and the proof makes the graph's dims symbolic."""
+def declared_input(value, layout: str = "nchw") -> tuple:
+    """(facts, notes) from the image input's declared shape in ``layout`` (its height and width: dims 2
+    and 3 of NCHW, 1 and 2 of NHWC): a fixed batch (the proof runs its own, never more) and the input
+    size, unless a side is over the limit: then the import's own size replaces it, and the proof makes
+    the graph's dims symbolic."""
     shape = [d.dim_value for d in value.type.tensor_type.shape.dim]
     facts, notes = {}, []
     if len(shape) == 4 and shape[0] > 0:
         facts["batch"] = shape[0]  # a graph exported with a fixed batch size
-    if len(shape) == 4 and shape[2] > 0 and shape[3] > 0:
-        size = shape[2] if shape[2] == shape[3] else [shape[2], shape[3]]
+    h, w = (shape[2:4] if layout == "nchw" else shape[1:3]) if len(shape) == 4 else (0, 0)
+    if h > 0 and w > 0:
+        size = h if h == w else [h, w]
         if not side_over(size):
             facts["input_size"] = size
         else:
-            notes.append(f"the graph declares a {shape[2]}x{shape[3]} input, over the import limit of "
+            notes.append(f"the graph declares a {h}x{w} input, over the import limit of "
                          f"{MAX_DECLARED_SIDE} px a side: the spec takes the default size instead (--input-size "
                          "sets it), and the proof runs the graph at that size")
     return facts, notes

@@ -4,7 +4,35 @@ from __future__ import annotations
 
 from .checked import declared_input
 from .patterns import attrs as _attrs, border_mask, pool_facts
+from ..common import entry_permutation
 from ...importers.source import ImportRefused
+
+
+def entry_layout(g) -> tuple:
+    """(the input layout of graph ``g``, the value its NCHW body starts from): 'nchw' and the input
+    itself, or 'nhwc' and the output of the one ``Transpose`` (perm [0, 3, 1, 2]) that reads the input
+    -- ``convert --layout nhwc``'s entry, and tf2onnx's. That Transpose is taken out of the graph's
+    walk; a Transpose of the input with any other perm, or an input read both transposed and as it is,
+    is refused naming the node."""
+    name = g.input.name
+    users = g.consumers.get(name, [])
+    node = next((n for n in users if n.op_type == "Transpose"), None)
+    if node is None:
+        return "nchw", name
+    want = list(entry_permutation("nhwc", "nchw"))
+    perm = list(_attrs(node).get("perm", []))
+    if perm != want:
+        shown = perm or "unset (the axes reversed)"
+        raise g.refuse(node, f"a Transpose of the input with perm {shown}; import reads an NCHW input, or an "
+                             f"NHWC one transposed to NCHW by perm {want}")
+    if len(users) > 1:
+        other = next(n for n in users if n is not node)
+        raise g.refuse(other, f"reads the input as it is while {node.name or node.output[0]!r} transposes it to "
+                              "NCHW; a ResNet reads its input once")
+    out = node.output[0]
+    g.nodes = [(n, ins) for n, ins in g.nodes if n is not node]
+    del g.producer[out]
+    return "nhwc", out
 
 
 class StemReader:
@@ -27,8 +55,12 @@ class StemReader:
             layer = self.src.layers["maxpool.0"]
             pool = {"type": "conv", "kernel": layer.shape[2], "stride": layer.stride, "padding": layer.padding}
         self.src.facts["stem_pool"] = pool
-        facts, notes = declared_input(self.g.input)  # the proof runs its own batch, never the file's
-        self.src.facts.update(facts)
+        facts, notes = declared_input(self.g.input, self.g.layout)  # the proof runs its own batch, not the file's
+        self.src.facts.update(facts, layout=self.g.layout)
+        if self.g.layout != "nchw":
+            self.src.notes.append(f"the file takes {self.g.layout.upper()} input (one Transpose to NCHW first, as "
+                                  f"convert --layout {self.g.layout} and tf2onnx write it): the spec is layout-free; "
+                                  f"the proof feeds the file {self.g.layout.upper()}")
         self.src.notes += notes
 
     def stem_pool(self, ops, left):

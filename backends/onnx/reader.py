@@ -44,7 +44,7 @@ from .read_norm import NormReader
 from .read_res2net import Res2NetReader
 from .read_resnest import SplitAttentionReader
 from .read_sknet import SelectiveKernelReader
-from .read_stem import StemReader
+from .read_stem import entry_layout, StemReader
 from ...budgets import ONNX_MAX_FOLD_TOTAL
 from ...fileio import shown
 from ...importers.source import ImportRefused, Recogniser, Source
@@ -91,6 +91,7 @@ class _Graph:
             raise ImportRefused(f"{label}: expected one image input, found {len(inputs)}")
         self.input = inputs[0]
         self.output = alias.get(g.output[0].name, g.output[0].name) if g.output else None
+        self.layout, self.entry = entry_layout(self)  # an NHWC input: its Transpose to NCHW, out of the walk
         check_wiring(self)  # a cycle: the walks back from each Add would never end
         self.std_eps = standardized_weights(self)  # weight-standardized convs: their raw weights as constants
 
@@ -220,7 +221,7 @@ class _Walker(StemReader, BlockReader, HeadReader, AttentionReader, AntiAliasRea
         return adds
 
     def run(self):
-        x = self.g.input.name
+        x = self.g.entry  # the input, or its Transpose to NCHW
         blocks, stem = [], None
         for add, ins in self.residual_adds():
             a, b = self.g.data(ins)

@@ -153,7 +153,8 @@ def candidates(src: Source, name: str, input_size) -> list:
     stem = _stem(src, preact)
     in_ch = (L.get("conv1") or L.get("conv1.0")).shape[1]
     size = input_size or src.facts.get("input_size") or (224 if stem["stride"] > 1 else 32)
-    d = {"name": name, "description": f"imported from {src.label}",
+    layout = src.facts.get("layout")  # the input layout the file takes (the spec itself has none)
+    d = {"name": name, "description": f"imported from {src.label}" + (f", {layout.upper()} input" if layout else ""),
          "input": {"channels": in_ch, "size": size if isinstance(size, int) else list(size)}}
     eps = src.facts.get("eps", 1e-5)
     momentum = src.facts.get("momentum", 0.1)

@@ -129,6 +129,7 @@ def prove(src, net, full_spec: dict, weights: dict, batch: int = PROOF_BATCH, se
     fn, args = source_runner(src, full_spec)
     batch = proof_batch(src.facts.get("batch"), batch)
     x = np.random.default_rng(seed).standard_normal((batch, *net.input_shape)).astype(np.float32)
+    fed = fed_input(src, x)
     try:
         if src.kind in ("torch", "torchvision", "timm"):  # one process runs both
             if isolated is None:
@@ -136,7 +137,7 @@ def prove(src, net, full_spec: dict, weights: dict, batch: int = PROOF_BATCH, se
             run = run_isolated if isolated else _run_here
             (ref, ref_desc), (got, got_desc) = run(_run_pair, fn, args, net.spec_yaml, weights, x)
         else:
-            calls = [(fn, (*args, x)), (_run_generated, (net.spec_yaml, weights, x))]
+            calls = [(fn, (*args, fed)), (_run_generated, (net.spec_yaml, weights, x))]
             results = [None, None]
             for i, get in run_concurrently(calls, parallel=2):
                 results[i] = get()
@@ -149,14 +150,32 @@ def prove(src, net, full_spec: dict, weights: dict, batch: int = PROOF_BATCH, se
                            f"{type(exc).__name__}: {msg}") from None
     cmp = compare(ref, got)
     cmp.update(source=ref_desc, generated=f"resnet-spec torch model ({got_desc})",
-               tolerance=TOLERANCES["float32"], input=list(x.shape))
+               tolerance=TOLERANCES["float32"], input=list(x.shape), layout=source_layout(src),
+               fed=list(fed.shape))
     cmp["passed"] = bool(cmp["max_rel"] <= cmp["tolerance"])
     return cmp
 
 
+def source_layout(src) -> str:
+    """The input layout the source takes ('nchw' or 'nhwc'): what its reader found (an ONNX file's
+    entry Transpose, a Keras model's entry Permute or its NHWC default); a PyTorch source's is NCHW."""
+    return src.facts.get("layout", "nhwc" if src.kind == "keras" else "nchw")
+
+
+def fed_input(src, x: np.ndarray) -> np.ndarray:
+    """``x`` (NCHW, as the generated model takes it) in the layout the source takes."""
+    from ..backends.common import entry_permutation
+
+    perm = entry_permutation("nchw", source_layout(src))
+    return x if perm is None else np.ascontiguousarray(x.transpose(perm))
+
+
 def format_result(src, cmp: dict) -> str:
+    fed = ""
+    if "layout" in src.facts:  # a file's (ONNX, Keras) own layout; a PyTorch source takes the input as it is
+        fed = f", fed to the source as {cmp['layout'].upper()} {'x'.join(map(str, cmp['fed']))} (its input layout)"
     lines = [f"parity: {src.label} in {cmp['source']}  vs  {cmp['generated']}",
-             f"  input {'x'.join(map(str, cmp['input']))} (seeded normal)"]
+             f"  input {'x'.join(map(str, cmp['input']))} (seeded normal){fed}"]
     if "shape_mismatch" in cmp:
         lines.append(f"  output shapes differ: {cmp['shape_mismatch'][0]} vs {cmp['shape_mismatch'][1]}")
     else:

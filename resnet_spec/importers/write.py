@@ -54,8 +54,10 @@ def import_to_dir(source: str, out_dir: str, name: str | None = None, input_size
     made_dir = not os.path.isdir(out_dir)
     try:
         write_text(yaml_path, text, force)
-        save_weights(weights, w_path, metadata={"format": "resnet-spec", "spec": net.name,
-                                                "imported_from": src.label}, force=force)
+        meta = {"format": "resnet-spec", "spec": net.name, "imported_from": src.label}
+        if "layout" in src.facts:  # the input layout the source file took (the spec has none)
+            meta["imported_layout"] = src.facts["layout"]
+        save_weights(weights, w_path, metadata=meta, force=force)
     except BaseException:
         for p in (yaml_path, w_path):
             if os.path.exists(p) and not force:
