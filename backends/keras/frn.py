@@ -20,10 +20,11 @@ import numpy as np
 
 from ... import ir
 from .names import canonical_name, layer_name
+from .zero_init import kernel_init
 
 
 def _depthwise(L, c: int, name: str, bias: bool = True, trainable: bool = True):
-    return L.Conv2D(c, 1, groups=c, use_bias=bias, name=name, trainable=trainable)
+    return L.Conv2D(c, 1, groups=c, use_bias=bias, name=name, trainable=trainable, **kernel_init())
 
 
 def frn_layers(op: ir.FRN, x, name: str, namer, L):

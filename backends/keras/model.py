@@ -37,6 +37,7 @@ from .layers import define
 from .names import Namer, canonical_name, layer_name, tap_layer_names
 from .resnest import split_attention_layers
 from .weights import set_keras_weights, to_keras_weights
+from .zero_init import kernel_init, restore_defaults, zero_kernels
 
 DATA_FORMATS = ("channels_last", "channels_first")
 #: Keras backend -> the package it needs.
@@ -116,9 +117,9 @@ def _batch_norm(op: ir.BatchNorm, x, name, namer):
 def _squeeze_excite(op: ir.SqueezeExcite, x, name, namer):
     L, base = _L(), canonical_name(name)
     s = L.GlobalAveragePooling2D(keepdims=True, name=namer(f"{base}.pool"))(x)
-    s = L.Conv2D(op.reduced, 1, use_bias=True, name=layer_name(f"{op.name}.fc1"))(s)
+    s = L.Conv2D(op.reduced, 1, use_bias=True, name=layer_name(f"{op.name}.fc1"), **kernel_init())(s)
     s = L.Activation("relu", name=namer(_se_relu(base)))(s)
-    s = L.Conv2D(op.channels, 1, use_bias=True, name=layer_name(f"{op.name}.fc2"))(s)
+    s = L.Conv2D(op.channels, 1, use_bias=True, name=layer_name(f"{op.name}.fc2"), **kernel_init())(s)
     s = L.Activation("sigmoid", name=namer(f"{base}.gate"))(s)
     return L.Multiply(name=name)([x, s])
 
@@ -132,7 +133,7 @@ def _eca(op: ir.ECA, x, name, namer):
     if op.padding:
         s = L.ZeroPadding1D(op.padding, name=namer(f"{base}.pad"))(s)
     s = L.Conv1D(1, op.kernel, padding="valid", use_bias=False, data_format="channels_last",
-                 name=layer_name(f"{op.name}.conv"))(s)
+                 name=layer_name(f"{op.name}.conv"), **kernel_init())(s)
     s = L.Activation("sigmoid", name=namer(f"{base}.gate"))(s)
     s = L.Reshape((1, 1, op.channels), name=namer(f"{base}.to_channels"))(s)
     return L.Multiply(name=name)([x, s])
@@ -158,7 +159,7 @@ def _conv_layers(op: ir.Conv, x, name: str, namer: Namer, conv=None):
     # output, which is exactly the strided dilated convolution.
     split = op.stride > 1 and op.dilation > 1
     x = (conv or L.Conv2D)(op.out_channels, op.kernel, strides=1 if split else op.stride, padding="valid",
-                 dilation_rate=op.dilation, groups=op.groups, use_bias=op.bias, name=name)(x)
+                 dilation_rate=op.dilation, groups=op.groups, use_bias=op.bias, name=name, **kernel_init())(x)
     if split:
         x = L.MaxPooling2D(1, strides=op.stride, name=namer(f"{canonical_name(name)}.stride"))(x)
     return x
@@ -205,7 +206,7 @@ OPS = {
     ir.DropPath: _drop_path,
     ir.GlobalAvgPool: lambda op, x, name, namer: _L().GlobalAveragePooling2D(name=name)(x),
     ir.Dropout: lambda op, x, name, namer: _L().Dropout(op.rate, name=name)(x),
-    ir.Linear: lambda op, x, name, namer: _L().Dense(op.out_features, use_bias=op.bias, name=name)(x),
+    ir.Linear: lambda op, x, name, namer: _L().Dense(op.out_features, use_bias=op.bias, name=name, **kernel_init())(x),
     ir.SplitAttention: lambda op, x, name, namer: split_attention_layers(op, x, name, namer, _L(), _conv_layers,
                                                                          _batch_norm),
     ir.Res2Net: lambda op, x, name, namer: res2net.lower(OPS, _L(), op, x, namer),
@@ -275,12 +276,13 @@ def build(net: ir.Network, weights=None, *, data_format: str | None = None, dtyp
     if dtype != "float32":
         keras.config.set_dtype_policy(keras.DTypePolicy(f"mixed_{dtype}"))
     try:
-        with deep_recursion(depth(net)):
+        with deep_recursion(depth(net)), zero_kernels(weights is not None):
             model = _graph(net, layout, keras, lowering or _Lowering)
     finally:
         keras.config.set_dtype_policy(previous)
     if weights is not None:
         set_keras_weights(model, to_keras_weights(net, weights))
+        restore_defaults(model, keras)
     return model
 
 
