@@ -231,6 +231,11 @@ class Worker:
 # -- processes kept between workers (keep_workers) ---------------------------------------------------
 _KEPT: dict | None = None  # (label, environment, sys.path) -> an idle worker's pool, inside keep_workers()
 _IGNORED_ENV: frozenset = frozenset()
+#: variables a library sets in the caller's own environment, midway, to the value it would use anyway:
+#: torch's inductor writes its default cache folder into ``os.environ`` the first time it runs (a
+#: ``torch.onnx.export(dynamo=True)``, ``torch.compile``). Counted in the key, that one write would leave
+#: every process kept before it unused (each backend's worker started again, seconds each).
+SELF_SET_ENV = frozenset({"TORCHINDUCTOR_CACHE_DIR"})
 _MAX_KEPT = 8  # an idle TensorFlow worker holds about a gigabyte
 _MAX_KEPT_BYTES: int | None = None  # keep_workers(max_bytes=...): the idle processes' memory, all together
 
@@ -262,7 +267,7 @@ def keep_workers(ignore_env=(), max_bytes: int | None = None):
 
 
 def _kept_key(label: str) -> tuple:
-    env = tuple(sorted((k, v) for k, v in os.environ.items() if k not in _IGNORED_ENV))
+    env = tuple(sorted((k, v) for k, v in os.environ.items() if k not in _IGNORED_ENV and k not in SELF_SET_ENV))
     return label, env, frozenset(sys.path)
 
 

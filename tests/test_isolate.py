@@ -45,6 +45,21 @@ def test_kept_workers_are_reused_by_label_only_inside_the_block():
             assert w.call(os.getpid) not in (first, os.getpid())
 
 
+def test_a_library_setting_its_own_default_keeps_the_kept_workers(monkeypatch):
+    """torch's inductor writes TORCHINDUCTOR_CACHE_DIR into the caller's environment the first time it runs:
+    the processes kept before that serve the calls after it (another variable's change starts a new one)."""
+    with isolate.keep_workers():
+        monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+        with isolate.Worker("test-env") as w:
+            first = w.call(os.getpid)
+        monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/tmp/torchinductor_test")
+        with isolate.Worker("test-env") as w:
+            assert w.call(os.getpid) == first
+        monkeypatch.setenv("RESNET_SPEC_TEST_ENV_KEY", "1")
+        with isolate.Worker("test-env") as w:
+            assert w.call(os.getpid) != first
+
+
 _BUDGET = """
 import os
 from resnet_spec import isolate
