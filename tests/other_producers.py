@@ -76,3 +76,58 @@ def without_our_metadata(data: bytes) -> bytes:
     builder = flatbuffers.Builder(len(data) + 4096)
     builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
     return bytes(builder.Output())
+
+
+def tf2onnx_style(model, head_bias: bool = True):
+    """``model`` (ONNX, BN kept: ``fold_bn=False``) with the node patterns tf2onnx 1.17.0 writes for a Keras 3
+    model (seen in its files of keras.applications ResNet50/ResNet50V2): each ``BatchNormalization`` as
+    ``Mul`` by a (1, C, 1, 1) scale then ``Add`` of a (1, C, 1, 1) shift (``.../batchnorm/mul_1``,
+    ``.../batchnorm/add_1``), and the classifier ``Gemm`` as ``MatMul`` by an (in, out) weight, then ``Add`` of
+    the bias, or no ``Add`` (``head_bias=False``: tf2onnx drops an all-zero bias Add). Then :func:`nhwc_onnx`."""
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    g = model.graph
+    init = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+    nodes = []
+    for n in g.node:
+        if n.op_type == "BatchNormalization":
+            eps = next((a.f for a in n.attribute if a.name == "epsilon"), 1e-5)
+            gamma, beta, mean, var = (init[i].astype(np.float64) for i in n.input[1:5])
+            scale = gamma / np.sqrt(var + np.float32(eps))
+            shift = beta - mean * scale
+            base = f"{n.name}/batchnorm"
+            for name, value in ((f"{base}/mul", scale), (f"{base}/shift", shift)):
+                g.initializer.append(numpy_helper.from_array(value.astype(np.float32).reshape(1, -1, 1, 1), name))
+            nodes += [helper.make_node("Mul", [n.input[0], f"{base}/mul"], [f"{base}/mul_1:0"], name=f"{base}/mul_1"),
+                      helper.make_node("Add", [f"{base}/mul_1:0", f"{base}/shift"], list(n.output), name=f"{base}/add_1")]
+        elif n.op_type == "Gemm":
+            w = init[n.input[1]]
+            trans_b = next((a.i for a in n.attribute if a.name == "transB"), 0)
+            g.initializer.append(numpy_helper.from_array(np.ascontiguousarray(w.T if trans_b else w), "fc/kernel"))
+            out = n.output[0] if not head_bias else "fc/MatMul:0"
+            nodes.append(helper.make_node("MatMul", [n.input[0], "fc/kernel"], [out], name="fc/MatMul"))
+            if head_bias:
+                nodes.append(helper.make_node("Add", [out, n.input[2]], list(n.output), name="fc/BiasAdd"))
+        else:
+            nodes.append(n)
+    del g.node[:]
+    g.node.extend(nodes)
+    return nhwc_onnx(model)
+
+
+def without_zero_conv_biases(model):
+    """``model`` with every Conv's all-zero bias input dropped, as tf2onnx writes a conv whose folded BatchNorm
+    had default statistics (its bias 0) or a Keras conv whose bias is still at its zero initialisation."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    init = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    for n in model.graph.node:
+        if n.op_type == "Conv" and len(n.input) > 2 and n.input[2] in init and not np.any(init[n.input[2]]):
+            del n.input[2]
+    return model

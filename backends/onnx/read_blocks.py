@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 
 from .patterns import attrs as _attrs, channel_pad, pool_facts, shortcut_reshapes, slice_steps
-from .read_layers import convs as _convs, EPS
+from .read_layers import convs as _convs, EPS, NORM_KINDS
 from .read_res2net import Res2NetFacts
 from .read_resnest import SplitAttentionFacts
 from .read_sknet import SelectiveKernelFacts
@@ -31,7 +31,7 @@ class BlockReader:
             name = self._block_name = f"layer{stage + 1}.{index}"
             convs, bns, slot = self._branch_names(add, name, main)
             self.sequence(pre, [], bns[:1], v1=False)
-            if pre and not any(n.op_type == "BatchNormalization" or k == "gn" for k, n, _ in pre) \
+            if pre and not any(n.op_type == "BatchNormalization" or k in NORM_KINDS for k, n, _ in pre) \
                     and self.src.layers[self._stem_conv].bias:
                 self.identity_bn(bns[0], self._stem_conv)  # the first pre-activation BN, folded into the stem
             main_bns = bns[1:] if pre else bns

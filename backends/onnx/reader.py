@@ -12,7 +12,8 @@ weight computed by standardization, and Split/Slice-(Add)-Conv-Relu-(AveragePool
 convs (:mod:`.read_res2net`; the cascade's Adds are not residual joins), and paths of Conv-(BN)-Relu joined by
 a softmax across them (Sum or Concat/ReduceSum, Reshape, Softmax, Mul) for SKNet's selective kernel
 (:mod:`.read_sknet`), and Conv-(BN)-Relu-Reshape(N, radix, C, H, W) weighted by a softmax across the radix and
-summed for ResNeSt's split attention (:mod:`.read_resnest`, with the avd AveragePool). Constant subgraphs are folded first;
+summed for ResNeSt's split attention (:mod:`.read_resnest`, with the avd AveragePool), and a BatchNorm in inference form, Mul [+ Add] by per-channel
+constants (tf2onnx's of a Keras 3 BatchNormalization). Constant subgraphs are folded first;
 the node patterns are in :mod:`.patterns`, :mod:`.patterns_blur` and :mod:`.patterns_norm`.
 
 Every residual ``Add`` (two computed inputs) closes one block; walking back from its two inputs to the
@@ -22,7 +23,8 @@ convolutions) and the shortcut. A v1 block has a ReLU after the Add. A block who
 projection changes channels or stride does. Exporters fold each BatchNorm into
 the preceding Conv: where a v1 network has a Conv without its BatchNorm, the import puts back a BN
 with identity statistics (weight 1, running mean 0, running var 1 - eps) holding the folded bias, so
-the numbers are exact and the spec is the usual one.
+the numbers are exact and the spec is the usual one; a per-channel Mul/Add comes back the same way, its scale
+the BN's weight and its shift the BN's bias (:meth:`.read_layers.LayerReader.affine`).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from .patterns_norm import standardized_weights
+from .patterns_norm import affine_back, standardized_weights
 from .patterns import broadcast_source, check_wiring, fold, read_constant, UNREAD_JOINS
 from .frn import refuse_frn_nodes
 from .checked import load_checked
@@ -39,7 +41,7 @@ from .read_aa import AntiAliasReader
 from .read_attention import AttentionReader
 from .read_blocks import BlockReader
 from .read_head import HeadReader
-from .read_layers import convs as _convs, LayerReader
+from .read_layers import convs as _convs, LayerReader, NORM_KINDS
 from .read_norm import NormReader
 from .read_res2net import Res2NetReader
 from .read_resnest import SplitAttentionReader
@@ -155,7 +157,7 @@ class _Walker(StemReader, BlockReader, HeadReader, AttentionReader, AntiAliasRea
 
     def __init__(self, src: Source, g: _Graph):
         self.g, self.src = g, src
-        self.folded, self._std = False, {}  # _std: standardized conv -> eps
+        self.folded, self._std, self._unit = False, {}, []  # _std: standardized conv -> eps; _unit: unit_variances
 
     # -- graph walking ---------------------------------------------------------------------------
     def back(self, value, stop) -> list:
@@ -186,6 +188,11 @@ class _Walker(StemReader, BlockReader, HeadReader, AttentionReader, AntiAliasRea
             if gn:  # GroupNorm: Reshape, InstanceNormalization, Reshape, Mul, Add as one op
                 ops.append(("gn", node, gn[0]))
                 value = gn[1]
+                continue
+            aff = affine_back(self.g, node, ins)
+            if aff:  # a BatchNorm in inference form (tf2onnx's Keras 3 BN): Mul [+ Add] by per-channel constants
+                ops.append(("affine", node, aff[0]))
+                value = aff[1]
                 continue
             r2n = self.res2net_back(node, ins) if node.op_type == "Concat" else None
             if r2n:  # Res2Net's split convs: one op from the Concat back to the tensor split
@@ -243,9 +250,9 @@ class _Walker(StemReader, BlockReader, HeadReader, AttentionReader, AntiAliasRea
                 stem, pre = pre, []
                 tail = [n.op_type if kind == "op" else kind for kind, n, _ in stem[-2:]]
                 if not post and main and main[0][1].op_type == "Conv" and tail[-1:] == ["Relu"] \
-                        and tail[0] in ("BatchNormalization", "gn", "Conv"):
+                        and tail[0] in NORM_KINDS + ("Conv",):
                     # a pre-activation block whose shortcut reads pre (its BN may be folded into the stem conv)
-                    cut = 2 if tail[0] in ("BatchNormalization", "gn") else 1
+                    cut = 2 if tail[0] in NORM_KINDS else 1
                     stem, pre = stem[:-cut], stem[-cut:]
             blocks.append((add, pre, main, short, post))
             x = out
@@ -253,3 +260,4 @@ class _Walker(StemReader, BlockReader, HeadReader, AttentionReader, AntiAliasRea
         self.blocks(blocks)
         self.head(x)
         self.standardization()
+        self.unit_variances()

@@ -1,0 +1,116 @@
+"""``import`` of ONNX files in the forms tf2onnx 1.17.0 writes for Keras models (README, the import table's
+``FILE.onnx`` row): BatchNorms as a per-channel ``Mul`` + ``Add`` after a conv, on a pre-activation block's input
+and before the head (read as BNs with identity statistics: weight = scale, bias = shift, mean 0, var + eps = 1);
+a classifier ``MatMul`` without its all-zero bias ``Add`` (read with a bias of zeros); convs whose all-zero bias
+tf2onnx dropped (their folded BN put back with a zero bias). The files are built with onnx.helper from our own
+graph (tests/other_producers.py), mirroring the nodes of real tf2onnx files; neither tf2onnx nor the network is
+needed. Measured on real tf2onnx files (README): keras.applications ResNet50/ResNet50V2 at 64 px import with
+the proof's max rel <= 1.4e-6."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import resnet_spec
+from conftest import cli, last_line_error, tiny, tiny_text
+
+F32_TOL = 1e-5
+
+
+def _nhwc(x):
+    return np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+
+
+def _case(tmp_path, name, *, head_bias=True, default_stats=False):
+    """(network, weights, path) of zoo entry ``name`` cut tiny, written as tf2onnx writes a Keras 3 model."""
+    import onnx
+
+    import other_producers
+    from resnet_spec.backends.onnx import backend as ob
+
+    net = tiny(name, blocks=1, size=32)
+    w = resnet_spec.init_weights(net, seed=1, random_bn=not default_stats)
+    if not head_bias:
+        w["fc.bias"] = np.zeros_like(w["fc.bias"])
+    if default_stats:  # Keras' initialisation: BN statistics 0/1, conv biases zero: tf2onnx folds and drops them
+        w = {k: np.zeros_like(v) if k.endswith(".bias") and not k.startswith("fc.") else v for k, v in w.items()}
+        model = other_producers.without_zero_conv_biases(other_producers.nhwc_onnx(ob.build(net, w)))
+    else:
+        model = other_producers.tf2onnx_style(ob.build(net, w, fold_bn=False), head_bias=head_bias)
+    path = tmp_path / f"{name}-{head_bias}-{default_stats}.onnx"
+    onnx.save(model, str(path))
+    return net, w, path
+
+
+def _same_numbers(path, got, weights):
+    import onnxruntime as ort
+    import torch
+
+    x = np.random.default_rng(2).standard_normal((2, *got.input_shape)).astype(np.float32)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    ref = sess.run(None, {sess.get_inputs()[0].name: _nhwc(x)})[0]
+    with torch.inference_mode():
+        out = resnet_spec.build(got, "torch", weights=weights).eval()(torch.from_numpy(x)).numpy()
+    assert np.abs(out - ref).max() <= F32_TOL * np.abs(ref).max()
+
+
+@pytest.mark.parametrize("name", ["keras_resnet50", "keras_resnet50v2"])
+def test_mul_add_batchnorms_and_a_biasless_classifier(tmp_path, name):
+    """ResNet50 (Mul/Add after each conv, which keeps its bias) and ResNet50V2 (Mul/Add on each block's input
+    and before the head): the spec is the zoo entry's at eps 1e-5 (the file keeps no eps), each Mul/Add a BN
+    of weight = scale and bias = shift whose statistics cancel exactly; the MatMul without an Add a zero bias."""
+    import onnx
+    from test_import_zoo import _same
+
+    from resnet_spec.importers import import_source
+
+    for head_bias in (True, False):
+        net, w, path = _case(tmp_path, name, head_bias=head_bias)
+        ops = {n.op_type for n in onnx.load(str(path)).graph.node}
+        assert {"Mul", "MatMul"} <= ops and not ops & {"BatchNormalization", "Gemm"}, ops
+        src, text, got, _, weights = import_source(str(path), "m")
+        want = resnet_spec.load(tiny_text(name, 1, 32).replace("eps: 1.001e-05", "eps: 1.0e-05"))
+        assert _same(got, want), text
+        assert "head:" not in text or "bias: false" not in text, text
+        bn = "bn_final" if name.endswith("v2") else "bn1"
+        assert weights[f"{bn}.running_var"][0] + np.float32(1e-5) == np.float32(1)
+        assert bool(np.any(weights["fc.bias"])) == head_bias
+        _same_numbers(path, got, weights)
+    assert any("MatMul without a bias Add" in note for note in src.notes), src.notes
+
+
+def test_default_statistics_convs_without_bias(tmp_path):
+    """Keras' initial weights (BN statistics 0/1, zero conv biases): tf2onnx folds each BN into its conv and
+    drops the all-zero bias, so a bias-free Conv meets its ReLU (or ends a v1 path): the BN comes back with a
+    zero bias. The CLI's proof passes and says the file takes NHWC input."""
+    from resnet_spec.importers import import_source
+
+    _, _, path = _case(tmp_path, "keras_resnet50", default_stats=True)
+    src, text, got, _, weights = import_source(str(path), "m")
+    assert not any(weights["bn1.bias"]) and "layer1.0.bn3.weight" in weights
+    _same_numbers(path, got, weights)
+    _, _, path = _case(tmp_path, "keras_resnet50v2", head_bias=False)
+    res = cli("import", path, "--name", "m", "-o", tmp_path / "out")
+    assert res.exit_code == 0 and "PASS" in res.output and "takes NHWC input" in res.output, res.output
+
+
+def test_mul_by_other_constants_refused(tmp_path):
+    """A Mul of the network's tensor by a constant that is not one value per channel (here a scalar) is
+    neither a BN in inference form nor a gate: one line naming the node (the CLI: exit 1)."""
+    import onnx
+    from onnx import numpy_helper
+
+    from resnet_spec.importers.source import ImportRefused
+
+    _, _, path = _case(tmp_path, "keras_resnet50v2")
+    model = onnx.load(str(path))
+    mul = next(n for n in model.graph.node if n.op_type == "Mul")
+    model.graph.initializer.append(numpy_helper.from_array(np.array(0.5, np.float32), "half"))
+    mul.input[1] = "half"
+    onnx.save(model, str(tmp_path / "scalar.onnx"))
+    with pytest.raises(ImportRefused) as info:
+        resnet_spec.import_model(str(tmp_path / "scalar.onnx"))
+    words = f"node '{mul.name}' (Mul): a Mul by a constant of shape []: neither a BatchNorm in inference form"
+    assert words in str(info.value) and "\n" not in str(info.value), str(info.value)
+    last_line_error(cli("import", tmp_path / "scalar.onnx", "-o", tmp_path / "out"), "scalar.onnx", words)
