@@ -78,6 +78,7 @@ def test_mul_add_batchnorms_and_a_biasless_classifier(tmp_path, name):
         assert bool(np.any(weights["fc.bias"])) == head_bias
         _same_numbers(path, got, weights)
     assert any("MatMul without a bias Add" in note for note in src.notes), src.notes
+    assert any("per-channel Mul/Add pair(s)" in note and "var + eps = 1" in note for note in src.notes), src.notes
 
 
 def test_default_statistics_convs_without_bias(tmp_path):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 
 from .patterns import attrs as _attrs, channel_pad, pool_facts, shortcut_reshapes, slice_steps
-from .read_layers import convs as _convs, EPS, NORM_KINDS
+from .read_layers import convs as _convs, NORM_KINDS
 from .read_res2net import Res2NetFacts
 from .read_resnest import SplitAttentionFacts
 from .read_sknet import SelectiveKernelFacts
@@ -134,7 +134,7 @@ class BlockReader:
             f["zero_pad"] = next(iter(sc["zero_pad"]))
         if self.folded:
             self.src.notes.append("BatchNorm layers folded into convolutions by the exporter were restored "
-                                  f"with identity statistics (weight 1, mean 0, var 1 - eps, eps {EPS:g}) "
+                                  f"with identity statistics (weight 1, mean 0, var + eps = 1) "
                                   "holding the folded bias; the numbers are exact")
 
     def _shortcut(self, name, short, v1):

@@ -80,7 +80,6 @@ class LayerReader:
         its statistics folded into the scale and shift): a BN of weight = scale, bias = shift and identity
         statistics, so it computes ``x * scale + shift`` as the file does."""
         self._unit_bn(name, facts["scale"], facts["shift"], f"{node.name or node.output[0]} (Mul/Add BatchNorm)")
-        self.src.facts["affine_bns"] = self.src.facts.get("affine_bns", 0) + 1
 
     def _unit_bn(self, name, weight, bias, origin):
         c = len(weight)
@@ -96,6 +95,11 @@ class LayerReader:
         v = unit_variance(self.src.facts.get("eps", EPS))
         for name in self._unit:
             self.src.weights[f"{name}.running_var"] = np.full(self.src.layers[name].shape, v, np.float32)
+        affine = [n for n in self._unit if self.src.layers[n].origin.endswith("(Mul/Add BatchNorm)")]
+        if affine:
+            self.src.notes.append(f"{len(affine)} per-channel Mul/Add pair(s) (a BatchNorm in inference form, as "
+                                  f"tf2onnx writes it; {affine[0]}...) read as BatchNorms of weight = scale, bias = "
+                                  "shift, mean 0, var + eps = 1: the numbers are exact")
 
     def sequence(self, ops, conv_names, bn_names, v1: bool):
         """Convs and BNs of one path, named in order; returns the non-parametric nodes left.
