@@ -131,3 +131,55 @@ def without_zero_conv_biases(model):
         if n.op_type == "Conv" and len(n.input) > 2 and n.input[2] in init and not np.any(init[n.input[2]]):
             del n.input[2]
     return model
+
+
+def edge_copy_pool(model):
+    """``model`` with each padded ``MaxPool``'s padding written as this project's stock ``.keras`` writes it and
+    tf2onnx converts it: per axis (rows, then columns) one ``Concat`` of ``Slice`` copies of the first row before
+    the input and of the last after it (one Slice over all four axes, a negative end, as tf2onnx writes a
+    ``Cropping2D``), then the MaxPool without pads."""
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper, shape_inference
+
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    g = model.graph
+    inferred = shape_inference.infer_shapes(model).graph
+    dims = {vi.name: [d.dim_value for d in vi.type.tensor_type.shape.dim] for vi in inferred.value_info}
+    big, nodes = 2**31 - 1, []
+    for n in g.node:
+        pads = next((list(a.ints) for a in n.attribute if a.name == "pads"), [0] * 4)
+        if n.op_type != "MaxPool" or not any(pads):
+            nodes.append(n)
+            continue
+        x, (h, w) = n.input[0], dims[n.input[0]][2:]
+        for axis, size, before, after in ((2, h, pads[0], pads[2]), (3, w, pads[1], pads[3])):
+            parts = []
+            for first, count in ((True, before), (False, after)):
+                starts, ends = [0, 0, 0, 0], [big] * 4
+                k = 1 if axis == 2 else 2  # its place in axes [0, 2, 3, 1]
+                if first:
+                    ends[k] = -(size - 1)
+                else:
+                    starts[k] = size - 1
+                name = f"{n.name}/edge_{axis}_{'first' if first else 'last'}"
+                for what, value in (("starts", starts), ("ends", ends), ("axes", [0, 2, 3, 1])):
+                    g.initializer.append(numpy_helper.from_array(np.array(value, np.int64), f"{name}/{what}"))
+                nodes.append(helper.make_node("Slice", [x, f"{name}/starts", f"{name}/ends", f"{name}/axes"],
+                                              [f"{name}:0"], name=name))
+                parts.append([f"{name}:0"] * count)
+            out = f"{n.name}/pad_edge_{axis}:0"
+            nodes.append(helper.make_node("Concat", parts[0] + [x] + parts[1], [out], axis=axis,
+                                          name=f"{n.name}/pad_edge_{axis}"))
+            x, size = out, size + before + after
+            if axis == 2:
+                h = size
+        n.input[0] = x
+        for a in n.attribute:
+            if a.name == "pads":
+                a.ints[:] = [0, 0, 0, 0]
+        nodes.append(n)
+    del g.node[:]
+    g.node.extend(nodes)
+    onnx.checker.check_model(model)
+    return model

@@ -115,3 +115,47 @@ def test_mul_by_other_constants_refused(tmp_path):
     words = f"node '{mul.name}' (Mul): a Mul by a constant of shape []: neither a BatchNorm in inference form"
     assert words in str(info.value) and "\n" not in str(info.value), str(info.value)
     last_line_error(cli("import", tmp_path / "scalar.onnx", "-o", tmp_path / "out"), "scalar.onnx", words)
+
+
+def _edge_case(tmp_path, size):
+    import onnx
+    import yaml
+
+    import other_producers
+    from resnet_spec.backends.onnx import backend as ob
+
+    spec = yaml.safe_load(tiny_text("resnet18", 1, size))
+    spec["stem"]["pool"]["ceil_mode"] = True  # at 40 px it changes the output (pads [1, 1, 2, 2]), at 38 not
+    net = resnet_spec.load(yaml.safe_dump(spec))
+    w = resnet_spec.init_weights(net, seed=1, random_bn=True)
+    path = tmp_path / f"edge{size}.onnx"
+    onnx.save(other_producers.edge_copy_pool(other_producers.tf2onnx_style(ob.build(net, w, fold_bn=False))), str(path))
+    return net, path
+
+
+def test_edge_copy_stem_pool(tmp_path):
+    """The stem max-pool's padding as this project's stock .keras writes it and tf2onnx converts it (Slice
+    copies of the edge rows, then columns, joined by Concats; the MaxPool unpadded): read as the pool's -inf
+    padding, more copies after than before as its ceil mode. Copies that pad rows and columns differently are
+    one line naming the Concat."""
+    import onnx
+    from test_import_zoo import _same
+
+    from resnet_spec.importers import import_source
+    from resnet_spec.importers.source import ImportRefused
+
+    for size, ceil in ((38, False), (40, True)):
+        net, path = _edge_case(tmp_path, size)
+        ops = [n.op_type for n in onnx.load(str(path)).graph.node]
+        assert ops.count("Concat") == 2 and ops.count("Slice") == 4 and "Pad" not in ops, ops
+        src, text, got, _, weights = import_source(str(path), "m")
+        assert _same(got, net) and ("ceil_mode: true" in text) == ceil, text
+        _same_numbers(path, got, weights)
+    model = onnx.load(str(path))
+    rows = next(n for n in model.graph.node if n.op_type == "Concat")
+    rows.input.insert(0, rows.input[0])  # two copies of the first row, one of the first column
+    onnx.save(model, str(tmp_path / "uneven.onnx"))
+    with pytest.raises(ImportRefused) as info:
+        resnet_spec.import_model(str(tmp_path / "uneven.onnx"))
+    assert f"node '{rows.name}' (Concat): edge-copy padding of rows (2, 2) and columns (1, 2)" in str(info.value)
+    assert "\n" not in str(info.value)

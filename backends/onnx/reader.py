@@ -13,7 +13,9 @@ convs (:mod:`.read_res2net`; the cascade's Adds are not residual joins), and pat
 a softmax across them (Sum or Concat/ReduceSum, Reshape, Softmax, Mul) for SKNet's selective kernel
 (:mod:`.read_sknet`), and Conv-(BN)-Relu-Reshape(N, radix, C, H, W) weighted by a softmax across the radix and
 summed for ResNeSt's split attention (:mod:`.read_resnest`, with the avd AveragePool), and a BatchNorm in inference form, Mul [+ Add] by per-channel
-constants (tf2onnx's of a Keras 3 BatchNormalization). Constant subgraphs are folded first;
+constants (tf2onnx's of a Keras 3 BatchNormalization), and a stem max pool's edge-copy padding (Slice copies of the
+first and last rows, then columns, joined by Concats: this project's stock .keras through tf2onnx). Constant
+subgraphs are folded first;
 the node patterns are in :mod:`.patterns`, :mod:`.patterns_blur` and :mod:`.patterns_norm`.
 
 Every residual ``Add`` (two computed inputs) closes one block; walking back from its two inputs to the
@@ -34,7 +36,7 @@ from collections import defaultdict
 import numpy as np
 
 from .patterns_norm import affine_back, standardized_weights
-from .patterns import broadcast_source, check_wiring, fold, read_constant, UNREAD_JOINS
+from .patterns import broadcast_source, check_wiring, edge_pad, fold, read_constant, UNREAD_JOINS
 from .frn import refuse_frn_nodes
 from .checked import load_checked
 from .read_aa import AntiAliasReader
@@ -189,10 +191,10 @@ class _Walker(StemReader, BlockReader, HeadReader, AttentionReader, AntiAliasRea
                 ops.append(("gn", node, gn[0]))
                 value = gn[1]
                 continue
-            aff = affine_back(self.g, node, ins)
-            if aff:  # a BatchNorm in inference form (tf2onnx's Keras 3 BN): Mul [+ Add] by per-channel constants
-                ops.append(("affine", node, aff[0]))
-                value = aff[1]
+            found = self._tf2onnx_back(node, ins)
+            if found:  # tf2onnx's forms: a BN as Mul [+ Add]; a max pool's edge-copy padding (Slice copies + Concat)
+                ops.append((found[0], node, found[1]))
+                value = found[2]
                 continue
             r2n = self.res2net_back(node, ins) if node.op_type == "Concat" else None
             if r2n:  # Res2Net's split convs: one op from the Concat back to the tensor split
@@ -217,6 +219,15 @@ class _Walker(StemReader, BlockReader, HeadReader, AttentionReader, AntiAliasRea
             ops.append(("op", node, ins))
             value = data[0]
         return ops[::-1]
+
+    def _tf2onnx_back(self, node, ins):
+        """``(kind, facts, input)`` of a per-channel affine (``affine``: a BatchNorm in inference form) or an
+        edge-copy padding (``edgepad``, read by the stem pool) ending at ``node``, or None."""
+        aff = affine_back(self.g, node, ins)
+        if aff:
+            return "affine", aff[0], aff[1]
+        edge = edge_pad(self.g, node, ins)
+        return ("edgepad", edge[1], edge[0]) if edge else None
 
     def residual_adds(self):
         inner = self.res2net_adds()  # a Res2Net cascade's Adds join splits, not blocks
