@@ -183,3 +183,54 @@ def edge_copy_pool(model):
     g.node.extend(nodes)
     onnx.checker.check_model(model)
     return model
+
+
+def nhwc_channel_pad(model):
+    """``model`` with each option-A ``Pad`` of zero channels written as this project's stock ``.keras`` writes it
+    and tf2onnx converts it: Transpose to NHWC, Reshape to (N, H, W, C, 1) by a shape computed from the input's
+    ``Shape`` (Gather, Cast, Slice, Concat with the constants H, W, C, 1, Cast), a 5-d zero Pad of C, Reshape
+    to (-1, H, W, C'), Transpose back."""
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper, shape_inference
+
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    g = model.graph
+    inferred = shape_inference.infer_shapes(model).graph
+    dims = {vi.name: [d.dim_value for d in vi.type.tensor_type.shape.dim] for vi in inferred.value_info}
+    init = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+    nodes = []
+
+    def const(name, value, dtype=np.int64):
+        g.initializer.append(numpy_helper.from_array(np.array(value, dtype), name))
+        return name
+
+    for n in g.node:
+        pads = init.get(n.input[1]) if n.op_type == "Pad" and len(n.input) > 1 else None
+        if pads is None or not (pads[1] or pads[5]):
+            nodes.append(n)
+            continue
+        x, b, a, base = n.input[0], int(pads[1]), int(pads[5]), n.name
+        c, h, w = dims[x][1:]
+        make = helper.make_node
+        nodes += [make("Transpose", [x], [f"{base}/nhwc"], perm=[0, 2, 3, 1], name=f"{base}/nhwc"),
+                  make("Shape", [x], [f"{base}/shape"], name=f"{base}/shape"),
+                  make("Gather", [f"{base}/shape", const(f"{base}/order", [0, 2, 3, 1])], [f"{base}/dims"],
+                       name=f"{base}/dims"),
+                  make("Cast", [f"{base}/dims"], [f"{base}/dims32"], to=6, name=f"{base}/dims32"),
+                  make("Slice", [f"{base}/dims32", const(f"{base}/zero", [0]), const(f"{base}/one", [1]),
+                                 const(f"{base}/axis0", [0])], [f"{base}/batch"], name=f"{base}/batch"),
+                  make("Concat", [f"{base}/batch"] + [const(f"{base}/d{k}", [v], np.int32)
+                                                      for k, v in enumerate((h, w, c, 1))],
+                       [f"{base}/to3d_shape32"], axis=0, name=f"{base}/to3d_shape32"),
+                  make("Cast", [f"{base}/to3d_shape32"], [f"{base}/to3d_shape"], to=7, name=f"{base}/to3d_shape"),
+                  make("Reshape", [f"{base}/nhwc", f"{base}/to3d_shape"], [f"{base}/as_3d"], name=f"{base}/as_3d"),
+                  make("Pad", [f"{base}/as_3d", const(f"{base}/pads", [0, 0, 0, b, 0, 0, 0, 0, a, 0])],
+                       [f"{base}/padded"], name=f"{base}/pad"),
+                  make("Reshape", [f"{base}/padded", const(f"{base}/back", [-1, h, w, c + b + a])],
+                       [f"{base}/nhwc_out"], name=f"{base}/back"),
+                  make("Transpose", [f"{base}/nhwc_out"], list(n.output), perm=[0, 3, 1, 2], name=f"{base}/nchw")]
+    del g.node[:]
+    g.node.extend(nodes)
+    onnx.checker.check_model(model)
+    return model

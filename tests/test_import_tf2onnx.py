@@ -159,3 +159,36 @@ def test_edge_copy_stem_pool(tmp_path):
         resnet_spec.import_model(str(tmp_path / "uneven.onnx"))
     assert f"node '{rows.name}' (Concat): edge-copy padding of rows (2, 2) and columns (1, 2)" in str(info.value)
     assert "\n" not in str(info.value)
+
+
+def test_option_a_channel_pad_through_nhwc(tmp_path):
+    """Option A's zero channels as the stock .keras writes them and tf2onnx converts them (Transpose, Reshape to
+    (N, H, W, C, 1) by a shape computed from the input's Shape, a 5-d zero Pad of C, Reshape, Transpose back):
+    read as the spec's channel padding. A Pad of the 5-d tensor's other axes is one line naming the chain's
+    first node."""
+    import onnx
+    from onnx import numpy_helper
+    from test_import_zoo import _same
+
+    import other_producers
+    from resnet_spec.backends.onnx import backend as ob
+    from resnet_spec.importers import import_source
+    from resnet_spec.importers.source import ImportRefused
+
+    net = tiny("resnet20", blocks=1, size=16)
+    w = resnet_spec.init_weights(net, seed=1, random_bn=True)
+    model = other_producers.nhwc_channel_pad(other_producers.tf2onnx_style(ob.build(net, w, fold_bn=False)))
+    path = tmp_path / "optiona.onnx"
+    onnx.save(model, str(path))
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("Transpose") == 5 and ops.count("Shape") == 2, ops
+    src, text, got, _, weights = import_source(str(path), "m")
+    assert _same(got, net) and "type: A" in text, text
+    _same_numbers(path, got, weights)
+    pads = next(t for t in model.graph.initializer if t.name.endswith("/pads"))
+    pads.CopyFrom(numpy_helper.from_array(np.array([0, 0, 0, 4, 0, 0, 1, 0, 4, 0], np.int64), pads.name))
+    onnx.save(model, str(tmp_path / "rows.onnx"))
+    with pytest.raises(ImportRefused) as info:
+        resnet_spec.import_model(str(tmp_path / "rows.onnx"))
+    assert "(Transpose): a Transpose, Reshape, Pad, Reshape, Transpose chain that is not option A's zero channels" \
+        in str(info.value) and "\n" not in str(info.value), str(info.value)

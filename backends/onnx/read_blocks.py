@@ -7,6 +7,7 @@ import re
 
 from .patterns import attrs as _attrs, channel_pad, pool_facts, shortcut_reshapes, slice_steps
 from .read_layers import convs as _convs, NORM_KINDS
+from .patterns_stock import ChannelPadFacts
 from .read_res2net import Res2NetFacts
 from .read_resnest import SplitAttentionFacts
 from .read_sknet import SelectiveKernelFacts
@@ -87,7 +88,8 @@ class BlockReader:
         """A block opens a stage where its shortcut projects (type B; type C: and changes the shape) or
         pads channels (option A). A strided identity alone does not (Keras ResNetV2 strides a stage's
         last block)."""
-        if any(n.op_type == "Pad" and channel_pad(self.g, n, ins) for _, n, ins in short):
+        if any(isinstance(ins, ChannelPadFacts) or (n.op_type == "Pad" and channel_pad(self.g, n, ins))
+               for _, n, ins in short):
             return True
         return bool(_convs(short)) and (not type_c or shortcut_reshapes(self.g, short))
 
@@ -106,8 +108,8 @@ class BlockReader:
                     steps[ax] = steps.get(ax, 1) * step
             elif n.op_type == "MaxPool" and _attrs(n).get("kernel_shape") == [1, 1]:
                 steps = dict(zip((2, 3), _attrs(n).get("strides", [1, 1])))  # Keras ResNetV2's strided 1x1 pool
-            elif n.op_type == "Pad":
-                before, after = channel_pad(self.g, n, ins)
+            elif n.op_type == "Pad" or isinstance(ins, ChannelPadFacts):
+                before, after = ins if isinstance(ins, ChannelPadFacts) else channel_pad(self.g, n, ins)
                 extra = before + after
                 mode = "split" if before == extra // 2 else "end" if before == 0 else None
                 if mode is None:

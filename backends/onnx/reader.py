@@ -36,6 +36,7 @@ from collections import defaultdict
 import numpy as np
 
 from .patterns_norm import affine_back, standardized_weights
+from .patterns_stock import nhwc_channel_pad
 from .patterns import broadcast_source, check_wiring, edge_pad, fold, read_constant, UNREAD_JOINS
 from .frn import refuse_frn_nodes
 from .checked import load_checked
@@ -221,13 +222,17 @@ class _Walker(StemReader, BlockReader, HeadReader, AttentionReader, AntiAliasRea
         return ops[::-1]
 
     def _tf2onnx_back(self, node, ins):
-        """``(kind, facts, input)`` of a per-channel affine (``affine``: a BatchNorm in inference form) or an
-        edge-copy padding (``edgepad``, read by the stem pool) ending at ``node``, or None."""
+        """``(kind, facts, input)`` of a per-channel affine (``affine``: a BatchNorm in inference form), an
+        edge-copy padding (``edgepad``, read by the stem pool) or option A's zero channels written through
+        NHWC (``chpad``: :mod:`.patterns_stock`) ending at ``node``, or None."""
         aff = affine_back(self.g, node, ins)
         if aff:
             return "affine", aff[0], aff[1]
         edge = edge_pad(self.g, node, ins)
-        return ("edgepad", edge[1], edge[0]) if edge else None
+        if edge:
+            return "edgepad", edge[1], edge[0]
+        pad = nhwc_channel_pad(self.g, node, ins)  # option A's zero channels through NHWC (chpad)
+        return ("chpad", pad[0], pad[1]) if pad else None
 
     def residual_adds(self):
         inner = self.res2net_adds()  # a Res2Net cascade's Adds join splits, not blocks
