@@ -1,7 +1,9 @@
 """Real tf2onnx files imported back: keras.applications ResNet50 / ResNet50V2 (Keras 3) at 64 px, 10 classes, no
 softmax, with random BN statistics and classifier bias, and with the initial weights; each exported with
 ``model.export`` (SavedModel) then ``python -m tf2onnx.convert --saved-model --opset 17``, then ``resnet-spec
-import``; prints each import's parity line (README, Input layouts, quotes them).
+import``; and this project's own stock ``.keras`` (``convert --to tensorflow``, random BN statistics) of resnet18,
+resnet50 (64 px) and resnet20 (32 px) through its SavedModel and tf2onnx the same way. Prints each import's parity
+line (README, Input layouts, quotes them).
 
     python benchmarks/tf2onnx_files.py [--out DIR]
 
@@ -45,6 +47,31 @@ for name in ("ResNet50", "ResNet50V2"):
 """
 
 
+STOCK = {"resnet18": 64, "resnet50": 64, "resnet20": 32}
+
+
+def _stock_files(out: str, env: dict) -> list:
+    """This project's stock .keras of each :data:`STOCK` entry (random BN statistics) through tf2onnx."""
+    import resnet_spec
+
+    cli, paths = os.path.join(os.path.dirname(sys.executable), "resnet-spec"), []
+    for name, size in STOCK.items():
+        spec = os.path.join(out, f"{name}.yaml")
+        with open(spec, "w") as fh:
+            fh.write(f"extends: {name}\ninput: {{size: {size}}}\n")
+        weights = os.path.join(out, f"{name}.safetensors")
+        resnet_spec.save_weights(resnet_spec.init_weights(spec, seed=1, random_bn=True), weights)
+        folder = os.path.join(out, f"stock-{name}")
+        subprocess.run([cli, "convert", spec, "--to", "tensorflow", "--weights", weights, "-o", folder],
+                       check=True, capture_output=True)
+        saved = next(os.path.join(folder, d) for d in os.listdir(folder) if d.endswith("_savedmodel"))
+        path = os.path.join(out, f"stock-{name}.onnx")
+        subprocess.run([sys.executable, "-m", "tf2onnx.convert", "--saved-model", saved, "--opset", "17", "--output",
+                        path], check=True, capture_output=True, env=env)
+        paths.append(path)
+    return paths
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=None, help="folder for the files (default: a temporary one)")
@@ -59,7 +86,7 @@ def main():
     if proc.returncode:
         sys.exit(f"export failed: {proc.stderr.strip()[-800:]}")
     cli = os.path.join(os.path.dirname(sys.executable), "resnet-spec")
-    for path in proc.stdout.split():
+    for path in proc.stdout.split() + _stock_files(out, env):
         res = subprocess.run([cli, "import", path, "-o", path[:-5] + "-imported"], capture_output=True, text=True)
         lines = [ln.strip() for ln in (res.stdout + res.stderr).splitlines()]
         shown = [ln for ln in lines if ln.startswith(("max_abs", "error:"))] or lines[-1:]

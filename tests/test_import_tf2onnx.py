@@ -2,7 +2,9 @@
 ``FILE.onnx`` row): BatchNorms as a per-channel ``Mul`` + ``Add`` after a conv, on a pre-activation block's input
 and before the head (read as BNs with identity statistics: weight = scale, bias = shift, mean 0, var + eps = 1);
 a classifier ``MatMul`` without its all-zero bias ``Add`` (read with a bias of zeros); convs whose all-zero bias
-tf2onnx dropped (their folded BN put back with a zero bias). The files are built with onnx.helper from our own
+tf2onnx dropped (their folded BN put back with a zero bias); and, from this project's stock .keras, the stem max
+pool's edge-copy padding (Slice copies + Concat) and option A's zero channels through NHWC (Transpose, Reshape,
+5-d Pad, Reshape, Transpose). The files are built with onnx.helper from our own
 graph (tests/other_producers.py), mirroring the nodes of real tf2onnx files; neither tf2onnx nor the network is
 needed. Measured on real tf2onnx files (README): keras.applications ResNet50/ResNet50V2 at 64 px import with
 the proof's max rel <= 1.4e-6."""
