@@ -92,8 +92,9 @@ class StemReader:
         if any(kind == "op" and n.op_type == "Conv" for kind, n, _ in ops[at:]):
             raise self.g.refuse(node, "a pool between the stem's convolutions; a spec's stem pools after them")
         order = [n for _, n, _ in ops]
-        if any(order.index(n) > at for n, _, _ in edges):
-            raise self.g.refuse(edges[0][0], "edge-copy padding after the stem pool; it pads the max pool")
+        if any(order.index(n) > at for n, _, _ in edges) or (edges and pools[0][2]):
+            raise self.g.refuse(edges[0][0], "edge-copy padding after the stem pool, or with zero padding between it "
+                                             "and the pool; it alone pads the max pool")
         facts = edge_pool_facts(self.g, *pools[0][:2], edges) if edges else pool_facts(*pools[0])
         if masked:
             facts["pad_value"] = "zero"
