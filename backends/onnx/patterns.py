@@ -6,7 +6,10 @@
   (an option-A shortcut: ``F.pad`` over the channel axis, ``ir.ChannelPad``);
 * ``Slice``: a strided identity ``x[:, :, ::s, ::s]`` (one Slice over both axes, or one per axis as
   the exporters write it);
-* ``MaxPool -> Max(M)``: resnet-spec's zero-padded max pooling (a 0/-inf border mask).
+* ``MaxPool -> Max(M)``: resnet-spec's zero-padded max pooling (a 0/-inf border mask);
+* edge-copy padding before a max pool: one ``Concat`` per axis of one-row (one-column) ``Slice`` copies of the
+  first row before the input and of the last after it (this project's stock ``.keras`` pads a max pool so,
+  ``Cropping2D`` + ``Concatenate``, and tf2onnx writes it so): the same as the max pool's -inf padding;
 * MaxPool/AveragePool -> a spec's pool fields; a type-C projection that changes the shape;
 * a channel-attention gate's spatial mean and its ``Expand`` to the gated tensor's shape; timm's
   anti-aliasing average pool (window = stride, no padding, floor).
@@ -17,6 +20,7 @@ Blur pools are in :mod:`.patterns_blur`, GroupNorm and weight standardization in
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 
@@ -189,6 +193,79 @@ def border_mask(g, node, ins) -> bool:
     except ImportRefused:
         return False
     return bool(m.size) and bool(np.all((m == 0) | np.isneginf(m))) and bool((m == 0).any())
+
+
+class EdgePad(NamedTuple):
+    """Copies of the edge rows (axis 2) or columns (axis 3): ``before`` of the first, ``after`` of the last."""
+    axis: int
+    before: int
+    after: int
+
+
+def _edge_index(g, node, x, axis: int, n: int):
+    """The row/column index along ``axis`` that a ``Slice`` of ``x`` keeps alone (every other axis whole), or None."""
+    ins = node.input
+    if node.op_type != "Slice" or ins[0] != x or len(ins) < 3:
+        return None
+    starts, ends = (g.consts.get(i) for i in ins[1:3])
+    axes = g.consts.get(ins[3]) if len(ins) > 3 and ins[3] else np.arange(np.size(starts))
+    steps = g.consts.get(ins[4]) if len(ins) > 4 and ins[4] else np.ones(np.size(starts), np.int64)
+    dims = g.shape(x)
+    if any(v is None for v in (starts, ends, axes, steps)) or not dims or len(dims) != 4:
+        return None
+    kept = None
+    for s, e, a, st in zip(*(np.ravel(v).tolist() for v in (starts, ends, axes, steps))):
+        size = dims[int(a) % 4]
+        if size is None and int(a) % 4 != axis and s == 0 and e >= BIG:
+            continue  # a symbolic axis (the batch) kept whole
+        if size is None or st != 1:
+            return None
+        s, e = (v + size if v < 0 else v for v in (s, e))
+        s, e = max(0, min(s, size)), max(0, min(e, size))
+        if int(a) % 4 == axis and e - s == 1:
+            kept = s
+        elif (s, e) != (0, size):
+            return None
+    return kept if kept in (0, n - 1) else None
+
+
+def edge_pad(g, node, ins):
+    """``(input, EdgePad)`` of a ``Concat`` along height or width of copies of its input's first row (column)
+    before it and of its last after it (see the module docstring), None for another node."""
+    axis = int(attrs(node).get("axis", 0)) % 4 if node.op_type == "Concat" else None
+    if axis not in (2, 3) or len(ins) < 2:
+        return None
+    for x in dict.fromkeys(ins):
+        dims = g.shape(x)
+        if ins.count(x) != 1 or not dims or len(dims) != 4 or dims[axis] is None:
+            continue
+        at, n = ins.index(x), dims[axis]
+        idx = [_edge_index(g, g.producer[i][0], x, axis, n) if i in g.producer else None for i in ins if i != x]
+        if idx[:at] == [0] * at and idx[at:] == [n - 1] * (len(ins) - 1 - at):
+            return x, EdgePad(axis, at, len(ins) - 1 - at)
+    return None
+
+
+def edge_pool_facts(g, node, ins, edges) -> dict:
+    """A ``MaxPool`` (no padding of its own) after edge-copy padding ``edges`` (``(concat, EdgePad, zero pad)``)
+    as a spec's pool fields: the copies are its padding (-inf, as PyTorch's), more after than before its ceil mode."""
+    per_axis = {2: [0, 0], 3: [0, 0]}
+    for concat, e, pad in edges:
+        if pad:
+            raise g.refuse(concat, "edge-copy padding after zero padding: a spec's max pool pads one way")
+        per_axis[e.axis][0] += e.before
+        per_axis[e.axis][1] += e.after
+    (t, b), (left, r) = per_axis[2], per_axis[3]
+    a = attrs(node)
+    if node.op_type != "MaxPool" or any(a.get("pads", [0])) or (t, b) != (left, r) or b < t \
+            or a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET", b"VALID", "VALID"):
+        raise g.refuse(edges[0][0], f"edge-copy padding of rows {(t, b)} and columns {(left, r)} before "
+                                    f"{node.op_type} with pads {a.get('pads', [0])}: a max pool's padding is the same "
+                                    "on height and width, as much or more after (ceil mode) as before")
+    out = {"kernel": a.get("kernel_shape", [1])[0], "stride": a.get("strides", [1])[0], "padding": t}
+    if b > t or a.get("ceil_mode", 0):
+        out["ceil_mode"] = True
+    return out
 
 
 def pool_facts(node, ins, pad: int) -> dict:

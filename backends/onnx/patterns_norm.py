@@ -6,6 +6,11 @@
   constant (N, C, H, W) or to the ``Shape`` of the input) -> ``Mul`` by a constant weight -> ``Add`` a constant bias
   (both of C values, shaped (C, 1, 1) or (1, C, 1, 1)).
 * ONNX's own ``GroupNormalization`` from opset 21 (scale and bias per channel; the dynamo exporter's there).
+* A BatchNorm in inference form as tf2onnx writes Keras 3's (``tf.nn.batch_normalization``, whose statistics
+  grappler folds into constants): ``Mul`` by a constant scale, then ``Add`` of a constant shift, each of C values
+  shaped (1, C, 1, 1) or (C, 1, 1); a ``Mul`` alone (shift 0) or an ``Add`` alone (scale 1: a bias the exporter
+  kept apart from its conv). Read as an affine-only norm (:func:`affine_back`), which the reader writes as a BN
+  with identity statistics (:meth:`.read_layers.LayerReader.affine`).
 * Weight standardization (timm's StdConv2d): a ``Conv`` whose weight is computed in the graph from a constant by a
   chain of a few elementwise, reshaping and reducing nodes around one ``InstanceNormalization`` or
   ``BatchNormalization`` (its eps). What the chain computes is evaluated and compared with the weight
@@ -100,6 +105,40 @@ def _group_norm_problem(g, chain, gamma, beta):
               and g.producer[target][1][0] == to_groups[1][0]):
         return "reshaped back to a shape that is not its input's"
     return None
+
+
+def _per_channel(g, name):
+    """A constant's C values where it is shaped (1, C, 1, 1) or (C, 1, 1) (one value per NCHW channel), else None."""
+    value = g.consts.get(name)
+    if value is None:
+        return None
+    value = np.asarray(value)
+    if value.dtype.kind != "f" or value.ndim not in (3, 4) or value.shape[-2:] != (1, 1) \
+            or (value.ndim == 4 and value.shape[0] != 1):
+        return None
+    return value.astype(np.float32).reshape(-1)
+
+
+def affine_back(g, node, ins):
+    """``(facts, input)`` of a per-channel affine ending at ``node`` (see the module docstring): ``Mul(x, scale)``
+    then ``Add(., shift)``, ``Mul`` alone or ``Add`` alone; None for another node."""
+    if node.op_type not in ("Mul", "Add") or len(ins) != 2 or len(g.data(ins)) != 1:
+        return None
+    x = g.data(ins)[0]
+    c = next(i for i in ins if i != x)
+    value = _per_channel(g, c)
+    if value is None:
+        return None  # a Mul by another constant: refused by the walk (not a gate either), naming it
+    if node.op_type == "Mul":
+        return {"scale": value, "shift": np.zeros_like(value)}, x
+    mul = g.producer.get(x)
+    scale = affine_back(g, *mul) if mul and mul[0].op_type == "Mul" and len(g.consumers.get(x, [])) == 1 else None
+    if scale is None:
+        return {"scale": np.ones_like(value), "shift": value}, x
+    if scale[0]["scale"].size != value.size:
+        raise g.refuse(node, f"a shift of {value.size} channels after a scale of {scale[0]['scale'].size}: a "
+                             "BatchNorm in inference form has one of each per channel")
+    return {"scale": scale[0]["scale"], "shift": value}, scale[1]
 
 
 def restandardized(w, eps: float) -> float:

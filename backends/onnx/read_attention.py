@@ -22,6 +22,10 @@ class AttentionReader:
 
     def _se_inputs(self, node, ins):
         data = self.g.data(ins)
+        if len(data) == 1 and len(ins) == 2:  # by a constant: not per channel, or affine_back had read it
+            shape = list(np.shape(self.g.consts.get(next(i for i in ins if i != data[0]), ())))
+            raise self.g.refuse(node, f"a Mul by a constant of shape {shape}: neither a BatchNorm in inference "
+                                      "form (a scale per channel, shaped (1, C, 1, 1)) nor a channel-attention gate")
         if len(data) != 2:
             raise self.g.refuse(node, NOT_A_GATE)
         for x, gate in (data, data[::-1]):

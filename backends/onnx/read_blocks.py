@@ -6,7 +6,8 @@ from __future__ import annotations
 import re
 
 from .patterns import attrs as _attrs, channel_pad, pool_facts, shortcut_reshapes, slice_steps
-from .read_layers import convs as _convs, EPS
+from .read_layers import convs as _convs, NORM_KINDS
+from .patterns_stock import ChannelPadFacts
 from .read_res2net import Res2NetFacts
 from .read_resnest import SplitAttentionFacts
 from .read_sknet import SelectiveKernelFacts
@@ -31,7 +32,7 @@ class BlockReader:
             name = self._block_name = f"layer{stage + 1}.{index}"
             convs, bns, slot = self._branch_names(add, name, main)
             self.sequence(pre, [], bns[:1], v1=False)
-            if pre and not any(n.op_type == "BatchNormalization" or k == "gn" for k, n, _ in pre) \
+            if pre and not any(n.op_type == "BatchNormalization" or k in NORM_KINDS for k, n, _ in pre) \
                     and self.src.layers[self._stem_conv].bias:
                 self.identity_bn(bns[0], self._stem_conv)  # the first pre-activation BN, folded into the stem
             main_bns = bns[1:] if pre else bns
@@ -87,7 +88,8 @@ class BlockReader:
         """A block opens a stage where its shortcut projects (type B; type C: and changes the shape) or
         pads channels (option A). A strided identity alone does not (Keras ResNetV2 strides a stage's
         last block)."""
-        if any(n.op_type == "Pad" and channel_pad(self.g, n, ins) for _, n, ins in short):
+        if any(isinstance(ins, ChannelPadFacts) or (n.op_type == "Pad" and channel_pad(self.g, n, ins))
+               for _, n, ins in short):
             return True
         return bool(_convs(short)) and (not type_c or shortcut_reshapes(self.g, short))
 
@@ -106,8 +108,8 @@ class BlockReader:
                     steps[ax] = steps.get(ax, 1) * step
             elif n.op_type == "MaxPool" and _attrs(n).get("kernel_shape") == [1, 1]:
                 steps = dict(zip((2, 3), _attrs(n).get("strides", [1, 1])))  # Keras ResNetV2's strided 1x1 pool
-            elif n.op_type == "Pad":
-                before, after = channel_pad(self.g, n, ins)
+            elif n.op_type == "Pad" or isinstance(ins, ChannelPadFacts):
+                before, after = ins if isinstance(ins, ChannelPadFacts) else channel_pad(self.g, n, ins)
                 extra = before + after
                 mode = "split" if before == extra // 2 else "end" if before == 0 else None
                 if mode is None:
@@ -134,7 +136,7 @@ class BlockReader:
             f["zero_pad"] = next(iter(sc["zero_pad"]))
         if self.folded:
             self.src.notes.append("BatchNorm layers folded into convolutions by the exporter were restored "
-                                  f"with identity statistics (weight 1, mean 0, var 1 - eps, eps {EPS:g}) "
+                                  f"with identity statistics (weight 1, mean 0, var + eps = 1) "
                                   "holding the folded bias; the numbers are exact")
 
     def _shortcut(self, name, short, v1):

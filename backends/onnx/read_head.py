@@ -1,11 +1,13 @@
-"""The head of an ONNX ResNet graph (:mod:`.reader`): optional final BN + ReLU, global average pool, flatten
-and one fully connected layer (Gemm, MatMul + Add, or a 1x1 Conv)."""
+"""The head of an ONNX ResNet graph (:mod:`.reader`): optional final BN (or GroupNorm, or a per-channel Mul/Add)
++ ReLU, global average pool, flatten and one fully connected layer (Gemm, MatMul + Add, a MatMul alone: bias
+zeros, or a 1x1 Conv)."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from .patterns import attrs as _attrs
+from .read_layers import NORM_KINDS
 from ...importers.source import ImportRefused, Layer
 
 
@@ -19,8 +21,9 @@ class HeadReader:
             raise ImportRefused(f"{g.path}: the graph output is not computed from the last residual block")
         kinds = [n.op_type if kind == "op" else kind for kind, n, _ in ops]
         seq = [(n, ins) for _, n, ins in ops]
-        if kinds and kinds[0] in ("BatchNormalization", "gn"):
-            (self.bn if kinds[0] == "BatchNormalization" else self.gn)("bn_final", *seq[0])
+        if kinds and kinds[0] in NORM_KINDS:
+            norm = {"BatchNormalization": self.bn, "gn": self.gn, "affine": self.affine}[kinds[0]]
+            norm("bn_final", *seq[0])
             seq = seq[1:]
             if not seq or seq[0][0].op_type != "Relu":
                 raise ImportRefused(f"{g.path}: head norm without its ReLU")
@@ -32,6 +35,8 @@ class HeadReader:
             self.gemm(*rest[0])
         elif len(rest) == 2 and [n.op_type for n, _ in rest] == ["MatMul", "Add"]:
             self.matmul(rest[0], rest[1])
+        elif len(rest) == 1 and rest[0][0].op_type == "MatMul":
+            self.matmul(rest[0], None)
         elif len(rest) == 1 and rest[0][0].op_type == "Conv":
             self.conv_fc(*rest[0])
         else:
@@ -57,7 +62,17 @@ class HeadReader:
         self._linear(node, w.reshape(w.shape[:2]), self.g.const(node, ins[2]) if bias else None)
 
     def matmul(self, mm, add):
+        """MatMul [+ Add]. A MatMul alone is read with a bias of zeros (the spec keeps ``head.bias``): tf2onnx
+        drops an all-zero bias Add (Keras' Dense initialises its bias to zeros), and the numbers are the same."""
         w = self.g.const(mm[0], mm[1][1])
+        if w.ndim != 2:
+            raise self.g.refuse(mm[0], f"a MatMul by a weight of shape {list(w.shape)}: a fully connected layer's is "
+                                       "(in, out)")
+        if add is None:
+            self.src.notes.append(f"the classifier ({mm[0].name or mm[0].output[0]!r}) is a MatMul without a bias "
+                                  "Add (tf2onnx drops an all-zero one): read with a bias of zeros")
+            self._linear(mm[0], w.T, np.zeros(w.shape[1], np.float32))
+            return
         b = [i for i in add[1] if i in self.g.consts]
         self._linear(mm[0], w.T, self.g.const(add[0], b[0]) if b else None)
 

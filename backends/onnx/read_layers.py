@@ -9,6 +9,22 @@ from .patterns import attrs as _attrs, channel_pad, spatial_pad
 from ...importers.source import Layer
 
 EPS = 1e-5
+#: the walk's kinds of a norm in a BN's slot: ONNX's BatchNormalization, a GroupNorm, a per-channel affine (Mul/Add)
+NORM_KINDS = ("BatchNormalization", "gn", "affine")
+NORMS = ("BatchNormalization", "GN", "AFFINE")  # the same as sequence() spells them
+
+
+def unit_variance(eps: float) -> np.float32:
+    """The float32 running variance ``v`` nearest 1 - eps for which ``v + eps`` is exactly 1 in float32 (as
+    torch, Keras and ONNX Runtime add them): a BN with it, mean 0, weight ``w`` and bias ``b`` computes
+    ``x * w + b`` exactly."""
+    e, one = np.float32(eps), np.float32(1)
+    v = np.float32(one - e)
+    while np.float32(v + e) > one:
+        v = np.nextafter(v, np.float32(0))
+    while np.float32(v + e) < one:
+        v = np.nextafter(v, np.float32(2))
+    return v
 
 
 def convs(path) -> int:
@@ -56,26 +72,50 @@ class LayerReader:
         c = conv.shape[0]
         bias = self.src.weights.pop(f"{conv_name}.bias", np.zeros(c, np.float32))
         conv.bias = False
-        self.src.weights.update({f"{name}.weight": np.ones(c, np.float32), f"{name}.bias": bias,
-                                 f"{name}.running_mean": np.zeros(c, np.float32),
-                                 f"{name}.running_var": np.full(c, 1.0 - EPS, np.float32)})
-        self.src.layers[name] = Layer(name, "bn", (c,), True, f"{conv.origin} (folded BatchNorm)")
+        self._unit_bn(name, np.ones(c, np.float32), bias, f"{conv.origin} (folded BatchNorm)")
         self.folded = True
+
+    def affine(self, name, node, facts):
+        """A per-channel ``Mul`` [+ ``Add``] (:func:`.patterns_norm.affine_back`: a BatchNorm in inference form,
+        its statistics folded into the scale and shift): a BN of weight = scale, bias = shift and identity
+        statistics, so it computes ``x * scale + shift`` as the file does."""
+        self._unit_bn(name, facts["scale"], facts["shift"], f"{node.name or node.output[0]} (Mul/Add BatchNorm)")
+
+    def _unit_bn(self, name, weight, bias, origin):
+        c = len(weight)
+        self.src.weights.update({f"{name}.weight": np.asarray(weight, np.float32),
+                                 f"{name}.bias": np.asarray(bias, np.float32),
+                                 f"{name}.running_mean": np.zeros(c, np.float32)})
+        self.src.layers[name] = Layer(name, "bn", (c,), True, origin)
+        self._unit.append(name)  # running_var: set once the spec's eps is known (unit_variances)
+
+    def unit_variances(self):
+        """The identity-statistics BNs' running variances, for the eps the spec takes (a file's own
+        BatchNormalization nodes decide it; 1e-5 where it has none): var + eps is exactly 1."""
+        v = unit_variance(self.src.facts.get("eps", EPS))
+        for name in self._unit:
+            self.src.weights[f"{name}.running_var"] = np.full(self.src.layers[name].shape, v, np.float32)
+        affine = [n for n in self._unit if self.src.layers[n].origin.endswith("(Mul/Add BatchNorm)")]
+        if affine:
+            self.src.notes.append(f"{len(affine)} per-channel Mul/Add pair(s) (a BatchNorm in inference form, as "
+                                  f"tf2onnx writes it; {affine[0]}...) read as BatchNorms of weight = scale, bias = "
+                                  "shift, mean 0, var + eps = 1: the numbers are exact")
 
     def sequence(self, ops, conv_names, bn_names, v1: bool):
         """Convs and BNs of one path, named in order; returns the non-parametric nodes left.
 
         A Conv followed directly by a ReLU had its BatchNorm folded into it, and so had, in a v1
-        network, one that ends a path or feeds a squeeze-excite gate: the BN is put back (identity).
+        network, one that ends a path or feeds a squeeze-excite gate: the BN is put back (identity), holding
+        the conv's bias, or zeros where the conv has none (an exporter that drops an all-zero bias, tf2onnx).
         """
         left, ci, bi, pad, pending = [], 0, 0, 0, None
 
         def restore(needed: bool):
             nonlocal bi, pending
-            if pending and needed:
+            if pending and needed and (bi < len(bn_names) or self.src.layers[pending].bias):
                 if bi >= len(bn_names):
                     raise self.g.refuse(node, "a convolution with a folded BatchNorm where a ResNet has none")
-                self.identity_bn(bn_names[bi], pending)
+                self.identity_bn(bn_names[bi], pending)  # no bias: the folded BN's was zero (tf2onnx drops it)
                 bi += 1
             pending = None
 
@@ -85,7 +125,7 @@ class LayerReader:
                 t = "ChannelPad"  # option-A shortcut: left for the caller
             if t == "Relu":
                 restore(True)
-            elif t in ("BatchNormalization", "GN"):
+            elif t in NORMS:
                 pending = None
             elif t != "Pad":
                 restore(v1)
@@ -98,12 +138,12 @@ class LayerReader:
                 if ci >= len(conv_names):
                     raise self.g.refuse(node, "one convolution more than a ResNet block or stem has here")
                 self.conv(conv_names[ci], node, ins, pad)
-                pending = conv_names[ci] if self.src.layers[conv_names[ci]].bias else None
+                pending = conv_names[ci]
                 ci += 1
-            elif t in ("BatchNormalization", "GN"):
+            elif t in NORMS:
                 if bi >= len(bn_names):
                     raise self.g.refuse(node, "one norm more than a ResNet block or stem has here")
-                (self.bn if t == "BatchNormalization" else self.gn)(bn_names[bi], node, ins)
+                {"BatchNormalization": self.bn, "GN": self.gn, "AFFINE": self.affine}[t](bn_names[bi], node, ins)
                 bi += 1
             else:
                 left.append((node, ins, pad))

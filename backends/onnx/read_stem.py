@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .checked import declared_input
-from .patterns import attrs as _attrs, border_mask, pool_facts
+from .patterns import attrs as _attrs, border_mask, edge_pool_facts, EdgePad, pool_facts
 from ..common import entry_permutation
 from ...importers.source import ImportRefused
 
@@ -69,14 +69,17 @@ class StemReader:
         AveragePool after the last conv, or None."""
         pools = [(n, ins, pad) for n, ins, pad in left if n.op_type in ("MaxPool", "AveragePool")]
         blurs = [(n, ins) for n, ins, _ in left if isinstance(ins, dict)]  # a blur pool's facts
+        edges = [(n, ins, pad) for n, ins, pad in left if isinstance(ins, EdgePad)]  # edge-copy padding
         masked = False
         for n, ins, _ in left:
-            if isinstance(ins, dict):
+            if isinstance(ins, (dict, EdgePad)):
                 continue
             if pools and border_mask(self.g, n, ins):
                 masked = True
             elif n.op_type not in ("Relu", "MaxPool", "AveragePool"):
                 raise self.g.refuse(n, "not expected in a ResNet stem (conv, BN, ReLU, max or average pool)")
+        if not pools and edges:
+            raise self.g.refuse(edges[0][0], "edge-copy padding in the stem without the max pool it pads")
         if not pools:
             if blurs:
                 raise self.g.refuse(blurs[0][0], "a blur pool in the stem without the max-pool at stride 1 before "
@@ -88,7 +91,11 @@ class StemReader:
         at = next(k for k, (_, n, _) in enumerate(ops) if n is node)
         if any(kind == "op" and n.op_type == "Conv" for kind, n, _ in ops[at:]):
             raise self.g.refuse(node, "a pool between the stem's convolutions; a spec's stem pools after them")
-        facts = pool_facts(*pools[0])
+        order = [n for _, n, _ in ops]
+        if any(order.index(n) > at for n, _, _ in edges) or (edges and pools[0][2]):
+            raise self.g.refuse(edges[0][0], "edge-copy padding after the stem pool, or with zero padding between it "
+                                             "and the pool; it alone pads the max pool")
+        facts = edge_pool_facts(self.g, *pools[0][:2], edges) if edges else pool_facts(*pools[0])
         if masked:
             facts["pad_value"] = "zero"
         if node.op_type == "AveragePool":

@@ -12,7 +12,10 @@ weight computed by standardization, and Split/Slice-(Add)-Conv-Relu-(AveragePool
 convs (:mod:`.read_res2net`; the cascade's Adds are not residual joins), and paths of Conv-(BN)-Relu joined by
 a softmax across them (Sum or Concat/ReduceSum, Reshape, Softmax, Mul) for SKNet's selective kernel
 (:mod:`.read_sknet`), and Conv-(BN)-Relu-Reshape(N, radix, C, H, W) weighted by a softmax across the radix and
-summed for ResNeSt's split attention (:mod:`.read_resnest`, with the avd AveragePool). Constant subgraphs are folded first;
+summed for ResNeSt's split attention (:mod:`.read_resnest`, with the avd AveragePool), and a BatchNorm in inference form, Mul [+ Add] by per-channel
+constants (tf2onnx's of a Keras 3 BatchNormalization), and a stem max pool's edge-copy padding (Slice copies of the
+first and last rows, then columns, joined by Concats: this project's stock .keras through tf2onnx). Constant
+subgraphs are folded first;
 the node patterns are in :mod:`.patterns`, :mod:`.patterns_blur` and :mod:`.patterns_norm`.
 
 Every residual ``Add`` (two computed inputs) closes one block; walking back from its two inputs to the
@@ -22,7 +25,8 @@ convolutions) and the shortcut. A v1 block has a ReLU after the Add. A block who
 projection changes channels or stride does. Exporters fold each BatchNorm into
 the preceding Conv: where a v1 network has a Conv without its BatchNorm, the import puts back a BN
 with identity statistics (weight 1, running mean 0, running var 1 - eps) holding the folded bias, so
-the numbers are exact and the spec is the usual one.
+the numbers are exact and the spec is the usual one; a per-channel Mul/Add comes back the same way, its scale
+the BN's weight and its shift the BN's bias (:meth:`.read_layers.LayerReader.affine`).
 """
 
 from __future__ import annotations
@@ -31,15 +35,16 @@ from collections import defaultdict
 
 import numpy as np
 
-from .patterns_norm import standardized_weights
-from .patterns import broadcast_source, check_wiring, fold, read_constant, UNREAD_JOINS
+from .patterns_norm import affine_back, standardized_weights
+from .patterns_stock import nhwc_channel_pad
+from .patterns import broadcast_source, check_wiring, edge_pad, fold, read_constant, UNREAD_JOINS
 from .frn import refuse_frn_nodes
 from .checked import load_checked
 from .read_aa import AntiAliasReader
 from .read_attention import AttentionReader
 from .read_blocks import BlockReader
 from .read_head import HeadReader
-from .read_layers import convs as _convs, LayerReader
+from .read_layers import convs as _convs, LayerReader, NORM_KINDS
 from .read_norm import NormReader
 from .read_res2net import Res2NetReader
 from .read_resnest import SplitAttentionReader
@@ -155,7 +160,7 @@ class _Walker(StemReader, BlockReader, HeadReader, AttentionReader, AntiAliasRea
 
     def __init__(self, src: Source, g: _Graph):
         self.g, self.src = g, src
-        self.folded, self._std = False, {}  # _std: standardized conv -> eps
+        self.folded, self._std, self._unit = False, {}, []  # _std: standardized conv -> eps; _unit: unit_variances
 
     # -- graph walking ---------------------------------------------------------------------------
     def back(self, value, stop) -> list:
@@ -187,6 +192,11 @@ class _Walker(StemReader, BlockReader, HeadReader, AttentionReader, AntiAliasRea
                 ops.append(("gn", node, gn[0]))
                 value = gn[1]
                 continue
+            found = self._tf2onnx_back(node, ins)
+            if found:  # tf2onnx's forms: a BN as Mul [+ Add]; a max pool's edge-copy padding (Slice copies + Concat)
+                ops.append((found[0], node, found[1]))
+                value = found[2]
+                continue
             r2n = self.res2net_back(node, ins) if node.op_type == "Concat" else None
             if r2n:  # Res2Net's split convs: one op from the Concat back to the tensor split
                 ops.append(("res2net", node, r2n[0]))
@@ -210,6 +220,19 @@ class _Walker(StemReader, BlockReader, HeadReader, AttentionReader, AntiAliasRea
             ops.append(("op", node, ins))
             value = data[0]
         return ops[::-1]
+
+    def _tf2onnx_back(self, node, ins):
+        """``(kind, facts, input)`` of a per-channel affine (``affine``: a BatchNorm in inference form), an
+        edge-copy padding (``edgepad``, read by the stem pool) or option A's zero channels written through
+        NHWC (``chpad``: :mod:`.patterns_stock`) ending at ``node``, or None."""
+        aff = affine_back(self.g, node, ins)
+        if aff:
+            return "affine", aff[0], aff[1]
+        edge = edge_pad(self.g, node, ins)
+        if edge:
+            return "edgepad", edge[1], edge[0]
+        pad = nhwc_channel_pad(self.g, node, ins)  # option A's zero channels through NHWC (chpad)
+        return ("chpad", pad[0], pad[1]) if pad else None
 
     def residual_adds(self):
         inner = self.res2net_adds()  # a Res2Net cascade's Adds join splits, not blocks
@@ -243,9 +266,9 @@ class _Walker(StemReader, BlockReader, HeadReader, AttentionReader, AntiAliasRea
                 stem, pre = pre, []
                 tail = [n.op_type if kind == "op" else kind for kind, n, _ in stem[-2:]]
                 if not post and main and main[0][1].op_type == "Conv" and tail[-1:] == ["Relu"] \
-                        and tail[0] in ("BatchNormalization", "gn", "Conv"):
+                        and tail[0] in NORM_KINDS + ("Conv",):
                     # a pre-activation block whose shortcut reads pre (its BN may be folded into the stem conv)
-                    cut = 2 if tail[0] in ("BatchNormalization", "gn") else 1
+                    cut = 2 if tail[0] in NORM_KINDS else 1
                     stem, pre = stem[:-cut], stem[-cut:]
             blocks.append((add, pre, main, short, post))
             x = out
@@ -253,3 +276,4 @@ class _Walker(StemReader, BlockReader, HeadReader, AttentionReader, AntiAliasRea
         self.blocks(blocks)
         self.head(x)
         self.standardization()
+        self.unit_variances()
