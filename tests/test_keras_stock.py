@@ -4,7 +4,7 @@ in a process that never imports resnet_spec, on TensorFlow, JAX and PyTorch, giv
 
 Specs: TINY_A (a -inf-padded ceil-mode max pool -> edge rows and columns; a partial-window average-pool
 shortcut -> AveragePooling2D 'same'), TINY_B (option-A channel padding -> Reshape/ZeroPadding3D, written
-channels_first), resnetv2_50 cut to two blocks per stage (timm's pre-activation stem: a max pool on
+channels_first), resnetv2_50 cut to one block per stage (timm's pre-activation stem: a max pool on
 values that can be negative, where the padding value matters) and ecaresnet50d cut the same way (ECA:
 Reshape, ZeroPadding1D, Conv1D; written channels_first), and resnetv2_50x1_bit cut the same way
 (GroupNormalization; weight-standardized convs as Conv2D holding the standardized kernels), and resnetblur50 cut
@@ -61,13 +61,13 @@ SPECS = {"tiny_a": (TINY_A, "channels_last"), "tiny_b": (TINY_B, "channels_first
 def written(tmp_path_factory):
     """{name: (net, .keras path, input .npy in the file's layout, torch logits)} from ``convert``."""
     root = tmp_path_factory.mktemp("stock")
-    specs = {**SPECS, "resnetv2_50": (tiny_text("resnetv2_50", size=40), "channels_last"),
-             "ecaresnet50d": (tiny_text("ecaresnet50d", size=40), "channels_first"),
-             "skresnet34": (tiny_text("skresnet34", size=40), "channels_last"),
+    specs = {**SPECS, "resnetv2_50": (tiny_text("resnetv2_50", blocks=1, size=40), "channels_last"),
+             "ecaresnet50d": (tiny_text("ecaresnet50d", blocks=1, size=40), "channels_first"),
+             "skresnet34": (tiny_text("skresnet34", blocks=1, size=40), "channels_last"),
              # GroupNormalization, and Conv2D holding the standardized kernels (backends/standardize.py)
-             "resnetv2_50x1_bit": (tiny_text("resnetv2_50x1_bit", size=40), "channels_last"),
+             "resnetv2_50x1_bit": (tiny_text("resnetv2_50x1_bit", blocks=1, size=40), "channels_last"),
              # blur pools: reflect padding as Cropping2D + Concatenate, the filter repeated 2x2 average pools
-             "resnetblur50": (tiny_text("resnetblur50", size=40), "channels_last")}
+             "resnetblur50": (tiny_text("resnetblur50", blocks=1, size=40), "channels_last")}
     out = {}
     for i, (name, (text, data_format)) in enumerate(specs.items()):
         (root / f"{name}.yaml").write_text(text.replace("name: ", f"name: {name}_", 1) if "name:" in text else text)
