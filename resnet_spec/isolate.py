@@ -8,6 +8,7 @@ and exchanges numpy arrays; a crash in a worker becomes an error message, never 
 
 from __future__ import annotations
 
+import functools
 import multiprocessing
 import os
 import signal
@@ -231,44 +232,63 @@ class Worker:
 # -- processes kept between workers (keep_workers) ---------------------------------------------------
 _KEPT: dict | None = None  # (label, environment, sys.path) -> an idle worker's pool, inside keep_workers()
 _IGNORED_ENV: frozenset = frozenset()
-#: variables a library sets in the caller's own environment, midway, to the value it would use anyway:
-#: torch's inductor writes its default cache folder into ``os.environ`` the first time it runs (a
-#: ``torch.onnx.export(dynamo=True)``, ``torch.compile``). Counted in the key, that one write would leave
-#: every process kept before it unused (each backend's worker started again, seconds each).
-SELF_SET_ENV = frozenset({"TORCHINDUCTOR_CACHE_DIR"})
-_MAX_KEPT = 8  # an idle TensorFlow worker holds about a gigabyte
+#: variables a library sets in the caller's own environment, midway, to values that mean nothing to a
+#: new process: torch's inductor writes its default cache folder (the first time it runs: a
+#: ``torch.onnx.export(dynamo=True)``, ``torch.compile``) and a pointer of its own into ``os.environ``.
+#: Counted in the key, one such write would leave every process kept before it unused (each backend's
+#: worker started again, seconds each).
+SELF_SET_ENV = frozenset({"TORCHINDUCTOR_CACHE_DIR", "_TORCHINDUCTOR_PYOBJECT_TENSOR_DATA_PTR"})
+_MAX_KEPT = 8  # keep_workers(max_processes=...); an idle TensorFlow worker holds about a gigabyte
 _MAX_KEPT_BYTES: int | None = None  # keep_workers(max_bytes=...): the idle processes' memory, all together
 
 
 @contextmanager
-def keep_workers(ignore_env=(), max_bytes: int | None = None):
+def keep_workers(ignore_env=(), max_bytes: int | None = None, max_processes: int = 8):
     """Within this block, the process of a closed :class:`Worker` is kept and handed to the next
     :class:`Worker` of the same label started with the same environment variables and ``sys.path`` entries,
     instead of a new process importing its frameworks again (seconds each: TensorFlow, JAX, Keras).
     For a session that runs many checks in one Python process (a notebook, a test run): every
     ``parity``, ``parity --train`` and ``verify`` call then reuses the processes of the one before.
     Two labels never share a process, so frameworks stay apart as without it; a worker that crashed is
-    never kept. At most the 8 most recently used idle processes are kept; all stop when the block ends
-    (nested blocks share the outermost one's processes). ``ignore_env`` names environment variables
-    that change between calls without mattering to a worker (a test runner's ``PYTEST_CURRENT_TEST``).
+    never kept. At most the ``max_processes`` most recently used idle processes are kept; all stop when
+    the block ends (nested blocks share the outermost one's processes). ``ignore_env`` names environment
+    variables that change between calls without mattering to a worker (a test runner's
+    ``PYTEST_CURRENT_TEST``; :data:`SELF_SET_ENV` always). Entries a library adds to ``sys.path`` inside
+    site-packages (onnxruntime's ``transformers``, setuptools' vendored packages) do not count either.
     ``max_bytes`` also bounds the idle processes' resident memory, all together (Linux; the least
     recently used go first): several kept TensorFlow and JAX processes hold gigabytes."""
-    global _KEPT, _IGNORED_ENV, _MAX_KEPT_BYTES
+    global _KEPT, _IGNORED_ENV, _MAX_KEPT_BYTES, _MAX_KEPT
     if _KEPT is not None:
         yield
         return
-    _KEPT, _IGNORED_ENV, _MAX_KEPT_BYTES = {}, frozenset(ignore_env), max_bytes
+    _KEPT, _IGNORED_ENV, _MAX_KEPT_BYTES, _MAX_KEPT = {}, frozenset(ignore_env), max_bytes, max_processes
     try:
         yield
     finally:
-        kept, _KEPT, _IGNORED_ENV, _MAX_KEPT_BYTES = _KEPT, None, frozenset(), None
+        kept, _KEPT, _IGNORED_ENV, _MAX_KEPT_BYTES, _MAX_KEPT = _KEPT, None, frozenset(), None, 8
         for pool in kept.values():
             pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _kept_key(label: str) -> tuple:
     env = tuple(sorted((k, v) for k, v in os.environ.items() if k not in _IGNORED_ENV and k not in SELF_SET_ENV))
-    return label, env, frozenset(sys.path)
+    return label, env, frozenset(p for p in sys.path if not _inside_site_packages(p))
+
+
+def _inside_site_packages(entry: str) -> bool:
+    """A folder below (not equal to) one of the interpreter's site-packages: a library's own addition."""
+    path = os.path.abspath(entry or ".")
+    return any(path.startswith(site + os.sep) for site in _site_packages())
+
+
+@functools.lru_cache(maxsize=1)
+def _site_packages() -> tuple:
+    import site
+    import sysconfig
+
+    found = {sysconfig.get_paths()[k] for k in ("purelib", "platlib")}
+    found.update(site.getsitepackages() if hasattr(site, "getsitepackages") else ())
+    return tuple(os.path.abspath(p) for p in found)
 
 
 def _alive(pool) -> bool:

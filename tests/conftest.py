@@ -45,9 +45,11 @@ def _workers_kept_between_tests():
     workers instead of importing them again (a few seconds of each test's time before)."""
     from resnet_spec.isolate import keep_workers
 
-    # each of the two test processes keeps at most 4 GiB of idle workers: a run that kept 16 TensorFlow
-    # and JAX processes of one or two gigabytes each could exhaust the 24 GiB machine
-    with keep_workers(ignore_env=("PYTEST_CURRENT_TEST",), max_bytes=4 << 30):
+    # each of the two test processes keeps at most 6 GiB of idle workers (a run that kept every TensorFlow
+    # and JAX process of one or two gigabytes could exhaust the 24 GiB machine: the whole suite peaked at
+    # 11.2 GB used with 6 GiB) and up to 16 of them, so that the small ONNX Runtime, OpenVINO and LiteRT
+    # processes are not stopped for their number (the suite uses about 14 labels)
+    with keep_workers(ignore_env=("PYTEST_CURRENT_TEST",), max_bytes=6 << 30, max_processes=16):
         yield
 
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import sys
+import sysconfig
 
 import faults
 import pytest
@@ -46,8 +48,9 @@ def test_kept_workers_are_reused_by_label_only_inside_the_block():
 
 
 def test_a_library_setting_its_own_default_keeps_the_kept_workers(monkeypatch):
-    """torch's inductor writes TORCHINDUCTOR_CACHE_DIR into the caller's environment the first time it runs:
-    the processes kept before that serve the calls after it (another variable's change starts a new one)."""
+    """torch's inductor writes TORCHINDUCTOR_CACHE_DIR into the caller's environment the first time it runs,
+    and libraries put their own folders inside site-packages on sys.path: the processes kept before that serve
+    the calls after it (another variable's change, or another sys.path entry, starts a new one)."""
     with isolate.keep_workers():
         monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
         with isolate.Worker("test-env") as w:
@@ -55,13 +58,24 @@ def test_a_library_setting_its_own_default_keeps_the_kept_workers(monkeypatch):
         monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/tmp/torchinductor_test")
         with isolate.Worker("test-env") as w:
             assert w.call(os.getpid) == first
+        # a library's own folder inside site-packages put on sys.path (onnxruntime.transformers does)
+        site = sysconfig.get_paths()["purelib"]
+        monkeypatch.setattr(sys, "path", [*sys.path, os.path.join(site, "some_library", "vendored")])
+        with isolate.Worker("test-env") as w:
+            assert w.call(os.getpid) == first
         monkeypatch.setenv("RESNET_SPEC_TEST_ENV_KEY", "1")
         with isolate.Worker("test-env") as w:
-            assert w.call(os.getpid) != first
+            second = w.call(os.getpid)
+            assert second != first
+        monkeypatch.setattr(sys, "path", [*sys.path, "/a/folder/of/the/callers"])
+        with isolate.Worker("test-env") as w:
+            assert w.call(os.getpid) != second
 
 
 _BUDGET = """
 import os
+import sys
+import sysconfig
 from resnet_spec import isolate
 if __name__ == "__main__":
     for budget in (None, 1):
