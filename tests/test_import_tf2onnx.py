@@ -238,4 +238,4 @@ def test_other_softmaxes_refused(tmp_path):
     model.graph.node.insert(list(model.graph.node).index(relu) + 1, inner)
     onnx.save(model, str(tmp_path / "inner.onnx"))
     last_line_error(cli("import", tmp_path / "inner.onnx", "-o", tmp_path / "out"), "inner.onnx",
-                    "node 'inner/Softmax' (Softmax)")
+                    "node 'inner/Softmax' (Softmax): a Softmax inside the network")
