@@ -103,6 +103,7 @@ class TrainReport(RunOutcome):
     reference: dict = field(default_factory=dict)  # {leg: against_reference(...)}
     strict_grads: bool = True  # whether ``reference`` decides the pass (else it is reported only)
     reference_note: str = ""  # why there is no ``reference`` (torch, which computes it, is not installed)
+    notes: tuple = ()  # how the batch was chosen (:func:`resnet_spec.train_batch.train_batch`)
 
     def to_json(self) -> dict:
         return {"spec": self.spec, "mode": "train", "dtype": "float32", "device": self.device, "batch": self.batch,
@@ -110,7 +111,7 @@ class TrainReport(RunOutcome):
                 "grad_band": GRAD_BANDS["float32"], "against_float64": self.reference,
                 "strict_grads": self.strict_grads, "against_float64_not_run": self.reference_note or None,
                 "backends": self.runs_json(), "pairs": self.pairs, "not_run": self.not_run,
-                "not_installed": self.skipped, "passed": self.passed}
+                "not_installed": self.skipped, "notes": list(self.notes), "passed": self.passed}
 
 
 def _per_tensor(a: dict, b: dict, floor_frac: float) -> list:
@@ -209,6 +210,7 @@ class TrainOptions(LegOptions):
 
     backends: tuple = ("torch", "keras-tensorflow")
     strict_grads: bool = True
+    batch: int | None = None  # None: :func:`resnet_spec.train_batch.train_batch` decides (2, or 8: BN over 1x1)
 
 
 @dataclass(frozen=True)
@@ -232,7 +234,11 @@ def run_train(net: ir.Network, weights: dict, options: TrainOptions | None = Non
     :func:`resnet_spec.parity.run`'s."""
     from .weights.check import check_weights
 
+    from .train_batch import train_batch
+
     opts = replace(options or TrainOptions(), **settings)
+    batch, notes = train_batch(net, opts.batch)
+    opts = replace(opts, batch=batch)
     if opts.batch < 2:
         raise ResNetSpecError("--train needs --batch of at least 2 (BatchNorm's batch variance of one sample is 0)")
     check_trainable(net)
@@ -259,7 +265,8 @@ def run_train(net: ir.Network, weights: dict, options: TrainOptions | None = Non
         pairs.append(p)
     return TrainReport(spec=net.name, device=opts.device, batch=opts.batch, seed=opts.seed,
                        weights=opts.weights_label or "given", runs=runs, pairs=pairs, skipped=dict(opts.skipped or {}),
-                       reference=reference, strict_grads=opts.strict_grads, reference_note=note)
+                       reference=reference, strict_grads=opts.strict_grads, reference_note=note,
+                       notes=notes)
 
 
 def reference_worker(spec_yaml, weights, x, g, options, decisions):
@@ -351,7 +358,7 @@ def format_train_report(r: TrainReport) -> str:
     """The terminal table of a training-mode parity run."""
     t = TRAIN_TOLERANCES
     lines = [f"parity {r.spec} --train: float32, batch {r.batch}, seed {r.seed}, weights: {r.weights}",
-             "one step: BN batch statistics, dropout/drop-path off, loss = sum(logits * g) / N", ""]
+             "one step: BN batch statistics, dropout/drop-path off, loss = sum(logits * g) / N", *r.notes, ""]
     w = max([len(n) for n in r.runs] + [len(n) for n in r.skipped] + [8])
     lines += r.leg_lines(w)
     lines += ["", f"  {'pair':<{2 * w + 4}}  {'logits':>9}  {'loss':>9}  {'grads':>9}  {'bn stats':>9}  result",

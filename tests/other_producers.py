@@ -234,3 +234,19 @@ def nhwc_channel_pad(model):
     g.node.extend(nodes)
     onnx.checker.check_model(model)
     return model
+
+
+def with_softmax(model, axis: int | None = 1):
+    """``model`` (ONNX) ending in a ``Softmax`` on ``axis`` (None: no attribute) after its classifier, as tf2onnx
+    writes keras.applications models (``classifier_activation="softmax"``: ``predictions/Softmax``)."""
+    import onnx
+    from onnx import helper
+
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    g = model.graph
+    out = g.output[0].name
+    for n in g.node:
+        n.output[:] = ["predictions/BiasAdd:0" if o == out else o for o in n.output]
+    kw = {} if axis is None else {"axis": axis}
+    g.node.append(helper.make_node("Softmax", ["predictions/BiasAdd:0"], [out], name="predictions/Softmax", **kw))
+    return model

@@ -194,3 +194,48 @@ def test_option_a_channel_pad_through_nhwc(tmp_path):
         resnet_spec.import_model(str(tmp_path / "rows.onnx"))
     assert "(Transpose): a Transpose, Reshape, Pad, Reshape, Transpose chain that is not option A's zero channels" \
         in str(info.value) and "\n" not in str(info.value), str(info.value)
+
+
+def test_trailing_softmax_left_out_and_proven_on_logits(tmp_path):
+    """keras.applications models end in a Softmax (``classifier_activation="softmax"``), so do tf2onnx's files
+    of them: the import reads the network up to the logits, says in one note that the Softmax was left out (the
+    spec has no softmax head, as the ``.keras`` importer does), and the proof runs the file up to the Softmax's
+    input, so logits are compared with logits (comparing probabilities would hide logit errors)."""
+    import onnx
+
+    import other_producers
+    from resnet_spec.importers import import_source
+
+    net, w, path = _case(tmp_path, "keras_resnet50v2")
+    onnx.save(other_producers.with_softmax(onnx.load(str(path))), str(path))
+    src, text, got, _, weights = import_source(str(path), "m")
+    assert [n for n in src.notes if "Softmax" in n] == [n for n in src.notes if "'predictions/Softmax'" in n
+                                                         and "left out" in n], src.notes
+    np.testing.assert_array_equal(weights["fc.weight"], w["fc.weight"])
+    res = cli("import", path, "--name", "m", "-o", tmp_path / "out")
+    assert res.exit_code == 0 and "PASS" in res.output and "Softmax" in res.output, res.output
+
+
+def test_other_softmaxes_refused(tmp_path):
+    """A Softmax across anything but the classes (axis 0, the batch), or one inside the network (here after the
+    stem's ReLU), is one line naming the node."""
+    import onnx
+    from onnx import helper
+
+    import other_producers
+    from resnet_spec.importers.source import ImportRefused
+
+    _, _, path = _case(tmp_path, "keras_resnet50v2")
+    onnx.save(other_producers.with_softmax(onnx.load(str(path)), axis=0), str(tmp_path / "axis0.onnx"))
+    with pytest.raises(ImportRefused) as info:
+        resnet_spec.import_model(str(tmp_path / "axis0.onnx"))
+    words = "node 'predictions/Softmax' (Softmax): a Softmax on axis 0"
+    assert words in str(info.value) and "\n" not in str(info.value), str(info.value)
+    model = onnx.load(str(path))
+    relu = next(n for n in model.graph.node if n.op_type == "Relu")
+    inner = helper.make_node("Softmax", ["sm_in"], [relu.output[0]], name="inner/Softmax", axis=1)
+    relu.output[0] = "sm_in"
+    model.graph.node.insert(list(model.graph.node).index(relu) + 1, inner)
+    onnx.save(model, str(tmp_path / "inner.onnx"))
+    last_line_error(cli("import", tmp_path / "inner.onnx", "-o", tmp_path / "out"), "inner.onnx",
+                    "node 'inner/Softmax' (Softmax): a Softmax inside the network")

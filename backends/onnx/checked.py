@@ -194,12 +194,16 @@ def _reshape_input(graph, shape) -> bool:
     return changed
 
 
-def proof_model(path: str, shape):
+def proof_model(path: str, shape, logits=None):
     """The file's model as the proof runs it at input ``shape``: None when the file itself will do,
-    else the serialised model with its input made symbolic and dead nodes dropped."""
+    else the serialised model with its input made symbolic and dead nodes dropped; ``logits`` (the value
+    a trailing Softmax over the classes reads, :mod:`.read_head`) made the output, the Softmax dropped."""
     import onnx
 
     model = onnx.load(path, load_external_data=False)
+    if logits:
+        del model.graph.output[:]
+        model.graph.output.append(onnx.helper.make_tensor_value_info(logits, onnx.TensorProto.FLOAT, None))
     pruned = _prune(model.graph)
     if not (_reshape_input(model.graph, shape) or pruned):
         return None
@@ -209,13 +213,14 @@ def proof_model(path: str, shape):
     return model.SerializeToString()
 
 
-def run_source(path: str, x: np.ndarray):
-    """Worker: the file in ONNX Runtime (no graph optimisation) on ``x``; (output, runtime)."""
+def run_source(path: str, logits, x: np.ndarray):
+    """Worker: the file in ONNX Runtime (no graph optimisation) on ``x``, up to ``logits`` where given (the
+    Softmax ending the graph left out); (output, runtime)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    model = proof_model(path, x.shape)
+    model = proof_model(path, x.shape, logits)
     sess = ort.InferenceSession(path if model is None else model, opts, providers=["CPUExecutionProvider"])
     name = sess.get_inputs()[0].name
     return np.asarray(sess.run(None, {name: x})[0], np.float32), f"onnxruntime {ort.__version__}"

@@ -1,6 +1,8 @@
 """The head of an ONNX ResNet graph (:mod:`.reader`): optional final BN (or GroupNorm, or a per-channel Mul/Add)
 + ReLU, global average pool, flatten and one fully connected layer (Gemm, MatMul + Add, a MatMul alone: bias
-zeros, or a 1x1 Conv)."""
+zeros, or a 1x1 Conv), and a trailing Softmax over the classes (tf2onnx's files of keras.applications models, whose
+classifier_activation is "softmax"): left out, as the ``.keras`` importer does, and the proof compares the
+file's logits, the Softmax's input (:func:`.checked.run_source`)."""
 
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ class HeadReader:
 
     def head(self, x):
         g = self.g
-        ops = self.back(g.output, x) if g.output else None
+        ops = self.back(self._logits(g.output), x) if g.output else None
         if ops is None:
             raise ImportRefused(f"{g.path}: the graph output is not computed from the last residual block")
         kinds = [n.op_type if kind == "op" else kind for kind, n, _ in ops]
@@ -41,6 +43,25 @@ class HeadReader:
             self.conv_fc(*rest[0])
         else:
             raise ImportRefused(f"{g.path}: head {kinds}: expected pool, flatten and one fully connected layer")
+
+    def _logits(self, out):
+        """The value the classifier computes: ``out`` itself, or the input of a Softmax over the class axis that
+        ends the graph (then the proof runs the file up to it: ``facts["logits"]``). Any other Softmax is refused."""
+        node, ins = self.g.producer.get(out, (None, None))
+        if node is None or node.op_type != "Softmax":
+            return out
+        shape = self.g.shape(node.input[0])
+        axis = _attrs(node).get("axis", 1 if self.g.opset < 13 else -1)
+        rank = len(shape) if shape is not None else None
+        trailing = rank is not None and all(d == 1 for d in shape[2:])  # (N, classes) or (N, classes, 1, 1)
+        if rank is None or rank < 2 or axis not in (1, 1 - rank) or not trailing:
+            raise self.g.refuse(node, f"a Softmax on axis {axis} of a tensor of shape {shape}: only a Softmax over "
+                                      "the classes (axis 1) after the classifier is read (and left out)")
+        self.src.facts["logits"] = node.input[0]
+        self.src.notes.append(f"the file applies a Softmax over the classes after the classifier "
+                              f"({node.name or out!r}): left out (the generated model outputs logits); the proof "
+                              "compares the file's logits, the Softmax's input")
+        return ins[0]
 
     def gemm(self, node, ins):
         a = _attrs(node)

@@ -180,7 +180,9 @@ class _Walker(StemReader, BlockReader, HeadReader, AttentionReader, AntiAliasRea
                 value = sk[1][1]
                 continue
             if node.op_type in ("ReduceSum", "Softmax"):  # what backends/onnx/resnest.py writes, not read back yet
-                raise self.g.refuse(node, "not ResNeSt split attention (radix >= 2: ReduceSum of Mul(splits, "
+                where = "a Softmax inside the network (one is read only over the classes, ending the graph): " \
+                    if node.op_type == "Softmax" else ""
+                raise self.g.refuse(node, f"{where}not ResNeSt split attention (radix >= 2: ReduceSum of Mul(splits, "
                                           "softmax weights)) nor a selective kernel")
             blur = self.blur_back(node, ins) if node.op_type == "Conv" else None
             if blur:  # timm's BlurPool2d: reflect padding and a fixed depthwise filter, one op

@@ -32,8 +32,9 @@ def _say(text):
 @click.option("--dtype", default="float32", show_default=True,
               type=click.Choice(["float32", "float16", "bfloat16"]),
               help="Precision every backend computes in; the tolerance follows it (1e-4, 2e-2, 1e-1 max rel).")
-@click.option("--batch", type=click.IntRange(1, 1024), default=2, show_default=True,
-              help="Images in the random input batch (1 to 1024).")
+@click.option("--batch", type=click.IntRange(1, 1024), default=None,
+              help="Images in the random input batch (1 to 1024). Default: 2; with --train, 8 where a "
+                   "training-mode BatchNorm normalizes a 1x1 map (SKNet/ResNeSt attention), with a note.")
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the input and of random weights.")
 @click.option("--layers", is_flag=True, help="Compare every stem/block output, not only the logits.")
 @click.option("--plot", "plot_file", type=click.Path(dir_okay=False),

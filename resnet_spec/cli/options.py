@@ -257,7 +257,7 @@ class ParityOptions:
     all_legs: bool
     device: str
     dtype: str
-    batch: int
+    batch: int | None  # None: 2, or with --train the batch train_batch chooses
     layers: bool
     allow_tf32: bool
     train: bool
@@ -292,7 +292,8 @@ class ParityOptions:
     def leg_options(self, weights_label: str):
         """The library's options of this run: :class:`resnet_spec.train_parity.TrainOptions` with
         ``--train`` (``all``: every installed leg that trains), else :class:`resnet_spec.parity.RunOptions`."""
-        common = {"device": self.device, "batch": self.batch, "seed": self.seed, "allow_tf32": self.allow_tf32,
+        batch = self.batch if self.batch is not None or self.train else 2
+        common = {"device": self.device, "batch": batch, "seed": self.seed, "allow_tf32": self.allow_tf32,
                   "weights_label": weights_label, "skipped": self.skipped}
         if self.train:
             from ..train_parity import TrainOptions

@@ -37,7 +37,7 @@ def source_runner(src, full_spec: dict) -> tuple:
         from ..extras import require
 
         require(f"running {src.label}", "onnxruntime")
-        return run_source, (src.facts["path"],)
+        return run_source, (src.facts["path"], src.facts.get("logits"))
     if src.kind == "keras":
         from ..backends.keras.reader import run_keras
 
