@@ -51,10 +51,10 @@ def jax_data_parallel(spec_yaml, weights, x, g):
     keras.distribution.DataParallel over two host devices with the batch sharded."""
     # Two host devices. XLA's CPU all-reduce ends the process when one device's thread has not joined
     # the collective within 40 s, which happened on the loaded 2-core CI machine (both devices' threads
-    # share the cores with the other xdist worker): wait up to 10 minutes instead (the test's verdict
-    # does not depend on timing; a real hang still ends).
+    # share the cores with the other xdist worker): wait up to 3 minutes instead (the test's verdict
+    # does not depend on timing; a real hang still ends, as a crashed worker).
     os.environ["XLA_FLAGS"] = ("--xla_force_host_platform_device_count=2 "
-                               "--xla_cpu_collective_call_terminate_timeout_seconds=600 "
+                               "--xla_cpu_collective_call_terminate_timeout_seconds=180 "
                                "--xla_cpu_collective_call_warn_stuck_timeout_seconds=120")
     os.environ["KERAS_BACKEND"] = "jax"
     import jax
@@ -74,8 +74,30 @@ def jax_data_parallel(spec_yaml, weights, x, g):
     model = build(net, weights, backend="jax")
     feed = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
     sharded = keras.distribution.distribute_tensor(feed, dist.get_data_layout(feed.shape))
-    logits, loss, grads = training._jax_grads(keras, model, sharded, g)
+    logits, loss, grads = _jitted_grads(keras, model, sharded, g)
     grads = {v.path: np.asarray(gr) for v, gr in zip(model.trainable_variables, grads)}
     return {"single": single["grads"], "parallel": training._canonical_grads(net, model, grads),
             "devices": len(devices), "input_devices": len(sharded.sharding.device_set),
             "loss": (single["loss"], float(loss))}
+
+
+def _jitted_grads(keras, model, feed, g):
+    """The training step's logits, loss and gradients as one jitted SPMD program over the sharded batch.
+    Run eagerly (``training._jax_grads``, what parity's JAX leg does on one device), every op on the
+    sharded arrays is a program of its own with its own collectives; under load on the 2-core machine one
+    such eager step waited on its collective for ten minutes (a whole-suite run, 2026-12-07)."""
+    import jax
+
+    from resnet_spec.backends import training
+
+    def f(tv, ntv, x):
+        outs, ntv = model.stateless_call(tv, ntv, x, training=True)
+        outs = training._listed(outs)
+        return training._loss(keras, outs[0], g), (outs, ntv)
+
+    step = jax.jit(jax.value_and_grad(f, has_aux=True))
+    (loss, (outs, frozen)), grads = step([v.value for v in model.trainable_variables],
+                                         [v.value for v in model.non_trainable_variables], feed)
+    for v, value in zip(model.non_trainable_variables, frozen):
+        v.assign(value)
+    return outs, loss, grads
