@@ -47,7 +47,7 @@ def _workers_kept_between_tests():
 
     # each of the two test processes keeps at most 6 GiB of idle workers (a run that kept every TensorFlow
     # and JAX process of one or two gigabytes could exhaust the 24 GiB machine: the whole suite peaked at
-    # 11.2 GB used with 6 GiB) and up to 16 of them, so that the small ONNX Runtime, OpenVINO and LiteRT
+    # 12.2 GB used with these limits) and up to 16 of them, so that the small ONNX Runtime, OpenVINO and LiteRT
     # processes are not stopped for their number (the suite uses about 14 labels)
     with keep_workers(ignore_env=("PYTEST_CURRENT_TEST",), max_bytes=6 << 30, max_processes=16):
         yield
