@@ -238,12 +238,13 @@ _IGNORED_ENV: frozenset = frozenset()
 #: Counted in the key, one such write would leave every process kept before it unused (each backend's
 #: worker started again, seconds each).
 SELF_SET_ENV = frozenset({"TORCHINDUCTOR_CACHE_DIR", "_TORCHINDUCTOR_PYOBJECT_TENSOR_DATA_PTR"})
-_MAX_KEPT = 8  # keep_workers(max_processes=...); an idle TensorFlow worker holds about a gigabyte
+DEFAULT_MAX_KEPT = 8  # keep_workers' max_processes; an idle TensorFlow worker holds about a gigabyte
+_MAX_KEPT = DEFAULT_MAX_KEPT  # keep_workers(max_processes=...)
 _MAX_KEPT_BYTES: int | None = None  # keep_workers(max_bytes=...): the idle processes' memory, all together
 
 
 @contextmanager
-def keep_workers(ignore_env=(), max_bytes: int | None = None, max_processes: int = 8):
+def keep_workers(ignore_env=(), max_bytes: int | None = None, max_processes: int = DEFAULT_MAX_KEPT):
     """Within this block, the process of a closed :class:`Worker` is kept and handed to the next
     :class:`Worker` of the same label started with the same environment variables and ``sys.path`` entries,
     instead of a new process importing its frameworks again (seconds each: TensorFlow, JAX, Keras).
@@ -265,7 +266,7 @@ def keep_workers(ignore_env=(), max_bytes: int | None = None, max_processes: int
     try:
         yield
     finally:
-        kept, _KEPT, _IGNORED_ENV, _MAX_KEPT_BYTES, _MAX_KEPT = _KEPT, None, frozenset(), None, 8
+        kept, _KEPT, _IGNORED_ENV, _MAX_KEPT_BYTES, _MAX_KEPT = _KEPT, None, frozenset(), None, DEFAULT_MAX_KEPT
         for pool in kept.values():
             pool.shutdown(wait=True, cancel_futures=True)
 

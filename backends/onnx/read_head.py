@@ -24,8 +24,7 @@ class HeadReader:
         kinds = [n.op_type if kind == "op" else kind for kind, n, _ in ops]
         seq = [(n, ins) for _, n, ins in ops]
         if kinds and kinds[0] in NORM_KINDS:
-            norm = {"BatchNormalization": self.bn, "gn": self.gn, "affine": self.affine}[kinds[0]]
-            norm("bn_final", *seq[0])
+            self.norm(kinds[0], "bn_final", *seq[0])
             seq = seq[1:]
             if not seq or seq[0][0].op_type != "Relu":
                 raise ImportRefused(f"{g.path}: head norm without its ReLU")

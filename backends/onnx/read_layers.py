@@ -75,6 +75,12 @@ class LayerReader:
         self._unit_bn(name, np.ones(c, np.float32), bias, f"{conv.origin} (folded BatchNorm)")
         self.folded = True
 
+    def norm(self, kind: str, name, node, facts):
+        """Read the norm of walk kind ``kind`` (one of :data:`NORM_KINDS`, or as :meth:`sequence` spells it,
+        :data:`NORMS`) into the BN slot ``name``."""
+        read = {"batchnormalization": self.bn, "gn": self.gn, "affine": self.affine}[kind.lower()]
+        read(name, node, facts)
+
     def affine(self, name, node, facts):
         """A per-channel ``Mul`` [+ ``Add``] (:func:`.patterns_norm.affine_back`: a BatchNorm in inference form,
         its statistics folded into the scale and shift): a BN of weight = scale, bias = shift and identity
@@ -143,7 +149,7 @@ class LayerReader:
             elif t in NORMS:
                 if bi >= len(bn_names):
                     raise self.g.refuse(node, "one norm more than a ResNet block or stem has here")
-                {"BatchNormalization": self.bn, "GN": self.gn, "AFFINE": self.affine}[t](bn_names[bi], node, ins)
+                self.norm(t, bn_names[bi], node, ins)
                 bi += 1
             else:
                 left.append((node, ins, pad))

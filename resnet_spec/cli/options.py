@@ -292,9 +292,10 @@ class ParityOptions:
     def leg_options(self, weights_label: str):
         """The library's options of this run: :class:`resnet_spec.train_parity.TrainOptions` with
         ``--train`` (``all``: every installed leg that trains), else :class:`resnet_spec.parity.RunOptions`."""
-        batch = self.batch if self.batch is not None or self.train else 2
-        common = {"device": self.device, "batch": batch, "seed": self.seed, "allow_tf32": self.allow_tf32,
+        common = {"device": self.device, "seed": self.seed, "allow_tf32": self.allow_tf32,
                   "weights_label": weights_label, "skipped": self.skipped}
+        if self.batch is not None:  # else the options' own default (TrainOptions: train_batch decides)
+            common["batch"] = self.batch
         if self.train:
             from ..train_parity import TrainOptions
 
