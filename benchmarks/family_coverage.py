@@ -80,12 +80,16 @@ FAMILIES = {
 
 # --- the worker: one model, in its own process ----------------------------------------------------
 
-def randomized(weights: dict, seed: int = 0) -> dict:
+def randomized(weights: dict, seed: int = 0, net=None) -> dict:
     """Every tensor of a canonical weight set redrawn: BN statistics and affine parameters drawn away from
-    their identity values, conv/linear weights He-scaled normal, biases small normal."""
+    their identity values, conv/linear weights He-scaled normal, biases small normal. With the IR ``net``,
+    each block's last norm scale is divided by sqrt(number of blocks), as ``init_weights(random_bn=True)``
+    does: otherwise a deep network is so ill-conditioned that no float32 run can be held to 1e-4 (timm's
+    resnet152 in float32 and in float64 differ by 4e-4 of the logits' range; 2.5e-6 scaled)."""
     import numpy as np
 
     rng = np.random.default_rng(seed)
+    last = {f"{n}.weight" for n in net.last_bn_of_blocks()} if net is not None else set()
     out = {}
     for name, arr in weights.items():
         mod, _, leaf = name.rpartition(".")
@@ -95,7 +99,7 @@ def randomized(weights: dict, seed: int = 0) -> dict:
         elif leaf == "running_mean" or leaf == "bias":
             new = rng.normal(0.0, 0.1, arr.shape)
         elif bn or arr.ndim == 1:  # a norm's scale (GroupNorm has no running statistics)
-            new = rng.uniform(0.5, 1.5, arr.shape)
+            new = rng.uniform(0.5, 1.5, arr.shape) / (len(net.blocks) ** 0.5 if name in last else 1.0)
         else:
             fan_in = int(np.prod(arr.shape[1:])) if arr.ndim > 1 else 1
             new = rng.normal(0.0, (2.0 / fan_in) ** 0.5, arr.shape)
@@ -128,46 +132,108 @@ def _keras_randomized_source(source: str, size: int, tmp: str) -> str:
     return f"keras:{name}={path}"
 
 
-def run_one(source: str, size: int, isolated: bool = True) -> dict:
-    """Import ``source`` with randomized weights and prove it; the outcome as a dict. ``isolated=False``:
-    a PyTorch source's proof runs in this process (the serving worker is a process of its own)."""
-    from resnet_spec.errors import ResNetSpecError
+def _read(source: str, size: int, tmp: str) -> tuple:
+    """(source, IR, full spec) of ``source`` read and inferred, a PyTorch library's weights randomized."""
     from resnet_spec.importers import read_source
     from resnet_spec.importers.infer import build_spec
+    from resnet_spec.importers.source import sanitize_name
+
+    real = _keras_randomized_source(source, size, tmp) if source.startswith("keras:") else source
+    src = read_source(real, size)
+    src.label = source
+    _, net, full = build_spec(src, sanitize_name(source.rpartition(":")[2].lower()), size)
+    if src.kind in ("torchvision", "timm"):
+        src.weights = randomized(src.weights, net=net)
+    return src, net, full
+
+
+def run_one(source: str, size: int, isolated: bool = True, onnx: bool = False) -> dict:
+    """Import ``source`` with randomized weights and prove it; the outcome as a dict, with the ONNX file's
+    (:func:`run_onnx`, same weights) under ``"onnx"`` when ``onnx`` and the source is a PyTorch library's.
+    ``isolated=False``: a PyTorch source's proof runs in this process (the serving worker is its own)."""
+    from resnet_spec.errors import ResNetSpecError
     from resnet_spec.importers.run import prove
-    from resnet_spec.importers.source import check_source, sanitize_name
+    from resnet_spec.importers.source import check_source
 
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            real = _keras_randomized_source(source, size, tmp) if source.startswith("keras:") else source
-            src = read_source(real, size)
-            if src.kind in ("torchvision", "timm"):
-                src.weights = randomized(src.weights)
-            src.label = source
-            _, net, full = build_spec(src, sanitize_name(source.split(":", 1)[1].lower()), size)
+            src, net, full = _read(source, size, tmp)
             cmp = prove(src, net, full, check_source(net, src), isolated=isolated)
         except ResNetSpecError as exc:
             return {"status": "refused", "message": str(exc), "seconds": time.perf_counter() - t0}
     status = "parity" if cmp["passed"] else "parity failed"
-    return {"status": status, "max_rel": cmp.get("max_rel"), "params": net.params, "blocks": len(net.blocks),
-            "seconds": time.perf_counter() - t0}
+    out = {"status": status, "max_rel": cmp.get("max_rel"), "params": net.params, "blocks": len(net.blocks),
+           "seconds": time.perf_counter() - t0}
+    if onnx and src.kind in ("torchvision", "timm"):
+        try:
+            out["onnx"] = run_onnx(src, size)
+        except Exception as exc:  # a bug (the exporter's or ours): said, with the state dict's outcome kept
+            out["onnx"] = {"status": "crashed", "message": _last_line(exc), "seconds": 0.0}
+    return out
+
+
+def run_onnx(src, size: int) -> dict:
+    """The same model through its ``torch.onnx.export`` file: the library's model holding ``src``'s
+    (randomized) weights, exported by the TorchScript exporter (opset 17) at ``size`` px, then imported and
+    proven as ``resnet-spec import FILE.onnx`` does (ONNX Runtime running the file against the generated
+    model), its parameter count held to the library's."""
+    import warnings
+
+    import torch
+
+    from resnet_spec.backends.torch.names import source_state
+    from resnet_spec.backends.torch.reader import library_model
+    from resnet_spec.errors import ResNetSpecError
+    from resnet_spec.importers.run import prove
+    from resnet_spec.importers.source import check_source
+
+    t0 = time.perf_counter()
+    model = library_model(*src.facts["library"])
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    state = source_state(src.weights, src.facts.get("source_names", {}), shapes)
+    missing = [k for k in shapes if k not in state and not k.endswith("num_batches_tracked")]
+    if missing:
+        return {"status": "crashed", "message": f"{len(missing)} library tensors not in the canonical weights "
+                                                f"(first {missing[0]})", "seconds": time.perf_counter() - t0}
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()}, strict=False)
+    params = sum(p.numel() for p in model.parameters())
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "FILE.onnx")
+        with warnings.catch_warnings(), torch.inference_mode():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model, (torch.zeros(1, 3, size, size),), path, dynamo=False, opset_version=17)
+        del model, state
+        try:
+            fsrc, net, full = _read(path, size, tmp)
+            cmp = prove(fsrc, net, full, check_source(net, fsrc))
+        except ResNetSpecError as exc:
+            return {"status": "refused", "message": str(exc).replace(path, "FILE.onnx"),
+                    "seconds": time.perf_counter() - t0}
+    status = "parity" if cmp["passed"] and net.params == params else "parity failed"
+    out = {"status": status, "max_rel": cmp.get("max_rel"), "seconds": time.perf_counter() - t0}
+    if net.params != params:
+        out["message"] = f"{net.params:,} parameters in the spec, {params:,} in the library's model"
+    return out
+
+
+def _last_line(exc: BaseException) -> str:
+    import traceback
+
+    return traceback.format_exception_only(type(exc), exc)[-1].strip()[:300]
 
 
 MARK = "@@family_coverage "
 
 
-def serve(size: int) -> None:
+def serve(size: int, onnx: bool) -> None:
     """The worker loop: one source per stdin line, one ``MARK`` + JSON line per source on stdout."""
-    import traceback
-
     for line in sys.stdin:
         source = line.strip()
         try:
-            r = run_one(source, size, isolated=source.startswith("keras:"))
+            r = run_one(source, size, isolated=source.startswith("keras:"), onnx=onnx)
         except Exception as exc:  # a bug: said, and the worker goes on with the next model
-            last = traceback.format_exception_only(type(exc), exc)[-1].strip()
-            r = {"status": "crashed", "message": last[:300], "seconds": 0.0}
+            r = {"status": "crashed", "message": _last_line(exc), "seconds": 0.0}
         print(MARK + json.dumps(r), flush=True)
 
 
@@ -175,12 +241,13 @@ class Server:
     """A worker process (``--serve``) that keeps torch and timm imported across models; restarted after
     a timeout or a crash. Its stderr goes to a log file, whose last line a crash reports."""
 
-    def __init__(self, size: int):
-        self.size, self.proc = size, None
+    def __init__(self, size: int, onnx: bool = True):
+        self.size, self.onnx, self.proc = size, onnx, None
         self.log = tempfile.NamedTemporaryFile("w+", prefix="family_coverage_", suffix=".log", delete=False)
 
     def _start(self):
-        cmd = [sys.executable, os.path.abspath(__file__), "--serve", "--input-size", str(self.size)]
+        cmd = [sys.executable, os.path.abspath(__file__), "--serve", "--input-size", str(self.size)] + (
+            [] if self.onnx else ["--no-onnx"])
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log,
                                      text=True, cwd=ROOT, bufsize=1)
 
@@ -228,24 +295,69 @@ def _reason(source: str, message: str) -> str:
     return message.replace("|", "\\|")
 
 
-def family_section(title: str, rows: list) -> list:
-    """Markdown lines for one family: the counts, then one row per model that did not import."""
+def _counts(rows: list, route) -> dict:
+    """{outcome: how many} of one route (``route(r)``: the outcome dict, or None where it was not run)."""
     counts = {}
     for _, r in rows:
-        counts[r["status"]] = counts.get(r["status"], 0) + 1
-    out = [f"## {title}", "", f"{len(rows)} models: " + ", ".join(
-        f"{n} {s}" for s, n in sorted(counts.items(), key=lambda kv: -kv[1])) + ".", ""]
-    ok = [s.split(":", 1)[1] for s, r in rows if r["status"] == "parity"]
-    if ok:
-        out += ["Imported with parity: " + ", ".join(f"`{m}`" for m in ok) + ".", ""]
-    rest = [(s, r) for s, r in rows if r["status"] != "parity"]
+        if route(r) is not None:
+            status = route(r)["status"]
+            counts[status] = counts.get(status, 0) + 1
+    return counts
+
+
+ROUTES = (("state dict", lambda r: r), ("ONNX file", lambda r: r.get("onnx")))
+
+
+def _said(s: str, r) -> str:
+    if r is None:
+        return ""
+    msg = _reason(s, r.get("message", ""))
+    return msg or (f"max rel {r['max_rel']:.3g}" if r.get("max_rel") is not None else "")
+
+
+def family_section(title: str, rows: list) -> list:
+    """Markdown lines for one family: the counts per route, the largest error, then one row per model that
+    did not import with parity by every route it ran."""
+    out = [f"## {title}", ""]
+    for label, route in ROUTES:
+        counts = _counts(rows, route)
+        if counts:
+            rels = [(route(r)["max_rel"], s) for s, r in rows if route(r) and route(r).get("max_rel") is not None
+                    and route(r)["status"] == "parity"]
+            worst = f"; largest max rel {max(rels)[0]:.2g} (`{max(rels)[1].split(':', 1)[1]}`)" if rels else ""
+            out.append(f"- {label}: {sum(counts.values())} models: " + ", ".join(
+                f"{n} {st}" for st, n in sorted(counts.items(), key=lambda kv: -kv[1])) + worst + ".")
+    out.append("")
+
+    def ok(r):
+        return all(route(r) is None or route(r)["status"] == "parity" for _, route in ROUTES)
+
+    good = [s.split(":", 1)[1] for s, r in rows if ok(r)]
+    if good:
+        out += ["Imported with parity by every route: " + ", ".join(f"`{m}`" for m in good) + ".", ""]
+    rest = [(s, r) for s, r in rows if not ok(r)]
     if rest:
-        out += ["| model | outcome | what it lacks / the message |", "|---|---|---|"]
+        out += ["| model | state dict | ONNX file | what it lacks / the message |", "|---|---|---|---|"]
         for s, r in rest:
-            msg = _reason(s, r.get("message", "")) or (f"max rel {r['max_rel']:.3g}" if r.get("max_rel") else "")
-            out.append(f"| `{s.split(':', 1)[1]}` | {r['status']} | {msg} |")
+            onnx = r.get("onnx")
+            msg = _said(s, r) if r["status"] != "parity" else _said(s, onnx)
+            if r["status"] != "parity" and onnx and onnx["status"] != "parity" and _said(s, onnx) != msg:
+                msg += f" (ONNX file: {_said(s, onnx)})"
+            out.append(f"| `{s.split(':', 1)[1]}` | {r['status']} | {onnx['status'] if onnx else '—'} | {msg} |")
         out.append("")
     return out
+
+
+def _summary_row(title: str, rows: list) -> str:
+    cells = [title, str(len(rows))]
+    for _, route in ROUTES:
+        counts = _counts(rows, route)
+        if not counts:
+            cells += ["—"] * 3
+            continue
+        n_ok, n_ref = counts.get("parity", 0), counts.get("refused", 0)
+        cells += [str(n_ok), str(n_ref), str(sum(counts.values()) - n_ok - n_ref)]
+    return "| " + " | ".join(cells) + " |"
 
 
 def report(results: dict, args, seconds: float) -> str:
@@ -254,7 +366,7 @@ def report(results: dict, args, seconds: float) -> str:
     from importlib import metadata
 
     versions = []
-    for mod in ("torch", "timm", "torchvision", "keras", "tensorflow"):
+    for mod in ("torch", "timm", "torchvision", "keras", "tensorflow", "onnx", "onnxruntime"):
         try:
             versions.append(f"{mod} {metadata.version(mod)}")
         except metadata.PackageNotFoundError:
@@ -262,19 +374,21 @@ def report(results: dict, args, seconds: float) -> str:
     lines = ["# Import coverage of the ResNet family", "",
              "Written by `benchmarks/family_coverage.py` (`" + " ".join(["python benchmarks/family_coverage.py"]
                                                                       + sys.argv[1:]) + "`): every model name of "
-             "each family, imported at "
-             f"{args.input_size} px with **randomized weights** (every BN statistic and affine parameter, every "
-             "conv and linear weight redrawn, so no zero-initialised branch hides a missing op) and proven against "
-             "the library's own model (max rel <= 1e-4). A refusal is the one `error:` line `resnet-spec import` "
-             "prints: it names the building block the spec language cannot express yet.", "",
+             f"each family, imported at {args.input_size} px with **randomized weights** (every BN statistic and "
+             "affine parameter, every conv and linear weight redrawn, so no zero-initialised branch hides a missing "
+             "op) by two routes: its **state dict** (`resnet-spec import timm:NAME`), proven against the library's "
+             "own model, and its **ONNX file** (the same randomized model through `torch.onnx.export`, TorchScript "
+             "exporter, opset 17; `resnet-spec import FILE.onnx`), proven against ONNX Runtime running the file, "
+             "with the library's parameter count. Both hold max rel <= 1e-4. keras.applications models are "
+             "imported from their weights (the ONNX route is PyTorch's exporter: `—`). A refusal is the one "
+             "`error:` line `resnet-spec import` prints: it names the building block the spec language cannot "
+             "express yet, or the budget the file exceeds.", "",
              f"Machine: {cpu_model()}, {cores()} cores, Python {platform.python_version()}, {', '.join(versions)}. "
              f"Total time {seconds / 60:.1f} min" + (f" (--limit {args.limit} per family)" if args.limit else "")
-             + ".", "", "| family | models | imported with parity | refused | other |", "|---|---|---|---|---|"]
-    for key, rows in results.items():
-        n_ok = sum(r["status"] == "parity" for _, r in rows)
-        n_ref = sum(r["status"] == "refused" for _, r in rows)
-        lines.append(f"| {FAMILIES[key][0]} | {len(rows)} | {n_ok} | {n_ref} | {len(rows) - n_ok - n_ref} |")
-    lines.append("")
+             + f", at most {args.timeout:.0f} s a model.", "",
+             "| family | models | state dict: parity | refused | other | ONNX file: parity | refused | other |",
+             "|---|---|---|---|---|---|---|---|"]
+    lines += [_summary_row(FAMILIES[key][0], rows) for key, rows in results.items()] + [""]
     for key, rows in results.items():
         lines += family_section(FAMILIES[key][0], rows)
     return "\n".join(lines)
@@ -284,7 +398,7 @@ def run_families(keys: list, args) -> dict:
     """{family key: [(source, outcome)]}, with one progress line per model. keras.applications models get a
     fresh worker each (TensorFlow and PyTorch are never loaded into one process after each other)."""
     results = {}
-    server = Server(args.input_size)
+    server = Server(args.input_size, args.onnx)
     try:
         for key in keys:
             sources = FAMILIES[key][1]()
@@ -297,9 +411,11 @@ def run_families(keys: list, args) -> dict:
                 if key == "keras":
                     server.stop()
                 results[key].append((source, r))
-                detail = f"max rel {r['max_rel']:.2g}" if r.get("max_rel") is not None else r.get("message", "")
-                print(f"[{key} {i}/{len(sources)}] {source}: {r['status']} ({r['seconds']:.1f} s) {detail}"[:300],
-                      flush=True)
+                said = [f"{r['status']} ({r['seconds']:.1f} s) {_said(source, r)}"]
+                if r.get("onnx"):
+                    said.append(f"ONNX file: {r['onnx']['status']} ({r['onnx']['seconds']:.1f} s) "
+                                f"{_said(source, r['onnx'])}")
+                print(f"[{key} {i}/{len(sources)}] {source}: " + "; ".join(said)[:400], flush=True)
     finally:
         server.stop()
     return results
@@ -312,10 +428,12 @@ def main(argv=None) -> int:
     p.add_argument("--input-size", type=int, default=64)
     p.add_argument("--timeout", type=float, default=600.0, help="seconds per model")
     p.add_argument("--out", default=os.path.join(ROOT, "docs", "family_coverage.md"))
+    p.add_argument("--no-onnx", dest="onnx", action="store_false",
+                   help="only the state dicts (not each PyTorch model's torch.onnx.export file too)")
     p.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)  # the worker loop
     args = p.parse_args(argv)
     if args.serve:
-        serve(args.input_size)
+        serve(args.input_size, args.onnx)
         return 0
     keys = [k.strip() for k in args.families.split(",") if k.strip()]
     unknown = [k for k in keys if k not in FAMILIES]

@@ -234,12 +234,16 @@ def test_legacy_senet_state_dict_proven_in_timm_resnet(tmp_path):
 
 def test_coverage_report_lists_refusals():
     class Args:
-        input_size, limit = 64, 2
+        input_size, limit, timeout = 64, 2, 600.0
 
     results = {"timm-senet": [("timm:legacy_seresnet50", {"status": "parity", "max_rel": 0.0, "seconds": 1.0}),
                               ("timm:legacy_seresnet18", {"status": "refused", "seconds": 1.0, "message":
                                                           "timm:legacy_seresnet18 uses X (layer1.0), which ..."})]}
     text = family_coverage.report(results, Args, 60.0)
-    assert "| timm senet.py (legacy SENet) | 2 | 1 | 1 | 0 |" in text
-    assert "| `legacy_seresnet18` | refused | uses X (layer1.0), which ... |" in text
-    assert "Imported with parity: `legacy_seresnet50`." in text
+    assert "| timm senet.py (legacy SENet) | 2 | 1 | 1 | 0 | — | — | — |" in text  # no ONNX route run
+    assert "| `legacy_seresnet18` | refused | — | uses X (layer1.0), which ... |" in text
+    assert "Imported with parity by every route: `legacy_seresnet50`." in text
+    results["timm-senet"][0][1]["onnx"] = {"status": "parity failed", "max_rel": 0.5, "seconds": 1.0}
+    text = family_coverage.report(results, Args, 60.0)
+    assert "| timm senet.py (legacy SENet) | 2 | 1 | 1 | 0 | 0 | 0 | 1 |" in text
+    assert "| `legacy_seresnet50` | parity | parity failed | max rel 0.5 |" in text

@@ -38,6 +38,15 @@ def _bit(pretrained=False, **kw):
     return resnetv2._create_resnetv2_bit("resnetv2_50x1_bit", pretrained=pretrained, **kw)
 
 
+def _legacy_se(**kw):
+    """timm's legacy SENet with SEResNetBlock (legacy_seresnet18's block), one block per stage: its branch ends
+    BN, ReLU, squeeze-excite."""
+    from timm.models.senet import SENet, SEResNetBlock
+
+    return SENet(SEResNetBlock, layers=[1, 1, 1, 1], groups=1, reduction=16, inplanes=64, input_3x3=False,
+                 downsample_kernel_size=1, downsample_padding=0, **kw)
+
+
 #: timm's ResNet cut to one narrow block per stage and 10 classes (fast to export); GroupNorm's 32 groups need
 #: widths of multiples of 32
 SMALL = {"layers": [1, 1, 1, 1], "channels": (16, 16, 32, 32), "num_classes": 10}
@@ -60,6 +69,8 @@ BLOCKS = {"eca": ("ecaresnet50d", DEEP, ["se: {type: eca}"]),
                    ["pool: {kernel: 3, stride: 2, padding: 1, anti_alias: blur}", "anti_alias: blur}"]),
           "blur_basic": ("resnetblur18", SMALL,
                          ["anti_alias: blur}", "type: basic"]),
+          # legacy SEResNetBlock: squeeze-excite after the second BN's ReLU (read as such, not as timm's placement)
+          "se_end_relu": (_legacy_se, {"num_classes": 10}, ["placement: end_relu", "type: basic"]),
           # GroupNorm (torch.onnx.export's Reshape, InstanceNormalization, Reshape, Mul, Add) in a ResNet
           "group_norm": ("resnet50_gn", {**SMALL, "channels": (32, 32, 32, 32)},
                          ["norm: {type: group, groups: 32, eps: 1.0e-05}"]),
@@ -152,7 +163,7 @@ def _check(tmp_path, block: str, dynamo: bool):
 
 
 #: one model per building block in the fast tier; the other variants with the slow tier
-FAST = ("eca", "anti_alias_avgpool", "conv_stem_pool", "blur", "std_conv", "res2net", "selective_kernel",
+FAST = ("eca", "se_end_relu", "anti_alias_avgpool", "conv_stem_pool", "blur", "std_conv", "res2net", "selective_kernel",
         "split_attention")
 
 
@@ -164,7 +175,7 @@ def test_timm_torchscript_export_reads_back(tmp_path, block):
 #: variants whose graphs differ from their block's model only in facts both exporters write alike (grouped split
 #: convs; a selective kernel without the split; split attention's sigmoid gate): TorchScript only, the dynamo
 #: exporter taking ~5 s a model
-NOT_DYNAMO = ("res2next", "selective_kernel_bottleneck", "split_attention_radix1")
+NOT_DYNAMO = ("se_end_relu", "res2next", "selective_kernel_bottleneck", "split_attention_radix1")
 
 
 @pytest.mark.slow

@@ -36,6 +36,7 @@ class BlockReader:
                     and self.src.layers[self._stem_conv].bias:
                 self.identity_bn(bns[0], self._stem_conv)  # the first pre-activation BN, folded into the stem
             main_bns = bns[1:] if pre else bns
+            self._se_after_relu(add, main)
             mark = len(self.src.layers)
             for n, ins, pad in self.sequence(main, convs, main_bns, v1=post):
                 if isinstance(ins, Res2NetFacts):
@@ -55,6 +56,19 @@ class BlockReader:
                 self._in_network_order(mark, name, slot)
             self._shortcut_ops(self._shortcut(name, short, post), stage)
         self._shortcut_facts()
+
+    def _se_after_relu(self, add, main):
+        """timm's legacy SEResNetBlock ends its branch with BN, ReLU, squeeze-excite (placement ``end_relu``);
+        every other block gates the BN's output. One placement for the whole network, or one line."""
+        if not main or main[-1][0] != "se":
+            return
+        after_relu = len(main) > 1 and main[-2][0] == "op" and main[-2][1].op_type == "Relu"
+        seen = self.src.facts.setdefault("se_after_relu", after_relu)
+        if seen != after_relu:
+            raise self.g.refuse(add, "squeeze-excite after a ReLU in some blocks and straight after the BN in "
+                                     "others; a spec has one placement")
+        if after_relu:
+            self.src.facts["se_placement"] = "end_relu"
 
     def _in_network_order(self, mark: int, name: str, slot: int):
         """The branch's layers (those from index ``mark`` on) in network order: the composite op's, named
