@@ -78,16 +78,11 @@ def _onnx_bytes(net, w, out: str, d: str) -> bytes:
     """The ONNX file ``out`` ('onnx', 'onnx-f16', 'onnx-int8': the float32 file quantized as convert does)."""
     from resnet_spec.backends.onnx import backend as ob
 
-    dtype = {"onnx": "float32", "onnx-f16": "float16", "onnx-int8": "float32"}[out]
-    data = ob.build(net, w, dtype=dtype).SerializeToString()
     if out != "onnx-int8":
-        return data
-    from resnet_spec.backends.onnx.int8 import quantize
-
-    with open(os.path.join(d, "float.onnx"), "wb") as fh:
-        fh.write(data)
-    quantize(os.path.join(d, "float.onnx"), os.path.join(d, "q.onnx"), _calibration(net), "input")
-    with open(os.path.join(d, "q.onnx"), "rb") as fh:
+        return ob.build(net, w, dtype={"onnx": "float32", "onnx-f16": "float16"}[out]).SerializeToString()
+    # what convert --dtype int8 writes (weight standardization computed beforehand, BN folded, quantized)
+    (path,) = ob.convert(net, w, os.path.join(d, "int8"), dtype="int8", calibration=_calibration(net), force=True)
+    with open(path, "rb") as fh:
         return fh.read()
 
 

@@ -21,9 +21,9 @@ Metrics and tolerances are :mod:`resnet_spec.parity`'s (max error relative to th
 scale); a float16 file is held to :data:`FLOAT16_TOL`, recognised from the file itself whoever made
 it: an ONNX file with float16 initializers, a TFLite file with float16 weights feeding DEQUANTIZE ops
 (TFLite's float16 post-training quantisation). An int8 file (QuantizeLinear/DequantizeLinear nodes in
-ONNX, int8 tensors in TFLite, whoever quantized it) is judged by its top-1 agreement with the reference
-and a max relative error bound (:data:`INT8_TOP1`, :data:`INT8_TOL`); its top-5 agreement and mean relative
-error are reported beside them (:func:`int8_metrics`). A file made elsewhere is fed the input as it declares
+ONNX, int8 tensors in TFLite, whoever quantized it) is judged by a max relative error bound
+(:data:`INT8_TOL`); its top-1 and top-5 agreement and mean relative error are reported beside it
+(:func:`int8_metrics`). A file made elsewhere is fed the input as it declares
 it: NCHW or NHWC, its fixed batch, its input's name and dtype (:mod:`resnet_spec.verify_inputs`).
 When an ONNX run fails, the run is repeated with the file's tap values (``stem``, every block) added as
 outputs, and the first one that diverges is named (files made elsewhere have no such values; then none
@@ -56,13 +56,14 @@ from .verify_inputs import LAYOUTS
 #: tflite-f16), 16x under this tolerance. GPU float16 figures are not measured here.
 FLOAT16_TOL = 1e-2
 #: int8 files (``convert --dtype int8``, or quantized elsewhere: QDQ nodes in ONNX, int8 tensors in TFLite)
-#: pass when their top-1 class agrees with the reference on at least :data:`INT8_TOP1` of the inputs and
-#: their max error is within :data:`INT8_TOL` of the logit scale. Measured (docs/deployment.md, int8):
-#: 1.3e-2 to 3.8e-2 on the tiny test nets (ONNX and TFLite), 1.7e-2 on resnet50 at 224 px (top-1 83% of
-#: 64 synthetic images: random weights give near-tied logits); 0.2 is 5x over the worst. An int8 file of
-#: other weights measured 1.7 (top-1 0%). Top-1 is a fraction, not all: int8 moves near-tied logits.
+#: pass when their max error is within :data:`INT8_TOL` of the logit scale. Measured (docs/deployment.md,
+#: int8): 7.6e-3 to 4.5e-2 over the zoo in onnxruntime and LiteRT but BiT (GroupNorm, 0.10); 1.7e-2 on
+#: resnet50 at 224 px. An int8 file of other weights measured 1.7. Top-1 agreement is reported, not judged:
+#: within the bound a class can change only where the reference's two highest logits are closer than twice
+#: it, and there the bound allows the change; so a top-1 threshold either follows from the bound or judges
+#: near-ties, which random weights and synthetic inputs make common (resnetv2_50d's one int8 file agreed on
+#: 0 of 2 inputs in some runtimes and 1 of 2 in others, at the same 2.4e-2).
 INT8_TOL = 0.2
-INT8_TOP1 = 0.5
 KINDS = {".onnx": "onnx", ".tflite": "tflite", ".keras": "keras", ".pt2": "pt2", ".py": "py"}
 #: kind -> (worker, check): what is checked in a runtime's worker before any file runs, unless the code
 #: is trusted (a SavedModel's ops, a .tflite's custom operators); the runs check again what they load
@@ -310,7 +311,7 @@ def _judge(run_, ref, head) -> tuple:
     """``(tolerance, metrics, passed)``: the float32, float16 or int8 criterion (module constants)."""
     if run_.get("int8"):
         m = int8_metrics(ref, head)
-        return INT8_TOL, m, m["max_rel"] <= INT8_TOL and (m.get("top1") or 0.0) >= INT8_TOP1
+        return INT8_TOL, m, m["max_rel"] <= INT8_TOL
     tol = FLOAT16_TOL if run_.get("float16") else TOLERANCES["float32"]
     m = compare(ref, head)
     return tol, m, m["max_rel"] <= tol
@@ -364,8 +365,8 @@ def format_report(r: Report) -> str:
                      f"top-5 {x.metrics['top5'] * 100:.0f}%, max rel {_e(x.metrics['max_rel'])}, mean rel "
                      f"{_e(x.metrics['mean_rel'])}")
     if int8:
-        lines.append(f"  int8 criterion: top-1 agreement >= {INT8_TOP1:.0%} of the inputs and max rel <= {INT8_TOL:g} "
-                     "(against the float64 reference on the same inputs; not ImageNet accuracy)")
+        lines.append(f"  int8 criterion: max rel <= {INT8_TOL:g} against the float64 reference on the same inputs "
+                     "(top-1 shown, not judged: int8 may change near-tied classes; not ImageNet accuracy)")
     lines += [""] + [f"  note: {n}" for n in r.notes] + ([""] if r.notes else [])
     bad = sum(1 for x in r.rows if not x.passed)
     lines.append(f"{'PASS' if r.passed else 'FAIL'}: {len(r.rows) - bad}/{len(r.rows)} runs within tolerance")

@@ -313,13 +313,14 @@ def test_float16_classifier_accumulates_in_float32_in_onnxruntime_1_29(tmp_path)
     assert len(errors) == len(onnx_probe.LEVELS) and max(errors.values()) < 2e-3, errors
 
 
-def test_int8_cells_need_the_top1_agreement_too(tmp_path):
-    """An int8 cell within its 0.2 bound but with the reference's top-1 class on no input fails, as verify
-    judges int8 files; its agreement is shown beside the figure."""
+def test_int8_cells_show_the_top1_agreement_and_are_judged_by_max_rel(tmp_path):
+    """An int8 cell within its 0.2 bound passes whatever its top-1 agreement, as verify judges int8 files; the
+    agreement is shown beside the figure. Over the bound it fails."""
     import _deploy_doc
 
     results = {"resnet20 | onnx-int8": {"onnxruntime 1.32.0 / all": {"rel": 0.05, "top1": 1.0},
-                                         "openvino 2026.4.1 / f32": {"rel": 0.05, "top1": 0.0}}}
+                                         "openvino 2026.4.1 / f32": {"rel": 0.05, "top1": 0.0},
+                                         "onnxsim 0.4.36 / all": {"rel": 0.25, "top1": 1.0}}}
     _deploy_doc.write_doc(results, tmp_path / "d.md", 40)
     row = next(t for t in (tmp_path / "d.md").read_text().splitlines() if t.startswith("| resnet20 | onnx-int8"))
-    assert row.endswith("| 5.0e-02 (100%) | 5.0e-02 (0%) **FAIL** |"), row
+    assert row.endswith("| 5.0e-02 (100%) | 5.0e-02 (0%) | 2.5e-01 (100%) **FAIL** |"), row

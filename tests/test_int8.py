@@ -15,7 +15,7 @@ from conftest import cli as _cli
 from conftest import last_line_error as _one_error
 from conftest import tiny, tiny_text
 
-from resnet_spec.verify import INT8_TOL, INT8_TOP1, _judge, int8_metrics
+from resnet_spec.verify import INT8_TOL, _judge, int8_metrics
 
 SPEC = "resnet20"
 
@@ -71,10 +71,10 @@ def test_int8_onnx_is_verified_at_the_int8_criterion_ours_or_anothers(files, tmp
     onnx.save(model, str(files / "other_i8.onnx"))
     res = _verify(files, files / "i8" / f"{SPEC}.onnx", files / "other_i8.onnx", "--json", tmp_path / "r.json")
     assert res.exit_code == 0, res.output
-    assert f"int8 criterion: top-1 agreement >= {INT8_TOP1:.0%}" in res.output and "top-5 " in res.output
+    assert f"int8 criterion: max rel <= {INT8_TOL:g}" in res.output and "top-5 " in res.output
     runs = json.loads((tmp_path / "r.json").read_text())["runs"]
     assert len(runs) == 8 and all(r["int8"] and r["tolerance_rel"] == INT8_TOL for r in runs), runs
-    assert all(1e-4 < r["max_rel"] < INT8_TOL / 3 and r["top1"] >= INT8_TOP1 and r["top5"] == 1.0 for r in runs), runs
+    assert all(1e-4 < r["max_rel"] < INT8_TOL / 3 and r["top1"] >= 0.5 and r["top5"] == 1.0 for r in runs), runs
     assert all(0 < r["mean_rel"] < r["max_rel"] for r in runs)
 
 
@@ -86,20 +86,20 @@ def test_int8_onnx_of_other_weights_fails_verify(files, tmp_path):
     assert res.exit_code == 1 and "FAIL: 0/4 runs within tolerance" in res.output, res.output
 
 
-def test_int8_criterion_needs_both_top1_and_max_rel():
+def test_int8_criterion_is_the_max_rel_bound_top1_is_reported():
     ref = np.array([[3.0, 1.0, 0.0, -1.0, -2.0, -3.0], [0.0, 2.0, 1.0, -1.0, -2.0, -3.0]])
     m = int8_metrics(ref, ref + 0.01)
     assert m["top1"] == 1.0 and m["top5"] == 1.0 and m["mean_rel"] == pytest.approx(0.01 / 3)
     assert _judge({"int8": True}, ref, ref + 0.01) == (INT8_TOL, m, True)
     tied = ref.copy()
-    tied[0, 1] = 2.99  # a near tie on the first image
+    tied[0, 1], tied[1, 2] = 2.99, 1.99  # near ties on both images
     flipped = tied.copy()
-    flipped[0, :2] = [2.99, 3.0]  # its top-1 lost, error 0.01/3: 50% agreement passes
-    assert _judge({"int8": True}, tied, flipped)[1]["top1"] == 0.5
-    assert _judge({"int8": True}, tied, flipped)[2] is (INT8_TOP1 <= 0.5)
-    tied[1, 2] = 1.99
-    flipped[1, 1:3] = [1.99, 2.0]  # both lost, small error: FAIL
-    assert _judge({"int8": True}, tied, flipped)[2] is False
+    flipped[0, :2], flipped[1, 1:3] = [2.99, 3.0], [1.99, 2.0]  # both top-1 classes lost by 0.01/3 of the scale
+    tol, m, ok = _judge({"int8": True}, tied, flipped)
+    assert m["top1"] == 0.0 and m["top5"] == 1.0 and ok is True  # reported, not judged: within the bound
+    wrong = ref.copy()
+    wrong[:, 0], wrong[:, 1] = ref[:, 1], ref[:, 0]  # a swap the bound cannot allow (2/3 of the scale)
+    assert _judge({"int8": True}, ref, wrong)[2] is False
     assert _judge({"int8": True}, ref, ref * 1.5)[2] is False  # top-1 kept, max rel 0.5: FAIL
     assert _judge({}, ref, ref + 0.01)[2] is False  # a float32 file is still held to 1e-4
 
@@ -176,7 +176,7 @@ def test_int8_tflite_is_made_recorded_and_verified(tmp_path):
     res = _cli("verify", tmp_path / "s.yaml", path, "--json", tmp_path / "r.json")
     assert res.exit_code == 0, res.output
     (run,) = json.loads((tmp_path / "r.json").read_text())["runs"]
-    assert run["int8"] and 1e-4 < run["max_rel"] < INT8_TOL / 3 and run["top1"] >= INT8_TOP1, run
+    assert run["int8"] and 1e-4 < run["max_rel"] < INT8_TOL / 3 and run["top1"] >= 0.5, run
 
 
 def _out(n, k, s, p, ceil):
@@ -245,3 +245,38 @@ def test_channel_padding_nets_quantize_activations_symmetrically(tmp_path):
     assert all(not zp.any() for zp in zero_points["resnet20"])
     assert all(not zp.any() for zp in zero_points["res2net50_26w_4s"])
     assert any(zp.any() for zp in zero_points["resnet18"])
+
+
+def test_group_norms_stay_float_in_the_int8_file(tmp_path):
+    """A GroupNorm (Reshape, InstanceNormalization, Reshape, Mul by its scale, Add of its shift) is left in
+    float32 by the quantizer: OpenVINO 2026.4.1 ran resnetv2_50x1_bit's int8 file with quantized GroupNorms
+    0.49 of the logit scale off (ONNX Runtime 0.10); with them in float, 0.10 in both (docs/deployment.md).
+    Every conv is still int8 and the file holds the int8 bound in ONNX Runtime."""
+    import onnx
+    import onnxruntime as ort
+    import torch
+
+    import resnet_spec
+    from resnet_spec.backends.onnx import backend as ob
+    from resnet_spec.backends.onnx.int8 import float_norm_nodes
+    from resnet_spec.backends.torch import backend as tb
+    from resnet_spec.calibration import synthetic
+
+    net = tiny("resnetv2_50x1_bit", blocks=1)
+    w = resnet_spec.init_weights(net, seed=0, random_bn=True)
+    gns = [op for op in net.all_ops() if type(op).__name__ == "GroupNorm"]
+    floats = float_norm_nodes(ob.build(net, w).graph)
+    assert gns and len(floats) == 7 * len(gns), (len(gns), floats[:7])
+    ob.convert(net, w, str(tmp_path), dtype="int8", calibration=synthetic(net.input_shape))
+    model = onnx.load(str(tmp_path / f"{net.name}.onnx"))
+    producer = {o: n for n in model.graph.node for o in n.output}
+    norms = [n for n in model.graph.node if n.op_type == "InstanceNormalization"]
+    assert len(norms) == len(gns) and all(producer[n.input[0]].op_type == "Reshape" for n in norms)
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    assert convs and all(producer[n.input[1]].op_type == "DequantizeLinear" for n in convs)  # int8 weights
+    x = np.random.default_rng(1).standard_normal((4, *net.input_shape)).astype(np.float32)
+    with torch.inference_mode():
+        ref = tb.build(net, w).double().eval()(torch.from_numpy(x.astype(np.float64))).numpy()
+    sess = ort.InferenceSession(str(tmp_path / f"{net.name}.onnx"), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {"input": x})[0]
+    assert _judge({"int8": True}, ref, got)[2], int8_metrics(ref, got)
