@@ -1,5 +1,6 @@
-"""Real tf2onnx files imported back: keras.applications ResNet50 / ResNet50V2 (Keras 3) at 64 px, 10 classes, no
-softmax, with random BN statistics and classifier bias, and with the initial weights; each exported with
+"""Real tf2onnx files imported back: keras.applications ResNet50 / ResNet50V2 (Keras 3) at 64 px, 10 classes:
+without the softmax head, with random BN statistics and classifier bias and with the initial weights; and with random
+statistics and the default softmax head (import leaves it out and proves the logits); each exported with
 ``model.export`` (SavedModel) then ``python -m tf2onnx.convert --saved-model --opset 17``, then ``resnet-spec
 import``; and this project's own stock ``.keras`` (``convert --to tensorflow``, random BN statistics) of resnet18,
 resnet50 (64 px) and resnet20 (32 px) through its SavedModel and tf2onnx the same way. Prints each import's parity
@@ -28,11 +29,11 @@ import numpy as np
 import keras
 
 out, rng = sys.argv[1], np.random.default_rng(0)
-for name in ("ResNet50", "ResNet50V2"):
-    for how in ("random", "initial"):
+for name, how in [(n, h) for n in ("ResNet50", "ResNet50V2") for h in ("random", "initial", "softmax")]:
+        activation = "softmax" if how == "softmax" else None  # keras.applications' default head, kept by tf2onnx
         model = getattr(keras.applications, name)(weights=None, input_shape=(64, 64, 3), classes=10,
-                                                  classifier_activation=None)
-        for layer in model.layers if how == "random" else ():
+                                                  classifier_activation=activation)
+        for layer in model.layers if how != "initial" else ():
             if isinstance(layer, keras.layers.BatchNormalization):
                 g, b, m, v = layer.get_weights()
                 layer.set_weights([rng.uniform(0.5, 1.5, g.shape), rng.normal(0, 0.1, b.shape),

@@ -87,16 +87,17 @@ def save_weights(weights, path: str, **kwargs):
     return _save(weights, path, **kwargs)
 
 
-def import_model(source, name: str | None = None, input_size=None):
+def import_model(source, name: str | None = None, input_size=None, max_params: int | None = None):
     """Import an existing model: ``(spec_yaml_text, weights)``.
 
     ``source``: an ``.onnx`` or ``.keras`` file, ``keras:NAME`` (optionally ``keras:NAME=FILE.weights.h5``),
     a ``.pth``/``.pt``/``.safetensors`` state dict with torchvision/timm names, ``torchvision:NAME`` or
     ``timm:NAME``. The architecture is inferred and checked layer by layer against the source; a source
     that does not fit raises :class:`ResNetSpecError` naming the first layer. ``resnet-spec import``
-    also runs source and result on one input and writes the files only when they agree.
+    also runs source and result on one input and writes the files only when they agree. ``max_params``:
+    the float32 parameters an ONNX file may declare (default 2^28, 1 GiB), checked before its weights are read.
     """
     from .importers import import_source
 
-    _, text, _, _, weights = import_source(source, name, input_size)
+    _, text, _, _, weights = import_source(source, name, input_size, max_params)
     return text, weights

@@ -23,7 +23,10 @@ MAX_PROOF_MACS = 100 * 10**9
 #: ONNX: nodes (subgraphs included) and the bytes every initializer and Constant declares (external
 #: data included), checked before a tensor is read; constant folding's total over the whole graph
 ONNX_MAX_NODES = 20_000
-ONNX_MAX_TENSOR_BYTES = 1 << 30
+#: the parameters an ONNX file read by ``import`` / ``--weights`` may declare unless the caller raises it
+#: (``import --max-params``; the readers' ``max_params``): 1 GiB of float32, as a .keras file's
+IMPORT_MAX_PARAMS = 1 << 28
+ONNX_MAX_TENSOR_BYTES = 4 * IMPORT_MAX_PARAMS
 ONNX_MAX_FOLD_TOTAL = 1 << 24  # elements, all folded values together (each also at most 2^24)
 ONNX_MAX_FILE_BYTES = 2**31 - 1  # protobuf's own limit
 

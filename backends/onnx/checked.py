@@ -87,9 +87,9 @@ def _declared_bytes(t, base_dir: str, label: str) -> int:
     return max(size, length)
 
 
-def check_budgets(model, path: str, label: str) -> bool:
-    """Refuse ``model`` (loaded without external data) over the node or tensor budget; whether it has
-    external data to load."""
+def check_budgets(model, path: str, label: str, max_bytes: int = ONNX_MAX_TENSOR_BYTES) -> bool:
+    """Refuse ``model`` (loaded without external data) over the node budget or over ``max_bytes`` of
+    tensors; whether it has external data to load."""
     from onnx import TensorProto
 
     nodes = sum(len(g.node) for g in _graphs(model))
@@ -101,16 +101,17 @@ def check_budgets(model, path: str, label: str) -> bool:
     for t in _tensors(model):
         total += _declared_bytes(t, base_dir, label)
         external = external or t.data_location == TensorProto.EXTERNAL
-        if total > ONNX_MAX_TENSOR_BYTES:
-            raise ImportRefused(f"{label}: its tensors declare more than {ONNX_MAX_TENSOR_BYTES:,} bytes "
-                                f"(at {t.name!r}); import reads models of at most {ONNX_MAX_TENSOR_BYTES >> 20:,} "
-                                "MiB of weights")
+        if total > max_bytes:
+            raise ImportRefused(f"{label}: its tensors declare more than {max_bytes:,} bytes (at {t.name!r}); "
+                                f"import reads models of at most {max_bytes // 4:,} float32 parameters "
+                                f"({max_bytes >> 20:,} MiB; pass --max-params N to read a larger one)")
     return external
 
 
-def load_checked(path: str):
+def load_checked(path: str, max_params: int | None = None):
     """The ONNX model at ``path``, refused (one line naming the file and the limit) over a budget
-    before its tensor data, or any external data, is read."""
+    (``max_params``: the float32 parameters its tensors may declare, default
+    :data:`~resnet_spec.budgets.IMPORT_MAX_PARAMS`) before its tensor data, or any external data, is read."""
     import onnx
 
     label = shown(path)
@@ -120,7 +121,7 @@ def load_checked(path: str):
     except Exception as exc:
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ImportRefused(f"{label}: not a readable ONNX model ({msg}); it may be truncated or corrupt") from None
-    if check_budgets(model, path, label):
+    if check_budgets(model, path, label, ONNX_MAX_TENSOR_BYTES if max_params is None else 4 * max_params):
         from onnx.external_data_helper import load_external_data_for_model
 
         try:

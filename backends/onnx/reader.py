@@ -131,14 +131,14 @@ class _Graph:
         return value
 
 
-def read_onnx(path: str) -> Source:
+def read_onnx(path: str, max_params: int | None = None) -> Source:
     label = shown(path)
     try:
         import onnx  # noqa: F401
     except ImportError:
         raise ImportRefused(f"{label}: reading ONNX files needs the onnx package "
                            "(pip install 'resnet-spec[onnx]')") from None
-    model = load_checked(path)  # special files, node and tensor budgets: before any tensor is read
+    model = load_checked(path, max_params)  # special files, node and tensor budgets: before any tensor is read
     if not model.graph.node:
         raise ImportRefused(f"{label}: the ONNX graph has no nodes")
     refuse_frn_nodes(model, label)

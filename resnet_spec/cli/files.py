@@ -17,7 +17,10 @@ from ..errors import ResNetSpecError
 @click.option("--input-size", default=None, help="H or H,W of the spec's input (default: the source's, else 224).")
 @click.option("--force", is_flag=True, help="Overwrite existing outputs.")
 @click.option("--keep", is_flag=True, help="Keep the files even when parity fails.")
-def import_cmd(source, out_dir, name, input_size, force, keep):
+@click.option("--max-params", type=click.IntRange(min=1), default=None,
+              help="Parameters an ONNX SOURCE may declare, checked before its weights are read "
+                   "(default 268,435,456: 1 GiB of float32).")
+def import_cmd(source, out_dir, name, input_size, force, keep, max_params):
     """Import an existing model: write OUT/NAME.yaml and OUT/NAME.safetensors, then prove them equal.
 
     SOURCE: an .onnx file, a .keras file, keras:NAME (keras.applications) or keras:NAME=FILE.weights.h5,
@@ -32,7 +35,7 @@ def import_cmd(source, out_dir, name, input_size, force, keep):
         raise click.BadParameter(str(exc), param_hint="--input-size") from None
     if name is not None and not name.strip():  # never a silent fall-back to the default name
         raise click.BadParameter("an empty name; leave --name out for the name from SOURCE", param_hint="--name")
-    import_to_dir(source, out_dir, name, size, force, keep, echo=click.echo)
+    import_to_dir(source, out_dir, name, size, force, keep, echo=click.echo, max_params=max_params)
 
 
 @click.command()

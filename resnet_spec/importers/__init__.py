@@ -35,8 +35,10 @@ def is_foreign_weights(path: str) -> bool:
     return _library(str(path)) is not None or str(path).endswith((".onnx", ".keras", ".h5"))
 
 
-def read_source(source: str, input_size=None) -> Source:
-    """Read ``source`` into a :class:`Source`, refusing (one message, no traceback) what is not a ResNet."""
+def read_source(source: str, input_size=None, max_params: int | None = None) -> Source:
+    """Read ``source`` into a :class:`Source`, refusing (one message, no traceback) what is not a ResNet.
+    ``max_params``: the float32 parameters an ONNX file may declare (default
+    :data:`~resnet_spec.budgets.IMPORT_MAX_PARAMS`; a .keras file's limit is fixed)."""
     source = os.fspath(source)
     lib = _library(source)
     if lib is not None:
@@ -52,7 +54,7 @@ def read_source(source: str, input_size=None) -> Source:
     if source.endswith(".onnx"):
         from ..backends.onnx.reader import read_onnx
 
-        return read_onnx(source)
+        return read_onnx(source, max_params)
     if source.endswith((".keras", ".h5")):
         from ..backends.keras.reader import read_keras
 
@@ -78,11 +80,11 @@ def default_name(source: str) -> str:
     return sanitize_name(base)
 
 
-def import_source(source: str, name: str | None = None, input_size=None) -> tuple:
+def import_source(source: str, name: str | None = None, input_size=None, max_params: int | None = None) -> tuple:
     """(Source, spec YAML text, resolved network, full spec dict, checked canonical weights)."""
     from .infer import build_spec
 
-    src = read_source(source, input_size)
+    src = read_source(source, input_size, max_params)
     text, net, full = build_spec(src, default_name(source) if name is None else name, input_size)
     weights = check_source(net, src)
     return src, text, net, full, weights

@@ -26,7 +26,7 @@ def parse_input_size(text: str | None):
 
 
 def import_to_dir(source: str, out_dir: str, name: str | None = None, input_size=None, force: bool = False,
-                  keep: bool = False, echo=print) -> dict:
+                  keep: bool = False, echo=print, max_params: int | None = None) -> dict:
     """Import ``source`` into ``out_dir``; returns the paths and the parity result.
 
     Raises :class:`ParityFailed` (files kept only with ``keep``) when the generated model does not
@@ -39,7 +39,7 @@ def import_to_dir(source: str, out_dir: str, name: str | None = None, input_size
     from .run import format_result, prove
 
     require("import (it proves the result in PyTorch)", "torch")
-    src, text, net, full, weights = import_source(source, name, input_size)
+    src, text, net, full, weights = import_source(source, name, input_size, max_params)
     yaml_path = os.path.join(out_dir, f"{net.name}.yaml")
     w_path = os.path.join(out_dir, f"{net.name}.safetensors")
     for p in (yaml_path, w_path):

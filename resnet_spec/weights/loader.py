@@ -101,11 +101,14 @@ def _layout_names(net: ir.Network, tensors: dict, notes: list) -> tuple:
 
 
 def read_foreign(net: ir.Network, path: str) -> Weights:
-    """Weights from a source only ``import`` reads, imported and checked layer by layer against ``net``."""
+    """Weights from a source only ``import`` reads, imported and checked layer by layer against ``net``. An
+    ONNX file may declare the spec's parameters twice over (BNs unfolded, slack), at least the import's
+    default budget: the spec, not the file, says how large the model is."""
+    from ..budgets import IMPORT_MAX_PARAMS
     from ..importers import check_source, read_source
 
     _, h, w = net.input_shape
-    return check_source(net, read_source(path, h if h == w else [h, w]))
+    return check_source(net, read_source(path, h if h == w else [h, w], max(IMPORT_MAX_PARAMS, 2 * net.params)))
 
 
 # -- a classifier that differs from the spec's ---------------------------------------------------------
