@@ -34,7 +34,7 @@ import sys
 import tempfile
 import time
 
-from _machine import cores, cpu_model  # noqa: E402  (benchmarks/ is sys.path[0])
+from _coverage_report import _said, report as _report, run_record  # noqa: E402  (benchmarks/ is sys.path[0])
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KERAS_APPS = ("ResNet50", "ResNet101", "ResNet152", "ResNet50V2", "ResNet101V2", "ResNet152V2")
@@ -132,14 +132,14 @@ def _keras_randomized_source(source: str, size: int, tmp: str) -> str:
     return f"keras:{name}={path}"
 
 
-def _read(source: str, size: int, tmp: str) -> tuple:
+def _read(source: str, size: int, tmp: str, max_params=None) -> tuple:
     """(source, IR, full spec) of ``source`` read and inferred, a PyTorch library's weights randomized."""
     from resnet_spec.importers import read_source
     from resnet_spec.importers.infer import build_spec
     from resnet_spec.importers.source import sanitize_name
 
     real = _keras_randomized_source(source, size, tmp) if source.startswith("keras:") else source
-    src = read_source(real, size)
+    src = read_source(real, size, max_params)
     src.label = source
     _, net, full = build_spec(src, sanitize_name(source.rpartition(":")[2].lower()), size)
     if src.kind in ("torchvision", "timm"):
@@ -176,13 +176,15 @@ def run_one(source: str, size: int, isolated: bool = True, onnx: bool = False) -
 def run_onnx(src, size: int) -> dict:
     """The same model through its ``torch.onnx.export`` file: the library's model holding ``src``'s
     (randomized) weights, exported by the TorchScript exporter (opset 17) at ``size`` px, then imported and
-    proven as ``resnet-spec import FILE.onnx`` does (ONNX Runtime running the file against the generated
-    model), its parameter count held to the library's."""
+    proven as ``resnet-spec import FILE.onnx --max-params N`` does (ONNX Runtime running the file against the
+    generated model; N four times the library's parameters, for the exporter's extra constants), its parameter
+    count held to the library's."""
     import warnings
 
     import torch
 
     from resnet_spec.backends.torch.names import source_state
+    from resnet_spec.budgets import IMPORT_MAX_PARAMS
     from resnet_spec.backends.torch.reader import library_model
     from resnet_spec.errors import ResNetSpecError
     from resnet_spec.importers.run import prove
@@ -205,7 +207,7 @@ def run_onnx(src, size: int) -> dict:
             torch.onnx.export(model, (torch.zeros(1, 3, size, size),), path, dynamo=False, opset_version=17)
         del model, state
         try:
-            fsrc, net, full = _read(path, size, tmp)
+            fsrc, net, full = _read(path, size, tmp, max(IMPORT_MAX_PARAMS, 4 * params))
             cmp = prove(fsrc, net, full, check_source(net, fsrc))
         except ResNetSpecError as exc:
             return {"status": "refused", "message": str(exc).replace(path, "FILE.onnx"),
@@ -285,124 +287,22 @@ class Server:
         return (lines or ["(no output)"])[-1][:300]
 
 
-# --- the report -----------------------------------------------------------------------------------
-
-def _reason(source: str, message: str) -> str:
-    """A refusal without the source's name in front (the table's row names it)."""
-    for prefix in (f"{source} ", f"{source}: "):
-        if message.startswith(prefix):
-            message = message[len(prefix):]
-    return message.replace("|", "\\|")
-
-
-def _counts(rows: list, route) -> dict:
-    """{outcome: how many} of one route (``route(r)``: the outcome dict, or None where it was not run)."""
-    counts = {}
-    for _, r in rows:
-        if route(r) is not None:
-            status = route(r)["status"]
-            counts[status] = counts.get(status, 0) + 1
-    return counts
-
-
-ROUTES = (("state dict", lambda r: r), ("ONNX file", lambda r: r.get("onnx")))
-
-
-def _said(s: str, r) -> str:
-    if r is None:
-        return ""
-    msg = _reason(s, r.get("message", ""))
-    return msg or (f"max rel {r['max_rel']:.3g}" if r.get("max_rel") is not None else "")
-
-
-def family_section(title: str, rows: list) -> list:
-    """Markdown lines for one family: the counts per route, the largest error, then one row per model that
-    did not import with parity by every route it ran."""
-    out = [f"## {title}", ""]
-    for label, route in ROUTES:
-        counts = _counts(rows, route)
-        if counts:
-            rels = [(route(r)["max_rel"], s) for s, r in rows if route(r) and route(r).get("max_rel") is not None
-                    and route(r)["status"] == "parity"]
-            worst = f"; largest max rel {max(rels)[0]:.2g} (`{max(rels)[1].split(':', 1)[1]}`)" if rels else ""
-            out.append(f"- {label}: {sum(counts.values())} models: " + ", ".join(
-                f"{n} {st}" for st, n in sorted(counts.items(), key=lambda kv: -kv[1])) + worst + ".")
-    out.append("")
-
-    def ok(r):
-        return all(route(r) is None or route(r)["status"] == "parity" for _, route in ROUTES)
-
-    good = [s.split(":", 1)[1] for s, r in rows if ok(r)]
-    if good:
-        out += ["Imported with parity by every route: " + ", ".join(f"`{m}`" for m in good) + ".", ""]
-    rest = [(s, r) for s, r in rows if not ok(r)]
-    if rest:
-        out += ["| model | state dict | ONNX file | what it lacks / the message |", "|---|---|---|---|"]
-        for s, r in rest:
-            onnx = r.get("onnx")
-            msg = _said(s, r) if r["status"] != "parity" else _said(s, onnx)
-            if r["status"] != "parity" and onnx and onnx["status"] != "parity" and _said(s, onnx) != msg:
-                msg += f" (ONNX file: {_said(s, onnx)})"
-            out.append(f"| `{s.split(':', 1)[1]}` | {r['status']} | {onnx['status'] if onnx else '—'} | {msg} |")
-        out.append("")
-    return out
-
-
-def _summary_row(title: str, rows: list) -> str:
-    cells = [title, str(len(rows))]
-    for _, route in ROUTES:
-        counts = _counts(rows, route)
-        if not counts:
-            cells += ["—"] * 3
-            continue
-        n_ok, n_ref = counts.get("parity", 0), counts.get("refused", 0)
-        cells += [str(n_ok), str(n_ref), str(sum(counts.values()) - n_ok - n_ref)]
-    return "| " + " | ".join(cells) + " |"
-
-
 def report(results: dict, args, seconds: float) -> str:
-    import platform
-
-    from importlib import metadata
-
-    versions = []
-    for mod in ("torch", "timm", "torchvision", "keras", "tensorflow", "onnx", "onnxruntime"):
-        try:
-            versions.append(f"{mod} {metadata.version(mod)}")
-        except metadata.PackageNotFoundError:
-            pass
-    lines = ["# Import coverage of the ResNet family", "",
-             "Written by `benchmarks/family_coverage.py` (`" + " ".join(["python benchmarks/family_coverage.py"]
-                                                                      + sys.argv[1:]) + "`): every model name of "
-             f"each family, imported at {args.input_size} px with **randomized weights** (every BN statistic and "
-             "affine parameter, every conv and linear weight redrawn, so no zero-initialised branch hides a missing "
-             "op) by two routes: its **state dict** (`resnet-spec import timm:NAME`), proven against the library's "
-             "own model, and its **ONNX file** (the same randomized model through `torch.onnx.export`, TorchScript "
-             "exporter, opset 17; `resnet-spec import FILE.onnx`), proven against ONNX Runtime running the file, "
-             "with the library's parameter count. Both hold max rel <= 1e-4. keras.applications models are "
-             "imported from their weights (the ONNX route is PyTorch's exporter: `—`). A refusal is the one "
-             "`error:` line `resnet-spec import` prints: it names the building block the spec language cannot "
-             "express yet, or the budget the file exceeds.", "",
-             f"Machine: {cpu_model()}, {cores()} cores, Python {platform.python_version()}, {', '.join(versions)}. "
-             f"Total time {seconds / 60:.1f} min" + (f" (--limit {args.limit} per family)" if args.limit else "")
-             + f", at most {args.timeout:.0f} s a model.", "",
-             "| family | models | state dict: parity | refused | other | ONNX file: parity | refused | other |",
-             "|---|---|---|---|---|---|---|---|"]
-    lines += [_summary_row(FAMILIES[key][0], rows) for key, rows in results.items()] + [""]
-    for key, rows in results.items():
-        lines += family_section(FAMILIES[key][0], rows)
-    return "\n".join(lines)
+    """docs/family_coverage.md of one run's ``results`` (:mod:`_coverage_report`)."""
+    return _report(results, {k: FAMILIES[k][0] for k in results}, [run_record(args, seconds)])
 
 
-def run_families(keys: list, args) -> dict:
-    """{family key: [(source, outcome)]}, with one progress line per model. keras.applications models get a
-    fresh worker each (TensorFlow and PyTorch are never loaded into one process after each other)."""
+def run_families(keys: list, args, only=None) -> dict:
+    """{family key: [(source, outcome)]}, with one progress line per model (``only``: just those sources).
+    keras.applications models get a fresh worker each (TensorFlow and PyTorch are never loaded into one
+    process after each other)."""
     results = {}
     server = Server(args.input_size, args.onnx)
     try:
         for key in keys:
             sources = FAMILIES[key][1]()
             sources = sources[: args.limit] if args.limit else sources
+            sources = [x for x in sources if only is None or x in only]
             results[key] = []
             for i, source in enumerate(sources, 1):
                 if key == "keras":
@@ -428,6 +328,8 @@ def main(argv=None) -> int:
     p.add_argument("--input-size", type=int, default=64)
     p.add_argument("--timeout", type=float, default=600.0, help="seconds per model")
     p.add_argument("--out", default=os.path.join(ROOT, "docs", "family_coverage.md"))
+    p.add_argument("--json", default=None, help="the outcomes (default: --out with .json)")
+    p.add_argument("--only", default="", help="comma list of sources (timm:NAME, ...) run again into --json")
     p.add_argument("--no-onnx", dest="onnx", action="store_false",
                    help="only the state dicts (not each PyTorch model's torch.onnx.export file too)")
     p.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)  # the worker loop
@@ -439,12 +341,35 @@ def main(argv=None) -> int:
     unknown = [k for k in keys if k not in FAMILIES]
     if unknown:
         p.error(f"unknown families {unknown}; known: {', '.join(FAMILIES)}")
+    return write(keys, args)
+
+
+def write(keys: list, args) -> int:
+    """Run, then write --json and --out: the whole run's outcomes, or --only's merged into the JSON's."""
+    path = args.json or os.path.splitext(args.out)[0] + ".json"
+    only = [x.strip() for x in args.only.split(",") if x.strip()] or None
+    saved = {"runs": [], "results": {}}
+    if only:
+        with open(path, encoding="utf-8") as f:
+            saved = json.load(f)
     t0 = time.perf_counter()
-    results = run_families(keys, args)
-    text = report(results, args, time.perf_counter() - t0)
+    fresh = run_families(keys, args, only)
+    results = {k: [list(row) for row in rows] for k, rows in saved["results"].items()}
+    for key, rows in fresh.items():
+        old = dict(map(tuple, results.get(key, [])))
+        old.update(rows)
+        if not old:
+            continue
+        order = [s for s in FAMILIES[key][1]() if s in old]
+        results[key] = [[s, old[s]] for s in order]
+    runs = saved["runs"] + [run_record(args, time.perf_counter() - t0, only)]
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump({"runs": runs, "results": results}, f, indent=1)
+    text = _report({k: [tuple(r) for r in rows] for k, rows in results.items()},
+                   {k: FAMILIES[k][0] for k in results}, runs)
     with open(args.out, "w", encoding="utf-8") as f:
         f.write(text + "\n")
-    print(f"wrote {args.out} ({(time.perf_counter() - t0) / 60:.1f} min)")
+    print(f"wrote {args.out} and {path} ({(time.perf_counter() - t0) / 60:.1f} min)")
     return 0
 
 
