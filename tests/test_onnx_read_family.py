@@ -47,6 +47,14 @@ def _legacy_se(**kw):
                  downsample_kernel_size=1, downsample_padding=0, **kw)
 
 
+def _evos(**kw):
+    """timm's resnetv2_50d_evos with EvoNorm2dS0 of 4 groups (its default 32 needs wide layers)."""
+    from timm.layers import EvoNorm2dS0
+
+    return timm.create_model("resnetv2_50d_evos", pretrained=False, norm_layer=functools.partial(EvoNorm2dS0, groups=4),
+                             **kw)
+
+
 #: timm's ResNet cut to one narrow block per stage and 10 classes (fast to export); GroupNorm's 32 groups need
 #: widths of multiples of 32
 SMALL = {"layers": [1, 1, 1, 1], "channels": (16, 16, 32, 32), "num_classes": 10}
@@ -98,7 +106,12 @@ BLOCKS = {"eca": ("ecaresnet50d", DEEP, ["se: {type: eca}"]),
                                      ["spatial: {type: split_attention, radix: 4}", "avd: before_3x3", "groups: 2"]),
           # radix 1: a sigmoid gate with grouped fcs, Reshape after the Sigmoid (not a squeeze-excite)
           "split_attention_radix1": ("resnest50d_1s4x24d", {**DEEP, "channels": (32, 32, 32, 32)},
-                                     ["spatial: {type: split_attention, radix: 1}", "groups: 4"])}
+                                     ["spatial: {type: split_attention, radix: 1}", "groups: 4"]),
+          # the norm-act layers of pre-activation ResNetV2s: FRN + TLU (TorchScript: Mul, Cast, ReduceMean, Div(1, .),
+          # Expand; dynamo: Pow, Reciprocal) and EvoNorm-S0 (its group variance over a Reshape, the sigmoid gate)
+          "frn": ("resnetv2_50d_frn", {**SMALL, "stem_chs": 8}, ["norm: {type: frn, eps: 1.0e-05}", "preact: true"]),
+          "evonorm_s0": (_evos, {**SMALL, "channels": (32, 32, 64, 64), "stem_chs": 16},
+                         ["norm: {type: evonorm_s0, groups: 4, eps: 1.0e-05}", "preact: true"])}
 
 
 def _timm(name, **kw):
@@ -164,7 +177,7 @@ def _check(tmp_path, block: str, dynamo: bool):
 
 #: one model per building block in the fast tier; the other variants with the slow tier
 FAST = ("eca", "se_end_relu", "anti_alias_avgpool", "conv_stem_pool", "blur", "std_conv", "res2net", "selective_kernel",
-        "split_attention")
+        "split_attention", "frn", "evonorm_s0")
 
 
 @pytest.mark.parametrize("block", [b if b in FAST else pytest.param(b, marks=pytest.mark.slow) for b in BLOCKS])

@@ -35,14 +35,15 @@ from collections import defaultdict
 
 import numpy as np
 
+from .patterns_frn import norm_acts
 from .patterns_norm import affine_back, standardized_weights
 from .patterns_stock import nhwc_channel_pad
 from .patterns import broadcast_source, check_wiring, edge_pad, fold, read_constant, UNREAD_JOINS
-from .frn import refuse_frn_nodes
 from .checked import load_checked
 from .read_aa import AntiAliasReader
 from .read_attention import AttentionReader
 from .read_blocks import BlockReader
+from .read_frn import activation_stub, KIND as NORM_ACT, NormActReader
 from .read_head import HeadReader
 from .read_layers import convs as _convs, LayerReader, NORM_KINDS
 from .read_norm import NormReader
@@ -99,6 +100,7 @@ class _Graph:
         self.layout, self.entry = entry_layout(self)  # an NHWC input: its Transpose to NCHW, out of the walk
         check_wiring(self)  # a cycle: the walks back from each Add would never end
         self.std_eps = standardized_weights(self)  # weight-standardized convs: their raw weights as constants
+        self.norm_acts = norm_acts(self)  # FRN, EvoNorm-S0: {the value each ends in: (facts, its input)}
 
     def refuse(self, node, why: str) -> ImportRefused:
         name = node.name or (node.output[0] if node.output else "")
@@ -141,7 +143,6 @@ def read_onnx(path: str, max_params: int | None = None) -> Source:
     model = load_checked(path, max_params)  # special files, node and tensor budgets: before any tensor is read
     if not model.graph.node:
         raise ImportRefused(f"{label}: the ONNX graph has no nodes")
-    refuse_frn_nodes(model, label)
     try:
         return _Walker.source(label, "onnx", {"path": path}, _Graph(model, label))
     except ImportRefused:
@@ -151,8 +152,8 @@ def read_onnx(path: str, max_params: int | None = None) -> Source:
         raise ImportRefused(f"{label}: a malformed graph ({type(exc).__name__}: {exc})") from None
 
 
-class _Walker(StemReader, BlockReader, HeadReader, AttentionReader, AntiAliasReader, NormReader, Res2NetReader,
-              SelectiveKernelReader, SplitAttentionReader, LayerReader, Recogniser):
+class _Walker(StemReader, BlockReader, HeadReader, AttentionReader, AntiAliasReader, NormReader, NormActReader,
+              Res2NetReader, SelectiveKernelReader, SplitAttentionReader, LayerReader, Recogniser):
     """Recognises stem, blocks and head, then names layers as torchvision/timm do (the mixins: one module
     each, :mod:`.read_stem`, :mod:`.read_blocks`, :mod:`.read_head`, :mod:`.read_attention`,
     :mod:`.read_aa`, :mod:`.read_norm`, :mod:`.read_res2net`, :mod:`.read_sknet`, :mod:`.read_resnest`,
@@ -161,6 +162,7 @@ class _Walker(StemReader, BlockReader, HeadReader, AttentionReader, AntiAliasRea
     def __init__(self, src: Source, g: _Graph):
         self.g, self.src = g, src
         self.folded, self._std, self._unit = False, {}, []  # _std: standardized conv -> eps; _unit: unit_variances
+        self._norm_acts = {}  # (kind, eps, groups) -> the first FRN/EvoNorm-S0 of them
 
     # -- graph walking ---------------------------------------------------------------------------
     def back(self, value, stop) -> list:
@@ -170,6 +172,12 @@ class _Walker(StemReader, BlockReader, HeadReader, AttentionReader, AntiAliasRea
             if value not in self.g.producer:
                 return None
             node, ins = self.g.producer[value]
+            if value in self.g.norm_acts:  # FRN, EvoNorm-S0: one op (then a ReLU standing for its activation)
+                facts, x = self.g.norm_acts[value]
+                ops += [("op", facts.setdefault("relu", activation_stub(node)), ins)] if facts["act"] else []
+                ops.append((NORM_ACT, node, facts))
+                value = x
+                continue
             if node.op_type == "Add" and len(self.g.data(ins)) == 2:
                 return None  # another block's join: not on this block's path
             data = self.g.data(ins)
@@ -278,4 +286,5 @@ class _Walker(StemReader, BlockReader, HeadReader, AttentionReader, AntiAliasRea
         self.blocks(blocks)
         self.head(x)
         self.standardization()
+        self.norm_act_facts()
         self.unit_variances()
