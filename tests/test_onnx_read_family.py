@@ -287,7 +287,26 @@ def _sa_softmax_axis(model):
     next(a for a in node.attribute if a.name == "axis").i = 3
 
 
+def _frn_scalar_tau(model):
+    """The first FRN's TLU a Max by one scalar (not a tau per channel)."""
+    node = next(n for n in model.graph.node if n.op_type == "Max")
+    model.graph.initializer.append(onnx.numpy_helper.from_array(np.array(0.5, np.float32), "tau_scalar"))
+    node.input[1] = "tau_scalar"
+
+
+def _evonorm_instance_variance(model):
+    """The first EvoNorm-S0's variance over each channel alone (axes 3, 4 of (N, groups, C / groups, H, W)), not
+    over its group: every node in EvoNorm-S0's places, computing something else."""
+    node = [n for n in model.graph.node if n.op_type == "ReduceMean"][1]
+    next(a for a in node.attribute if a.name == "axes").ints[:] = [3, 4]
+
+
 @pytest.mark.parametrize("block,edit,needles", [
+    ("frn", _frn_scalar_tau, ["node '/stem/norm1/Sqrt' (Sqrt): a Sqrt that is not Filter Response Normalization",
+                              "a Max ('/stem/norm1/Max') after its affine that is not by a per-channel tau"]),
+    ("evonorm_s0", _evonorm_instance_variance, ["node '/stem/norm1/Sqrt' (Sqrt): a Sqrt that is not Filter",
+                                                "its nodes compute something else than EvoNorm-S0 of eps 1e-05, 4 "
+                                                "groups with its activation on the weights read (max error"]),
     ("split_attention", _sa_softmax_axis, ["ResNeSt split attention: attention weights of shape [1, 2, 16, 1, 1] "
                                            "that are not the softmax across the radix (2;"]),
     ("selective_kernel", _sk_softmax_axis, ["(Softmax): a selective kernel (SKNet): a softmax on axis 2",

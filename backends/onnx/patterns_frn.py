@@ -222,8 +222,9 @@ def _check(g, facts, nodes, x, end):
         ref = reference(op, trial, w)
         err = np.inf if got is None or got.shape != ref.shape else float(np.abs(got - ref).max())
         if not err <= TOLERANCE * float(np.abs(ref).max()):
-            raise NotNormAct(f"its nodes compute something else than {'FRN' if facts['kind'] == 'frn' else 'EvoNorm-S0'}"
-                             f" of eps {facts['eps']:g}{'' if op.__class__ is ir_frn.FRN else f', {op.groups} groups'}"
+            name = "FRN" if facts["kind"] == "frn" else "EvoNorm-S0"
+            raise NotNormAct(f"its nodes compute something else than {name} of eps {facts['eps']:g}"
+                             f"{'' if op.__class__ is ir_frn.FRN else f', {op.groups} groups'}"
                              f"{' with its activation' if facts['act'] else ''} on the weights read (max error "
                              f"{err:.1e} of {float(np.abs(ref).max()):.1e} on a trial input of scale {scale:.1e})")
 

@@ -23,6 +23,17 @@ def activation_stub(node):
 class NormActReader:
     """Mixin of the graph walker: FRN and EvoNorm-S0 layers and the network's one norm."""
 
+    def norm_ops_back(self, value, node, ins):
+        """``(walk entries in reverse order, input)`` of the norm without running statistics that ends in ``value``
+        (computed by ``node``): a norm-act layer, then a ReLU standing for its activation where it has one, or a
+        GroupNorm (:meth:`.read_norm.NormReader.norm_back`); None for anything else."""
+        if value in self.g.norm_acts:
+            facts, x = self.g.norm_acts[value]
+            relu = [("op", facts.setdefault("relu", activation_stub(node)), ins)] if facts["act"] else []
+            return relu + [(KIND, node, facts)], x
+        gn = self.norm_back(node, ins) if node.op_type in ("Add", "GroupNormalization") else None
+        return ([("gn", node, gn[0])], gn[1]) if gn else None
+
     def norm_act(self, name, node, facts):
         leaf = "tau" if facts["kind"] == "frn" else "v"
         self.src.weights[f"{name}.weight"], self.src.weights[f"{name}.bias"] = facts["weight"], facts["bias"]

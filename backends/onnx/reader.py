@@ -43,7 +43,7 @@ from .checked import load_checked
 from .read_aa import AntiAliasReader
 from .read_attention import AttentionReader
 from .read_blocks import BlockReader
-from .read_frn import activation_stub, KIND as NORM_ACT, NormActReader
+from .read_frn import NormActReader
 from .read_head import HeadReader
 from .read_layers import convs as _convs, LayerReader, NORM_KINDS
 from .read_norm import NormReader
@@ -172,12 +172,6 @@ class _Walker(StemReader, BlockReader, HeadReader, AttentionReader, AntiAliasRea
             if value not in self.g.producer:
                 return None
             node, ins = self.g.producer[value]
-            if value in self.g.norm_acts:  # FRN, EvoNorm-S0: one op (then a ReLU standing for its activation)
-                facts, x = self.g.norm_acts[value]
-                ops += [("op", facts.setdefault("relu", activation_stub(node)), ins)] if facts["act"] else []
-                ops.append((NORM_ACT, node, facts))
-                value = x
-                continue
             if node.op_type == "Add" and len(self.g.data(ins)) == 2:
                 return None  # another block's join: not on this block's path
             data = self.g.data(ins)
@@ -197,10 +191,10 @@ class _Walker(StemReader, BlockReader, HeadReader, AttentionReader, AntiAliasRea
                 ops.append(("blur", node, blur[0]))
                 value = blur[1]
                 continue
-            gn = self.norm_back(node, ins) if node.op_type in ("Add", "GroupNormalization") else None
-            if gn:  # GroupNorm: Reshape, InstanceNormalization, Reshape, Mul, Add as one op
-                ops.append(("gn", node, gn[0]))
-                value = gn[1]
+            norm = self.norm_ops_back(value, node, ins)
+            if norm:  # GroupNorm (Reshape, InstanceNormalization, Reshape, Mul, Add); FRN, EvoNorm-S0: one op each
+                ops += norm[0]
+                value = norm[1]
                 continue
             found = self._tf2onnx_back(node, ins)
             if found:  # tf2onnx's forms: a BN as Mul [+ Add]; a max pool's edge-copy padding (Slice copies + Concat)
