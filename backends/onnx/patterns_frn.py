@@ -56,15 +56,26 @@ def _strip(g, value, ops):
 def norm_acts(g) -> dict:
     """{the value each norm-act ends in: (facts, its input)} for every ``Sqrt`` of the graph; one that is not
     a norm-act as the module docstring reads them is refused in one line."""
-    out = {}
+    out, live = {}, _computed(g)
     for node, ins in list(g.nodes):
-        if node.op_type == "Sqrt":
+        if node.op_type == "Sqrt" and ins[0] in live:  # not one of a weight computed from constants
             try:
                 facts, x, end = _read(g, node, ins)
             except NotNormAct as why:
                 raise g.refuse(node, f"{WHAT}: {why}") from None
             out[end] = (facts, x)
     return out
+
+
+def _computed(g) -> set:
+    """The values computed from the graph's input."""
+    seen, stack = set(), [g.input.name]
+    while stack:
+        v = stack.pop()
+        if v not in seen:
+            seen.add(v)
+            stack.extend(o for n in g.consumers.get(v, []) for o in n.output if o)
+    return seen
 
 
 def _read(g, sqrt, ins):
