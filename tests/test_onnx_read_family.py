@@ -4,7 +4,8 @@ redrawn, so nothing hides behind an identity) are imported and the spec proven a
 the file, with timm's parameter count. Models are cut to one narrow block per stage and run at 64 px. The
 TorchScript exporter (opset 17) on one model per block is the fast tier; the other variants, the dynamo exporter
 (opset 18; opset 21 for ONNX's own GroupNormalization) the slow one. The files ``convert`` writes
-(BN folded and not) are covered by tests/test_import_zoo.py's round-trip sweep. A pattern the reader only half
+(BN folded and not) are covered by tests/test_import_zoo.py's round-trip sweep (FRN and EvoNorm-S0, in no zoo
+entry, by tests/test_frn.py's). A pattern the reader only half
 recognises is refused in one line naming the building block: in timm's exported files, and for the composite
 blocks (Res2Net's split convs, the selective kernel, split attention) in ``convert``'s forms too."""
 

@@ -14,9 +14,10 @@ a softmax across them (Sum or Concat/ReduceSum, Reshape, Softmax, Mul) for SKNet
 (:mod:`.read_sknet`), and Conv-(BN)-Relu-Reshape(N, radix, C, H, W) weighted by a softmax across the radix and
 summed for ResNeSt's split attention (:mod:`.read_resnest`, with the avd AveragePool), and a BatchNorm in inference form, Mul [+ Add] by per-channel
 constants (tf2onnx's of a Keras 3 BatchNormalization), and a stem max pool's edge-copy padding (Slice copies of the
-first and last rows, then columns, joined by Concats: this project's stock .keras through tf2onnx). Constant
-subgraphs are folded first;
-the node patterns are in :mod:`.patterns`, :mod:`.patterns_blur` and :mod:`.patterns_norm`.
+first and last rows, then columns, joined by Concats: this project's stock .keras through tf2onnx), and
+Filter Response Normalization with its TLU (Max) and EvoNorm-S0, each found from its Sqrt and its nodes evaluated
+against the op's formula (:mod:`.patterns_frn`, :mod:`.read_frn`). Constant subgraphs are folded first;
+the node patterns are in :mod:`.patterns`, :mod:`.patterns_blur`, :mod:`.patterns_norm` and :mod:`.patterns_frn`.
 
 Every residual ``Add`` (two computed inputs) closes one block; walking back from its two inputs to the
 previous block's output gives the shared pre-activation, the residual branch (the one with the most
