@@ -413,6 +413,24 @@ def test_convert_onnx_file_round_trips(tmp_path, extra, text):
     assert rel_err(ref, out) <= 1e-5
 
 
+def test_onnx_relu_after_a_norm_act_is_refused_in_one_line(tmp_path):
+    """An FRN without its TLU then a ReLU (convert's file, its first TLU made a Relu) is not a spec's: one line
+    naming the ReLU, never a spec whose FRN would hold a TLU the file does not have."""
+    onnx = pytest.importorskip("onnx")
+    from resnet_spec.backends.onnx import backend as onnx_backend
+
+    net = _net(FRN)
+    (path,) = onnx_backend.convert(net, _random_weights(net), str(tmp_path / "c"))[:1]
+    model = onnx.load(str(path))
+    tlu = next(n for n in model.graph.node if n.op_type == "Max")
+    tlu.op_type = "Relu"
+    del tlu.input[1:]
+    onnx.save(model, str(path))
+    res = CliRunner().invoke(main, ["import", str(path), "-o", str(tmp_path / "o")])
+    one_line_error(res.exit_code, res.output, f"node {tlu.name!r} (Relu): a ReLU right after Filter Response "
+                   "Normalization", "without its own activation): a spec's frn holds the ReLU after it")
+
+
 def test_state_dict_files_refused_in_one_line(tmp_path):
     """A bare state dict cannot tell the variant (its weights load fine into a spec: --weights)."""
     from resnet_spec.weights.files import save_weights

@@ -215,6 +215,23 @@ def test_dynamo_opset_21_group_normalization_op(tmp_path):
                     "opset 18", "a spec's GroupNorm is opset 21's")
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("block", ["frn", "evonorm_s0"])
+def test_norm_act_dynamic_batch_export(tmp_path, block):
+    """A TorchScript export with a dynamic batch (dynamic_axes): the shapes of FRN's Expand and EvoNorm-S0's group
+    Reshapes are computed from the input's (Shape, Gather, Concat), EvoNorm's groups evaluated on the trial input."""
+    name, kw, says = BLOCKS[block]
+    model = _timm(name, **kw)
+    path = str(tmp_path / "m.onnx")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.randn(1, 3, 64, 64),), path, opset_version=17, dynamo=False,
+                          input_names=["x"], dynamic_axes={"x": {0: "n"}})
+    assert "Shape" in {n.op_type for n in onnx.load(path).graph.node}
+    text, rel = _import_and_prove(path, sum(p.numel() for p in model.parameters()))
+    assert rel <= 1e-5 and all(line in text for line in says), (rel, text)
+
+
 def _edited(tmp_path, block: str, edit) -> str:
     """The TorchScript file of ``block``'s timm model with ``edit(model)`` applied to its ONNX graph."""
     path = _file(tmp_path, block)

@@ -27,10 +27,12 @@ from .patterns_norm import evaluate, per_channel
 from ... import ir_frn
 
 #: the ops between a norm-act's input and its weight's Mul, as the exporters and backends/onnx/frn.py write them
+#: (with a dynamic batch, the shapes of Reshape and Expand computed from the input's: Shape, Gather, Concat...)
 REGION_OPS = frozenset(("Mul", "Div", "Sqrt", "Add", "Sub", "Pow", "ReduceMean", "GlobalAveragePool", "Cast",
-                        "Expand", "Reshape", "Reciprocal", "Sigmoid", "Unsqueeze", "Squeeze"))
+                        "Expand", "Reshape", "Reciprocal", "Sigmoid", "Unsqueeze", "Squeeze", "Shape", "Gather",
+                        "Concat", "Slice", "ConstantOfShape", "Equal", "Where"))
 FORWARD_OPS = ("Div", "Reciprocal", "Cast", "Expand", "Reshape", "Mul")
-MAX_REGION = 32
+MAX_REGION = 80  # a dynamic batch's shape arithmetic: ~45 nodes in TorchScript's EvoNorm-S0
 WHAT = "a Sqrt that is not Filter Response Normalization (timm FilterResponseNormTlu2d) nor EvoNorm-S0 (EvoNorm2dS0)"
 TOLERANCE = 1e-4  # float32 reductions against the float64 reference, relative to the largest value
 
@@ -63,6 +65,12 @@ def norm_acts(g) -> dict:
                 facts, x, end = _read(g, node, ins)
             except NotNormAct as why:
                 raise g.refuse(node, f"{WHAT}: {why}") from None
+            relu = next((n for n in g.consumers.get(end, []) if n.op_type == "Relu"), None)
+            if relu is not None:
+                name = "Filter Response Normalization" if facts["kind"] == "frn" else "EvoNorm-S0"
+                raise g.refuse(relu, f"a ReLU right after {name} ({facts['origin']!r}, "
+                                     f"{'with' if facts['act'] else 'without'} its own activation): a spec's "
+                                     f"{facts['kind']} holds the ReLU after it as its activation, never both")
             out[end] = (facts, x)
     return out
 
@@ -108,12 +116,10 @@ def _statistic(g, value):
     if sub is None or sub.op_type != "Sub":
         return {"kind": "frn", "eps": eps, "groups": None}, a  # FRN: the mean square of the input itself
     shaped, rsins = _prod(g, _strip(g, subins[0], ("Cast",)))
-    if shaped is None or shaped.op_type != "Reshape" or rsins[1] not in g.consts:
-        raise NotNormAct("a variance not over the input reshaped to groups by a constant shape (EvoNorm-S0's)")
-    shape = [int(d) for d in np.asarray(g.consts[rsins[1]]).reshape(-1)]
-    if len(shape) < 3 or shape[1] < 1:
-        raise NotNormAct(f"a variance over the input reshaped to {shape}; EvoNorm-S0's is (N, groups, ...)")
-    return {"kind": "evonorm_s0", "eps": eps, "groups": shape[1]}, _strip(g, rsins[0], ("Cast",))
+    if shaped is None or shaped.op_type != "Reshape":
+        raise NotNormAct("a variance not over the input reshaped to groups (EvoNorm-S0's)")
+    # the groups: the Reshape's shape (N, groups, ...), computed from the input's where the batch is dynamic
+    return {"kind": "evonorm_s0", "eps": eps, "groups": rsins[1]}, _strip(g, rsins[0], ("Cast",))
 
 
 def _only_consumer(g, value):
@@ -218,17 +224,20 @@ def _check(g, facts, nodes, x, end):
                                    else ())
     if any(facts[k].size != c for k in leaves):
         raise NotNormAct(f"{', '.join(f'{k} of {facts[k].size}' for k in leaves)} values for {c} channels")
-    if facts["groups"] is not None and c % facts["groups"]:
-        raise NotNormAct(f"{facts['groups']} groups do not divide {c} channels")
+    batch = shape[0] if shape[0] else 1  # a fixed batch may be baked into the Reshapes' shapes
+    rng = np.random.default_rng(0)
+    trials = [(rng.standard_normal((batch, *shape[1:])) * scale).astype(np.float32)
+              for scale in (1.0, max(facts["eps"], 1e-12) ** 0.5)]
+    if facts["groups"] is not None:
+        facts["groups"] = _groups(g, nodes, facts["groups"], x, trials[0], c)
     w = {f"n.{k}": np.asarray(facts[k], np.float64) for k in leaves}
     op = ir_frn.FRN("n", c, facts["eps"], facts["act"], None, None) if facts["kind"] == "frn" else \
         ir_frn.EvoNormS0("n", c, facts["groups"], facts["eps"], True, None, None)
     reference = ir_frn.frn_numpy if facts["kind"] == "frn" else ir_frn.evonorm_s0_numpy
     chain = nodes + facts.pop("nodes")
     consts = {i: np.asarray(g.consts[i]) for _, ins in chain for i in ins if i in g.consts}
-    rng = np.random.default_rng(0)
-    for scale in (1.0, max(facts["eps"], 1e-12) ** 0.5):
-        trial = (rng.standard_normal((1, *shape[1:])) * scale).astype(np.float32)
+    for trial in trials:
+        scale = float(np.sqrt((trial.astype(np.float64) ** 2).mean()))
         got = evaluate(g, chain, {**consts, x: trial}, end)
         ref = reference(op, trial, w)
         err = np.inf if got is None or got.shape != ref.shape else float(np.abs(got - ref).max())
@@ -237,5 +246,19 @@ def _check(g, facts, nodes, x, end):
             raise NotNormAct(f"its nodes compute something else than {name} of eps {facts['eps']:g}"
                              f"{'' if op.__class__ is ir_frn.FRN else f', {op.groups} groups'}"
                              f"{' with its activation' if facts['act'] else ''} on the weights read (max error "
-                             f"{err:.1e} of {float(np.abs(ref).max()):.1e} on a trial input of scale {scale:.1e})")
+                             f"{err:.1e} of {float(np.abs(ref).max()):.1e} on a trial input of rms {scale:.1e})")
 
+
+
+def _groups(g, nodes, shape_value, x, trial, c) -> int:
+    """EvoNorm-S0's groups: the second value of the shape its input is reshaped to (a constant, or computed from
+    the input's shape: evaluated on the trial input); they must divide the channels."""
+    shape = g.consts.get(shape_value)
+    if shape is None:
+        consts = {i: np.asarray(g.consts[i]) for _, ins in nodes for i in ins if i in g.consts}
+        shape = evaluate(g, nodes, {**consts, x: trial}, shape_value)
+    shape = [] if shape is None else [int(d) for d in np.asarray(shape).reshape(-1)]
+    if len(shape) < 3 or shape[1] < 1 or c % shape[1]:
+        raise NotNormAct(f"a variance over the input reshaped to {shape}; EvoNorm-S0's is (N, groups, ...), groups "
+                         f"dividing its {c} channels")
+    return shape[1]

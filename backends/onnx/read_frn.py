@@ -40,6 +40,7 @@ class NormActReader:
         if facts["act"]:
             self.src.weights[f"{name}.{leaf}"] = facts[leaf]
         self.src.layers[name] = Layer(name, "gn", (len(facts["weight"]),), True, facts["origin"], eps=facts["eps"])
+        self._norm_act_layers.add(name)
         key = (facts["kind"], facts["eps"], facts["groups"])
         first = self._norm_acts.setdefault(key, facts["origin"])
         if len(self._norm_acts) > 1:
@@ -63,7 +64,8 @@ class NormActReader:
             self.src.layers[name] = Layer(name, "gn", layer.shape, True, layer.origin[:-len(" (Mul/Add BatchNorm)")],
                                           eps=eps)
         self._unit = [n for n in self._unit if n not in affine]
-        other = [layer for layer in self.src.layers.values() if layer.kind == "bn"]
+        other = [layer for n, layer in self.src.layers.items() if layer.kind == "bn" or (
+            layer.kind == "gn" and n not in self._norm_act_layers and n not in affine)]
         if other:
             raise ImportRefused(f"{self.g.path}: node {other[0].origin!r}: a norm that is not {kind} beside "
                                 f"{kind} layers (as {next(iter(self._norm_acts.values()))!r}); a spec has one norm")

@@ -163,7 +163,7 @@ class _Walker(StemReader, BlockReader, HeadReader, AttentionReader, AntiAliasRea
     def __init__(self, src: Source, g: _Graph):
         self.g, self.src = g, src
         self.folded, self._std, self._unit = False, {}, []  # _std: standardized conv -> eps; _unit: unit_variances
-        self._norm_acts = {}  # (kind, eps, groups) -> the first FRN/EvoNorm-S0 of them
+        self._norm_acts, self._norm_act_layers = {}, set()  # (kind, eps, groups) -> the first FRN/EvoNorm-S0
 
     # -- graph walking ---------------------------------------------------------------------------
     def back(self, value, stop) -> list:
