@@ -387,19 +387,55 @@ def test_cli_parity_evonorm_and_train(tmp_path):
         assert res.exit_code == 0, res.output
 
 
-def test_onnx_and_state_dict_files_refused_in_one_line(tmp_path):
-    """Reading FRN/EvoNorm-S0 back from ONNX is not done; a bare state dict cannot tell the variant (its
-    weights load fine into a spec: --weights)."""
-    pytest.importorskip("onnx")
+@pytest.mark.parametrize("extra,text", [(FRN, TINY), (EVO, V1)], ids=["frn_preact", "evo_v1"])
+def test_convert_onnx_file_round_trips(tmp_path, extra, text):
+    """``convert``'s ONNX file (BN folding changes nothing here) imports back to the same network and the same
+    weights, tau and v included: FRN with its TLU in a pre-activation net, EvoNorm-S0 in v1 blocks (the last norm
+    of each and the projections' without activation: their affine alone), and the generated model equals ONNX
+    Runtime on the file."""
+    ort = pytest.importorskip("onnxruntime")
+    torch = pytest.importorskip("torch")
     from resnet_spec.backends.onnx import backend as onnx_backend
+    from resnet_spec.importers import import_source
+    from resnet_spec.importers.infer import _key
+
+    net = _net(extra, text)
+    weights = _randomized_tau_v(_random_weights(net))
+    (path,) = onnx_backend.convert(net, weights, str(tmp_path / "c"))[:1]
+    _, spec_text, got, _, back = import_source(str(path), "m")
+    assert extra.split(",")[0] in spec_text and _key(got) == _key(net), spec_text
+    assert sorted(back) == sorted(weights) and all(np.array_equal(back[k], weights[k]) for k in weights)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = _x(net)
+    ref = sess.run(None, {sess.get_inputs()[0].name: x})[0]
+    with torch.inference_mode():
+        out = resnet_spec.build(got, "torch", weights=back).eval()(torch.from_numpy(x)).numpy()
+    assert rel_err(ref, out) <= 1e-5
+
+
+def test_onnx_relu_after_a_norm_act_is_refused_in_one_line(tmp_path):
+    """An FRN without its TLU then a ReLU (convert's file, its first TLU made a Relu) is not a spec's: one line
+    naming the ReLU, never a spec whose FRN would hold a TLU the file does not have."""
+    onnx = pytest.importorskip("onnx")
+    from resnet_spec.backends.onnx import backend as onnx_backend
+
+    net = _net(FRN)
+    (path,) = onnx_backend.convert(net, _random_weights(net), str(tmp_path / "c"))[:1]
+    model = onnx.load(str(path))
+    tlu = next(n for n in model.graph.node if n.op_type == "Max")
+    tlu.op_type = "Relu"
+    del tlu.input[1:]
+    onnx.save(model, str(path))
+    res = CliRunner().invoke(main, ["import", str(path), "-o", str(tmp_path / "o")])
+    one_line_error(res.exit_code, res.output, f"node {tlu.name!r} (Relu): a ReLU right after Filter Response "
+                   "Normalization", "without its own activation): a spec's frn holds the ReLU after it")
+
+
+def test_state_dict_files_refused_in_one_line(tmp_path):
+    """A bare state dict cannot tell the variant (its weights load fine into a spec: --weights)."""
     from resnet_spec.weights.files import save_weights
 
     net = _net(FRN)
-    weights = _random_weights(net)
-    path = tmp_path / "m.onnx"
-    path.write_bytes(onnx_backend.build(net, weights).SerializeToString())
-    res = CliRunner().invoke(main, ["import", str(path), "-o", str(tmp_path / "o")])
-    one_line_error(res.exit_code, res.output, "(Sqrt): Filter Response Normalization or EvoNorm-S0 are not read back")
-    save_weights(weights, str(tmp_path / "w.safetensors"))
+    save_weights(_random_weights(net), str(tmp_path / "w.safetensors"))
     res = CliRunner().invoke(main, ["import", str(tmp_path / "w.safetensors"), "-o", str(tmp_path / "o")])
     one_line_error(res.exit_code, res.output, "uses Filter Response Normalization (a state dict cannot tell")

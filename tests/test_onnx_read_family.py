@@ -4,7 +4,8 @@ redrawn, so nothing hides behind an identity) are imported and the spec proven a
 the file, with timm's parameter count. Models are cut to one narrow block per stage and run at 64 px. The
 TorchScript exporter (opset 17) on one model per block is the fast tier; the other variants, the dynamo exporter
 (opset 18; opset 21 for ONNX's own GroupNormalization) the slow one. The files ``convert`` writes
-(BN folded and not) are covered by tests/test_import_zoo.py's round-trip sweep. A pattern the reader only half
+(BN folded and not) are covered by tests/test_import_zoo.py's round-trip sweep (FRN and EvoNorm-S0, in no zoo
+entry, by tests/test_frn.py's). A pattern the reader only half
 recognises is refused in one line naming the building block: in timm's exported files, and for the composite
 blocks (Res2Net's split convs, the selective kernel, split attention) in ``convert``'s forms too."""
 
@@ -45,6 +46,14 @@ def _legacy_se(**kw):
 
     return SENet(SEResNetBlock, layers=[1, 1, 1, 1], groups=1, reduction=16, inplanes=64, input_3x3=False,
                  downsample_kernel_size=1, downsample_padding=0, **kw)
+
+
+def _evos(**kw):
+    """timm's resnetv2_50d_evos with EvoNorm2dS0 of 4 groups (its default 32 needs wide layers)."""
+    from timm.layers import EvoNorm2dS0
+
+    return timm.create_model("resnetv2_50d_evos", pretrained=False, norm_layer=functools.partial(EvoNorm2dS0, groups=4),
+                             **kw)
 
 
 #: timm's ResNet cut to one narrow block per stage and 10 classes (fast to export); GroupNorm's 32 groups need
@@ -98,7 +107,12 @@ BLOCKS = {"eca": ("ecaresnet50d", DEEP, ["se: {type: eca}"]),
                                      ["spatial: {type: split_attention, radix: 4}", "avd: before_3x3", "groups: 2"]),
           # radix 1: a sigmoid gate with grouped fcs, Reshape after the Sigmoid (not a squeeze-excite)
           "split_attention_radix1": ("resnest50d_1s4x24d", {**DEEP, "channels": (32, 32, 32, 32)},
-                                     ["spatial: {type: split_attention, radix: 1}", "groups: 4"])}
+                                     ["spatial: {type: split_attention, radix: 1}", "groups: 4"]),
+          # the norm-act layers of pre-activation ResNetV2s: FRN + TLU (TorchScript: Mul, Cast, ReduceMean, Div(1, .),
+          # Expand; dynamo: Pow, Reciprocal) and EvoNorm-S0 (its group variance over a Reshape, the sigmoid gate)
+          "frn": ("resnetv2_50d_frn", {**SMALL, "stem_chs": 8}, ["norm: {type: frn, eps: 1.0e-05}", "preact: true"]),
+          "evonorm_s0": (_evos, {**SMALL, "channels": (32, 32, 64, 64), "stem_chs": 16},
+                         ["norm: {type: evonorm_s0, groups: 4, eps: 1.0e-05}", "preact: true"])}
 
 
 def _timm(name, **kw):
@@ -164,7 +178,7 @@ def _check(tmp_path, block: str, dynamo: bool):
 
 #: one model per building block in the fast tier; the other variants with the slow tier
 FAST = ("eca", "se_end_relu", "anti_alias_avgpool", "conv_stem_pool", "blur", "std_conv", "res2net", "selective_kernel",
-        "split_attention")
+        "split_attention", "frn", "evonorm_s0")
 
 
 @pytest.mark.parametrize("block", [b if b in FAST else pytest.param(b, marks=pytest.mark.slow) for b in BLOCKS])
@@ -199,6 +213,23 @@ def test_dynamo_opset_21_group_normalization_op(tmp_path):
     onnx.save(model, path)
     last_line_error(cli("import", path, "-o", tmp_path / "out"), "(GroupNormalization): GroupNormalization at "
                     "opset 18", "a spec's GroupNorm is opset 21's")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("block", ["frn", "evonorm_s0"])
+def test_norm_act_dynamic_batch_export(tmp_path, block):
+    """A TorchScript export with a dynamic batch (dynamic_axes): the shapes of FRN's Expand and EvoNorm-S0's group
+    Reshapes are computed from the input's (Shape, Gather, Concat), EvoNorm's groups evaluated on the trial input."""
+    name, kw, says = BLOCKS[block]
+    model = _timm(name, **kw)
+    path = str(tmp_path / "m.onnx")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.randn(1, 3, 64, 64),), path, opset_version=17, dynamo=False,
+                          input_names=["x"], dynamic_axes={"x": {0: "n"}})
+    assert "Shape" in {n.op_type for n in onnx.load(path).graph.node}
+    text, rel = _import_and_prove(path, sum(p.numel() for p in model.parameters()))
+    assert rel <= 1e-5 and all(line in text for line in says), (rel, text)
 
 
 def _edited(tmp_path, block: str, edit) -> str:
@@ -274,7 +305,26 @@ def _sa_softmax_axis(model):
     next(a for a in node.attribute if a.name == "axis").i = 3
 
 
+def _frn_scalar_tau(model):
+    """The first FRN's TLU a Max by one scalar (not a tau per channel)."""
+    node = next(n for n in model.graph.node if n.op_type == "Max")
+    model.graph.initializer.append(onnx.numpy_helper.from_array(np.array(0.5, np.float32), "tau_scalar"))
+    node.input[1] = "tau_scalar"
+
+
+def _evonorm_instance_variance(model):
+    """The first EvoNorm-S0's variance over each channel alone (axes 3, 4 of (N, groups, C / groups, H, W)), not
+    over its group: every node in EvoNorm-S0's places, computing something else."""
+    node = [n for n in model.graph.node if n.op_type == "ReduceMean"][1]
+    next(a for a in node.attribute if a.name == "axes").ints[:] = [3, 4]
+
+
 @pytest.mark.parametrize("block,edit,needles", [
+    ("frn", _frn_scalar_tau, ["node '/stem/norm1/Sqrt' (Sqrt): a Sqrt that is not Filter Response Normalization",
+                              "a Max ('/stem/norm1/Max') after its affine that is not by a per-channel tau"]),
+    ("evonorm_s0", _evonorm_instance_variance, ["node '/stem/norm1/Sqrt' (Sqrt): a Sqrt that is not Filter",
+                                                "its nodes compute something else than EvoNorm-S0 of eps 1e-05, 4 "
+                                                "groups with its activation on the weights read (max error"]),
     ("split_attention", _sa_softmax_axis, ["ResNeSt split attention: attention weights of shape [1, 2, 16, 1, 1] "
                                            "that are not the softmax across the radix (2;"]),
     ("selective_kernel", _sk_softmax_axis, ["(Softmax): a selective kernel (SKNet): a softmax on axis 2",

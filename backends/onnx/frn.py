@@ -55,13 +55,3 @@ def evonorm_s0(g, op: ir.EvoNormS0, x: str, name: str) -> str:
                f"{name}.to_channels")
     return _affine(g, op, y, name, last=True)
 
-
-def refuse_frn_nodes(model, label: str) -> None:
-    """The import of an ONNX file refuses, in one line, the node these lowerings are known by (their
-    ``Sqrt``; no other op of a ResNet graph has one): reading FRN and EvoNorm-S0 back is not done yet."""
-    from ...importers.source import ImportRefused
-
-    node = next((n for n in model.graph.node if n.op_type == "Sqrt"), None)
-    if node is not None:
-        raise ImportRefused(f"{label}: node {node.name!r} ({node.op_type}): Filter Response Normalization or "
-                            "EvoNorm-S0 are not read back from ONNX yet")

@@ -107,7 +107,7 @@ def _group_norm_problem(g, chain, gamma, beta):
     return None
 
 
-def _per_channel(g, name):
+def per_channel(g, name):
     """A constant's C values where it is shaped (1, C, 1, 1) or (C, 1, 1) (one value per NCHW channel), else None."""
     value = g.consts.get(name)
     if value is None:
@@ -126,7 +126,7 @@ def affine_back(g, node, ins):
         return None
     x = g.data(ins)[0]
     c = next(i for i in ins if i != x)
-    value = _per_channel(g, c)
+    value = per_channel(g, c)
     if value is None:
         return None  # a Mul by another constant: refused by the walk (not a gate either), naming it
     if node.op_type == "Mul":
@@ -194,7 +194,7 @@ def _standardized(g, conv, value):
     if len(norms) > 1:
         raise g.refuse(conv, "a weight computed through several norms; a weight-standardized conv has one")
     eps = eps_of(norms[0])
-    computed = _evaluate(g, nodes, leaves, value)
+    computed = evaluate(g, nodes, {n: np.asarray(g.consts[n]) for n in leaves}, value)
     if computed is not None and computed.ndim == 4:
         expected = None
         for leaf in sorted(leaves):
@@ -208,13 +208,14 @@ def _standardized(g, conv, value):
                          f"standardized per output filter (timm StdConv2d: biased variance, eps {eps:g})")
 
 
-def _evaluate(g, nodes, leaves, value):
-    """``value`` computed by ``nodes`` from the constants ``leaves``, node by node, each output at most
-    :data:`.patterns.MAX_FOLD` elements (a broadcast cannot blow up); None where a node cannot run."""
+def evaluate(g, nodes, values: dict, value):
+    """``value`` computed by ``nodes`` (in graph order) from ``values`` (their inputs' arrays: constants, and
+    for :mod:`.patterns_frn` a trial input), node by node, each output at most :data:`.patterns.MAX_FOLD`
+    elements (a broadcast cannot blow up); None where a node cannot run."""
     from onnx import helper
     from onnx.reference import ReferenceEvaluator
 
-    values = {n: np.asarray(g.consts[n]) for n in leaves}
+    values = dict(values)
     for node, ins in nodes:  # the inputs as the reader resolved them (Identity/Dropout aliases followed)
         args = [values[i] if i else None for i in ins]
         if fold_size(node, args) > MAX_FOLD:

@@ -10,8 +10,8 @@ from ...importers.source import Layer
 
 EPS = 1e-5
 #: the walk's kinds of a norm in a BN's slot: ONNX's BatchNormalization, a GroupNorm, a per-channel affine (Mul/Add)
-NORM_KINDS = ("BatchNormalization", "gn", "affine")
-NORMS = ("BatchNormalization", "GN", "AFFINE")  # the same as sequence() spells them
+NORM_KINDS = ("BatchNormalization", "gn", "affine", "normact")  # normact: FRN, EvoNorm-S0 (.read_frn)
+NORMS = ("BatchNormalization", "GN", "AFFINE", "NORMACT")  # the same as sequence() spells them
 
 
 def unit_variance(eps: float) -> np.float32:
@@ -78,7 +78,8 @@ class LayerReader:
     def norm(self, kind: str, name, node, facts):
         """Read the norm of walk kind ``kind`` (one of :data:`NORM_KINDS`, or as :meth:`sequence` spells it,
         :data:`NORMS`) into the BN slot ``name``."""
-        read = {"batchnormalization": self.bn, "gn": self.gn, "affine": self.affine}[kind.lower()]
+        read = {"batchnormalization": self.bn, "gn": self.gn, "affine": self.affine,
+                "normact": self.norm_act}[kind.lower()]
         read(name, node, facts)
 
     def affine(self, name, node, facts):

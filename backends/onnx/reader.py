@@ -14,9 +14,10 @@ a softmax across them (Sum or Concat/ReduceSum, Reshape, Softmax, Mul) for SKNet
 (:mod:`.read_sknet`), and Conv-(BN)-Relu-Reshape(N, radix, C, H, W) weighted by a softmax across the radix and
 summed for ResNeSt's split attention (:mod:`.read_resnest`, with the avd AveragePool), and a BatchNorm in inference form, Mul [+ Add] by per-channel
 constants (tf2onnx's of a Keras 3 BatchNormalization), and a stem max pool's edge-copy padding (Slice copies of the
-first and last rows, then columns, joined by Concats: this project's stock .keras through tf2onnx). Constant
-subgraphs are folded first;
-the node patterns are in :mod:`.patterns`, :mod:`.patterns_blur` and :mod:`.patterns_norm`.
+first and last rows, then columns, joined by Concats: this project's stock .keras through tf2onnx), and
+Filter Response Normalization with its TLU (Max) and EvoNorm-S0, each found from its Sqrt and its nodes evaluated
+against the op's formula (:mod:`.patterns_frn`, :mod:`.read_frn`). Constant subgraphs are folded first;
+the node patterns are in :mod:`.patterns`, :mod:`.patterns_blur`, :mod:`.patterns_norm` and :mod:`.patterns_frn`.
 
 Every residual ``Add`` (two computed inputs) closes one block; walking back from its two inputs to the
 previous block's output gives the shared pre-activation, the residual branch (the one with the most
@@ -35,14 +36,15 @@ from collections import defaultdict
 
 import numpy as np
 
+from .patterns_frn import norm_acts
 from .patterns_norm import affine_back, standardized_weights
 from .patterns_stock import nhwc_channel_pad
 from .patterns import broadcast_source, check_wiring, edge_pad, fold, read_constant, UNREAD_JOINS
-from .frn import refuse_frn_nodes
 from .checked import load_checked
 from .read_aa import AntiAliasReader
 from .read_attention import AttentionReader
 from .read_blocks import BlockReader
+from .read_frn import NormActReader
 from .read_head import HeadReader
 from .read_layers import convs as _convs, LayerReader, NORM_KINDS
 from .read_norm import NormReader
@@ -99,6 +101,7 @@ class _Graph:
         self.layout, self.entry = entry_layout(self)  # an NHWC input: its Transpose to NCHW, out of the walk
         check_wiring(self)  # a cycle: the walks back from each Add would never end
         self.std_eps = standardized_weights(self)  # weight-standardized convs: their raw weights as constants
+        self.norm_acts = norm_acts(self)  # FRN, EvoNorm-S0: {the value each ends in: (facts, its input)}
 
     def refuse(self, node, why: str) -> ImportRefused:
         name = node.name or (node.output[0] if node.output else "")
@@ -141,7 +144,6 @@ def read_onnx(path: str, max_params: int | None = None) -> Source:
     model = load_checked(path, max_params)  # special files, node and tensor budgets: before any tensor is read
     if not model.graph.node:
         raise ImportRefused(f"{label}: the ONNX graph has no nodes")
-    refuse_frn_nodes(model, label)
     try:
         return _Walker.source(label, "onnx", {"path": path}, _Graph(model, label))
     except ImportRefused:
@@ -151,8 +153,8 @@ def read_onnx(path: str, max_params: int | None = None) -> Source:
         raise ImportRefused(f"{label}: a malformed graph ({type(exc).__name__}: {exc})") from None
 
 
-class _Walker(StemReader, BlockReader, HeadReader, AttentionReader, AntiAliasReader, NormReader, Res2NetReader,
-              SelectiveKernelReader, SplitAttentionReader, LayerReader, Recogniser):
+class _Walker(StemReader, BlockReader, HeadReader, AttentionReader, AntiAliasReader, NormReader, NormActReader,
+              Res2NetReader, SelectiveKernelReader, SplitAttentionReader, LayerReader, Recogniser):
     """Recognises stem, blocks and head, then names layers as torchvision/timm do (the mixins: one module
     each, :mod:`.read_stem`, :mod:`.read_blocks`, :mod:`.read_head`, :mod:`.read_attention`,
     :mod:`.read_aa`, :mod:`.read_norm`, :mod:`.read_res2net`, :mod:`.read_sknet`, :mod:`.read_resnest`,
@@ -161,6 +163,7 @@ class _Walker(StemReader, BlockReader, HeadReader, AttentionReader, AntiAliasRea
     def __init__(self, src: Source, g: _Graph):
         self.g, self.src = g, src
         self.folded, self._std, self._unit = False, {}, []  # _std: standardized conv -> eps; _unit: unit_variances
+        self._norm_acts, self._norm_act_layers = {}, set()  # (kind, eps, groups) -> the first FRN/EvoNorm-S0
 
     # -- graph walking ---------------------------------------------------------------------------
     def back(self, value, stop) -> list:
@@ -189,10 +192,10 @@ class _Walker(StemReader, BlockReader, HeadReader, AttentionReader, AntiAliasRea
                 ops.append(("blur", node, blur[0]))
                 value = blur[1]
                 continue
-            gn = self.norm_back(node, ins) if node.op_type in ("Add", "GroupNormalization") else None
-            if gn:  # GroupNorm: Reshape, InstanceNormalization, Reshape, Mul, Add as one op
-                ops.append(("gn", node, gn[0]))
-                value = gn[1]
+            norm = self.norm_ops_back(value, node, ins)
+            if norm:  # GroupNorm (Reshape, InstanceNormalization, Reshape, Mul, Add); FRN, EvoNorm-S0: one op each
+                ops += norm[0]
+                value = norm[1]
                 continue
             found = self._tf2onnx_back(node, ins)
             if found:  # tf2onnx's forms: a BN as Mul [+ Add]; a max pool's edge-copy padding (Slice copies + Concat)
@@ -278,4 +281,5 @@ class _Walker(StemReader, BlockReader, HeadReader, AttentionReader, AntiAliasRea
         self.blocks(blocks)
         self.head(x)
         self.standardization()
+        self.norm_act_facts()
         self.unit_variances()
