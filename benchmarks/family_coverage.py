@@ -80,18 +80,20 @@ FAMILIES = {
 
 # --- the worker: one model, in its own process ----------------------------------------------------
 
-def randomized(weights: dict, seed: int = 0, net=None) -> dict:
+def randomized(weights: dict, seed: int = 0, net=None, in_place: bool = False) -> dict:
     """Every tensor of a canonical weight set redrawn: BN statistics and affine parameters drawn away from
     their identity values, conv/linear weights He-scaled normal, biases small normal. With the IR ``net``,
     each block's last norm scale is divided by sqrt(number of blocks), as ``init_weights(random_bn=True)``
     does: otherwise a deep network is so ill-conditioned that no float32 run can be held to 1e-4 (timm's
-    resnet152 in float32 and in float64 differ by 4e-4 of the logits' range; 2.5e-6 scaled)."""
+    resnet152 in float32 and in float64 differ by 4e-4 of the logits' range; 2.5e-6 scaled). ``in_place``:
+    ``weights`` takes the new tensors too (the old ones freed as it goes)."""
     import numpy as np
 
     rng = np.random.default_rng(seed)
     last = {f"{n}.weight" for n in net.last_bn_of_blocks()} if net is not None else set()
     out = {}
-    for name, arr in weights.items():
+    for name in list(weights):  # names only: with ``in_place`` each old tensor goes as its new one comes
+        arr = weights[name]
         mod, _, leaf = name.rpartition(".")
         bn = f"{mod}.running_var" in weights
         if leaf == "running_var":
@@ -104,6 +106,8 @@ def randomized(weights: dict, seed: int = 0, net=None) -> dict:
             fan_in = int(np.prod(arr.shape[1:])) if arr.ndim > 1 else 1
             new = rng.normal(0.0, (2.0 / fan_in) ** 0.5, arr.shape)
         out[name] = new.astype(np.float32)
+        if in_place:  # the old tensor freed as its new one is made (a 936M-parameter model holds 3.7 GB)
+            weights[name] = out[name]
     return out
 
 
@@ -143,7 +147,7 @@ def _read(source: str, size: int, tmp: str, max_params=None) -> tuple:
     src.label = source
     _, net, full = build_spec(src, sanitize_name(source.rpartition(":")[2].lower()), size)
     if src.kind in ("torchvision", "timm"):
-        src.weights = randomized(src.weights, net=net)
+        src.weights = randomized(src.weights, net=net, in_place=True)
     return src, net, full
 
 
@@ -226,6 +230,8 @@ def _last_line(exc: BaseException) -> str:
 
 
 MARK = "@@family_coverage "
+#: a worker holding more than this (freed models' memory torch keeps) is replaced before the next model
+MAX_WORKER_GB = 3.0
 
 
 def serve(size: int, onnx: bool) -> None:
@@ -259,9 +265,22 @@ class Server:
             self.proc.wait()
             self.proc = None
 
+    def rss_gb(self) -> float:
+        """The worker's resident memory (0 when none runs)."""
+        if self.proc is None or self.proc.poll() is not None:
+            return 0.0
+        try:
+            with open(f"/proc/{self.proc.pid}/status") as f:
+                kb = next(int(ln.split()[1]) for ln in f if ln.startswith("VmRSS:"))
+        except (OSError, StopIteration, ValueError):
+            return 0.0
+        return kb / 2**20
+
     def ask(self, source: str, timeout: float) -> dict:
         import select
 
+        if self.rss_gb() > MAX_WORKER_GB:  # what large models left behind: a fresh worker for the next
+            self.stop()
         if self.proc is None or self.proc.poll() is not None:
             self._start()
         t0 = time.perf_counter()
