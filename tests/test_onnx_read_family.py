@@ -91,6 +91,9 @@ BLOCKS = {"eca": ("ecaresnet50d", DEEP, ["se: {type: eca}"]),
           # split); Res2NeXt's grouped split convs
           "res2net": ("res2net50_26w_4s", {**SMALL, "layers": [2, 1, 1, 1]},
                       ["spatial: {type: res2net, scale: 4}", "{blocks: 2, channels: 16, stride: 1, width: 6}"]),
+          # scale 2 (res2net50_48w_2s): one split conv, so no cascade Add; the second block passes its last split on
+          "res2net_scale2": ("res2net50_48w_2s", {**SMALL, "layers": [2, 1, 1, 1]},
+                             ["spatial: {type: res2net, scale: 2}"]),
           "res2next": ("res2next50", {**SMALL, "layers": [2, 1, 1, 1]},
                        ["spatial: {type: res2net, scale: 4}", "groups: 8", "width_per_group: 4"]),
           # SKNet's selective kernel: split input in basic blocks (timm's stack, ReduceSum, Softmax on axis 1), all
@@ -189,7 +192,7 @@ def test_timm_torchscript_export_reads_back(tmp_path, block):
 #: variants whose graphs differ from their block's model only in facts both exporters write alike (grouped split
 #: convs; a selective kernel without the split; split attention's sigmoid gate): TorchScript only, the dynamo
 #: exporter taking ~5 s a model
-NOT_DYNAMO = ("se_end_relu", "res2next", "selective_kernel_bottleneck", "split_attention_radix1")
+NOT_DYNAMO = ("se_end_relu", "res2net_scale2", "res2next", "selective_kernel_bottleneck", "split_attention_radix1")
 
 
 @pytest.mark.slow

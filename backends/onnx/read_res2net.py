@@ -116,7 +116,8 @@ class Res2NetReader:
         shape = g.shape(x)
         if shape and len(shape) == 4 and shape[1] is not None and shape[1] != scale * width:
             raise refuse(cat, f"{scale} splits of {width} channels of a tensor of {shape[1]} channels")
-        cascade = cascades == {True}
+        # one split conv (scale 2) has no Add to show a cascade: the last split's pool (or none) tells the block
+        cascade = cascades == {True} if cascades else not last
         if len(cascades) > 1:
             raise refuse(cat, "the cascade (a split's conv reading the previous output + its split) in some "
                               "splits only")
