@@ -199,7 +199,7 @@ def _available_gib() -> float:
 def run_onnx(src, size: int) -> dict:
     """The same model through its ``torch.onnx.export`` file: the library's model holding ``src``'s
     (randomized) weights, exported by the TorchScript exporter (opset 17) at ``size`` px, then imported and
-    proven as ``resnet-spec import FILE.onnx --max-params N`` does (ONNX Runtime running the file against the
+    proven as ``resnet-spec import FILE.onnx --max-onnx-params N`` does (ONNX Runtime running the file against the
     generated model; N four times the library's parameters, for the exporter's extra constants), its parameter
     count held to the library's."""
     import warnings
@@ -254,14 +254,19 @@ MAX_WORKER_GB = 3.0
 
 
 def serve(size: int, onnx: bool) -> None:
-    """The worker loop: one source per stdin line, one ``MARK`` + JSON line per source on stdout."""
+    """The worker loop: one source per stdin line, one ``MARK`` + JSON line per source on stdout, which only
+    this loop writes: anything else printed (Python or a library's C code) goes to stderr, so that the parent's
+    ``select`` never waits on a line already buffered behind a stray one."""
+    out = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
     for line in sys.stdin:
         source = line.strip()
         try:
             r = run_one(source, size, isolated=source.startswith("keras:"), onnx=onnx)
         except Exception as exc:  # a bug: said, and the worker goes on with the next model
             r = {"status": "crashed", "message": _last_line(exc), "seconds": 0.0}
-        print(MARK + json.dumps(r), flush=True)
+        print(MARK + json.dumps(r), file=out, flush=True)
 
 
 class Server:
@@ -339,8 +344,8 @@ def run_families(keys: list, args, only=None) -> dict:
     try:
         for key in keys:
             sources = FAMILIES[key][1]()
-            sources = sources[: args.limit] if args.limit else sources
             sources = [x for x in sources if only is None or x in only]
+            sources = sources[: args.limit] if args.limit else sources
             results[key] = []
             for i, source in enumerate(sources, 1):
                 if key == "keras":
@@ -379,6 +384,13 @@ def main(argv=None) -> int:
     unknown = [k for k in keys if k not in FAMILIES]
     if unknown:
         p.error(f"unknown families {unknown}; known: {', '.join(FAMILIES)}")
+    only = [x.strip() for x in args.only.split(",") if x.strip()]
+    path = args.json or os.path.splitext(args.out)[0] + ".json"
+    if only and not os.path.exists(path):
+        p.error(f"--only merges into {path}, which does not exist: run without --only first")
+    known = {x for k in keys for x in FAMILIES[k][1]()} if only else set()
+    if [x for x in only if x not in known]:
+        p.error(f"--only: {', '.join(x for x in only if x not in known)} not in the families {', '.join(keys)}")
     return write(keys, args)
 
 

@@ -251,7 +251,7 @@ def test_onnx_tensor_byte_budget(tmp_path, tiny):
 
 
 def test_onnx_tensor_budget_is_the_callers_max_params(tmp_path):
-    """``import --max-params N`` sets the budget: a file holding 1,000 float32 values is refused at N = 999 (the
+    """``import --max-onnx-params N`` sets the budget: a file holding 1,000 float32 values is refused at N = 999 (the
     message names the flag) and read at N = 1,000 (then refused for what it is, not for its size)."""
     from conftest import cli
 
@@ -259,14 +259,14 @@ def test_onnx_tensor_budget_is_the_callers_max_params(tmp_path):
     from resnet_spec.importers import read_source
 
     path = _graph(tmp_path / "w.onnx", ADD, [numpy_helper.from_array(np.ones(1000, np.float32), "w")])
-    with pytest.raises(ResNetSpecError, match="at most 999 float32 parameters .*pass --max-params N"):
+    with pytest.raises(ResNetSpecError, match="at most 999 float32 parameters .*pass --max-onnx-params N"):
         read_source(str(path), max_params=999)
     with pytest.raises(ResNetSpecError, match="no residual connection"):
         read_source(str(path), max_params=1000)
-    res = cli("import", path, "--max-params", "999", "-o", tmp_path / "o")
-    assert res.exit_code == 1 and "at most 999 float32 parameters (0 MiB; pass --max-params N" in res.output, res.output
-    res = cli("import", path, "--max-params", "0", "-o", tmp_path / "o")
-    assert res.exit_code == 2 and "--max-params" in res.output, res.output
+    res = cli("import", path, "--max-onnx-params", "999", "-o", tmp_path / "o")
+    assert res.exit_code == 1 and "at most 999 float32 parameters (0 MiB; pass --max-onnx-params N" in res.output, res.output
+    res = cli("import", path, "--max-onnx-params", "0", "-o", tmp_path / "o")
+    assert res.exit_code == 2 and "--max-onnx-params" in res.output, res.output
 
 
 @pytest.mark.parametrize("where", ["/dev/zero", "../outside.bin", "sub/../../outside.bin"])

@@ -421,3 +421,18 @@ def test_std_conv_weights_over_the_fold_cap_are_read(tmp_path, monkeypatch):
 
     monkeypatch.setattr(patterns_norm, "MAX_FOLD", 64)
     _check(tmp_path, "std_conv", dynamo=False)
+
+
+def test_norm_check_is_bounded_before_its_trial_input_is_drawn(tmp_path, monkeypatch):
+    """An FRN's check draws trial inputs of its input's shape, which the file declares: a shape over the check's
+    cap is refused before anything is drawn (the cap lowered here so that a tiny model's stem is over it), and all
+    the norms of one graph share one budget of trial values."""
+    from resnet_spec.backends.onnx import patterns_frn
+
+    path = _file(tmp_path, "frn")
+    monkeypatch.setattr(patterns_frn, "MAX_FOLD", 1000)
+    last_line_error(cli("import", path, "-o", tmp_path / "out"), "(Sqrt): a Sqrt that is not Filter Response",
+                    "values, over the 1,000 its check evaluates (export with batch 1 or a dynamic batch)")
+    monkeypatch.setattr(patterns_frn, "MAX_FOLD", 1 << 24)
+    monkeypatch.setattr(patterns_frn, "CHECK_TOTAL", 40_000)
+    last_line_error(cli("import", path, "-o", tmp_path / "out"), "trial values their checks evaluate")

@@ -104,7 +104,7 @@ def check_budgets(model, path: str, label: str, max_bytes: int = ONNX_MAX_TENSOR
         if total > max_bytes:
             raise ImportRefused(f"{label}: its tensors declare more than {max_bytes:,} bytes (at {t.name!r}); "
                                 f"import reads models of at most {max_bytes // 4:,} float32 parameters "
-                                f"({max_bytes >> 20:,} MiB; pass --max-params N to read a larger one)")
+                                f"({max_bytes >> 20:,} MiB; pass --max-onnx-params N to read a larger one)")
     return external
 
 
@@ -121,7 +121,7 @@ def load_checked(path: str, max_params: int | None = None):
     except Exception as exc:
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ImportRefused(f"{label}: not a readable ONNX model ({msg}); it may be truncated or corrupt") from None
-    if check_budgets(model, path, label, ONNX_MAX_TENSOR_BYTES if max_params is None else 4 * max_params):
+    if check_budgets(model, path, label, ONNX_MAX_TENSOR_BYTES if max_params is None else 4 * int(max_params)):
         from onnx.external_data_helper import load_external_data_for_model
 
         try:

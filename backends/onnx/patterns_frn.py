@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .patterns import MAX_FOLD
 from .patterns_norm import evaluate, per_channel
 from ... import ir_frn
 
@@ -214,6 +215,11 @@ def _activation_facts(g, facts, nodes, x):
     facts.update(v=v, act=True)
 
 
+#: trial values all the norms of one graph may be checked on, two trials each (resnetv2_50d_frn at 224 px, batch 1:
+#: 51 norms over 9.8M values, so 2 x 9.8M of it)
+CHECK_TOTAL = 1 << 28
+
+
 def _check(g, facts, nodes, x, end):
     """The region and affine (and TLU) evaluated on two trial inputs against the reference formula."""
     shape = g.shape(x)
@@ -225,6 +231,14 @@ def _check(g, facts, nodes, x, end):
     if any(facts[k].size != c for k in leaves):
         raise NotNormAct(f"{', '.join(f'{k} of {facts[k].size}' for k in leaves)} values for {c} channels")
     batch = shape[0] if shape[0] else 1  # a fixed batch may be baked into the Reshapes' shapes
+    size = batch * int(np.prod(shape[1:]))
+    if size > MAX_FOLD:  # checked before a trial input is drawn: the shapes are the file's own
+        raise NotNormAct(f"its input of shape {[batch, *shape[1:]]} holds {size:,} values, over the "
+                         f"{MAX_FOLD:,} its check evaluates (export with batch 1 or a dynamic batch)")
+    spent = getattr(g, "norm_check_spent", 0) + 2 * size  # two trials; one budget for the whole graph
+    if spent > CHECK_TOTAL:
+        raise NotNormAct(f"the graph's norms hold more than the {CHECK_TOTAL:,} trial values their checks evaluate")
+    g.norm_check_spent = spent
     rng = np.random.default_rng(0)
     trials = [(rng.standard_normal((batch, *shape[1:])) * scale).astype(np.float32)
               for scale in (1.0, max(facts["eps"], 1e-12) ** 0.5)]
@@ -239,7 +253,7 @@ def _check(g, facts, nodes, x, end):
     for trial in trials:
         scale = float(np.sqrt((trial.astype(np.float64) ** 2).mean()))
         got = evaluate(g, chain, {**consts, x: trial}, end)
-        ref = reference(op, trial, w)
+        ref = reference(op, trial, w) if got is not None else np.zeros(1)
         err = np.inf if got is None or got.shape != ref.shape else float(np.abs(got - ref).max())
         if not err <= TOLERANCE * float(np.abs(ref).max()):
             name = "FRN" if facts["kind"] == "frn" else "EvoNorm-S0"
@@ -247,7 +261,6 @@ def _check(g, facts, nodes, x, end):
                              f"{'' if op.__class__ is ir_frn.FRN else f', {op.groups} groups'}"
                              f"{' with its activation' if facts['act'] else ''} on the weights read (max error "
                              f"{err:.1e} of {float(np.abs(ref).max()):.1e} on a trial input of rms {scale:.1e})")
-
 
 
 def _groups(g, nodes, shape_value, x, trial, c) -> int:

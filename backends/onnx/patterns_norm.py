@@ -196,8 +196,16 @@ def _standardized(g, conv, value):
     eps = eps_of(norms[0])
     consts = {n: np.asarray(g.consts[n]) for n in leaves}
     # a standardized weight is no larger than its raw constant, which the file holds (BiT-M x3/x4's largest
-    # convs, 6144x3072 and 8192x4096, are over MAX_FOLD): each step may be as large as the chain's constants
-    computed = evaluate(g, nodes, consts, value, max(MAX_FOLD, sum(a.size for a in consts.values())))
+    # convs, 6144x3072 and 8192x4096, are over MAX_FOLD): each step may be as large as the chain's constants,
+    # and all the chains of a graph together evaluate at most twice the values of its constants
+    need = sum(a.size for a in consts.values())
+    if not hasattr(g, "std_budget"):
+        g.std_budget = g.std_total = max(MAX_FOLD, 2 * sum(np.asarray(v).size for v in g.consts.values()))
+    if need > g.std_budget:
+        raise g.refuse(conv, f"weight-standardization chains that evaluate more than {g.std_total:,} values "
+                             "together (twice the graph's constants)")
+    g.std_budget -= need
+    computed = evaluate(g, nodes, consts, value, max(MAX_FOLD, need))
     if computed is not None and computed.ndim == 4:
         expected = None
         for leaf in sorted(leaves):

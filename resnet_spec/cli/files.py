@@ -17,7 +17,7 @@ from ..errors import ResNetSpecError
 @click.option("--input-size", default=None, help="H or H,W of the spec's input (default: the source's, else 224).")
 @click.option("--force", is_flag=True, help="Overwrite existing outputs.")
 @click.option("--keep", is_flag=True, help="Keep the files even when parity fails.")
-@click.option("--max-params", type=click.IntRange(min=1), default=None,
+@click.option("--max-onnx-params", "max_params", type=click.IntRange(min=1), default=None,
               help="Parameters an ONNX SOURCE may declare, checked before its weights are read "
                    "(default 268,435,456: 1 GiB of float32).")
 def import_cmd(source, out_dir, name, input_size, force, keep, max_params):
