@@ -82,8 +82,7 @@ def float_norm_nodes(graph) -> list:
     return names
 
 
-def quantize(float_path: str, out_path: str, images: np.ndarray, input_name: str, activations: str = "int8",
-             has_pad: bool | None = None) -> None:
+def quantize(float_path: str, out_path: str, images: np.ndarray, input_name: str, activations: str = "int8") -> None:
     """Write the QDQ int8 model of the float32 file ``float_path`` to ``out_path`` (one file, no
     external data), calibrated on ``images``, with ``resnet_spec.dtype`` = ``int8`` in its metadata.
     ``activations``: 'int8' (S8S8, what convert writes) or 'uint8' (U8S8, measured by benchmarks/int8.py)."""
@@ -100,10 +99,8 @@ def quantize(float_path: str, out_path: str, images: np.ndarray, input_name: str
     # with its zero point: resnet20's logits off by 0.57 of their scale (ONNX Runtime: 0.012), Res2Net's
     # (padded 3x3 average pools) by 0.23 (ONNX Runtime 0.019). Symmetric activations (zero point 0) make the
     # padded zeros zeros in every runtime (resnet20: OpenVINO 0.012, ONNX Runtime 0.020): docs/deployment.md.
-    graph = onnx.load(float_path, load_external_data=False).graph
-    if has_pad is None:  # a caller holding the graph says; else read from the file
-        has_pad = pads_zeros(graph)
-    symmetric = activations == "int8" and has_pad
+    graph = onnx.load(float_path, load_external_data=False).graph  # its nodes, without the weights
+    symmetric = activations == "int8" and pads_zeros(graph)
     try:
         quantize_static(float_path, out_path, _Reader(input_name, images), quant_format=QuantFormat.QDQ,
                         per_channel=True, weight_type=QuantType.QInt8,
@@ -130,7 +127,7 @@ def convert(path: str, model, arrays: dict, images: np.ndarray, force: bool, act
         write_model(float_path, model, arrays, sum(a.nbytes for a in arrays.values()) > (1 << 30), True)
         quant_path = os.path.join(tmp, "int8.onnx")
         try:
-            quantize(float_path, quant_path, images, INPUT_NAME, activations, pads_zeros(model.graph))
+            quantize(float_path, quant_path, images, INPUT_NAME, activations)
         except Exception as exc:  # noqa: BLE001 - the quantizer raises anything
             raise ResNetSpecError(f"onnx int8: ONNX Runtime's quantizer failed: {first_line(exc)}") from None
         with atomic_path(path, force) as out:

@@ -78,11 +78,26 @@ def read_constant(g, node) -> bool:
     return True
 
 
+class EvalBudget:
+    """The values the pattern checks of one graph may evaluate together (each check asks before it runs)."""
+
+    def __init__(self, total: int):
+        self.total = self.left = total
+
+    def spend(self, n: int) -> bool:
+        """Whether ``n`` more values fit; they are taken from what is left when they do."""
+        if n > self.left:
+            return False
+        self.left -= n
+        return True
+
+
 def check_wiring(g) -> None:
     """Refuse a node without outputs, and a cycle (a node whose output feeds, directly or through others,
     its own input): walking back from an ``Add`` would never end. Iterative depth-first search over
-    ``g.nodes`` (``(node, data inputs)``, ``g.producer``: value -> the pair that computes it)."""
-    index = {id(n): k for k, (n, _) in enumerate(g.nodes)}
+    ``g.nodes`` (``(node, data inputs)``, ``g.producer``: value -> the pair that computes it, ``g.index``: a
+    node's place in ``g.nodes``)."""
+    index = g.index
     for n, _ in g.nodes:
         if not n.output:
             raise g.refuse(n, "a node without outputs")

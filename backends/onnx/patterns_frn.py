@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .patterns import MAX_FOLD
+from .patterns import EvalBudget, MAX_FOLD
 from .patterns_norm import evaluate, per_channel
 from ... import ir_frn
 
@@ -36,6 +36,9 @@ FORWARD_OPS = ("Div", "Reciprocal", "Cast", "Expand", "Reshape", "Mul")
 MAX_REGION = 80  # a dynamic batch's shape arithmetic: ~45 nodes in TorchScript's EvoNorm-S0
 WHAT = "a Sqrt that is not Filter Response Normalization (timm FilterResponseNormTlu2d) nor EvoNorm-S0 (EvoNorm2dS0)"
 TOLERANCE = 1e-4  # float32 reductions against the float64 reference, relative to the largest value
+#: trial values all the norms of one graph may be checked on, two trials each (resnetv2_50d_frn at 224 px, batch 1:
+#: 51 norms over 9.8M values, so 2 x 9.8M of it)
+CHECK_TOTAL = 1 << 28
 
 
 class NotNormAct(Exception):
@@ -59,11 +62,11 @@ def _strip(g, value, ops):
 def norm_acts(g) -> dict:
     """{the value each norm-act ends in: (facts, its input)} for every ``Sqrt`` of the graph; one that is not
     a norm-act as the module docstring reads them is refused in one line."""
-    out, live = {}, _computed(g)
+    out, live, budget = {}, _computed(g), EvalBudget(CHECK_TOTAL)  # one budget of trial values for the graph
     for node, ins in list(g.nodes):
         if node.op_type == "Sqrt" and ins[0] in live:  # not one of a weight computed from constants
             try:
-                facts, x, end = _read(g, node, ins)
+                facts, x, end = _read(g, node, ins, budget)
             except NotNormAct as why:
                 raise g.refuse(node, f"{WHAT}: {why}") from None
             relu = next((n for n in g.consumers.get(end, []) if n.op_type == "Relu"), None)
@@ -87,12 +90,12 @@ def _computed(g) -> set:
     return seen
 
 
-def _read(g, sqrt, ins):
+def _read(g, sqrt, ins, budget: EvalBudget):
     facts, x = _statistic(g, ins[0])
     end, n_value, region_end = _forward(g, sqrt, facts)
     nodes = _region(g, n_value, x, region_end)
     _activation_facts(g, facts, nodes, x)
-    _check(g, facts, nodes, x, end)
+    _check(g, facts, nodes, x, end, budget)
     facts["origin"] = sqrt.name or sqrt.output[0]
     return facts, x, end
 
@@ -192,8 +195,7 @@ def _region(g, n_value, x, weight_mul):
             if leak or o == g.output:
                 raise NotNormAct(f"{node.op_type} node {node.name or o!r} inside it also feeds "
                                  f"{leak[0].name if leak else 'the graph output'!r}")
-    order = {id(n): k for k, (n, _) in enumerate(g.nodes)}
-    return sorted(nodes.values(), key=lambda p: order[id(p[0])])
+    return sorted(nodes.values(), key=lambda p: g.index[id(p[0])])
 
 
 def _activation_facts(g, facts, nodes, x):
@@ -215,12 +217,7 @@ def _activation_facts(g, facts, nodes, x):
     facts.update(v=v, act=True)
 
 
-#: trial values all the norms of one graph may be checked on, two trials each (resnetv2_50d_frn at 224 px, batch 1:
-#: 51 norms over 9.8M values, so 2 x 9.8M of it)
-CHECK_TOTAL = 1 << 28
-
-
-def _check(g, facts, nodes, x, end):
+def _check(g, facts, nodes, x, end, budget: EvalBudget):
     """The region and affine (and TLU) evaluated on two trial inputs against the reference formula."""
     shape = g.shape(x)
     if shape is None or len(shape) != 4 or any(d is None for d in shape[1:]):
@@ -235,10 +232,8 @@ def _check(g, facts, nodes, x, end):
     if size > MAX_FOLD:  # checked before a trial input is drawn: the shapes are the file's own
         raise NotNormAct(f"its input of shape {[batch, *shape[1:]]} holds {size:,} values, over the "
                          f"{MAX_FOLD:,} its check evaluates (export with batch 1 or a dynamic batch)")
-    spent = getattr(g, "norm_check_spent", 0) + 2 * size  # two trials; one budget for the whole graph
-    if spent > CHECK_TOTAL:
-        raise NotNormAct(f"the graph's norms hold more than the {CHECK_TOTAL:,} trial values their checks evaluate")
-    g.norm_check_spent = spent
+    if not budget.spend(2 * size):  # two trials
+        raise NotNormAct(f"the graph's norms hold more than the {budget.total:,} trial values their checks evaluate")
     rng = np.random.default_rng(0)
     trials = [(rng.standard_normal((batch, *shape[1:])) * scale).astype(np.float32)
               for scale in (1.0, max(facts["eps"], 1e-12) ** 0.5)]

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .patterns import attrs, fold_size, MAX_FOLD
+from .patterns import attrs, EvalBudget, fold_size, MAX_FOLD
 from ...ir_norm import standardize
 
 #: the nodes a weight-standardization chain may hold (as the exporters and backends/onnx/norm.py write it)
@@ -153,9 +153,11 @@ def standardized_weights(g) -> dict:
     """Every ``Conv`` weight computed in the graph by a weight-standardization chain: its raw weight put in
     ``g.consts`` under the weight's name; returns {weight name: eps}."""
     out = {}
+    # all the chains of a graph together evaluate at most twice the values of its constants
+    budget = EvalBudget(max(MAX_FOLD, 2 * sum(np.asarray(v).size for v in g.consts.values())))
     for node, ins in list(g.nodes):
         if node.op_type == "Conv" and len(ins) > 1 and ins[1] and ins[1] not in g.consts:
-            found = _standardized(g, node, ins[1])
+            found = _standardized(g, node, ins[1], budget)
             if found is not None:
                 g.consts[ins[1]], out[ins[1]] = found
     return out
@@ -179,11 +181,10 @@ def _chain(g, value):
             return None
         nodes[id(node)] = (node, ins)
         stack.extend(ins)
-    order = {id(n): k for k, (n, _) in enumerate(g.nodes)}
-    return sorted(nodes.values(), key=lambda p: order[id(p[0])]), leaves
+    return sorted(nodes.values(), key=lambda p: g.index[id(p[0])]), leaves
 
 
-def _standardized(g, conv, value):
+def _standardized(g, conv, value, budget: EvalBudget):
     found = _chain(g, value)
     if found is None:
         return None
@@ -196,15 +197,11 @@ def _standardized(g, conv, value):
     eps = eps_of(norms[0])
     consts = {n: np.asarray(g.consts[n]) for n in leaves}
     # a standardized weight is no larger than its raw constant, which the file holds (BiT-M x3/x4's largest
-    # convs, 6144x3072 and 8192x4096, are over MAX_FOLD): each step may be as large as the chain's constants,
-    # and all the chains of a graph together evaluate at most twice the values of its constants
+    # convs, 6144x3072 and 8192x4096, are over MAX_FOLD): each step may be as large as the chain's constants
     need = sum(a.size for a in consts.values())
-    if not hasattr(g, "std_budget"):
-        g.std_budget = g.std_total = max(MAX_FOLD, 2 * sum(np.asarray(v).size for v in g.consts.values()))
-    if need > g.std_budget:
-        raise g.refuse(conv, f"weight-standardization chains that evaluate more than {g.std_total:,} values "
+    if not budget.spend(need):
+        raise g.refuse(conv, f"weight-standardization chains that evaluate more than {budget.total:,} values "
                              "together (twice the graph's constants)")
-    g.std_budget -= need
     computed = evaluate(g, nodes, consts, value, max(MAX_FOLD, need))
     if computed is not None and computed.ndim == 4:
         expected = None

@@ -93,6 +93,7 @@ class _Graph:
             for i in ins:
                 if i and i not in self.consts:
                     self.consumers[i].append(n)
+        self.index = {id(n): k for k, (n, _) in enumerate(self.nodes)}  # a node's place in graph order
         inputs = [i for i in g.input if i.name not in self.consts]
         if len(inputs) != 1:
             raise ImportRefused(f"{label}: expected one image input, found {len(inputs)}")
