@@ -188,12 +188,11 @@ ONNX_ROUTE_COPIES = 6
 
 
 def _available_gib() -> float:
-    """MemAvailable of /proc/meminfo in GiB (infinite where it cannot be read)."""
-    try:
-        with open("/proc/meminfo") as f:
-            return next(int(ln.split()[1]) for ln in f if ln.startswith("MemAvailable:")) / 2**20
-    except (OSError, StopIteration, ValueError):
-        return float("inf")
+    """The memory the system reports available, in GiB (infinite where unknown)."""
+    from resnet_spec.isolate import available_bytes
+
+    avail = available_bytes()
+    return float("inf") if avail is None else avail / 2**30
 
 
 def run_onnx(src, size: int) -> dict:
@@ -291,14 +290,11 @@ class Server:
 
     def rss_gb(self) -> float:
         """The worker's resident memory (0 when none runs)."""
+        from resnet_spec.isolate import resident_bytes
+
         if self.proc is None or self.proc.poll() is not None:
             return 0.0
-        try:
-            with open(f"/proc/{self.proc.pid}/status") as f:
-                kb = next(int(ln.split()[1]) for ln in f if ln.startswith("VmRSS:"))
-        except (OSError, StopIteration, ValueError):
-            return 0.0
-        return kb / 2**20
+        return resident_bytes(self.proc.pid) / 2**30
 
     def ask(self, source: str, timeout: float) -> dict:
         import select
@@ -391,13 +387,12 @@ def main(argv=None) -> int:
     known = {x for k in keys for x in FAMILIES[k][1]()} if only else set()
     if [x for x in only if x not in known]:
         p.error(f"--only: {', '.join(x for x in only if x not in known)} not in the families {', '.join(keys)}")
-    return write(keys, args)
+    return write(keys, args, path, only or None)
 
 
-def write(keys: list, args) -> int:
-    """Run, then write --json and --out: the whole run's outcomes, or --only's merged into the JSON's."""
-    path = args.json or os.path.splitext(args.out)[0] + ".json"
-    only = [x.strip() for x in args.only.split(",") if x.strip()] or None
+def write(keys: list, args, path: str, only) -> int:
+    """Run, then write ``path`` (the JSON) and --out: the whole run's outcomes, or those of the sources ``only``
+    names merged into the JSON's."""
     saved = {"runs": [], "results": {}}
     if only:
         with open(path, encoding="utf-8") as f:

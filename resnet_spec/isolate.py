@@ -317,11 +317,22 @@ def _keep(key, pool) -> bool:
 
 def _resident(pool) -> int:
     """Bytes of memory a pool's processes hold (Linux /proc; 0 where it cannot be read)."""
-    total = 0
-    for proc in (getattr(pool, "_processes", None) or {}).values():
-        try:
-            with open(f"/proc/{proc.pid}/statm") as f:
-                total += int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-        except (OSError, ValueError, IndexError, AttributeError):
-            continue
-    return total
+    return sum(resident_bytes(proc.pid) for proc in (getattr(pool, "_processes", None) or {}).values())
+
+
+def resident_bytes(pid: int) -> int:
+    """Bytes of memory process ``pid`` holds (Linux /proc; 0 where it cannot be read)."""
+    try:
+        with open(f"/proc/{pid}/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError, AttributeError):
+        return 0
+
+
+def available_bytes() -> int | None:
+    """The memory the system reports available for new work (Linux MemAvailable; None where unknown)."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            return next(int(line.split()[1]) << 10 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        return None

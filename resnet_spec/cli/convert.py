@@ -145,11 +145,9 @@ def _parallel(n: int, weight_bytes: int) -> int:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         cores = os.cpu_count() or 1
-    try:
-        with open("/proc/meminfo", encoding="ascii") as f:
-            avail = next(int(line.split()[1]) << 10 for line in f if line.startswith("MemAvailable:"))
-    except (OSError, StopIteration, ValueError):
-        avail = 0  # unknown: one at a time
+    from ..isolate import available_bytes
+
+    avail = available_bytes() or 0  # unknown: one at a time
     return max(1, min(n, cores, avail // (WORKER_MEMORY + weight_bytes)))
 
 
