@@ -93,13 +93,13 @@ class _Graph:
             for i in ins:
                 if i and i not in self.consts:
                     self.consumers[i].append(n)
-        self.index = {id(n): k for k, (n, _) in enumerate(self.nodes)}  # a node's place in graph order
         inputs = [i for i in g.input if i.name not in self.consts]
         if len(inputs) != 1:
             raise ImportRefused(f"{label}: expected one image input, found {len(inputs)}")
         self.input = inputs[0]
         self.output = alias.get(g.output[0].name, g.output[0].name) if g.output else None
         self.layout, self.entry = entry_layout(self)  # an NHWC input: its Transpose to NCHW, out of the walk
+        self.index = {id(n): k for k, (n, _) in enumerate(self.nodes)}  # graph order, once the entry is settled
         check_wiring(self)  # a cycle: the walks back from each Add would never end
         self.std_eps = standardized_weights(self)  # weight-standardized convs: their raw weights as constants
         self.norm_acts = norm_acts(self)  # FRN, EvoNorm-S0: {the value each ends in: (facts, its input)}
